@@ -1,0 +1,546 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kspan: the kernel's view of TCP connections of selected processes.
+ *
+ * Hooks, and the context each runs in:
+ *   tp_btf/inet_sock_set_state   softirq or syscall: handshake start/end, connect failures
+ *   tp_btf/sock_send_length      syscall: bytes sent (kernel >= 6.3)
+ *   tp_btf/sock_recv_length      syscall: bytes received (kernel >= 6.3)
+ *   tp_btf/tcp_retransmit_skb    softirq/timer: one record per retransmitted skb
+ *   tp_btf/tcp_send_reset        softirq or syscall: RST sent
+ *   tp_btf/tcp_receive_reset     softirq: RST received
+ *   tp_btf/tcp_destroy_sock      any: socket gone, totals from tcp_sock
+ *   tracepoint/syscalls/sys_exit_accept{,4}   syscall: accept() returned
+ *   tracepoint/syscalls/sys_{enter,exit}_{read,write,...}  syscall: fallback for
+ *       kernels without sock_{send,recv}_length; the socket is found from the fd
+ *
+ * Syscall-context hooks read the calling thread's trace context and keep it in
+ * per-socket state keyed by the socket cookie. Softirq hooks never read TLS (there
+ * `current` is unrelated, on loopback often the peer): they use that state, and
+ * their records carry the owner's pid/tid from it.
+ *
+ * send/recv are aggregated per socket and per trace context; a record is emitted
+ * when the aggregate closes (direction or context changes, or the socket closes).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "kspan.h"
+#include "thread_ctx.bpf.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define SOCK_STREAM 1
+#define MSG_PEEK 2
+#define MSG_ERRQUEUE 0x2000
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+
+/* Force the record types into BTF so the generator can see them. */
+struct kspan_event *unused_event __attribute__((unused));
+struct kspan_sock *unused_sock __attribute__((unused));
+enum kspan_event_type *unused_type __attribute__((unused));
+enum kspan_event_flag *unused_flag __attribute__((unused));
+enum kspan_counter *unused_counter __attribute__((unused));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, KSPAN_C_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Which processes (tgid) are traced; the agent changes it at run time. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u8);
+} targets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct kspan_sock);
+} socks SEC(".maps");
+
+/* Passive opens: when the handshake completed, until accept() takes the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, __u64);
+} accept_pending SEC(".maps");
+
+/* Fallback path: the fd of a socket syscall in flight, per thread. */
+struct io_args {
+	__u64 fd;
+	__u8 dir;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct io_args);
+} io_inflight SEC(".maps");
+
+/* Scratch space for a new socket's state (too large for the BPF stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kspan_sock);
+} sock_scratch SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline bool is_target(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&targets, &tgid) != NULL;
+}
+
+/* Reads family, ports and addresses of a socket into the state. */
+static __always_inline void sock_addr(struct kspan_sock *st, const struct sock *sk)
+{
+	st->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	st->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	st->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (st->family == AF_INET6) {
+		BPF_CORE_READ_INTO(&st->laddr, sk, __sk_common.skc_v6_rcv_saddr);
+		BPF_CORE_READ_INTO(&st->raddr, sk, __sk_common.skc_v6_daddr);
+	} else {
+		BPF_CORE_READ_INTO(&st->laddr, sk, __sk_common.skc_rcv_saddr);
+		BPF_CORE_READ_INTO(&st->raddr, sk, __sk_common.skc_daddr);
+	}
+}
+
+static __always_inline bool is_tcp_sock(const struct sock *sk)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return false;
+	return BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) == IPPROTO_TCP &&
+	       BPF_CORE_READ_BITFIELD_PROBED(sk, sk_type) == SOCK_STREAM;
+}
+
+/* Finds or creates the state of a socket seen in syscall context by a target. */
+static __always_inline struct kspan_sock *sock_state_get(__u64 cookie, const struct sock *sk,
+							 __u8 role)
+{
+	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
+	if (st) {
+		if (role && !st->role)
+			st->role = role;
+		if (!st->lport)
+			sock_addr(st, sk);
+		return st;
+	}
+	__u32 zero = 0;
+	struct kspan_sock *init = bpf_map_lookup_elem(&sock_scratch, &zero);
+	if (!init)
+		return NULL;
+	__builtin_memset(init, 0, sizeof(*init));
+	init->role = role;
+	sock_addr(init, sk);
+	if (bpf_map_update_elem(&socks, &cookie, init, BPF_NOEXIST) && 
+	    !bpf_map_lookup_elem(&socks, &cookie)) {
+		count(KSPAN_C_SOCK_TABLE_FULL);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(&socks, &cookie);
+}
+
+static __always_inline void fill_common(struct kspan_event *e, const struct kspan_sock *st,
+					__u64 cookie, __u8 type)
+{
+	e->cookie = cookie;
+	e->type = type;
+	e->pid = st->pid;
+	e->tid = st->tid;
+	e->family = st->family;
+	e->flags = st->role;
+	e->lport = st->lport;
+	e->rport = st->rport;
+	__builtin_memcpy(e->laddr, st->laddr, sizeof(e->laddr));
+	__builtin_memcpy(e->raddr, st->raddr, sizeof(e->raddr));
+}
+
+static __always_inline struct kspan_event *reserve(void)
+{
+	struct kspan_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e) {
+		count(KSPAN_C_RINGBUF_FULL);
+		return NULL;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	return e;
+}
+
+/* Emits the open send/recv aggregate of a socket and clears it. */
+static __always_inline void agg_emit(struct kspan_sock *st, __u64 cookie)
+{
+	if (!st->agg_dir)
+		return;
+	struct kspan_event *e = reserve();
+	if (e) {
+		fill_common(e, st, cookie, st->agg_dir);
+		e->tid = st->agg_tid;
+		e->ts_ns = st->agg_last_ns;
+		e->start_ns = st->agg_first_ns;
+		e->bytes = st->agg_bytes;
+		e->calls = st->agg_calls;
+		e->flags |= st->agg_flags;
+		e->ctx = st->agg_ctx;
+		bpf_ringbuf_submit(e, 0);
+	}
+	st->agg_dir = 0;
+	st->agg_bytes = 0;
+	st->agg_calls = 0;
+}
+
+static __always_inline bool ctx_equal(const struct kspan_trace_ctx *a,
+				      const struct kspan_trace_ctx *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	/* trace_id, span_id and the flags/valid word */
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+}
+
+/* One send or recv by a target thread, in syscall context. */
+static __always_inline void account_io(const struct sock *sk, __u64 cookie, __u8 dir,
+				       __u64 bytes, __u8 path_flag)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
+	struct kspan_trace_ctx cur;
+
+	if (!is_target(tgid))
+		return;
+	struct kspan_sock *st = sock_state_get(cookie, sk, 0);
+	if (!st)
+		return;
+	read_thread_ctx(tgid, &cur);
+
+	__u64 now = bpf_ktime_get_ns();
+	if (st->agg_dir && (st->agg_dir != dir || !ctx_equal(&st->agg_ctx, &cur)))
+		agg_emit(st, cookie);
+	if (!st->agg_dir) {
+		st->agg_dir = dir;
+		st->agg_first_ns = now;
+		st->agg_tid = tid;
+		st->agg_flags = path_flag;
+		st->agg_ctx = cur;
+	}
+	st->agg_bytes += bytes;
+	st->agg_calls += 1;
+	st->agg_last_ns = now;
+	st->pid = tgid;
+	st->tid = tid;
+	st->last_ctx = cur;
+	if (dir == KSPAN_EV_SEND)
+		st->tx_ctx = cur;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
+{
+	if (ret <= 0 || !is_tcp_sock(sk))
+		return 0;
+	account_io(sk, bpf_get_socket_cookie(sk), KSPAN_EV_SEND, ret, 0);
+	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(on_recv_length, struct sock *sk, int ret, int flags)
+{
+	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)) || !is_tcp_sock(sk))
+		return 0;
+	account_io(sk, bpf_get_socket_cookie(sk), KSPAN_EV_RECV, ret, 0);
+	return 0;
+}
+
+/* ---- state changes: handshakes and connect outcomes ---- */
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
+{
+	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+
+	if (oldstate == TCP_SYN_RECV && newstate == TCP_ESTABLISHED) {
+		/* Passive open completed (softirq). The cookie is taken here, not at
+		 * SYN_RECV: inet_csk_clone_lock() overwrites it after that event. The
+		 * owner is unknown until accept(), so only the time is kept. */
+		__u64 cookie = bpf_get_socket_cookie((void *)sk);
+		__u64 now = bpf_ktime_get_ns();
+		bpf_map_update_elem(&accept_pending, &cookie, &now, BPF_ANY);
+		return 0;
+	}
+
+	if (newstate == TCP_SYN_SENT) {
+		/* connect() in syscall context: the caller is the owner. */
+		__u64 pid_tgid = bpf_get_current_pid_tgid();
+		__u32 tgid = pid_tgid >> 32;
+		if (!is_target(tgid))
+			return 0;
+		__u64 cookie = bpf_get_socket_cookie((void *)sk);
+		struct kspan_sock *st = sock_state_get(cookie, sk, KSPAN_F_CLIENT);
+		if (!st)
+			return 0;
+		st->syn_sent_ns = bpf_ktime_get_ns();
+		st->pid = tgid;
+		st->tid = (__u32)pid_tgid;
+		read_thread_ctx(tgid, &st->last_ctx);
+		return 0;
+	}
+
+	if (oldstate != TCP_SYN_SENT)
+		return 0;
+	/* SYN_SENT -> ESTABLISHED (handshake done) or -> CLOSE (refused, timed
+	 * out, reset, aborted). Softirq or syscall: use the state, not current. */
+	__u64 cookie = bpf_get_socket_cookie((void *)sk);
+	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
+	if (!st || !st->syn_sent_ns)
+		return 0;
+	sock_addr(st, sk);
+	struct kspan_event *e = reserve();
+	if (!e)
+		return 0;
+	fill_common(e, st, cookie, KSPAN_EV_CONNECT);
+	e->ts_ns = bpf_ktime_get_ns();
+	e->start_ns = st->syn_sent_ns;
+	e->tcp_state = newstate;
+	if (newstate != TCP_ESTABLISHED) {
+		int err = BPF_CORE_READ(sk, sk_err);
+		if (!err)
+			err = BPF_CORE_READ(sk, sk_err_soft);
+		e->error = err ? err : 103; /* ECONNABORTED: closed before it connected */
+	}
+	e->ctx = st->last_ctx;
+	bpf_ringbuf_submit(e, 0);
+	st->syn_sent_ns = 0;
+	return 0;
+}
+
+/* ---- accept(): the socket from the returned fd ---- */
+
+static __always_inline struct sock *sock_from_fd(__u64 fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	unsigned int max = BPF_CORE_READ(task, files, fdt, max_fds);
+	struct file *f = NULL;
+
+	if (fd >= max)
+		return NULL;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return NULL;
+	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	if (!sock)
+		return NULL;
+	return BPF_CORE_READ(sock, sk);
+}
+
+static __always_inline __u64 sock_cookie_read(const struct sock *sk)
+{
+	/* Same value bpf_get_socket_cookie() returns once it was generated. */
+	return BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+}
+
+static __always_inline int handle_accept_exit(long ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (ret < 0 || !is_target(tgid))
+		return 0;
+	struct sock *sk = sock_from_fd(ret);
+	if (!sk || !is_tcp_sock(sk))
+		return 0;
+	__u64 cookie = sock_cookie_read(sk);
+	if (!cookie) {
+		count(KSPAN_C_NO_COOKIE);
+		return 0;
+	}
+	struct kspan_sock *st = sock_state_get(cookie, sk, KSPAN_F_SERVER);
+	if (!st)
+		return 0;
+	st->pid = tgid;
+	st->tid = (__u32)pid_tgid;
+	read_thread_ctx(tgid, &st->last_ctx);
+
+	struct kspan_event *e = reserve();
+	if (!e)
+		return 0;
+	fill_common(e, st, cookie, KSPAN_EV_ACCEPT);
+	e->ts_ns = bpf_ktime_get_ns();
+	__u64 *est = bpf_map_lookup_elem(&accept_pending, &cookie);
+	if (est) {
+		e->start_ns = *est;
+		bpf_map_delete_elem(&accept_pending, &cookie);
+	}
+	e->ctx = st->last_ctx;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int on_accept4_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return handle_accept_exit(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int on_accept_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return handle_accept_exit(ctx->ret);
+}
+
+/* ---- softirq/timer hooks: retransmits, resets, close ---- */
+
+static __always_inline int emit_sock_event(const struct sock *sk, __u8 type, __u8 flags, int err)
+{
+	__u64 cookie = bpf_get_socket_cookie((void *)sk);
+	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
+	if (!st)
+		return 0;
+	struct kspan_event *e = reserve();
+	if (!e)
+		return 0;
+	fill_common(e, st, cookie, type);
+	e->ts_ns = bpf_ktime_get_ns();
+	e->flags |= flags;
+	e->error = err;
+	e->tcp_state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	/* Retransmitted data belongs to whoever sent last; a reset to the last user. */
+	e->ctx = type == KSPAN_EV_RETRANSMIT ? st->tx_ctx : st->last_ctx;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(on_retransmit, const struct sock *sk, const struct sk_buff *skb, int err)
+{
+	return emit_sock_event(sk, KSPAN_EV_RETRANSMIT, 0, err);
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(on_send_reset, const struct sock *sk)
+{
+	/* Since 6.10 sk may be NULL (reset for a packet with no socket). */
+	if (!sk)
+		return 0;
+	return emit_sock_event(sk, KSPAN_EV_RESET, KSPAN_F_RESET_SENT, 0);
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(on_receive_reset, struct sock *sk)
+{
+	return emit_sock_event(sk, KSPAN_EV_RESET, 0, 0);
+}
+
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(on_destroy_sock, struct sock *sk)
+{
+	__u64 cookie = bpf_get_socket_cookie(sk);
+	bpf_map_delete_elem(&accept_pending, &cookie);
+	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
+	if (!st)
+		return 0;
+	agg_emit(st, cookie);
+	struct kspan_event *e = reserve();
+	if (e) {
+		const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+		fill_common(e, st, cookie, KSPAN_EV_CLOSE);
+		e->ts_ns = bpf_ktime_get_ns();
+		e->bytes_sent = BPF_CORE_READ(tp, bytes_acked);
+		e->bytes_received = BPF_CORE_READ(tp, bytes_received);
+		e->retransmits = BPF_CORE_READ(tp, total_retrans);
+		e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+		e->ctx = st->last_ctx;
+		bpf_ringbuf_submit(e, 0);
+	}
+	bpf_map_delete_elem(&socks, &cookie);
+	return 0;
+}
+
+/* ---- fallback: syscall tracepoints for kernels without sock_{send,recv}_length ---- */
+
+static __always_inline int io_enter(__u64 fd, __u8 dir)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_target(pid_tgid >> 32))
+		return 0;
+	__u32 tid = (__u32)pid_tgid;
+	struct io_args a = { .fd = fd, .dir = dir };
+	bpf_map_update_elem(&io_inflight, &tid, &a, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int io_exit(long ret)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct io_args *a = bpf_map_lookup_elem(&io_inflight, &tid);
+	if (!a)
+		return 0;
+	__u64 fd = a->fd;
+	__u8 dir = a->dir;
+	bpf_map_delete_elem(&io_inflight, &tid);
+	if (ret <= 0)
+		return 0;
+	struct sock *sk = sock_from_fd(fd);
+	if (!sk || !is_tcp_sock(sk))
+		return 0;
+	__u64 cookie = sock_cookie_read(sk);
+	if (!cookie) {
+		count(KSPAN_C_NO_COOKIE);
+		return 0;
+	}
+	account_io(sk, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
+	return 0;
+}
+
+#define IO_TRACEPOINTS(name, dir)                                                 \
+	SEC("tracepoint/syscalls/sys_enter_" #name)                               \
+	int on_##name##_enter(struct trace_event_raw_sys_enter *ctx)              \
+	{                                                                         \
+		return io_enter(ctx->args[0], dir);                               \
+	}                                                                         \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                                \
+	int on_##name##_exit(struct trace_event_raw_sys_exit *ctx)                \
+	{                                                                         \
+		return io_exit(ctx->ret);                                         \
+	}
+
+IO_TRACEPOINTS(write, KSPAN_EV_SEND)
+IO_TRACEPOINTS(writev, KSPAN_EV_SEND)
+IO_TRACEPOINTS(sendto, KSPAN_EV_SEND)
+IO_TRACEPOINTS(sendmsg, KSPAN_EV_SEND)
+IO_TRACEPOINTS(read, KSPAN_EV_RECV)
+IO_TRACEPOINTS(readv, KSPAN_EV_RECV)
+IO_TRACEPOINTS(recvfrom, KSPAN_EV_RECV)
+IO_TRACEPOINTS(recvmsg, KSPAN_EV_RECV)

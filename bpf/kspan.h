@@ -1,0 +1,100 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/*
+ * Records shared by the BPF programs and the agent. Declared once here; the
+ * TypeScript decoders in src/generated/ are generated from the BTF of the
+ * compiled object (scripts/gen-decoders.ts), so no offset is written twice.
+ *
+ * Every type below must stay free of implicit padding surprises: fields are
+ * ordered by size and padded explicitly.
+ */
+#ifndef KSPAN_H
+#define KSPAN_H
+
+enum kspan_event_type {
+	KSPAN_EV_ACCEPT = 1,
+	KSPAN_EV_CONNECT = 2,
+	KSPAN_EV_SEND = 3,
+	KSPAN_EV_RECV = 4,
+	KSPAN_EV_RETRANSMIT = 5,
+	KSPAN_EV_RESET = 6,
+	KSPAN_EV_CLOSE = 7,
+};
+
+/* Bits of kspan_event.flags. */
+enum kspan_event_flag {
+	KSPAN_F_RESET_SENT = 1,     /* reset: we sent the RST (else received) */
+	KSPAN_F_FALLBACK_IO = 2,    /* send/recv: aggregated from syscall exit tracepoints */
+	KSPAN_F_SERVER = 4,         /* the socket was accepted (passive open) */
+	KSPAN_F_CLIENT = 8,         /* the socket connected (active open) */
+	KSPAN_F_FLUSHED = 16,       /* send/recv: closed by the agent at shutdown, not by the kernel */
+};
+
+/* Indexes into the per-CPU `counters` map: every loss is counted. */
+enum kspan_counter {
+	KSPAN_C_RINGBUF_FULL = 0,   /* bpf_ringbuf_reserve failed: a record was lost */
+	KSPAN_C_SOCK_TABLE_FULL = 1,/* no room for a socket's state: its records are lost */
+	KSPAN_C_NO_COOKIE = 2,      /* fallback path: socket had no cookie yet */
+	KSPAN_C_CTX_TORN = 3,       /* thread context changed while it was copied */
+	KSPAN_C_CTX_INVALID = 4,    /* thread context record not valid (valid != 1) */
+	KSPAN_C_CTX_FAULT = 5,      /* thread context read faulted (page not resident, bad pointer) */
+	KSPAN_C_MAX = 8,
+};
+
+/* The span a thread had active, copied from its TLS (OTEP 4947 record header). */
+struct kspan_trace_ctx {
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 trace_flags;
+	__u8 valid;                 /* 1 when a context was read, 0 when none */
+	__u8 _pad[6];
+};
+
+/* One ring-buffer record. Which fields apply depends on `type` (docs/RECORDS.md). */
+struct kspan_event {
+	__u64 ts_ns;                /* CLOCK_MONOTONIC: when it happened (aggregate: last call) */
+	__u64 start_ns;             /* aggregate: first call; accept: handshake done; connect: SYN sent */
+	__u64 cookie;               /* socket cookie */
+	__u64 bytes;                /* send/recv: bytes in the aggregate */
+	__u64 bytes_sent;           /* close: tcp_sock bytes_acked */
+	__u64 bytes_received;       /* close: tcp_sock bytes_received */
+	__u32 pid;                  /* tgid of the socket's owner */
+	__u32 tid;                  /* thread of the socket's owner */
+	__u32 calls;                /* send/recv: syscalls in the aggregate */
+	__u32 retransmits;          /* close: tcp_sock total_retrans */
+	__u32 srtt_us;              /* close: smoothed RTT */
+	__s32 error;                /* connect: errno of the failure; retransmit: the kernel's err */
+	__u8 type;                  /* enum kspan_event_type */
+	__u8 family;                /* AF_INET or AF_INET6 */
+	__u8 flags;                 /* enum kspan_event_flag bits */
+	__u8 tcp_state;             /* retransmit/reset: TCP state at the time */
+	__u16 lport;                /* host byte order */
+	__u16 rport;                /* host byte order */
+	__u8 laddr[16];             /* IPv4: first 4 bytes */
+	__u8 raddr[16];
+	struct kspan_trace_ctx ctx; /* the span active in the thread, or valid = 0 */
+};
+
+/* Per-socket state, keyed by cookie in the `socks` map. */
+struct kspan_sock {
+	__u64 agg_first_ns;         /* open send/recv aggregate */
+	__u64 agg_last_ns;
+	__u64 agg_bytes;
+	__u64 syn_sent_ns;          /* active open: when connect() sent the SYN */
+	__u32 pid;                  /* owner: last thread that used the socket in a syscall */
+	__u32 tid;
+	__u32 agg_tid;
+	__u32 agg_calls;
+	__u8 agg_dir;               /* 0 none, KSPAN_EV_SEND or KSPAN_EV_RECV */
+	__u8 family;
+	__u8 role;                  /* KSPAN_F_SERVER or KSPAN_F_CLIENT, 0 unknown */
+	__u8 agg_flags;             /* KSPAN_F_FALLBACK_IO when the fallback filled it */
+	__u16 lport;
+	__u16 rport;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	struct kspan_trace_ctx agg_ctx; /* context of the open aggregate */
+	struct kspan_trace_ctx tx_ctx;  /* context that last sent: owns data in flight */
+	struct kspan_trace_ctx last_ctx;/* context of the last syscall on the socket */
+};
+
+#endif
