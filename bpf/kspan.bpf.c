@@ -52,6 +52,9 @@ struct kspan_sock *unused_sock __attribute__((unused));
 enum kspan_event_type *unused_type __attribute__((unused));
 enum kspan_event_flag *unused_flag __attribute__((unused));
 enum kspan_counter *unused_counter __attribute__((unused));
+struct kspan_tls_loc *unused_tls_loc __attribute__((unused));
+enum kspan_tls_kind *unused_tls_kind __attribute__((unused));
+enum kspan_ctx_scheme *unused_scheme __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -97,4 +97,26 @@ struct kspan_sock {
 	struct kspan_trace_ctx last_ctx;/* context of the last syscall on the socket */
 };
 
+/* Where a target's thread-context pointer lives, per process (`tls_locs` map,
+ * keyed by tgid). Resolved in userspace from the ELF and /proc/PID/{maps,mem}. */
+enum kspan_tls_kind {
+	KSPAN_TLS_NONE = 0,
+	KSPAN_TLS_STATIC = 1,       /* address = fsbase + offset (local-exec, initial-exec, static TLSDESC) */
+	KSPAN_TLS_DTV = 2,          /* address = dtv[module].block + offset (dlopen'ed, dynamic TLS) */
+};
+
+enum kspan_ctx_scheme {
+	KSPAN_SCHEME_NONE = 0,
+	KSPAN_SCHEME_OTEL_V1 = 1,   /* otel_thread_ctx_v1: the TLS word points at the record */
+	KSPAN_SCHEME_NODEJS_V1 = 2, /* otel_thread_ctx_nodejs_v1: walk V8 to the record */
+};
+
+struct kspan_tls_loc {
+	__s64 offset;               /* STATIC: TP-relative offset; DTV: offset in the module's block */
+	__u64 module;               /* DTV: module id (dtv index) */
+	__u8 kind;                  /* enum kspan_tls_kind */
+	__u8 scheme;                /* enum kspan_ctx_scheme */
+	__u8 _pad[6];
+};
+
 #endif

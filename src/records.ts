@@ -1,0 +1,83 @@
+/**
+ * Kernel records as the rest of the agent sees them: decoded from the ring buffer
+ * (src/record-decoder.ts), printed by `kspan events`, written by `kspan record`,
+ * and consumed by the correlator (src/spans/). Pure types and helpers: no kernel.
+ *
+ * Timestamps stay on the kernel's CLOCK_MONOTONIC (`*Ns` as bigint, exact); the
+ * conversion to wall-clock time is one offset (src/clock.ts) applied at the edge.
+ */
+
+export type RecordType = 'accept' | 'connect' | 'send' | 'recv' | 'retransmit' | 'reset' | 'close';
+
+export interface TraceContext {
+  /** 32 lowercase hex characters. */
+  traceId: string;
+  /** 16 lowercase hex characters. */
+  spanId: string;
+  traceFlags: number;
+}
+
+export interface Endpoint {
+  /** IPv4 dotted quad or IPv6 text form (RFC 5952). */
+  address: string;
+  port: number;
+}
+
+export interface KernelRecord {
+  type: RecordType;
+  /** CLOCK_MONOTONIC nanoseconds: when it happened (aggregates: the last call). */
+  tsNs: bigint;
+  /**
+   * CLOCK_MONOTONIC nanoseconds of the start: send/recv first call, accept handshake
+   * completion (0n when the kernel saw no handshake, e.g. before kspan started),
+   * connect SYN sent; 0n for the other types.
+   */
+  startNs: bigint;
+  cookie: bigint;
+  pid: number;
+  tid: number;
+  family: 4 | 6;
+  local: Endpoint;
+  peer: Endpoint;
+  /** Socket role when known: accepted by the target, or connected by it. */
+  role: 'server' | 'client' | null;
+  /** The span the thread had active, or null. */
+  context: TraceContext | null;
+  /** send/recv: bytes and syscalls in the aggregate. */
+  bytes: number;
+  calls: number;
+  /** send/recv: closed by the agent at shutdown rather than by the kernel. */
+  flushed: boolean;
+  /** send/recv: produced by the syscall-tracepoint fallback. */
+  fallback: boolean;
+  /** connect: errno of the failure (0 = connected); retransmit: the kernel's err. */
+  errno: number;
+  /** reset: true when this side sent the RST. */
+  resetSent: boolean;
+  /** retransmit/reset/connect: TCP state number at the time. */
+  tcpState: number;
+  /** close: totals from tcp_sock. */
+  bytesSent: number;
+  bytesReceived: number;
+  retransmits: number;
+  srttUs: number;
+}
+
+const ERRNO_NAMES: Record<number, string> = {
+  103: 'aborted',
+  104: 'reset',
+  110: 'timed_out',
+  111: 'refused',
+  113: 'host_unreachable',
+  101: 'network_unreachable',
+};
+
+/** The connect failure as a word: refused, timed_out, reset, … or errno_N. */
+export function connectErrorName(errno: number): string | null {
+  if (!errno) return null;
+  return ERRNO_NAMES[errno] ?? `errno_${errno}`;
+}
+
+export function formatEndpoint(e: Endpoint): string {
+  return e.address.includes(':') ? `[${e.address}]:${e.port}` : `${e.address}:${e.port}`;
+}
