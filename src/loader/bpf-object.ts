@@ -1,0 +1,290 @@
+/**
+ * Opens, loads and attaches a BPF object through libbpf, and owns everything it
+ * attached: close() destroys every link and the object. No pinning, so when the
+ * process dies (even by SIGKILL) the kernel drops the programs with its fds.
+ *
+ * Failures become KspanError with a code and what to do; a verifier rejection is a
+ * VerifierError with the program name and the verifier's log.
+ */
+import { existsSync } from 'node:fs';
+import {
+  errnoError,
+  HINT_BTF,
+  HINT_PRIVILEGE,
+  HINT_TRACEFS,
+  KspanError,
+  VerifierError,
+} from '../errors.ts';
+import { errno, libbpf } from './native.ts';
+import { captureLibbpfLog, type LibbpfLogCapture } from './libbpf-log.ts';
+
+type Ptr = bigint;
+
+export interface AttachOptions {
+  /** uprobe: attach to this pid only (-1: every process mapping the binary). */
+  pid?: number;
+  binaryPath?: string;
+  offset?: number;
+  retprobe?: boolean;
+}
+
+const VERIFIER_LOG_SIZE = 4 << 20;
+const EPERM = 1;
+const ENOENT = 2;
+const EACCES = 13;
+
+export class BpfMap {
+  readonly name: string;
+  readonly keySize: number;
+  readonly valueSize: number;
+  readonly fd: number;
+  readonly #ptr: Ptr;
+
+  constructor(name: string, ptr: Ptr) {
+    const lib = libbpf();
+    this.name = name;
+    this.#ptr = ptr;
+    this.keySize = lib.mapKeySize(ptr);
+    this.valueSize = lib.mapValueSize(ptr);
+    this.fd = lib.mapFd(ptr);
+  }
+
+  /** Value size as the kernel copies it: per-CPU maps hold one slot per possible CPU. */
+  lookup(key: Buffer, valueSize = this.valueSize): Buffer | null {
+    const out = Buffer.alloc(valueSize);
+    const rc = libbpf().mapLookup(this.#ptr, key, key.length, out, valueSize, 0);
+    if (rc === -ENOENT) return null;
+    if (rc < 0) throw this.#error('lookup', rc);
+    return out;
+  }
+
+  update(key: Buffer, value: Buffer, flags = 0): void {
+    const rc = libbpf().mapUpdate(this.#ptr, key, key.length, value, value.length, flags);
+    if (rc < 0) throw this.#error('update', rc);
+  }
+
+  /** Returns false when the key was not there. */
+  delete(key: Buffer): boolean {
+    const rc = libbpf().mapDelete(this.#ptr, key, key.length, 0);
+    if (rc === -ENOENT) return false;
+    if (rc < 0) throw this.#error('delete', rc);
+    return true;
+  }
+
+  /** Every key present now (a snapshot; the kernel may change the map meanwhile). */
+  keys(): Buffer[] {
+    const out: Buffer[] = [];
+    let cur: Buffer | null = null;
+    for (;;) {
+      const next = Buffer.alloc(this.keySize);
+      const rc = libbpf().mapNextKey(this.#ptr, cur, next, this.keySize);
+      if (rc === -ENOENT) return out;
+      if (rc < 0) throw this.#error('get_next_key', rc);
+      out.push(next);
+      cur = next;
+    }
+  }
+
+  #error(op: string, rc: number): KspanError {
+    return new KspanError('KSPAN_ERR_MAP', `BPF map "${this.name}": ${op} failed`, {
+      cause: errnoError(`bpf_map__${op}`, rc),
+    });
+  }
+}
+
+export class BpfObject {
+  readonly path: string;
+  readonly #obj: Ptr;
+  readonly #programs = new Map<string, Ptr>();
+  readonly #maps = new Map<string, BpfMap>();
+  readonly #links: { name: string; ptr: Ptr }[] = [];
+  #logBuf: Buffer | undefined;
+  #loaded = false;
+  #closed = false;
+
+  private constructor(path: string, obj: Ptr) {
+    this.path = path;
+    this.#obj = obj;
+    const lib = libbpf();
+    for (let p = lib.objectNextProgram(obj, null); p; p = lib.objectNextProgram(obj, p)) {
+      this.#programs.set(lib.programName(p), p);
+    }
+  }
+
+  static open(path: string): BpfObject {
+    if (!existsSync(path)) {
+      throw new KspanError('KSPAN_ERR_BPF_OBJECT', `BPF object ${path} does not exist`, {
+        hint: 'build it: make -C bpf (scripts/setup.sh does this)',
+      });
+    }
+    const log = captureLibbpfLog();
+    const obj = libbpf().objectOpenFile(path, null);
+    const err = errno();
+    const lines = log.stop();
+    if (!obj) {
+      throw new KspanError('KSPAN_ERR_BPF_OBJECT', `libbpf could not open ${path}`, {
+        cause: errnoError('bpf_object__open_file', err),
+        details: { libbpfLog: lines },
+      });
+    }
+    return new BpfObject(path, obj);
+  }
+
+  get programNames(): string[] {
+    return [...this.#programs.keys()];
+  }
+
+  #program(name: string): Ptr {
+    const p = this.#programs.get(name);
+    if (!p) throw new KspanError('KSPAN_ERR_BPF_OBJECT', `no program "${name}" in ${this.path}`);
+    return p;
+  }
+
+  setAutoload(name: string, on: boolean): void {
+    libbpf().programSetAutoload(this.#program(name), on);
+  }
+
+  autoload(name: string): boolean {
+    return libbpf().programAutoload(this.#program(name));
+  }
+
+  sectionName(name: string): string {
+    return libbpf().programSectionName(this.#program(name));
+  }
+
+  /** Resizes a map before load (e.g. the ring buffer). */
+  setMaxEntries(mapName: string, n: number): void {
+    const m = libbpf().objectFindMap(this.#obj, mapName);
+    if (!m) throw new KspanError('KSPAN_ERR_BPF_OBJECT', `no map "${mapName}" in ${this.path}`);
+    const rc = libbpf().mapSetMaxEntries(m, n);
+    if (rc < 0) {
+      throw new KspanError('KSPAN_ERR_MAP', `cannot size map "${mapName}" to ${n}`, {
+        cause: errnoError('bpf_map__set_max_entries', rc),
+      });
+    }
+  }
+
+  load(): void {
+    const lib = libbpf();
+    // One log buffer serves every program: programs load in order and libbpf only
+    // writes the log (at level 1, on its retry) for the one that failed.
+    this.#logBuf = Buffer.alloc(VERIFIER_LOG_SIZE);
+    for (const p of this.#programs.values()) lib.programSetLogBuf(p, this.#logBuf, VERIFIER_LOG_SIZE);
+    const log = captureLibbpfLog();
+    const rc = lib.objectLoad(this.#obj);
+    const lines = log.stop();
+    if (rc < 0) throw this.#loadError(rc, lines);
+    this.#loaded = true;
+  }
+
+  #loadError(rc: number, libbpfLog: string[]): KspanError {
+    const cause = errnoError('bpf_object__load', rc);
+    const details = { libbpfLog };
+    // The verifier refuses with EACCES (or EINVAL) and writes its log; a missing
+    // privilege is EPERM with no log.
+    const failed = this.#failedProgram(libbpfLog);
+    const verifierLog = this.#logBuf ? cString(this.#logBuf) : '';
+    if (failed && verifierLog) return new VerifierError(failed, verifierLog, cause);
+    if (-rc === EPERM || -rc === EACCES) {
+      return new KspanError('KSPAN_ERR_PRIVILEGE', 'the kernel refused to load BPF programs', {
+        hint: HINT_PRIVILEGE,
+        cause,
+        details,
+      });
+    }
+    if (!existsSync('/sys/kernel/btf/vmlinux')) {
+      return new KspanError('KSPAN_ERR_NO_BTF', 'this kernel exposes no BTF', { hint: HINT_BTF, cause, details });
+    }
+    return new KspanError('KSPAN_ERR_BPF_OBJECT', `libbpf could not load ${this.path}`, {
+      hint: 'see the libbpf log in err.details.libbpfLog',
+      cause,
+      details,
+    });
+  }
+
+  /** The program that failed: libbpf names it in its log; else the first unloaded one. */
+  #failedProgram(libbpfLog: string[]): string | undefined {
+    for (const line of libbpfLog) {
+      const m = /prog '([^']+)': (?:BPF program load failed|failed to load)/.exec(line);
+      if (m) return m[1];
+    }
+    const lib = libbpf();
+    for (const [name, p] of this.#programs) {
+      if (lib.programAutoload(p) && lib.programFd(p) < 0) return name;
+    }
+    return undefined;
+  }
+
+  /** Attaches by section type (tracepoint, tp_btf, uprobe with options). */
+  attach(name: string, opts: AttachOptions = {}): void {
+    if (!this.#loaded) throw new KspanError('KSPAN_ERR_ATTACH', `attach "${name}" before load()`);
+    const lib = libbpf();
+    const p = this.#program(name);
+    const log = captureLibbpfLog();
+    const link = opts.binaryPath
+      ? lib.programAttachUprobe(p, opts.retprobe ?? false, opts.pid ?? -1, opts.binaryPath, opts.offset ?? 0)
+      : lib.programAttach(p);
+    const err = errno();
+    const lines = log.stop();
+    if (!link) throw this.#attachError(name, err, lines);
+    this.#links.push({ name, ptr: link });
+  }
+
+  #attachError(name: string, err: number, libbpfLog: string[]): KspanError {
+    const section = this.sectionName(name);
+    const cause = errnoError('bpf_program__attach', err);
+    const details = { program: name, section, libbpfLog };
+    if (err === EPERM || err === EACCES) {
+      return new KspanError('KSPAN_ERR_PRIVILEGE', `not allowed to attach "${name}" (${section})`, {
+        hint: HINT_PRIVILEGE,
+        cause,
+        details,
+      });
+    }
+    if (section.startsWith('tracepoint/') && !existsSync('/sys/kernel/tracing/events')) {
+      return new KspanError('KSPAN_ERR_TRACEFS', `cannot attach tracepoint "${section}": tracefs is not mounted`, {
+        hint: HINT_TRACEFS,
+        cause,
+        details,
+      });
+    }
+    return new KspanError('KSPAN_ERR_ATTACH', `cannot attach "${name}" (${section})`, { cause, details });
+  }
+
+  /** Attaches every program that is set to load. */
+  attachAll(): void {
+    for (const name of this.#programs.keys()) if (this.autoload(name)) this.attach(name);
+  }
+
+  get attachedLinks(): number {
+    return this.#links.length;
+  }
+
+  map(name: string): BpfMap {
+    let m = this.#maps.get(name);
+    if (!m) {
+      const ptr = libbpf().objectFindMap(this.#obj, name);
+      if (!ptr) throw new KspanError('KSPAN_ERR_BPF_OBJECT', `no map "${name}" in ${this.path}`);
+      m = new BpfMap(name, ptr);
+      this.#maps.set(name, m);
+    }
+    return m;
+  }
+
+  /** Detaches every link (in reverse order) and frees the object. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    const lib = libbpf();
+    for (const l of this.#links.reverse()) lib.linkDestroy(l.ptr);
+    this.#links.length = 0;
+    lib.objectClose(this.#obj);
+  }
+}
+
+function cString(buf: Buffer): string {
+  const end = buf.indexOf(0);
+  return buf.toString('utf8', 0, end < 0 ? buf.length : end);
+}
+
+export type { LibbpfLogCapture };

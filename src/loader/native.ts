@@ -1,0 +1,125 @@
+/**
+ * koffi bindings to the system libbpf (libbpf.so.1, 1.1 or later) and the few libc
+ * calls kspan needs (mmap, epoll, clock_gettime, vsnprintf). Pointers are bigint
+ * (koffi 3). Nothing else in kspan declares a native function.
+ */
+import koffi from 'koffi';
+import { HINT_LIBBPF, KspanError } from '../errors.ts';
+
+type Ptr = bigint;
+type Fn<A extends unknown[], R> = ((...args: A) => R) & {
+  async: (...args: [...A, (err: unknown, res: R) => void]) => void;
+};
+
+function loadLib(name: string, hint: string) {
+  try {
+    return koffi.load(name);
+  } catch (cause) {
+    throw new KspanError('KSPAN_ERR_LIBBPF', `cannot load ${name}`, { hint, cause });
+  }
+}
+
+const libc = loadLib('libc.so.6', 'kspan runs on glibc-based Linux');
+
+/** libbpf's print callback: (level, fmt, va_list). fmt and va_list stay raw pointers. */
+export const LibbpfPrintFn = koffi.proto('int kspan_libbpf_print_fn(int level, void *fmt, void *args)');
+
+export const EpollEvent = koffi.pack('kspan_epoll_event', { events: 'uint32_t', data: 'uint64_t' });
+
+let libbpfHandle: ReturnType<typeof koffi.load> | undefined;
+let libbpfApi: ReturnType<typeof bindLibbpf> | undefined;
+
+function bindLibbpf(lib: ReturnType<typeof koffi.load>) {
+  const f = <A extends unknown[], R>(decl: string) => lib.func(decl) as unknown as Fn<A, R>;
+  return {
+    majorVersion: f<[], number>('uint32_t libbpf_major_version()'),
+    minorVersion: f<[], number>('uint32_t libbpf_minor_version()'),
+    setPrint: f<[Ptr | null], Ptr>('void *libbpf_set_print(void *fn)'),
+    numPossibleCpus: f<[], number>('int libbpf_num_possible_cpus()'),
+    objectOpenFile: f<[string, Ptr | null], Ptr>('void *bpf_object__open_file(const char *path, void *opts)'),
+    objectLoad: f<[Ptr], number>('int bpf_object__load(void *obj)'),
+    objectClose: f<[Ptr], void>('void bpf_object__close(void *obj)'),
+    objectNextProgram: f<[Ptr, Ptr | null], Ptr>('void *bpf_object__next_program(void *obj, void *prog)'),
+    objectFindMap: f<[Ptr, string], Ptr>('void *bpf_object__find_map_by_name(void *obj, const char *name)'),
+    programName: f<[Ptr], string>('const char *bpf_program__name(void *prog)'),
+    programSectionName: f<[Ptr], string>('const char *bpf_program__section_name(void *prog)'),
+    programSetAutoload: f<[Ptr, boolean], number>('int bpf_program__set_autoload(void *prog, bool autoload)'),
+    programAutoload: f<[Ptr], boolean>('bool bpf_program__autoload(void *prog)'),
+    programSetLogBuf: f<[Ptr, Buffer, number], number>('int bpf_program__set_log_buf(void *prog, void *buf, size_t size)'),
+    programSetLogLevel: f<[Ptr, number], number>('int bpf_program__set_log_level(void *prog, uint32_t level)'),
+    programFd: f<[Ptr], number>('int bpf_program__fd(void *prog)'),
+    programAttach: f<[Ptr], Ptr>('void *bpf_program__attach(void *prog)'),
+    programAttachUprobe: f<[Ptr, boolean, number, string, number], Ptr>(
+      'void *bpf_program__attach_uprobe(void *prog, bool retprobe, int pid, const char *path, size_t offset)',
+    ),
+    linkDestroy: f<[Ptr], number>('int bpf_link__destroy(void *link)'),
+    mapFd: f<[Ptr], number>('int bpf_map__fd(void *map)'),
+    mapSetMaxEntries: f<[Ptr, number], number>('int bpf_map__set_max_entries(void *map, uint32_t n)'),
+    mapMaxEntries: f<[Ptr], number>('uint32_t bpf_map__max_entries(void *map)'),
+    mapKeySize: f<[Ptr], number>('uint32_t bpf_map__key_size(void *map)'),
+    mapValueSize: f<[Ptr], number>('uint32_t bpf_map__value_size(void *map)'),
+    mapUpdate: f<[Ptr, Buffer, number, Buffer, number, number], number>(
+      'int bpf_map__update_elem(void *map, void *key, size_t ksz, void *val, size_t vsz, uint64_t flags)',
+    ),
+    mapLookup: f<[Ptr, Buffer, number, Buffer, number, number], number>(
+      'int bpf_map__lookup_elem(void *map, void *key, size_t ksz, void *val, size_t vsz, uint64_t flags)',
+    ),
+    mapDelete: f<[Ptr, Buffer, number, number], number>(
+      'int bpf_map__delete_elem(void *map, void *key, size_t ksz, uint64_t flags)',
+    ),
+    mapNextKey: f<[Ptr, Buffer | null, Buffer, number], number>(
+      'int bpf_map__get_next_key(void *map, void *cur, void *next, size_t ksz)',
+    ),
+    btfLoadVmlinux: f<[], Ptr>('void *btf__load_vmlinux_btf()'),
+    btfFindByNameKind: f<[Ptr, string, number], number>('int btf__find_by_name_kind(void *btf, const char *name, uint32_t kind)'),
+    btfFree: f<[Ptr], void>('void btf__free(void *btf)'),
+    ringBufferNew: f<[number, Ptr, Ptr | null, Ptr | null], Ptr>(
+      'void *ring_buffer__new(int fd, void *cb, void *ctx, void *opts)',
+    ),
+    ringBufferConsume: f<[Ptr], number>('int ring_buffer__consume(void *rb)'),
+    ringBufferFree: f<[Ptr], void>('void ring_buffer__free(void *rb)'),
+  };
+}
+
+/** The libbpf API, loaded on first use so that `kspan doctor` can report its absence. */
+export function libbpf(): ReturnType<typeof bindLibbpf> {
+  if (!libbpfApi) {
+    libbpfHandle = loadLib('libbpf.so.1', HINT_LIBBPF);
+    libbpfApi = bindLibbpf(libbpfHandle);
+  }
+  return libbpfApi;
+}
+
+const cf = <A extends unknown[], R>(decl: string) => libc.func(decl) as unknown as Fn<A, R>;
+
+export const c = {
+  mmap: cf<[Ptr | null, number, number, number, number, number], Ptr>(
+    'void *mmap(void *addr, size_t len, int prot, int flags, int fd, int64_t off)',
+  ),
+  munmap: cf<[Ptr, number], number>('int munmap(void *addr, size_t len)'),
+  close: cf<[number], number>('int close(int fd)'),
+  sysconf: cf<[number], number>('long sysconf(int name)'),
+  epollCreate1: cf<[number], number>('int epoll_create1(int flags)'),
+  epollCtl: cf<[number, number, number, unknown], number>('int epoll_ctl(int epfd, int op, int fd, kspan_epoll_event *ev)'),
+  epollWait: cf<[number, Buffer, number, number], number>('int epoll_wait(int epfd, void *events, int max, int timeout)'),
+  clockGettime: cf<[number, Buffer], number>('int clock_gettime(int clk, void *ts)'),
+  vsnprintf: cf<[Buffer, number, Ptr, Ptr], number>('int vsnprintf(void *buf, size_t n, void *fmt, void *ap)'),
+  getpid: cf<[], number>('int getpid()'),
+};
+
+export const PROT_READ = 1;
+export const PROT_WRITE = 2;
+export const MAP_SHARED = 1;
+export const MAP_FAILED = 0xffffffffffffffffn;
+export const EPOLLIN = 1;
+export const EPOLL_CTL_ADD = 1;
+export const CLOCK_REALTIME = 0;
+export const CLOCK_MONOTONIC = 1;
+export const SC_PAGESIZE = 30;
+export const BTF_KIND_TYPEDEF = 8;
+
+export function errno(): number {
+  return koffi.errno();
+}
+
+export { koffi };
