@@ -1,14 +1,17 @@
 /**
- * A small ELF64 little-endian reader over bytes already in memory. Pure: no fs
- * here (readElfFile below is the one convenience that touches the disk), so it
- * is unit-testable and usable on files read through /proc/PID/map_files.
+ * A small ELF64 little-endian reader. The parser is pure (parseElf over bytes in
+ * memory, parseElfSource over any byte source) so it is unit-testable; the two
+ * conveniences at the end touch the disk: readElfFile (whole file) and
+ * openElfFile (headers now, sections on demand), both usable on
+ * /proc/PID/map_files entries.
  *
  * It reads what kspan needs and no more: section headers (for .BTF, .dynsym,
  * .rela.dyn), program headers (PT_TLS, PT_LOAD), symbols and RELA relocations.
  * 64-bit values become JS numbers; anything beyond 2^53 (never a real offset or
  * address in user space) is rejected rather than silently rounded.
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
+import { KspanError } from '../errors.ts';
 
 export const ET_EXEC = 2;
 export const ET_DYN = 3;
@@ -38,10 +41,13 @@ export const EM_X86_64 = 62;
 export const EM_BPF = 247;
 export const EM_AARCH64 = 183;
 
-export class ElfFormatError extends Error {
-  readonly code = 'ELF_FORMAT';
-  constructor(message: string) {
-    super(message);
+/** The bytes are not an ELF64 little-endian file, or a table in it is out of bounds. */
+export class ElfFormatError extends KspanError {
+  constructor(message: string, options: { path?: string; cause?: unknown } = {}) {
+    super('KSPAN_ERR_ELF', options.path ? `${options.path}: ${message}` : message, {
+      cause: options.cause,
+      details: options.path ? { path: options.path } : {},
+    });
     this.name = 'ElfFormatError';
   }
 }
@@ -145,14 +151,31 @@ function cstring(bytes: Uint8Array, off: number): string {
   return Buffer.from(bytes.buffer, bytes.byteOffset + off, end - off).toString('latin1');
 }
 
+/**
+ * Where the bytes come from: all in memory, or read on demand from a file so
+ * that a 100 MB executable costs only its headers and the sections asked for.
+ */
+export interface ElfByteSource {
+  size: number;
+  /** `length` bytes at `offset`; the caller has checked the bounds. */
+  read(offset: number, length: number): Uint8Array;
+}
+
+/** Parses an ELF file held in memory. Section bytes are views into `bytes`. */
 export function parseElf(bytes: Uint8Array): ElfFile {
-  if (bytes.length < EHDR_SIZE) throw new ElfFormatError(`too short for an ELF header (${bytes.length} bytes)`);
-  if (bytes[0] !== 0x7f || bytes[1] !== 0x45 || bytes[2] !== 0x4c || bytes[3] !== 0x46) {
+  return parseElfSource({ size: bytes.length, read: (o, n) => bytes.subarray(o, o + n) });
+}
+
+/** Parses an ELF file read on demand (headers now, each section when asked for). */
+export function parseElfSource(src: ElfByteSource): ElfFile {
+  if (src.size < EHDR_SIZE) throw new ElfFormatError(`too short for an ELF header (${src.size} bytes)`);
+  const ehdr = src.read(0, EHDR_SIZE);
+  if (ehdr[0] !== 0x7f || ehdr[1] !== 0x45 || ehdr[2] !== 0x4c || ehdr[3] !== 0x46) {
     throw new ElfFormatError('not an ELF file (bad magic)');
   }
-  if (bytes[4] !== 2) throw new ElfFormatError(`not ELF64 (EI_CLASS ${bytes[4]})`);
-  if (bytes[5] !== 1) throw new ElfFormatError(`not little-endian (EI_DATA ${bytes[5]})`);
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (ehdr[4] !== 2) throw new ElfFormatError(`not ELF64 (EI_CLASS ${ehdr[4]})`);
+  if (ehdr[5] !== 1) throw new ElfFormatError(`not little-endian (EI_DATA ${ehdr[5]})`);
+  const view = new DataView(ehdr.buffer, ehdr.byteOffset, ehdr.byteLength);
 
   const type = view.getUint16(16, true);
   const machine = view.getUint16(18, true);
@@ -165,13 +188,18 @@ export function parseElf(bytes: Uint8Array): ElfFile {
   let shnum = view.getUint16(60, true);
   let shstrndx = view.getUint16(62, true);
 
-  const inBounds = (off: number, len: number) => off >= 0 && len >= 0 && off + len <= bytes.length;
+  const inBounds = (off: number, len: number) => off >= 0 && len >= 0 && off + len <= src.size;
+  const tableView = (off: number, len: number) => {
+    const b = src.read(off, len);
+    return new DataView(b.buffer, b.byteOffset, b.byteLength);
+  };
 
   // Extended numbering: the real counts live in section header 0.
   if (shoff !== 0 && inBounds(shoff, SHDR_SIZE)) {
-    if (shnum === 0) shnum = u64(view, shoff + 32);
-    if (shstrndx === 0xffff) shstrndx = view.getUint32(shoff + 40, true);
-    if (phnum === 0xffff) phnum = view.getUint32(shoff + 44, true);
+    const sh0 = tableView(shoff, SHDR_SIZE);
+    if (shnum === 0) shnum = u64(sh0, 32);
+    if (shstrndx === 0xffff) shstrndx = sh0.getUint32(40, true);
+    if (phnum === 0xffff) phnum = sh0.getUint32(44, true);
   }
 
   const programHeaders: ElfProgramHeader[] = [];
@@ -179,17 +207,18 @@ export function parseElf(bytes: Uint8Array): ElfFile {
     if (phentsize < PHDR_SIZE || !inBounds(phoff, phnum * phentsize)) {
       throw new ElfFormatError('program header table out of bounds');
     }
+    const ph = tableView(phoff, phnum * phentsize);
     for (let i = 0; i < phnum; i++) {
-      const o = phoff + i * phentsize;
+      const o = i * phentsize;
       programHeaders.push({
-        type: view.getUint32(o, true),
-        flags: view.getUint32(o + 4, true),
-        offset: u64(view, o + 8),
-        vaddr: u64(view, o + 16),
-        paddr: u64(view, o + 24),
-        filesz: u64(view, o + 32),
-        memsz: u64(view, o + 40),
-        align: u64(view, o + 48),
+        type: ph.getUint32(o, true),
+        flags: ph.getUint32(o + 4, true),
+        offset: u64(ph, o + 8),
+        vaddr: u64(ph, o + 16),
+        paddr: u64(ph, o + 24),
+        filesz: u64(ph, o + 32),
+        memsz: u64(ph, o + 40),
+        align: u64(ph, o + 48),
       });
     }
   }
@@ -200,26 +229,27 @@ export function parseElf(bytes: Uint8Array): ElfFile {
       throw new ElfFormatError('section header table out of bounds');
     }
     const raw: Array<Omit<ElfSection, 'name'> & { nameOff: number }> = [];
+    const sh = tableView(shoff, shnum * shentsize);
     for (let i = 0; i < shnum; i++) {
-      const o = shoff + i * shentsize;
+      const o = i * shentsize;
       raw.push({
         index: i,
-        nameOff: view.getUint32(o, true),
-        type: view.getUint32(o + 4, true),
-        flags: u64(view, o + 8),
-        addr: u64(view, o + 16),
-        offset: u64(view, o + 24),
-        size: u64(view, o + 32),
-        link: view.getUint32(o + 40, true),
-        info: view.getUint32(o + 44, true),
-        addralign: u64(view, o + 48),
-        entsize: u64(view, o + 56),
+        nameOff: sh.getUint32(o, true),
+        type: sh.getUint32(o + 4, true),
+        flags: u64(sh, o + 8),
+        addr: u64(sh, o + 16),
+        offset: u64(sh, o + 24),
+        size: u64(sh, o + 32),
+        link: sh.getUint32(o + 40, true),
+        info: sh.getUint32(o + 44, true),
+        addralign: u64(sh, o + 48),
+        entsize: u64(sh, o + 56),
       });
     }
     const strtab = raw[shstrndx];
     const names =
       strtab && strtab.type !== SHT_NOBITS && inBounds(strtab.offset, strtab.size)
-        ? bytes.subarray(strtab.offset, strtab.offset + strtab.size)
+        ? src.read(strtab.offset, strtab.size)
         : new Uint8Array(0);
     for (const { nameOff, ...s } of raw) sections.push({ ...s, name: cstring(names, nameOff) });
   }
@@ -227,10 +257,13 @@ export function parseElf(bytes: Uint8Array): ElfFile {
   const byName = new Map<string, ElfSection>();
   for (const s of sections) if (!byName.has(s.name)) byName.set(s.name, s);
 
+  const sectionCache = new Map<number, Uint8Array>();
   const sectionBytes = (s: ElfSection): Uint8Array | undefined => {
     if (s.type === SHT_NOBITS) return undefined;
     if (!inBounds(s.offset, s.size)) throw new ElfFormatError(`section ${s.name} out of bounds`);
-    return bytes.subarray(s.offset, s.offset + s.size);
+    let b = sectionCache.get(s.index);
+    if (!b) sectionCache.set(s.index, (b = src.read(s.offset, s.size)));
+    return b;
   };
 
   const symbolCache = new Map<number, ElfSymbol[]>();
@@ -330,7 +363,51 @@ export function parseElf(bytes: Uint8Array): ElfFile {
   };
 }
 
-/** Reads and parses a file (or /proc/PID/map_files/... entry). */
+/** Reads and parses a whole file (or /proc/PID/map_files/... entry). */
 export function readElfFile(path: string): ElfFile {
-  return parseElf(readFileSync(path));
+  try {
+    return parseElf(readFileSync(path));
+  } catch (err) {
+    if (err instanceof ElfFormatError && err.details.path === undefined) {
+      throw new ElfFormatError(err.message, { path, cause: err });
+    }
+    throw err;
+  }
+}
+
+/**
+ * Opens a file and reads only its headers now; sections are read when asked
+ * for (the file is reopened for each, so no descriptor stays open). For large
+ * executables where only .dynsym and the relocations matter.
+ */
+export function openElfFile(path: string): ElfFile {
+  const size = withFd(path, (fd) => fstatSync(fd).size);
+  const read = (offset: number, length: number): Uint8Array =>
+    withFd(path, (fd) => {
+      const buf = Buffer.alloc(length);
+      let done = 0;
+      while (done < length) {
+        const n = readSync(fd, buf, done, length - done, offset + done);
+        if (n === 0) throw new ElfFormatError(`file shrank while reading (offset ${offset + done})`, { path });
+        done += n;
+      }
+      return buf;
+    });
+  try {
+    return parseElfSource({ size, read });
+  } catch (err) {
+    if (err instanceof ElfFormatError && err.details.path === undefined) {
+      throw new ElfFormatError(err.message, { path, cause: err });
+    }
+    throw err;
+  }
+}
+
+function withFd<T>(path: string, fn: (fd: number) => T): T {
+  const fd = openSync(path, 'r');
+  try {
+    return fn(fd);
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import {
   parseElf,
   readElfFile,
+  openElfFile,
   ElfFormatError,
   ET_DYN,
   EM_X86_64,
@@ -91,4 +92,25 @@ test('rejects what is not ELF64 little-endian', () => {
 test('a truncated section header table is an error, not garbage', () => {
   const bytes = new Uint8Array(readFileSync('/bin/true'));
   assert.throws(() => parseElf(bytes.subarray(0, bytes.length - 100)), /section header table out of bounds/);
+});
+
+test('openElfFile (read on demand) sees exactly what readElfFile sees', () => {
+  const libc = '/lib/x86_64-linux-gnu/libc.so.6';
+  const whole = readElfFile(libc);
+  const lazy = openElfFile(libc);
+  assert.deepEqual(lazy.sections, whole.sections);
+  assert.deepEqual(lazy.programHeaders, whole.programHeaders);
+  assert.deepEqual(lazy.symbols('.dynsym'), whole.symbols('.dynsym'));
+  assert.deepEqual(lazy.allDynamicRelocations(), whole.allDynamicRelocations());
+  // libc exports errno (GLIBC_PRIVATE) as a 4-byte TLS symbol.
+  assert.deepEqual(
+    { type: lazy.findSymbol('errno')?.type, size: lazy.findSymbol('errno')?.size },
+    { type: 6, size: 4 },
+  );
+  assert.equal(lazy.findSymbol('malloc')?.value, whole.findSymbol('malloc')?.value);
+  assert.ok((lazy.findSymbol('malloc')?.value ?? 0) > 0);
+});
+
+test('errors from a file name the file', () => {
+  assert.throws(() => readElfFile('/etc/hostname'), (err: ElfFormatError) => err.details.path === '/etc/hostname' && /\/etc\/hostname: /.test(err.message));
 });
