@@ -271,14 +271,19 @@ export class BpfObject {
     return m;
   }
 
-  /** Detaches every link (in reverse order) and frees the object. Idempotent. */
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
+  /** Destroys every link (in reverse order); maps stay readable until close(). */
+  detachAll(): void {
     const lib = libbpf();
     for (const l of this.#links.reverse()) lib.linkDestroy(l.ptr);
     this.#links.length = 0;
-    lib.objectClose(this.#obj);
+  }
+
+  /** Detaches everything and frees the object. Idempotent. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.detachAll();
+    libbpf().objectClose(this.#obj);
   }
 }
 

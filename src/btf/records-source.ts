@@ -1,0 +1,19 @@
+/** What src/generated/records.ts is generated from: the record types of bpf/kspan.h. */
+import { readFileSync } from 'node:fs';
+import { parseElf } from '../elf/elf-file.ts';
+import { parseBtf } from './btf.ts';
+import { generateDecoders } from './decoder-gen.ts';
+
+export const RECORD_STRUCTS = ['kspan_trace_ctx', 'kspan_event', 'kspan_sock', 'kspan_tls_loc'];
+export const RECORD_ENUMS = ['kspan_event_type', 'kspan_event_flag', 'kspan_counter', 'kspan_tls_kind', 'kspan_ctx_scheme'];
+
+export function generatedRecordsSource(objectPath: string): string {
+  const elf = parseElf(readFileSync(objectPath));
+  const btfBytes = elf.section('.BTF');
+  if (!btfBytes) throw new Error(`${objectPath} has no .BTF section (build with clang -g)`);
+  return generateDecoders(parseBtf(btfBytes), {
+    structs: RECORD_STRUCTS,
+    enums: RECORD_ENUMS,
+    source: 'bpf/.output/kspan.bpf.o (bpf/kspan.h)',
+  });
+}

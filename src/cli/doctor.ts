@@ -1,0 +1,159 @@
+/**
+ * `kspan doctor`: can kspan run here? Each check says what it found and, when it
+ * fails, what to do. Hook types are proven by loading (and attaching) a tiny
+ * program from bpf/.output/probe.bpf.o, then kspan's own object is loaded with
+ * the I/O path this kernel gets. Exit 0 only when kspan can run.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { readElfFile } from '../elf/elf-file.ts';
+import { HINT_BPFFS, HINT_BTF, HINT_LIBBPF, HINT_PRIVILEGE, HINT_TRACEFS, KspanError } from '../errors.ts';
+import { BpfObject } from '../loader/bpf-object.ts';
+import {
+  bpffsMounted,
+  chooseIoPath,
+  hasVmlinuxBtf,
+  kernelRelease,
+  kernelVersion,
+  tracefsMounted,
+} from '../loader/kernel-features.ts';
+import { libbpf } from '../loader/native.ts';
+import { TcpTracer } from '../tcp-tracer.ts';
+
+export type CheckStatus = 'ok' | 'warn' | 'fail';
+export interface Check {
+  name: string;
+  status: CheckStatus;
+  detail: string;
+  fix?: string;
+}
+
+const PROBE_OBJECT = fileURLToPath(new URL('../../bpf/.output/probe.bpf.o', import.meta.url));
+const CAP_PERFMON = 38n;
+const CAP_BPF = 39n;
+const CAP_SYS_PTRACE = 19n;
+
+function capabilities(): bigint {
+  const m = /CapEff:\s*([0-9a-f]+)/.exec(readFileSync('/proc/self/status', 'utf8'));
+  return m ? BigInt(`0x${m[1]}`) : 0n;
+}
+
+const has = (caps: bigint, bit: bigint) => (caps >> bit) & 1n;
+
+function errorText(err: unknown): string {
+  if (err instanceof KspanError) {
+    const cause = err.cause instanceof Error ? `: ${err.cause.message}` : '';
+    return `${err.code}: ${err.message}${cause}`;
+  }
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Loads one probe program (only it), attaches it, detaches. */
+function probeProgram(name: string, attach: (o: BpfObject) => void = (o) => o.attach(name)): Check['status'] | Error {
+  let obj: BpfObject | undefined;
+  try {
+    obj = BpfObject.open(PROBE_OBJECT);
+    for (const p of obj.programNames) obj.setAutoload(p, p === name);
+    obj.load();
+    attach(obj);
+    return 'ok';
+  } catch (err) {
+    return err as Error;
+  } finally {
+    obj?.close();
+  }
+}
+
+/** File offset of an executable's entry point: a safe place for a test uprobe. */
+function entryFileOffset(path: string): number {
+  const elf = readElfFile(path);
+  for (const ph of elf.programHeaders) {
+    if (ph.type === 1 && elf.entry >= ph.vaddr && elf.entry < ph.vaddr + ph.filesz) {
+      return elf.entry - ph.vaddr + ph.offset;
+    }
+  }
+  throw new Error(`entry point of ${path} is in no PT_LOAD segment`);
+}
+
+export function runDoctor(): Check[] {
+  const checks: Check[] = [];
+  const add = (name: string, status: CheckStatus, detail: string, fix?: string) =>
+    checks.push({ name, status, detail, ...(status === 'ok' ? {} : { fix }) });
+
+  const rel = kernelRelease();
+  const [maj, min] = kernelVersion(rel);
+  const kernelOk = maj > 5 || (maj === 5 && min >= 12);
+  add('kernel', kernelOk ? 'ok' : 'fail', `Linux ${rel}`, 'kspan needs Linux 5.12 or later (socket cookies in tp_btf programs)');
+
+  const btf = hasVmlinuxBtf();
+  add('btf', btf ? 'ok' : 'fail', btf ? '/sys/kernel/btf/vmlinux present' : 'no /sys/kernel/btf/vmlinux', HINT_BTF);
+
+  const caps = capabilities();
+  const root = process.geteuid?.() === 0;
+  const privOk = root || (has(caps, CAP_BPF) && has(caps, CAP_PERFMON));
+  add('privileges', privOk ? 'ok' : 'fail',
+    root ? 'running as root' : `CAP_BPF=${has(caps, CAP_BPF)} CAP_PERFMON=${has(caps, CAP_PERFMON)}`, HINT_PRIVILEGE);
+  const ptrace = root || has(caps, CAP_SYS_PTRACE) === 1n;
+  add('ptrace', ptrace ? 'ok' : 'warn', ptrace ? 'can read other processes\' /proc/PID/mem' : 'no CAP_SYS_PTRACE',
+    'grant CAP_SYS_PTRACE to read trace context from processes of other users');
+
+  const tfs = tracefsMounted();
+  add('tracefs', tfs ? 'ok' : 'fail', tfs ? 'mounted at /sys/kernel/tracing' : 'not mounted', HINT_TRACEFS);
+  const bfs = bpffsMounted();
+  add('bpffs', bfs ? 'ok' : 'warn', bfs ? 'mounted at /sys/fs/bpf' : 'not mounted (only needed for pinning)', HINT_BPFFS);
+
+  let lib = false;
+  try {
+    const l = libbpf();
+    const [ma, mi] = [l.majorVersion(), l.minorVersion()];
+    lib = ma >= 1;
+    add('libbpf', lib ? 'ok' : 'fail', `libbpf.so.1 version ${ma}.${mi}`, HINT_LIBBPF);
+  } catch (err) {
+    add('libbpf', 'fail', errorText(err), HINT_LIBBPF);
+  }
+  if (!lib || !privOk) return checks;
+
+  const probeObjOk = existsSync(PROBE_OBJECT);
+  if (!probeObjOk) {
+    add('bpf-objects', 'fail', `${PROBE_OBJECT} missing`, 'build the BPF objects: make -C bpf');
+    return checks;
+  }
+  const hook = (name: string, program: string, fix: string, attach?: (o: BpfObject) => void) => {
+    const r = probeProgram(program, attach);
+    add(name, r === 'ok' ? 'ok' : 'fail', r === 'ok' ? `loaded and attached ${program}` : errorText(r), fix);
+  };
+  hook('hook:tracepoint', 'probe_tracepoint', HINT_TRACEFS);
+  hook('hook:tp_btf+socket_cookie', 'probe_tp_btf_cookie', 'kspan needs tp_btf with bpf_get_socket_cookie (Linux 5.12+, BTF)');
+  hook('hook:ringbuf', 'probe_ringbuf', 'kspan needs the BPF ring buffer (Linux 5.8+)');
+  hook('hook:thread_pointer', 'probe_thread_pointer', 'CO-RE read of task->thread.fsbase failed: the kernel BTF lacks it');
+  hook('hook:uprobe', 'probe_uprobe', 'uprobes need CONFIG_UPROBES and tracefs/perf events', (o) =>
+    o.attach('probe_uprobe', { binaryPath: process.execPath, offset: entryFileOffset(process.execPath), pid: process.pid }));
+
+  const ioPath = chooseIoPath();
+  add('io-path', 'ok', ioPath === 'sock_length'
+    ? 'send/recv from tp_btf sock_send_length/sock_recv_length'
+    : 'send/recv from syscall tracepoints (sock_send_length/sock_recv_length absent: kernel < 6.3)');
+
+  try {
+    const t = TcpTracer.open({ onRecord: () => {} });
+    const missing = t.unavailable;
+    void t.stop();
+    add('kspan-programs', missing.length ? 'warn' : 'ok',
+      missing.length ? `loaded; hooks missing on this kernel: ${missing.join(', ')}` : `kspan.bpf.o loaded and attached (${ioPath})`,
+      'records from the missing hooks will not appear');
+  } catch (err) {
+    add('kspan-programs', 'fail', errorText(err), err instanceof KspanError ? err.hint : undefined);
+  }
+  return checks;
+}
+
+export function formatChecks(checks: Check[]): string {
+  const mark = { ok: ' ok ', warn: 'warn', fail: 'FAIL' } as const;
+  return checks
+    .map((c) => `[${mark[c.status]}] ${c.name.padEnd(26)} ${c.detail}${c.fix ? `\n       fix: ${c.fix}` : ''}`)
+    .join('\n');
+}
+
+export function doctorExitCode(checks: Check[]): number {
+  return checks.some((c) => c.status === 'fail') ? 1 : 0;
+}

@@ -1,0 +1,59 @@
+/**
+ * `kspan events`: kernel TCP records of the selected processes as JSON lines on
+ * stdout (src/event-json.ts). Stops after --duration or on SIGINT/SIGTERM, and
+ * before exiting flushes the send/recv aggregates still open in the kernel.
+ */
+import { parseArgs } from 'node:util';
+import { KernelClock } from '../clock.ts';
+import { eventLine } from '../event-json.ts';
+import type { IoPath } from '../loader/kernel-features.ts';
+import { setLibbpfLogSink } from '../loader/libbpf-log.ts';
+import type { Logger } from '../logger.ts';
+import type { KernelRecord } from '../records.ts';
+import { TcpTracer } from '../tcp-tracer.ts';
+import { parsePids, parseDuration, parseIoHooks, waitForStop } from './options.ts';
+
+export async function eventsCommand(args: string[], log: Logger): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      pid: { type: 'string', multiple: true },
+      duration: { type: 'string' },
+      'io-hooks': { type: 'string', default: 'auto' },
+    },
+  });
+  const pids = parsePids(values.pid);
+  const duration = parseDuration(values.duration);
+  const ioPath: IoPath | undefined = parseIoHooks(values['io-hooks']);
+
+  setLibbpfLogSink((level, line) => log[level === 'warn' ? 'warn' : 'debug']({ libbpf: line }));
+  const clock = new KernelClock();
+  const out: string[] = [];
+  const flushOut = () => {
+    if (out.length) process.stdout.write(`${out.join('\n')}\n`);
+    out.length = 0;
+  };
+  const print = (r: KernelRecord) => {
+    out.push(eventLine(r, clock.offsetNs));
+    if (out.length >= 256) flushOut();
+  };
+  const tracer = TcpTracer.open({
+    ioPath,
+    onRecord: print,
+    onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
+  });
+  for (const pid of pids) tracer.addPid(pid);
+  tracer.start();
+  const flushTimer = setInterval(flushOut, 50);
+  log.info({ pids, ioPath: tracer.ioPath, unavailable: tracer.unavailable }, 'tracing');
+
+  await waitForStop(duration);
+  await tracer.stop(print);
+  clearInterval(flushTimer);
+  flushOut();
+  const counters = tracer.counters();
+  const lost = counters.KSPAN_C_RINGBUF_FULL + counters.KSPAN_C_SOCK_TABLE_FULL + counters.decode_errors;
+  log[lost ? 'warn' : 'info']({ counters, ring: tracer.ringStats }, lost ? 'records were lost' : 'stopped');
+  return 0;
+}
+

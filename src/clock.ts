@@ -1,0 +1,47 @@
+/**
+ * Kernel timestamps (bpf_ktime_get_ns: CLOCK_MONOTONIC) to wall-clock time. The
+ * offset REALTIME − MONOTONIC is measured with clock_gettime, bracketing a
+ * monotonic read between two realtime reads and keeping the tightest of several
+ * tries; `refresh()` re-measures it (NTP slews the realtime clock).
+ */
+import { c, CLOCK_MONOTONIC, CLOCK_REALTIME } from './loader/native.ts';
+
+const ts = Buffer.alloc(16);
+
+function now(clock: number): bigint {
+  c.clockGettime(clock, ts);
+  return ts.readBigInt64LE(0) * 1_000_000_000n + ts.readBigInt64LE(8);
+}
+
+/** Nanoseconds to add to a CLOCK_MONOTONIC time to get nanoseconds since the epoch. */
+export function measureClockOffset(tries = 7): bigint {
+  let best: { gap: bigint; offset: bigint } | undefined;
+  for (let i = 0; i < tries; i++) {
+    const r1 = now(CLOCK_REALTIME);
+    const m = now(CLOCK_MONOTONIC);
+    const r2 = now(CLOCK_REALTIME);
+    const gap = r2 - r1;
+    if (!best || gap < best.gap) best = { gap, offset: (r1 + r2) / 2n - m };
+  }
+  return best!.offset;
+}
+
+export function monotonicNow(): bigint {
+  return now(CLOCK_MONOTONIC);
+}
+
+export class KernelClock {
+  #offset = measureClockOffset();
+
+  get offsetNs(): bigint {
+    return this.#offset;
+  }
+
+  refresh(): void {
+    this.#offset = measureClockOffset();
+  }
+
+  toWallNs(monoNs: bigint): bigint {
+    return monoNs + this.#offset;
+  }
+}

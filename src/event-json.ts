@@ -1,0 +1,63 @@
+/**
+ * The `kspan events` line format (README "Event format"): one JSON object per
+ * record. 64-bit values that can exceed 2^53 are written exactly: `cookie` as a
+ * decimal string, `ts_ns` (and the other wall-clock `*_ts_ns`) as exact JSON
+ * integers. Pure.
+ */
+import { connectErrorName, formatEndpoint, type KernelRecord } from './records.ts';
+
+/** Marks a bigint to be written as a bare JSON integer. */
+const EXACT = '\u0000exact:';
+
+export function eventObject(r: KernelRecord, clockOffsetNs: bigint): Record<string, unknown> {
+  const o: Record<string, unknown> = {
+    type: r.type,
+    ts_ns: EXACT + (r.tsNs + clockOffsetNs).toString(),
+    pid: r.pid,
+    tid: r.tid,
+    cookie: r.cookie.toString(),
+    local: formatEndpoint(r.local),
+    peer: formatEndpoint(r.peer),
+    role: r.role,
+    trace_id: r.context?.traceId ?? null,
+    span_id: r.context?.spanId ?? null,
+    trace_flags: r.context ? r.context.traceFlags : null,
+  };
+  switch (r.type) {
+    case 'send':
+    case 'recv':
+      o.bytes = r.bytes;
+      o.calls = r.calls;
+      o.first_ts_ns = EXACT + (r.startNs + clockOffsetNs).toString();
+      if (r.flushed) o.flushed = true;
+      o.io_path = r.fallback ? 'syscalls' : 'sock_length';
+      break;
+    case 'accept':
+      o.handshake_ts_ns = r.startNs ? EXACT + (r.startNs + clockOffsetNs).toString() : null;
+      o.queue_ns = r.startNs ? Number(r.tsNs - r.startNs) : null;
+      break;
+    case 'connect':
+      o.duration_ns = Number(r.tsNs - r.startNs);
+      o.error = connectErrorName(r.errno);
+      break;
+    case 'retransmit':
+      o.tcp_state = r.tcpState;
+      o.error = r.errno || null;
+      break;
+    case 'reset':
+      o.direction = r.resetSent ? 'sent' : 'received';
+      o.tcp_state = r.tcpState;
+      break;
+    case 'close':
+      o.bytes_sent = r.bytesSent;
+      o.bytes_received = r.bytesReceived;
+      o.retransmits = r.retransmits;
+      o.srtt_us = r.srttUs;
+      break;
+  }
+  return o;
+}
+
+export function eventLine(r: KernelRecord, clockOffsetNs: bigint): string {
+  return JSON.stringify(eventObject(r, clockOffsetNs)).replace(/"\\u0000exact:(-?\d+)"/g, '$1');
+}

@@ -1,0 +1,206 @@
+/**
+ * The kernel side of kspan as one object: loads bpf/.output/kspan.bpf.o with the
+ * programs this kernel supports, attaches them, keeps the traced-PID map, reads
+ * the ring buffer into KernelRecords, and on stop flushes every open send/recv
+ * aggregate left in the kernel so no byte is missing.
+ */
+import { fileURLToPath } from 'node:url';
+import { KspanError } from './errors.ts';
+import {
+  decodeKspanSock,
+  KspanCounter,
+  KspanEventFlag,
+  KSPAN_EVENT_SIZE,
+  type KspanSock,
+} from './generated/records.ts';
+import { BpfObject } from './loader/bpf-object.ts';
+import { chooseIoPath, type IoPath, sectionAvailable } from './loader/kernel-features.ts';
+import { libbpf } from './loader/native.ts';
+import { RingBufferReader } from './loader/ring-buffer.ts';
+import { decodeRecord, fromEvent } from './record-decoder.ts';
+import type { KernelRecord } from './records.ts';
+
+export const DEFAULT_OBJECT = fileURLToPath(new URL('../bpf/.output/kspan.bpf.o', import.meta.url));
+
+/** Programs of the two I/O paths; everything else always loads. */
+const SOCK_LENGTH_PROGRAMS = new Set(['on_send_length', 'on_recv_length']);
+const isSyscallIoProgram = (name: string) => /^on_(write|writev|sendto|sendmsg|read|readv|recvfrom|recvmsg)_(enter|exit)$/.test(name);
+
+export interface TcpTracerOptions {
+  objectPath?: string;
+  /** Force an I/O path (tests, old kernels); default: what the kernel has. */
+  ioPath?: IoPath;
+  /** Ring buffer size in bytes (power of two, ≥ page size). */
+  ringBytes?: number;
+  onRecord: (r: KernelRecord) => void;
+  /** A record the decoder refused (counted, never silent). */
+  onDecodeError?: (err: unknown) => void;
+}
+
+export type TracerCounters = Record<keyof typeof KspanCounter, number> & { decode_errors: number };
+
+export class TcpTracer {
+  readonly ioPath: IoPath;
+  /** Programs switched off because the kernel lacks their hook. */
+  readonly unavailable: string[];
+  readonly #obj: BpfObject;
+  readonly #ring: RingBufferReader;
+  readonly #pids = new Set<number>();
+  #decodeErrors = 0;
+  #stopped = false;
+
+  private constructor(obj: BpfObject, ioPath: IoPath, unavailable: string[], opts: TcpTracerOptions) {
+    this.#obj = obj;
+    this.ioPath = ioPath;
+    this.unavailable = unavailable;
+    const ring = obj.map('events');
+    const onRecord = opts.onRecord;
+    this.#ring = new RingBufferReader(ring.fd, opts.ringBytes ?? 4 << 20, (view, off, len) => {
+      if (len < KSPAN_EVENT_SIZE) {
+        this.#decodeErrors++;
+        opts.onDecodeError?.(new Error(`short record: ${len} bytes`));
+        return;
+      }
+      let rec: KernelRecord;
+      try {
+        rec = decodeRecord(view, off);
+      } catch (err) {
+        this.#decodeErrors++;
+        opts.onDecodeError?.(err);
+        return;
+      }
+      onRecord(rec);
+    });
+  }
+
+  static open(opts: TcpTracerOptions): TcpTracer {
+    const obj = BpfObject.open(opts.objectPath ?? DEFAULT_OBJECT);
+    try {
+      const ioPath = chooseIoPath(opts.ioPath);
+      const unavailable: string[] = [];
+      for (const name of obj.programNames) {
+        const wanted = SOCK_LENGTH_PROGRAMS.has(name) ? ioPath === 'sock_length' : isSyscallIoProgram(name) ? ioPath === 'syscalls' : true;
+        const present = sectionAvailable(obj.sectionName(name));
+        if (wanted && !present) unavailable.push(name);
+        obj.setAutoload(name, wanted && present);
+      }
+      if (unavailable.some((n) => SOCK_LENGTH_PROGRAMS.has(n))) {
+        throw new KspanError('KSPAN_ERR_ATTACH', 'sock_send_length/sock_recv_length are missing on this kernel', {
+          hint: 'use the syscall path (--io-hooks syscalls); it is chosen automatically unless forced',
+        });
+      }
+      obj.setMaxEntries('events', opts.ringBytes ?? 4 << 20);
+      obj.load();
+      obj.attachAll();
+      return new TcpTracer(obj, ioPath, unavailable, opts);
+    } catch (err) {
+      obj.close();
+      throw err;
+    }
+  }
+
+  /** Starts delivering records (epoll wake-ups; never blocks the event loop). */
+  start(): void {
+    this.#ring.start();
+  }
+
+  addPid(pid: number): void {
+    const key = Buffer.alloc(4);
+    key.writeUInt32LE(pid);
+    this.#obj.map('targets').update(key, Buffer.from([1]));
+    this.#pids.add(pid);
+  }
+
+  removePid(pid: number): void {
+    const key = Buffer.alloc(4);
+    key.writeUInt32LE(pid);
+    this.#obj.map('targets').delete(key);
+    this.#pids.delete(pid);
+  }
+
+  get pids(): number[] {
+    return [...this.#pids];
+  }
+
+  /** The BPF object, for readers that add their own maps (thread context). */
+  get object(): BpfObject {
+    return this.#obj;
+  }
+
+  /** Loss and fault counters summed over CPUs, plus records the decoder refused. */
+  counters(): TracerCounters {
+    const map = this.#obj.map('counters');
+    const ncpu = libbpf().numPossibleCpus();
+    const out = { decode_errors: this.#decodeErrors } as TracerCounters;
+    for (const [name, idx] of Object.entries(KspanCounter)) {
+      if (name === 'KSPAN_C_MAX') continue;
+      const key = Buffer.alloc(4);
+      key.writeUInt32LE(idx);
+      const v = map.lookup(key, 8 * ncpu);
+      let sum = 0n;
+      for (let i = 0; v && i < ncpu; i++) sum += v.readBigUInt64LE(8 * i);
+      out[name as keyof typeof KspanCounter] = Number(sum);
+    }
+    return out;
+  }
+
+  get ringStats() {
+    return this.#ring.stats;
+  }
+
+  /**
+   * Detaches every program, delivers what is left in the ring, then emits the
+   * send/recv aggregates still open in the kernel (flagged `flushed`).
+   */
+  async stop(onRecord?: (r: KernelRecord) => void): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
+    await this.#ring.stop();
+    this.#obj.detachAll();
+    this.#ring.drain();
+    const emit = onRecord ?? (() => {});
+    for (const rec of this.openAggregates()) emit(rec);
+    this.#ring.close();
+    this.#obj.close();
+  }
+
+  /** The open aggregates in the `socks` map, as records. */
+  openAggregates(): KernelRecord[] {
+    const socks = this.#obj.map('socks');
+    const out: KernelRecord[] = [];
+    for (const key of socks.keys()) {
+      const v = socks.lookup(key);
+      if (!v) continue;
+      const st = decodeKspanSock(new DataView(v.buffer, v.byteOffset, v.length), 0);
+      if (!st.agg_dir) continue;
+      out.push(aggregateRecord(key.readBigUInt64LE(0), st));
+    }
+    return out;
+  }
+}
+
+function aggregateRecord(cookie: bigint, st: KspanSock): KernelRecord {
+  return fromEvent({
+    ts_ns: st.agg_last_ns,
+    start_ns: st.agg_first_ns,
+    cookie,
+    bytes: st.agg_bytes,
+    bytes_sent: 0n,
+    bytes_received: 0n,
+    pid: st.pid,
+    tid: st.agg_tid,
+    calls: st.agg_calls,
+    retransmits: 0,
+    srtt_us: 0,
+    error: 0,
+    type: st.agg_dir,
+    family: st.family,
+    flags: st.role | st.agg_flags | KspanEventFlag.KSPAN_F_FLUSHED,
+    tcp_state: 0,
+    lport: st.lport,
+    rport: st.rport,
+    laddr: st.laddr,
+    raddr: st.raddr,
+    ctx: st.agg_ctx,
+  });
+}
