@@ -262,8 +262,12 @@ static __always_inline void account_io(const struct sock *sk, __u64 cookie, __u8
 	st->pid = tgid;
 	st->tid = tid;
 	st->last_ctx = cur;
-	if (dir == KSPAN_EV_SEND)
+	if (dir == KSPAN_EV_SEND) {
 		st->tx_ctx = cur;
+		st->total_sent += bytes;
+	} else {
+		st->total_received += bytes;
+	}
 }
 
 SEC("tp_btf/sock_send_length")
@@ -480,8 +484,10 @@ int BPF_PROG(on_destroy_sock, struct sock *sk)
 		const struct tcp_sock *tp = (const struct tcp_sock *)sk;
 		fill_common(e, st, cookie, KSPAN_EV_CLOSE);
 		e->ts_ns = bpf_ktime_get_ns();
-		e->bytes_sent = BPF_CORE_READ(tp, bytes_acked);
-		e->bytes_received = BPF_CORE_READ(tp, bytes_received);
+		/* Application bytes, not tcp_sock's bytes_acked/bytes_received:
+		 * those count the FIN's sequence number too. */
+		e->bytes_sent = st->total_sent;
+		e->bytes_received = st->total_received;
 		e->retransmits = BPF_CORE_READ(tp, total_retrans);
 		e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
 		e->ctx = st->last_ctx;

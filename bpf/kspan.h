@@ -55,8 +55,8 @@ struct kspan_event {
 	__u64 start_ns;             /* aggregate: first call; accept: handshake done; connect: SYN sent */
 	__u64 cookie;               /* socket cookie */
 	__u64 bytes;                /* send/recv: bytes in the aggregate */
-	__u64 bytes_sent;           /* close: tcp_sock bytes_acked */
-	__u64 bytes_received;       /* close: tcp_sock bytes_received */
+	__u64 bytes_sent;           /* close: bytes the owner sent through syscalls while traced */
+	__u64 bytes_received;       /* close: bytes the owner received through syscalls while traced */
 	__u32 pid;                  /* tgid of the socket's owner */
 	__u32 tid;                  /* thread of the socket's owner */
 	__u32 calls;                /* send/recv: syscalls in the aggregate */
@@ -80,6 +80,8 @@ struct kspan_sock {
 	__u64 agg_last_ns;
 	__u64 agg_bytes;
 	__u64 syn_sent_ns;          /* active open: when connect() sent the SYN */
+	__u64 total_sent;           /* bytes sent / received through syscalls while traced */
+	__u64 total_received;
 	__u32 pid;                  /* owner: last thread that used the socket in a syscall */
 	__u32 tid;
 	__u32 agg_tid;

@@ -48,6 +48,7 @@ export class TcpTracer {
   readonly #pids = new Set<number>();
   #decodeErrors = 0;
   #stopped = false;
+  #finalCounters: TracerCounters | undefined;
 
   private constructor(obj: BpfObject, ioPath: IoPath, unavailable: string[], opts: TcpTracerOptions) {
     this.#obj = obj;
@@ -129,6 +130,7 @@ export class TcpTracer {
 
   /** Loss and fault counters summed over CPUs, plus records the decoder refused. */
   counters(): TracerCounters {
+    if (this.#finalCounters) return { ...this.#finalCounters, decode_errors: this.#decodeErrors };
     const map = this.#obj.map('counters');
     const ncpu = libbpf().numPossibleCpus();
     const out = { decode_errors: this.#decodeErrors } as TracerCounters;
@@ -160,6 +162,7 @@ export class TcpTracer {
     this.#ring.drain();
     const emit = onRecord ?? (() => {});
     for (const rec of this.openAggregates()) emit(rec);
+    this.#finalCounters = this.counters();
     this.#ring.close();
     this.#obj.close();
   }

@@ -147,14 +147,16 @@ export function encodeKspanEvent(x: KspanEvent, v: DataView, o: number): void {
   encodeKspanTraceCtx(x.ctx, v, o + 112);
 }
 
-/** struct kspan_sock: 184 bytes. */
-export const KSPAN_SOCK_SIZE = 184;
+/** struct kspan_sock: 200 bytes. */
+export const KSPAN_SOCK_SIZE = 200;
 
 export interface KspanSock {
   agg_first_ns: bigint;
   agg_last_ns: bigint;
   agg_bytes: bigint;
   syn_sent_ns: bigint;
+  total_sent: bigint;
+  total_received: bigint;
   pid: number;
   tid: number;
   agg_tid: number;
@@ -178,21 +180,23 @@ export function decodeKspanSock(v: DataView, o: number): KspanSock {
     agg_last_ns: v.getBigUint64(o + 8, true),
     agg_bytes: v.getBigUint64(o + 16, true),
     syn_sent_ns: v.getBigUint64(o + 24, true),
-    pid: v.getUint32(o + 32, true),
-    tid: v.getUint32(o + 36, true),
-    agg_tid: v.getUint32(o + 40, true),
-    agg_calls: v.getUint32(o + 44, true),
-    agg_dir: v.getUint8(o + 48),
-    family: v.getUint8(o + 49),
-    role: v.getUint8(o + 50),
-    agg_flags: v.getUint8(o + 51),
-    lport: v.getUint16(o + 52, true),
-    rport: v.getUint16(o + 54, true),
-    laddr: new Uint8Array(v.buffer, v.byteOffset + o + 56, 16).slice(),
-    raddr: new Uint8Array(v.buffer, v.byteOffset + o + 72, 16).slice(),
-    agg_ctx: decodeKspanTraceCtx(v, o + 88),
-    tx_ctx: decodeKspanTraceCtx(v, o + 120),
-    last_ctx: decodeKspanTraceCtx(v, o + 152),
+    total_sent: v.getBigUint64(o + 32, true),
+    total_received: v.getBigUint64(o + 40, true),
+    pid: v.getUint32(o + 48, true),
+    tid: v.getUint32(o + 52, true),
+    agg_tid: v.getUint32(o + 56, true),
+    agg_calls: v.getUint32(o + 60, true),
+    agg_dir: v.getUint8(o + 64),
+    family: v.getUint8(o + 65),
+    role: v.getUint8(o + 66),
+    agg_flags: v.getUint8(o + 67),
+    lport: v.getUint16(o + 68, true),
+    rport: v.getUint16(o + 70, true),
+    laddr: new Uint8Array(v.buffer, v.byteOffset + o + 72, 16).slice(),
+    raddr: new Uint8Array(v.buffer, v.byteOffset + o + 88, 16).slice(),
+    agg_ctx: decodeKspanTraceCtx(v, o + 104),
+    tx_ctx: decodeKspanTraceCtx(v, o + 136),
+    last_ctx: decodeKspanTraceCtx(v, o + 168),
   };
 }
 
@@ -202,21 +206,23 @@ export function encodeKspanSock(x: KspanSock, v: DataView, o: number): void {
   v.setBigUint64(o + 8, x.agg_last_ns, true);
   v.setBigUint64(o + 16, x.agg_bytes, true);
   v.setBigUint64(o + 24, x.syn_sent_ns, true);
-  v.setUint32(o + 32, x.pid, true);
-  v.setUint32(o + 36, x.tid, true);
-  v.setUint32(o + 40, x.agg_tid, true);
-  v.setUint32(o + 44, x.agg_calls, true);
-  v.setUint8(o + 48, x.agg_dir);
-  v.setUint8(o + 49, x.family);
-  v.setUint8(o + 50, x.role);
-  v.setUint8(o + 51, x.agg_flags);
-  v.setUint16(o + 52, x.lport, true);
-  v.setUint16(o + 54, x.rport, true);
-  new Uint8Array(v.buffer, v.byteOffset + o + 56, 16).set(x.laddr.subarray(0, 16));
-  new Uint8Array(v.buffer, v.byteOffset + o + 72, 16).set(x.raddr.subarray(0, 16));
-  encodeKspanTraceCtx(x.agg_ctx, v, o + 88);
-  encodeKspanTraceCtx(x.tx_ctx, v, o + 120);
-  encodeKspanTraceCtx(x.last_ctx, v, o + 152);
+  v.setBigUint64(o + 32, x.total_sent, true);
+  v.setBigUint64(o + 40, x.total_received, true);
+  v.setUint32(o + 48, x.pid, true);
+  v.setUint32(o + 52, x.tid, true);
+  v.setUint32(o + 56, x.agg_tid, true);
+  v.setUint32(o + 60, x.agg_calls, true);
+  v.setUint8(o + 64, x.agg_dir);
+  v.setUint8(o + 65, x.family);
+  v.setUint8(o + 66, x.role);
+  v.setUint8(o + 67, x.agg_flags);
+  v.setUint16(o + 68, x.lport, true);
+  v.setUint16(o + 70, x.rport, true);
+  new Uint8Array(v.buffer, v.byteOffset + o + 72, 16).set(x.laddr.subarray(0, 16));
+  new Uint8Array(v.buffer, v.byteOffset + o + 88, 16).set(x.raddr.subarray(0, 16));
+  encodeKspanTraceCtx(x.agg_ctx, v, o + 104);
+  encodeKspanTraceCtx(x.tx_ctx, v, o + 136);
+  encodeKspanTraceCtx(x.last_ctx, v, o + 168);
 }
 
 /** struct kspan_tls_loc: 24 bytes. */

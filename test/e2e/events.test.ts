@@ -1,0 +1,120 @@
+/**
+ * `kspan events` on the real kernel: C server and client on loopback, exact bytes
+ * per record, one cookie tying a connection's records together, the accept-queue
+ * wait, IPv6, both I/O paths (sock_length and the forced syscall fallback).
+ */
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import { startEvents, stopEvents, type EventLine } from '../helpers/kspan-cli.ts';
+import { ProcessGroup } from '../helpers/processes.ts';
+import { e2eOptions } from '../helpers/require-bpf.ts';
+import { startClient, startServer } from '../helpers/tcp-fixtures.ts';
+
+const sum = (evs: EventLine[], f: string) => evs.reduce((a, e) => a + (e[f] as number), 0);
+
+async function exchange(opts: {
+  ioHooks?: string;
+  requests: number;
+  req: number;
+  resp: number;
+  v6?: boolean;
+  acceptDelayMs?: number;
+}) {
+  const group = new ProcessGroup();
+  try {
+    const srvArgs = ['--requests', String(opts.requests), '--req-bytes', String(opts.req), '--resp-bytes', String(opts.resp)];
+    if (opts.v6) srvArgs.push('--v6');
+    if (opts.acceptDelayMs) srvArgs.push('--accept-delay-ms', String(opts.acceptDelayMs));
+    const server = await startServer(group, srvArgs);
+    const client = startClient(group, [
+      '--addr', opts.v6 ? '::1' : '127.0.0.1', '--port', String(server.port),
+      '--requests', String(opts.requests), '--req-bytes', String(opts.req), '--resp-bytes', String(opts.resp),
+    ]);
+    const events = await startEvents(group, [server.proc.pid, client.pid], opts.ioHooks ? ['--io-hooks', opts.ioHooks] : []);
+    server.proc.send('go');
+    client.send('go');
+    const lport = Number((await client.waitLine(/^connected (\d+)$/))[1]);
+    await client.waitLine(/^done$/);
+    await server.proc.waitLine(/^done$/);
+    await Promise.all([client.exited, server.proc.exited]);
+    // close records come from tcp_destroy_sock, which may lag the exit a little
+    await new Promise((r) => setTimeout(r, 300));
+    const evs = await stopEvents(events);
+    return { evs, server, client, lport };
+  } finally {
+    await group.killAll();
+  }
+}
+
+function checkConnection(r: Awaited<ReturnType<typeof exchange>>, o: { requests: number; req: number; resp: number }) {
+  const { evs, server, client, lport } = r;
+  const srv = evs.filter((e) => e.pid === server.proc.pid);
+  const cli = evs.filter((e) => e.pid === client.pid);
+  const accept = srv.filter((e) => e.type === 'accept');
+  assert.equal(accept.length, 1, 'one accept');
+  const cookie = accept[0].cookie;
+  assert.match(cookie, /^[1-9]\d*$/);
+  assert.ok(accept[0].peer.endsWith(`:${lport}`), `accept peer ${accept[0].peer} is the client port ${lport}`);
+  assert.ok(typeof accept[0].queue_ns === 'number' && accept[0].queue_ns >= 0, 'accept queue wait is non-negative');
+
+  // Server: every record of the accepted socket carries its cookie, bytes exact.
+  const sRecv = srv.filter((e) => e.type === 'recv');
+  const sSend = srv.filter((e) => e.type === 'send');
+  for (const e of [...sRecv, ...sSend]) assert.equal(e.cookie, cookie);
+  assert.equal(sum(sRecv, 'bytes'), o.requests * o.req, 'server received every request byte');
+  assert.equal(sum(sSend, 'bytes'), o.requests * o.resp, 'server sent every response byte');
+  // Aggregates close on direction changes: one recv and one send per request.
+  assert.equal(sRecv.length, o.requests);
+  assert.equal(sSend.length, o.requests);
+  const sClose = srv.filter((e) => e.type === 'close' && e.cookie === cookie);
+  assert.equal(sClose.length, 1, 'server close');
+  assert.equal(sClose[0].bytes_received, o.requests * o.req);
+  assert.equal(sClose[0].bytes_sent, o.requests * o.resp);
+
+  // Client: connect, then the mirror image.
+  const connect = cli.filter((e) => e.type === 'connect');
+  assert.equal(connect.length, 1);
+  assert.equal(connect[0].error, null);
+  assert.ok((connect[0].duration_ns as number) > 0);
+  const cCookie = connect[0].cookie;
+  assert.notEqual(cCookie, cookie, 'the two ends are different sockets');
+  assert.equal(sum(cli.filter((e) => e.type === 'send' && e.cookie === cCookie), 'bytes'), o.requests * o.req);
+  assert.equal(sum(cli.filter((e) => e.type === 'recv' && e.cookie === cCookie), 'bytes'), o.requests * o.resp);
+  const cClose = cli.filter((e) => e.type === 'close' && e.cookie === cCookie);
+  assert.equal(cClose.length, 1, 'client close');
+  assert.equal(cClose[0].bytes_sent, o.requests * o.req);
+  for (const e of evs) {
+    assert.equal(e.trace_id, null);
+    assert.equal(typeof e.ts_ns, 'bigint');
+  }
+  return { accept: accept[0] };
+}
+
+describe('kspan events', e2eOptions(), () => {
+  after(() => {});
+
+  for (const ioHooks of ['sock_length', 'syscalls']) {
+    test(`keep-alive exchange, exact bytes, one cookie per connection (${ioHooks})`, async () => {
+      const o = { requests: 5, req: 321, resp: 54_321 };
+      const r = await exchange({ ...o, ioHooks });
+      checkConnection(r, o);
+      const io = r.evs.filter((e) => e.type === 'send' || e.type === 'recv');
+      for (const e of io) assert.equal(e.io_path, ioHooks);
+    });
+  }
+
+  test('IPv6 loopback', async () => {
+    const o = { requests: 2, req: 64, resp: 4096 };
+    const r = await exchange({ ...o, v6: true });
+    const { accept } = checkConnection(r, o);
+    assert.match(accept.local, /^\[::1\]:\d+$/);
+  });
+
+  test('accept-queue wait grows when the server sleeps before accept()', async () => {
+    const o = { requests: 1, req: 10, resp: 10 };
+    const fast = checkConnection(await exchange(o), o).accept.queue_ns as number;
+    const slow = checkConnection(await exchange({ ...o, acceptDelayMs: 400 }), o).accept.queue_ns as number;
+    assert.ok(slow >= 300_000_000, `slow queue wait ${slow} ns ≥ 300 ms`);
+    assert.ok(slow > fast * 5, `slow ${slow} ns vs fast ${fast} ns`);
+  });
+});

@@ -1,0 +1,90 @@
+/**
+ * Child processes for tests: spawned with pipes, their stdout read line by line,
+ * and every one killed at the end of the test (track them with a ProcessGroup).
+ */
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { createInterface } from 'node:readline';
+
+export interface Proc {
+  child: ChildProcess;
+  pid: number;
+  lines: string[];
+  stderr: string[];
+  /** Resolves with the first stdout line matching `re` (already seen or future). */
+  waitLine(re: RegExp, timeoutMs?: number): Promise<RegExpExecArray>;
+  /** Resolves with the first stderr line matching `re`. */
+  waitStderr(re: RegExp, timeoutMs?: number): Promise<RegExpExecArray>;
+  send(line: string): void;
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+function waiter(buf: string[], onLine: Set<(l: string) => void>, what: string) {
+  return (re: RegExp, timeoutMs = 10_000) =>
+    new Promise<RegExpExecArray>((resolve, reject) => {
+      for (const l of buf) {
+        const m = re.exec(l);
+        if (m) return resolve(m);
+      }
+      const t = setTimeout(() => {
+        onLine.delete(check);
+        reject(new Error(`timed out waiting for ${re} on ${what}; saw:\n${buf.slice(-20).join('\n')}`));
+      }, timeoutMs);
+      const check = (l: string) => {
+        const m = re.exec(l);
+        if (m) {
+          clearTimeout(t);
+          onLine.delete(check);
+          resolve(m);
+        }
+      };
+      onLine.add(check);
+    });
+}
+
+export class ProcessGroup {
+  readonly #procs: Proc[] = [];
+
+  start(cmd: string, args: string[], opts: SpawnOptions = {}): Proc {
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'], ...opts });
+    if (!child.pid) throw new Error(`could not start ${cmd}`);
+    const lines: string[] = [];
+    const stderr: string[] = [];
+    const outWaiters = new Set<(l: string) => void>();
+    const errWaiters = new Set<(l: string) => void>();
+    createInterface({ input: child.stdout! }).on('line', (l) => {
+      lines.push(l);
+      for (const w of [...outWaiters]) w(l);
+    });
+    createInterface({ input: child.stderr! }).on('line', (l) => {
+      stderr.push(l);
+      for (const w of [...errWaiters]) w(l);
+    });
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.on('exit', (code, signal) => resolve({ code, signal })),
+    );
+    const p: Proc = {
+      child,
+      pid: child.pid,
+      lines,
+      stderr,
+      waitLine: waiter(lines, outWaiters, `${cmd} stdout`),
+      waitStderr: waiter(stderr, errWaiters, `${cmd} stderr`),
+      send: (l) => child.stdin!.write(`${l}\n`),
+      exited,
+    };
+    this.#procs.push(p);
+    return p;
+  }
+
+  /** SIGKILLs whatever is still running and waits for it. */
+  async killAll(): Promise<void> {
+    await Promise.all(
+      this.#procs.map(async (p) => {
+        if (p.child.exitCode === null && p.child.signalCode === null) {
+          p.child.kill('SIGKILL');
+          await p.exited;
+        }
+      }),
+    );
+  }
+}
