@@ -1,0 +1,67 @@
+/**
+ * What the correlator produces: one kernel span, still on the kernel's clock
+ * (CLOCK_MONOTONIC, bigint ns) and still tied to its socket. The span builder
+ * (span-builder.ts) turns it into an OpenTelemetry ReadableSpan. Pure types.
+ */
+import type { Endpoint, TraceContext } from '../records.ts';
+
+export type KernelSpanName =
+  | 'tcp.accept'
+  | 'tcp.connect'
+  | 'tcp.send'
+  | 'tcp.recv'
+  /** Standalone: retransmits whose data-owning span was already gone. */
+  | 'tcp.retransmit'
+  /** Standalone: a reset with no span left to carry it. */
+  | 'tcp.reset';
+
+export type KernelEventName = 'tcp.retransmit' | 'tcp.reset';
+
+export interface KernelSpanEvent {
+  name: KernelEventName;
+  tsNs: bigint;
+  /** TCP state number when it happened (include/net/tcp_states.h). */
+  tcpState: number;
+  /** tcp.reset: this side sent the RST. */
+  resetSent: boolean;
+  /** tcp.retransmit: the kernel's err for the retransmission (0 = sent). */
+  errno: number;
+}
+
+/** Why a span was ended by the agent rather than by what the kernel saw. */
+export type IncompleteReason = 'process_exit' | 'evicted' | 'idle' | 'shutdown' | 'flushed';
+
+export interface KernelSpan {
+  name: KernelSpanName;
+  /** The application span this one hangs under; null for an orphan (root) span. */
+  parent: TraceContext | null;
+  startNs: bigint;
+  endNs: bigint;
+  cookie: bigint;
+  pid: number;
+  tid: number;
+  family: 4 | 6;
+  local: Endpoint;
+  peer: Endpoint;
+  role: 'server' | 'client';
+  /** send/recv: bytes and syscalls; 0 for the others. */
+  bytes: number;
+  calls: number;
+  /** Retransmit and reset events, in time order. */
+  events: KernelSpanEvent[];
+  /** Number of tcp.retransmit events. */
+  retransmits: number;
+  /** Smoothed RTT, known when the socket closed while the span was still held. */
+  srttUs: number | null;
+  /** tcp.accept: handshake complete → accept() returned; null when the handshake was not seen. */
+  acceptQueueNs: bigint | null;
+  /** Client tcp.recv: the wait from the end of the request to the first response byte. */
+  waitNs: bigint | null;
+  /** Status message when the span is an error (connect failure, reset). */
+  error: string | null;
+  /** `error.type`: refused, timed_out, reset, … */
+  errorType: string | null;
+  incomplete: IncompleteReason | null;
+  /** send/recv counted by the syscall-tracepoint fallback (kernels < 6.3). */
+  fallback: boolean;
+}
