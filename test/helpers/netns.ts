@@ -1,0 +1,77 @@
+/**
+ * Two network namespaces joined by a veth pair, made by the test and removed
+ * afterwards (with them go their addresses and iptables rules). Both ends use a
+ * random 10.x.y.0/30, so tests in other processes do not collide; names carry
+ * the pid and a counter.
+ *
+ *   client ns  <name>-c  10.x.y.1  ──veth──  10.x.y.2  <name>-s  server ns
+ */
+import { execFileSync } from 'node:child_process';
+import { randomInt } from 'node:crypto';
+
+let seq = 0;
+
+export interface NetnsPair {
+  client: string;
+  server: string;
+  clientAddr: string;
+  serverAddr: string;
+  /** Runs a command inside the server namespace (e.g. iptables). */
+  inServer(cmd: string[]): string;
+  inClient(cmd: string[]): string;
+  remove(): void;
+}
+
+function run(cmd: string[]): string {
+  return execFileSync(cmd[0], cmd.slice(1), { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+export function createNetnsPair(): NetnsPair {
+  const id = `ks${process.pid}x${seq++}`;
+  const client = `${id}-c`;
+  const server = `${id}-s`;
+  const net = `10.${randomInt(100, 250)}.${randomInt(0, 255)}`;
+  const base = randomInt(0, 63) * 4;
+  const clientAddr = `${net}.${base + 1}`;
+  const serverAddr = `${net}.${base + 2}`;
+  const remove = () => {
+    for (const ns of [client, server]) {
+      try {
+        run(['ip', 'netns', 'del', ns]);
+      } catch {
+        /* already gone */
+      }
+    }
+  };
+  try {
+    run(['ip', 'netns', 'add', client]);
+    run(['ip', 'netns', 'add', server]);
+    run(['ip', 'link', 'add', `${id}a`, 'netns', client, 'type', 'veth', 'peer', 'name', `${id}b`, 'netns', server]);
+    run(['ip', '-n', client, 'addr', 'add', `${clientAddr}/30`, 'dev', `${id}a`]);
+    run(['ip', '-n', server, 'addr', 'add', `${serverAddr}/30`, 'dev', `${id}b`]);
+    for (const [ns, dev] of [[client, `${id}a`], [server, `${id}b`]]) {
+      run(['ip', '-n', ns, 'link', 'set', dev, 'up']);
+      run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
+    }
+  } catch (err) {
+    remove();
+    throw err;
+  }
+  return {
+    client,
+    server,
+    clientAddr,
+    serverAddr,
+    inServer: (cmd) => run(['ip', 'netns', 'exec', server, ...cmd]),
+    inClient: (cmd) => run(['ip', 'netns', 'exec', client, ...cmd]),
+    remove,
+  };
+}
+
+/** Namespaces still present whose names this process made (for leak checks). */
+export function leftoverNamespaces(prefix = `ks${process.pid}x`): string[] {
+  return run(['ip', 'netns', 'list'])
+    .split('\n')
+    .map((l) => l.split(' ')[0])
+    .filter((n) => n.startsWith(prefix));
+}
