@@ -1,0 +1,124 @@
+/**
+ * The loader on the real kernel: typed verifier errors with the log, run-time PID
+ * selection without reloading, and nothing left attached after SIGKILL.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { VerifierError } from '../../src/errors.ts';
+import { BpfObject } from '../../src/loader/bpf-object.ts';
+import type { KernelRecord } from '../../src/records.ts';
+import { TcpTracer } from '../../src/tcp-tracer.ts';
+import { REPO_ROOT } from '../helpers/build-fixture.ts';
+import { startEvents } from '../helpers/kspan-cli.ts';
+import { ProcessGroup } from '../helpers/processes.ts';
+import { e2eOptions } from '../helpers/require-bpf.ts';
+import { startClient, startServer } from '../helpers/tcp-fixtures.ts';
+
+interface ProgInfo {
+  id: number;
+  name: string;
+}
+
+/** BPF program ids a process holds through its fds (programs and links). */
+function progIdsOf(pid: number): number[] {
+  const ids = new Set<number>();
+  for (const fd of readdirSync(`/proc/${pid}/fdinfo`)) {
+    let info = '';
+    try {
+      info = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+    } catch {
+      continue;
+    }
+    const m = /^prog_id:\s*(\d+)/m.exec(info);
+    if (m) ids.add(Number(m[1]));
+  }
+  return [...ids].sort((a, b) => a - b);
+}
+
+function progs(): ProgInfo[] {
+  return JSON.parse(execFileSync('bpftool', ['prog', 'show', '-j'], { encoding: 'utf8' })) as ProgInfo[];
+}
+
+describe('loader', e2eOptions(), () => {
+  test('a program the verifier rejects yields VerifierError with its name and the log', () => {
+    const obj = BpfObject.open(join(REPO_ROOT, 'bpf/.output/invalid.bpf.o'));
+    try {
+      assert.throws(
+        () => obj.load(),
+        (err: unknown) => {
+          assert.ok(err instanceof VerifierError);
+          assert.equal(err.code, 'KSPAN_ERR_VERIFIER');
+          assert.equal(err.program, 'out_of_bounds');
+          assert.match(err.log, /invalid access to map value/);
+          assert.match(err.message, /out_of_bounds/);
+          return true;
+        },
+      );
+    } finally {
+      obj.close();
+    }
+  });
+
+  test('PIDs are selected at run time without reloading programs', async () => {
+    const group = new ProcessGroup();
+    const records: KernelRecord[] = [];
+    const tracer = TcpTracer.open({ onRecord: (r) => records.push(r) });
+    try {
+      tracer.start();
+      const idsBefore = progIdsOf(process.pid);
+      assert.ok(idsBefore.length >= 9, `the tracer holds its programs (${idsBefore.length})`);
+      const server = await startServer(group, ['--conns', '2', '--step', '--req-bytes', '77', '--resp-bytes', '777']);
+      const args = ['--port', String(server.port), '--req-bytes', '77', '--resp-bytes', '777'];
+      const c1 = startClient(group, args);
+      server.proc.send('go');
+      c1.send('go');
+      await server.proc.waitLine(/^served 1$/);
+      await new Promise((r) => setTimeout(r, 200));
+      assert.deepEqual(records.filter((r) => r.pid === server.proc.pid), [], 'not selected: nothing');
+
+      tracer.addPid(server.proc.pid);
+      const c2 = startClient(group, args);
+      server.proc.send('go');
+      c2.send('go');
+      await server.proc.waitLine(/^done$/);
+      await new Promise((r) => setTimeout(r, 300));
+      const mine = records.filter((r) => r.pid === server.proc.pid);
+      assert.equal(mine.filter((r) => r.type === 'accept').length, 1);
+      assert.equal(mine.filter((r) => r.type === 'recv').reduce((a, r) => a + r.bytes, 0), 77);
+      assert.equal(mine.filter((r) => r.type === 'send').reduce((a, r) => a + r.bytes, 0), 777);
+      const idsAfter = progIdsOf(process.pid);
+      assert.deepEqual(idsAfter, idsBefore, 'the same programs: nothing was reloaded');
+    } finally {
+      await tracer.stop();
+      await group.killAll();
+    }
+  });
+
+  test('after SIGKILL nothing kspan loaded stays in the kernel', async () => {
+    const group = new ProcessGroup();
+    try {
+      const events = await startEvents(group, [process.pid]);
+      const ourIds = new Set(progIdsOf(events.pid));
+      const ours = progs().filter((p) => ourIds.has(p.id));
+      assert.ok(ours.length >= 9, `kspan events holds its programs (${ours.length})`);
+      events.child.kill('SIGKILL');
+      await events.exited;
+      // the kernel frees programs once their last fd and link are gone
+      let left: ProgInfo[] = [];
+      for (let i = 0; i < 50; i++) {
+        const ids = new Set(progs().map((p) => p.id));
+        left = ours.filter((p) => ids.has(p.id));
+        if (!left.length) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.deepEqual(left.map((p) => p.name), []);
+      const links = JSON.parse(execFileSync('bpftool', ['link', 'list', '-j'], { encoding: 'utf8' })) as { prog_id: number }[];
+      assert.deepEqual(links.filter((l) => ourIds.has(l.prog_id)), []);
+    } finally {
+      await group.killAll();
+    }
+  });
+});
