@@ -1,0 +1,177 @@
+/**
+ * The OTEP 4947 publisher fixture (test/fixtures/tls/) under every TLS access
+ * model, and a way to run it and read what each thread printed. Shared by the
+ * resolver tests (no BPF) and the BPF reader tests.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { buildFixture, hasTool } from './build-fixture.ts';
+
+const SRC = 'test/fixtures/tls';
+const WRITER = `${SRC}/otel_ctx_writer.c`;
+const MAIN = `${SRC}/tls_publisher.c`;
+const CFLAGS = ['-O2', '-g', '-Wall', '-Werror'];
+
+export type TlsVariantName =
+  | 'local-exec'
+  | 'initial-exec'
+  | 'tlsdesc'
+  | 'general-dynamic'
+  | 'dlopen-tlsdesc-static'
+  | 'dlopen-tlsdesc-dynamic'
+  | 'dlopen-general-dynamic'
+  | 'musl-static'
+  | 'musl-pie-local-exec'
+  | 'musl-dlopen-tlsdesc'
+  | 'musl-dlopen-general-dynamic';
+
+export interface TlsVariant {
+  name: TlsVariantName;
+  /** Executable and arguments, relative to the build directory. */
+  exe: string;
+  args: string[];
+  /** What the resolver must report. */
+  model: 'local-exec' | 'initial-exec' | 'tlsdesc' | 'general-dynamic';
+  dynamic: boolean;
+  /** The libc the resolver must name ('unknown': static, no loader mapped). */
+  libc: 'glibc' | 'musl' | 'unknown';
+  /** The thread that never touched its TLS: a NULL pointer, or no TLS block at all. */
+  idle: 'null-pointer' | 'block-unallocated';
+}
+
+export const TLS_VARIANTS: TlsVariant[] = [
+  { name: 'local-exec', exe: 'le', args: [], model: 'local-exec', dynamic: false, libc: 'glibc', idle: 'null-pointer' },
+  { name: 'initial-exec', exe: 'ie', args: [], model: 'initial-exec', dynamic: false, libc: 'glibc', idle: 'null-pointer' },
+  { name: 'tlsdesc', exe: 'desc', args: [], model: 'tlsdesc', dynamic: false, libc: 'glibc', idle: 'null-pointer' },
+  // A library linked at start-up: its block is static, its DTV entry set at thread creation.
+  { name: 'general-dynamic', exe: 'gd', args: [], model: 'general-dynamic', dynamic: true, libc: 'glibc', idle: 'null-pointer' },
+  // glibc puts a small dlopen'ed TLSDESC block into its static TLS surplus...
+  { name: 'dlopen-tlsdesc-static', exe: 'dl', args: ['--dlopen', 'libotel_desc.so'], model: 'tlsdesc', dynamic: false, libc: 'glibc', idle: 'null-pointer' },
+  // ...and a large one (16 KiB of TLS) into dynamic TLS, reached through the DTV,
+  // allocated lazily per thread (so not for the idle thread).
+  { name: 'dlopen-tlsdesc-dynamic', exe: 'dl', args: ['--dlopen', 'libotel_desc_big.so'], model: 'tlsdesc', dynamic: true, libc: 'glibc', idle: 'block-unallocated' },
+  { name: 'dlopen-general-dynamic', exe: 'dl', args: ['--dlopen', 'libotel_gd.so'], model: 'general-dynamic', dynamic: true, libc: 'glibc', idle: 'block-unallocated' },
+  { name: 'musl-static', exe: 'musl_static', args: [], model: 'local-exec', dynamic: false, libc: 'unknown', idle: 'null-pointer' },
+  // musl-gcc's -static-pie still links the musl loader: a dynamic musl PIE.
+  { name: 'musl-pie-local-exec', exe: 'musl_pie', args: [], model: 'local-exec', dynamic: false, libc: 'musl', idle: 'null-pointer' },
+  // musl allocates a dlopen'ed library's TLS for every existing thread at dlopen time.
+  { name: 'musl-dlopen-tlsdesc', exe: 'musl_dl', args: ['--dlopen', 'libotel_musl_desc.so'], model: 'tlsdesc', dynamic: true, libc: 'musl', idle: 'null-pointer' },
+  { name: 'musl-dlopen-general-dynamic', exe: 'musl_dl', args: ['--dlopen', 'libotel_musl_gd.so'], model: 'general-dynamic', dynamic: true, libc: 'musl', idle: 'null-pointer' },
+];
+
+export const HAS_MUSL = hasTool('musl-gcc');
+
+const EXPORT = '-Wl,--export-dynamic-symbol=otel_thread_ctx_v1';
+const RPATH = '-Wl,-rpath,$ORIGIN';
+
+/** Builds every glibc variant (and the musl ones when musl-gcc is there); returns the directory. */
+export function buildTlsFixtures(): string {
+  const lib = (out: string, flags: string[], cc = 'gcc') => ({
+    out,
+    cmd: [cc, ...CFLAGS, '-shared', '-fPIC', ...flags, '{otel_ctx_writer.c}', '-o', out],
+  });
+  const exe = (out: string, flags: string[], cc = 'gcc') => ({
+    out,
+    cmd: [cc, ...CFLAGS, '-pthread', '{tls_publisher.c}', ...flags, '-o', out],
+  });
+  const steps = [
+    exe('le', ['-ftls-model=local-exec', EXPORT, '{otel_ctx_writer.c}']),
+    lib('libotel_ie.so', ['-ftls-model=initial-exec']),
+    exe('ie', ['-L.', '-lotel_ie', RPATH]),
+    lib('libotel_desc.so', ['-mtls-dialect=gnu2']),
+    exe('desc', ['-L.', '-lotel_desc', RPATH]),
+    lib('libotel_gd.so', ['-mtls-dialect=gnu']),
+    exe('gd', ['-L.', '-lotel_gd', RPATH]),
+    lib('libotel_desc_big.so', ['-mtls-dialect=gnu2', '-DOTEL_BIG_TLS']),
+    exe('dl', ['-DOTEL_DLOPEN_ONLY', '-ldl']),
+  ];
+  if (HAS_MUSL) {
+    steps.push(
+      exe('musl_static', ['-static', EXPORT, '{otel_ctx_writer.c}'], 'musl-gcc'),
+      exe('musl_pie', ['-pie', '-fPIE', EXPORT, '{otel_ctx_writer.c}'], 'musl-gcc'),
+      lib('libotel_musl_desc.so', ['-mtls-dialect=gnu2'], 'musl-gcc'),
+      lib('libotel_musl_gd.so', ['-mtls-dialect=gnu'], 'musl-gcc'),
+      exe('musl_dl', ['-DOTEL_DLOPEN_ONLY'], 'musl-gcc'),
+    );
+  }
+  return buildFixture({ name: 'tls', sources: [WRITER, MAIN], steps });
+}
+
+export interface PublisherThread {
+  index: number;
+  tid: number;
+  fsbase: number;
+  /** &otel_thread_ctx_v1 as the thread itself computed it. */
+  addr: number;
+  /** The pointer it stored there. */
+  record: number;
+  traceId: string;
+  spanId: string;
+}
+
+export interface RunningPublisher {
+  child: ChildProcess;
+  pid: number;
+  threads: PublisherThread[];
+  idle: { tid: number; fsbase: number };
+  /** Closes stdin and waits for exit (kills after 2 s). */
+  stop(): Promise<void>;
+}
+
+/** Starts a variant and resolves once it printed "ready". */
+export function startPublisher(
+  dir: string,
+  variant: Pick<TlsVariant, 'exe' | 'args'>,
+  opts: { threads?: number; hostile?: 'unmapped' | 'kernel' | 'invalid'; env?: Record<string, string> } = {},
+): Promise<RunningPublisher> {
+  const args = variant.args.map((a) => (a.endsWith('.so') ? join(dir, a) : a));
+  if (opts.threads !== undefined) args.push('--threads', String(opts.threads));
+  if (opts.hostile) args.push('--hostile', opts.hostile);
+  const child = spawn(join(dir, variant.exe), args, {
+    stdio: ['pipe', 'pipe', 'pipe'],
+    env: { ...process.env, ...opts.env },
+  });
+  const stop = () =>
+    new Promise<void>((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) return resolve();
+      const timer = setTimeout(() => child.kill('SIGKILL'), 2000);
+      child.once('exit', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      child.stdin?.end();
+    });
+  return new Promise((resolve, reject) => {
+    const threads: PublisherThread[] = [];
+    let idle: RunningPublisher['idle'] | undefined;
+    let stderr = '';
+    child.stderr!.on('data', (d) => (stderr += d));
+    child.once('error', reject);
+    child.once('exit', (code, signal) => reject(new Error(`${variant.exe} exited (${code ?? signal}) before ready: ${stderr}`)));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${variant.exe} did not get ready in 10 s: ${stderr}`));
+    }, 10_000);
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      const hex = (s: string) => parseInt(s, 16);
+      let m = /^thread (\d+) tid (\d+) fsbase 0x([0-9a-f]+) addr 0x([0-9a-f]+) record 0x([0-9a-f]+) trace ([0-9a-f]{32}) span ([0-9a-f]{16})$/.exec(line);
+      if (m) {
+        threads.push({ index: +m[1], tid: +m[2], fsbase: hex(m[3]), addr: hex(m[4]), record: hex(m[5]), traceId: m[6], spanId: m[7] });
+        return;
+      }
+      m = /^idle tid (\d+) fsbase 0x([0-9a-f]+)$/.exec(line);
+      if (m) {
+        idle = { tid: +m[1], fsbase: hex(m[2]) };
+        return;
+      }
+      m = /^ready pid (\d+)$/.exec(line);
+      if (m && idle) {
+        clearTimeout(timer);
+        child.removeAllListeners('exit');
+        threads.sort((a, b) => a.index - b.index);
+        resolve({ child, pid: +m[1], threads, idle, stop });
+      }
+    });
+  });
+}
