@@ -51,6 +51,9 @@ main(process.argv.slice(2)).then(
       if (err.cause instanceof Error) process.stderr.write(`  cause: ${err.cause.message}\n`);
       if ('log' in err && typeof err.log === 'string') process.stderr.write(`  verifier log:\n${err.log}\n`);
       process.exitCode = err.code === 'KSPAN_ERR_USAGE' ? 2 : 1;
+    } else if (err instanceof Error && String((err as { code?: unknown }).code).startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`kspan: ${err.message}\n${USAGE}\n`);
+      process.exitCode = 2;
     } else {
       process.stderr.write(`kspan: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
       process.exitCode = 1;

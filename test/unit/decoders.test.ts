@@ -1,0 +1,49 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { parseBtf, BTF_KIND } from '../../src/btf/btf.ts';
+import { generatedRecordsSource } from '../../src/btf/records-source.ts';
+import { parseElf } from '../../src/elf/elf-file.ts';
+import {
+  decodeKspanEvent,
+  encodeKspanEvent,
+  KSPAN_EVENT_SIZE,
+  KSPAN_TLS_LOC_SIZE,
+  type KspanEvent,
+} from '../../src/generated/records.ts';
+import { REPO_ROOT } from '../helpers/build-fixture.ts';
+
+const OBJECT = join(REPO_ROOT, 'bpf/.output/kspan.bpf.o');
+
+test('src/generated/records.ts matches the BTF of the built BPF object (regenerate with npm run gen)', () => {
+  const committed = readFileSync(join(REPO_ROOT, 'src/generated/records.ts'), 'utf8');
+  assert.equal(committed, generatedRecordsSource(OBJECT));
+});
+
+test('BTF layout of struct kspan_event as the C compiler laid it out', () => {
+  const btf = parseBtf(parseElf(readFileSync(OBJECT)).section('.BTF')!);
+  const ev = btf.byName('kspan_event', BTF_KIND.STRUCT)!;
+  assert.equal(ev.size, KSPAN_EVENT_SIZE);
+  const off = Object.fromEntries(ev.members.map((m) => [m.name, m.bitOffset / 8]));
+  assert.equal(off.ts_ns, 0);
+  assert.equal(off.cookie, 16);
+  assert.equal(off.pid, 48);
+  assert.equal(off.type, 72);
+  assert.equal(off.ctx, 112);
+  assert.equal(btf.sizeOf(ev.members.find((m) => m.name === 'laddr')!.type), 16);
+  assert.equal(KSPAN_TLS_LOC_SIZE, 24);
+});
+
+test('decode(encode(x)) round-trips every field, including 64-bit values beyond 2^53', () => {
+  const ev: KspanEvent = {
+    ts_ns: 0xfedcba9876543210n, start_ns: 1n, cookie: 2n ** 63n + 5n, bytes: 123456789n,
+    bytes_sent: 7n, bytes_received: 8n, pid: 4242, tid: 4243, calls: 3, retransmits: 2, srtt_us: 55,
+    error: -110, type: 3, family: 10, flags: 5, tcp_state: 1, lport: 65535, rport: 80,
+    laddr: Uint8Array.from({ length: 16 }, (_, i) => i), raddr: new Uint8Array(16).fill(0xff),
+    ctx: { trace_id: new Uint8Array(16).fill(0xab), span_id: new Uint8Array(8).fill(0xcd), trace_flags: 1, valid: 1 },
+  };
+  const buf = new DataView(new ArrayBuffer(KSPAN_EVENT_SIZE + 8));
+  encodeKspanEvent(ev, buf, 8);
+  assert.deepEqual(decodeKspanEvent(buf, 8), ev);
+});
