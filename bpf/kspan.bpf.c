@@ -49,6 +49,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* Force the record types into BTF so the generator can see them. */
 struct kspan_event *unused_event __attribute__((unused));
 struct kspan_sock *unused_sock __attribute__((unused));
+struct kspan_agg *unused_agg __attribute__((unused));
 enum kspan_event_type *unused_type __attribute__((unused));
 enum kspan_event_flag *unused_flag __attribute__((unused));
 enum kspan_counter *unused_counter __attribute__((unused));
@@ -201,26 +202,65 @@ static __always_inline struct kspan_event *reserve(void)
 	return e;
 }
 
-/* Emits the open send/recv aggregate of a socket and clears it. */
-static __always_inline void agg_emit(struct kspan_sock *st, __u64 cookie)
+static __always_inline void agg_take(struct kspan_agg *dst, struct kspan_sock *st)
 {
-	if (!st->agg_dir)
-		return;
-	struct kspan_event *e = reserve();
-	if (e) {
-		fill_common(e, st, cookie, st->agg_dir);
-		e->tid = st->agg_tid;
-		e->ts_ns = st->agg_last_ns;
-		e->start_ns = st->agg_first_ns;
-		e->bytes = st->agg_bytes;
-		e->calls = st->agg_calls;
-		e->flags |= st->agg_flags;
-		e->ctx = st->agg_ctx;
-		bpf_ringbuf_submit(e, 0);
-	}
+	dst->first_ns = st->agg_first_ns;
+	dst->last_ns = st->agg_last_ns;
+	dst->bytes = st->agg_bytes;
+	dst->tid = st->agg_tid;
+	dst->calls = st->agg_calls;
+	dst->dir = st->agg_dir;
+	dst->flags = st->agg_flags;
+	dst->ctx = st->agg_ctx;
 	st->agg_dir = 0;
 	st->agg_bytes = 0;
 	st->agg_calls = 0;
+}
+
+/* Emits the aggregates waiting in the state: `pend` (as prev) and `main`. */
+static __always_inline void agg_submit(struct kspan_sock *st, __u64 cookie, struct kspan_agg *main)
+{
+	struct kspan_event *e = reserve();
+	if (e) {
+		fill_common(e, st, cookie, main->dir);
+		e->tid = main->tid;
+		e->ts_ns = main->last_ns;
+		e->start_ns = main->first_ns;
+		e->bytes = main->bytes;
+		e->calls = main->calls;
+		e->flags |= main->flags;
+		e->ctx = main->ctx;
+		if (st->pend.dir && &st->pend != main)
+			e->prev = st->pend;
+		bpf_ringbuf_submit(e, 0);
+	}
+	st->pend.dir = 0;
+}
+
+/* Closes the open send/recv aggregate. The first of a pair waits in `pend`; the
+ * second goes out with it in one record. */
+static __always_inline void agg_close(struct kspan_sock *st, __u64 cookie)
+{
+	if (!st->agg_dir)
+		return;
+	if (!st->pend.dir) {
+		agg_take(&st->pend, st);
+		return;
+	}
+	__u32 zero = 0;
+	struct kspan_sock *tmp = bpf_map_lookup_elem(&sock_scratch, &zero);
+	if (!tmp)
+		return;
+	agg_take(&tmp->pend, st);
+	agg_submit(st, cookie, &tmp->pend);
+}
+
+/* Socket closing: emits whatever is open or pending. */
+static __always_inline void agg_flush(struct kspan_sock *st, __u64 cookie)
+{
+	agg_close(st, cookie);
+	if (st->pend.dir)
+		agg_submit(st, cookie, &st->pend);
 }
 
 static __always_inline bool ctx_equal(const struct kspan_trace_ctx *a,
@@ -248,7 +288,7 @@ static __always_inline void account_io(const struct sock *sk, __u64 cookie, __u8
 
 	__u64 now = bpf_ktime_get_ns();
 	if (st->agg_dir && (st->agg_dir != dir || !ctx_equal(&st->agg_ctx, &cur)))
-		agg_emit(st, cookie);
+		agg_close(st, cookie);
 	if (!st->agg_dir) {
 		st->agg_dir = dir;
 		st->agg_first_ns = now;
@@ -478,7 +518,7 @@ int BPF_PROG(on_destroy_sock, struct sock *sk)
 	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
 	if (!st)
 		return 0;
-	agg_emit(st, cookie);
+	agg_flush(st, cookie);
 	struct kspan_event *e = reserve();
 	if (e) {
 		const struct tcp_sock *tp = (const struct tcp_sock *)sk;

@@ -49,6 +49,19 @@ struct kspan_trace_ctx {
 	__u8 _pad[6];
 };
 
+/* A closed send/recv aggregate. */
+struct kspan_agg {
+	__u64 first_ns;
+	__u64 last_ns;
+	__u64 bytes;
+	__u32 tid;
+	__u32 calls;
+	__u8 dir;                   /* 0 none, KSPAN_EV_SEND or KSPAN_EV_RECV */
+	__u8 flags;                 /* KSPAN_F_FALLBACK_IO */
+	__u8 _pad[6];
+	struct kspan_trace_ctx ctx;
+};
+
 /* One ring-buffer record. Which fields apply depends on `type` (docs/RECORDS.md). */
 struct kspan_event {
 	__u64 ts_ns;                /* CLOCK_MONOTONIC: when it happened (aggregate: last call) */
@@ -72,6 +85,10 @@ struct kspan_event {
 	__u8 laddr[16];             /* IPv4: first 4 bytes */
 	__u8 raddr[16];
 	struct kspan_trace_ctx ctx; /* the span active in the thread, or valid = 0 */
+	/* send/recv: the aggregate that closed before this one on the same socket,
+	 * when dir != 0. Aggregates are emitted in pairs (a request and its
+	 * response), so an exchange costs one ring-buffer record, not two. */
+	struct kspan_agg prev;
 };
 
 /* Per-socket state, keyed by cookie in the `socks` map. */
@@ -97,6 +114,7 @@ struct kspan_sock {
 	struct kspan_trace_ctx agg_ctx; /* context of the open aggregate */
 	struct kspan_trace_ctx tx_ctx;  /* context that last sent: owns data in flight */
 	struct kspan_trace_ctx last_ctx;/* context of the last syscall on the socket */
+	struct kspan_agg pend;          /* closed aggregate waiting for its pair */
 };
 
 /* Where a target's thread-context pointer lives, per process (`tls_locs` map,

@@ -2,7 +2,14 @@
  * Ring-buffer payload → KernelRecord: the generated struct decoder, then names,
  * addresses and ids in the form the rest of kspan uses. Pure.
  */
-import { decodeKspanEvent, KspanEventFlag as F, KspanEventType as T, type KspanEvent, type KspanTraceCtx } from './generated/records.ts';
+import {
+  decodeKspanEvent,
+  KspanEventFlag as F,
+  KspanEventType as T,
+  type KspanAgg,
+  type KspanEvent,
+  type KspanTraceCtx,
+} from './generated/records.ts';
 import type { Endpoint, KernelRecord, RecordType, TraceContext } from './records.ts';
 
 const TYPES: Record<number, RecordType> = {
@@ -18,8 +25,29 @@ const AF_INET6 = 10;
 
 export class RecordDecodeError extends Error {}
 
-export function decodeRecord(view: DataView, offset: number): KernelRecord {
-  return fromEvent(decodeKspanEvent(view, offset));
+/**
+ * Decodes one ring-buffer record into one or two KernelRecords (send/recv records
+ * carry the aggregate that closed before them, `prev`), delivered in time order.
+ */
+export function decodeRecords(view: DataView, offset: number, emit: (r: KernelRecord) => void): void {
+  const e = decodeKspanEvent(view, offset);
+  if (e.prev.dir) emit(fromEvent(withAggregate(e, e.prev)));
+  emit(fromEvent(e));
+}
+
+/** The record `e` would be if it carried aggregate `a` (same socket and owner). */
+export function withAggregate(e: KspanEvent, a: KspanAgg): KspanEvent {
+  return {
+    ...e,
+    type: a.dir,
+    tid: a.tid,
+    ts_ns: a.last_ns,
+    start_ns: a.first_ns,
+    bytes: a.bytes,
+    calls: a.calls,
+    flags: (e.flags & (F.KSPAN_F_SERVER | F.KSPAN_F_CLIENT | F.KSPAN_F_FLUSHED)) | a.flags,
+    ctx: a.ctx,
+  };
 }
 
 export function fromEvent(e: KspanEvent): KernelRecord {

@@ -11,13 +11,15 @@ import {
   KspanCounter,
   KspanEventFlag,
   KSPAN_EVENT_SIZE,
+  type KspanAgg,
+  type KspanEvent,
   type KspanSock,
 } from './generated/records.ts';
 import { BpfObject } from './loader/bpf-object.ts';
 import { chooseIoPath, type IoPath, sectionAvailable } from './loader/kernel-features.ts';
 import { libbpf } from './loader/native.ts';
 import { RingBufferReader } from './loader/ring-buffer.ts';
-import { decodeRecord, fromEvent } from './record-decoder.ts';
+import { decodeRecords, fromEvent, withAggregate } from './record-decoder.ts';
 import type { KernelRecord } from './records.ts';
 
 export const DEFAULT_OBJECT = fileURLToPath(new URL('../bpf/.output/kspan.bpf.o', import.meta.url));
@@ -62,15 +64,12 @@ export class TcpTracer {
         opts.onDecodeError?.(new Error(`short record: ${len} bytes`));
         return;
       }
-      let rec: KernelRecord;
       try {
-        rec = decodeRecord(view, off);
+        decodeRecords(view, off, onRecord);
       } catch (err) {
         this.#decodeErrors++;
         opts.onDecodeError?.(err);
-        return;
       }
-      onRecord(rec);
     });
   }
 
@@ -175,35 +174,27 @@ export class TcpTracer {
       const v = socks.lookup(key);
       if (!v) continue;
       const st = decodeKspanSock(new DataView(v.buffer, v.byteOffset, v.length), 0);
-      if (!st.agg_dir) continue;
-      out.push(aggregateRecord(key.readBigUInt64LE(0), st));
+      const cookie = key.readBigUInt64LE(0);
+      if (st.pend.dir) out.push(aggregateRecord(cookie, st, st.pend));
+      if (st.agg_dir) {
+        out.push(aggregateRecord(cookie, st, {
+          first_ns: st.agg_first_ns, last_ns: st.agg_last_ns, bytes: st.agg_bytes, tid: st.agg_tid,
+          calls: st.agg_calls, dir: st.agg_dir, flags: st.agg_flags, ctx: st.agg_ctx,
+        }));
+      }
     }
     return out;
   }
 }
 
-function aggregateRecord(cookie: bigint, st: KspanSock): KernelRecord {
-  return fromEvent({
-    ts_ns: st.agg_last_ns,
-    start_ns: st.agg_first_ns,
-    cookie,
-    bytes: st.agg_bytes,
-    bytes_sent: 0n,
-    bytes_received: 0n,
-    pid: st.pid,
-    tid: st.agg_tid,
-    calls: st.agg_calls,
-    retransmits: 0,
-    srtt_us: 0,
-    error: 0,
-    type: st.agg_dir,
-    family: st.family,
-    flags: st.role | st.agg_flags | KspanEventFlag.KSPAN_F_FLUSHED,
-    tcp_state: 0,
-    lport: st.lport,
-    rport: st.rport,
-    laddr: st.laddr,
-    raddr: st.raddr,
-    ctx: st.agg_ctx,
-  });
+/** An aggregate still in the kernel's socket state, as a `flushed` record. */
+function aggregateRecord(cookie: bigint, st: KspanSock, agg: KspanAgg): KernelRecord {
+  const none = { first_ns: 0n, last_ns: 0n, bytes: 0n, tid: 0, calls: 0, dir: 0, flags: 0, ctx: agg.ctx };
+  const base: KspanEvent = {
+    ts_ns: 0n, start_ns: 0n, cookie, bytes: 0n, bytes_sent: 0n, bytes_received: 0n, pid: st.pid, tid: 0,
+    calls: 0, retransmits: 0, srtt_us: 0, error: 0, type: 0, family: st.family,
+    flags: st.role | KspanEventFlag.KSPAN_F_FLUSHED, tcp_state: 0, lport: st.lport, rport: st.rport,
+    laddr: st.laddr, raddr: st.raddr, ctx: agg.ctx, prev: none,
+  };
+  return fromEvent(withAggregate(base, agg));
 }

@@ -69,8 +69,47 @@ export function encodeKspanTraceCtx(x: KspanTraceCtx, v: DataView, o: number): v
   v.setUint8(o + 25, x.valid);
 }
 
-/** struct kspan_event: 144 bytes. */
-export const KSPAN_EVENT_SIZE = 144;
+/** struct kspan_agg: 72 bytes. */
+export const KSPAN_AGG_SIZE = 72;
+
+export interface KspanAgg {
+  first_ns: bigint;
+  last_ns: bigint;
+  bytes: bigint;
+  tid: number;
+  calls: number;
+  dir: number;
+  flags: number;
+  ctx: KspanTraceCtx;
+}
+
+export function decodeKspanAgg(v: DataView, o: number): KspanAgg {
+  return {
+    first_ns: v.getBigUint64(o + 0, true),
+    last_ns: v.getBigUint64(o + 8, true),
+    bytes: v.getBigUint64(o + 16, true),
+    tid: v.getUint32(o + 24, true),
+    calls: v.getUint32(o + 28, true),
+    dir: v.getUint8(o + 32),
+    flags: v.getUint8(o + 33),
+    ctx: decodeKspanTraceCtx(v, o + 40),
+  };
+}
+
+/** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
+export function encodeKspanAgg(x: KspanAgg, v: DataView, o: number): void {
+  v.setBigUint64(o + 0, x.first_ns, true);
+  v.setBigUint64(o + 8, x.last_ns, true);
+  v.setBigUint64(o + 16, x.bytes, true);
+  v.setUint32(o + 24, x.tid, true);
+  v.setUint32(o + 28, x.calls, true);
+  v.setUint8(o + 32, x.dir);
+  v.setUint8(o + 33, x.flags);
+  encodeKspanTraceCtx(x.ctx, v, o + 40);
+}
+
+/** struct kspan_event: 216 bytes. */
+export const KSPAN_EVENT_SIZE = 216;
 
 export interface KspanEvent {
   ts_ns: bigint;
@@ -94,6 +133,7 @@ export interface KspanEvent {
   laddr: Uint8Array;
   raddr: Uint8Array;
   ctx: KspanTraceCtx;
+  prev: KspanAgg;
 }
 
 export function decodeKspanEvent(v: DataView, o: number): KspanEvent {
@@ -119,6 +159,7 @@ export function decodeKspanEvent(v: DataView, o: number): KspanEvent {
     laddr: new Uint8Array(v.buffer, v.byteOffset + o + 80, 16).slice(),
     raddr: new Uint8Array(v.buffer, v.byteOffset + o + 96, 16).slice(),
     ctx: decodeKspanTraceCtx(v, o + 112),
+    prev: decodeKspanAgg(v, o + 144),
   };
 }
 
@@ -145,10 +186,11 @@ export function encodeKspanEvent(x: KspanEvent, v: DataView, o: number): void {
   new Uint8Array(v.buffer, v.byteOffset + o + 80, 16).set(x.laddr.subarray(0, 16));
   new Uint8Array(v.buffer, v.byteOffset + o + 96, 16).set(x.raddr.subarray(0, 16));
   encodeKspanTraceCtx(x.ctx, v, o + 112);
+  encodeKspanAgg(x.prev, v, o + 144);
 }
 
-/** struct kspan_sock: 200 bytes. */
-export const KSPAN_SOCK_SIZE = 200;
+/** struct kspan_sock: 272 bytes. */
+export const KSPAN_SOCK_SIZE = 272;
 
 export interface KspanSock {
   agg_first_ns: bigint;
@@ -172,6 +214,7 @@ export interface KspanSock {
   agg_ctx: KspanTraceCtx;
   tx_ctx: KspanTraceCtx;
   last_ctx: KspanTraceCtx;
+  pend: KspanAgg;
 }
 
 export function decodeKspanSock(v: DataView, o: number): KspanSock {
@@ -197,6 +240,7 @@ export function decodeKspanSock(v: DataView, o: number): KspanSock {
     agg_ctx: decodeKspanTraceCtx(v, o + 104),
     tx_ctx: decodeKspanTraceCtx(v, o + 136),
     last_ctx: decodeKspanTraceCtx(v, o + 168),
+    pend: decodeKspanAgg(v, o + 200),
   };
 }
 
@@ -223,6 +267,7 @@ export function encodeKspanSock(x: KspanSock, v: DataView, o: number): void {
   encodeKspanTraceCtx(x.agg_ctx, v, o + 104);
   encodeKspanTraceCtx(x.tx_ctx, v, o + 136);
   encodeKspanTraceCtx(x.last_ctx, v, o + 168);
+  encodeKspanAgg(x.pend, v, o + 200);
 }
 
 /** struct kspan_tls_loc: 24 bytes. */

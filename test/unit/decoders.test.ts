@@ -42,6 +42,10 @@ test('decode(encode(x)) round-trips every field, including 64-bit values beyond 
     error: -110, type: 3, family: 10, flags: 5, tcp_state: 1, lport: 65535, rport: 80,
     laddr: Uint8Array.from({ length: 16 }, (_, i) => i), raddr: new Uint8Array(16).fill(0xff),
     ctx: { trace_id: new Uint8Array(16).fill(0xab), span_id: new Uint8Array(8).fill(0xcd), trace_flags: 1, valid: 1 },
+    prev: {
+      first_ns: 9n, last_ns: 10n, bytes: 11n, tid: 12, calls: 13, dir: 4, flags: 2,
+      ctx: { trace_id: new Uint8Array(16).fill(1), span_id: new Uint8Array(8).fill(2), trace_flags: 0, valid: 1 },
+    },
   };
   const buf = new DataView(new ArrayBuffer(KSPAN_EVENT_SIZE + 8));
   encodeKspanEvent(ev, buf, 8);
