@@ -1,0 +1,408 @@
+/**
+ * Batching export in front of an OpenTelemetry SpanExporter (OTLP gRPC by default,
+ * OTLP/HTTP-protobuf as an option, or the console tree).
+ *
+ * - Bounded: at most `maxQueueSize` spans are held (queued + in flight). A span
+ *   that does not fit is dropped, counted and logged (never silently).
+ * - Batches stay under `maxBatchSize` spans and `maxBatchBytes` (estimated), well
+ *   below the Collector's 4 MiB gRPC message limit.
+ * - One export in flight. A batch that fails with a retryable error (gRPC
+ *   UNAVAILABLE, DEADLINE_EXCEEDED, …; HTTP 429/502/503/504; connection errors) is
+ *   retried with exponential backoff until it goes through or the pipeline shuts
+ *   down: the gRPC exporter does not retry by itself.
+ * - forceFlush() and shutdown() drain the queue.
+ */
+import { OTLPTraceExporter as OtlpGrpcTraceExporter } from '@opentelemetry/exporter-trace-otlp-grpc';
+import { OTLPTraceExporter as OtlpProtoTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
+import type { ExportResult } from '@opentelemetry/core';
+import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
+import { pino, type Logger } from 'pino';
+import { KspanError } from '../errors.ts';
+
+export type OtlpProtocol = 'grpc' | 'http/protobuf';
+
+export type ExportTarget =
+  | { kind: 'otlp'; protocol: OtlpProtocol; /** Explicit endpoint; undefined: the exporter reads OTEL_EXPORTER_OTLP_*. */ endpoint: string | undefined }
+  | { kind: 'console' };
+
+export interface ExportTargetOptions {
+  /** --otlp-endpoint: overrides OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT. */
+  endpoint?: string;
+  /** Overrides OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL. */
+  protocol?: string;
+  /** --console: print trees even when an endpoint is configured. */
+  console?: boolean;
+}
+
+/**
+ * Where spans go: the explicit endpoint, else the standard environment variables,
+ * else (nothing configured) the console tree.
+ */
+export function resolveExportTarget(
+  options: ExportTargetOptions = {},
+  env: NodeJS.ProcessEnv = process.env,
+): ExportTarget {
+  if (options.console) return { kind: 'console' };
+  const fromEnv = nonBlank(env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) ?? nonBlank(env.OTEL_EXPORTER_OTLP_ENDPOINT);
+  const explicit = nonBlank(options.endpoint);
+  if (!explicit && !fromEnv) return { kind: 'console' };
+  const protocol =
+    nonBlank(options.protocol) ??
+    nonBlank(env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL) ??
+    nonBlank(env.OTEL_EXPORTER_OTLP_PROTOCOL) ??
+    'grpc';
+  if (protocol !== 'grpc' && protocol !== 'http/protobuf') {
+    throw new KspanError('KSPAN_ERR_USAGE', `unsupported OTLP protocol "${protocol}"`, {
+      hint: 'use grpc (the default) or http/protobuf',
+    });
+  }
+  return { kind: 'otlp', protocol, endpoint: explicit };
+}
+
+export interface OtlpExporterOptions {
+  /** Per-export deadline; default: OTEL_EXPORTER_OTLP_TIMEOUT or 10 s. */
+  timeoutMs?: number;
+}
+
+/** The OpenTelemetry OTLP exporter for a target (the exporter honours the env for headers, TLS, compression). */
+export function createOtlpExporter(
+  target: Extract<ExportTarget, { kind: 'otlp' }>,
+  options: OtlpExporterOptions = {},
+): SpanExporter {
+  const timeoutMillis = options.timeoutMs;
+  if (target.protocol === 'grpc') {
+    // A bare host:port is taken as plaintext; give https:// for TLS.
+    const url = target.endpoint && !/^[a-z][a-z0-9+.-]*:\/\//i.test(target.endpoint) ? `http://${target.endpoint}` : target.endpoint;
+    return new OtlpGrpcTraceExporter({ url, timeoutMillis });
+  }
+  let url = target.endpoint;
+  if (url) {
+    if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) url = `http://${url}`;
+    const u = new URL(url);
+    if (u.pathname === '' || u.pathname === '/') url = new URL('/v1/traces', u).toString();
+  }
+  return new OtlpProtoTraceExporter({ url, timeoutMillis });
+}
+
+export interface ExportPipelineOptions {
+  exporter: SpanExporter;
+  logger?: Logger;
+  /** Spans held at most, queued and in flight. Default 16384. */
+  maxQueueSize?: number;
+  /** Spans per export at most. Default 1024. */
+  maxBatchSize?: number;
+  /** Estimated encoded bytes per export at most. Default 2 MiB (Collector limit: 4 MiB). */
+  maxBatchBytes?: number;
+  /** A partial batch waits at most this long. Default 500 ms. */
+  scheduledDelayMs?: number;
+  /** First retry delay; doubles up to retryMaxMs, ±20 % jitter. Default 250 ms. */
+  retryInitialMs?: number;
+  retryMaxMs?: number;
+  /** shutdown() waits this long for the queue to drain. Default 10 s. */
+  shutdownTimeoutMs?: number;
+}
+
+export interface ExportCounters {
+  /** Spans accepted into the queue. */
+  enqueued: number;
+  /** Spans the receiver acknowledged. */
+  exported: number;
+  /** Spans refused because the queue was full. */
+  droppedQueueFull: number;
+  /** Spans dropped after a non-retryable export error. */
+  droppedFailed: number;
+  /** Spans still held when shutdown gave up. */
+  droppedShutdown: number;
+  /** Export calls that succeeded. */
+  batches: number;
+  /** Export calls that failed (each retry counts). */
+  exportFailures: number;
+  retries: number;
+}
+
+const RETRYABLE_GRPC = new Set([1, 4, 8, 10, 11, 14, 15]); // CANCELLED … UNAVAILABLE, DATA_LOSS
+const RETRYABLE_HTTP = new Set([429, 502, 503, 504]);
+const RETRYABLE_NET = new Set([
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN',
+  'ENOTFOUND', 'ECONNABORTED', 'UND_ERR_SOCKET',
+]);
+
+/** Whether an exporter's error is worth another try. */
+export function isRetryableExportError(err: unknown): boolean {
+  if (!err || typeof err !== 'object') return true; // FAILED with no reason: try again
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'number') return RETRYABLE_GRPC.has(code) || RETRYABLE_HTTP.has(code);
+  if (typeof code === 'string') return RETRYABLE_NET.has(code);
+  const msg = String((err as { message?: unknown }).message ?? '');
+  return /timed out|timeout|Concurrent export limit/i.test(msg);
+}
+
+/** A cheap upper-bound-ish estimate of a span's OTLP size, for batch sizing. */
+export function estimateSpanBytes(span: ReadableSpan): number {
+  let n = 96 + span.name.length;
+  const attrs = span.attributes;
+  for (const k in attrs) n += 8 + k.length + valueBytes(attrs[k]);
+  for (const e of span.events) {
+    n += 24 + e.name.length;
+    if (e.attributes) for (const k in e.attributes) n += 8 + k.length + valueBytes(e.attributes[k]);
+  }
+  return n;
+}
+
+function valueBytes(v: unknown): number {
+  if (typeof v === 'string') return v.length * 3; // UTF-8 worst case
+  if (Array.isArray(v)) return v.reduce((s: number, x) => s + 2 + valueBytes(x), 2);
+  return 10;
+}
+
+export class ExportPipeline {
+  readonly counters: ExportCounters = {
+    enqueued: 0,
+    exported: 0,
+    droppedQueueFull: 0,
+    droppedFailed: 0,
+    droppedShutdown: 0,
+    batches: 0,
+    exportFailures: 0,
+    retries: 0,
+  };
+
+  readonly #exporter: SpanExporter;
+  readonly #log: Logger;
+  readonly #maxQueue: number;
+  readonly #maxBatch: number;
+  readonly #maxBatchBytes: number;
+  readonly #delayMs: number;
+  readonly #retryInitialMs: number;
+  readonly #retryMaxMs: number;
+  readonly #shutdownTimeoutMs: number;
+
+  #queue: ReadableSpan[] = [];
+  #head = 0;
+  #inFlight: ReadableSpan[] | null = null;
+  #attempt = 0;
+  #timer: NodeJS.Timeout | null = null;
+  #retryTimer: NodeJS.Timeout | null = null;
+  /** Spans settled (exported or dropped after being queued), for flush waiters. */
+  #settled = 0;
+  #waiters: { target: number; resolve: () => void }[] = [];
+  #closed = false;
+  #dropLog = { lastAt: 0, sinceLast: 0 };
+
+  constructor(options: ExportPipelineOptions) {
+    this.#exporter = options.exporter;
+    this.#log = options.logger ?? pino({ level: 'info' }, pino.destination(2));
+    this.#maxQueue = options.maxQueueSize ?? 16384;
+    this.#maxBatch = options.maxBatchSize ?? 1024;
+    this.#maxBatchBytes = options.maxBatchBytes ?? 2 * 1024 * 1024;
+    this.#delayMs = options.scheduledDelayMs ?? 500;
+    this.#retryInitialMs = options.retryInitialMs ?? 250;
+    this.#retryMaxMs = options.retryMaxMs ?? 30_000;
+    this.#shutdownTimeoutMs = options.shutdownTimeoutMs ?? 10_000;
+  }
+
+  /** Spans held now (queued and in flight). */
+  get held(): number {
+    return this.#queue.length - this.#head + (this.#inFlight?.length ?? 0);
+  }
+
+  /** Queues a span; false (counted, logged) when the queue is full or closed. */
+  enqueue(span: ReadableSpan): boolean {
+    if (this.#closed || this.held >= this.#maxQueue) {
+      this.counters.droppedQueueFull++;
+      this.#logDrop();
+      return false;
+    }
+    this.#queue.push(span);
+    this.counters.enqueued++;
+    if (this.#queue.length - this.#head >= this.#maxBatch) this.#pump();
+    else if (!this.#timer && !this.#inFlight) {
+      this.#timer = setTimeout(() => {
+        this.#timer = null;
+        this.#pump(true);
+      }, this.#delayMs);
+      if (!this.#waiters.length) this.#timer.unref();
+    }
+    return true;
+  }
+
+  /**
+   * Exports everything queued so far. Resolves true once it is settled (exported, or
+   * dropped after a non-retryable error), false when timeoutMs passes first.
+   */
+  forceFlush(timeoutMs = Infinity): Promise<boolean> {
+    const target = this.counters.enqueued;
+    if (this.#settled >= target) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      let timer: NodeJS.Timeout | null = null;
+      const waiter = {
+        target,
+        resolve: () => {
+          if (timer) clearTimeout(timer);
+          resolve(true);
+        },
+      };
+      this.#waiters.push(waiter);
+      if (Number.isFinite(timeoutMs)) {
+        timer = setTimeout(() => {
+          this.#waiters = this.#waiters.filter((w) => w !== waiter);
+          resolve(false);
+        }, timeoutMs);
+      }
+      // Waiting keeps the process alive: make the pending timers count.
+      this.#timer?.ref();
+      this.#retryTimer?.ref();
+      this.#pump(true);
+    });
+  }
+
+  /** Drains (up to shutdownTimeoutMs), counts what is left, shuts the exporter down. */
+  async shutdown(): Promise<void> {
+    if (this.#closed) return;
+    const drained = await this.forceFlush(this.#shutdownTimeoutMs);
+    this.#closed = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    this.#timer = this.#retryTimer = null;
+    if (!drained) {
+      const left = this.held;
+      this.counters.droppedShutdown += left;
+      this.#log.error(
+        { dropped: left, exportFailures: this.counters.exportFailures },
+        'export: shutdown timed out; spans still queued were dropped',
+      );
+      this.#queue = [];
+      this.#head = 0;
+      this.#inFlight = null;
+    }
+    try {
+      await this.#exporter.shutdown();
+    } catch (err) {
+      this.#log.warn({ err }, 'export: exporter shutdown failed');
+    }
+  }
+
+  #pump(force = false): void {
+    if (this.#inFlight || this.#closed) return;
+    const queued = this.#queue.length - this.#head;
+    if (queued === 0) return;
+    if (!force && queued < this.#maxBatch && !this.#waiters.length) return;
+    if (this.#timer) {
+      clearTimeout(this.#timer);
+      this.#timer = null;
+    }
+    // Take a batch within the span and byte bounds (at least one span).
+    let end = this.#head;
+    let bytes = 0;
+    const limit = Math.min(this.#queue.length, this.#head + this.#maxBatch);
+    while (end < limit) {
+      const b = estimateSpanBytes(this.#queue[end]);
+      if (end > this.#head && bytes + b > this.#maxBatchBytes) break;
+      bytes += b;
+      end++;
+    }
+    const batch = this.#queue.slice(this.#head, end);
+    this.#head = end;
+    if (this.#head > 4096 && this.#head * 2 > this.#queue.length) {
+      this.#queue = this.#queue.slice(this.#head);
+      this.#head = 0;
+    }
+    this.#inFlight = batch;
+    this.#attempt = 0;
+    this.#send(batch);
+  }
+
+  #send(batch: ReadableSpan[]): void {
+    let called = false;
+    try {
+      this.#exporter.export(batch, (result) => {
+        if (called) return;
+        called = true;
+        // The exporter may call back synchronously: continue on a fresh tick.
+        setImmediate(() => this.#onResult(batch, result));
+      });
+    } catch (err) {
+      if (!called) {
+        called = true;
+        setImmediate(() => this.#onResult(batch, { code: 1, error: err as Error }));
+      }
+    }
+  }
+
+  #onResult(batch: ReadableSpan[], result: ExportResult): void {
+    if (this.#inFlight !== batch) return; // dropped by shutdown meanwhile
+    const c = this.counters;
+    if (result.code === 0) {
+      if (this.#attempt > 0) this.#log.info({ retries: this.#attempt, spans: batch.length }, 'export: recovered');
+      c.batches++;
+      c.exported += batch.length;
+      this.#settle(batch.length);
+      return;
+    }
+    c.exportFailures++;
+    const err = result.error;
+    if (!isRetryableExportError(err)) {
+      c.droppedFailed += batch.length;
+      this.#log.error({ err, spans: batch.length }, 'export: non-retryable error, batch dropped');
+      this.#settle(batch.length);
+      return;
+    }
+    const base = Math.min(this.#retryMaxMs, this.#retryInitialMs * 2 ** Math.min(this.#attempt, 30));
+    const delay = Math.round(base * (0.8 + Math.random() * 0.4));
+    const fields = { err: errSummary(err), attempt: this.#attempt + 1, retryInMs: delay, held: this.held };
+    if (this.#attempt === 0) this.#log.warn(fields, 'export failed, retrying');
+    else this.#log.debug(fields, 'export failed again, retrying');
+    this.#attempt++;
+    c.retries++;
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = null;
+      if (this.#inFlight === batch) this.#send(batch);
+    }, delay);
+    if (!this.#waiters.length) this.#retryTimer.unref();
+  }
+
+  #settle(n: number): void {
+    this.#inFlight = null;
+    this.#settled += n;
+    if (this.#waiters.length) {
+      const done = this.#waiters.filter((w) => this.#settled >= w.target);
+      this.#waiters = this.#waiters.filter((w) => this.#settled < w.target);
+      for (const w of done) w.resolve();
+    }
+    this.#pump(this.#waiters.length > 0);
+    // A partial batch left behind waits for the timer.
+    if (!this.#inFlight && !this.#timer && this.#queue.length > this.#head && !this.#closed) {
+      this.#timer = setTimeout(() => {
+        this.#timer = null;
+        this.#pump(true);
+      }, this.#delayMs);
+      if (!this.#waiters.length) this.#timer.unref();
+    }
+  }
+
+  #logDrop(): void {
+    const d = this.#dropLog;
+    d.sinceLast++;
+    const now = Date.now();
+    if (now - d.lastAt < 10_000) return;
+    this.#log.warn(
+      { dropped: d.sinceLast, droppedTotal: this.counters.droppedQueueFull, maxQueueSize: this.#maxQueue },
+      'export queue full: spans dropped',
+    );
+    d.lastAt = now;
+    d.sinceLast = 0;
+  }
+}
+
+function nonBlank(s: string | undefined): string | undefined {
+  const t = s?.trim();
+  return t ? t : undefined;
+}
+
+function errSummary(err: unknown): unknown {
+  if (err && typeof err === 'object') {
+    const e = err as { code?: unknown; message?: unknown; details?: unknown };
+    return { code: e.code, message: e.message };
+  }
+  return err;
+}

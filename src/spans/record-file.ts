@@ -1,0 +1,161 @@
+/**
+ * The record/replay file (`kspan record -o FILE`, `kspan replay FILE`): a msgpack
+ * stream (msgpackr, record structures inline) of one header then KernelRecords as
+ * they came out of the ring buffer. bigint fields (times, cookies) stay bigint.
+ *
+ *   header: { format: 'kspan-records', version: 1, kernel_release, clock_offset_ns,
+ *             started_at (ISO 8601), pids?, hostname? }
+ *
+ * Pure over streams: the caller opens files.
+ */
+import { Readable, type Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
+import { Packr, UnpackrStream } from 'msgpackr';
+import { KspanError } from '../errors.ts';
+import type { KernelRecord, RecordType } from '../records.ts';
+
+export const RECORD_FILE_FORMAT = 'kspan-records';
+export const RECORD_FILE_VERSION = 1;
+
+export interface RecordFileHeader {
+  /** uname -r of the machine that recorded. */
+  kernelRelease: string;
+  /** REALTIME − MONOTONIC (ns) at the start of the recording. */
+  clockOffsetNs: bigint;
+  /** ISO 8601 wall-clock time the recording started. */
+  startedAt: string;
+  pids?: number[];
+  hostname?: string;
+}
+
+interface HeaderOnDisk {
+  format: string;
+  version: number;
+  kernel_release: string;
+  clock_offset_ns: bigint;
+  started_at: string;
+  pids?: number[];
+  hostname?: string;
+}
+
+const RECORD_TYPES = new Set<RecordType>(['accept', 'connect', 'send', 'recv', 'retransmit', 'reset', 'close']);
+
+export class RecordFileWriter {
+  readonly #out: Writable;
+  readonly #packr = new Packr({ useRecords: true, sequential: true });
+  #count = 0;
+
+  constructor(out: Writable, header: RecordFileHeader) {
+    this.#out = out;
+    const h: HeaderOnDisk = {
+      format: RECORD_FILE_FORMAT,
+      version: RECORD_FILE_VERSION,
+      kernel_release: header.kernelRelease,
+      clock_offset_ns: header.clockOffsetNs,
+      started_at: header.startedAt,
+    };
+    if (header.pids) h.pids = header.pids;
+    if (header.hostname) h.hostname = header.hostname;
+    out.write(this.#packr.pack(h));
+  }
+
+  /** Records written so far. */
+  get count(): number {
+    return this.#count;
+  }
+
+  /** Writes one record; false means the stream wants a 'drain' before more. */
+  write(record: KernelRecord): boolean {
+    this.#count++;
+    return this.#out.write(this.#packr.pack(record));
+  }
+
+  /** Ends the stream and waits until it is flushed. */
+  async end(): Promise<void> {
+    this.#out.end();
+    await finished(this.#out);
+  }
+}
+
+export class RecordFileReader implements AsyncIterable<KernelRecord> {
+  readonly header: RecordFileHeader;
+  readonly #it: AsyncIterator<unknown>;
+  #count = 0;
+
+  private constructor(header: RecordFileHeader, it: AsyncIterator<unknown>) {
+    this.header = header;
+    this.#it = it;
+  }
+
+  /** Reads the header; the records follow through async iteration. */
+  static async open(input: Readable | AsyncIterable<Uint8Array>): Promise<RecordFileReader> {
+    const src = input instanceof Readable ? input : Readable.from(input, { objectMode: false });
+    const unpackr = new UnpackrStream({ useRecords: true });
+    src.on('error', (err) => unpackr.destroy(err));
+    src.pipe(unpackr);
+    const it = unpackr[Symbol.asyncIterator]() as AsyncIterator<unknown>;
+    let first: IteratorResult<unknown>;
+    try {
+      first = await it.next();
+    } catch (cause) {
+      throw new KspanError('KSPAN_ERR_RECORD_FILE', 'not a kspan record file (cannot decode its header)', { cause });
+    }
+    return new RecordFileReader(parseHeader(first.done ? undefined : first.value), it);
+  }
+
+  /** Records read so far. */
+  get count(): number {
+    return this.#count;
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<KernelRecord> {
+    for (;;) {
+      let r: IteratorResult<unknown>;
+      try {
+        r = await this.#it.next();
+      } catch (cause) {
+        throw new KspanError('KSPAN_ERR_RECORD_FILE', `record file is damaged after ${this.#count} records`, {
+          cause,
+          hint: 'a recording cut short (killed agent, full disk) ends mid-record; the records before it are usable',
+        });
+      }
+      if (r.done) return;
+      this.#count++;
+      yield toRecord(r.value, this.#count);
+    }
+  }
+}
+
+function parseHeader(v: unknown): RecordFileHeader {
+  const h = v as Partial<HeaderOnDisk> | undefined;
+  if (!h || typeof h !== 'object' || h.format !== RECORD_FILE_FORMAT) {
+    throw new KspanError('KSPAN_ERR_RECORD_FILE', 'not a kspan record file (no kspan-records header)', {
+      hint: 'give a file written by `kspan record -o FILE`',
+    });
+  }
+  if (h.version !== RECORD_FILE_VERSION) {
+    throw new KspanError('KSPAN_ERR_RECORD_FILE', `record file version ${String(h.version)} is not supported`, {
+      hint: `this kspan reads version ${RECORD_FILE_VERSION}; replay it with the kspan that recorded it`,
+    });
+  }
+  const header: RecordFileHeader = {
+    kernelRelease: String(h.kernel_release ?? ''),
+    clockOffsetNs: BigInt(h.clock_offset_ns ?? 0),
+    startedAt: String(h.started_at ?? ''),
+  };
+  if (Array.isArray(h.pids)) header.pids = h.pids.map(Number);
+  if (typeof h.hostname === 'string') header.hostname = h.hostname;
+  return header;
+}
+
+/** Checks the shape that matters and restores bigints a foreign writer may have narrowed. */
+function toRecord(v: unknown, n: number): KernelRecord {
+  const r = v as KernelRecord;
+  if (!r || typeof r !== 'object' || !RECORD_TYPES.has(r.type)) {
+    throw new KspanError('KSPAN_ERR_RECORD_FILE', `record ${n} is not a kernel record`);
+  }
+  if (typeof r.tsNs !== 'bigint') r.tsNs = BigInt(r.tsNs as unknown as number);
+  if (typeof r.startNs !== 'bigint') r.startNs = BigInt((r.startNs as unknown as number) ?? 0);
+  if (typeof r.cookie !== 'bigint') r.cookie = BigInt(r.cookie as unknown as number);
+  return r;
+}

@@ -1,0 +1,346 @@
+/**
+ * A real OTLP trace receiver for tests and benchmarks: gRPC
+ * (opentelemetry.proto.collector.trace.v1.TraceService/Export on @grpc/grpc-js) or
+ * HTTP/protobuf (POST /v1/traces), decoding with our own proto subset
+ * (src/proto/otlp.ts). It can be stopped and restarted on the same port (collector
+ * outage) and can answer UNAVAILABLE (or any status) on demand.
+ *
+ * Run as a script (`node test/helpers/otlp-receiver.ts [--http] [--no-decode]`) it
+ * serves in a child process: prints `{"port":N}` on stdout, answers `count` IPC
+ * messages with `{spans, requests, bytes}`.
+ */
+import http from 'node:http';
+import * as grpc from '@grpc/grpc-js';
+import {
+  attributesToObject,
+  ExportTraceServiceRequestType,
+  ExportTraceServiceResponseType,
+  TO_OBJECT,
+  type AttrValue,
+  type PlainKeyValue,
+} from '../../src/proto/otlp.ts';
+
+export const TRACE_EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
+
+export interface ReceivedEvent {
+  name: string;
+  timeUnixNano: bigint;
+  attributes: Record<string, AttrValue>;
+}
+
+export interface ReceivedSpan {
+  traceId: string;
+  spanId: string;
+  /** '' for a root span. */
+  parentSpanId: string;
+  traceState: string;
+  flags: number;
+  name: string;
+  kind: number;
+  startTimeUnixNano: bigint;
+  endTimeUnixNano: bigint;
+  attributes: Record<string, AttrValue>;
+  events: ReceivedEvent[];
+  status: { code: number; message: string };
+  resource: Record<string, AttrValue>;
+  scope: { name: string; version: string };
+}
+
+export interface OtlpReceiverOptions {
+  protocol?: 'grpc' | 'http';
+  /** false: count spans without keeping them (benchmarks). Default true. */
+  keep?: boolean;
+}
+
+interface PlainSpan {
+  traceId?: Uint8Array;
+  spanId?: Uint8Array;
+  parentSpanId?: Uint8Array;
+  traceState?: string;
+  flags?: number;
+  name?: string;
+  kind?: number;
+  startTimeUnixNano?: string;
+  endTimeUnixNano?: string;
+  attributes?: PlainKeyValue[];
+  events?: { name?: string; timeUnixNano?: string; attributes?: PlainKeyValue[] }[];
+  status?: { code?: number; message?: string };
+}
+interface PlainRequest {
+  resourceSpans?: {
+    resource?: { attributes?: PlainKeyValue[] };
+    scopeSpans?: { scope?: { name?: string; version?: string }; spans?: PlainSpan[] }[];
+  }[];
+}
+
+const hex = (b: Uint8Array | undefined): string => (b ? Buffer.from(b).toString('hex') : '');
+
+/** Decodes an ExportTraceServiceRequest into flat spans. */
+export function decodeExportRequest(bytes: Uint8Array): ReceivedSpan[] {
+  const req = ExportTraceServiceRequestType.toObject(
+    ExportTraceServiceRequestType.decode(bytes),
+    TO_OBJECT,
+  ) as PlainRequest;
+  const out: ReceivedSpan[] = [];
+  for (const rs of req.resourceSpans ?? []) {
+    const resource = attributesToObject(rs.resource?.attributes);
+    for (const ss of rs.scopeSpans ?? []) {
+      const scope = { name: ss.scope?.name ?? '', version: ss.scope?.version ?? '' };
+      for (const s of ss.spans ?? []) {
+        out.push({
+          traceId: hex(s.traceId),
+          spanId: hex(s.spanId),
+          parentSpanId: hex(s.parentSpanId),
+          traceState: s.traceState ?? '',
+          flags: s.flags ?? 0,
+          name: s.name ?? '',
+          kind: s.kind ?? 0,
+          startTimeUnixNano: BigInt(s.startTimeUnixNano ?? 0),
+          endTimeUnixNano: BigInt(s.endTimeUnixNano ?? 0),
+          attributes: attributesToObject(s.attributes),
+          events: (s.events ?? []).map((e) => ({
+            name: e.name ?? '',
+            timeUnixNano: BigInt(e.timeUnixNano ?? 0),
+            attributes: attributesToObject(e.attributes),
+          })),
+          status: { code: s.status?.code ?? 0, message: s.status?.message ?? '' },
+          resource,
+          scope,
+        });
+      }
+    }
+  }
+  return out;
+}
+
+/** Counts the spans of a request without building objects (cheap, for benchmarks). */
+function countSpans(bytes: Uint8Array): number {
+  const req = ExportTraceServiceRequestType.decode(bytes) as unknown as {
+    resourceSpans: { scopeSpans: { spans: unknown[] }[] }[];
+  };
+  let n = 0;
+  for (const rs of req.resourceSpans) for (const ss of rs.scopeSpans) n += ss.spans.length;
+  return n;
+}
+
+const GRPC_TO_HTTP: Record<number, number> = { 14: 503, 4: 504, 8: 429 };
+
+export class OtlpReceiver {
+  readonly protocol: 'grpc' | 'http';
+  readonly spans: ReceivedSpan[] = [];
+  /** Export requests answered with success. */
+  requests = 0;
+  /** Export requests answered with the injected failure. */
+  refused = 0;
+  spanCount = 0;
+  bytes = 0;
+  readonly #keep: boolean;
+  #port = 0;
+  #grpc: grpc.Server | null = null;
+  #http: http.Server | null = null;
+  #fail: { code: number; remaining: number } | null = null;
+  #waiters: { n: number; resolve: () => void }[] = [];
+
+  constructor(options: OtlpReceiverOptions = {}) {
+    this.protocol = options.protocol ?? 'grpc';
+    this.#keep = options.keep ?? true;
+  }
+
+  get port(): number {
+    return this.#port;
+  }
+
+  /** gRPC: http://127.0.0.1:PORT; HTTP: http://127.0.0.1:PORT/v1/traces. */
+  get endpoint(): string {
+    return this.protocol === 'grpc' ? `http://127.0.0.1:${this.#port}` : `http://127.0.0.1:${this.#port}/v1/traces`;
+  }
+
+  get running(): boolean {
+    return this.#grpc !== null || this.#http !== null;
+  }
+
+  /** Listens on 127.0.0.1:port (0 = ephemeral, or the previous port on restart). */
+  async start(port = this.#port): Promise<number> {
+    if (this.running) throw new Error('receiver already running');
+    this.#port = this.protocol === 'grpc' ? await this.#startGrpc(port) : await this.#startHttp(port);
+    return this.#port;
+  }
+
+  /** Stops at once, dropping open connections (like a Collector that went away). */
+  async stop(): Promise<void> {
+    if (this.#grpc) {
+      this.#grpc.forceShutdown();
+      this.#grpc = null;
+    }
+    if (this.#http) {
+      const s = this.#http;
+      this.#http = null;
+      s.closeAllConnections();
+      await new Promise<void>((resolve) => s.close(() => resolve()));
+    }
+  }
+
+  async restart(): Promise<void> {
+    await this.stop();
+    await this.start(this.#port);
+  }
+
+  /** Answer the next `times` exports (default: until cleared) with a gRPC status code. */
+  failWith(code: number | null, times = Infinity): void {
+    this.#fail = code === null ? null : { code, remaining: times };
+  }
+
+  clear(): void {
+    this.spans.length = 0;
+    this.spanCount = 0;
+    this.requests = 0;
+    this.refused = 0;
+    this.bytes = 0;
+  }
+
+  /** Resolves when at least n spans have arrived in total. */
+  waitForSpans(n: number, timeoutMs = 10_000): Promise<ReceivedSpan[]> {
+    if (this.spanCount >= n) return Promise.resolve(this.spans);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#waiters = this.#waiters.filter((w) => w !== waiter);
+        reject(new Error(`timed out waiting for ${n} spans (got ${this.spanCount})`));
+      }, timeoutMs);
+      const waiter = {
+        n,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve(this.spans);
+        },
+      };
+      this.#waiters.push(waiter);
+    });
+  }
+
+  /** The injected failure for this request, if any (counts it down). */
+  #takeFailure(): number | null {
+    const f = this.#fail;
+    if (!f) return null;
+    if (--f.remaining <= 0) this.#fail = null;
+    this.refused++;
+    return f.code;
+  }
+
+  #accept(body: Uint8Array): void {
+    this.requests++;
+    this.bytes += body.length;
+    if (this.#keep) {
+      const spans = decodeExportRequest(body);
+      for (const s of spans) this.spans.push(s);
+      this.spanCount += spans.length;
+    } else {
+      this.spanCount += countSpans(body);
+    }
+    const ready = this.#waiters.filter((w) => this.spanCount >= w.n);
+    this.#waiters = this.#waiters.filter((w) => this.spanCount < w.n);
+    for (const w of ready) w.resolve();
+  }
+
+  #startGrpc(port: number): Promise<number> {
+    const server = new grpc.Server();
+    const identity = (b: Buffer): Buffer => b;
+    server.addService(
+      {
+        Export: {
+          path: TRACE_EXPORT_PATH,
+          requestStream: false,
+          responseStream: false,
+          requestSerialize: identity,
+          requestDeserialize: identity,
+          responseSerialize: identity,
+          responseDeserialize: identity,
+        },
+      },
+      {
+        Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
+          const code = this.#takeFailure();
+          if (code !== null) {
+            callback({ code, details: 'injected failure' });
+            return;
+          }
+          try {
+            this.#accept(call.request);
+          } catch (err) {
+            callback({ code: grpc.status.INVALID_ARGUMENT, details: String(err) });
+            return;
+          }
+          callback(null, Buffer.from(ExportTraceServiceResponseType.encode({}).finish()));
+        },
+      },
+    );
+    return new Promise((resolve, reject) => {
+      server.bindAsync(`127.0.0.1:${port}`, grpc.ServerCredentials.createInsecure(), (err, bound) => {
+        if (err) return reject(err);
+        this.#grpc = server;
+        resolve(bound);
+      });
+    });
+  }
+
+  #startHttp(port: number): Promise<number> {
+    const server = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        if (req.method !== 'POST' || req.url !== '/v1/traces') {
+          res.writeHead(404).end();
+          return;
+        }
+        const code = this.#takeFailure();
+        if (code !== null) {
+          res.writeHead(GRPC_TO_HTTP[code] ?? 400).end();
+          return;
+        }
+        try {
+          this.#accept(Buffer.concat(chunks));
+        } catch {
+          res.writeHead(400).end();
+          return;
+        }
+        res.writeHead(200, { 'content-type': 'application/x-protobuf' });
+        res.end(Buffer.from(ExportTraceServiceResponseType.encode({}).finish()));
+      });
+    });
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, '127.0.0.1', () => {
+        this.#http = server;
+        resolve((server.address() as { port: number }).port);
+      });
+    });
+  }
+}
+
+/** Spans of one trace indexed by name, for assertions. */
+export function spansByName(spans: ReceivedSpan[], traceId?: string): Map<string, ReceivedSpan[]> {
+  const m = new Map<string, ReceivedSpan[]>();
+  for (const s of spans) {
+    if (traceId && s.traceId !== traceId) continue;
+    const list = m.get(s.name) ?? [];
+    list.push(s);
+    m.set(s.name, list);
+  }
+  return m;
+}
+
+if (import.meta.main) {
+  const receiver = new OtlpReceiver({
+    protocol: process.argv.includes('--http') ? 'http' : 'grpc',
+    keep: !process.argv.includes('--no-decode'),
+  });
+  const port = await receiver.start(0);
+  process.stdout.write(JSON.stringify({ port }) + '\n');
+  process.on('message', (m: unknown) => {
+    if (m === 'count') {
+      process.send!({ spans: receiver.spanCount, requests: receiver.requests, bytes: receiver.bytes });
+    } else if (m === 'stop') {
+      void receiver.stop().then(() => process.exit(0));
+    }
+  });
+  process.on('disconnect', () => void receiver.stop().then(() => process.exit(0)));
+}
