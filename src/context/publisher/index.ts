@@ -23,7 +23,7 @@ import { ProcessContextMapping, type MappingKind } from './process-context-mappi
 import { encodeProcessContext, type AttributeMap } from './process-context-payload.ts';
 import { loadThreadContextWriter } from './pprof-writer.ts';
 import { SpanMirror, type MirrorStats } from './span-mirror.ts';
-import { watchGlobalContextManager } from './otel-globals.ts';
+import { watchOtelGlobals } from './otel-globals.ts';
 
 export interface PublisherOptions {
   /**
@@ -106,7 +106,15 @@ class PublisherImpl implements Publisher {
     mirror.prime();
     this.setResource(options.resource ?? initialResource());
     if (options.contextManager) mirror.wrapManager(options.contextManager);
-    else watchGlobalContextManager((m) => mirror.wrapManager(m));
+    watchOtelGlobals({
+      onContextManager: (m) => {
+        if (!options.contextManager) mirror.wrapManager(m);
+      },
+      onTracerProvider: (provider) => {
+        const resource = providerResource(provider);
+        if (resource) mirror.noteResource(resource);
+      },
+    });
   }
 
   get processContext() {
@@ -175,6 +183,13 @@ class PublisherImpl implements Publisher {
     this.#failureWarned = true;
     this.#warn(`kspan/publisher could not publish the process context (OTEL_CTX): ${(cause as Error).message}`);
   }
+}
+
+/** The SDK keeps the provider's Resource in `_resource` (2.x, 3.x) or `resource` (1.x). */
+function providerResource(provider: object): ResourceLike | undefined {
+  const p = provider as { _resource?: unknown; resource?: unknown };
+  const r = p._resource ?? p.resource;
+  return isResourceLike(r) ? r : undefined;
 }
 
 function isResourceLike(r: unknown): r is ResourceLike {
