@@ -148,7 +148,10 @@ export function startPublisher(
     let stderr = '';
     child.stderr!.on('data', (d) => (stderr += d));
     child.once('error', reject);
-    child.once('exit', (code, signal) => reject(new Error(`${variant.exe} exited (${code ?? signal}) before ready: ${stderr}`)));
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`${variant.exe} exited (${code ?? signal}) before ready: ${stderr}`));
+    });
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error(`${variant.exe} did not get ready in 10 s: ${stderr}`));
