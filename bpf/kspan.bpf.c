@@ -149,6 +149,16 @@ static __always_inline bool is_tcp_sock(const struct sock *sk)
 	       BPF_CORE_READ_BITFIELD_PROBED(sk, sk_type) == SOCK_STREAM;
 }
 
+/* The same check on a trusted tp_btf pointer: direct loads, no helper calls. */
+static __always_inline bool is_tcp_sock_btf(const struct sock *sk)
+{
+	__u16 family = sk->__sk_common.skc_family;
+	if (family != AF_INET && family != AF_INET6)
+		return false;
+	return BPF_CORE_READ_BITFIELD(sk, sk_protocol) == IPPROTO_TCP &&
+	       BPF_CORE_READ_BITFIELD(sk, sk_type) == SOCK_STREAM;
+}
+
 /* Finds or creates the state of a socket seen in syscall context by a target. */
 static __always_inline struct kspan_sock *sock_state_get(__u64 cookie, const struct sock *sk,
 							 __u8 role)
@@ -217,6 +227,18 @@ static __always_inline void agg_take(struct kspan_agg *dst, struct kspan_sock *s
 	st->agg_calls = 0;
 }
 
+/*
+ * Wake-ups are batched: a record wakes the agent only once an eighth of the ring
+ * is waiting. Below that the agent drains on its own short timer (20 ms), so a
+ * busy request/response loop does not pay a wake-up per record.
+ */
+static __always_inline void submit(void *e)
+{
+	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
+	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
+	bpf_ringbuf_submit(e, avail >= size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
 /* Emits the aggregates waiting in the state: `pend` (as prev) and `main`. */
 static __always_inline void agg_submit(struct kspan_sock *st, __u64 cookie, struct kspan_agg *main)
 {
@@ -232,7 +254,7 @@ static __always_inline void agg_submit(struct kspan_sock *st, __u64 cookie, stru
 		e->ctx = main->ctx;
 		if (st->pend.dir && &st->pend != main)
 			e->prev = st->pend;
-		bpf_ringbuf_submit(e, 0);
+		submit(e);
 	}
 	st->pend.dir = 0;
 }
@@ -313,7 +335,7 @@ static __always_inline void account_io(const struct sock *sk, __u64 cookie, __u8
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
 {
-	if (ret <= 0 || !is_tcp_sock(sk))
+	if (ret <= 0 || !is_tcp_sock_btf(sk))
 		return 0;
 	account_io(sk, bpf_get_socket_cookie(sk), KSPAN_EV_SEND, ret, 0);
 	return 0;
@@ -322,7 +344,7 @@ int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(on_recv_length, struct sock *sk, int ret, int flags)
 {
-	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)) || !is_tcp_sock(sk))
+	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)) || !is_tcp_sock_btf(sk))
 		return 0;
 	account_io(sk, bpf_get_socket_cookie(sk), KSPAN_EV_RECV, ret, 0);
 	return 0;
@@ -386,7 +408,7 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 		e->error = err ? err : 103; /* ECONNABORTED: closed before it connected */
 	}
 	e->ctx = st->last_ctx;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	st->syn_sent_ns = 0;
 	return 0;
 }
@@ -451,7 +473,7 @@ static __always_inline int handle_accept_exit(long ret)
 		bpf_map_delete_elem(&accept_pending, &cookie);
 	}
 	e->ctx = st->last_ctx;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -485,7 +507,7 @@ static __always_inline int emit_sock_event(const struct sock *sk, __u8 type, __u
 	e->tcp_state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	/* Retransmitted data belongs to whoever sent last; a reset to the last user. */
 	e->ctx = type == KSPAN_EV_RETRANSMIT ? st->tx_ctx : st->last_ctx;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -531,7 +553,7 @@ int BPF_PROG(on_destroy_sock, struct sock *sk)
 		e->retransmits = BPF_CORE_READ(tp, total_retrans);
 		e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
 		e->ctx = st->last_ctx;
-		bpf_ringbuf_submit(e, 0);
+		submit(e);
 	}
 	bpf_map_delete_elem(&socks, &cookie);
 	return 0;
