@@ -1,0 +1,173 @@
+/**
+ * kspan/publisher's parts in-process (no root): the span mirror over the real
+ * @datadog/pprof writer and the SDK's AsyncLocalStorage context manager (scopes,
+ * async continuations, no leak after with(), invalidation on end), the OTEP 4719
+ * payload, and the OTEL_CTX mapping read back through /proc/self.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, openSync, readSync, closeSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ROOT_CONTEXT, trace, type Context, type Span } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { TracerProvider } from '@opentelemetry/sdk-trace';
+import { SpanMirror, hexBytes } from '../../src/context/publisher/span-mirror.ts';
+import { loadThreadContextWriter, type ThreadContextWriter } from '../../src/context/publisher/pprof-writer.ts';
+import { encodeProcessContext } from '../../src/context/publisher/process-context-payload.ts';
+import { ProcessContextMapping, mappingSizeFor } from '../../src/context/publisher/process-context-mapping.ts';
+import { ProcessContextType, TO_OBJECT, attributesToObject, type PlainKeyValue } from '../../src/proto/otlp.ts';
+
+const loaded = loadThreadContextWriter(['http.route']);
+assert.ok(loaded.ok, loaded.ok ? '' : loaded.reason);
+const writer: ThreadContextWriter = loaded.writer;
+
+const manager = new AsyncLocalStorageContextManager();
+const mirror = new SpanMirror(writer, () => undefined);
+mirror.wrapManager(manager);
+const tracer = new TracerProvider().getTracer('unit');
+
+/** The ids of the record the writer has active now, or undefined. */
+function active(): { trace: string; span: string; valid: number } | undefined {
+  const bytes = writer.getContext()?.debugBytes();
+  if (!bytes) return undefined;
+  const b = Buffer.from(bytes);
+  return { trace: b.toString('hex', 0, 16), span: b.toString('hex', 16, 24), valid: b[24] };
+}
+
+function ids(span: Span) {
+  const sc = span.spanContext();
+  return { trace: sc.traceId, span: sc.spanId, valid: 1 };
+}
+
+const withSpan = (span: Span): Context => trace.setSpan(ROOT_CONTEXT, span);
+
+test('with(): the writer holds the span exactly for the scope; nested spans and root restore; nothing leaks', () => {
+  const a = tracer.startSpan('a');
+  const b = tracer.startSpan('b');
+  assert.equal(active(), undefined);
+  manager.with(withSpan(a), () => {
+    assert.deepEqual(active(), ids(a));
+    manager.with(withSpan(b), () => assert.deepEqual(active(), ids(b)));
+    assert.deepEqual(active(), ids(a), 'back to a after b');
+    manager.with(ROOT_CONTEXT, () => assert.equal(active(), undefined, 'no span: cleared'));
+    assert.deepEqual(active(), ids(a));
+  });
+  assert.equal(active(), undefined, 'restored after the outermost with()');
+  a.end();
+  b.end();
+});
+
+test('async continuations keep their span; a span ending invalidates every frame holding it', async () => {
+  const s = tracer.startSpan('async');
+  const seen: unknown[] = [];
+  const done = manager.with(withSpan(s), async () => {
+    await sleep(5);
+    seen.push(active());
+    await new Promise((r) => setImmediate(r));
+    seen.push(active());
+    s.end();
+    seen.push(active());
+  });
+  assert.equal(active(), undefined, 'the caller is not in the span');
+  await done;
+  assert.deepEqual(seen, [ids(s), ids(s), { ...ids(s), valid: 0 }]);
+  assert.equal(mirror.stats.invalidated >= 1, true);
+});
+
+test('one ThreadContext per span, reused on every entry; remote and invalid spans publish nothing', () => {
+  const s = tracer.startSpan('reused');
+  const before = mirror.stats.contexts;
+  let first: unknown;
+  manager.with(withSpan(s), () => (first = writer.getContext()));
+  manager.with(withSpan(s), () => assert.equal(writer.getContext(), first));
+  assert.equal(mirror.stats.contexts, before + 1);
+  s.end();
+
+  const remote = trace.wrapSpanContext({ traceId: 'a'.repeat(32), spanId: 'b'.repeat(16), traceFlags: 1, isRemote: true });
+  manager.with(withSpan(remote), () => assert.equal(active(), undefined));
+  const invalid = trace.wrapSpanContext({ traceId: '0'.repeat(32), spanId: '0'.repeat(16), traceFlags: 0 });
+  manager.with(withSpan(invalid), () => assert.equal(active(), undefined));
+  const ended = tracer.startSpan('ended');
+  ended.end();
+  manager.with(withSpan(ended), () => assert.equal(active(), undefined, 'an ended span is not published'));
+});
+
+test('bound callbacks (context.bind) go through with()', () => {
+  const s = tracer.startSpan('bound');
+  const fn = manager.bind(withSpan(s), () => active());
+  assert.deepEqual(fn(), ids(s));
+  assert.equal(active(), undefined);
+  s.end();
+});
+
+test('hexBytes', () => {
+  assert.deepEqual(Buffer.from(hexBytes('00ff7fA0')), Buffer.from([0, 255, 127, 160]));
+});
+
+test('process context payload: Resource in field 1, threadlocal keys in field 2', () => {
+  const bytes = encodeProcessContext(
+    { 'service.name': 'svc', 'service.instance.id': 'i-1', port: 8080, ratio: 0.5, on: true, tags: ['a', 'b'], skipped: undefined },
+    loaded.threadlocal,
+  );
+  const obj = ProcessContextType.toObject(ProcessContextType.decode(bytes), TO_OBJECT) as {
+    resource: { attributes: PlainKeyValue[] };
+    attributes: PlainKeyValue[];
+  };
+  assert.deepEqual(attributesToObject(obj.resource.attributes), {
+    'service.name': 'svc',
+    'service.instance.id': 'i-1',
+    port: 8080,
+    ratio: 0.5,
+    on: true,
+    tags: ['a', 'b'],
+  });
+  assert.deepEqual(attributesToObject(obj.attributes), {
+    'threadlocal.schema_version': 'nodejs_v1_dev',
+    'threadlocal.attribute_key_map': ['http.route'],
+  });
+});
+
+test('OTEL_CTX mapping: memfd, header, payload, update protocol, drop', () => {
+  assert.equal(mappingSizeFor(10), 8192);
+  assert.equal(mappingSizeFor(8192), 12288);
+  const first = encodeProcessContext({ 'service.name': 'one' }, {});
+  const m = ProcessContextMapping.publish(first);
+  try {
+    const line = readFileSync('/proc/self/maps', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith(m.address.toString(16) + '-'));
+    assert.match(line ?? '', / r--p .*\/memfd:OTEL_CTX \(deleted\)$/);
+    let h = readSelf(m.address, 32);
+    assert.equal(h.toString('latin1', 0, 8), 'OTEL_CTX');
+    assert.equal(h.readUInt32LE(8), 2);
+    assert.equal(h.readUInt32LE(12), first.length);
+    const t1 = h.readBigUInt64LE(16);
+    assert.ok(t1 > 0n && t1 <= BigInt(Date.now() + 1) * 1_000_000n);
+    assert.equal(h.readBigUInt64LE(24), m.address + 32n);
+    assert.deepEqual(readSelf(m.address + 32n, first.length), Buffer.from(first));
+
+    const second = encodeProcessContext({ 'service.name': 'two', 'service.version': '2' }, {});
+    assert.ok(m.fits(second));
+    m.update(second);
+    h = readSelf(m.address, 32);
+    assert.equal(h.readUInt32LE(12), second.length);
+    assert.ok(h.readBigUInt64LE(16) >= t1);
+    assert.deepEqual(readSelf(m.address + 32n, second.length), Buffer.from(second));
+    assert.equal(m.updates, 2);
+    assert.equal(m.fits(new Uint8Array(9000)), false);
+  } finally {
+    m.drop();
+  }
+  assert.ok(!readFileSync('/proc/self/maps', 'utf8').includes('OTEL_CTX'), 'dropped');
+});
+
+function readSelf(addr: bigint, n: number): Buffer {
+  const fd = openSync('/proc/self/mem', 'r');
+  try {
+    const b = Buffer.alloc(n);
+    readSync(fd, b, 0, n, addr);
+    return b;
+  } finally {
+    closeSync(fd);
+  }
+}
