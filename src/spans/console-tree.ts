@@ -111,7 +111,7 @@ function renderList(list: ReadableSpan[], indent: string, children: Map<string, 
 function spanLine(s: ReadableSpan, t0: bigint): string {
   const a = s.attributes;
   const start = ns(s.startTime);
-  const parts = [s.name.padEnd(14), `+${ms(start - t0)}`.padStart(13), ms(ns(s.endTime) - start).padStart(12)];
+  const parts = [s.name.padEnd(14), `+${ms(start - t0)}`.padStart(11), ms(ns(s.endTime) - start).padStart(11)];
   if (a['kspan.bytes'] !== undefined) {
     const calls = Number(a['kspan.syscalls']);
     parts.push(`${String(a['kspan.bytes'])} B in ${calls} call${calls === 1 ? '' : 's'}`);

@@ -134,7 +134,7 @@ export function isRetryableExportError(err: unknown): boolean {
   if (typeof code === 'number') return RETRYABLE_GRPC.has(code) || RETRYABLE_HTTP.has(code);
   if (typeof code === 'string') return RETRYABLE_NET.has(code);
   const msg = String((err as { message?: unknown }).message ?? '');
-  return /timed out|timeout|Concurrent export limit/i.test(msg);
+  return /timed out|timeout|retryable status|Concurrent export limit/i.test(msg);
 }
 
 /** A cheap upper-bound-ish estimate of a span's OTLP size, for batch sizing. */

@@ -90,10 +90,7 @@ export class RecordFileReader implements AsyncIterable<KernelRecord> {
   /** Reads the header; the records follow through async iteration. */
   static async open(input: Readable | AsyncIterable<Uint8Array>): Promise<RecordFileReader> {
     const src = input instanceof Readable ? input : Readable.from(input, { objectMode: false });
-    const unpackr = new UnpackrStream({ useRecords: true });
-    src.on('error', (err) => unpackr.destroy(err));
-    src.pipe(unpackr);
-    const it = unpackr[Symbol.asyncIterator]() as AsyncIterator<unknown>;
+    const it = decodedValues(src);
     let first: IteratorResult<unknown>;
     try {
       first = await it.next();
@@ -123,6 +120,60 @@ export class RecordFileReader implements AsyncIterable<KernelRecord> {
       this.#count++;
       yield toRecord(r.value, this.#count);
     }
+  }
+}
+
+/**
+ * The values of a msgpack byte stream. Unlike iterating UnpackrStream directly, the
+ * values decoded before a truncation or a decode error are all delivered first.
+ */
+async function* decodedValues(src: Readable): AsyncGenerator<unknown> {
+  const unpackr = new UnpackrStream({ useRecords: true });
+  const queue: unknown[] = [];
+  let error: unknown = null;
+  let ended = false;
+  let wake: (() => void) | null = null;
+  const notify = () => {
+    const w = wake;
+    wake = null;
+    w?.();
+  };
+  unpackr.on('data', (v: unknown) => {
+    queue.push(v);
+    if (queue.length >= 4096) unpackr.pause();
+    notify();
+  });
+  unpackr.on('error', (e) => {
+    error ??= e;
+    notify();
+  });
+  unpackr.on('end', () => {
+    ended = true;
+    notify();
+  });
+  src.on('error', (e) => unpackr.destroy(e));
+  src.pipe(unpackr);
+  try {
+    let i = 0;
+    for (;;) {
+      if (i < queue.length) {
+        const v = queue[i++];
+        if (i === queue.length || i >= 1024) {
+          queue.splice(0, i);
+          i = 0;
+          if (unpackr.isPaused() && queue.length < 1024) unpackr.resume();
+        }
+        yield v;
+        continue;
+      }
+      if (error) throw error;
+      if (ended) return;
+      await new Promise<void>((resolve) => (wake = resolve));
+    }
+  } finally {
+    src.unpipe(unpackr);
+    unpackr.destroy();
+    if (!src.readableEnded) src.destroy();
   }
 }
 

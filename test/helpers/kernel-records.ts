@@ -4,6 +4,7 @@
  * cookie, endpoints, pid and role on every record.
  */
 import type { KernelRecord, RecordType, TraceContext } from '../../src/records.ts';
+import type { KernelSpan } from '../../src/spans/kernel-span.ts';
 
 /** A context whose ids are derived from n: trace 0…0n, span 0…0n (hex). */
 export function ctx(n: number, sampled = true): TraceContext {
@@ -108,4 +109,33 @@ export class FakeSocket {
   close(atNs: number | bigint, f: Partial<KernelRecord> = {}): KernelRecord {
     return this.#base('close', { tsNs: BigInt(atNs), srttUs: 42, ...f });
   }
+}
+
+/** A correlator output span with defaults (a server tcp.send under ctx(0xa)). */
+export function kernelSpan(f: Partial<KernelSpan> = {}): KernelSpan {
+  return {
+    name: 'tcp.send',
+    parent: ctx(0xa),
+    startNs: 5_000_000_123n,
+    endNs: 5_000_900_456n,
+    cookie: 18446744073709551615n,
+    pid: 4242,
+    tid: 4243,
+    family: 4,
+    local: { address: '10.0.0.1', port: 8080 },
+    peer: { address: '10.0.0.2', port: 51234 },
+    role: 'server',
+    bytes: 2048,
+    calls: 2,
+    events: [],
+    retransmits: 0,
+    srttUs: null,
+    acceptQueueNs: null,
+    waitNs: null,
+    error: null,
+    errorType: null,
+    incomplete: null,
+    fallback: false,
+    ...f,
+  };
 }

@@ -1,0 +1,124 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import { hrTimeToNs, monotonicToHrTime, nsToHrTime } from '../../src/spans/hr-time.ts';
+import { SpanBuilder, spanAttributes } from '../../src/spans/span-builder.ts';
+import { ctx, kernelSpan } from '../helpers/kernel-records.ts';
+
+describe('hr-time', () => {
+  test('monotonic + offset is exact to the nanosecond, beyond 2^53', () => {
+    const offset = 1_767_225_600_000_000_000n - 5_000_000_000n; // 2026-01-01 at mono 5 s
+    assert.deepEqual(monotonicToHrTime(5_000_000_123n, offset), [1_767_225_600, 123]);
+    assert.deepEqual(monotonicToHrTime(5_999_999_999n, offset), [1_767_225_600, 999_999_999]);
+    assert.equal(hrTimeToNs(monotonicToHrTime(123_456_789_012_345n, offset)), 123_456_789_012_345n + offset);
+    assert.deepEqual(nsToHrTime(-5n), [0, 0]);
+  });
+});
+
+describe('SpanBuilder', () => {
+  const offset = 1_700_000_000_000_000_000n;
+  const resource = resourceFromAttributes({ 'service.name': 'checkout' });
+  const other = resourceFromAttributes({ 'service.name': 'other' });
+
+  test('a server send: parent, ids, exact times, attributes, resource by pid', () => {
+    const b = new SpanBuilder({ clockOffsetNs: offset, resourceFor: (pid) => (pid === 4242 ? resource : other) });
+    const s = b.build(kernelSpan());
+    const c = s.spanContext();
+    assert.equal(s.name, 'tcp.send');
+    assert.equal(s.kind, 0); // INTERNAL
+    assert.equal(c.traceId, ctx(0xa).traceId);
+    assert.match(c.spanId, /^[0-9a-f]{16}$/);
+    assert.notEqual(c.spanId, ctx(0xa).spanId);
+    assert.equal(c.traceFlags, 1);
+    assert.deepEqual(s.parentSpanContext, { traceId: ctx(0xa).traceId, spanId: ctx(0xa).spanId, traceFlags: 1, isRemote: true });
+    assert.deepEqual(s.startTime, [1_700_000_005, 123]);
+    assert.deepEqual(s.endTime, [1_700_000_005, 900_456]);
+    assert.deepEqual(s.duration, [0, 900_333]);
+    assert.equal(s.resource, resource);
+    assert.equal(s.ended, true);
+    assert.deepEqual(s.status, { code: 0 });
+    assert.deepEqual(s.attributes, {
+      'network.transport': 'tcp',
+      'network.type': 'ipv4',
+      'network.peer.address': '10.0.0.2',
+      'network.peer.port': 51234,
+      'network.local.address': '10.0.0.1',
+      'network.local.port': 8080,
+      'server.address': '10.0.0.1',
+      'server.port': 8080,
+      'client.address': '10.0.0.2',
+      'client.port': 51234,
+      'thread.id': 4243,
+      'process.pid': 4242,
+      'kspan.socket.cookie': '18446744073709551615',
+      'kspan.role': 'server',
+      'kspan.bytes': 2048,
+      'kspan.syscalls': 2,
+      'kspan.retransmits': 0,
+    });
+    assert.equal(b.build(kernelSpan({ pid: 7 })).resource, other);
+  });
+
+  test('client connect failure, events, accept queue, incomplete, extra attributes', () => {
+    const b = new SpanBuilder({
+      clockOffsetNs: () => offset,
+      resourceFor: () => resource,
+      extraAttributes: (k) => ({ 'app.route': `/r/${k.cookie}` }),
+    });
+    const s = b.build(
+      kernelSpan({
+        name: 'tcp.connect',
+        role: 'client',
+        family: 6,
+        local: { address: '::1', port: 50000 },
+        peer: { address: '::1', port: 443 },
+        bytes: 0,
+        calls: 0,
+        cookie: 5n,
+        error: 'connect failed: refused',
+        errorType: 'refused',
+        retransmits: 1,
+        srttUs: 250,
+        incomplete: 'process_exit',
+        events: [
+          { name: 'tcp.retransmit', tsNs: 5_000_000_500n, tcpState: 2, resetSent: false, errno: 0 },
+          { name: 'tcp.reset', tsNs: 5_000_000_600n, tcpState: 2, resetSent: false, errno: 0 },
+        ],
+      }),
+    );
+    assert.deepEqual(s.status, { code: 2, message: 'connect failed: refused' });
+    assert.equal(s.attributes['network.type'], 'ipv6');
+    assert.equal(s.attributes['server.address'], '::1');
+    assert.equal(s.attributes['server.port'], 443);
+    assert.equal(s.attributes['client.address'], undefined);
+    assert.equal(s.attributes['error.type'], 'refused');
+    assert.equal(s.attributes['kspan.retransmits'], 1);
+    assert.equal(s.attributes['kspan.srtt_us'], 250);
+    assert.equal(s.attributes['kspan.incomplete'], true);
+    assert.equal(s.attributes['kspan.incomplete.reason'], 'process_exit');
+    assert.equal(s.attributes['kspan.bytes'], undefined);
+    assert.equal(s.attributes['app.route'], '/r/5');
+    assert.deepEqual(s.events, [
+      { name: 'tcp.retransmit', time: [1_700_000_005, 500], attributes: { 'kspan.tcp.state': 'SYN_SENT' } },
+      {
+        name: 'tcp.reset',
+        time: [1_700_000_005, 600],
+        attributes: { 'kspan.tcp.state': 'SYN_SENT', 'kspan.reset.direction': 'received' },
+      },
+    ]);
+    const acc = spanAttributes(kernelSpan({ name: 'tcp.accept', acceptQueueNs: 123_456n, bytes: 0, calls: 0 }));
+    assert.equal(acc['kspan.accept_queue_ns'], 123_456);
+    assert.equal(acc['kspan.bytes'], undefined);
+  });
+
+  test('an orphan becomes a sampled root of a new trace; span ids are unique', () => {
+    const b = new SpanBuilder({ clockOffsetNs: 0n, resourceFor: () => resource });
+    const s = b.build(kernelSpan({ parent: null }));
+    assert.equal(s.parentSpanContext, undefined);
+    assert.match(s.spanContext().traceId, /^[0-9a-f]{32}$/);
+    assert.equal(s.spanContext().traceFlags, 1);
+    const ids = new Set<string>();
+    for (let i = 0; i < 5000; i++) ids.add(b.build(kernelSpan()).spanContext().spanId);
+    assert.equal(ids.size, 5000);
+  });
+});
