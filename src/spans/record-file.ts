@@ -88,7 +88,7 @@ export class RecordFileReader implements AsyncIterable<KernelRecord> {
   }
 
   /** Reads the header; the records follow through async iteration. */
-  static async open(input: Readable | AsyncIterable<Uint8Array>): Promise<RecordFileReader> {
+  static async open(input: Readable | AsyncIterable<Uint8Array> | Iterable<Uint8Array>): Promise<RecordFileReader> {
     const src = input instanceof Readable ? input : Readable.from(input, { objectMode: false });
     const it = decodedValues(src);
     let first: IteratorResult<unknown>;

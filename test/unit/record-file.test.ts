@@ -39,7 +39,7 @@ async function writeToBuffer(records: KernelRecord[]): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-async function readAll(input: AsyncIterable<Uint8Array>) {
+async function readAll(input: AsyncIterable<Uint8Array> | Iterable<Uint8Array>) {
   const reader = await RecordFileReader.open(input);
   const records: KernelRecord[] = [];
   for await (const r of reader) records.push(r);
