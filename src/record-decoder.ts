@@ -3,8 +3,8 @@
  * addresses and ids in the form the rest of kspan uses. Pure.
  */
 import {
-  decodeKspanEvent,
   KspanEventFlag as F,
+  KspanEventView,
   KspanEventType as T,
   type KspanAgg,
   type KspanEvent,
@@ -25,58 +25,53 @@ const AF_INET6 = 10;
 
 export class RecordDecodeError extends Error {}
 
+const event = new KspanEventView(new DataView(new ArrayBuffer(0)), 0);
+
 /**
  * Decodes one ring-buffer record into one or two KernelRecords (send/recv records
  * carry the aggregate that closed before them, `prev`), delivered in time order.
+ * Reads the ring memory in place (a view), copying only what the record keeps.
  */
 export function decodeRecords(view: DataView, offset: number, emit: (r: KernelRecord) => void): void {
-  const e = decodeKspanEvent(view, offset);
-  if (e.prev.dir) emit(fromEvent(withAggregate(e, e.prev)));
+  const e = event.at(view, offset);
+  const prev = e.prev;
+  if (prev.dir) emit(fromEvent(e, prev));
   emit(fromEvent(e));
 }
 
-/** The record `e` would be if it carried aggregate `a` (same socket and owner). */
-export function withAggregate(e: KspanEvent, a: KspanAgg): KspanEvent {
-  return {
-    ...e,
-    type: a.dir,
-    tid: a.tid,
-    ts_ns: a.last_ns,
-    start_ns: a.first_ns,
-    bytes: a.bytes,
-    calls: a.calls,
-    flags: (e.flags & (F.KSPAN_F_SERVER | F.KSPAN_F_CLIENT | F.KSPAN_F_FLUSHED)) | a.flags,
-    ctx: a.ctx,
-  };
-}
-
-export function fromEvent(e: KspanEvent): KernelRecord {
-  const type = TYPES[e.type];
-  if (!type) throw new RecordDecodeError(`unknown record type ${e.type}`);
+/**
+ * A KernelRecord from a decoded event (or a view of one). With `agg`, the record
+ * is that send/recv aggregate on the event's socket instead of the event itself.
+ */
+export function fromEvent(e: KspanEvent, agg?: KspanAgg): KernelRecord {
+  const typeNum = agg ? agg.dir : e.type;
+  const type = TYPES[typeNum];
+  if (!type) throw new RecordDecodeError(`unknown record type ${typeNum}`);
   const v6 = e.family === AF_INET6;
+  const flags = agg ? (e.flags & (F.KSPAN_F_SERVER | F.KSPAN_F_CLIENT | F.KSPAN_F_FLUSHED)) | agg.flags : e.flags;
   return {
     type,
-    tsNs: e.ts_ns,
-    startNs: e.start_ns,
+    tsNs: agg ? agg.last_ns : e.ts_ns,
+    startNs: agg ? agg.first_ns : e.start_ns,
     cookie: e.cookie,
     pid: e.pid,
-    tid: e.tid,
+    tid: agg ? agg.tid : e.tid,
     family: v6 ? 6 : 4,
     local: endpoint(e.laddr, e.lport, v6),
     peer: endpoint(e.raddr, e.rport, v6),
-    role: e.flags & F.KSPAN_F_SERVER ? 'server' : e.flags & F.KSPAN_F_CLIENT ? 'client' : null,
-    context: traceContext(e.ctx),
-    bytes: Number(e.bytes),
-    calls: e.calls,
-    flushed: (e.flags & F.KSPAN_F_FLUSHED) !== 0,
-    fallback: (e.flags & F.KSPAN_F_FALLBACK_IO) !== 0,
-    errno: e.error,
-    resetSent: (e.flags & F.KSPAN_F_RESET_SENT) !== 0,
-    tcpState: e.tcp_state,
-    bytesSent: Number(e.bytes_sent),
-    bytesReceived: Number(e.bytes_received),
-    retransmits: e.retransmits,
-    srttUs: e.srtt_us,
+    role: flags & F.KSPAN_F_SERVER ? 'server' : flags & F.KSPAN_F_CLIENT ? 'client' : null,
+    context: traceContext(agg ? agg.ctx : e.ctx),
+    bytes: Number(agg ? agg.bytes : e.bytes),
+    calls: agg ? agg.calls : e.calls,
+    flushed: (flags & F.KSPAN_F_FLUSHED) !== 0,
+    fallback: (flags & F.KSPAN_F_FALLBACK_IO) !== 0,
+    errno: agg ? 0 : e.error,
+    resetSent: (flags & F.KSPAN_F_RESET_SENT) !== 0,
+    tcpState: agg ? 0 : e.tcp_state,
+    bytesSent: agg ? 0 : Number(e.bytes_sent),
+    bytesReceived: agg ? 0 : Number(e.bytes_received),
+    retransmits: agg ? 0 : e.retransmits,
+    srttUs: agg ? 0 : e.srtt_us,
   };
 }
 

@@ -19,7 +19,7 @@ import { BpfObject } from './loader/bpf-object.ts';
 import { chooseIoPath, type IoPath, sectionAvailable } from './loader/kernel-features.ts';
 import { libbpf } from './loader/native.ts';
 import { RingBufferReader } from './loader/ring-buffer.ts';
-import { decodeRecords, fromEvent, withAggregate } from './record-decoder.ts';
+import { decodeRecords, fromEvent } from './record-decoder.ts';
 import type { KernelRecord } from './records.ts';
 
 export const DEFAULT_OBJECT = fileURLToPath(new URL('../bpf/.output/kspan.bpf.o', import.meta.url));
@@ -190,11 +190,11 @@ export class TcpTracer {
 /** An aggregate still in the kernel's socket state, as a `flushed` record. */
 function aggregateRecord(cookie: bigint, st: KspanSock, agg: KspanAgg): KernelRecord {
   const none = { first_ns: 0n, last_ns: 0n, bytes: 0n, tid: 0, calls: 0, dir: 0, flags: 0, ctx: agg.ctx };
-  const base: KspanEvent = {
+  const socket: KspanEvent = {
     ts_ns: 0n, start_ns: 0n, cookie, bytes: 0n, bytes_sent: 0n, bytes_received: 0n, pid: st.pid, tid: 0,
     calls: 0, retransmits: 0, srtt_us: 0, error: 0, type: 0, family: st.family,
     flags: st.role | KspanEventFlag.KSPAN_F_FLUSHED, tcp_state: 0, lport: st.lport, rport: st.rport,
     laddr: st.laddr, raddr: st.raddr, ctx: agg.ctx, prev: none,
   };
-  return fromEvent(withAggregate(base, agg));
+  return fromEvent(socket, agg);
 }

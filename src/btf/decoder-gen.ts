@@ -6,6 +6,10 @@
  * Mapping: u8/u16/u32 and signed → number, u64/s64 → bigint (exact), u8[N] →
  * Uint8Array (copied out of the ring), nested struct → its own decoder.
  * Fields whose name starts with `_` are padding and are skipped.
+ *
+ * Each struct gets a copying decoder (`decodeX`, safe to keep), an encoder, and
+ * a zero-copy view class (`XView`, getters over the ring memory, valid only
+ * while that memory is: inside the ring-buffer callback) for the hot path.
  */
 import { BTF_KIND, type Btf, type BtfType } from './btf.ts';
 
@@ -19,7 +23,11 @@ interface Field {
   name: string;
   offset: number;
   tsType: string;
+  /** The type a view's getter returns (views of nested structs). */
+  viewType?: string;
   read: (base: string) => string;
+  /** Zero-copy read, for views (defaults to `read`). */
+  view?: (base: string) => string;
   write: (base: string, value: string) => string;
 }
 
@@ -67,6 +75,27 @@ function structCode(btf: Btf, t: BtfType): string[] {
     ...fields.map((f) => `  ${f.write(`o + ${f.offset}`, `x.${f.name}`)};`),
     '}',
     '',
+    `/** Zero-copy view of struct ${t.name}; move it with \`at()\`. Byte arrays alias the memory. */`,
+    `export class ${P}View implements ${P} {`,
+    '  v: DataView;',
+    '  o: number;',
+    '  constructor(v: DataView, o: number) {',
+    '    this.v = v;',
+    '    this.o = o;',
+    '  }',
+    '  at(v: DataView, o: number): this {',
+    '    this.v = v;',
+    '    this.o = o;',
+    '    return this;',
+    '  }',
+    ...fields.flatMap((f) => [
+      `  get ${f.name}(): ${f.viewType ?? f.tsType} {`,
+      `    const v = this.v;`,
+      `    return ${(f.view ?? f.read)('this.o + ' + f.offset)};`,
+      '  }',
+    ]),
+    '}',
+    '',
   ];
   return lines;
 }
@@ -90,6 +119,7 @@ function field(btf: Btf, parent: BtfType, name: string, typeId: number, bitOffse
       offset,
       tsType: 'Uint8Array',
       read: (b) => `new Uint8Array(v.buffer, v.byteOffset + ${b}, ${n}).slice()`,
+      view: (b) => `new Uint8Array(v.buffer, v.byteOffset + ${b}, ${n})`,
       write: (b, x) => `new Uint8Array(v.buffer, v.byteOffset + ${b}, ${n}).set(${x}.subarray(0, ${n}))`,
     };
   }
@@ -99,7 +129,9 @@ function field(btf: Btf, parent: BtfType, name: string, typeId: number, bitOffse
       name,
       offset,
       tsType: P,
+      viewType: `${P}View`,
       read: (b) => `decode${P}(v, ${b})`,
+      view: (b) => `new ${P}View(v, ${b})`,
       write: (b, x) => `encode${P}(${x}, v, ${b})`,
     };
   }

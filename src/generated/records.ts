@@ -69,6 +69,37 @@ export function encodeKspanTraceCtx(x: KspanTraceCtx, v: DataView, o: number): v
   v.setUint8(o + 25, x.valid);
 }
 
+/** Zero-copy view of struct kspan_trace_ctx; move it with `at()`. Byte arrays alias the memory. */
+export class KspanTraceCtxView implements KspanTraceCtx {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get trace_id(): Uint8Array {
+    const v = this.v;
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 0, 16);
+  }
+  get span_id(): Uint8Array {
+    const v = this.v;
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 16, 8);
+  }
+  get trace_flags(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 24);
+  }
+  get valid(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 25);
+  }
+}
+
 /** struct kspan_agg: 72 bytes. */
 export const KSPAN_AGG_SIZE = 72;
 
@@ -106,6 +137,53 @@ export function encodeKspanAgg(x: KspanAgg, v: DataView, o: number): void {
   v.setUint8(o + 32, x.dir);
   v.setUint8(o + 33, x.flags);
   encodeKspanTraceCtx(x.ctx, v, o + 40);
+}
+
+/** Zero-copy view of struct kspan_agg; move it with `at()`. Byte arrays alias the memory. */
+export class KspanAggView implements KspanAgg {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get first_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 0, true);
+  }
+  get last_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 8, true);
+  }
+  get bytes(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 16, true);
+  }
+  get tid(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 24, true);
+  }
+  get calls(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 28, true);
+  }
+  get dir(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 32);
+  }
+  get flags(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 33);
+  }
+  get ctx(): KspanTraceCtxView {
+    const v = this.v;
+    return new KspanTraceCtxView(v, this.o + 40);
+  }
 }
 
 /** struct kspan_event: 216 bytes. */
@@ -189,6 +267,109 @@ export function encodeKspanEvent(x: KspanEvent, v: DataView, o: number): void {
   encodeKspanAgg(x.prev, v, o + 144);
 }
 
+/** Zero-copy view of struct kspan_event; move it with `at()`. Byte arrays alias the memory. */
+export class KspanEventView implements KspanEvent {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get ts_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 0, true);
+  }
+  get start_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 8, true);
+  }
+  get cookie(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 16, true);
+  }
+  get bytes(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 24, true);
+  }
+  get bytes_sent(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 32, true);
+  }
+  get bytes_received(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 40, true);
+  }
+  get pid(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 48, true);
+  }
+  get tid(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 52, true);
+  }
+  get calls(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 56, true);
+  }
+  get retransmits(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 60, true);
+  }
+  get srtt_us(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 64, true);
+  }
+  get error(): number {
+    const v = this.v;
+    return v.getInt32(this.o + 68, true);
+  }
+  get type(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 72);
+  }
+  get family(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 73);
+  }
+  get flags(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 74);
+  }
+  get tcp_state(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 75);
+  }
+  get lport(): number {
+    const v = this.v;
+    return v.getUint16(this.o + 76, true);
+  }
+  get rport(): number {
+    const v = this.v;
+    return v.getUint16(this.o + 78, true);
+  }
+  get laddr(): Uint8Array {
+    const v = this.v;
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 80, 16);
+  }
+  get raddr(): Uint8Array {
+    const v = this.v;
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 96, 16);
+  }
+  get ctx(): KspanTraceCtxView {
+    const v = this.v;
+    return new KspanTraceCtxView(v, this.o + 112);
+  }
+  get prev(): KspanAggView {
+    const v = this.v;
+    return new KspanAggView(v, this.o + 144);
+  }
+}
+
 /** struct kspan_sock: 272 bytes. */
 export const KSPAN_SOCK_SIZE = 272;
 
@@ -270,6 +451,109 @@ export function encodeKspanSock(x: KspanSock, v: DataView, o: number): void {
   encodeKspanAgg(x.pend, v, o + 200);
 }
 
+/** Zero-copy view of struct kspan_sock; move it with `at()`. Byte arrays alias the memory. */
+export class KspanSockView implements KspanSock {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get agg_first_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 0, true);
+  }
+  get agg_last_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 8, true);
+  }
+  get agg_bytes(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 16, true);
+  }
+  get syn_sent_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 24, true);
+  }
+  get total_sent(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 32, true);
+  }
+  get total_received(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 40, true);
+  }
+  get pid(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 48, true);
+  }
+  get tid(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 52, true);
+  }
+  get agg_tid(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 56, true);
+  }
+  get agg_calls(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 60, true);
+  }
+  get agg_dir(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 64);
+  }
+  get family(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 65);
+  }
+  get role(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 66);
+  }
+  get agg_flags(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 67);
+  }
+  get lport(): number {
+    const v = this.v;
+    return v.getUint16(this.o + 68, true);
+  }
+  get rport(): number {
+    const v = this.v;
+    return v.getUint16(this.o + 70, true);
+  }
+  get laddr(): Uint8Array {
+    const v = this.v;
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 72, 16);
+  }
+  get raddr(): Uint8Array {
+    const v = this.v;
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 88, 16);
+  }
+  get agg_ctx(): KspanTraceCtxView {
+    const v = this.v;
+    return new KspanTraceCtxView(v, this.o + 104);
+  }
+  get tx_ctx(): KspanTraceCtxView {
+    const v = this.v;
+    return new KspanTraceCtxView(v, this.o + 136);
+  }
+  get last_ctx(): KspanTraceCtxView {
+    const v = this.v;
+    return new KspanTraceCtxView(v, this.o + 168);
+  }
+  get pend(): KspanAggView {
+    const v = this.v;
+    return new KspanAggView(v, this.o + 200);
+  }
+}
+
 /** struct kspan_tls_loc: 24 bytes. */
 export const KSPAN_TLS_LOC_SIZE = 24;
 
@@ -295,4 +579,35 @@ export function encodeKspanTlsLoc(x: KspanTlsLoc, v: DataView, o: number): void 
   v.setBigUint64(o + 8, x.module, true);
   v.setUint8(o + 16, x.kind);
   v.setUint8(o + 17, x.scheme);
+}
+
+/** Zero-copy view of struct kspan_tls_loc; move it with `at()`. Byte arrays alias the memory. */
+export class KspanTlsLocView implements KspanTlsLoc {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get offset(): bigint {
+    const v = this.v;
+    return v.getBigInt64(this.o + 0, true);
+  }
+  get module(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 8, true);
+  }
+  get kind(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 16);
+  }
+  get scheme(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 17);
+  }
 }
