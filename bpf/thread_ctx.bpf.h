@@ -1,14 +1,130 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * Reads the span a thread has active from its TLS (OTEP 4947). Called only from
- * syscall-context hooks. Until the readers exist this reports "no context".
+ * Reads the span a thread has active from its TLS (OTEP 4947 otel_thread_ctx_v1).
+ *
+ * Called only from syscall-context hooks, where `current` is the thread that
+ * made the call and is in the kernel, so it cannot be rewriting its own record
+ * under us. (In softirq context `current` is unrelated: never call it there.)
+ *
+ * Where the TLS pointer lives is resolved per process in userspace
+ * (src/context/tls-resolver.ts) and pushed into `tls_locs` (tgid → kspan_tls_loc):
+ *   STATIC: &otel_thread_ctx_v1 = fsbase + offset
+ *   DTV:    &otel_thread_ctx_v1 = dtv[module] + offset, dtv = *(fsbase + 8)
+ *           (glibc x86_64: 16-byte entries, entry count at dtv[-1]; 0 or -1 mean
+ *           the thread has not allocated that module's block yet)
+ * Then the pointer, then the record header: trace_id[16] span_id[8] valid u8
+ * trace_flags u8 attrs_size u16. `valid` is read before and after the copy, and
+ * the pointer again after it; a change means a torn read.
+ *
+ * Outcomes and counters (enum kspan_counter): no location, NULL pointer,
+ * unallocated DTV block → no context, not counted (the thread has no span);
+ * a read that faults (bad pointer, page not resident) → KSPAN_C_CTX_FAULT;
+ * valid != 1 → KSPAN_C_CTX_INVALID; changed while copied → KSPAN_C_CTX_TORN.
+ *
+ * kspan.bpf.c defines the `counters` map and count() after including this file,
+ * hence the prototype below.
  */
 #ifndef KSPAN_THREAD_CTX_BPF_H
 #define KSPAN_THREAD_CTX_BPF_H
 
+static __always_inline void count(__u32 idx);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, struct kspan_tls_loc);
+} tls_locs SEC(".maps");
+
+/* glibc's dtv_t: {pointer, to_free} */
+#define KSPAN_DTV_ENTRY_SIZE 16
+#define KSPAN_MAX_TLS_MODULE 4096
+#define KSPAN_RECORD_VALID_OFF 24
+
+/* The record header as the writer lays it out (packed, host order). */
+struct otel_thread_ctx_head {
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 valid;
+	__u8 trace_flags;
+} __attribute__((packed));
+
+/* The address of the thread's TLS pointer, or 0 when it has none (yet). */
+static __always_inline __u64 thread_ctx_slot(const struct kspan_tls_loc *loc, __u64 tp)
+{
+	if (loc->kind == KSPAN_TLS_STATIC)
+		return tp + (__u64)loc->offset;
+	if (loc->kind != KSPAN_TLS_DTV)
+		return 0;
+
+	__u64 module = loc->module;
+	if (module == 0 || module > KSPAN_MAX_TLS_MODULE)
+		return 0;
+	__u64 dtv = 0, len = 0, block = 0;
+	if (bpf_probe_read_user(&dtv, sizeof(dtv), (void *)(tp + 8)) || !dtv) {
+		count(KSPAN_C_CTX_FAULT);
+		return 0;
+	}
+	if (bpf_probe_read_user(&len, sizeof(len), (void *)(dtv - KSPAN_DTV_ENTRY_SIZE))) {
+		count(KSPAN_C_CTX_FAULT);
+		return 0;
+	}
+	if (module > len)
+		return 0; /* the thread's dtv predates the module: not touched yet */
+	if (bpf_probe_read_user(&block, sizeof(block), (void *)(dtv + module * KSPAN_DTV_ENTRY_SIZE))) {
+		count(KSPAN_C_CTX_FAULT);
+		return 0;
+	}
+	if (block == 0 || block == (__u64)-1)
+		return 0; /* TLS_DTV_UNALLOCATED: allocated on the thread's first access */
+	return block + (__u64)loc->offset;
+}
+
 static __always_inline void read_thread_ctx(__u32 tgid, struct kspan_trace_ctx *out)
 {
 	__builtin_memset(out, 0, sizeof(*out));
+
+	struct kspan_tls_loc *loc = bpf_map_lookup_elem(&tls_locs, &tgid);
+	if (!loc || loc->scheme != KSPAN_SCHEME_OTEL_V1)
+		return;
+
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	__u64 tp = BPF_CORE_READ(task, thread.fsbase);
+	if (!tp)
+		return;
+	__u64 slot = thread_ctx_slot(loc, tp);
+	if (!slot)
+		return;
+
+	__u64 rec = 0, rec_after = 0;
+	if (bpf_probe_read_user(&rec, sizeof(rec), (void *)slot)) {
+		count(KSPAN_C_CTX_FAULT);
+		return;
+	}
+	if (!rec)
+		return; /* no active span */
+
+	__u8 valid_before = 0, valid_after = 0;
+	struct otel_thread_ctx_head head;
+	if (bpf_probe_read_user(&valid_before, 1, (void *)(rec + KSPAN_RECORD_VALID_OFF)) ||
+	    bpf_probe_read_user(&head, sizeof(head), (void *)rec) ||
+	    bpf_probe_read_user(&valid_after, 1, (void *)(rec + KSPAN_RECORD_VALID_OFF)) ||
+	    bpf_probe_read_user(&rec_after, sizeof(rec_after), (void *)slot)) {
+		count(KSPAN_C_CTX_FAULT);
+		return;
+	}
+	if (valid_before != 1) {
+		count(KSPAN_C_CTX_INVALID);
+		return;
+	}
+	if (head.valid != 1 || valid_after != 1 || rec_after != rec) {
+		count(KSPAN_C_CTX_TORN);
+		return;
+	}
+	__builtin_memcpy(out->trace_id, head.trace_id, sizeof(out->trace_id));
+	__builtin_memcpy(out->span_id, head.span_id, sizeof(out->span_id));
+	out->trace_flags = head.trace_flags;
+	out->valid = 1;
 }
 
 #endif

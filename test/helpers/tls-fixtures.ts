@@ -115,6 +115,10 @@ export interface RunningPublisher {
   pid: number;
   threads: PublisherThread[];
   idle: { tid: number; fsbase: number };
+  /** With --connect: lets the workers start their I/O. */
+  go(): void;
+  /** Resolves with the first line (printed after "ready") that matches. */
+  waitLine(re: RegExp, timeoutMs?: number): Promise<RegExpExecArray>;
   /** Closes stdin and waits for exit (kills after 2 s). */
   stop(): Promise<void>;
 }
@@ -123,11 +127,22 @@ export interface RunningPublisher {
 export function startPublisher(
   dir: string,
   variant: Pick<TlsVariant, 'exe' | 'args'>,
-  opts: { threads?: number; hostile?: 'unmapped' | 'kernel' | 'invalid'; env?: Record<string, string> } = {},
+  opts: {
+    threads?: number;
+    hostile?: 'unmapped' | 'kernel' | 'invalid';
+    env?: Record<string, string>;
+    /** TCP I/O against 127.0.0.1:port after go(). */
+    connect?: number;
+    rounds?: number;
+    flip?: boolean;
+  } = {},
 ): Promise<RunningPublisher> {
   const args = variant.args.map((a) => (a.endsWith('.so') ? join(dir, a) : a));
   if (opts.threads !== undefined) args.push('--threads', String(opts.threads));
   if (opts.hostile) args.push('--hostile', opts.hostile);
+  if (opts.connect !== undefined) args.push('--connect', String(opts.connect));
+  if (opts.rounds !== undefined) args.push('--rounds', String(opts.rounds));
+  if (opts.flip) args.push('--flip');
   const child = spawn(join(dir, variant.exe), args, {
     stdio: ['pipe', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },
@@ -145,6 +160,19 @@ export function startPublisher(
   return new Promise((resolve, reject) => {
     const threads: PublisherThread[] = [];
     let idle: RunningPublisher['idle'] | undefined;
+    let ready = false;
+    const later: string[] = [];
+    const waiters: Array<{ re: RegExp; resolve: (m: RegExpExecArray) => void }> = [];
+    const waitLine = (re: RegExp, timeoutMs = 10_000) =>
+      new Promise<RegExpExecArray>((res, rej) => {
+        for (const l of later) {
+          const m = re.exec(l);
+          if (m) return res(m);
+        }
+        const t = setTimeout(() => rej(new Error(`${variant.exe}: no line matching ${re} in ${timeoutMs} ms; stderr: ${stderr}`)), timeoutMs);
+        waiters.push({ re, resolve: (m) => (clearTimeout(t), res(m)) });
+      });
+    const go = () => void child.stdin!.write('g');
     let stderr = '';
     child.stderr!.on('data', (d) => (stderr += d));
     child.once('error', reject);
@@ -157,6 +185,14 @@ export function startPublisher(
       reject(new Error(`${variant.exe} did not get ready in 10 s: ${stderr}`));
     }, 10_000);
     createInterface({ input: child.stdout! }).on('line', (line) => {
+      if (ready) {
+        later.push(line);
+        for (let i = waiters.length - 1; i >= 0; i--) {
+          const m = waiters[i].re.exec(line);
+          if (m) waiters.splice(i, 1)[0].resolve(m);
+        }
+        return;
+      }
       const hex = (s: string) => parseInt(s, 16);
       let m = /^thread (\d+) tid (\d+) fsbase 0x([0-9a-f]+) addr 0x([0-9a-f]+) record 0x([0-9a-f]+) trace ([0-9a-f]{32}) span ([0-9a-f]{16})$/.exec(line);
       if (m) {
@@ -170,10 +206,11 @@ export function startPublisher(
       }
       m = /^ready pid (\d+)$/.exec(line);
       if (m && idle) {
+        ready = true;
         clearTimeout(timer);
         child.removeAllListeners('exit');
         threads.sort((a, b) => a.index - b.index);
-        resolve({ child, pid: +m[1], threads, idle, stop });
+        resolve({ child, pid: +m[1], threads, idle, go, waitLine, stop });
       }
     });
   });

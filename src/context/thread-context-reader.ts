@@ -1,0 +1,224 @@
+/**
+ * Per target process: which thread-context scheme it publishes, where its TLS
+ * pointer is, and its Resource; and keeping the BPF `tls_locs` map in step.
+ *
+ * Pure of the loader: the map is reached through the two functions passed in
+ * (set a pid's location, delete it), so this runs in tests without BPF.
+ *
+ * Processes change under us: a library with the TLS symbol may be dlopen'ed
+ * later, ld.so may not have relocated it yet, the pid may exec another image.
+ * refresh() re-resolves a target only when its set of mapped files changed (a
+ * cheap read of /proc/PID/maps), so calling it every second or two is fine.
+ */
+import { readFileSync } from 'node:fs';
+import { KspanCtxScheme, type KspanTlsLoc, KSPAN_TLS_LOC_SIZE, encodeKspanTlsLoc, KspanTlsKind } from '../generated/records.ts';
+import { type ProcessContextInfo, readProcessContext } from './process-context.ts';
+import { OTEL_THREAD_CTX_SYMBOL, type TlsResolution, TlsResolveError, TlsResolver } from './tls-resolver.ts';
+import { procFailure } from './proc-mem.ts';
+
+export const NODEJS_THREAD_CTX_SYMBOL = 'otel_thread_ctx_nodejs_v1';
+
+export type ContextSchemeName = 'otel_thread_ctx_v1' | 'nodejs_v1_dev';
+
+export interface TargetContext {
+  pid: number;
+  /** The scheme found, or null when the process publishes no thread context (yet). */
+  scheme: ContextSchemeName | null;
+  /** How the TLS is reached (local-exec, initial-exec, tlsdesc, general-dynamic), when found. */
+  model: TlsResolution['model'] | null;
+  /** True when the location sits in the DTV (dlopen'ed library). */
+  dynamic: boolean;
+  /** The location pushed to BPF, when one was. */
+  loc: KspanTlsLoc | null;
+  /** Why there is no location: not publishing, not ready, unsupported, ... */
+  reason?: string;
+  /** The target's Resource and thread-local configuration. */
+  process: ProcessContextInfo;
+}
+
+export interface ThreadContextReaderOptions {
+  /** Writes a pid's location into the BPF `tls_locs` map. */
+  setLocation: (pid: number, loc: KspanTlsLoc) => void;
+  /** Removes a pid from the `tls_locs` map. */
+  deleteLocation: (pid: number) => void;
+  /**
+   * Schemes the BPF side can read; a target publishing another one is reported
+   * but gets no location (default: the native OTEP 4947 record only).
+   */
+  bpfSchemes?: ReadonlySet<ContextSchemeName>;
+  resolver?: TlsResolver;
+  /** host.name for the Resource (default: this machine's hostname). */
+  hostName?: string;
+  /** Called with every target whose description changed (for `{"type":"target"}` lines). */
+  onTarget?: (t: TargetContext) => void;
+}
+
+interface Tracked {
+  fingerprint: string;
+  target: TargetContext;
+}
+
+/** Stats for self-metrics: resolution failures are counted, never silent. */
+export interface ThreadContextReaderStats {
+  resolved: number;
+  notReady: number;
+  failed: number;
+  gone: number;
+}
+
+export class ThreadContextReader {
+  readonly #opts: ThreadContextReaderOptions;
+  readonly #resolver: TlsResolver;
+  readonly #tracked = new Map<number, Tracked>();
+  readonly #bpfSchemes: ReadonlySet<ContextSchemeName>;
+  readonly stats: ThreadContextReaderStats = { resolved: 0, notReady: 0, failed: 0, gone: 0 };
+
+  constructor(opts: ThreadContextReaderOptions) {
+    this.#opts = opts;
+    this.#resolver = opts.resolver ?? new TlsResolver();
+    this.#bpfSchemes = opts.bpfSchemes ?? new Set(['otel_thread_ctx_v1']);
+  }
+
+  /** Starts following a process (or re-checks it). Returns its description, or null if it is gone. */
+  track(pid: number): TargetContext | null {
+    const fingerprint = mapsFingerprint(pid);
+    if (fingerprint === undefined) {
+      this.untrack(pid);
+      this.stats.gone++;
+      return null;
+    }
+    const known = this.#tracked.get(pid);
+    // Same files mapped and already resolved (or unsupported): nothing to redo.
+    if (known && known.fingerprint === fingerprint && (known.target.loc || !isRetryable(known.target.reason))) {
+      return known.target;
+    }
+    let target: TargetContext;
+    try {
+      target = this.#describe(pid);
+    } catch (err) {
+      if (isGone(err)) {
+        this.untrack(pid);
+        this.stats.gone++;
+        return null;
+      }
+      throw err;
+    }
+    if (target.loc) this.#opts.setLocation(pid, target.loc);
+    else if (known?.target.loc) this.#opts.deleteLocation(pid);
+    this.#tracked.set(pid, { fingerprint, target });
+    if (!known || describeChanged(known.target, target)) this.#opts.onTarget?.(target);
+    return target;
+  }
+
+  /** Stops following a process and removes its location. */
+  untrack(pid: number): void {
+    const known = this.#tracked.get(pid);
+    this.#tracked.delete(pid);
+    if (known?.target.loc) this.#opts.deleteLocation(pid);
+  }
+
+  /** Re-checks every tracked process; drops the ones that exited. */
+  refresh(): void {
+    for (const pid of [...this.#tracked.keys()]) this.track(pid);
+  }
+
+  target(pid: number): TargetContext | undefined {
+    return this.#tracked.get(pid)?.target;
+  }
+
+  get targets(): TargetContext[] {
+    return [...this.#tracked.values()].map((t) => t.target);
+  }
+
+  #describe(pid: number): TargetContext {
+    const process = readProcessContext(pid, { hostName: this.#opts.hostName });
+    const published = process.threadLocal?.scheme;
+    // The process context says which scheme; without one, look for the native
+    // symbol anyway (it is in .dynsym by contract).
+    const scheme: ContextSchemeName = published === 'nodejs_v1_dev' ? 'nodejs_v1_dev' : 'otel_thread_ctx_v1';
+    const base = { pid, process, model: null, dynamic: false, loc: null };
+    if (published === 'unsupported') {
+      return { ...base, scheme: null, reason: `unsupported threadlocal.schema_version ${process.threadLocal!.schemaVersion}` };
+    }
+    let res: TlsResolution | null;
+    try {
+      res = this.#resolver.resolve(pid, {
+        symbol: scheme === 'nodejs_v1_dev' ? NODEJS_THREAD_CTX_SYMBOL : OTEL_THREAD_CTX_SYMBOL,
+        scheme: scheme === 'nodejs_v1_dev' ? KspanCtxScheme.KSPAN_SCHEME_NODEJS_V1 : KspanCtxScheme.KSPAN_SCHEME_OTEL_V1,
+      });
+    } catch (err) {
+      if (!(err instanceof TlsResolveError)) throw err;
+      if (err.reason === 'gone') throw err;
+      if (err.reason === 'not-ready') this.stats.notReady++;
+      else this.stats.failed++;
+      return { ...base, scheme, reason: `${err.reason}: ${err.message}` };
+    }
+    if (!res) return { ...base, scheme: null, reason: 'not-publishing' };
+    const described = { ...base, scheme, model: res.model, dynamic: res.dynamic };
+    if (!this.#bpfSchemes.has(scheme)) return { ...described, reason: `unsupported: the kernel reader does not walk ${scheme} yet` };
+    if (res.loc.kind === KspanTlsKind.KSPAN_TLS_DTV && res.libc !== 'glibc') {
+      // bpf/thread_ctx.bpf.h walks glibc's DTV (16-byte entries); musl's has 8-byte
+      // entries and kspan_tls_loc has no field to say so yet.
+      return { ...described, reason: `unsupported: dynamic TLS of a ${res.libc} process` };
+    }
+    this.stats.resolved++;
+    return { ...described, loc: res.loc };
+  }
+}
+
+/** The 24-byte `tls_locs` map value for a location. */
+export function encodeTlsLocValue(loc: KspanTlsLoc): Buffer {
+  const buf = Buffer.alloc(KSPAN_TLS_LOC_SIZE);
+  encodeKspanTlsLoc(loc, new DataView(buf.buffer, buf.byteOffset, buf.length), 0);
+  return buf;
+}
+
+/** The `tls_locs` map key for a pid (u32, host order). */
+export function tlsLocKey(pid: number): Buffer {
+  const key = Buffer.alloc(4);
+  key.writeUInt32LE(pid);
+  return key;
+}
+
+/**
+ * The set of files a process maps, as a string: changes when it dlopens a
+ * library or execs. Undefined when the process is gone.
+ */
+function mapsFingerprint(pid: number): string | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/maps`, 'latin1');
+  } catch (err) {
+    if (procFailure(err) === 'gone') return undefined;
+    throw err;
+  }
+  const files = new Set<string>();
+  for (const line of text.split('\n')) {
+    // start-end perms offset dev inode path: keep "dev inode path" of file mappings
+    const m = /^[0-9a-f]+-[0-9a-f]+ \S+ ([0-9a-f]+) (\S+) (\d+)\s+(\/.*)$/.exec(line);
+    if (m && m[1] === '00000000' && m[3] !== '0') files.add(`${m[2]} ${m[3]} ${m[4]}`);
+    // A process context published later in a named anonymous mapping.
+    else if (line.includes('OTEL_CTX]')) files.add(line.slice(line.indexOf('[')));
+  }
+  return [...files].sort().join('\n');
+}
+
+function isRetryable(reason: string | undefined): boolean {
+  return reason === undefined || reason === 'not-publishing' || reason.startsWith('not-ready');
+}
+
+function isGone(err: unknown): boolean {
+  const reason = (err as { reason?: string; details?: { reason?: string } })?.reason ?? (err as { details?: { reason?: string } })?.details?.reason;
+  return reason === 'gone';
+}
+
+function describeChanged(a: TargetContext, b: TargetContext): boolean {
+  return (
+    a.scheme !== b.scheme ||
+    a.model !== b.model ||
+    a.reason !== b.reason ||
+    a.loc?.offset !== b.loc?.offset ||
+    a.loc?.module !== b.loc?.module ||
+    JSON.stringify(a.process.resource) !== JSON.stringify(b.process.resource)
+  );
+}
