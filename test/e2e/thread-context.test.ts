@@ -152,7 +152,7 @@ test('a writer flipping contexts with invalid windows: only whole contexts, wind
   const rounds = 400;
   const { pub, records, counters } = await run(variant, { flip: true, rounds, threads: 2 });
   const byTid = new Map(pub.threads.map((t) => [t.tid, t]));
-  const flipSpan = (s: string) => Buffer.from(s, 'hex').map((b) => b ^ 0xff).toString('hex');
+  const flipSpan = (s: string) => Buffer.from(Buffer.from(s, 'hex').map((b) => b ^ 0xff)).toString('hex');
   let withCtx = 0;
   for (const r of records.filter((x) => x.type === 'send')) {
     if (!r.context) continue;
