@@ -43,11 +43,14 @@ export async function eventsCommand(args: string[], log: Logger): Promise<number
     onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
   });
   for (const pid of pids) tracer.addPid(pid);
+  // Signal handlers go in before "tracing" is announced: a SIGINT right after it
+  // must still flush.
+  const stop = waitForStop(duration);
   tracer.start();
   const flushTimer = setInterval(flushOut, 50);
   log.info({ pids, ioPath: tracer.ioPath, unavailable: tracer.unavailable }, 'tracing');
 
-  await waitForStop(duration);
+  await stop;
   await tracer.stop(print);
   clearInterval(flushTimer);
   flushOut();
