@@ -13,6 +13,8 @@ import { TlsResolver, TlsResolveError } from '../../src/context/tls-resolver.ts'
 import { tlsAddress, GLIBC_X86_64_DTV, MUSL_X86_64_DTV } from '../../src/context/tls-walk.ts';
 import { withProcessMemory } from '../../src/context/proc-mem.ts';
 import { TLS_VARIANTS, HAS_MUSL, buildTlsFixtures, startPublisher } from '../helpers/tls-fixtures.ts';
+import { ThreadContextReader, type TargetContext } from '../../src/context/thread-context-reader.ts';
+import type { KspanTlsLoc } from '../../src/generated/records.ts';
 
 let dir: string;
 before(() => {
@@ -98,4 +100,46 @@ test('a process that is gone is a typed error', () => {
     () => new TlsResolver().resolve(2 ** 22 + 12345),
     (err: TlsResolveError) => err instanceof TlsResolveError && err.reason === 'gone' && err.code === 'KSPAN_ERR_TLS',
   );
+});
+
+test('ThreadContextReader: a library dlopen\'ed later is picked up by refresh(), and an exit clears the location', async () => {
+  const variant = TLS_VARIANTS.find((v) => v.name === 'dlopen-tlsdesc-dynamic')!;
+  const calls: Array<[string, number, KspanTlsLoc?]> = [];
+  const announced: TargetContext[] = [];
+  const reader = new ThreadContextReader({
+    setLocation: (pid, loc) => calls.push(['set', pid, loc]),
+    deleteLocation: (pid) => calls.push(['delete', pid]),
+    onTarget: (t) => announced.push(t),
+  });
+  // Looked at on its first line ("started"), before it dlopens the publisher library.
+  const early: Array<TargetContext | null> = [];
+  const pub = await startPublisher(dir, variant, {
+    delayMs: 400,
+    onSpawn: (child) => child.stdout!.once('data', () => early.push(reader.track(child.pid!))),
+  });
+  try {
+    assert.equal(early.length, 1);
+    assert.equal(early[0]?.scheme, null);
+    assert.equal(early[0]?.reason, 'not-publishing');
+    assert.deepEqual(calls, []);
+    reader.refresh();
+    const target = reader.target(pub.pid)!;
+    assert.equal(target.scheme, 'otel_thread_ctx_v1');
+    assert.equal(target.model, 'tlsdesc');
+    assert.equal(target.dynamic, true);
+    assert.equal(target.process.resource['service.name'], 'dl');
+    assert.equal(calls.length, 1);
+    assert.equal(calls[0][0], 'set');
+    assert.equal(calls[0][1], pub.pid);
+    assert.deepEqual(calls[0][2], target.loc);
+    assert.equal(announced.length, 2, 'announced when first seen and when it started publishing');
+    reader.refresh(); // nothing changed: no new map write
+    assert.equal(calls.length, 1);
+  } finally {
+    await pub.stop();
+  }
+  reader.refresh();
+  assert.deepEqual(calls.at(-1), ['delete', pub.pid]);
+  assert.equal(reader.target(pub.pid), undefined);
+  assert.equal(reader.stats.gone, 1);
 });

@@ -135,6 +135,10 @@ export function startPublisher(
     connect?: number;
     rounds?: number;
     flip?: boolean;
+    /** Sleep before the dlopen (the process is visible before it publishes). */
+    delayMs?: number;
+    /** Called right after spawn, before "ready". */
+    onSpawn?: (child: ChildProcess) => void;
   } = {},
 ): Promise<RunningPublisher> {
   const args = variant.args.map((a) => (a.endsWith('.so') ? join(dir, a) : a));
@@ -143,10 +147,12 @@ export function startPublisher(
   if (opts.connect !== undefined) args.push('--connect', String(opts.connect));
   if (opts.rounds !== undefined) args.push('--rounds', String(opts.rounds));
   if (opts.flip) args.push('--flip');
+  if (opts.delayMs !== undefined) args.push('--delay-ms', String(opts.delayMs));
   const child = spawn(join(dir, variant.exe), args, {
     stdio: ['pipe', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },
   });
+  opts.onSpawn?.(child);
   const stop = () =>
     new Promise<void>((resolve) => {
       if (child.exitCode !== null || child.signalCode !== null) return resolve();
