@@ -13,8 +13,9 @@
  *           (glibc x86_64: 16-byte entries, entry count at dtv[-1]; 0 or -1 mean
  *           the thread has not allocated that module's block yet)
  * Then the pointer, then the record header: trace_id[16] span_id[8] valid u8
- * trace_flags u8 attrs_size u16. `valid` is read before and after the copy, and
- * the pointer again after it; a change means a torn read.
+ * trace_flags u8 attrs_size u16. `valid` is read before the ids and again after
+ * them; a change means a torn read. (The pointer is not re-read: in a syscall
+ * hook the writer thread is in the kernel and cannot swap it.)
  *
  * Outcomes and counters (enum kspan_counter): no location, NULL pointer,
  * unallocated DTV block → no context, not counted (the thread has no span);
@@ -96,7 +97,7 @@ static __always_inline void read_thread_ctx(__u32 tgid, struct kspan_trace_ctx *
 	if (!slot)
 		return;
 
-	__u64 rec = 0, rec_after = 0;
+	__u64 rec = 0;
 	if (bpf_probe_read_user(&rec, sizeof(rec), (void *)slot)) {
 		count(KSPAN_C_CTX_FAULT);
 		return;
@@ -104,12 +105,12 @@ static __always_inline void read_thread_ctx(__u32 tgid, struct kspan_trace_ctx *
 	if (!rec)
 		return; /* no active span */
 
-	__u8 valid_before = 0, valid_after = 0;
+	/* valid before the ids, then the ids with valid again after them (the copy
+	 * runs in address order, and valid sits after the ids). */
+	__u8 valid_before = 0;
 	struct otel_thread_ctx_head head;
 	if (bpf_probe_read_user(&valid_before, 1, (void *)(rec + KSPAN_RECORD_VALID_OFF)) ||
-	    bpf_probe_read_user(&head, sizeof(head), (void *)rec) ||
-	    bpf_probe_read_user(&valid_after, 1, (void *)(rec + KSPAN_RECORD_VALID_OFF)) ||
-	    bpf_probe_read_user(&rec_after, sizeof(rec_after), (void *)slot)) {
+	    bpf_probe_read_user(&head, sizeof(head), (void *)rec)) {
 		count(KSPAN_C_CTX_FAULT);
 		return;
 	}
@@ -117,7 +118,7 @@ static __always_inline void read_thread_ctx(__u32 tgid, struct kspan_trace_ctx *
 		count(KSPAN_C_CTX_INVALID);
 		return;
 	}
-	if (head.valid != 1 || valid_after != 1 || rec_after != rec) {
+	if (head.valid != 1) {
 		count(KSPAN_C_CTX_TORN);
 		return;
 	}
