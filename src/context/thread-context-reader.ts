@@ -166,6 +166,27 @@ export class ThreadContextReader {
   }
 }
 
+/**
+ * The once-per-target JSON object of `kspan events`:
+ * {"type":"target","pid":…,"scheme":"otel_thread_ctx_v1"|"nodejs_v1_dev"|"none",
+ *  "model":…,"resource":{…}}, plus why there is no location when there is none.
+ */
+export function targetEvent(t: TargetContext): Record<string, unknown> {
+  const ev: Record<string, unknown> = {
+    type: 'target',
+    pid: t.pid,
+    scheme: t.scheme ?? 'none',
+    model: t.model ?? 'none',
+    dynamic_tls: t.dynamic,
+    resource_source: t.process.source,
+    resource: t.process.resource,
+  };
+  if (t.process.threadLocal) ev.attribute_keys = t.process.threadLocal.keyMap;
+  if (!t.loc && t.reason) ev.reason = t.reason;
+  if (t.process.problem) ev.process_context_problem = t.process.problem;
+  return ev;
+}
+
 /** The 24-byte `tls_locs` map value for a location. */
 export function encodeTlsLocValue(loc: KspanTlsLoc): Buffer {
   const buf = Buffer.alloc(KSPAN_TLS_LOC_SIZE);

@@ -13,7 +13,7 @@ import { TlsResolver, TlsResolveError } from '../../src/context/tls-resolver.ts'
 import { tlsAddress, GLIBC_X86_64_DTV, MUSL_X86_64_DTV } from '../../src/context/tls-walk.ts';
 import { withProcessMemory } from '../../src/context/proc-mem.ts';
 import { TLS_VARIANTS, HAS_MUSL, buildTlsFixtures, startPublisher } from '../helpers/tls-fixtures.ts';
-import { ThreadContextReader, type TargetContext } from '../../src/context/thread-context-reader.ts';
+import { ThreadContextReader, targetEvent, type TargetContext } from '../../src/context/thread-context-reader.ts';
 import type { KspanTlsLoc } from '../../src/generated/records.ts';
 
 let dir: string;
@@ -133,6 +133,17 @@ test('ThreadContextReader: a library dlopen\'ed later is picked up by refresh(),
     assert.equal(calls[0][1], pub.pid);
     assert.deepEqual(calls[0][2], target.loc);
     assert.equal(announced.length, 2, 'announced when first seen and when it started publishing');
+    assert.deepEqual(JSON.parse(JSON.stringify(targetEvent(announced[1]))), {
+      type: 'target',
+      pid: pub.pid,
+      scheme: 'otel_thread_ctx_v1',
+      model: 'tlsdesc',
+      dynamic_tls: true,
+      resource_source: 'executable',
+      resource: JSON.parse(JSON.stringify(target.process.resource)),
+    });
+    assert.equal(targetEvent(announced[0]).scheme, 'none');
+    assert.equal(targetEvent(announced[0]).reason, 'not-publishing');
     reader.refresh(); // nothing changed: no new map write
     assert.equal(calls.length, 1);
   } finally {
