@@ -186,6 +186,7 @@ export class ExportPipeline {
   /** Spans settled (exported or dropped after being queued), for flush waiters. */
   #settled = 0;
   #waiters: { target: number; resolve: () => void }[] = [];
+  #roomWaiters: { limit: number; resolve: () => void }[] = [];
   #closed = false;
   #dropLog = { lastAt: 0, sinceLast: 0 };
 
@@ -227,6 +228,20 @@ export class ExportPipeline {
   }
 
   /**
+   * Resolves once at most `limit` spans are held (default: half the queue): a
+   * producer that can wait (replay, benchmarks) uses it instead of dropping.
+   */
+  waitForRoom(limit = Math.floor(this.#maxQueue / 2)): Promise<void> {
+    if (this.held <= limit || this.#closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.#roomWaiters.push({ limit, resolve });
+      this.#timer?.ref();
+      this.#retryTimer?.ref();
+      this.#pump(true);
+    });
+  }
+
+  /**
    * Exports everything queued so far. Resolves true once it is settled (exported, or
    * dropped after a non-retryable error), false when timeoutMs passes first.
    */
@@ -261,6 +276,7 @@ export class ExportPipeline {
     if (this.#closed) return;
     const drained = await this.forceFlush(this.#shutdownTimeoutMs);
     this.#closed = true;
+    for (const w of this.#roomWaiters.splice(0)) w.resolve();
     if (this.#timer) clearTimeout(this.#timer);
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
     this.#timer = this.#retryTimer = null;
@@ -369,7 +385,13 @@ export class ExportPipeline {
       this.#waiters = this.#waiters.filter((w) => this.#settled < w.target);
       for (const w of done) w.resolve();
     }
-    this.#pump(this.#waiters.length > 0);
+    this.#pump(this.#waiters.length > 0 || this.#roomWaiters.length > 0);
+    if (this.#roomWaiters.length) {
+      const held = this.held;
+      const ready = this.#roomWaiters.filter((w) => held <= w.limit);
+      this.#roomWaiters = this.#roomWaiters.filter((w) => held > w.limit);
+      for (const w of ready) w.resolve();
+    }
     // A partial batch left behind waits for the timer.
     if (!this.#inFlight && !this.#timer && this.#queue.length > this.#head && !this.#closed) {
       this.#timer = setTimeout(() => {

@@ -142,7 +142,7 @@ export class SpanBuilder {
       duration: nsToHrTime(endNs - k.startNs),
       status: k.error ? { code: STATUS_ERROR, message: k.error } : { code: STATUS_UNSET },
       attributes,
-      events: k.events.map((e) => timedEvent(e, offset)),
+      events: k.events.length ? k.events.map((e) => timedEvent(e, offset)) : [],
       resource: this.#resourceFor(k.pid),
       scope: this.#scope,
     });
@@ -151,6 +151,7 @@ export class SpanBuilder {
 
 /** Semantic-convention and kspan.* attributes of a kernel span. */
 export function spanAttributes(k: KernelSpan): Attributes {
+  // One literal for the common part keeps every span's attributes on one shape.
   const a: Attributes = {
     'network.transport': 'tcp',
     'network.type': k.family === 6 ? 'ipv6' : 'ipv4',
@@ -158,10 +159,12 @@ export function spanAttributes(k: KernelSpan): Attributes {
     'network.peer.port': k.peer.port,
     'network.local.address': k.local.address,
     'network.local.port': k.local.port,
+    'process.pid': k.pid,
+    'kspan.socket.cookie': k.cookie.toString(),
+    'kspan.role': k.role,
   };
+  // The other end, named by its role: the client of a server socket, the server of a client one.
   if (k.role === 'server') {
-    a['server.address'] = k.local.address;
-    a['server.port'] = k.local.port;
     a['client.address'] = k.peer.address;
     a['client.port'] = k.peer.port;
   } else {
@@ -169,9 +172,6 @@ export function spanAttributes(k: KernelSpan): Attributes {
     a['server.port'] = k.peer.port;
   }
   if (k.tid) a['thread.id'] = k.tid;
-  if (k.pid) a['process.pid'] = k.pid;
-  a['kspan.socket.cookie'] = k.cookie.toString();
-  a['kspan.role'] = k.role;
   if (k.name === 'tcp.send' || k.name === 'tcp.recv') {
     a['kspan.bytes'] = k.bytes;
     a['kspan.syscalls'] = k.calls;

@@ -113,14 +113,48 @@ export function decodeExportRequest(bytes: Uint8Array): ReceivedSpan[] {
   return out;
 }
 
-/** Counts the spans of a request without building objects (cheap, for benchmarks). */
-function countSpans(bytes: Uint8Array): number {
-  const req = ExportTraceServiceRequestType.decode(bytes) as unknown as {
-    resourceSpans: { scopeSpans: { spans: unknown[] }[] }[];
-  };
+/**
+ * Counts the spans of a request by walking the wire format (no objects built):
+ * ExportTraceServiceRequest.resource_spans(1) → ResourceSpans.scope_spans(2) →
+ * ScopeSpans.spans(2). Cheap enough for benchmarks.
+ */
+export function countSpans(buf: Uint8Array): number {
   let n = 0;
-  for (const rs of req.resourceSpans) for (const ss of rs.scopeSpans) n += ss.spans.length;
+  forEachField(buf, 0, buf.length, (f1, s1, e1) => {
+    if (f1 !== 1) return;
+    forEachField(buf, s1, e1, (f2, s2, e2) => {
+      if (f2 !== 2) return;
+      forEachField(buf, s2, e2, (f3) => {
+        if (f3 === 2) n++;
+      });
+    });
+  });
   return n;
+}
+
+/** Calls fn(field, start, end) for each length-delimited field in buf[pos, end). */
+function forEachField(buf: Uint8Array, pos: number, end: number, fn: (field: number, start: number, end: number) => void): void {
+  const varint = (): number => {
+    let v = 0, mul = 1, b: number;
+    do {
+      b = buf[pos++];
+      v += (b & 0x7f) * mul;
+      mul *= 128;
+    } while (b & 0x80);
+    return v;
+  };
+  while (pos < end) {
+    const tag = varint();
+    const field = Math.floor(tag / 8), wire = tag & 7;
+    if (wire === 0) varint();
+    else if (wire === 1) pos += 8;
+    else if (wire === 5) pos += 4;
+    else if (wire === 2) {
+      const len = varint();
+      fn(field, pos, pos + len);
+      pos += len;
+    } else throw new Error(`unsupported wire type ${wire}`);
+  }
 }
 
 const GRPC_TO_HTTP: Record<number, number> = { 14: 503, 4: 504, 8: 429 };

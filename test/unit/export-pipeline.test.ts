@@ -168,6 +168,17 @@ test('a non-retryable error drops the batch, counted and logged', async () => {
   assert.equal(receiver.spans.length, 1);
 });
 
+test('waitForRoom lets a producer that can wait (replay) fill past the queue bound without drops', async () => {
+  const { receiver, pipeline } = await setup('grpc', { maxQueueSize: 20, maxBatchSize: 5 });
+  for (let i = 0; i < 200; i++) {
+    if (pipeline.held >= 20) await pipeline.waitForRoom(10);
+    assert.equal(pipeline.enqueue(builder.build(kernelSpan({ bytes: i }))), true);
+  }
+  assert.equal(await pipeline.forceFlush(10_000), true);
+  assert.equal(receiver.spans.length, 200);
+  assert.equal(pipeline.counters.droppedQueueFull, 0);
+});
+
 test('batches stay within the byte bound', async () => {
   const { receiver, pipeline } = await setup('grpc', { maxBatchBytes: 4000, maxBatchSize: 1000 });
   for (let i = 0; i < 60; i++) pipeline.enqueue(builder.build(kernelSpan()));
