@@ -207,6 +207,11 @@ export class ExportPipeline {
     return this.#queue.length - this.#head + (this.#inFlight?.length ?? 0);
   }
 
+  /** True once shutdown() has run: nothing more is accepted. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   /** Queues a span; false (counted, logged) when the queue is full or closed. */
   enqueue(span: ReadableSpan): boolean {
     if (this.#closed || this.held >= this.#maxQueue) {

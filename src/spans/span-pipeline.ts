@@ -1,0 +1,148 @@
+/**
+ * The span half of the agent in one object: KernelRecords in, exported spans out.
+ * SocketCorrelator → SpanBuilder → ExportPipeline (OTLP or the console tree), for
+ * `kspan run` (live: never blocks the ring-buffer reader; overflow is counted) and
+ * `kspan replay` (a file: waits for the exporter instead of dropping).
+ */
+import type { Attributes } from '@opentelemetry/api';
+import type { Resource } from '@opentelemetry/resources';
+import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
+import type { Logger } from 'pino';
+import type { KernelRecord } from '../records.ts';
+import { ConsoleTreeExporter } from './console-tree.ts';
+import {
+  createOtlpExporter,
+  ExportPipeline,
+  resolveExportTarget,
+  type ExportCounters,
+  type ExportPipelineOptions,
+  type ExportTarget,
+} from './export-pipeline.ts';
+import type { KernelSpan } from './kernel-span.ts';
+import { SocketCorrelator, type CorrelatorCounters, type SocketCorrelatorOptions } from './socket-correlator.ts';
+import { SpanBuilder } from './span-builder.ts';
+
+export interface SpanPipelineOptions {
+  /** The target's Resource, one object per pid. */
+  resourceFor: (pid: number) => Resource;
+  /** REALTIME − MONOTONIC ns (src/clock.ts KernelClock.offsetNs, or the record file header). */
+  clockOffsetNs: bigint | (() => bigint);
+  /** Where spans go; default resolveExportTarget() (env, else console). Ignored with `exporter`. */
+  target?: ExportTarget;
+  exporter?: SpanExporter;
+  /** Per-export deadline for OTLP. */
+  exportTimeoutMs?: number;
+  orphans?: boolean;
+  extraAttributes?: (span: KernelSpan) => Attributes | undefined;
+  logger?: Logger;
+  /** 'live' (default): the correlator runs on the monotonic clock and ticks on a timer. 'replay': record time, backpressure. */
+  mode?: 'live' | 'replay';
+  /** Live: how often held spans and idle sockets are checked. Default 250 ms. */
+  tickMs?: number;
+  correlator?: Partial<Omit<SocketCorrelatorOptions, 'emit' | 'orphans' | 'clock'>>;
+  export?: Partial<Omit<ExportPipelineOptions, 'exporter' | 'logger'>>;
+}
+
+export interface SpanPipelineStats {
+  correlator: CorrelatorCounters;
+  export: ExportCounters;
+  /** Sockets with state in the correlator. */
+  sockets: number;
+  /** Spans held by the exporter (queued and in flight). */
+  held: number;
+}
+
+export class SpanPipeline {
+  readonly correlator: SocketCorrelator;
+  readonly builder: SpanBuilder;
+  readonly exports: ExportPipeline;
+  readonly target: ExportTarget | null;
+  readonly #mode: 'live' | 'replay';
+  readonly #maxQueue: number;
+  #timer: NodeJS.Timeout | null = null;
+  /** Replay only: spans built while the export queue was full. */
+  #backlog: ReadableSpan[] = [];
+
+  constructor(options: SpanPipelineOptions) {
+    this.#mode = options.mode ?? 'live';
+    this.#maxQueue = options.export?.maxQueueSize ?? 16384;
+    this.target = options.exporter ? null : (options.target ?? resolveExportTarget());
+    const exporter =
+      options.exporter ??
+      (this.target!.kind === 'console'
+        ? new ConsoleTreeExporter()
+        : createOtlpExporter(this.target!, { timeoutMs: options.exportTimeoutMs }));
+    this.exports = new ExportPipeline({ ...options.export, exporter, logger: options.logger });
+    this.builder = new SpanBuilder({
+      clockOffsetNs: options.clockOffsetNs,
+      resourceFor: options.resourceFor,
+      extraAttributes: options.extraAttributes,
+    });
+    this.correlator = new SocketCorrelator({
+      ...options.correlator,
+      orphans: options.orphans,
+      clock: this.#mode === 'replay' ? 'records' : undefined,
+      emit: (k) => this.#emit(k),
+    });
+    if (this.#mode === 'live') {
+      this.#timer = setInterval(() => this.correlator.tick(), options.tickMs ?? 250);
+      this.#timer.unref();
+    }
+  }
+
+  push(record: KernelRecord): void {
+    this.correlator.push(record);
+  }
+
+  processExited(pid: number): void {
+    this.correlator.processExited(pid);
+  }
+
+  /** Feeds a recording through, waiting for the exporter whenever its queue is full. */
+  async replay(records: AsyncIterable<KernelRecord> | Iterable<KernelRecord>): Promise<void> {
+    for await (const r of records) {
+      this.correlator.push(r);
+      if (this.#backlog.length) await this.#drainBacklog();
+    }
+  }
+
+  /** Ends every open span, drains the export queue, shuts the exporter down. */
+  async shutdown(): Promise<void> {
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+    this.correlator.flush('shutdown');
+    await this.#drainBacklog();
+    await this.exports.shutdown();
+  }
+
+  stats(): SpanPipelineStats {
+    return {
+      correlator: this.correlator.counters,
+      export: this.exports.counters,
+      sockets: this.correlator.socketCount,
+      held: this.exports.held,
+    };
+  }
+
+  #emit(k: KernelSpan): void {
+    const span = this.builder.build(k);
+    if (this.#mode === 'replay' && (this.#backlog.length || this.exports.held >= this.#maxQueue)) {
+      this.#backlog.push(span);
+      return;
+    }
+    this.exports.enqueue(span);
+  }
+
+  async #drainBacklog(): Promise<void> {
+    let i = 0;
+    while (i < this.#backlog.length) {
+      if (this.exports.held >= this.#maxQueue && !this.exports.closed) {
+        await this.exports.waitForRoom();
+        continue;
+      }
+      // After shutdown enqueue refuses, and counts each refusal.
+      this.exports.enqueue(this.#backlog[i++]);
+    }
+    this.#backlog = [];
+  }
+}

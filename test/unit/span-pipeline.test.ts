@@ -1,0 +1,79 @@
+import assert from 'node:assert/strict';
+import { PassThrough } from 'node:stream';
+import { after, test } from 'node:test';
+import { resourceFromAttributes } from '@opentelemetry/resources';
+import { pino } from 'pino';
+import type { KernelRecord } from '../../src/records.ts';
+import { ConsoleTreeExporter } from '../../src/spans/console-tree.ts';
+import { createOtlpExporter } from '../../src/spans/export-pipeline.ts';
+import { RecordFileReader, RecordFileWriter } from '../../src/spans/record-file.ts';
+import { SpanPipeline } from '../../src/spans/span-pipeline.ts';
+import { ctx, FakeSocket } from '../helpers/kernel-records.ts';
+import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
+
+const receiver = new OtlpReceiver();
+after(() => receiver.stop());
+
+function keepAlive(requests: number): KernelRecord[] {
+  const s = new FakeSocket({ cookie: 5n, role: 'server', pid: 4242 });
+  const out = [s.accept(500, 900)];
+  for (let i = 0; i < requests; i++) {
+    const t = 1_000 + i * 1_000;
+    out.push(s.recv(null, 10 + i, 1, t, t + 10), s.send(ctx(0x100 + i), 100 + i, 1, t + 100, t + 200));
+  }
+  out.push(s.close(1_000 + requests * 1_000));
+  return out;
+}
+
+test('replay: a recording goes through correlator, builder and OTLP with backpressure, none dropped', async () => {
+  await receiver.start();
+  const header = { kernelRelease: '6.18.0', clockOffsetNs: 1_767_225_600_000_000_000n, startedAt: '2026-01-01T00:00:00Z' };
+  const file = new PassThrough();
+  const chunks: Buffer[] = [];
+  file.on('data', (c: Buffer) => chunks.push(c));
+  const w = new RecordFileWriter(file, header);
+  for (const r of keepAlive(150)) w.write(r);
+  await w.end();
+
+  const reader = await RecordFileReader.open([Buffer.concat(chunks)]);
+  const resource = resourceFromAttributes({ 'service.name': 'recorded' });
+  const pipeline = new SpanPipeline({
+    mode: 'replay',
+    resourceFor: () => resource,
+    clockOffsetNs: reader.header.clockOffsetNs,
+    exporter: createOtlpExporter({ kind: 'otlp', protocol: 'grpc', endpoint: receiver.endpoint }),
+    logger: pino({ level: 'silent' }),
+    export: { maxQueueSize: 16, maxBatchSize: 8, scheduledDelayMs: 5 },
+  });
+  await pipeline.replay(reader);
+  await pipeline.shutdown();
+  const st = pipeline.stats();
+  assert.equal(st.export.droppedQueueFull, 0);
+  assert.equal(st.export.exported, 301);
+  assert.equal(receiver.spans.length, 301);
+  const recv7 = receiver.spans.find((s) => s.name === 'tcp.recv' && s.parentSpanId === ctx(0x107).spanId)!;
+  assert.equal(recv7.attributes['kspan.bytes'], 17);
+  assert.equal(recv7.startTimeUnixNano, 1_767_225_600_000_000_000n + 8_000n);
+  assert.deepEqual(recv7.resource, { 'service.name': 'recorded' });
+  assert.equal(st.correlator.records, 302);
+});
+
+test('live: spans print as trees on the console exporter; shutdown ends open spans', async () => {
+  let text = '';
+  const pipeline = new SpanPipeline({
+    resourceFor: () => resourceFromAttributes({ 'service.name': 'live' }),
+    clockOffsetNs: 0n,
+    exporter: new ConsoleTreeExporter({ write: (t) => (text += t) }),
+    logger: pino({ level: 'silent' }),
+    tickMs: 10,
+  });
+  const s = new FakeSocket({ cookie: 6n, role: 'server', pid: 77 });
+  pipeline.push(s.recv(null, 10, 1, 1_000, 1_010));
+  pipeline.push(s.send(ctx(0xa), 20, 1, 2_000, 2_010));
+  pipeline.push(s.recv(ctx(0xb), 30, 1, 3_000, 3_010)); // never answered: open at shutdown
+  await pipeline.shutdown();
+  assert.match(text, new RegExp(`trace ${ctx(0xa).traceId}  service=live pid=77`));
+  assert.match(text, /tcp\.recv .* 30 B in 1 call .*\(incomplete: shutdown\)/);
+  assert.equal(pipeline.stats().correlator.incompleteSpans, 1);
+  assert.equal(pipeline.stats().export.exported, 3); // recv + send under A, the open read under B
+});
