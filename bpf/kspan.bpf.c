@@ -56,6 +56,7 @@ enum kspan_counter *unused_counter __attribute__((unused));
 struct kspan_tls_loc *unused_tls_loc __attribute__((unused));
 enum kspan_tls_kind *unused_tls_kind __attribute__((unused));
 enum kspan_ctx_scheme *unused_scheme __attribute__((unused));
+enum kspan_dtv_layout *unused_dtv_layout __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -309,6 +310,21 @@ static __always_inline void account_io(const struct sock *sk, __u64 cookie, __u8
 	read_thread_ctx(tgid, &cur);
 
 	__u64 now = bpf_ktime_get_ns();
+	if (st->agg_dir == dir && dir == KSPAN_EV_SEND && st->agg_ctx.valid && !ctx_equal(&st->agg_ctx, &cur)) {
+		/* Sockets outlive the moment of context (docs/ARCHITECTURE.md): a
+		 * runtime flushes what the socket could not take at once later, from
+		 * its event loop, where no span or another request's span is active.
+		 * A send with no context continues the open response; on a server
+		 * socket a different context with no request read in between is not
+		 * believed either (a response answers the request before it): the
+		 * bytes stay with the response, and the mismatch is counted. */
+		if (!cur.valid) {
+			cur = st->agg_ctx;
+		} else if (st->role == KSPAN_F_SERVER) {
+			count(KSPAN_C_CTX_SUSPECT);
+			cur = st->agg_ctx;
+		}
+	}
 	if (st->agg_dir && (st->agg_dir != dir || !ctx_equal(&st->agg_ctx, &cur)))
 		agg_close(st, cookie);
 	if (!st->agg_dir) {

@@ -37,6 +37,7 @@ enum kspan_counter {
 	KSPAN_C_CTX_TORN = 3,       /* thread context changed while it was copied */
 	KSPAN_C_CTX_INVALID = 4,    /* thread context record not valid (valid != 1) */
 	KSPAN_C_CTX_FAULT = 5,      /* thread context read faulted (page not resident, bad pointer) */
+	KSPAN_C_CTX_SUSPECT = 6,    /* a server socket's response changed context with no request between: kept with the response's context */
 	KSPAN_C_MAX = 8,
 };
 
@@ -125,6 +126,11 @@ enum kspan_tls_kind {
 	KSPAN_TLS_DTV = 2,          /* address = dtv[module].block + offset (dlopen'ed, dynamic TLS) */
 };
 
+enum kspan_dtv_layout {
+	KSPAN_DTV_GLIBC = 0,        /* 16-byte entries, entry count at dtv[-1] */
+	KSPAN_DTV_MUSL = 1,         /* 8-byte entries, entry count at dtv[0] */
+};
+
 enum kspan_ctx_scheme {
 	KSPAN_SCHEME_NONE = 0,
 	KSPAN_SCHEME_OTEL_V1 = 1,   /* otel_thread_ctx_v1: the TLS word points at the record */
@@ -136,7 +142,8 @@ struct kspan_tls_loc {
 	__u64 module;               /* DTV: module id (dtv index) */
 	__u8 kind;                  /* enum kspan_tls_kind */
 	__u8 scheme;                /* enum kspan_ctx_scheme */
-	__u8 _pad[6];
+	__u8 dtv_layout;            /* enum kspan_dtv_layout (DTV only) */
+	__u8 _pad[5];
 };
 
 #endif

@@ -10,7 +10,8 @@ import type { IoPath } from '../loader/kernel-features.ts';
 import { setLibbpfLogSink } from '../loader/libbpf-log.ts';
 import type { Logger } from '../logger.ts';
 import type { KernelRecord } from '../records.ts';
-import { TcpTracer } from '../tcp-tracer.ts';
+import { targetEvent } from '../context/thread-context-reader.ts';
+import { TracingSession } from '../tracing-session.ts';
 import { parsePids, parseDuration, parseIoHooks, waitForStop } from './options.ts';
 
 export async function eventsCommand(args: string[], log: Logger): Promise<number> {
@@ -37,10 +38,15 @@ export async function eventsCommand(args: string[], log: Logger): Promise<number
     out.push(eventLine(r, clock.offsetNs));
     if (out.length >= 256) flushOut();
   };
-  const tracer = TcpTracer.open({
+  const tracer = TracingSession.open({
     ioPath,
     onRecord: print,
+    onTarget: (t) => {
+      out.push(JSON.stringify(targetEvent(t)));
+      flushOut();
+    },
     onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
+    onTargetError: (pid, err) => log.warn({ pid, err }, 'cannot read the target\'s trace context; tracing it without'),
   });
   for (const pid of pids) tracer.addPid(pid);
   // Signal handlers go in before "tracing" is announced: a SIGINT right after it
@@ -48,7 +54,7 @@ export async function eventsCommand(args: string[], log: Logger): Promise<number
   const stop = waitForStop(duration);
   tracer.start();
   const flushTimer = setInterval(flushOut, 50);
-  log.info({ pids, ioPath: tracer.ioPath, unavailable: tracer.unavailable }, 'tracing');
+  log.info({ pids, ioPath: tracer.ioPath, unavailable: tracer.tracer.unavailable }, 'tracing');
 
   await stop;
   await tracer.stop(print);
@@ -56,7 +62,7 @@ export async function eventsCommand(args: string[], log: Logger): Promise<number
   flushOut();
   const counters = tracer.counters();
   const lost = counters.KSPAN_C_RINGBUF_FULL + counters.KSPAN_C_SOCK_TABLE_FULL + counters.decode_errors;
-  log[lost ? 'warn' : 'info']({ counters, ring: tracer.ringStats }, lost ? 'records were lost' : 'stopped');
+  log[lost ? 'warn' : 'info']({ counters, ring: tracer.tracer.ringStats }, lost ? 'records were lost' : 'stopped');
   return 0;
 }
 

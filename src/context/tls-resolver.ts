@@ -13,7 +13,7 @@
 import { readlinkSync } from 'node:fs';
 import { KspanError, HINT_PRIVILEGE } from '../errors.ts';
 import { ElfFormatError, openElfFile } from '../elf/elf-file.ts';
-import { KspanCtxScheme, KspanTlsKind, type KspanTlsLoc } from '../generated/records.ts';
+import { KspanCtxScheme, KspanDtvLayout, KspanTlsKind, type KspanTlsLoc } from '../generated/records.ts';
 import { type MappedFile, loadBias, mappedFiles, readProcMaps } from './proc-maps.ts';
 import { ProcMemError, ProcessMemory, procFailure } from './proc-mem.ts';
 import { type ModuleTlsInfo, type TlsAccessModel, moduleTlsInfo } from './tls-access.ts';
@@ -223,11 +223,11 @@ export class TlsResolver {
 }
 
 function staticLoc(offset: number | bigint, scheme: number): KspanTlsLoc {
-  return { kind: KspanTlsKind.KSPAN_TLS_STATIC, offset: BigInt(offset), module: 0n, scheme };
+  return { kind: KspanTlsKind.KSPAN_TLS_STATIC, offset: BigInt(offset), module: 0n, scheme, dtv_layout: KspanDtvLayout.KSPAN_DTV_GLIBC };
 }
 
 function dtvLoc(module: bigint, offset: bigint, scheme: number): KspanTlsLoc {
-  return { kind: KspanTlsKind.KSPAN_TLS_DTV, offset, module, scheme };
+  return { kind: KspanTlsKind.KSPAN_TLS_DTV, offset, module, scheme, dtv_layout: KspanDtvLayout.KSPAN_DTV_GLIBC };
 }
 
 function notReady(pid: number, m: Module, what: string): TlsResolveError {

@@ -27,6 +27,7 @@ export const KspanCounter = {
   KSPAN_C_CTX_TORN: 3,
   KSPAN_C_CTX_INVALID: 4,
   KSPAN_C_CTX_FAULT: 5,
+  KSPAN_C_CTX_SUSPECT: 6,
   KSPAN_C_MAX: 8,
 } as const;
 
@@ -40,6 +41,11 @@ export const KspanCtxScheme = {
   KSPAN_SCHEME_NONE: 0,
   KSPAN_SCHEME_OTEL_V1: 1,
   KSPAN_SCHEME_NODEJS_V1: 2,
+} as const;
+
+export const KspanDtvLayout = {
+  KSPAN_DTV_GLIBC: 0,
+  KSPAN_DTV_MUSL: 1,
 } as const;
 
 /** struct kspan_trace_ctx: 32 bytes. */
@@ -562,6 +568,7 @@ export interface KspanTlsLoc {
   module: bigint;
   kind: number;
   scheme: number;
+  dtv_layout: number;
 }
 
 export function decodeKspanTlsLoc(v: DataView, o: number): KspanTlsLoc {
@@ -570,6 +577,7 @@ export function decodeKspanTlsLoc(v: DataView, o: number): KspanTlsLoc {
     module: v.getBigUint64(o + 8, true),
     kind: v.getUint8(o + 16),
     scheme: v.getUint8(o + 17),
+    dtv_layout: v.getUint8(o + 18),
   };
 }
 
@@ -579,6 +587,7 @@ export function encodeKspanTlsLoc(x: KspanTlsLoc, v: DataView, o: number): void 
   v.setBigUint64(o + 8, x.module, true);
   v.setUint8(o + 16, x.kind);
   v.setUint8(o + 17, x.scheme);
+  v.setUint8(o + 18, x.dtv_layout);
 }
 
 /** Zero-copy view of struct kspan_tls_loc; move it with `at()`. Byte arrays alias the memory. */
@@ -609,5 +618,9 @@ export class KspanTlsLocView implements KspanTlsLoc {
   get scheme(): number {
     const v = this.v;
     return v.getUint8(this.o + 17);
+  }
+  get dtv_layout(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 18);
   }
 }

@@ -1,0 +1,91 @@
+/**
+ * One tracing session: the kernel programs (TcpTracer) plus the thread-context
+ * reader that tells BPF where each target keeps its active span. Targets are
+ * re-checked every `refreshMs` (a cheap /proc/PID/maps fingerprint), so a
+ * process that starts publishing, dlopens the publishing library or execs after
+ * kspan started is picked up. Used by `kspan events`, `run` and `record`.
+ */
+import {
+  encodeTlsLocValue,
+  ThreadContextReader,
+  tlsLocKey,
+  type TargetContext,
+  type ThreadContextReaderStats,
+} from './context/thread-context-reader.ts';
+import type { IoPath } from './loader/kernel-features.ts';
+import type { KernelRecord } from './records.ts';
+import { TcpTracer, type TracerCounters } from './tcp-tracer.ts';
+
+export interface TracingSessionOptions {
+  ioPath?: IoPath;
+  onRecord: (r: KernelRecord) => void;
+  /** Called once per target and again when its description changes. */
+  onTarget?: (t: TargetContext) => void;
+  onDecodeError?: (err: unknown) => void;
+  /** A target that could not be examined (it stays traced, without context). */
+  onTargetError?: (pid: number, err: unknown) => void;
+  refreshMs?: number;
+}
+
+export class TracingSession {
+  readonly tracer: TcpTracer;
+  readonly reader: ThreadContextReader;
+  readonly #opts: TracingSessionOptions;
+  #timer: NodeJS.Timeout | undefined;
+
+  private constructor(tracer: TcpTracer, opts: TracingSessionOptions) {
+    this.tracer = tracer;
+    this.#opts = opts;
+    const locs = tracer.object.map('tls_locs');
+    this.reader = new ThreadContextReader({
+      setLocation: (pid, loc) => locs.update(tlsLocKey(pid), encodeTlsLocValue(loc)),
+      deleteLocation: (pid) => void locs.delete(tlsLocKey(pid)),
+      onTarget: opts.onTarget,
+    });
+  }
+
+  static open(opts: TracingSessionOptions): TracingSession {
+    const tracer = TcpTracer.open({ ioPath: opts.ioPath, onRecord: opts.onRecord, onDecodeError: opts.onDecodeError });
+    return new TracingSession(tracer, opts);
+  }
+
+  get ioPath(): IoPath {
+    return this.tracer.ioPath;
+  }
+
+  addPid(pid: number): void {
+    this.tracer.addPid(pid);
+    this.#track(pid);
+  }
+
+  removePid(pid: number): void {
+    this.tracer.removePid(pid);
+    this.reader.untrack(pid);
+  }
+
+  #track(pid: number): void {
+    try {
+      this.reader.track(pid);
+    } catch (err) {
+      this.#opts.onTargetError?.(pid, err);
+    }
+  }
+
+  start(): void {
+    this.tracer.start();
+    this.#timer = setInterval(() => {
+      for (const pid of this.tracer.pids) this.#track(pid);
+    }, this.#opts.refreshMs ?? 2000);
+    this.#timer.unref();
+  }
+
+  /** Loss and fault counters of the kernel side and of context resolution. */
+  counters(): TracerCounters & { context: ThreadContextReaderStats } {
+    return { ...this.tracer.counters(), context: { ...this.reader.stats } };
+  }
+
+  async stop(onRecord?: (r: KernelRecord) => void): Promise<void> {
+    if (this.#timer) clearInterval(this.#timer);
+    await this.tracer.stop(onRecord);
+  }
+}
