@@ -39,7 +39,12 @@ async function exchange(opts: {
     await Promise.all([client.exited, server.proc.exited]);
     // close records come from tcp_destroy_sock, which may lag the exit a little
     await new Promise((r) => setTimeout(r, 300));
-    const evs = await stopEvents(events);
+    const all = await stopEvents(events);
+    const targets = all.filter((e) => e.type === 'target');
+    // one target line per selected process; the C fixtures publish no context
+    assert.deepEqual(targets.map((t) => t.pid).sort(), [server.proc.pid, client.pid].sort());
+    for (const t of targets) assert.equal(t.scheme, 'none');
+    const evs = all.filter((e) => e.type !== 'target');
     return { evs, server, client, lport };
   } finally {
     await group.killAll();
