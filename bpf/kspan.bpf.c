@@ -50,6 +50,7 @@ char LICENSE[] SEC("license") = "GPL";
 struct kspan_event *unused_event __attribute__((unused));
 struct kspan_sock *unused_sock __attribute__((unused));
 struct kspan_agg *unused_agg __attribute__((unused));
+struct kspan_flush_args *unused_flush_args __attribute__((unused));
 enum kspan_event_type *unused_type __attribute__((unused));
 enum kspan_event_flag *unused_flag __attribute__((unused));
 enum kspan_counter *unused_counter __attribute__((unused));
@@ -572,6 +573,38 @@ int BPF_PROG(on_destroy_sock, struct sock *sk)
 		submit(e);
 	}
 	bpf_map_delete_elem(&socks, &cookie);
+	return 0;
+}
+
+/* ---- idle sockets: the agent closes aggregates nobody adds to any more ---- */
+
+/*
+ * On a keep-alive connection the last response stays in the open aggregate
+ * until the next request or the close. The agent runs this program (syscall
+ * type, BPF_PROG_TEST_RUN) every few hundred milliseconds to close aggregates
+ * idle for `idle_ns`, so spans are not held back by a quiet connection.
+ */
+struct flush_ctx {
+	__u64 cutoff;
+	__u64 flushed;
+};
+
+static long flush_one(struct bpf_map *map, __u64 *cookie, struct kspan_sock *st, struct flush_ctx *fc)
+{
+	if (!st->agg_dir || st->agg_last_ns > fc->cutoff)
+		return 0;
+	st->agg_flags |= KSPAN_F_IDLE;
+	agg_flush(st, *cookie);
+	fc->flushed++;
+	return 0;
+}
+
+SEC("syscall")
+int flush_idle(struct kspan_flush_args *args)
+{
+	struct flush_ctx fc = { .cutoff = bpf_ktime_get_ns() - args->idle_ns };
+	bpf_for_each_map_elem(&socks, flush_one, &fc, 0);
+	args->flushed = fc.flushed;
 	return 0;
 }
 

@@ -27,6 +27,7 @@ enum kspan_event_flag {
 	KSPAN_F_SERVER = 4,         /* the socket was accepted (passive open) */
 	KSPAN_F_CLIENT = 8,         /* the socket connected (active open) */
 	KSPAN_F_FLUSHED = 16,       /* send/recv: closed by the agent at shutdown, not by the kernel */
+	KSPAN_F_IDLE = 32,          /* send/recv: closed because the socket went idle (flush_idle) */
 };
 
 /* Indexes into the per-CPU `counters` map: every loss is counted. */
@@ -90,6 +91,12 @@ struct kspan_event {
 	 * when dir != 0. Aggregates are emitted in pairs (a request and its
 	 * response), so an exchange costs one ring-buffer record, not two. */
 	struct kspan_agg prev;
+};
+
+/* Argument of the `flush_idle` syscall program, run by the agent on a timer. */
+struct kspan_flush_args {
+	__u64 idle_ns;              /* close aggregates whose last call is older than this */
+	__u64 flushed;              /* out: how many aggregates were closed */
 };
 
 /* Per-socket state, keyed by cookie in the `socks` map. */

@@ -7,7 +7,10 @@
 import { fileURLToPath } from 'node:url';
 import { KspanError } from './errors.ts';
 import {
+  decodeKspanFlushArgs,
   decodeKspanSock,
+  encodeKspanFlushArgs,
+  KSPAN_FLUSH_ARGS_SIZE,
   KspanCounter,
   KspanEventFlag,
   KSPAN_EVENT_SIZE,
@@ -143,6 +146,19 @@ export class TcpTracer {
       out[name as keyof typeof KspanCounter] = Number(sum);
     }
     return out;
+  }
+
+  /**
+   * Closes send/recv aggregates idle for `idleNs` (the kernel emits them, flagged
+   * idle). Returns how many. Call it on a timer so a quiet keep-alive connection
+   * does not hold its last response back.
+   */
+  flushIdle(idleNs: bigint): number {
+    if (this.#stopped) return 0;
+    const args = Buffer.alloc(KSPAN_FLUSH_ARGS_SIZE);
+    encodeKspanFlushArgs({ idle_ns: idleNs, flushed: 0n }, new DataView(args.buffer, args.byteOffset, args.length), 0);
+    this.#obj.run('flush_idle', args);
+    return Number(decodeKspanFlushArgs(new DataView(args.buffer, args.byteOffset, args.length), 0).flushed);
   }
 
   get ringStats() {

@@ -18,6 +18,7 @@ export const KspanEventFlag = {
   KSPAN_F_SERVER: 4,
   KSPAN_F_CLIENT: 8,
   KSPAN_F_FLUSHED: 16,
+  KSPAN_F_IDLE: 32,
 } as const;
 
 export const KspanCounter = {
@@ -622,5 +623,49 @@ export class KspanTlsLocView implements KspanTlsLoc {
   get dtv_layout(): number {
     const v = this.v;
     return v.getUint8(this.o + 18);
+  }
+}
+
+/** struct kspan_flush_args: 16 bytes. */
+export const KSPAN_FLUSH_ARGS_SIZE = 16;
+
+export interface KspanFlushArgs {
+  idle_ns: bigint;
+  flushed: bigint;
+}
+
+export function decodeKspanFlushArgs(v: DataView, o: number): KspanFlushArgs {
+  return {
+    idle_ns: v.getBigUint64(o + 0, true),
+    flushed: v.getBigUint64(o + 8, true),
+  };
+}
+
+/** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
+export function encodeKspanFlushArgs(x: KspanFlushArgs, v: DataView, o: number): void {
+  v.setBigUint64(o + 0, x.idle_ns, true);
+  v.setBigUint64(o + 8, x.flushed, true);
+}
+
+/** Zero-copy view of struct kspan_flush_args; move it with `at()`. Byte arrays alias the memory. */
+export class KspanFlushArgsView implements KspanFlushArgs {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get idle_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 0, true);
+  }
+  get flushed(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 8, true);
   }
 }

@@ -15,7 +15,7 @@ import {
   KspanError,
   VerifierError,
 } from '../errors.ts';
-import { errno, libbpf } from './native.ts';
+import { BpfTestRunOpts, errno, libbpf } from './native.ts';
 import { captureLibbpfLog, type LibbpfLogCapture } from './libbpf-log.ts';
 
 type Ptr = bigint;
@@ -251,9 +251,32 @@ export class BpfObject {
     return new KspanError('KSPAN_ERR_ATTACH', `cannot attach "${name}" (${section})`, { cause, details });
   }
 
-  /** Attaches every program that is set to load. */
+  /** Attaches every program that is set to load (syscall programs are run, not attached). */
   attachAll(): void {
-    for (const name of this.#programs.keys()) if (this.autoload(name)) this.attach(name);
+    for (const name of this.#programs.keys()) {
+      if (this.autoload(name) && this.sectionName(name) !== 'syscall') this.attach(name);
+    }
+  }
+
+  /**
+   * Runs a syscall program once (BPF_PROG_TEST_RUN) with `ctx` as its argument;
+   * the kernel copies the argument back into `ctx`. Returns the program's return value.
+   */
+  run(name: string, ctx: Buffer): number {
+    const lib = libbpf();
+    const fd = lib.programFd(this.#program(name));
+    const opts = {
+      sz: BpfTestRunOpts.size, data_in: null, data_out: null, data_size_in: 0, data_size_out: 0,
+      ctx_in: ctx, ctx_out: null, ctx_size_in: ctx.length, ctx_size_out: 0, retval: 0, repeat: 0,
+      duration: 0, flags: 0, cpu: 0, batch_size: 0,
+    };
+    const rc = lib.progTestRun(fd, opts);
+    if (rc < 0) {
+      throw new KspanError('KSPAN_ERR_BPF_OBJECT', `running BPF program "${name}" failed`, {
+        cause: errnoError('bpf_prog_test_run_opts', rc),
+      });
+    }
+    return opts.retval;
   }
 
   get attachedLinks(): number {

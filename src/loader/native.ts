@@ -24,6 +24,25 @@ const libc = loadLib('libc.so.6', 'kspan runs on glibc-based Linux');
 /** libbpf's print callback: (level, fmt, va_list). fmt and va_list stay raw pointers. */
 export const LibbpfPrintFn = koffi.proto('int kspan_libbpf_print_fn(int level, void *fmt, void *args)');
 
+/** libbpf's struct bpf_test_run_opts (bpf.h, libbpf 1.1). */
+export const BpfTestRunOpts = koffi.struct('kspan_bpf_test_run_opts', {
+  sz: 'size_t',
+  data_in: 'void *',
+  data_out: 'void *',
+  data_size_in: 'uint32_t',
+  data_size_out: 'uint32_t',
+  ctx_in: 'void *',
+  ctx_out: 'void *',
+  ctx_size_in: 'uint32_t',
+  ctx_size_out: 'uint32_t',
+  retval: 'uint32_t',
+  repeat: 'int',
+  duration: 'uint32_t',
+  flags: 'uint32_t',
+  cpu: 'uint32_t',
+  batch_size: 'uint32_t',
+});
+
 export const EpollEvent = koffi.pack('kspan_epoll_event', { events: 'uint32_t', data: 'uint64_t' });
 
 let libbpfHandle: ReturnType<typeof koffi.load> | undefined;
@@ -53,6 +72,7 @@ function bindLibbpf(lib: ReturnType<typeof koffi.load>) {
       'void *bpf_program__attach_uprobe(void *prog, bool retprobe, int pid, const char *path, size_t offset)',
     ),
     linkDestroy: f<[Ptr], number>('int bpf_link__destroy(void *link)'),
+    progTestRun: f<[number, unknown], number>('int bpf_prog_test_run_opts(int fd, _Inout_ kspan_bpf_test_run_opts *opts)'),
     mapFd: f<[Ptr], number>('int bpf_map__fd(void *map)'),
     mapSetMaxEntries: f<[Ptr, number], number>('int bpf_map__set_max_entries(void *map, uint32_t n)'),
     mapMaxEntries: f<[Ptr], number>('uint32_t bpf_map__max_entries(void *map)'),

@@ -97,6 +97,38 @@ describe('loader', e2eOptions(), () => {
     }
   });
 
+  test('flushIdle closes the aggregate a quiet keep-alive connection holds', async () => {
+    const group = new ProcessGroup();
+    const records: KernelRecord[] = [];
+    const tracer = TcpTracer.open({ onRecord: (r) => records.push(r) });
+    try {
+      tracer.start();
+      // the server waits for a second request that never comes: its socket stays open
+      const server = await startServer(group, ['--requests', '2', '--req-bytes', '50', '--resp-bytes', '5000']);
+      tracer.addPid(server.proc.pid);
+      const client = startClient(group, ['--port', String(server.port), '--req-bytes', '50', '--resp-bytes', '5000', '--hold']);
+      tracer.addPid(client.pid);
+      server.proc.send('go');
+      client.send('go');
+      await client.waitLine(/^held$/);
+      await new Promise((r) => setTimeout(r, 300));
+      assert.equal(records.filter((r) => r.type === 'send' && r.pid === server.proc.pid).length, 0, 'the response is still open');
+      assert.equal(tracer.flushIdle(100_000_000n), 2, 'both ends had an idle aggregate');
+      await new Promise((r) => setTimeout(r, 100));
+      const sends = records.filter((r) => r.type === 'send' && r.pid === server.proc.pid);
+      assert.equal(sends.length, 1);
+      assert.equal(sends[0].bytes, 5000);
+      const recvs = records.filter((r) => r.type === 'recv' && r.pid === server.proc.pid);
+      assert.equal(recvs.reduce((a, r) => a + r.bytes, 0), 50);
+      assert.equal(tracer.flushIdle(100_000_000n), 0, 'nothing left open');
+      client.send('close');
+      await client.waitLine(/^done$/);
+    } finally {
+      await tracer.stop();
+      await group.killAll();
+    }
+  });
+
   test('after SIGKILL nothing kspan loaded stays in the kernel', async () => {
     const group = new ProcessGroup();
     try {
