@@ -10,8 +10,11 @@
  * (src/context/tls-resolver.ts) and pushed into `tls_locs` (tgid → kspan_tls_loc):
  *   STATIC: &otel_thread_ctx_v1 = fsbase + offset
  *   DTV:    &otel_thread_ctx_v1 = dtv[module] + offset, dtv = *(fsbase + 8)
- *           (glibc x86_64: 16-byte entries, entry count at dtv[-1]; 0 or -1 mean
- *           the thread has not allocated that module's block yet)
+ *           loc->dtv_layout says whose DTV: glibc x86_64 has 16-byte entries,
+ *           the entry count at dtv[-1], and 0 or -1 for a block the thread has
+ *           not allocated yet (lazily, on first access); musl x86_64 has 8-byte
+ *           entries and the count at dtv[0], and allocates a dlopen'ed module's
+ *           block for every thread at dlopen time.
  * Then the pointer, then the record header: trace_id[16] span_id[8] valid u8
  * trace_flags u8 attrs_size u16. `valid` is read before the ids and again after
  * them; a change means a torn read. (The pointer is not re-read: in a syscall
@@ -37,8 +40,10 @@ struct {
 	__type(value, struct kspan_tls_loc);
 } tls_locs SEC(".maps");
 
-/* glibc's dtv_t: {pointer, to_free} */
-#define KSPAN_DTV_ENTRY_SIZE 16
+/* glibc's dtv_t is {pointer, to_free}, length at dtv[-1]; musl's a bare
+ * pointer, length at dtv[0] (enum kspan_dtv_layout) */
+#define KSPAN_DTV_GLIBC_ENTRY 16
+#define KSPAN_DTV_MUSL_ENTRY 8
 #define KSPAN_MAX_TLS_MODULE 4096
 #define KSPAN_RECORD_VALID_OFF 24
 
@@ -62,17 +67,19 @@ static __always_inline __u64 thread_ctx_slot(const struct kspan_tls_loc *loc, __
 	if (module == 0 || module > KSPAN_MAX_TLS_MODULE)
 		return 0;
 	__u64 dtv = 0, len = 0, block = 0;
+	__u64 esz = loc->dtv_layout == KSPAN_DTV_MUSL ? KSPAN_DTV_MUSL_ENTRY : KSPAN_DTV_GLIBC_ENTRY;
+	__u64 len_at = loc->dtv_layout == KSPAN_DTV_MUSL ? 0 : (__u64)-KSPAN_DTV_GLIBC_ENTRY;
 	if (bpf_probe_read_user(&dtv, sizeof(dtv), (void *)(tp + 8)) || !dtv) {
 		count(KSPAN_C_CTX_FAULT);
 		return 0;
 	}
-	if (bpf_probe_read_user(&len, sizeof(len), (void *)(dtv - KSPAN_DTV_ENTRY_SIZE))) {
+	if (bpf_probe_read_user(&len, sizeof(len), (void *)(dtv + len_at))) {
 		count(KSPAN_C_CTX_FAULT);
 		return 0;
 	}
 	if (module > len)
 		return 0; /* the thread's dtv predates the module: not touched yet */
-	if (bpf_probe_read_user(&block, sizeof(block), (void *)(dtv + module * KSPAN_DTV_ENTRY_SIZE))) {
+	if (bpf_probe_read_user(&block, sizeof(block), (void *)(dtv + module * esz))) {
 		count(KSPAN_C_CTX_FAULT);
 		return 0;
 	}

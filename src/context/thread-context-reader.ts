@@ -156,10 +156,9 @@ export class ThreadContextReader {
     if (!res) return { ...base, scheme: null, reason: 'not-publishing' };
     const described = { ...base, scheme, model: res.model, dynamic: res.dynamic };
     if (!this.#bpfSchemes.has(scheme)) return { ...described, reason: `unsupported: the kernel reader does not walk ${scheme} yet` };
-    if (res.loc.kind === KspanTlsKind.KSPAN_TLS_DTV && res.libc !== 'glibc') {
-      // bpf/thread_ctx.bpf.h walks glibc's DTV (16-byte entries); musl's has 8-byte
-      // entries and kspan_tls_loc has no field to say so yet.
-      return { ...described, reason: `unsupported: dynamic TLS of a ${res.libc} process` };
+    if (res.loc.kind === KspanTlsKind.KSPAN_TLS_DTV && res.libc === 'unknown') {
+      // The DTV layout is the loader's: without one mapped we cannot tell whose.
+      return { ...described, reason: 'unsupported: dynamic TLS without a known libc loader mapped' };
     }
     this.stats.resolved++;
     return { ...described, loc: res.loc };

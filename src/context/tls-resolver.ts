@@ -4,7 +4,8 @@
  * BPF reader needs: a `struct kspan_tls_loc` (bpf/kspan.h).
  *
  *   STATIC: address = fsbase + offset   (local-exec, initial-exec, static TLSDESC)
- *   DTV:    address = dtv[module] + offset, dtv = *(fsbase + 8)   (dlopen'ed)
+ *   DTV:    address = dtv[module] + offset, dtv = *(fsbase + 8)   (dlopen'ed;
+ *           dtv_layout says whose entries: glibc 16 bytes, musl 8)
  *
  * Reads /proc/PID/{maps,exe,map_files,root,mem}; the per-file part (which
  * relocation names the symbol) is cached by file identity, since every process
@@ -132,7 +133,7 @@ export class TlsResolver {
     const plan = via.info.plan;
     const base = { pid, symbol, modulePath: definer.file.path, viaPath: via.file.path, libc };
     if (plan.model === 'local-exec') {
-      return { ...base, model: plan.model, dynamic: false, loc: staticLoc(plan.offset, scheme) };
+      return { ...base, model: plan.model, dynamic: false, loc: staticLoc(plan.offset, scheme, libc) };
     }
 
     const slot = via.bias + plan.slotVaddr;
@@ -141,7 +142,7 @@ export class TlsResolver {
         const off = mem.readS64(slot);
         if (off === 0n) throw notReady(pid, via, 'initial-exec GOT slot');
         if (off > 0n) throw badSlot(pid, via, `initial-exec GOT slot holds a positive TP offset ${off}`);
-        return { ...base, model: plan.model, dynamic: false, loc: staticLoc(off, scheme) };
+        return { ...base, model: plan.model, dynamic: false, loc: staticLoc(off, scheme, libc) };
       }
       if (plan.model === 'tlsdesc') {
         const desc = mem.read(slot, 16);
@@ -150,7 +151,7 @@ export class TlsResolver {
         if (entry === 0n) throw notReady(pid, via, 'TLSDESC descriptor');
         // Variant II: static TLS lies below the thread pointer, so a static
         // argument is a negative offset; a dynamic one is a pointer to tls_index.
-        if (arg < 0n) return { ...base, model: plan.model, dynamic: false, loc: staticLoc(arg, scheme) };
+        if (arg < 0n) return { ...base, model: plan.model, dynamic: false, loc: staticLoc(arg, scheme, libc) };
         const ti = mem.read(Number(arg), 16);
         const module = ti.readBigUInt64LE(0);
         const offset = ti.readBigInt64LE(8);
@@ -158,14 +159,14 @@ export class TlsResolver {
           // glibc < 2.33 filled TLSDESC lazily: arg then points at the relocation.
           throw notReady(pid, via, `TLSDESC argument (module id ${module})`);
         }
-        return { ...base, model: plan.model, dynamic: true, loc: dtvLoc(module, offset, scheme) };
+        return { ...base, model: plan.model, dynamic: true, loc: dtvLoc(module, offset, scheme, libc) };
       }
       const pair = mem.read(slot, 16);
       const module = pair.readBigUInt64LE(0);
       const offset = pair.readBigInt64LE(8);
       if (module === 0n) throw notReady(pid, via, 'general-dynamic GOT pair');
       if (module > BigInt(MAX_TLS_MODULE_ID)) throw badSlot(pid, via, `general-dynamic module id ${module}`);
-      return { ...base, model: plan.model, dynamic: true, loc: dtvLoc(module, offset, scheme) };
+      return { ...base, model: plan.model, dynamic: true, loc: dtvLoc(module, offset, scheme, libc) };
     });
   }
 
@@ -222,12 +223,23 @@ export class TlsResolver {
   }
 }
 
-function staticLoc(offset: number | bigint, scheme: number): KspanTlsLoc {
-  return { kind: KspanTlsKind.KSPAN_TLS_STATIC, offset: BigInt(offset), module: 0n, scheme, dtv_layout: KspanDtvLayout.KSPAN_DTV_GLIBC };
+function staticLoc(offset: number | bigint, scheme: number, libc: LibcFlavor): KspanTlsLoc {
+  return { kind: KspanTlsKind.KSPAN_TLS_STATIC, offset: BigInt(offset), module: 0n, scheme, dtv_layout: dtvLayout(libc) };
 }
 
-function dtvLoc(module: bigint, offset: bigint, scheme: number): KspanTlsLoc {
-  return { kind: KspanTlsKind.KSPAN_TLS_DTV, offset, module, scheme, dtv_layout: KspanDtvLayout.KSPAN_DTV_GLIBC };
+/**
+ * The DTV walk differs by libc: glibc's entries are 16 bytes ({pointer, to_free})
+ * with the length at dtv[-1]; musl's are bare 8-byte pointers with the length at
+ * dtv[0]. 'unknown' (no loader mapped: a static binary) gets glibc's, but the
+ * reader refuses to push such a DTV location (a static binary has no loader to
+ * tell us whose). STATIC locations carry the field too, only for the record.
+ */
+function dtvLoc(module: bigint, offset: bigint, scheme: number, libc: LibcFlavor): KspanTlsLoc {
+  return { kind: KspanTlsKind.KSPAN_TLS_DTV, offset, module, scheme, dtv_layout: dtvLayout(libc) };
+}
+
+function dtvLayout(libc: LibcFlavor): number {
+  return libc === 'musl' ? KspanDtvLayout.KSPAN_DTV_MUSL : KspanDtvLayout.KSPAN_DTV_GLIBC;
 }
 
 function notReady(pid: number, m: Module, what: string): TlsResolveError {

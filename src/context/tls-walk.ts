@@ -4,7 +4,7 @@
  * of its TLS variable, through /proc/PID/mem. Used by tests (to check a
  * resolution against the address a thread printed) and for debugging a target.
  */
-import { KspanTlsKind, type KspanTlsLoc } from '../generated/records.ts';
+import { KspanDtvLayout, KspanTlsKind, type KspanTlsLoc } from '../generated/records.ts';
 import type { ProcessMemory } from './proc-mem.ts';
 
 export interface DtvLayout {
@@ -24,7 +24,12 @@ export type TlsAddress =
   | { ok: true; address: number }
   | { ok: false; why: 'dtv-missing' | 'module-beyond-dtv' | 'block-unallocated' };
 
-export function tlsAddress(mem: ProcessMemory, fsbase: number, loc: KspanTlsLoc, layout: DtvLayout = GLIBC_X86_64_DTV): TlsAddress {
+/** The walk the location's dtv_layout names (as BPF does). */
+export function dtvLayoutOf(loc: KspanTlsLoc): DtvLayout {
+  return loc.dtv_layout === KspanDtvLayout.KSPAN_DTV_MUSL ? MUSL_X86_64_DTV : GLIBC_X86_64_DTV;
+}
+
+export function tlsAddress(mem: ProcessMemory, fsbase: number, loc: KspanTlsLoc, layout: DtvLayout = dtvLayoutOf(loc)): TlsAddress {
   if (loc.kind === KspanTlsKind.KSPAN_TLS_STATIC) return { ok: true, address: fsbase + Number(loc.offset) };
   if (loc.kind !== KspanTlsKind.KSPAN_TLS_DTV) throw new Error(`unknown kspan_tls_loc kind ${loc.kind}`);
   // x86_64 (glibc and musl): the tcb's second word is the dtv pointer.

@@ -89,9 +89,6 @@ function roundSpan(spanId: string, round: number): string {
 for (const variant of TLS_VARIANTS) {
   const musl = variant.exe.startsWith('musl');
   const skip = opts.skip ?? (musl && !HAS_MUSL ? 'musl-gcc not installed' : undefined);
-  // musl's DTV has 8-byte entries: the kernel reader walks glibc's until
-  // kspan_tls_loc can say which (see the reader's reason).
-  const expectContext = !(variant.libc === 'musl' && variant.dynamic);
 
   test(`BPF reads ${variant.name}: every send carries its thread's context of that round`, { skip }, async () => {
     const rounds = 4;
@@ -99,12 +96,7 @@ for (const variant of TLS_VARIANTS) {
     assert.ok(target, 'target described');
     assert.equal(target.scheme, 'otel_thread_ctx_v1');
     assert.equal(target.model, variant.model);
-    if (!expectContext) {
-      assert.equal(target.loc, null);
-      assert.match(target.reason ?? '', /dynamic TLS of a musl process/);
-      assert.ok(records.filter((r) => r.type === 'send').every((r) => r.context === null));
-      return;
-    }
+    assert.equal(target.dynamic, variant.dynamic);
     assert.ok(target.loc, `location pushed (${target.reason})`);
 
     const byTid = new Map(pub.threads.map((t) => [t.tid, t]));

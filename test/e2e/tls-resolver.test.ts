@@ -8,9 +8,9 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { KspanTlsKind } from '../../src/generated/records.ts';
+import { KspanDtvLayout, KspanTlsKind } from '../../src/generated/records.ts';
 import { TlsResolver, TlsResolveError } from '../../src/context/tls-resolver.ts';
-import { tlsAddress, GLIBC_X86_64_DTV, MUSL_X86_64_DTV } from '../../src/context/tls-walk.ts';
+import { tlsAddress } from '../../src/context/tls-walk.ts';
 import { withProcessMemory } from '../../src/context/proc-mem.ts';
 import { TLS_VARIANTS, HAS_MUSL, buildTlsFixtures, startPublisher } from '../helpers/tls-fixtures.ts';
 import { ThreadContextReader, targetEvent, type TargetContext } from '../../src/context/thread-context-reader.ts';
@@ -32,12 +32,13 @@ for (const variant of TLS_VARIANTS) {
       assert.equal(res.dynamic, variant.dynamic);
       assert.equal(res.loc.kind, variant.dynamic ? KspanTlsKind.KSPAN_TLS_DTV : KspanTlsKind.KSPAN_TLS_STATIC);
       assert.equal(res.libc, variant.libc);
-      const layout = variant.libc === 'musl' ? MUSL_X86_64_DTV : GLIBC_X86_64_DTV;
+      // The walk below follows the location's own dtv_layout, as BPF does.
+      assert.equal(res.loc.dtv_layout, variant.libc === 'musl' ? KspanDtvLayout.KSPAN_DTV_MUSL : KspanDtvLayout.KSPAN_DTV_GLIBC);
 
       assert.equal(pub.threads.length, 3);
       withProcessMemory(pub.pid, (mem) => {
         for (const t of pub.threads) {
-          const at = tlsAddress(mem, t.fsbase, res.loc, layout);
+          const at = tlsAddress(mem, t.fsbase, res.loc);
           assert.deepEqual(at, { ok: true, address: t.addr }, `thread ${t.index}`);
           assert.equal(Number(mem.readU64(t.addr)), t.record, `thread ${t.index}: the stored pointer`);
           const rec = mem.read(t.record, 28);
@@ -48,7 +49,7 @@ for (const variant of TLS_VARIANTS) {
           assert.equal(rec.readUInt16LE(26), 4, 'attrs_size');
         }
         // The thread that never touched its TLS: no context, and no wrong one.
-        const idle = tlsAddress(mem, pub.idle.fsbase, res.loc, layout);
+        const idle = tlsAddress(mem, pub.idle.fsbase, res.loc);
         if (variant.idle === 'null-pointer') {
           assert.equal(idle.ok, true);
           assert.equal(idle.ok && mem.readU64(idle.address), 0n, 'idle thread: NULL pointer');
