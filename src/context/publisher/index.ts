@@ -88,7 +88,7 @@ class PublisherImpl implements Publisher {
     this.#warn = options.warn ?? ((m) => process.emitWarning(m, { code: WARNING_CODE }));
     this.#publishProcessContext = (options.processContext ?? true) && isMainThread;
     const loaded = loadThreadContextWriter(options.attributeKeys ?? []);
-    const base = { contexts: 0, createFailures: 0, invalidated: 0, managers: 0 };
+    const base = { contexts: 0, createFailures: 0, invalidated: 0, managers: 0, calls: 0, switches: 0 };
     if (!loaded.ok) {
       this.reason = loaded.reason;
       this.stats = { ...base, processContextPublished: 0, processContextFailures: 0 };

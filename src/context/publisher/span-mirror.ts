@@ -16,7 +16,7 @@
  * cached on the span; span.end() invalidates its record (valid = 0), so frames that
  * still hold it stop reporting a finished span.
  */
-import { isSpanContextValid, trace, type Context, type ContextManager, type Span } from '@opentelemetry/api';
+import { trace, type Context, type ContextManager, type Span } from '@opentelemetry/api';
 import type { ThreadContext, ThreadContextWriter } from './pprof-writer.ts';
 
 const kThreadContext = Symbol.for('kspan.publisher.threadContext');
@@ -32,6 +32,9 @@ export interface MirrorStats {
   invalidated: number;
   /** Context managers wrapped. */
   managers: number;
+  /** with()/attach() calls seen, and how many of them switched the writer's store. */
+  calls: number;
+  switches: number;
 }
 
 type SpanWithCache = Span & { [kThreadContext]?: ThreadContext | null; resource?: unknown; ended?: boolean };
@@ -41,7 +44,7 @@ interface TokenLike {
 }
 
 export class SpanMirror {
-  readonly stats: MirrorStats = { contexts: 0, createFailures: 0, invalidated: 0, managers: 0 };
+  readonly stats: MirrorStats = { contexts: 0, createFailures: 0, invalidated: 0, managers: 0, calls: 0, switches: 0 };
   readonly #writer: ThreadContextWriter;
   readonly #onResource: (resource: unknown) => void;
   /** Spans that cannot carry a property (frozen): their contexts live here. */
@@ -95,11 +98,14 @@ export class SpanMirror {
     const mirror = this;
     const writer = this.#writer;
     const originalWith = m.with;
+    const stats = this.stats;
     // Plain function (not arrow): keeps `this` and `arguments` as the caller passed them.
     m.with = function kspanMirroredWith(this: ContextManager, ctx: Context) {
+      stats.calls++;
       const tc = mirror.contextFor(ctx);
       const prior = writer.getContext();
       if (tc === prior) return originalWith.apply(this, arguments as never);
+      stats.switches++;
       if (tc) tc.enter();
       else writer.clearContext();
       try {
@@ -113,6 +119,7 @@ export class SpanMirror {
     const originalAttach = m.attach;
     if (typeof originalAttach === 'function') {
       m.attach = function kspanMirroredAttach(this: ContextManager, ctx: Context): TokenLike {
+        stats.calls++;
         const prior = writer.getContext();
         const token = originalAttach.call(this, ctx);
         const tc = mirror.contextFor(ctx);
@@ -144,9 +151,11 @@ export class SpanMirror {
     let tc: ThreadContext | null = null;
     const sc = span.spanContext();
     // Remote parents are another service's spans; an ended span has nothing to publish.
-    if (isSpanContextValid(sc) && !sc.isRemote && span.ended !== true) {
+    if (validIds(sc.traceId, sc.spanId) && !sc.isRemote && span.ended !== true) {
       try {
-        tc = new this.#writer.ThreadContext(hexBytes(sc.traceId), hexBytes(sc.spanId), sc.traceFlags & 0xff);
+        hexInto(sc.traceId, ID_TRACE);
+        hexInto(sc.spanId, ID_SPAN);
+        tc = new this.#writer.ThreadContext(ID_TRACE, ID_SPAN, sc.traceFlags & 0xff);
         this.stats.contexts++;
         this.#hookEnd(span);
       } catch {
@@ -155,7 +164,8 @@ export class SpanMirror {
       }
     }
     if (Object.isExtensible(span)) {
-      Object.defineProperty(span, kThreadContext, { value: tc, writable: true, configurable: true });
+      // A plain symbol-keyed property: invisible to JSON and Object.keys, and cheap.
+      span[kThreadContext] = tc;
     } else {
       this.#sideTable.set(span, tc);
     }
@@ -178,15 +188,39 @@ export class SpanMirror {
   }
 }
 
+const INVALID_TRACE_ID = '0'.repeat(32);
+const INVALID_SPAN_ID = '0'.repeat(16);
+
+/**
+ * isSpanContextValid without its regexes (they cost more than the rest of the
+ * check): ids come from the SDK's generator or a propagator that validated them.
+ */
+function validIds(traceId: string, spanId: string): boolean {
+  return traceId.length === 32 && spanId.length === 16 && traceId !== INVALID_TRACE_ID && spanId !== INVALID_SPAN_ID;
+}
+
 const HEX = new Uint8Array(128).fill(255);
 for (let i = 0; i < 10; i++) HEX[48 + i] = i;
 for (let i = 0; i < 6; i++) HEX[97 + i] = HEX[65 + i] = 10 + i;
 
-/** Hex id → bytes, without Buffer pooling surprises (the writer copies them). */
-export function hexBytes(hex: string): Uint8Array {
-  const out = new Uint8Array(hex.length >> 1);
+/**
+ * Scratch ids handed to the writer, which copies them at once. Views of an
+ * explicit ArrayBuffer: its backing store is already off the V8 heap, so the
+ * addon's Buffer()/GetBackingStore() does not have to move a small on-heap
+ * typed array out first (that cost more than the rest of the constructor).
+ */
+const ID_SCRATCH = new ArrayBuffer(24);
+const ID_TRACE = new Uint8Array(ID_SCRATCH, 0, 16);
+const ID_SPAN = new Uint8Array(ID_SCRATCH, 16, 8);
+
+export function hexInto(hex: string, out: Uint8Array): Uint8Array {
   for (let i = 0; i < out.length; i++) {
     out[i] = (HEX[hex.charCodeAt(2 * i) & 127] << 4) | HEX[hex.charCodeAt(2 * i + 1) & 127];
   }
   return out;
+}
+
+/** Hex id → bytes. */
+export function hexBytes(hex: string): Uint8Array {
+  return hexInto(hex, new Uint8Array(hex.length >> 1));
 }
