@@ -1,13 +1,16 @@
 /**
  * The OTEP 4719 reader against real processes: a publisher (memfd, and named
- * anonymous mappings where the kernel can name them), one with only
+ * anonymous mappings, or their memfd fallback where the kernel cannot name
+ * them), one with only
  * OTEL_SERVICE_NAME in its environment, one with neither; and a publisher that
  * republishes as fast as it can, to check header/payload consistency.
  */
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { readProcessContext } from '../../src/context/process-context.ts';
-import { buildProcessContextPublisher, EXIT_NO_ANON_VMA_NAME } from '../helpers/process-context-fixtures.ts';
+import { readFileSync } from 'node:fs';
+import { constants } from 'node:os';
+import { buildProcessContextPublisher, kernelNamesAnonMappings } from '../helpers/process-context-fixtures.ts';
 import { startFixtureProcess } from '../helpers/fixture-process.ts';
 
 let exe: string;
@@ -47,23 +50,37 @@ test('memfd publisher: the published Resource and threadlocal keys', async () =>
   }
 });
 
-for (const mode of ['anon', 'anon-shmem']) {
-  test(`${mode} publisher (named anonymous mapping)`, async (t) => {
-    let p;
+// Runs on every kernel: where anonymous mappings can be named the named mapping
+// is read; where they cannot (CONFIG_ANON_VMA_NAME off), prctl must fail with
+// EINVAL and the publisher's memfd fallback must be read instead.
+const canNameAnon = kernelNamesAnonMappings();
+for (const mode of ['anon', 'anon-shmem'] as const) {
+  const named = mode === 'anon' ? '[anon:OTEL_CTX]' : '[anon_shmem:OTEL_CTX]';
+  test(`${mode} publisher: ${named} where the kernel names anonymous mappings, else the memfd fallback`, async () => {
+    const p = await startFixtureProcess(exe, ['--mode', mode, '--service', `svc-${mode}`, '--schema', 'tlsdesc_v1_dev'], { env: BASE_ENV });
     try {
-      p = await startFixtureProcess(exe, ['--mode', mode, '--service', `svc-${mode}`, '--schema', 'tlsdesc_v1_dev'], { env: BASE_ENV });
-    } catch (err) {
-      if ((err as { exitCode?: number }).exitCode === EXIT_NO_ANON_VMA_NAME) {
-        t.skip('this kernel cannot name anonymous mappings (CONFIG_ANON_VMA_NAME off)');
-        return;
+      const report = p.lines.find((l) => l.startsWith('anon-name '));
+      assert.ok(report, `the publisher reports what prctl said: ${p.lines.join(' | ')}`);
+      const namedOk = report === 'anon-name ok';
+      if (canNameAnon !== undefined) assert.equal(namedOk, canNameAnon, `prctl agrees with the kernel config (CONFIG_ANON_VMA_NAME ${canNameAnon ? 'on' : 'off'})`);
+      const maps = readFileSync(`/proc/${p.pid}/maps`, 'latin1');
+      const otelCtx = maps.split('\n').filter((l) => l.includes('OTEL_CTX'));
+      if (namedOk) {
+        assert.equal(otelCtx.length, 1, otelCtx.join('\n'));
+        assert.ok(otelCtx[0].includes(named), otelCtx[0]);
+      } else {
+        assert.equal(report, `anon-name errno ${constants.errno.EINVAL}`);
+        assert.ok(p.lines.includes('fallback memfd'));
+        assert.equal(otelCtx.length, 1, otelCtx.join('\n'));
+        assert.match(otelCtx[0], /\/memfd:OTEL_CTX \(deleted\)$/);
       }
-      throw err;
-    }
-    try {
-      const ctx = readProcessContext(p.pid);
+      const ctx = readProcessContext(p.pid, { hostName: 'h' });
       assert.equal(ctx.source, 'process-context');
+      assert.equal(ctx.problem, undefined);
       assert.equal(ctx.resource['service.name'], `svc-${mode}`);
+      assert.equal(ctx.resource['service.version'], '1.2.3');
       assert.equal(ctx.threadLocal?.scheme, 'otel_thread_ctx_v1');
+      assert.deepEqual(ctx.threadLocal?.keyMap, ['http.route', 'user.id']);
     } finally {
       await p.stop();
     }

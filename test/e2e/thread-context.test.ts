@@ -12,7 +12,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { KernelRecord } from '../../src/records.ts';
 import { TcpTracer } from '../../src/tcp-tracer.ts';
 import { ThreadContextReader, encodeTlsLocValue, tlsLocKey, type TargetContext } from '../../src/context/thread-context-reader.ts';
-import { TLS_VARIANTS, HAS_MUSL, buildTlsFixtures, startPublisher, type TlsVariant, type RunningPublisher } from '../helpers/tls-fixtures.ts';
+import { TLS_VARIANTS, variantOptions, buildTlsFixtures, startPublisher, type TlsVariant, type RunningPublisher } from '../helpers/tls-fixtures.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 
 const opts = e2eOptions();
@@ -87,8 +87,7 @@ function roundSpan(spanId: string, round: number): string {
 }
 
 for (const variant of TLS_VARIANTS) {
-  const musl = variant.exe.startsWith('musl');
-  const skip = opts.skip ?? (musl && !HAS_MUSL ? 'musl-gcc not installed' : undefined);
+  const skip = opts.skip ?? variantOptions(variant).skip;
 
   test(`BPF reads ${variant.name}: every send carries its thread's context of that round`, { skip }, async () => {
     const rounds = 4;

@@ -12,7 +12,7 @@ import { KspanDtvLayout, KspanTlsKind } from '../../src/generated/records.ts';
 import { TlsResolver, TlsResolveError } from '../../src/context/tls-resolver.ts';
 import { tlsAddress } from '../../src/context/tls-walk.ts';
 import { withProcessMemory } from '../../src/context/proc-mem.ts';
-import { TLS_VARIANTS, HAS_MUSL, buildTlsFixtures, startPublisher } from '../helpers/tls-fixtures.ts';
+import { TLS_VARIANTS, buildTlsFixtures, startPublisher, variantOptions } from '../helpers/tls-fixtures.ts';
 import { ThreadContextReader, targetEvent, type TargetContext } from '../../src/context/thread-context-reader.ts';
 import type { KspanTlsLoc } from '../../src/generated/records.ts';
 
@@ -22,8 +22,7 @@ before(() => {
 });
 
 for (const variant of TLS_VARIANTS) {
-  const skip = variant.exe.startsWith('musl') && !HAS_MUSL ? 'musl-gcc not installed' : false;
-  test(`resolves ${variant.name}: every thread's address, pointer and record`, { skip }, async () => {
+  test(`resolves ${variant.name}: every thread's address, pointer and record`, variantOptions(variant), async () => {
     const pub = await startPublisher(dir, variant, { threads: 3 });
     try {
       const res = new TlsResolver().resolve(pub.pid);

@@ -58,7 +58,7 @@ function toolVersion(tool: string): string {
   return v;
 }
 
-/** Is the program on PATH? For skipping fixtures that need e.g. musl-gcc. */
+/** Is the program on PATH? (musl-gcc builds the musl fixtures.) */
 export function hasTool(tool: string): boolean {
   try {
     execFileSync('sh', ['-c', `command -v ${JSON.stringify(tool)}`], { stdio: 'ignore' });
@@ -66,6 +66,20 @@ export function hasTool(tool: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** Tests must run in CI: KSPAN_REQUIRE_BPF=1 turns every would-be skip into a failure. */
+export const REQUIRE_ALL = process.env.KSPAN_REQUIRE_BPF === '1';
+
+/**
+ * Options for a test that needs an optional tool (musl-gcc): a skip where it
+ * is missing locally, a thrown error under KSPAN_REQUIRE_BPF=1, where
+ * scripts/setup.sh installed it and a missing tool means a broken set-up.
+ */
+export function toolOptions(tool: string, pkg: string): { skip?: string } {
+  if (hasTool(tool)) return {};
+  if (REQUIRE_ALL) throw new Error(`${tool} is required here (KSPAN_REQUIRE_BPF=1): install ${pkg} (scripts/setup.sh does)`);
+  return { skip: `${tool} not installed (apt-get install ${pkg})` };
 }
 
 /** Builds (or reuses) the fixture and returns its output directory. */

@@ -1,5 +1,8 @@
 /** The OTEP 4719 publisher fixture (test/fixtures/process-context/). */
+import { readFileSync } from 'node:fs';
+import { release } from 'node:os';
 import { join } from 'node:path';
+import { gunzipSync } from 'node:zlib';
 import { buildFixture } from './build-fixture.ts';
 
 export function buildProcessContextPublisher(): string {
@@ -16,5 +19,22 @@ export function buildProcessContextPublisher(): string {
   return join(dir, 'otel_ctx_publisher');
 }
 
-/** Exit status of the publisher when the kernel cannot name anonymous mappings (no CONFIG_ANON_VMA_NAME). */
-export const EXIT_NO_ANON_VMA_NAME = 3;
+/**
+ * Whether the running kernel can name anonymous mappings (CONFIG_ANON_VMA_NAME),
+ * from its build configuration (/proc/config.gz, else /boot/config-<release>):
+ * a source independent of the fixture, which only reports what prctl said.
+ * Undefined when neither file is readable.
+ */
+export function kernelNamesAnonMappings(): boolean | undefined {
+  let config: string | undefined;
+  try {
+    config = gunzipSync(readFileSync('/proc/config.gz')).toString('latin1');
+  } catch {
+    try {
+      config = readFileSync(`/boot/config-${release()}`, 'latin1');
+    } catch {
+      return undefined;
+    }
+  }
+  return /^CONFIG_ANON_VMA_NAME=y$/m.test(config);
+}

@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { buildFixture, hasTool } from './build-fixture.ts';
+import { REQUIRE_ALL, buildFixture, hasTool, toolOptions } from './build-fixture.ts';
 
 const SRC = 'test/fixtures/tls';
 const WRITER = `${SRC}/otel_ctx_writer.c`;
@@ -62,10 +62,18 @@ export const TLS_VARIANTS: TlsVariant[] = [
 
 export const HAS_MUSL = hasTool('musl-gcc');
 
+/** Test options for a variant: the musl ones need musl-gcc (a failure, not a skip, in CI). */
+export function variantOptions(variant: Pick<TlsVariant, 'exe'>): { skip?: string } {
+  return variant.exe.startsWith('musl') ? toolOptions('musl-gcc', 'musl-tools') : {};
+}
+
 const EXPORT = '-Wl,--export-dynamic-symbol=otel_thread_ctx_v1';
 const RPATH = '-Wl,-rpath,$ORIGIN';
 
-/** Builds every glibc variant (and the musl ones when musl-gcc is there); returns the directory. */
+/**
+ * Builds every glibc variant, and the musl ones when musl-gcc is there (always
+ * under KSPAN_REQUIRE_BPF=1, so a missing musl-gcc fails); returns the directory.
+ */
 export function buildTlsFixtures(): string {
   const lib = (out: string, flags: string[], cc = 'gcc') => ({
     out,
@@ -86,7 +94,7 @@ export function buildTlsFixtures(): string {
     lib('libotel_desc_big.so', ['-mtls-dialect=gnu2', '-DOTEL_BIG_TLS']),
     exe('dl', ['-DOTEL_DLOPEN_ONLY', '-ldl']),
   ];
-  if (HAS_MUSL) {
+  if (HAS_MUSL || REQUIRE_ALL) {
     steps.push(
       exe('musl_static', ['-static', EXPORT, '{otel_ctx_writer.c}'], 'musl-gcc'),
       exe('musl_pie', ['-pie', '-fPIE', EXPORT, '{otel_ctx_writer.c}'], 'musl-gcc'),

@@ -10,7 +10,8 @@ import { readElfFile } from '../../src/elf/elf-file.ts';
 import { moduleTlsInfo, localExecOffset } from '../../src/context/tls-access.ts';
 import { parseProcMaps, mappedFiles, loadBias } from '../../src/context/proc-maps.ts';
 import { libcFlavor } from '../../src/context/tls-resolver.ts';
-import { buildTlsFixtures, HAS_MUSL } from '../helpers/tls-fixtures.ts';
+import { buildTlsFixtures } from '../helpers/tls-fixtures.ts';
+import { toolOptions } from '../helpers/build-fixture.ts';
 
 const SYM = 'otel_thread_ctx_v1';
 let dir: string;
@@ -55,7 +56,7 @@ test('an executable importing the symbol carries no definition; a module without
   assert.deepEqual([libc.defines, libc.plan], [undefined, undefined]);
 });
 
-test('static musl binary: found through .symtab when .dynsym is absent', { skip: !HAS_MUSL && 'no musl-gcc' }, () => {
+test('static musl binary: found through .symtab when .dynsym is absent', toolOptions('musl-gcc', 'musl-tools'), () => {
   const elf = readElfFile(join(dir, 'musl_static'));
   assert.equal(elf.sectionHeader('.dynsym'), undefined);
   assert.equal(moduleTlsInfo(elf, SYM, { executable: true }).plan, undefined); // dynsymOnly by default
