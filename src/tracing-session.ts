@@ -24,7 +24,18 @@ export interface TracingSessionOptions {
   onDecodeError?: (err: unknown) => void;
   /** A target that could not be examined (it stays traced, without context). */
   onTargetError?: (pid: number, err: unknown) => void;
+  /** A target exited (noticed on the refresh timer); it is no longer traced. */
+  onTargetExit?: (pid: number) => void;
   refreshMs?: number;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 export class TracingSession {
@@ -73,10 +84,20 @@ export class TracingSession {
 
   start(): void {
     this.tracer.start();
-    this.#timer = setInterval(() => {
-      for (const pid of this.tracer.pids) this.#track(pid);
-    }, this.#opts.refreshMs ?? 2000);
+    this.#timer = setInterval(() => this.refresh(), this.#opts.refreshMs ?? 2000);
     this.#timer.unref();
+  }
+
+  /** Re-checks every target: context location, Resource, and whether it still runs. */
+  refresh(): void {
+    for (const pid of this.tracer.pids) {
+      if (!alive(pid)) {
+        this.removePid(pid);
+        this.#opts.onTargetExit?.(pid);
+        continue;
+      }
+      this.#track(pid);
+    }
   }
 
   /** Loss and fault counters of the kernel side and of context resolution. */

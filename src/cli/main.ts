@@ -12,8 +12,32 @@ commands:
   doctor [--json]                         check that kspan can run here; exit 0 when it can
   events --pid PID [--pid PID ...]        print kernel TCP records as JSON lines
          [--duration SECONDS] [--io-hooks auto|sock_length|syscalls]
+  run --pid PID [--pid PID ...]           the agent: kernel spans under the targets' spans, over OTLP
+      [--duration SECONDS] [--otlp-endpoint URL] [--otlp-protocol grpc|http/protobuf]
+      [--console] [--orphans] [--log-level LEVEL] [--io-hooks ...]
+  record --pid PID [...] -o FILE          write the kernel records to FILE (msgpack)
+         [--duration SECONDS] [--io-hooks ...]
+  replay FILE [--otlp-endpoint URL | --console] [--orphans]
+                                          feed a recording through the correlator and exporter
+  demo [--duration SECONDS] [--otlp-endpoint URL]
+                                          example services, traced, with a lossy path; trees on the terminal
 
 run 'kspan <command> --help' for a command's options; see README.md`;
+
+/** --log-level LEVEL (any command): pino's levels; default KSPAN_LOG_LEVEL or info. */
+function logLevel(args: string[]): string | undefined {
+  const i = args.indexOf('--log-level');
+  return i >= 0 ? args[i + 1] : args.find((a) => a.startsWith('--log-level='))?.slice('--log-level='.length);
+}
+
+function withoutLogLevel(args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    if (args[i] === '--log-level') i++;
+    else if (!args[i].startsWith('--log-level=')) out.push(args[i]);
+  }
+  return out;
+}
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
@@ -27,7 +51,23 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'events': {
       const { eventsCommand } = await import('./events.ts');
-      return eventsCommand(rest, createLogger());
+      return eventsCommand(withoutLogLevel(rest), createLogger(logLevel(rest)));
+    }
+    case 'run': {
+      const { runCommand } = await import('./run.ts');
+      return runCommand(withoutLogLevel(rest), createLogger(logLevel(rest)));
+    }
+    case 'record': {
+      const { recordCommand } = await import('./record.ts');
+      return recordCommand(withoutLogLevel(rest), createLogger(logLevel(rest)));
+    }
+    case 'replay': {
+      const { replayCommand } = await import('./replay.ts');
+      return replayCommand(withoutLogLevel(rest), createLogger(logLevel(rest)));
+    }
+    case 'demo': {
+      const { demoCommand } = await import('./demo.ts');
+      return demoCommand(withoutLogLevel(rest), createLogger(logLevel(rest) ?? 'warn'));
     }
     case undefined:
     case '-h':

@@ -4,7 +4,9 @@
  * they came out of the ring buffer. bigint fields (times, cookies) stay bigint.
  *
  *   header: { format: 'kspan-records', version: 1, kernel_release, clock_offset_ns,
- *             started_at (ISO 8601), pids?, hostname? }
+ *             started_at (ISO 8601), pids?, hostname?, resources? }
+ *   resources: the targets' Resource attributes by pid, so a replay exports
+ *   under the same service names.
  *
  * Pure over streams: the caller opens files.
  */
@@ -26,6 +28,8 @@ export interface RecordFileHeader {
   startedAt: string;
   pids?: number[];
   hostname?: string;
+  /** Resource attributes per target pid (decimal string keys). */
+  resources?: Record<string, Record<string, unknown>>;
 }
 
 interface HeaderOnDisk {
@@ -36,6 +40,7 @@ interface HeaderOnDisk {
   started_at: string;
   pids?: number[];
   hostname?: string;
+  resources?: Record<string, Record<string, unknown>>;
 }
 
 const RECORD_TYPES = new Set<RecordType>(['accept', 'connect', 'send', 'recv', 'retransmit', 'reset', 'close']);
@@ -56,6 +61,7 @@ export class RecordFileWriter {
     };
     if (header.pids) h.pids = header.pids;
     if (header.hostname) h.hostname = header.hostname;
+    if (header.resources) h.resources = header.resources;
     out.write(this.#packr.pack(h));
   }
 
@@ -196,6 +202,7 @@ function parseHeader(v: unknown): RecordFileHeader {
   };
   if (Array.isArray(h.pids)) header.pids = h.pids.map(Number);
   if (typeof h.hostname === 'string') header.hostname = h.hostname;
+  if (h.resources && typeof h.resources === 'object') header.resources = h.resources;
   return header;
 }
 

@@ -1,0 +1,1 @@
+export async function demoCommand(): Promise<number> { return 2; }

@@ -1,0 +1,42 @@
+/**
+ * `kspan replay FILE`: a recording through the same correlator, span builder
+ * and exporter as `kspan run`, on the recording's own clock; waits for the
+ * exporter rather than dropping.
+ */
+import { createReadStream } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { KspanError } from '../errors.ts';
+import type { Logger } from '../logger.ts';
+import { resolveExportTarget } from '../spans/export-pipeline.ts';
+import { RecordFileReader } from '../spans/record-file.ts';
+import { SpanPipeline } from '../spans/span-pipeline.ts';
+import { TargetResources } from '../target-resources.ts';
+
+export async function replayCommand(args: string[], log: Logger): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      'otlp-endpoint': { type: 'string' },
+      'otlp-protocol': { type: 'string' },
+      console: { type: 'boolean', default: false },
+      orphans: { type: 'boolean', default: false },
+    },
+  });
+  if (positionals.length !== 1) throw new KspanError('KSPAN_ERR_USAGE', 'give exactly one recording: kspan replay FILE');
+  const reader = await RecordFileReader.open(createReadStream(positionals[0]));
+  const recorded = reader.header.resources ?? {};
+  const resources = new TargetResources((pid) => recorded[String(pid)] ?? { 'service.name': 'unknown_service', 'process.pid': pid });
+  const pipeline = new SpanPipeline({
+    mode: 'replay',
+    resourceFor: (pid) => resources.resourceFor(pid),
+    clockOffsetNs: reader.header.clockOffsetNs,
+    target: resolveExportTarget({ endpoint: values['otlp-endpoint'], protocol: values['otlp-protocol'], console: values.console }),
+    orphans: values.orphans,
+    logger: log,
+  });
+  await pipeline.replay(reader);
+  await pipeline.shutdown();
+  log.info({ records: reader.count, kernel: reader.header.kernelRelease, spans: pipeline.stats() }, 'replayed');
+  return 0;
+}

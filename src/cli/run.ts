@@ -1,0 +1,119 @@
+/**
+ * `kspan run`: the agent. Kernel records of the selected processes → socket
+ * correlator → kernel spans under the targets' own spans → OTLP (or, with no
+ * endpoint configured, trees on the terminal). Stops after --duration or on
+ * SIGINT/SIGTERM: flushes the kernel's open aggregates, ends every open span,
+ * drains the export queue, then exits 0.
+ */
+import { parseArgs } from 'node:util';
+import { KernelClock } from '../clock.ts';
+import { setLibbpfLogSink } from '../loader/libbpf-log.ts';
+import type { Logger } from '../logger.ts';
+import { resolveExportTarget } from '../spans/export-pipeline.ts';
+import { SpanPipeline } from '../spans/span-pipeline.ts';
+import { TargetResources } from '../target-resources.ts';
+import { TracingSession } from '../tracing-session.ts';
+import { parseDuration, parseIoHooks, parsePids, waitForStop } from './options.ts';
+
+export const RUN_OPTIONS = {
+  pid: { type: 'string', multiple: true },
+  duration: { type: 'string' },
+  orphans: { type: 'boolean', default: false },
+  'otlp-endpoint': { type: 'string' },
+  'otlp-protocol': { type: 'string' },
+  console: { type: 'boolean', default: false },
+  'io-hooks': { type: 'string', default: 'auto' },
+  'idle-flush-ms': { type: 'string', default: '500' },
+} as const;
+
+/** How often the kernel is asked to close idle aggregates, and the clock offset re-measured. */
+const IDLE_FLUSH_TICK_MS = 250;
+const CLOCK_REFRESH_MS = 60_000;
+
+export interface AgentHandle {
+  session: TracingSession;
+  pipeline: SpanPipeline;
+  stop(): Promise<void>;
+}
+
+export interface AgentOptions {
+  pids: number[];
+  orphans?: boolean;
+  otlpEndpoint?: string;
+  otlpProtocol?: string;
+  console?: boolean;
+  ioHooks?: string;
+  idleFlushMs?: number;
+}
+
+/** Starts the agent on `pids`; `stop()` flushes everything and resolves when exported. */
+export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
+  setLibbpfLogSink((level, line) => log[level === 'warn' ? 'warn' : 'debug']({ libbpf: line }));
+  const clock = new KernelClock();
+  const target = resolveExportTarget({ endpoint: opts.otlpEndpoint, protocol: opts.otlpProtocol, console: opts.console });
+  let session: TracingSession | undefined;
+  const resources = new TargetResources((pid) => session?.reader.target(pid)?.process.resource);
+  const pipeline = new SpanPipeline({
+    resourceFor: (pid) => resources.resourceFor(pid),
+    clockOffsetNs: () => clock.offsetNs,
+    target,
+    orphans: opts.orphans,
+    logger: log,
+  });
+  session = TracingSession.open({
+    ioPath: parseIoHooks(opts.ioHooks),
+    onRecord: (r) => pipeline.push(r),
+    onTarget: (t) => {
+      resources.set(t.pid, t.process.resource);
+      log.info({ pid: t.pid, scheme: t.scheme ?? 'none', model: t.model, reason: t.reason, service: t.process.resource['service.name'] }, 'target');
+    },
+    onTargetExit: (pid) => {
+      log.info({ pid }, 'target exited');
+      pipeline.processExited(pid);
+    },
+    onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
+    onTargetError: (pid, err) => log.warn({ pid, err }, 'cannot read the target\'s trace context; tracing it without'),
+  });
+  for (const pid of opts.pids) session.addPid(pid);
+  session.start();
+  const idleNs = BigInt(Math.round((opts.idleFlushMs ?? 500) * 1e6));
+  const idleTimer = setInterval(() => session!.tracer.flushIdle(idleNs), IDLE_FLUSH_TICK_MS);
+  const clockTimer = setInterval(() => clock.refresh(), CLOCK_REFRESH_MS);
+  log.info({ pids: opts.pids, ioPath: session.ioPath, export: target }, 'tracing');
+
+  let stopping: Promise<void> | undefined;
+  const stop = () =>
+    (stopping ??= (async () => {
+      clearInterval(idleTimer);
+      clearInterval(clockTimer);
+      await session!.stop((r) => pipeline.push(r));
+      await pipeline.shutdown();
+      const counters = session!.counters();
+      const stats = pipeline.stats();
+      const lost = counters.KSPAN_C_RINGBUF_FULL + counters.KSPAN_C_SOCK_TABLE_FULL + counters.decode_errors +
+        stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown;
+      log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats }, lost ? 'stopped; data was lost' : 'stopped');
+    })());
+  return { session, pipeline, stop };
+}
+
+export async function runCommand(args: string[], log: Logger): Promise<number> {
+  const { values } = parseArgs({ args, options: RUN_OPTIONS });
+  const agent = startAgent(
+    {
+      pids: parsePids(values.pid),
+      orphans: values.orphans,
+      otlpEndpoint: values['otlp-endpoint'],
+      otlpProtocol: values['otlp-protocol'],
+      console: values.console,
+      ioHooks: values['io-hooks'],
+      idleFlushMs: Number(values['idle-flush-ms']),
+    },
+    log,
+  );
+  const duration = parseDuration(values.duration);
+  const why = await waitForStop(duration);
+  log.info({ why }, 'stopping');
+  await agent.stop();
+  return 0;
+}
