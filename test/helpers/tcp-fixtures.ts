@@ -35,3 +35,33 @@ export function startClient(group: ProcessGroup, args: string[], netns?: string)
   const bin = join(tcpFixtureDir(), 'client');
   return netns ? group.start('ip', ['netns', 'exec', netns, bin, ...args]) : group.start(bin, args);
 }
+
+let tracedDir: string | undefined;
+
+/** The traced server (test/fixtures/tcp/traced_server.c): publishes otel_thread_ctx_v1 per request. */
+export function tracedServerPath(): string {
+  tracedDir ??= buildFixture({
+    name: 'traced-server',
+    sources: ['test/fixtures/tcp/traced_server.c', 'test/fixtures/tls/otel_ctx_writer.c'],
+    steps: [
+      {
+        out: 'traced_server',
+        cmd: ['gcc', '-O2', '-Wall', '-rdynamic', '{traced_server.c}', '{otel_ctx_writer.c}', '-o', 'traced_server'],
+      },
+    ],
+  });
+  return join(tracedDir, 'traced_server');
+}
+
+export interface AppSpan {
+  traceId: string;
+  spanId: string;
+  parentId: string;
+  startNs: bigint;
+  endNs: bigint;
+}
+
+export function parseAppSpan(line: string): AppSpan | undefined {
+  const m = /^span ([0-9a-f]{32}) ([0-9a-f]{16}) ([0-9a-f]{16}) (\d+) (\d+)$/.exec(line);
+  return m ? { traceId: m[1], spanId: m[2], parentId: m[3], startNs: BigInt(m[4]), endNs: BigInt(m[5]) } : undefined;
+}

@@ -1,0 +1,118 @@
+/**
+ * `kspan run` end to end: a traced native server (publishing otel_thread_ctx_v1
+ * per request), a client sending W3C traceparents, the real kernel, and an OTLP
+ * gRPC receiver decoding what arrives. Every request's server span gets tcp.recv
+ * and tcp.send children with the exact byte counts, its trace id and parent, and
+ * the server's Resource.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { connect, type Socket } from 'node:net';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
+import { OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
+import { ProcessGroup } from '../helpers/processes.ts';
+import { e2eOptions } from '../helpers/require-bpf.ts';
+import { parseAppSpan, tracedServerPath, type AppSpan } from '../helpers/tcp-fixtures.ts';
+
+const REQ = 300;
+const RESP = 20_000;
+
+/** Sends `n` requests with fresh traceparents on one connection; returns the traceparents. */
+async function drive(port: number, n: number): Promise<string[]> {
+  const sock: Socket = connect(port, '127.0.0.1');
+  await new Promise<void>((r, j) => sock.once('connect', r).once('error', j));
+  const sent: string[] = [];
+  let pending = 0;
+  let done: (() => void) | undefined;
+  sock.on('data', (b) => {
+    pending -= b.length;
+    if (pending <= 0) done?.();
+  });
+  for (let i = 0; i < n; i++) {
+    const tp = `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-01`;
+    sent.push(tp);
+    pending = RESP;
+    const wait = new Promise<void>((r) => (done = r));
+    sock.write(Buffer.from(tp.padEnd(REQ, ' ')));
+    await wait;
+  }
+  sock.end();
+  return sent;
+}
+
+function children(spans: ReceivedSpan[], parent: AppSpan, name: string): ReceivedSpan[] {
+  return spans.filter((s) => s.parentSpanId === parent.spanId && s.name === name);
+}
+
+describe('kspan run', e2eOptions(), () => {
+  let group: ProcessGroup;
+  let receiver: OtlpReceiver;
+  beforeEach(async () => {
+    group = new ProcessGroup();
+    receiver = new OtlpReceiver({ protocol: 'grpc' });
+    await receiver.start();
+  });
+  afterEach(async () => {
+    await group.killAll();
+    await receiver.stop();
+  });
+
+  async function traced(requests: number, serverArgs: string[] = []) {
+    const service = `fixture-${process.pid}`;
+    const server = group.start(tracedServerPath(), ['--requests', String(requests), '--req-bytes', String(REQ), '--resp-bytes', String(RESP), ...serverArgs], {
+      env: { ...process.env, OTEL_SERVICE_NAME: service },
+    });
+    const port = Number((await server.waitLine(/^port (\d+)$/))[1]);
+    const agent = group.start(KSPAN_BIN, ['run', '--pid', String(server.pid), '--otlp-endpoint', receiver.endpoint]);
+    await agent.waitStderr(/"msg":"tracing"/, 20_000);
+    server.send('go');
+    const sent = await drive(port, requests);
+    await server.waitLine(/^done$/);
+    const app = server.lines.map(parseAppSpan).filter((s): s is AppSpan => !!s);
+    assert.equal(app.length, requests);
+    agent.child.kill('SIGTERM');
+    const { code } = await agent.exited;
+    assert.equal(code, 0, agent.stderr.join('\n'));
+    return { app, sent, service, agent };
+  }
+
+  test('server spans get tcp.recv / tcp.send children with exact bytes, ids, parentage, Resource', async () => {
+    const requests = 4;
+    const { app, sent, service } = await traced(requests);
+    // 4 × (recv + send) + accept + the connection's close is not a span
+    const spans = await receiver.waitForSpans(2 * requests + 1);
+    for (const [i, a] of app.entries()) {
+      assert.equal(a.traceId, sent[i].slice(3, 35), 'the fixture continued the client trace');
+      const recv = children(spans, a, 'tcp.recv');
+      const send = children(spans, a, 'tcp.send');
+      assert.equal(recv.length, 1, `one tcp.recv under request ${i}`);
+      assert.equal(send.length, 1, `one tcp.send under request ${i}`);
+      assert.equal(recv[0].attributes['kspan.bytes'], REQ);
+      assert.equal(send[0].attributes['kspan.bytes'], RESP);
+      for (const s of [...recv, ...send]) {
+        assert.equal(s.traceId, a.traceId);
+        assert.equal(s.kind, 1, 'INTERNAL');
+        assert.equal(s.resource['service.name'], service);
+        assert.equal(s.attributes['network.transport'], 'tcp');
+        assert.equal(s.attributes['network.local.address'], '127.0.0.1');
+        assert.ok(s.startTimeUnixNano <= s.endTimeUnixNano);
+      }
+      // the response is written while the span is active: inside its window
+      assert.ok(send[0].startTimeUnixNano >= a.startNs && send[0].endTimeUnixNano <= a.endNs,
+        `send [${send[0].startTimeUnixNano}, ${send[0].endTimeUnixNano}] within span [${a.startNs}, ${a.endNs}]`);
+      // the request is read before the span starts, and ends before it does
+      assert.ok(recv[0].endTimeUnixNano <= a.endNs);
+    }
+    const accepts = spans.filter((s) => s.name === 'tcp.accept');
+    assert.equal(accepts.length, 1, 'tcp.accept once, on the first request of the connection');
+    assert.equal(accepts[0].parentSpanId, app[0].spanId);
+    assert.equal(spans.filter((s) => s.name === 'tcp.recv' || s.name === 'tcp.send').length, 2 * requests);
+  });
+
+  test('an unsampled parent gets no kernel spans', async () => {
+    await traced(2, ['--unsampled']);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(receiver.spans.filter((s) => s.name.startsWith('tcp.')).map((s) => s.name), []);
+  });
+});
