@@ -145,6 +145,8 @@ export function startPublisher(
     flip?: boolean;
     /** Sleep before the dlopen (the process is visible before it publishes). */
     delayMs?: number;
+    /** Wait for load() before the dlopen (the test decides when publishing starts). */
+    loadOnStdin?: boolean;
     /** Called right after spawn, before "ready". */
     onSpawn?: (child: ChildProcess) => void;
   } = {},
@@ -156,6 +158,7 @@ export function startPublisher(
   if (opts.rounds !== undefined) args.push('--rounds', String(opts.rounds));
   if (opts.flip) args.push('--flip');
   if (opts.delayMs !== undefined) args.push('--delay-ms', String(opts.delayMs));
+  if (opts.loadOnStdin) args.push('--load-on-stdin');
   const child = spawn(join(dir, variant.exe), args, {
     stdio: ['pipe', 'pipe', 'pipe'],
     env: { ...process.env, ...opts.env },
