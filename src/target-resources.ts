@@ -43,15 +43,17 @@ export class TargetResources {
   }
 
   attributes(pid: number): Record<string, unknown> {
-    let a = this.#attrs.get(pid) ?? this.#lookup(pid);
+    let a = this.#attrs.get(pid);
+    if (a) return a;
+    a = this.#lookup(pid);
     if (!a) {
       try {
         a = readProcessContext(pid).resource;
       } catch {
         a = { 'service.name': 'unknown_service', 'process.pid': pid };
       }
-      this.#attrs.set(pid, a);
     }
+    this.#attrs.set(pid, a);
     return a;
   }
 

@@ -6,40 +6,19 @@
  * the server's Resource.
  */
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { connect, type Socket } from 'node:net';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { parseAppSpan, tracedServerPath, type AppSpan } from '../helpers/tcp-fixtures.ts';
+import { drive } from '../helpers/traceparent-client.ts';
 
 const REQ = 300;
 const RESP = 20_000;
-
-/** Sends `n` requests with fresh traceparents on one connection; returns the traceparents. */
-async function drive(port: number, n: number): Promise<string[]> {
-  const sock: Socket = connect(port, '127.0.0.1');
-  await new Promise<void>((r, j) => sock.once('connect', r).once('error', j));
-  const sent: string[] = [];
-  let pending = 0;
-  let done: (() => void) | undefined;
-  sock.on('data', (b) => {
-    pending -= b.length;
-    if (pending <= 0) done?.();
-  });
-  for (let i = 0; i < n; i++) {
-    const tp = `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-01`;
-    sent.push(tp);
-    pending = RESP;
-    const wait = new Promise<void>((r) => (done = r));
-    sock.write(Buffer.from(tp.padEnd(REQ, ' ')));
-    await wait;
-  }
-  sock.end();
-  return sent;
-}
 
 function children(spans: ReceivedSpan[], parent: AppSpan, name: string): ReceivedSpan[] {
   return spans.filter((s) => s.parentSpanId === parent.spanId && s.name === name);
@@ -58,16 +37,18 @@ describe('kspan run', e2eOptions(), () => {
     await receiver.stop();
   });
 
-  async function traced(requests: number, serverArgs: string[] = []) {
+  async function traced(requests: number, serverArgs: string[] = [], agentArgs?: string[]) {
     const service = `fixture-${process.pid}`;
     const server = group.start(tracedServerPath(), ['--requests', String(requests), '--req-bytes', String(REQ), '--resp-bytes', String(RESP), ...serverArgs], {
       env: { ...process.env, OTEL_SERVICE_NAME: service },
     });
     const port = Number((await server.waitLine(/^port (\d+)$/))[1]);
-    const agent = group.start(KSPAN_BIN, ['run', '--pid', String(server.pid), '--otlp-endpoint', receiver.endpoint]);
-    await agent.waitStderr(/"msg":"tracing"/, 20_000);
+    const agent = group.start(KSPAN_BIN, agentArgs
+      ? [...agentArgs, '--pid', String(server.pid)]
+      : ['run', '--pid', String(server.pid), '--otlp-endpoint', receiver.endpoint]);
+    await agent.waitStderr(/"msg":"(tracing|recording)"/, 20_000);
     server.send('go');
-    const sent = await drive(port, requests);
+    const sent = await drive(port, requests, REQ, RESP);
     await server.waitLine(/^done$/);
     const app = server.lines.map(parseAppSpan).filter((s): s is AppSpan => !!s);
     assert.equal(app.length, requests);
@@ -114,5 +95,30 @@ describe('kspan run', e2eOptions(), () => {
     await traced(2, ['--unsampled']);
     await new Promise((r) => setTimeout(r, 300));
     assert.deepEqual(receiver.spans.filter((s) => s.name.startsWith('tcp.')).map((s) => s.name), []);
+  });
+
+  test('record then replay: the same spans from the file, under the recorded Resource', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kspan-rec-'));
+    try {
+      const file = join(dir, 'run.records');
+      const { app, service } = await traced(3, [], ['record', '-o', file]);
+      assert.equal(receiver.spanCount, 0, 'recording exports nothing');
+      const replay = group.start(KSPAN_BIN, ['replay', file, '--otlp-endpoint', receiver.endpoint]);
+      const { code } = await replay.exited;
+      assert.equal(code, 0, replay.stderr.join('\n'));
+      const spans = await receiver.waitForSpans(7);
+      for (const a of app) {
+        const recv = children(spans, a, 'tcp.recv');
+        const send = children(spans, a, 'tcp.send');
+        assert.deepEqual([recv.length, send.length], [1, 1]);
+        assert.equal(recv[0].attributes['kspan.bytes'], REQ);
+        assert.equal(send[0].attributes['kspan.bytes'], RESP);
+        assert.equal(send[0].traceId, a.traceId);
+        assert.equal(send[0].resource['service.name'], service);
+        assert.ok(send[0].startTimeUnixNano >= a.startNs && send[0].endTimeUnixNano <= a.endNs);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
