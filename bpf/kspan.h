@@ -39,6 +39,7 @@ enum kspan_counter {
 	KSPAN_C_CTX_INVALID = 4,    /* thread context record not valid (valid != 1) */
 	KSPAN_C_CTX_FAULT = 5,      /* thread context read faulted (page not resident, bad pointer) */
 	KSPAN_C_CTX_SUSPECT = 6,    /* a server socket's response changed context with no request between: kept with the response's context */
+	KSPAN_C_CTX_NODE_REJECTED = 7, /* Node walk refused a V8 structure (rehash, bad counts or index, long chain): no context */
 	KSPAN_C_MAX = 8,
 };
 
@@ -151,6 +152,22 @@ struct kspan_tls_loc {
 	__u8 scheme;                /* enum kspan_ctx_scheme */
 	__u8 dtv_layout;            /* enum kspan_dtv_layout (DTV only) */
 	__u8 _pad[5];
+};
+
+/* How to walk a Node.js target's V8 heap from its otel_thread_ctx_nodejs_v1 TLS
+ * struct to the record (scheme KSPAN_SCHEME_NODEJS_V1; `node_layouts` map, keyed
+ * by tgid). From the target's process context (threadlocal.* keys), per
+ * generation of the `nodejs_v1_dev` contract (docs/NODEJS.md):
+ *   G3: record pointer at wrapper + the u8 at TLS byte 20 (record_slot = 0)
+ *   G2: record pointer at wrapper + record_slot
+ *   G1: record pointer at *(wrapper + record_slot) + native_field_offset */
+struct kspan_node_layout {
+	__u16 map_table_offset;     /* JSMap: tagged pointer to its OrderedHashMap */
+	__u16 hash_map_header_size; /* OrderedHashMap: header before the element count */
+	__u16 record_slot;          /* see above; 0: take it from the TLS struct (G3) */
+	__u16 native_field_offset;  /* G1 only: second hop; 0 otherwise */
+	__u8 generation;            /* 1, 2 or 3 */
+	__u8 _pad[7];
 };
 
 #endif

@@ -33,6 +33,8 @@
 
 static __always_inline void count(__u32 idx);
 
+#include "nodejs_ctx.bpf.h"
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -93,7 +95,7 @@ static __always_inline void read_thread_ctx(__u32 tgid, struct kspan_trace_ctx *
 	__builtin_memset(out, 0, sizeof(*out));
 
 	struct kspan_tls_loc *loc = bpf_map_lookup_elem(&tls_locs, &tgid);
-	if (!loc || loc->scheme != KSPAN_SCHEME_OTEL_V1)
+	if (!loc || (loc->scheme != KSPAN_SCHEME_OTEL_V1 && loc->scheme != KSPAN_SCHEME_NODEJS_V1))
 		return;
 
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -105,7 +107,10 @@ static __always_inline void read_thread_ctx(__u32 tgid, struct kspan_trace_ctx *
 		return;
 
 	__u64 rec = 0;
-	if (bpf_probe_read_user(&rec, sizeof(rec), (void *)slot)) {
+	if (loc->scheme == KSPAN_SCHEME_NODEJS_V1) {
+		/* The TLS holds the Node discovery struct: walk V8 to the record. */
+		rec = nodejs_record(tgid, slot);
+	} else if (bpf_probe_read_user(&rec, sizeof(rec), (void *)slot)) {
 		count(KSPAN_C_CTX_FAULT);
 		return;
 	}

@@ -12,6 +12,7 @@ import {
   type TargetContext,
   type ThreadContextReaderStats,
 } from './context/thread-context-reader.ts';
+import { encodeNodeLayoutValue } from './context/nodejs/node-layout.ts';
 import type { IoPath } from './loader/kernel-features.ts';
 import type { KernelRecord } from './records.ts';
 import { TcpTracer, type TracerCounters } from './tcp-tracer.ts';
@@ -48,9 +49,12 @@ export class TracingSession {
     this.tracer = tracer;
     this.#opts = opts;
     const locs = tracer.object.map('tls_locs');
+    const nodeLayouts = tracer.object.map('node_layouts');
     this.reader = new ThreadContextReader({
       setLocation: (pid, loc) => locs.update(tlsLocKey(pid), encodeTlsLocValue(loc)),
       deleteLocation: (pid) => void locs.delete(tlsLocKey(pid)),
+      setNodeLayout: (pid, layout) => nodeLayouts.update(tlsLocKey(pid), encodeNodeLayoutValue(layout)),
+      deleteNodeLayout: (pid) => void nodeLayouts.delete(tlsLocKey(pid)),
       onTarget: opts.onTarget,
     });
   }

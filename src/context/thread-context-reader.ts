@@ -15,6 +15,8 @@ import { KspanCtxScheme, type KspanTlsLoc, KSPAN_TLS_LOC_SIZE, encodeKspanTlsLoc
 import { type ProcessContextInfo, readProcessContext } from './process-context.ts';
 import { OTEL_THREAD_CTX_SYMBOL, type TlsResolution, TlsResolveError, TlsResolver } from './tls-resolver.ts';
 import { procFailure } from './proc-mem.ts';
+import type { KspanNodeLayout } from '../generated/records.ts';
+import { nodeLayoutForBpf } from './nodejs/node-layout.ts';
 
 export const NODEJS_THREAD_CTX_SYMBOL = 'otel_thread_ctx_nodejs_v1';
 
@@ -30,6 +32,9 @@ export interface TargetContext {
   dynamic: boolean;
   /** The location pushed to BPF, when one was. */
   loc: KspanTlsLoc | null;
+  /** nodejs_v1_dev: the V8 walk layout pushed to BPF (`node_layouts`), and its contract generation. */
+  nodeLayout?: KspanNodeLayout;
+  nodeGeneration?: 'G1' | 'G2' | 'G3';
   /** Why there is no location: not publishing, not ready, unsupported, ... */
   reason?: string;
   /** The target's Resource and thread-local configuration. */
@@ -41,9 +46,13 @@ export interface ThreadContextReaderOptions {
   setLocation: (pid: number, loc: KspanTlsLoc) => void;
   /** Removes a pid from the `tls_locs` map. */
   deleteLocation: (pid: number) => void;
+  /** Writes / removes a Node.js target's walk layout (BPF `node_layouts`); enables nodejs_v1_dev. */
+  setNodeLayout?: (pid: number, layout: KspanNodeLayout) => void;
+  deleteNodeLayout?: (pid: number) => void;
   /**
    * Schemes the BPF side can read; a target publishing another one is reported
-   * but gets no location (default: the native OTEP 4947 record only).
+   * but gets no location (default: the native OTEP 4947 record, and the Node
+   * walk when setNodeLayout is given).
    */
   bpfSchemes?: ReadonlySet<ContextSchemeName>;
   resolver?: TlsResolver;
@@ -76,7 +85,8 @@ export class ThreadContextReader {
   constructor(opts: ThreadContextReaderOptions) {
     this.#opts = opts;
     this.#resolver = opts.resolver ?? new TlsResolver();
-    this.#bpfSchemes = opts.bpfSchemes ?? new Set(['otel_thread_ctx_v1']);
+    this.#bpfSchemes =
+      opts.bpfSchemes ?? new Set<ContextSchemeName>(opts.setNodeLayout ? ['otel_thread_ctx_v1', 'nodejs_v1_dev'] : ['otel_thread_ctx_v1']);
   }
 
   /** Starts following a process (or re-checks it). Returns its description, or null if it is gone. */
@@ -103,8 +113,11 @@ export class ThreadContextReader {
       }
       throw err;
     }
+    // The layout before the location: BPF never walks a pid without one.
+    if (target.nodeLayout) this.#opts.setNodeLayout?.(pid, target.nodeLayout);
     if (target.loc) this.#opts.setLocation(pid, target.loc);
     else if (known?.target.loc) this.#opts.deleteLocation(pid);
+    if (!target.nodeLayout && known?.target.nodeLayout) this.#opts.deleteNodeLayout?.(pid);
     this.#tracked.set(pid, { fingerprint, target });
     if (!known || describeChanged(known.target, target)) this.#opts.onTarget?.(target);
     return target;
@@ -115,6 +128,7 @@ export class ThreadContextReader {
     const known = this.#tracked.get(pid);
     this.#tracked.delete(pid);
     if (known?.target.loc) this.#opts.deleteLocation(pid);
+    if (known?.target.nodeLayout) this.#opts.deleteNodeLayout?.(pid);
   }
 
   /** Re-checks every tracked process; drops the ones that exited. */
@@ -160,6 +174,15 @@ export class ThreadContextReader {
       // The DTV layout is the loader's: without one mapped we cannot tell whose.
       return { ...described, reason: 'unsupported: dynamic TLS without a known libc loader mapped' };
     }
+    if (scheme === 'nodejs_v1_dev') {
+      const node = nodeLayoutForBpf(process.threadLocal?.raw ?? {});
+      if (!node.ok) {
+        this.stats.failed++;
+        return { ...described, reason: `unsupported: ${node.reason}` };
+      }
+      this.stats.resolved++;
+      return { ...described, loc: res.loc, nodeLayout: node.layout, nodeGeneration: node.generation };
+    }
     this.stats.resolved++;
     return { ...described, loc: res.loc };
   }
@@ -181,6 +204,7 @@ export function targetEvent(t: TargetContext): Record<string, unknown> {
     resource: t.process.resource,
   };
   if (t.process.threadLocal) ev.attribute_keys = t.process.threadLocal.keyMap;
+  if (t.nodeGeneration) ev.node_contract = t.nodeGeneration;
   if (!t.loc && t.reason) ev.reason = t.reason;
   if (t.process.problem) ev.process_context_problem = t.process.problem;
   return ev;

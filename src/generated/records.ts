@@ -29,6 +29,7 @@ export const KspanCounter = {
   KSPAN_C_CTX_INVALID: 4,
   KSPAN_C_CTX_FAULT: 5,
   KSPAN_C_CTX_SUSPECT: 6,
+  KSPAN_C_CTX_NODE_REJECTED: 7,
   KSPAN_C_MAX: 8,
 } as const;
 
@@ -623,6 +624,71 @@ export class KspanTlsLocView implements KspanTlsLoc {
   get dtv_layout(): number {
     const v = this.v;
     return v.getUint8(this.o + 18);
+  }
+}
+
+/** struct kspan_node_layout: 16 bytes. */
+export const KSPAN_NODE_LAYOUT_SIZE = 16;
+
+export interface KspanNodeLayout {
+  map_table_offset: number;
+  hash_map_header_size: number;
+  record_slot: number;
+  native_field_offset: number;
+  generation: number;
+}
+
+export function decodeKspanNodeLayout(v: DataView, o: number): KspanNodeLayout {
+  return {
+    map_table_offset: v.getUint16(o + 0, true),
+    hash_map_header_size: v.getUint16(o + 2, true),
+    record_slot: v.getUint16(o + 4, true),
+    native_field_offset: v.getUint16(o + 6, true),
+    generation: v.getUint8(o + 8),
+  };
+}
+
+/** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
+export function encodeKspanNodeLayout(x: KspanNodeLayout, v: DataView, o: number): void {
+  v.setUint16(o + 0, x.map_table_offset, true);
+  v.setUint16(o + 2, x.hash_map_header_size, true);
+  v.setUint16(o + 4, x.record_slot, true);
+  v.setUint16(o + 6, x.native_field_offset, true);
+  v.setUint8(o + 8, x.generation);
+}
+
+/** Zero-copy view of struct kspan_node_layout; move it with `at()`. Byte arrays alias the memory. */
+export class KspanNodeLayoutView implements KspanNodeLayout {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get map_table_offset(): number {
+    const v = this.v;
+    return v.getUint16(this.o + 0, true);
+  }
+  get hash_map_header_size(): number {
+    const v = this.v;
+    return v.getUint16(this.o + 2, true);
+  }
+  get record_slot(): number {
+    const v = this.v;
+    return v.getUint16(this.o + 4, true);
+  }
+  get native_field_offset(): number {
+    const v = this.v;
+    return v.getUint16(this.o + 6, true);
+  }
+  get generation(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 8);
   }
 }
 
