@@ -232,3 +232,13 @@ export function startPublisher(
     });
   });
 }
+
+/** The "sockets outlive the moment of context" fixture (test/fixtures/tls/ctx_flush.c); returns the binary. */
+export function buildCtxFlushFixture(): string {
+  const dir = buildFixture({
+    name: 'tls-flush',
+    sources: [WRITER, `${SRC}/ctx_flush.c`],
+    steps: [{ out: 'ctx_flush', cmd: ['gcc', ...CFLAGS, '{ctx_flush.c}', '{otel_ctx_writer.c}', '-ftls-model=local-exec', EXPORT, '-o', 'ctx_flush'] }],
+  });
+  return join(dir, 'ctx_flush');
+}
