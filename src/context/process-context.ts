@@ -59,6 +59,11 @@ export interface ProcessContextInfo {
   problem?: string;
   /** The header's published_at_ns: a changed value means re-read the Resource. */
   publishedAtNs?: bigint;
+  /**
+   * Where the OTEL_CTX header is mapped in the target, when it has one (also
+   * when `problem` is set): readPublishedAt() watches it for republication.
+   */
+  mappingAddress?: number;
 }
 
 /* ---------------------------------------------------------------- pure parts */
@@ -269,6 +274,7 @@ export function readProcessContext(pid: number, opts: ReadProcessContextOptions 
         attributes: got.attributes,
         threadLocal: threadLocalConfig(got.attributes, got.resource),
         publishedAtNs: got.publishedAtNs,
+        mappingAddress: mapping.start,
       };
     }
   }
@@ -282,7 +288,42 @@ export function readProcessContext(pid: number, opts: ReadProcessContextOptions 
   if (serviceName) resource['service.name'] = serviceName;
   const source = typeof resource['service.name'] === 'string' && resource['service.name'] !== '' ? 'environment' : 'executable';
   if (source === 'executable') resource['service.name'] = exeName;
-  return { pid, source, resource, attributes: {}, threadLocal: null, ...(problem ? { problem } : {}) };
+  return {
+    pid,
+    source,
+    resource,
+    attributes: {},
+    threadLocal: null,
+    ...(problem ? { problem } : {}),
+    ...(mapping ? { mappingAddress: mapping.start } : {}),
+  };
+}
+
+/**
+ * The published_at_ns of the OTEL_CTX header at `address` in process `pid`: a
+ * 32-byte read, cheap enough for every refresh. A writer may republish in place
+ * (same mapping, new payload), which /proc/PID/maps does not show; a changed
+ * value says the Resource must be read again. 0n while the writer is updating;
+ * undefined when the header is gone or no longer one (unmapped, signature).
+ */
+export function readPublishedAt(pid: number, address: number): bigint | undefined {
+  let mem: ProcessMemory;
+  try {
+    mem = new ProcessMemory(pid);
+  } catch (err) {
+    if (err instanceof ProcMemError && err.reason === 'gone') return undefined;
+    throw processError(pid, err);
+  }
+  try {
+    const header = mem.read(address, OTEL_CTX_HEADER_SIZE);
+    if (header.toString('latin1', 0, 8) !== OTEL_CTX_SIGNATURE) return undefined;
+    return header.readBigUInt64LE(16);
+  } catch (err) {
+    if (err instanceof ProcMemError && (err.reason === 'unmapped' || err.reason === 'gone')) return undefined;
+    throw processError(pid, err);
+  } finally {
+    mem.close();
+  }
 }
 
 type Published =

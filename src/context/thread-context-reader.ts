@@ -8,11 +8,12 @@
  * Processes change under us: a library with the TLS symbol may be dlopen'ed
  * later, ld.so may not have relocated it yet, the pid may exec another image.
  * refresh() re-resolves a target only when its set of mapped files changed (a
- * cheap read of /proc/PID/maps), so calling it every second or two is fine.
+ * cheap read of /proc/PID/maps) or its OTEL_CTX header's published_at_ns moved
+ * (a 32-byte read), so calling it every second or two is fine.
  */
 import { readFileSync } from 'node:fs';
 import { KspanCtxScheme, type KspanTlsLoc, KSPAN_TLS_LOC_SIZE, encodeKspanTlsLoc, KspanTlsKind } from '../generated/records.ts';
-import { type ProcessContextInfo, readProcessContext } from './process-context.ts';
+import { type ProcessContextInfo, readProcessContext, readPublishedAt } from './process-context.ts';
 import { OTEL_THREAD_CTX_SYMBOL, type TlsResolution, TlsResolveError, TlsResolver } from './tls-resolver.ts';
 import { procFailure } from './proc-mem.ts';
 import type { KspanNodeLayout } from '../generated/records.ts';
@@ -65,6 +66,8 @@ export interface ThreadContextReaderOptions {
 interface Tracked {
   fingerprint: string;
   target: TargetContext;
+  /** The OTEL_CTX header's published_at_ns the description was made from. */
+  publishedAt?: bigint;
 }
 
 /** Stats for self-metrics: resolution failures are counted, never silent. */
@@ -73,6 +76,8 @@ export interface ThreadContextReaderStats {
   notReady: number;
   failed: number;
   gone: number;
+  /** Targets re-read because their process context was republished in place. */
+  republished: number;
 }
 
 export class ThreadContextReader {
@@ -80,7 +85,7 @@ export class ThreadContextReader {
   readonly #resolver: TlsResolver;
   readonly #tracked = new Map<number, Tracked>();
   readonly #bpfSchemes: ReadonlySet<ContextSchemeName>;
-  readonly stats: ThreadContextReaderStats = { resolved: 0, notReady: 0, failed: 0, gone: 0 };
+  readonly stats: ThreadContextReaderStats = { resolved: 0, notReady: 0, failed: 0, gone: 0, republished: 0 };
 
   constructor(opts: ThreadContextReaderOptions) {
     this.#opts = opts;
@@ -98,9 +103,12 @@ export class ThreadContextReader {
       return null;
     }
     const known = this.#tracked.get(pid);
-    // Same files mapped and already resolved (or unsupported): nothing to redo.
+    // Same files mapped and already resolved (or unsupported): nothing to redo,
+    // unless the process context was republished in place (new Resource or
+    // threadlocal keys in the same mapping), which maps cannot show.
     if (known && known.fingerprint === fingerprint && (known.target.loc || !isRetryable(known.target.reason))) {
-      return known.target;
+      if (!this.#republished(pid, known)) return known.target;
+      this.stats.republished++;
     }
     let target: TargetContext;
     try {
@@ -118,9 +126,20 @@ export class ThreadContextReader {
     if (target.loc) this.#opts.setLocation(pid, target.loc);
     else if (known?.target.loc) this.#opts.deleteLocation(pid);
     if (!target.nodeLayout && known?.target.nodeLayout) this.#opts.deleteNodeLayout?.(pid);
-    this.#tracked.set(pid, { fingerprint, target });
+    this.#tracked.set(pid, { fingerprint, target, publishedAt: publishedAtOf(pid, target.process) });
     if (!known || describeChanged(known.target, target)) this.#opts.onTarget?.(target);
     return target;
+  }
+
+  /** Whether the OTEL_CTX header's published_at_ns moved since the description (a 32-byte read). */
+  #republished(pid: number, known: Tracked): boolean {
+    const address = known.target.process.mappingAddress;
+    if (address === undefined) return false;
+    const at = readPublishedAt(pid, address);
+    // 0: an update is under way, look again at the next refresh. undefined: the
+    // mapping went away, which the maps fingerprint reports.
+    if (at === undefined || at === 0n) return false;
+    return at !== known.publishedAt;
   }
 
   /** Stops following a process and removes its location. */
@@ -245,6 +264,16 @@ function mapsFingerprint(pid: number): string | undefined {
     else if (line.includes('OTEL_CTX]')) files.add(line.slice(line.indexOf('[')));
   }
   return [...files].sort().join('\n');
+}
+
+/**
+ * The published_at_ns a description stands for: the one its Resource was read
+ * from; when that read failed (mid-update, bad payload), the header's value
+ * now, so an unusable publication is not re-read until it changes.
+ */
+function publishedAtOf(pid: number, process: ProcessContextInfo): bigint | undefined {
+  if (process.publishedAtNs !== undefined) return process.publishedAtNs;
+  return process.mappingAddress === undefined ? undefined : readPublishedAt(pid, process.mappingAddress);
 }
 
 function isRetryable(reason: string | undefined): boolean {

@@ -10,12 +10,15 @@ import assert from 'node:assert/strict';
 import { readProcessContext } from '../../src/context/process-context.ts';
 import { readFileSync } from 'node:fs';
 import { constants } from 'node:os';
-import { buildProcessContextPublisher, kernelNamesAnonMappings } from '../helpers/process-context-fixtures.ts';
+import { buildProcessContextPublisher, buildProcessContextPublisherWithTls, kernelNamesAnonMappings } from '../helpers/process-context-fixtures.ts';
+import { ThreadContextReader, type TargetContext } from '../../src/context/thread-context-reader.ts';
 import { startFixtureProcess } from '../helpers/fixture-process.ts';
 
 let exe: string;
+let exeTls: string;
 before(() => {
   exe = buildProcessContextPublisher();
+  exeTls = buildProcessContextPublisherWithTls();
 });
 
 // A clean environment, so the runner's own OTEL_* variables cannot leak in.
@@ -139,6 +142,38 @@ test('a writer republishing in a loop: every read is one whole generation, never
     }
     assert.ok(seen.a > 0 && seen.b > 0, `reads see both generations: ${JSON.stringify(seen)}`);
     console.log(`churn: ${JSON.stringify(seen)}`);
+  } finally {
+    await p.stop();
+  }
+});
+
+test('a republication in place (same mapping, new published_at_ns) is re-read on the next track', async () => {
+  const p = await startFixtureProcess(exeTls, ['--mode', 'memfd', '--service', 'repub'], { env: BASE_ENV });
+  try {
+    const described: TargetContext[] = [];
+    const reader = new ThreadContextReader({ setLocation: () => {}, deleteLocation: () => {}, onTarget: (t) => described.push(t) });
+    const first = reader.track(p.pid)!;
+    assert.ok(first.loc, `a location (${first.reason})`);
+    assert.equal(first.model, 'local-exec');
+    assert.equal(first.process.resource['service.name'], 'repub');
+    // Nothing changed: the same description, nothing re-read, no new target line.
+    assert.equal(reader.track(p.pid), first);
+    assert.equal(reader.stats.republished, 0);
+
+    const mapsBefore = readFileSync(`/proc/${p.pid}/maps`, 'latin1');
+    p.child.stdin!.write('r');
+    for (let i = 0; i < 200 && !p.lines.includes('republished r1'); i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(p.lines.includes('republished r1'));
+    assert.equal(readFileSync(`/proc/${p.pid}/maps`, 'latin1'), mapsBefore, 'the mapped files did not change');
+
+    const second = reader.track(p.pid)!;
+    assert.equal(second.process.resource['service.name'], 'repub-r1');
+    assert.ok(second.process.publishedAtNs! > first.process.publishedAtNs!);
+    assert.deepEqual(second.loc, first.loc);
+    assert.equal(reader.stats.republished, 1);
+    assert.deepEqual(described.map((t) => t.process.resource['service.name']), ['repub', 'repub-r1'], 'a new target line');
+    assert.equal(reader.track(p.pid), second, 'and nothing more until the next republication');
+    assert.equal(reader.stats.republished, 1);
   } finally {
     await p.stop();
   }

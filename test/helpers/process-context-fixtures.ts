@@ -5,18 +5,28 @@ import { join } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { buildFixture } from './build-fixture.ts';
 
-export function buildProcessContextPublisher(): string {
-  const dir = buildFixture({
+function build(): string {
+  const cc = ['gcc', '-O2', '-g', '-Wall', '-Werror', '-pthread', '{otel_ctx_publisher.c}'];
+  return buildFixture({
     name: 'process-context',
-    sources: ['test/fixtures/process-context/otel_ctx_publisher.c'],
+    sources: ['test/fixtures/process-context/otel_ctx_publisher.c', 'test/fixtures/tls/otel_ctx_writer.c'],
     steps: [
+      { out: 'otel_ctx_publisher', cmd: [...cc, '-o', 'otel_ctx_publisher'] },
       {
-        out: 'otel_ctx_publisher',
-        cmd: ['gcc', '-O2', '-g', '-Wall', '-Werror', '-pthread', '{otel_ctx_publisher.c}', '-o', 'otel_ctx_publisher'],
+        out: 'otel_ctx_publisher_tls',
+        cmd: [...cc, '{otel_ctx_writer.c}', '-ftls-model=local-exec', '-Wl,--export-dynamic-symbol=otel_thread_ctx_v1', '-o', 'otel_ctx_publisher_tls'],
       },
     ],
   });
-  return join(dir, 'otel_ctx_publisher');
+}
+
+export function buildProcessContextPublisher(): string {
+  return join(build(), 'otel_ctx_publisher');
+}
+
+/** The same publisher, also defining otel_thread_ctx_v1 (so ThreadContextReader resolves a location). */
+export function buildProcessContextPublisherWithTls(): string {
+  return join(build(), 'otel_ctx_publisher_tls');
 }
 
 /**
