@@ -1,7 +1,365 @@
-/** `kspan demo` (being built): exits with a usage message until it lands. */
+/**
+ * `kspan demo`: the main job on an embedded default. It starts two example
+ * services and a load driver, with a lossy network path between the services,
+ * traces both services with the agent of `kspan run` (in this process), and
+ * shows whole traces with the kernel's spans under the application's:
+ *
+ *   client netns                                           server netns (INPUT: 5 % dropped)
+ *   driver ──HTTP, traceparent──► frontend (native C, ──veth──► backend (Node 24, NodeSDK +
+ *                                 otel_thread_ctx_v1)            kspan/publisher)
+ *
+ * With no endpoint, the agent exports over OTLP/HTTP to a sink in this process,
+ * and the trees are printed at the end. With --otlp-endpoint, the agent exports
+ * there, and the demo sends the services' own spans there too (they cannot reach
+ * it from their namespaces), so Jaeger shows the whole traces.
+ *
+ * Everything it starts (processes, namespaces with their veth and iptables
+ * rule, BPF programs) is removed on every way out: the end of --duration or
+ * --requests, SIGINT/SIGTERM/SIGHUP (first: stop driving and report; second:
+ * clean up and exit now), and errors.
+ */
+import { existsSync, writeFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { parseArgs } from 'node:util';
 import { KspanError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
+import { createOtlpExporter, resolveExportTarget } from '../spans/export-pipeline.ts';
+import { buildFrontend } from '../demo/frontend-build.ts';
+import { createLossyLink, removeStaleNamespaces, type LossyLink } from '../demo/lossy-link.ts';
+import { AppReadableSpan, OtlpSpanSink, parseAppSpan, ServiceResources, type DemoSpan } from '../demo/demo-spans.ts';
+import { killAllSync, ServiceProcess, type JsonLine } from '../demo/service-process.ts';
+import { groupTraces, pickTraces, renderTrace } from '../demo/trace-tree.ts';
+import { parseDuration } from './options.ts';
+import { startAgent, type AgentHandle } from './run.ts';
 
-export async function demoCommand(_args: string[], _log: Logger): Promise<number> {
-  throw new KspanError('KSPAN_ERR_USAGE', 'kspan demo is not built yet');
+export const DEMO_OPTIONS = {
+  duration: { type: 'string', default: '20' },
+  requests: { type: 'string' },
+  'otlp-endpoint': { type: 'string' },
+  'otlp-protocol': { type: 'string' },
+  loss: { type: 'string', default: '0.05' },
+  traces: { type: 'string', default: '4' },
+  'spans-out': { type: 'string' },
+  help: { type: 'boolean', short: 'h', default: false },
+} as const;
+
+const HELP = `usage: kspan demo [--duration SECONDS] [--requests N] [--otlp-endpoint URL]
+
+Starts a native C service (publishing otel_thread_ctx_v1) that calls a Node 24
+service (OpenTelemetry SDK + kspan/publisher) over a lossy link (two network
+namespaces, iptables dropping packets at random), drives traffic through them,
+traces both with kspan, and prints whole traces with their kernel spans.
+Needs root. Cleans up everything it started.
+
+  --duration SECONDS     how long to drive traffic (default 20)
+  --requests N           stop after N requests (whichever comes first)
+  --otlp-endpoint URL    send every span (kernel and application) there instead
+  --otlp-protocol P      grpc (default) or http/protobuf
+  --loss P               share of packets dropped on the backend's side (default 0.05)
+  --traces N             how many traces to print (default 4)
+  --spans-out FILE       also write every span as JSON lines to FILE`;
+
+const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
+const DEMO_DIR = `${REPO_ROOT}demo/`;
+const PUBLISHER_REGISTER = `${REPO_ROOT}src/context/publisher/register.ts`;
+const START_TIMEOUT_MS = 30_000;
+/** After the driver stops: the last responses land and the kernel closes idle aggregates (500 ms). */
+const SETTLE_MS = 1500;
+
+interface DemoOptions {
+  durationS: number;
+  requests: number | undefined;
+  otlpEndpoint: string | undefined;
+  otlpProtocol: string | undefined;
+  loss: number;
+  traces: number;
+  spansOut: string | undefined;
+}
+
+function parseDemoArgs(args: string[]): DemoOptions | null {
+  const { values } = parseArgs({ args, options: DEMO_OPTIONS });
+  if (values.help) return null;
+  const num = (name: string, v: string | undefined, ok: (n: number) => boolean): number | undefined => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!ok(n)) throw new KspanError('KSPAN_ERR_USAGE', `--${name} ${v}: out of range`);
+    return n;
+  };
+  return {
+    durationS: parseDuration(values.duration)!,
+    requests: num('requests', values.requests, (n) => Number.isInteger(n) && n > 0),
+    otlpEndpoint: values['otlp-endpoint'],
+    otlpProtocol: values['otlp-protocol'],
+    loss: num('loss', values.loss, (n) => n >= 0 && n < 1)!,
+    traces: num('traces', values.traces, (n) => Number.isInteger(n) && n >= 0)!,
+    spansOut: values['spans-out'],
+  };
+}
+
+export async function demoCommand(args: string[], log: Logger): Promise<number> {
+  const opts = parseDemoArgs(args);
+  if (!opts) {
+    process.stdout.write(`${HELP}\n`);
+    return 0;
+  }
+  if (process.getuid?.() !== 0) {
+    throw new KspanError('KSPAN_ERR_PRIVILEGE', 'kspan demo creates network namespaces and loads BPF programs', {
+      hint: 'run it as root (sudo make demo)',
+    });
+  }
+  for (const f of ['frontend.c', 'backend.cjs', 'driver.mjs']) {
+    if (!existsSync(DEMO_DIR + f)) throw new KspanError('KSPAN_ERR_USAGE', `demo file missing: ${DEMO_DIR}${f}`);
+  }
+  return new Demo(opts, log).run();
+}
+
+const out = (text = '') => void process.stdout.write(`${text}\n`);
+
+class Demo {
+  readonly #opts: DemoOptions;
+  readonly #log: Logger;
+  readonly #appSpans: DemoSpan[] = [];
+  readonly #badLines = { count: 0 };
+  #link: LossyLink | null = null;
+  #sink: OtlpSpanSink | null = null;
+  #agent: AgentHandle | null = null;
+  #agentStopped = false;
+  readonly #procs: ServiceProcess[] = [];
+  #driver: ServiceProcess | null = null;
+  #signals = 0;
+  #abort: ((why: string) => void) | null = null;
+
+  constructor(opts: DemoOptions, log: Logger) {
+    this.#opts = opts;
+    this.#log = log;
+  }
+
+  async run(): Promise<number> {
+    const onSignal = (sig: NodeJS.Signals) => this.#onSignal(sig);
+    const onExit = () => this.#cleanupSync();
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, onSignal);
+    process.on('exit', onExit);
+    try {
+      return await this.#main();
+    } finally {
+      await this.#cleanup();
+      for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, onSignal);
+      process.off('exit', onExit);
+    }
+  }
+
+  #onSignal(sig: NodeJS.Signals): void {
+    this.#signals++;
+    if (this.#signals === 1) {
+      out(`\n${sig}: stopping the traffic; the results so far follow (again to quit at once)`);
+      this.#abort?.(sig);
+      if (this.#driver?.alive) this.#driver.child.kill('SIGTERM');
+      return;
+    }
+    this.#cleanupSync();
+    process.exit(130);
+  }
+
+  /** Rejects when a signal arrives first (during set-up, which has nothing to report yet). */
+  #interruptible<T>(p: Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.#abort = (why) => reject(new KspanError('KSPAN_ERR_USAGE', `demo interrupted (${why}) while starting`));
+      p.then(resolve, reject).finally(() => (this.#abort = null));
+    });
+  }
+
+  #start(name: string, ns: string, argv: string[], env: NodeJS.ProcessEnv): ServiceProcess {
+    const p = new ServiceProcess(name, this.#link!.execPrefix(ns), argv, (l) => this.#onLine(p, l), env);
+    this.#procs.push(p);
+    return p;
+  }
+
+  #onLine(p: ServiceProcess, line: JsonLine): void {
+    if (!('span' in line)) return;
+    const s = parseAppSpan(line, p.name === 'driver' ? null : p.pid);
+    if (s) this.#appSpans.push(s);
+    else this.#badLines.count++;
+  }
+
+  async #main(): Promise<number> {
+    const o = this.#opts;
+    const stale = removeStaleNamespaces();
+    if (stale.length) this.#log.warn({ namespaces: stale }, 'removed namespaces left by a killed demo');
+    const frontendExe = buildFrontend(`${DEMO_DIR}frontend.c`);
+    this.#link = createLossyLink(o.loss);
+    const link = this.#link;
+    const env = (service: string) => ({ ...process.env, OTEL_SERVICE_NAME: service });
+    const node = [process.execPath, '--disable-warning=ExperimentalWarning'];
+
+    const backend = this.#start('backend', link.server, [...node, '--import', PUBLISHER_REGISTER, `${DEMO_DIR}backend.cjs`], env('demo-backend'));
+    const beReady = await this.#interruptible(backend.waitFor((l) => l.ready === true, START_TIMEOUT_MS));
+    const frontend = this.#start('frontend', link.client, [frontendExe, '--backend', `${link.serverAddr}:${Number(beReady.port)}`], env('demo-frontend'));
+    const feReady = await this.#interruptible(frontend.waitFor((l) => l.ready === true, START_TIMEOUT_MS));
+
+    const target = resolveExportTarget({ endpoint: o.otlpEndpoint, protocol: o.otlpProtocol });
+    if (target.kind === 'console') this.#sink = await OtlpSpanSink.start();
+    this.#agent = startAgent(
+      {
+        pids: [frontend.pid, backend.pid],
+        otlpEndpoint: this.#sink ? this.#sink.endpoint : o.otlpEndpoint,
+        otlpProtocol: this.#sink ? 'http/protobuf' : o.otlpProtocol,
+      },
+      this.#log,
+    );
+    const reader = this.#agent.session.reader;
+    const context = (pid: number) => {
+      const t = reader.target(pid);
+      return t?.scheme ? `${t.scheme}${t.model ? ` (${t.model})` : ''}` : `no thread context yet${t?.reason ? `: ${t.reason}` : ''}`;
+    };
+    out(`kspan demo: driver → frontend → backend, ${(o.loss * 100).toFixed(1)} % of packets dropped on the backend's side`);
+    out(`  frontend  native C, pid ${frontend.pid}, netns ${link.client}: ${context(frontend.pid)}`);
+    out(`  backend   Node ${process.versions.node} + OpenTelemetry SDK + kspan/publisher, pid ${backend.pid}, netns ${link.server} (${link.serverAddr}): ${context(backend.pid)}`);
+    out(`  agent     ${this.#agent.session.ioPath} hooks; spans to ${this.#sink ? 'this terminal' : (o.otlpEndpoint ?? 'the OTEL_EXPORTER_OTLP_* endpoint')}`);
+    out(`driving traffic for ${o.durationS} s${o.requests ? ` or ${o.requests} requests` : ''} …`);
+
+    const startedAt = Date.now();
+    const driverArgs = [...node, `${DEMO_DIR}driver.mjs`, '--url', `http://127.0.0.1:${Number(feReady.port)}`, '--duration', String(o.durationS)];
+    if (o.requests) driverArgs.push('--requests', String(o.requests));
+    this.#driver = this.#start('driver', link.client, driverArgs, process.env);
+    let done: JsonLine | null = null;
+    if (this.#signals === 0) {
+      done = await this.#driver
+        .waitFor((l) => l.done === true, (o.durationS + 60) * 1000)
+        .catch((err: unknown) => {
+          if (this.#signals === 0) throw err;
+          return null;
+        });
+    } else this.#driver.child.kill('SIGTERM');
+    await this.#driver.exited;
+    const drivenS = (Date.now() - startedAt) / 1000;
+    await new Promise((r) => setTimeout(r, SETTLE_MS));
+
+    // The agent first: it flushes the kernel's open aggregates while the targets still run.
+    await this.#stopAgent();
+    const stats = this.#agent.pipeline.stats();
+    const kernelCounters = this.#agent.session.counters();
+    const loss = {
+      dropped: link.droppedPackets(),
+      retransClient: link.retransSegs(link.client),
+      retransServer: link.retransSegs(link.server),
+    };
+    const backendContext = context(backend.pid);
+    await Promise.all(this.#procs.map((p) => p.stop()));
+
+    const kernelSpans = this.#sink?.spans ?? [];
+    const all = [...this.#appSpans, ...kernelSpans];
+    if (o.spansOut) writeFileSync(o.spansOut, all.map(spanJson).join(''));
+    if (this.#sink) {
+      const traces = groupTraces(all);
+      for (const { trace, why } of pickTraces(traces, o.traces)) out(`\n${renderTrace(trace, why)}`);
+    } else {
+      await this.#exportAppSpans();
+    }
+
+    // Summary.
+    const count = (list: DemoSpan[]) => {
+      const m = new Map<string, number>();
+      for (const s of list) m.set(s.service, (m.get(s.service) ?? 0) + 1);
+      return m;
+    };
+    const requests = Number(done?.requests ?? this.#appSpans.filter((s) => s.service === 'demo-driver').length);
+    const failed = this.#appSpans.filter((s) => s.service === 'demo-driver' && s.error).length;
+    out('\nsummary');
+    out(`  requests           ${requests} in ${drivenS.toFixed(1)} s (${(requests / drivenS).toFixed(1)}/s), ${failed} failed${this.#signals ? ', stopped early' : ''}`);
+    out(`  application spans  ${[...count(this.#appSpans)].map(([k, v]) => `${k} ${v}`).join(', ')}`);
+    const retransmitRecords = stats.correlator.recordsByType.retransmit;
+    if (this.#sink) {
+      const byName = new Map<string, number>();
+      for (const s of kernelSpans) byName.set(s.name, (byName.get(s.name) ?? 0) + 1);
+      const byService = [...count(kernelSpans)].map(([k, v]) => `${v} under ${k}`).join(', ') || 'none';
+      out(`  kernel spans       ${kernelSpans.length}: ${byService} (${[...byName].map(([k, v]) => `${k} ${v}`).join(', ')})`);
+      if (!kernelSpans.some((s) => s.service === 'demo-backend')) out(`                     none under demo-backend: ${backendContext}`);
+      const events = kernelSpans.reduce((n, s) => n + s.events.filter((e) => e.name === 'tcp.retransmit').length, 0);
+      out(`  retransmits        ${events} tcp.retransmit events on kernel spans, of ${retransmitRecords} retransmit records seen on traced sockets`);
+    } else {
+      out(`  kernel spans       ${stats.export.exported} exported to ${o.otlpEndpoint ?? 'the OTEL_EXPORTER_OTLP_* endpoint'} (backend context: ${backendContext})`);
+      out(`  retransmits        ${retransmitRecords} retransmit records seen on traced sockets`);
+    }
+    out(`  the kernel's count ${loss.retransClient + loss.retransServer} segments retransmitted (client netns ${loss.retransClient}, server netns ${loss.retransServer}); iptables dropped ${loss.dropped} packets`);
+    const lost = {
+      ringBufferFull: kernelCounters.KSPAN_C_RINGBUF_FULL,
+      socketTableFull: kernelCounters.KSPAN_C_SOCK_TABLE_FULL,
+      decodeErrors: kernelCounters.decode_errors,
+      exportDropped: stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown,
+      sinkDecodeErrors: this.#sink?.decodeErrors ?? 0,
+      badSpanLines: this.#badLines.count,
+    };
+    const lostText = Object.entries(lost).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(', ');
+    out(`  lost data          ${lostText || 'none'}`);
+    if (!this.#sink) {
+      const ids = pickTraces(groupTraces(this.#appSpans).map((t) => ({ ...t, kernelSpans: 1 })), o.traces).map((p) => p.trace.traceId);
+      if (ids.length) out(`  look up            ${ids.join(' ')}`);
+    }
+    if (stats.export.exported === 0 && (this.#sink ? kernelSpans.length === 0 : true)) {
+      out('no kernel spans were produced: run `kspan doctor`');
+      return 1;
+    }
+    return 0;
+  }
+
+  /** With an OTLP endpoint: the services' own spans go there too, one Resource per service. */
+  async #exportAppSpans(): Promise<void> {
+    const target = resolveExportTarget({ endpoint: this.#opts.otlpEndpoint, protocol: this.#opts.otlpProtocol });
+    if (target.kind !== 'otlp') return;
+    const exporter = createOtlpExporter(target);
+    const resources = new ServiceResources();
+    const spans = this.#appSpans.map((s) => new AppReadableSpan(s, resources.for(s.service, s.pid)));
+    for (let i = 0; i < spans.length; i += 512) {
+      const result = await new Promise<{ code: number; error?: Error }>((resolve) => exporter.export(spans.slice(i, i + 512), resolve));
+      if (result.code !== 0) {
+        out(`  could not export the application's spans: ${result.error?.message ?? 'failed'}`);
+        break;
+      }
+    }
+    await exporter.shutdown();
+  }
+
+  async #stopAgent(): Promise<void> {
+    if (!this.#agent || this.#agentStopped) return;
+    this.#agentStopped = true;
+    await this.#agent.stop();
+  }
+
+  async #cleanup(): Promise<void> {
+    try {
+      await this.#stopAgent();
+    } catch (err) {
+      this.#log.error({ err }, 'demo: stopping the agent failed');
+    }
+    await Promise.all(this.#procs.map((p) => p.stop()));
+    this.#link?.remove();
+    this.#link = null;
+    await this.#sink?.close();
+    this.#sink = null;
+  }
+
+  /** From 'exit' or a second signal: no awaiting. The kernel drops the BPF programs with our fds. */
+  #cleanupSync(): void {
+    killAllSync();
+    this.#link?.remove();
+    this.#link = null;
+  }
+}
+
+function spanJson(s: DemoSpan): string {
+  return `${JSON.stringify({
+    trace_id: s.traceId,
+    span_id: s.spanId,
+    parent_span_id: s.parentSpanId,
+    name: s.name,
+    kind: s.kind,
+    service: s.service,
+    pid: s.pid,
+    kernel: s.kernel,
+    start_ns: s.startNs.toString(),
+    end_ns: s.endNs.toString(),
+    error: s.error,
+    events: s.events.map((e) => ({ name: e.name, time_ns: e.timeNs.toString(), attrs: e.attrs })),
+    attrs: s.attrs,
+  })}\n`;
 }

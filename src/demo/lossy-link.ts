@@ -1,0 +1,128 @@
+/**
+ * The demo's lossy path: two network namespaces joined by a veth pair, with an
+ * iptables `statistic` rule dropping a share of the packets that reach the
+ * server side. Removing the namespaces removes the veth and the rule with them
+ * (once the processes inside have exited).
+ *
+ *   <prefix>c  192.168.77.1 ──veth──  192.168.77.2  <prefix>s  (INPUT: drop P at random)
+ *
+ * The namespaces are private to one demo, so the addresses never collide; the
+ * names carry the demo's pid so that several demos can run at once.
+ */
+import { execFileSync } from 'node:child_process';
+import { KspanError } from '../errors.ts';
+
+export const DEMO_NETNS_PREFIX = 'kspan-demo-';
+
+export interface LossyLink {
+  client: string;
+  server: string;
+  clientAddr: string;
+  serverAddr: string;
+  /** argv prefix that runs a command inside a namespace. */
+  execPrefix(ns: string): string[];
+  /** Packets the iptables rule dropped so far. */
+  droppedPackets(): number;
+  /** The namespace's TCP RetransSegs counter (the kernel's own count, in segments). */
+  retransSegs(ns: string): number;
+  remove(): void;
+}
+
+function run(cmd: string[]): string {
+  return execFileSync(cmd[0], cmd.slice(1), { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** The namespace names a demo with this pid uses. */
+export function demoNamespaces(pid: number): { client: string; server: string } {
+  return { client: `${DEMO_NETNS_PREFIX}${pid}-c`, server: `${DEMO_NETNS_PREFIX}${pid}-s` };
+}
+
+export function listNamespaces(): string[] {
+  return run(['ip', 'netns', 'list'])
+    .split('\n')
+    .map((l) => l.split(' ')[0])
+    .filter(Boolean);
+}
+
+function deleteNamespace(ns: string): void {
+  try {
+    run(['ip', 'netns', 'del', ns]);
+  } catch {
+    /* already gone */
+  }
+}
+
+/** Namespaces left by demos that were killed (SIGKILL) before they could clean up. */
+export function removeStaleNamespaces(): string[] {
+  const stale = listNamespaces().filter((ns) => {
+    const m = /^kspan-demo-(\d+)-[cs]$/.exec(ns);
+    if (!m) return false;
+    try {
+      process.kill(Number(m[1]), 0);
+      return false;
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'ESRCH';
+    }
+  });
+  for (const ns of stale) deleteNamespace(ns);
+  return stale;
+}
+
+export function createLossyLink(lossProbability: number, pid = process.pid): LossyLink {
+  const { client, server } = demoNamespaces(pid);
+  const vethClient = `ksd${pid}c`;
+  const vethServer = `ksd${pid}s`;
+  const clientAddr = '192.168.77.1';
+  const serverAddr = '192.168.77.2';
+  const remove = () => {
+    deleteNamespace(client);
+    deleteNamespace(server);
+  };
+  const inNs = (ns: string, cmd: string[]) => run(['ip', 'netns', 'exec', ns, ...cmd]);
+  try {
+    run(['ip', 'netns', 'add', client]);
+    run(['ip', 'netns', 'add', server]);
+    run(['ip', 'link', 'add', vethClient, 'netns', client, 'type', 'veth', 'peer', 'name', vethServer, 'netns', server]);
+    run(['ip', '-n', client, 'addr', 'add', `${clientAddr}/30`, 'dev', vethClient]);
+    run(['ip', '-n', server, 'addr', 'add', `${serverAddr}/30`, 'dev', vethServer]);
+    for (const [ns, dev] of [[client, vethClient], [server, vethServer]]) {
+      run(['ip', '-n', ns, 'link', 'set', dev, 'up']);
+      run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
+    }
+    if (lossProbability > 0) {
+      inNs(server, ['iptables', '-A', 'INPUT', '-i', vethServer, '-m', 'statistic', '--mode', 'random',
+        '--probability', String(lossProbability), '-j', 'DROP']);
+    }
+  } catch (err) {
+    remove();
+    const stderr = (err as { stderr?: string }).stderr?.trim();
+    throw new KspanError('KSPAN_ERR_PRIVILEGE', `could not set up the demo's network namespaces${stderr ? `: ${stderr}` : ''}`, {
+      hint: 'the demo needs root (CAP_NET_ADMIN), iproute2 and iptables: run make setup, as root',
+      cause: err,
+    });
+  }
+  return {
+    client,
+    server,
+    clientAddr,
+    serverAddr,
+    execPrefix: (ns) => ['ip', 'netns', 'exec', ns],
+    droppedPackets: () => {
+      if (lossProbability <= 0) return 0;
+      const line = inNs(server, ['iptables', '-L', 'INPUT', '-v', '-n', '-x'])
+        .split('\n')
+        .find((l) => l.includes('statistic'));
+      return line ? Number(line.trim().split(/\s+/)[0]) : 0;
+    },
+    retransSegs: (ns) => {
+      // /proc/net follows the reader's network namespace.
+      const tcp = inNs(ns, ['cat', '/proc/net/snmp'])
+        .split('\n')
+        .filter((l) => l.startsWith('Tcp:'))
+        .map((l) => l.trim().split(/\s+/));
+      const col = tcp[0]?.indexOf('RetransSegs') ?? -1;
+      return col > 0 && tcp[1] ? Number(tcp[1][col]) : 0;
+    },
+    remove,
+  };
+}
