@@ -115,6 +115,9 @@ export async function demoCommand(args: string[], log: Logger): Promise<number> 
 
 const out = (text = '') => void process.stdout.write(`${text}\n`);
 
+/** A signal arrived while the demo was still starting: nothing to report, clean up and exit 130. */
+class Interrupted extends Error {}
+
 class Demo {
   readonly #opts: DemoOptions;
   readonly #log: Logger;
@@ -141,6 +144,12 @@ class Demo {
     process.on('exit', onExit);
     try {
       return await this.#main();
+    } catch (err) {
+      if (err instanceof Interrupted) {
+        out(`${err.message}; cleaning up`);
+        return 130;
+      }
+      throw err;
     } finally {
       await this.#cleanup();
       for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.off(sig, onSignal);
@@ -151,9 +160,10 @@ class Demo {
   #onSignal(sig: NodeJS.Signals): void {
     this.#signals++;
     if (this.#signals === 1) {
-      out(`\n${sig}: stopping the traffic; the results so far follow (again to quit at once)`);
-      this.#abort?.(sig);
-      if (this.#driver?.alive) this.#driver.child.kill('SIGTERM');
+      if (this.#driver) {
+        out(`\n${sig}: stopping the traffic; the results so far follow (${sig} again to quit at once)`);
+        if (this.#driver.alive) this.#driver.child.kill('SIGTERM');
+      } else this.#abort?.(sig);
       return;
     }
     this.#cleanupSync();
@@ -163,7 +173,9 @@ class Demo {
   /** Rejects when a signal arrives first (during set-up, which has nothing to report yet). */
   #interruptible<T>(p: Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      this.#abort = (why) => reject(new KspanError('KSPAN_ERR_USAGE', `demo interrupted (${why}) while starting`));
+      const interrupted = (why: string) => reject(new Interrupted(`demo interrupted (${why}) while starting`));
+      if (this.#signals) return interrupted('signal');
+      this.#abort = interrupted;
       p.then(resolve, reject).finally(() => (this.#abort = null));
     });
   }
@@ -197,7 +209,7 @@ class Demo {
     const feReady = await this.#interruptible(frontend.waitFor((l) => l.ready === true, START_TIMEOUT_MS));
 
     const target = resolveExportTarget({ endpoint: o.otlpEndpoint, protocol: o.otlpProtocol });
-    if (target.kind === 'console') this.#sink = await OtlpSpanSink.start();
+    if (target.kind === 'console') this.#sink = await this.#interruptible(OtlpSpanSink.start());
     this.#agent = startAgent(
       {
         pids: [frontend.pid, backend.pid],
@@ -215,12 +227,13 @@ class Demo {
     out(`  frontend  native C, pid ${frontend.pid}, netns ${link.client}: ${context(frontend.pid)}`);
     out(`  backend   Node ${process.versions.node} + OpenTelemetry SDK + kspan/publisher, pid ${backend.pid}, netns ${link.server} (${link.serverAddr}): ${context(backend.pid)}`);
     out(`  agent     ${this.#agent.session.ioPath} hooks; spans to ${this.#sink ? 'this terminal' : (o.otlpEndpoint ?? 'the OTEL_EXPORTER_OTLP_* endpoint')}`);
-    out(`driving traffic for ${o.durationS} s${o.requests ? ` or ${o.requests} requests` : ''} …`);
 
     const startedAt = Date.now();
     const driverArgs = [...node, `${DEMO_DIR}driver.mjs`, '--url', `http://127.0.0.1:${Number(feReady.port)}`, '--duration', String(o.durationS)];
     if (o.requests) driverArgs.push('--requests', String(o.requests));
     this.#driver = this.#start('driver', link.client, driverArgs, process.env);
+    out(`  driver    pid ${this.#driver.pid}, netns ${link.client}`);
+    out(`driving traffic for ${o.durationS} s${o.requests ? ` or ${o.requests} requests` : ''} …`);
     let done: JsonLine | null = null;
     if (this.#signals === 0) {
       done = await this.#driver
@@ -292,8 +305,11 @@ class Demo {
     const lostText = Object.entries(lost).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(', ');
     out(`  lost data          ${lostText || 'none'}`);
     if (!this.#sink) {
-      const ids = pickTraces(groupTraces(this.#appSpans).map((t) => ({ ...t, kernelSpans: 1 })), o.traces).map((p) => p.trace.traceId);
-      if (ids.length) out(`  look up            ${ids.join(' ')}`);
+      // No kernel spans here to choose by: pick among the application's traces.
+      const picks = pickTraces(groupTraces(this.#appSpans).map((t) => ({ ...t, kernelSpans: 1 })), o.traces);
+      for (const [i, { trace, why }] of picks.entries()) {
+        out(`  ${i ? ' '.repeat(19) : 'traces to look up  '}${trace.traceId}  ${(Number(trace.durationNs) / 1e6).toFixed(1)} ms, ${why}`);
+      }
     }
     if (stats.export.exported === 0 && (this.#sink ? kernelSpans.length === 0 : true)) {
       out('no kernel spans were produced: run `kspan doctor`');
