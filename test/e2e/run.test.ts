@@ -14,7 +14,9 @@ import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
-import { parseAppSpan, tracedServerPath, type AppSpan } from '../helpers/tcp-fixtures.ts';
+import { createNetnsPair, waitSocketsGone, type NetnsPair } from '../helpers/netns.ts';
+import { startRetransmitOracle } from '../helpers/retransmit-oracle.ts';
+import { parseAppSpan, startClient, tracedServerPath, type AppSpan } from '../helpers/tcp-fixtures.ts';
 import { drive } from '../helpers/traceparent-client.ts';
 
 const REQ = 300;
@@ -119,6 +121,52 @@ describe('kspan run', e2eOptions(), () => {
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('retransmits on a lossy path: tcp.retransmit on spans add up to the kernel\'s count', async () => {
+    let ns: NetnsPair | undefined;
+    try {
+      ns = createNetnsPair();
+      // drop both ways: data and ACKs, so both ends retransmit
+      for (const inNs of [ns.inServer, ns.inClient]) {
+        inNs(['iptables', '-A', 'INPUT', '-m', 'statistic', '--mode', 'random', '--probability', '0.1', '-j', 'DROP']);
+      }
+      const requests = 40;
+      const resp = 200_000;
+      const server = group.start('ip', ['netns', 'exec', ns.server, tracedServerPath(), '--addr', ns.serverAddr,
+        '--requests', String(requests), '--req-bytes', String(REQ), '--resp-bytes', String(resp)]);
+      const port = Number((await server.waitLine(/^port (\d+)$/))[1]);
+      const client = startClient(group, ['--addr', ns.serverAddr, '--port', String(port), '--traceparent',
+        '--requests', String(requests), '--req-bytes', String(REQ), '--resp-bytes', String(resp)], ns.client);
+      const oracle = await startRetransmitOracle(group, port);
+      const agent = group.start(KSPAN_BIN, ['run', '--pid', String(server.pid), '--pid', String(client.pid), '--orphans',
+        '--otlp-endpoint', receiver.endpoint]);
+      await agent.waitStderr(/"msg":"tracing"/, 20_000);
+      server.send('go');
+      client.send('go');
+      await client.waitLine(/^done$/, 60_000);
+      await server.waitLine(/^done$/, 60_000);
+      await waitSocketsGone(ns, port); // FIN retransmits, socket teardown
+      agent.child.kill('SIGTERM');
+      assert.equal((await agent.exited).code, 0);
+      const kernelCount = await oracle.stop();
+      assert.ok(kernelCount > 0, 'the lossy path produced retransmits');
+
+      const spans = receiver.spans;
+      assert.equal(new Set(spans.map((x) => x.spanId)).size, spans.length, 'no span arrived twice');
+      // every retransmit is one tcp.retransmit event: on the span that owned the
+      // data, or (arriving after that span was exported) on a tcp.retransmit span
+      const events = spans.reduce((a, s) => a + s.events.filter((e) => e.name === 'tcp.retransmit').length, 0);
+      assert.equal(events, kernelCount);
+      for (const s of spans.filter((x) => x.name === 'tcp.retransmit')) assert.ok(s.events.length >= 1);
+      // the server's response retransmits hang under its request spans
+      const app = server.lines.map(parseAppSpan).filter((x): x is AppSpan => !!x);
+      const appIds = new Set(app.map((a) => a.spanId));
+      const serverSends = spans.filter((s) => s.name === 'tcp.send' && appIds.has(s.parentSpanId));
+      assert.equal(serverSends.reduce((a, s) => a + (s.attributes['kspan.bytes'] as number), 0), requests * resp);
+    } finally {
+      ns?.remove();
     }
   });
 });

@@ -6,8 +6,9 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { startEvents, stopEvents } from '../helpers/kspan-cli.ts';
-import { createNetnsPair, leftoverNamespaces, type NetnsPair } from '../helpers/netns.ts';
+import { createNetnsPair, leftoverNamespaces, waitSocketsGone, type NetnsPair } from '../helpers/netns.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
+import { startRetransmitOracle } from '../helpers/retransmit-oracle.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { startClient, startServer } from '../helpers/tcp-fixtures.ts';
 
@@ -87,29 +88,27 @@ describe('connect outcomes, resets, retransmits', e2eOptions(), () => {
     assert.equal(received[0].pid, client.pid);
   });
 
-  test('retransmits on a lossy path equal the kernel tracepoint count for those sockets', async () => {
+  test('retransmits on a lossy path equal the kernel tracepoint count (perf) for those sockets', async () => {
     ns = createNetnsPair();
-    ns.inServer(['iptables', '-A', 'INPUT', '-m', 'statistic', '--mode', 'random', '--probability', '0.08', '-j', 'DROP']);
+    // drop both ways: data and ACKs, so both ends retransmit
+    for (const inNs of [ns.inServer, ns.inClient]) {
+      inNs(['iptables', '-A', 'INPUT', '-m', 'statistic', '--mode', 'random', '--probability', '0.1', '-j', 'DROP']);
+    }
     const o = { requests: 30, req: 2000, resp: 60_000 };
     const server = await startServer(group, ['--addr', ns.serverAddr, '--requests', String(o.requests),
       '--req-bytes', String(o.req), '--resp-bytes', String(o.resp)], ns.server);
     const client = startClient(group, ['--addr', ns.serverAddr, '--port', String(server.port), '--requests',
       String(o.requests), '--req-bytes', String(o.req), '--resp-bytes', String(o.resp)], ns.client);
-    // The oracle: bpftrace counting the same tracepoint for this server port.
-    const oracle = group.start('bpftrace', ['-B', 'line', '-e',
-      `tracepoint:tcp:tcp_retransmit_skb /args->sport == ${server.port} || args->dport == ${server.port}/ { @n = count(); }`]);
-    await oracle.waitLine(/^Attaching/, 30_000);
+    // The oracle: perf counting the same tracepoint for this server port.
+    const oracle = await startRetransmitOracle(group, server.port);
     const events = await startEvents(group, [server.proc.pid, client.pid]);
     server.proc.send('go');
     client.send('go');
     await client.waitLine(/^done$/, 60_000);
     await server.proc.waitLine(/^done$/, 60_000);
-    await new Promise((r) => setTimeout(r, 1500)); // FIN retransmits, socket teardown
+    await waitSocketsGone(ns, server.port); // FIN retransmits, socket teardown
     const evs = await stopEvents(events);
-    oracle.child.kill('SIGINT');
-    await oracle.exited;
-    const printed = oracle.lines.map((l) => /^@n: (\d+)$/.exec(l)).find(Boolean);
-    const kernelCount = printed ? Number(printed[1]) : 0;
+    const kernelCount = await oracle.stop();
 
     const accept = evs.find((e) => e.type === 'accept')!;
     const connect = evs.find((e) => e.type === 'connect')!;

@@ -68,6 +68,23 @@ export function createNetnsPair(): NetnsPair {
   };
 }
 
+/**
+ * Waits until neither namespace holds a TCP socket on `port` any more (FIN
+ * retransmits and TIME_WAIT included), so a count taken afterwards is final.
+ */
+export async function waitSocketsGone(pair: NetnsPair, port: number, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  const filter = `( sport = :${port} or dport = :${port} )`;
+  for (;;) {
+    const left = [pair.inServer, pair.inClient]
+      .map((inNs) => inNs(['ss', '-Htan', 'state', 'all', 'exclude', 'time-wait', filter]).trim())
+      .filter(Boolean);
+    if (!left.length) return;
+    if (Date.now() > deadline) throw new Error(`sockets on port ${port} still open:\n${left.join('\n')}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** Namespaces still present whose names this process made (for leak checks). */
 export function leftoverNamespaces(prefix = `ks${process.pid}x`): string[] {
   return run(['ip', 'netns', 'list'])
