@@ -104,7 +104,7 @@ function spanLine(s: DemoSpan, prefix: string, t0: bigint): string {
   const label = (prefix + s.name).padEnd(34);
   let who = s.kernel ? 'kernel' : `${s.service} ${s.kind}${s.kind === 'server' || s.kind === 'client' ? ' ' + s.spanId : ''}`;
   if (!s.kernel && s.parentSpanId === null && s.kind !== 'server') who = s.service;
-  const parts = [label, who.padEnd(38), `+${ms(s.startNs - t0)}`.padStart(12), ms(s.endNs - s.startNs).padStart(12)];
+  const parts = [label, who.padEnd(38), `+${ms(s.startNs - t0)}`.padStart(14), ms(s.endNs - s.startNs).padStart(13)];
   const a = s.attrs;
   if (s.kernel) {
     if (a['kspan.bytes'] !== undefined) {
