@@ -1,6 +1,6 @@
 /**
  * A process the demo started (a service or the load driver): its stdout read as
- * JSON lines, the tail of its stderr kept for error messages. Every one is
+ * JSON lines, the head and tail of its stderr kept for error messages. Every one is
  * registered so that the demo can stop them all, asynchronously on a normal end
  * and synchronously from an 'exit' handler as a last resort. Where setpriv is
  * there, children also get a parent-death signal, so not even a SIGKILLed demo
@@ -29,7 +29,9 @@ function setpriv(): string | null {
 export class ServiceProcess {
   readonly name: string;
   readonly child: ChildProcess;
+  readonly stderrHead: string[] = [];
   readonly stderrTail: string[] = [];
+  #stderrDropped = 0;
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   #exit: { code: number | null; signal: NodeJS.Signals | null } | null = null;
   readonly #waiters = new Set<(l: JsonLine) => void>();
@@ -51,7 +53,7 @@ export class ServiceProcess {
       this.child.on('exit', ended);
       // e.g. ENOENT: there is no 'exit' then
       this.child.on('error', (err) => {
-        this.stderrTail.push(String(err));
+        this.stderrHead.push(String(err));
         ended(-1, null);
       });
     });
@@ -67,8 +69,13 @@ export class ServiceProcess {
       for (const w of [...this.#waiters]) w(obj);
     });
     createInterface({ input: this.child.stderr! }).on('line', (l) => {
-      this.stderrTail.push(l);
-      if (this.stderrTail.length > 20) this.stderrTail.shift();
+      // The head says what went wrong (a stack's first lines), the tail how it ended.
+      if (this.stderrHead.length < 8) this.stderrHead.push(l);
+      else {
+        this.stderrTail.push(l);
+        this.#stderrDropped += this.stderrTail.length > 8 ? 1 : 0;
+        if (this.stderrTail.length > 8) this.stderrTail.shift();
+      }
     });
   }
 
@@ -85,7 +92,8 @@ export class ServiceProcess {
     return new Promise((resolve, reject) => {
       const fail = (why: string) => {
         cleanup();
-        const tail = this.stderrTail.length ? `:\n  ${this.stderrTail.slice(-8).join('\n  ')}` : '';
+        const lines = [...this.stderrHead, ...(this.#stderrDropped ? ['…'] : []), ...this.stderrTail];
+        const tail = lines.length ? `:\n  ${lines.join('\n  ')}` : '';
         reject(new KspanError('KSPAN_ERR_TARGET', `demo ${this.name} ${why}${tail}`));
       };
       const timer = setTimeout(() => fail(`did not start within ${timeoutMs / 1000} s`), timeoutMs);
