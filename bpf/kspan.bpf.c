@@ -458,20 +458,31 @@ static __always_inline __u64 sock_cookie_read(const struct sock *sk)
 	return BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
 }
 
+/* The TCP socket behind an fd of the calling task, with its cookie; NULL when the
+ * fd is no TCP socket, or its cookie was never generated (counted). */
+static __always_inline struct sock *tcp_sock_from_fd(__u64 fd, __u64 *cookie)
+{
+	struct sock *sk = sock_from_fd(fd);
+	if (!sk || !is_tcp_sock(sk))
+		return NULL;
+	*cookie = sock_cookie_read(sk);
+	if (!*cookie) {
+		count(KSPAN_C_NO_COOKIE);
+		return NULL;
+	}
+	return sk;
+}
+
 static __always_inline int handle_accept_exit(long ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
 	if (ret < 0 || !is_target(tgid))
 		return 0;
-	struct sock *sk = sock_from_fd(ret);
-	if (!sk || !is_tcp_sock(sk))
+	__u64 cookie;
+	struct sock *sk = tcp_sock_from_fd(ret, &cookie);
+	if (!sk)
 		return 0;
-	__u64 cookie = sock_cookie_read(sk);
-	if (!cookie) {
-		count(KSPAN_C_NO_COOKIE);
-		return 0;
-	}
 	struct kspan_sock *st = sock_state_get(cookie, sk, KSPAN_F_SERVER);
 	if (!st)
 		return 0;
@@ -632,15 +643,10 @@ static __always_inline int io_exit(long ret)
 	bpf_map_delete_elem(&io_inflight, &tid);
 	if (ret <= 0)
 		return 0;
-	struct sock *sk = sock_from_fd(fd);
-	if (!sk || !is_tcp_sock(sk))
-		return 0;
-	__u64 cookie = sock_cookie_read(sk);
-	if (!cookie) {
-		count(KSPAN_C_NO_COOKIE);
-		return 0;
-	}
-	account_io(sk, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
+	__u64 cookie;
+	struct sock *sk = tcp_sock_from_fd(fd, &cookie);
+	if (sk)
+		account_io(sk, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
 	return 0;
 }
 

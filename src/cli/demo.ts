@@ -8,7 +8,7 @@
  *   driver ──HTTP, traceparent──► frontend (native C, ──veth──► backend (Node 24, NodeSDK +
  *                                 otel_thread_ctx_v1)            kspan/publisher)
  *
- * With no endpoint, the agent exports over OTLP/HTTP to a sink in this process,
+ * With no endpoint, the agent exports to an in-process exporter,
  * and the trees are printed at the end. With --otlp-endpoint, the agent exports
  * there, and the demo sends the services' own spans there too (they cannot reach
  * it from their namespaces), so Jaeger shows the whole traces.
@@ -26,7 +26,7 @@ import type { Logger } from '../logger.ts';
 import { createOtlpExporter, resolveExportTarget } from '../spans/export-pipeline.ts';
 import { buildFrontend } from '../demo/frontend-build.ts';
 import { createLossyLink, removeStaleNamespaces, type LossyLink } from '../demo/lossy-link.ts';
-import { AppReadableSpan, OtlpSpanSink, parseAppSpan, ServiceResources, type DemoSpan } from '../demo/demo-spans.ts';
+import { AppReadableSpan, CollectingExporter, parseAppSpan, ServiceResources, type DemoSpan } from '../demo/demo-spans.ts';
 import { killAllSync, ServiceProcess, type JsonLine } from '../demo/service-process.ts';
 import { groupTraces, pickTraces, renderTrace } from '../demo/trace-tree.ts';
 import { parseDuration } from './options.ts';
@@ -124,7 +124,7 @@ class Demo {
   readonly #appSpans: DemoSpan[] = [];
   readonly #badLines = { count: 0 };
   #link: LossyLink | null = null;
-  #sink: OtlpSpanSink | null = null;
+  #sink: CollectingExporter | null = null;
   #agent: AgentHandle | null = null;
   #agentStopped = false;
   readonly #procs: ServiceProcess[] = [];
@@ -209,12 +209,13 @@ class Demo {
     const feReady = await this.#interruptible(frontend.waitFor((l) => l.ready === true, START_TIMEOUT_MS));
 
     const target = resolveExportTarget({ endpoint: o.otlpEndpoint, protocol: o.otlpProtocol });
-    if (target.kind === 'console') this.#sink = await this.#interruptible(OtlpSpanSink.start());
+    if (target.kind === 'console') this.#sink = new CollectingExporter();
     this.#agent = startAgent(
       {
         pids: [frontend.pid, backend.pid],
-        otlpEndpoint: this.#sink ? this.#sink.endpoint : o.otlpEndpoint,
-        otlpProtocol: this.#sink ? 'http/protobuf' : o.otlpProtocol,
+        exporter: this.#sink ?? undefined,
+        otlpEndpoint: o.otlpEndpoint,
+        otlpProtocol: o.otlpProtocol,
       },
       this.#log,
     );
@@ -299,7 +300,6 @@ class Demo {
       socketTableFull: kernelCounters.KSPAN_C_SOCK_TABLE_FULL,
       decodeErrors: kernelCounters.decode_errors,
       exportDropped: stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown,
-      sinkDecodeErrors: this.#sink?.decodeErrors ?? 0,
       badSpanLines: this.#badLines.count,
     };
     const lostText = Object.entries(lost).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(', ');
@@ -350,7 +350,6 @@ class Demo {
     await Promise.all(this.#procs.map((p) => p.stop()));
     this.#link?.remove();
     this.#link = null;
-    await this.#sink?.close();
     this.#sink = null;
   }
 

@@ -6,6 +6,7 @@
  * drains the export queue, then exits 0.
  */
 import { parseArgs } from 'node:util';
+import type { SpanExporter } from '@opentelemetry/sdk-trace';
 import { KernelClock } from '../clock.ts';
 import { setLibbpfLogSink } from '../loader/libbpf-log.ts';
 import type { Logger } from '../logger.ts';
@@ -38,6 +39,8 @@ export interface AgentHandle {
 
 export interface AgentOptions {
   pids: number[];
+  /** Spans go here instead of OTLP or the console (embedding: `kspan demo`). */
+  exporter?: SpanExporter;
   orphans?: boolean;
   otlpEndpoint?: string;
   otlpProtocol?: string;
@@ -57,6 +60,7 @@ export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
     resourceFor: (pid) => resources.resourceFor(pid),
     clockOffsetNs: () => clock.offsetNs,
     target,
+    exporter: opts.exporter,
     orphans: opts.orphans,
     logger: log,
   });
@@ -79,7 +83,7 @@ export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
   const idleNs = BigInt(Math.round((opts.idleFlushMs ?? 500) * 1e6));
   const idleTimer = setInterval(() => session!.tracer.flushIdle(idleNs), IDLE_FLUSH_TICK_MS);
   const clockTimer = setInterval(() => clock.refresh(), CLOCK_REFRESH_MS);
-  log.info({ pids: opts.pids, ioPath: session.ioPath, export: target }, 'tracing');
+  log.info({ pids: opts.pids, ioPath: session.ioPath, export: opts.exporter ? 'in-process' : target }, 'tracing');
 
   let stopping: Promise<void> | undefined;
   const stop = () =>

@@ -3,25 +3,18 @@
  *  - the application's: JSON lines printed by the driver, frontend.c and
  *    backend.cjs (the services run in their own network namespaces and cannot
  *    reach a Collector on the host, so the demo shows or exports them for them);
- *  - the kernel's: what `kspan run`'s agent exported, received over OTLP/HTTP by
- *    a small in-process sink that stands in for a Collector.
+ *  - the kernel's: the ReadableSpans `kspan run`'s agent exported to an
+ *    in-process exporter.
  * And back: plain → ReadableSpan, to export the application's spans next to
  * the kernel's when the demo is given an OTLP endpoint.
  */
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import type { Attributes, AttributeValue, HrTime, Link, SpanContext, SpanStatus } from '@opentelemetry/api';
-import type { InstrumentationScope } from '@opentelemetry/core';
+import type { Attributes, HrTime, Link, SpanContext, SpanStatus } from '@opentelemetry/api';
+import { ExportResultCode, type ExportResult, type InstrumentationScope } from '@opentelemetry/core';
 import { resourceFromAttributes, type Resource } from '@opentelemetry/resources';
-import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
-import {
-  attributesToObject,
-  ExportTraceServiceRequestType,
-  ExportTraceServiceResponseType,
-  TO_OBJECT,
-  type AttrValue,
-  type PlainKeyValue,
-} from '../proto/otlp.ts';
+import type { ReadableSpan, SpanExporter, TimedEvent } from '@opentelemetry/sdk-trace';
+import type { AttrValue } from '../proto/otlp.ts';
+import { hrTimeToNs, nsToHrTime } from '../spans/hr-time.ts';
+import { toAttributes } from '../target-resources.ts';
 
 export type SpanKindName = 'internal' | 'server' | 'client' | 'producer' | 'consumer';
 const KINDS: SpanKindName[] = ['internal', 'server', 'client', 'producer', 'consumer'];
@@ -86,127 +79,49 @@ export function parseAppSpan(line: Record<string, unknown>, pid: number | null):
   };
 }
 
-interface PlainSpan {
-  traceId?: Uint8Array;
-  spanId?: Uint8Array;
-  parentSpanId?: Uint8Array;
-  name?: string;
-  kind?: number;
-  startTimeUnixNano?: string;
-  endTimeUnixNano?: string;
-  attributes?: PlainKeyValue[];
-  events?: { name?: string; timeUnixNano?: string; attributes?: PlainKeyValue[] }[];
-  status?: { code?: number; message?: string };
-}
-interface PlainRequest {
-  resourceSpans?: {
-    resource?: { attributes?: PlainKeyValue[] };
-    scopeSpans?: { scope?: { name?: string }; spans?: PlainSpan[] }[];
-  }[];
-}
-
 const hex = (b: Uint8Array | undefined): string => (b ? Buffer.from(b).toString('hex') : '');
 
-/** An OTLP ExportTraceServiceRequest → DemoSpans (kernel spans: scope "kspan"). */
-export function decodeExportRequest(bytes: Uint8Array): DemoSpan[] {
-  const req = ExportTraceServiceRequestType.toObject(ExportTraceServiceRequestType.decode(bytes), TO_OBJECT) as PlainRequest;
-  const out: DemoSpan[] = [];
-  for (const rs of req.resourceSpans ?? []) {
-    const resource = attributesToObject(rs.resource?.attributes);
-    for (const ss of rs.scopeSpans ?? []) {
-      for (const s of ss.spans ?? []) {
-        const attrs = attributesToObject(s.attributes);
-        const parent = hex(s.parentSpanId);
-        const pid = attrs['process.pid'] ?? resource['process.pid'];
-        out.push({
-          service: String(resource['service.name'] ?? 'unknown'),
-          pid: typeof pid === 'number' ? pid : null,
-          name: s.name ?? '',
-          kind: KINDS[(s.kind ?? 1) - 1] ?? 'internal',
-          traceId: hex(s.traceId),
-          spanId: hex(s.spanId),
-          parentSpanId: parent || null,
-          startNs: BigInt(s.startTimeUnixNano ?? 0),
-          endNs: BigInt(s.endTimeUnixNano ?? 0),
-          error: s.status?.code === 2 ? (s.status.message || 'error') : null,
-          attrs,
-          events: (s.events ?? []).map((e) => ({
-            name: e.name ?? '',
-            timeNs: BigInt(e.timeUnixNano ?? 0),
-            attrs: attributesToObject(e.attributes),
-          })),
-          kernel: ss.scope?.name === 'kspan',
-        });
-      }
-    }
-  }
-  return out;
+/** A span the agent built (a ReadableSpan) → DemoSpan. */
+export function fromReadableSpan(s: ReadableSpan): DemoSpan {
+  const ctx = s.spanContext();
+  const attrs = s.attributes as Record<string, AttrValue>;
+  const resource = s.resource.attributes;
+  const pid = attrs['process.pid'] ?? resource['process.pid'];
+  return {
+    service: String(resource['service.name'] ?? 'unknown'),
+    pid: typeof pid === 'number' ? pid : null,
+    name: s.name,
+    kind: KINDS[s.kind - 1] ?? 'internal',
+    traceId: ctx.traceId,
+    spanId: ctx.spanId,
+    parentSpanId: s.parentSpanContext?.spanId ?? null,
+    startNs: hrTimeToNs(s.startTime),
+    endNs: hrTimeToNs(s.endTime),
+    error: s.status.code === 2 ? (s.status.message || 'error') : null,
+    attrs,
+    events: s.events.map((e) => ({ name: e.name, timeNs: hrTimeToNs(e.time), attrs: (e.attributes ?? {}) as Record<string, AttrValue> })),
+    kernel: s.instrumentationScope.name === 'kspan',
+  };
 }
 
 /**
- * A minimal OTLP/HTTP-protobuf trace receiver on 127.0.0.1 (POST /v1/traces):
- * where the demo's agent sends its kernel spans when no endpoint is given.
+ * Where the demo's agent sends its kernel spans when no endpoint is given: kept
+ * in this process (as DemoSpans) for the trees.
  */
-export class OtlpSpanSink {
+export class CollectingExporter implements SpanExporter {
   readonly spans: DemoSpan[] = [];
-  decodeErrors = 0;
-  readonly #server: http.Server;
 
-  private constructor(server: http.Server) {
-    this.#server = server;
+  export(spans: ReadableSpan[], done: (r: ExportResult) => void): void {
+    for (const s of spans) this.spans.push(fromReadableSpan(s));
+    done({ code: ExportResultCode.SUCCESS });
   }
 
-  static async start(): Promise<OtlpSpanSink> {
-    let sink: OtlpSpanSink | undefined = undefined;
-    const server = http.createServer((req, res) => {
-      const chunks: Buffer[] = [];
-      req.on('data', (c: Buffer) => chunks.push(c));
-      req.on('end', () => {
-        if (req.method !== 'POST' || req.url !== '/v1/traces') {
-          res.writeHead(404).end();
-          return;
-        }
-        try {
-          sink!.spans.push(...decodeExportRequest(Buffer.concat(chunks)));
-        } catch {
-          sink!.decodeErrors++;
-          res.writeHead(400).end();
-          return;
-        }
-        const body = ExportTraceServiceResponseType.encode(ExportTraceServiceResponseType.create({})).finish();
-        res.writeHead(200, { 'content-type': 'application/x-protobuf', 'content-length': body.length }).end(body);
-      });
-    });
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(0, '127.0.0.1', () => resolve());
-    });
-    sink = new OtlpSpanSink(server);
-    return sink;
-  }
+  async shutdown(): Promise<void> {}
 
-  get endpoint(): string {
-    return `http://127.0.0.1:${(this.#server.address() as AddressInfo).port}`;
-  }
-
-  async close(): Promise<void> {
-    this.#server.closeAllConnections();
-    await new Promise<void>((resolve) => this.#server.close(() => resolve()));
-  }
+  async forceFlush(): Promise<void> {}
 }
 
 const DEMO_SCOPE: InstrumentationScope = { name: 'kspan-demo', version: '0.1.0' };
-const hrTime = (ns: bigint): HrTime => [Number(ns / 1_000_000_000n), Number(ns % 1_000_000_000n)];
-
-function toAttributes(attrs: Record<string, AttrValue>): Attributes {
-  const out: Attributes = {};
-  for (const [k, v] of Object.entries(attrs)) {
-    if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') out[k] = v;
-    else if (Array.isArray(v) && v.every((x) => typeof x === 'string')) out[k] = v as AttributeValue;
-  }
-  return out;
-}
-
 /** An application span (from a JSON line) as the OpenTelemetry exporters read it. */
 export class AppReadableSpan implements ReadableSpan {
   readonly name: string;
@@ -232,9 +147,9 @@ export class AppReadableSpan implements ReadableSpan {
     this.kind = KINDS.indexOf(s.kind);
     this.#context = { traceId: s.traceId, spanId: s.spanId, traceFlags: 1 };
     this.parentSpanContext = s.parentSpanId ? { traceId: s.traceId, spanId: s.parentSpanId, traceFlags: 1, isRemote: true } : undefined;
-    this.startTime = hrTime(s.startNs);
-    this.endTime = hrTime(s.endNs < s.startNs ? s.startNs : s.endNs);
-    this.duration = hrTime(s.endNs < s.startNs ? 0n : s.endNs - s.startNs);
+    this.startTime = nsToHrTime(s.startNs);
+    this.endTime = nsToHrTime(s.endNs < s.startNs ? s.startNs : s.endNs);
+    this.duration = nsToHrTime(s.endNs < s.startNs ? 0n : s.endNs - s.startNs);
     this.status = s.error ? { code: 2, message: s.error } : { code: 0 };
     this.attributes = toAttributes(s.attrs);
     this.resource = resource;

@@ -8,7 +8,7 @@ let dir: string | undefined;
 export function tcpFixtureDir(): string {
   dir ??= buildFixture({
     name: 'tcp',
-    sources: ['test/fixtures/tcp/server.c', 'test/fixtures/tcp/client.c'],
+    sources: ['test/fixtures/tcp/server.c', 'test/fixtures/tcp/client.c', 'test/fixtures/tcp/io.h'],
     steps: [
       { out: 'server', cmd: ['gcc', '-O2', '-Wall', '{server.c}', '-o', 'server'] },
       { out: 'client', cmd: ['gcc', '-O2', '-Wall', '{client.c}', '-o', 'client'] },
@@ -42,7 +42,7 @@ let tracedDir: string | undefined;
 export function tracedServerPath(): string {
   tracedDir ??= buildFixture({
     name: 'traced-server',
-    sources: ['test/fixtures/tcp/traced_server.c', 'test/fixtures/tls/otel_ctx_writer.c'],
+    sources: ['test/fixtures/tcp/traced_server.c', 'test/fixtures/tcp/io.h', 'test/fixtures/tls/otel_ctx_writer.c'],
     steps: [
       {
         out: 'traced_server',
