@@ -14,6 +14,7 @@
  *         │  │    • tcp.retransmit +205.4 ms ESTABLISHED
  *         │  └─ GET             demo-backend server 1122334455667788   …
  */
+import { kernelSpanDetails } from '../spans/console-tree.ts';
 import type { DemoSpan } from './demo-spans.ts';
 
 export interface TraceSummary {
@@ -107,18 +108,7 @@ function spanLine(s: DemoSpan, prefix: string, t0: bigint): string {
   const parts = [label, who.padEnd(38), `+${ms(s.startNs - t0)}`.padStart(14), ms(s.endNs - s.startNs).padStart(13)];
   const a = s.attrs;
   if (s.kernel) {
-    if (a['kspan.bytes'] !== undefined) {
-      const calls = Number(a['kspan.syscalls']);
-      parts.push(`${String(a['kspan.bytes'])} B in ${calls} call${calls === 1 ? '' : 's'}`);
-    }
-    if (a['kspan.accept_queue_ns'] !== undefined) parts.push(`accept queue ${ms(BigInt(Number(a['kspan.accept_queue_ns'])))}`);
-    if (a['kspan.wait_ns'] !== undefined) parts.push(`first byte after ${ms(BigInt(Number(a['kspan.wait_ns'])))}`);
-    if (a['kspan.retransmits']) parts.push(`retransmits ${String(a['kspan.retransmits'])}`);
-    if (s.name === 'tcp.accept' || s.name === 'tcp.connect') {
-      const peer = `${String(a['network.peer.address'])}:${String(a['network.peer.port'])}`;
-      const local = `${String(a['network.local.address'])}:${String(a['network.local.port'])}`;
-      parts.push(s.name === 'tcp.accept' ? `${peer} → ${local}` : `${local} → ${peer}`);
-    }
+    parts.push(...kernelSpanDetails(s.name, a));
     if (a['kspan.incomplete']) parts.push(`(incomplete: ${String(a['kspan.incomplete.reason'])})`);
   } else if (a['http.response.status_code'] !== undefined) {
     parts.push(`HTTP ${String(a['http.response.status_code'])}`);

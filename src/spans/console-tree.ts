@@ -109,9 +109,17 @@ function renderList(list: ReadableSpan[], indent: string, children: Map<string, 
 }
 
 function spanLine(s: ReadableSpan, t0: bigint): string {
-  const a = s.attributes;
   const start = ns(s.startTime);
   const parts = [s.name.padEnd(14), `+${ms(start - t0)}`.padStart(11), ms(ns(s.endTime) - start).padStart(11)];
+  parts.push(...kernelSpanDetails(s.name, s.attributes));
+  if (s.status.code === 2) parts.push(`✗ ${s.status.message ?? 'error'}`);
+  if (s.attributes['kspan.incomplete']) parts.push(`(incomplete: ${String(s.attributes['kspan.incomplete.reason'])})`);
+  return parts.join('  ');
+}
+
+/** What a kernel span says in a tree line: bytes and calls, queue and first-byte waits, retransmits, endpoints. */
+export function kernelSpanDetails(name: string, a: Record<string, unknown>): string[] {
+  const parts: string[] = [];
   if (a['kspan.bytes'] !== undefined) {
     const calls = Number(a['kspan.syscalls']);
     parts.push(`${String(a['kspan.bytes'])} B in ${calls} call${calls === 1 ? '' : 's'}`);
@@ -119,14 +127,12 @@ function spanLine(s: ReadableSpan, t0: bigint): string {
   if (a['kspan.accept_queue_ns'] !== undefined) parts.push(`accept queue ${ms(BigInt(Number(a['kspan.accept_queue_ns'])))}`);
   if (a['kspan.wait_ns'] !== undefined) parts.push(`first byte after ${ms(BigInt(Number(a['kspan.wait_ns'])))}`);
   if (a['kspan.retransmits']) parts.push(`retransmits ${String(a['kspan.retransmits'])}`);
-  if (s.name === 'tcp.accept' || s.name === 'tcp.connect') {
+  if (name === 'tcp.accept' || name === 'tcp.connect') {
     const peer = hostPort(a['network.peer.address'], a['network.peer.port']);
     const local = hostPort(a['network.local.address'], a['network.local.port']);
-    parts.push(s.name === 'tcp.accept' ? `${peer} → ${local}` : `${local} → ${peer}`);
+    parts.push(name === 'tcp.accept' ? `${peer} → ${local}` : `${local} → ${peer}`);
   }
-  if (s.status.code === 2) parts.push(`✗ ${s.status.message ?? 'error'}`);
-  if (a['kspan.incomplete']) parts.push(`(incomplete: ${String(a['kspan.incomplete.reason'])})`);
-  return parts.join('  ');
+  return parts;
 }
 
 function hostPort(address: unknown, port: unknown): string {
