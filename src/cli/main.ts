@@ -14,15 +14,17 @@ commands:
          [--duration SECONDS] [--io-hooks auto|sock_length|syscalls]
   run --pid PID [--pid PID ...]           the agent: kernel spans under the targets' spans, over OTLP
       [--duration SECONDS] [--otlp-endpoint URL] [--otlp-protocol grpc|http/protobuf]
-      [--console] [--orphans] [--log-level LEVEL] [--io-hooks ...]
+      [--console] [--orphans] [--idle-flush-ms MS] [--io-hooks ...]
   record --pid PID [...] -o FILE          write the kernel records to FILE (msgpack)
          [--duration SECONDS] [--io-hooks ...]
   replay FILE [--otlp-endpoint URL | --console] [--orphans]
                                           feed a recording through the correlator and exporter
-  demo [--duration SECONDS] [--otlp-endpoint URL]
+  demo [--duration SECONDS] [--requests N] [--loss FRACTION] [--traces N]
+       [--spans-out FILE] [--otlp-endpoint URL] [--otlp-protocol ...]
                                           example services, traced, with a lossy path; trees on the terminal
+every command: --log-level trace|debug|info|warn|error (logs are JSON on stderr)
 
-run 'kspan <command> --help' for a command's options; see README.md`;
+README.md documents every option and the output formats`;
 
 /** --log-level LEVEL (any command): pino's levels; default KSPAN_LOG_LEVEL or info. */
 function logLevel(args: string[]): string | undefined {
