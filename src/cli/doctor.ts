@@ -32,6 +32,7 @@ const PROBE_OBJECT = fileURLToPath(new URL('../../bpf/.output/probe.bpf.o', impo
 const CAP_PERFMON = 38n;
 const CAP_BPF = 39n;
 const CAP_SYS_PTRACE = 19n;
+const CAP_SYS_ADMIN = 21n;
 
 function capabilities(): bigint {
   const m = /CapEff:\s*([0-9a-f]+)/.exec(readFileSync('/proc/self/status', 'utf8'));
@@ -88,12 +89,15 @@ export function runDoctor(): Check[] {
   const btf = hasVmlinuxBtf();
   add('btf', btf ? 'ok' : 'fail', btf ? '/sys/kernel/btf/vmlinux present' : 'no /sys/kernel/btf/vmlinux', HINT_BTF);
 
+  // Capabilities, not the uid: root without capabilities (a container, setpriv)
+  // cannot load BPF either.
   const caps = capabilities();
-  const root = process.geteuid?.() === 0;
-  const privOk = root || (has(caps, CAP_BPF) && has(caps, CAP_PERFMON));
+  const admin = has(caps, CAP_SYS_ADMIN) === 1n;
+  const privOk = admin || (has(caps, CAP_BPF) === 1n && has(caps, CAP_PERFMON) === 1n);
   add('privileges', privOk ? 'ok' : 'fail',
-    root ? 'running as root' : `CAP_BPF=${has(caps, CAP_BPF)} CAP_PERFMON=${has(caps, CAP_PERFMON)}`, HINT_PRIVILEGE);
-  const ptrace = root || has(caps, CAP_SYS_PTRACE) === 1n;
+    `uid ${process.geteuid?.()}, CAP_SYS_ADMIN=${has(caps, CAP_SYS_ADMIN)} CAP_BPF=${has(caps, CAP_BPF)} CAP_PERFMON=${has(caps, CAP_PERFMON)}`,
+    HINT_PRIVILEGE);
+  const ptrace = has(caps, CAP_SYS_PTRACE) === 1n;
   add('ptrace', ptrace ? 'ok' : 'warn', ptrace ? 'can read other processes\' /proc/PID/mem' : 'no CAP_SYS_PTRACE',
     'grant CAP_SYS_PTRACE to read trace context from processes of other users');
 

@@ -3,7 +3,7 @@
  * selection without reloading, and nothing left attached after SIGKILL.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
@@ -12,7 +12,7 @@ import { BpfObject } from '../../src/loader/bpf-object.ts';
 import type { KernelRecord } from '../../src/records.ts';
 import { TcpTracer } from '../../src/tcp-tracer.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
-import { startEvents } from '../helpers/kspan-cli.ts';
+import { KSPAN_BIN, startEvents } from '../helpers/kspan-cli.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { startClient, startServer } from '../helpers/tcp-fixtures.ts';
@@ -60,6 +60,34 @@ describe('loader', e2eOptions(), () => {
     } finally {
       obj.close();
     }
+  });
+
+  test('without privileges: KSPAN_ERR_PRIVILEGE saying what to grant; doctor fails the check', () => {
+    const withoutCaps = (args: string[]) =>
+      // root without capabilities: files stay readable, bpf() is refused
+      spawnSync('setpriv', ['--inh-caps=-all', '--bounding-set=-all', KSPAN_BIN, ...args], {
+        encoding: 'utf8',
+      });
+    const ev = withoutCaps(['events', '--pid', '1', '--duration', '1']);
+    assert.equal(ev.status, 1);
+    assert.match(ev.stderr, /kspan: KSPAN_ERR_PRIVILEGE: .*CAP_BPF and CAP_PERFMON/);
+    const doc = withoutCaps(['doctor', '--json']);
+    assert.equal(doc.status, 1);
+    const checks = (JSON.parse(doc.stdout) as { checks: { name: string; status: string; fix?: string }[] }).checks;
+    const priv = checks.find((c) => c.name === 'privileges');
+    assert.equal(priv?.status, 'fail');
+    assert.match(priv?.fix ?? '', /CAP_BPF/);
+  });
+
+  test('doctor as root: every check passes and the I/O path is named', () => {
+    const doc = spawnSync(KSPAN_BIN, ['doctor', '--json'], { encoding: 'utf8' });
+    assert.equal(doc.status, 0, doc.stdout + doc.stderr);
+    const r = JSON.parse(doc.stdout) as { ok: boolean; checks: { name: string; status: string; detail: string }[] };
+    assert.equal(r.ok, true);
+    for (const name of ['kernel', 'btf', 'privileges', 'tracefs', 'libbpf', 'hook:tracepoint', 'hook:tp_btf+socket_cookie', 'hook:ringbuf', 'hook:uprobe', 'kspan-programs']) {
+      assert.equal(r.checks.find((c) => c.name === name)?.status, 'ok', name);
+    }
+    assert.match(r.checks.find((c) => c.name === 'io-path')!.detail, /sock_send_length|syscall tracepoints/);
   });
 
   test('PIDs are selected at run time without reloading programs', async () => {
