@@ -295,7 +295,9 @@ static __always_inline bool ctx_equal(const struct kspan_trace_ctx *a,
 	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
 }
 
-/* One send or recv by a target thread, in syscall context. */
+/* One send or recv by a target thread, in syscall context. The caller checked
+ * that the thread belongs to a target (first, before any other work: these hooks
+ * fire for every socket call on the machine). */
 static __always_inline void account_io(const struct sock *sk, __u64 cookie, __u8 dir,
 				       __u64 bytes, __u8 path_flag)
 {
@@ -303,8 +305,6 @@ static __always_inline void account_io(const struct sock *sk, __u64 cookie, __u8
 	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
 	struct kspan_trace_ctx cur;
 
-	if (!is_target(tgid))
-		return;
 	struct kspan_sock *st = sock_state_get(cookie, sk, 0);
 	if (!st)
 		return;
@@ -352,7 +352,7 @@ static __always_inline void account_io(const struct sock *sk, __u64 cookie, __u8
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
 {
-	if (ret <= 0 || !is_tcp_sock_btf(sk))
+	if (ret <= 0 || !is_target(bpf_get_current_pid_tgid() >> 32) || !is_tcp_sock_btf(sk))
 		return 0;
 	account_io(sk, bpf_get_socket_cookie(sk), KSPAN_EV_SEND, ret, 0);
 	return 0;
@@ -361,7 +361,8 @@ int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(on_recv_length, struct sock *sk, int ret, int flags)
 {
-	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)) || !is_tcp_sock_btf(sk))
+	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)) || !is_target(bpf_get_current_pid_tgid() >> 32) ||
+	    !is_tcp_sock_btf(sk))
 		return 0;
 	account_io(sk, bpf_get_socket_cookie(sk), KSPAN_EV_RECV, ret, 0);
 	return 0;
@@ -641,7 +642,7 @@ static __always_inline int io_exit(long ret)
 	__u64 fd = a->fd;
 	__u8 dir = a->dir;
 	bpf_map_delete_elem(&io_inflight, &tid);
-	if (ret <= 0)
+	if (ret <= 0 || !is_target(bpf_get_current_pid_tgid() >> 32))
 		return 0;
 	__u64 cookie;
 	struct sock *sk = tcp_sock_from_fd(fd, &cookie);
