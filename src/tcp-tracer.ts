@@ -76,7 +76,18 @@ export class TcpTracer {
     });
   }
 
+  /** Loads and attaches; a load interrupted by a signal is retried (a new object each time). */
   static open(opts: TcpTracerOptions): TcpTracer {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return TcpTracer.#openOnce(opts);
+      } catch (err) {
+        if (!(err instanceof KspanError && err.code === 'KSPAN_ERR_BPF_INTERRUPTED') || attempt >= 5) throw err;
+      }
+    }
+  }
+
+  static #openOnce(opts: TcpTracerOptions): TcpTracer {
     const obj = BpfObject.open(opts.objectPath ?? DEFAULT_OBJECT);
     try {
       const ioPath = chooseIoPath(opts.ioPath);

@@ -15,7 +15,7 @@ import {
   KspanError,
   VerifierError,
 } from '../errors.ts';
-import { BpfTestRunOpts, errno, libbpf } from './native.ts';
+import { BpfTestRunOpts, errno, libbpf, withSignalsBlocked } from './native.ts';
 import { captureLibbpfLog, type LibbpfLogCapture } from './libbpf-log.ts';
 
 type Ptr = bigint;
@@ -32,6 +32,8 @@ const VERIFIER_LOG_SIZE = 4 << 20;
 const EPERM = 1;
 const ENOENT = 2;
 const EACCES = 13;
+const EAGAIN = 11;
+const EINTR = 4;
 
 export class BpfMap {
   readonly name: string;
@@ -171,7 +173,7 @@ export class BpfObject {
     this.#logBuf = Buffer.alloc(VERIFIER_LOG_SIZE);
     for (const p of this.#programs.values()) lib.programSetLogBuf(p, this.#logBuf, VERIFIER_LOG_SIZE);
     const log = captureLibbpfLog();
-    const rc = lib.objectLoad(this.#obj);
+    const rc = withSignalsBlocked(() => lib.objectLoad(this.#obj));
     const lines = log.stop();
     if (rc < 0) throw this.#loadError(rc, lines);
     this.#loaded = true;
@@ -182,6 +184,15 @@ export class BpfObject {
     const details = { libbpfLog };
     // The verifier refuses with EACCES (or EINVAL) and writes its log; a missing
     // privilege is EPERM with no log.
+    if (-rc === EAGAIN || -rc === EINTR) {
+      // The kernel gives up verifying when a signal is pending (a profiler's
+      // SIGPROF, say): not a rejection, and a fresh attempt usually passes.
+      return new KspanError('KSPAN_ERR_BPF_INTERRUPTED', 'loading the BPF programs was interrupted by a signal', {
+        hint: 'try again (kspan blocks signals while loading and retries a few times)',
+        cause,
+        details,
+      });
+    }
     const failed = this.#failedProgram(libbpfLog);
     const verifierLog = this.#logBuf ? cString(this.#logBuf) : '';
     if (failed && verifierLog) return new VerifierError(failed, verifierLog, cause);

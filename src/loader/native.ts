@@ -125,7 +125,28 @@ export const c = {
   clockGettime: cf<[number, Buffer], number>('int clock_gettime(int clk, void *ts)'),
   vsnprintf: cf<[Buffer, number, Ptr, Ptr], number>('int vsnprintf(void *buf, size_t n, void *fmt, void *ap)'),
   getpid: cf<[], number>('int getpid()'),
+  pthreadSigmask: cf<[number, Buffer | null, Buffer | null], number>('int pthread_sigmask(int how, void *set, void *old)'),
 };
+
+const SIG_BLOCK = 0;
+const SIG_SETMASK = 2;
+
+/**
+ * Runs `fn` with every signal blocked in this thread. The kernel abandons BPF
+ * verification (EAGAIN) when the loading thread has a signal pending; a
+ * profiler's SIGPROF every few milliseconds would then make loading impossible.
+ * Blocked here, process-directed signals go to another thread meanwhile.
+ */
+export function withSignalsBlocked<T>(fn: () => T): T {
+  const all = Buffer.alloc(128, 0xff);
+  const old = Buffer.alloc(128);
+  if (c.pthreadSigmask(SIG_BLOCK, all, old) !== 0) return fn();
+  try {
+    return fn();
+  } finally {
+    c.pthreadSigmask(SIG_SETMASK, old, null);
+  }
+}
 
 export const PROT_READ = 1;
 export const PROT_WRITE = 2;

@@ -4,7 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { VerifierError } from '../../src/errors.ts';
@@ -77,6 +78,18 @@ describe('loader', e2eOptions(), () => {
     const priv = checks.find((c) => c.name === 'privileges');
     assert.equal(priv?.status, 'fail');
     assert.match(priv?.fix ?? '', /CAP_BPF/);
+  });
+
+  test('loads under a profiler: SIGPROF every millisecond does not abort verification', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kspan-prof-'));
+    try {
+      const r = spawnSync(process.execPath, ['--cpu-prof', `--cpu-prof-dir=${dir}`, '--cpu-prof-interval=500',
+        join(REPO_ROOT, 'src/cli/main.ts'), 'events', '--pid', String(process.pid), '--duration', '0.5'], { encoding: 'utf8' });
+      assert.equal(r.status, 0, r.stderr);
+      assert.match(r.stderr, /"msg":"tracing"/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   test('doctor as root: every check passes and the I/O path is named', () => {
