@@ -55,6 +55,7 @@ enum kspan_event_type *unused_type __attribute__((unused));
 enum kspan_event_flag *unused_flag __attribute__((unused));
 enum kspan_counter *unused_counter __attribute__((unused));
 struct kspan_tls_loc *unused_tls_loc __attribute__((unused));
+struct kspan_target *unused_target __attribute__((unused));
 enum kspan_tls_kind *unused_tls_kind __attribute__((unused));
 enum kspan_ctx_scheme *unused_scheme __attribute__((unused));
 enum kspan_dtv_layout *unused_dtv_layout __attribute__((unused));
@@ -71,12 +72,13 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* Which processes (tgid) are traced; the agent changes it at run time. */
+/* Which processes (tgid) are traced, and where their threads keep their span;
+ * the agent changes it at run time. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
 	__type(key, __u32);
-	__type(value, __u8);
+	__type(value, struct kspan_target);
 } targets SEC(".maps");
 
 struct {
@@ -122,9 +124,15 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
-static __always_inline bool is_target(__u32 tgid)
+/* The traced process `tgid`, or NULL when it is not traced. */
+static __always_inline struct kspan_target *target_of(__u32 tgid)
 {
-	return bpf_map_lookup_elem(&targets, &tgid) != NULL;
+	return bpf_map_lookup_elem(&targets, &tgid);
+}
+
+static __always_inline struct kspan_target *current_target(void)
+{
+	return target_of(bpf_get_current_pid_tgid() >> 32);
 }
 
 /* Reads family, ports and addresses of a socket into the state. */
@@ -298,8 +306,8 @@ static __always_inline bool ctx_equal(const struct kspan_trace_ctx *a,
 /* One send or recv by a target thread, in syscall context. The caller checked
  * that the thread belongs to a target (first, before any other work: these hooks
  * fire for every socket call on the machine). */
-static __always_inline void account_io(const struct sock *sk, __u64 cookie, __u8 dir,
-				       __u64 bytes, __u8 path_flag)
+static __always_inline void account_io(const struct kspan_target *t, const struct sock *sk, __u64 cookie,
+				       __u8 dir, __u64 bytes, __u8 path_flag)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
@@ -308,7 +316,7 @@ static __always_inline void account_io(const struct sock *sk, __u64 cookie, __u8
 	struct kspan_sock *st = sock_state_get(cookie, sk, 0);
 	if (!st)
 		return;
-	read_thread_ctx(tgid, &cur);
+	read_thread_ctx(tgid, &t->loc, &cur);
 
 	__u64 now = bpf_ktime_get_ns();
 	if (st->agg_dir == dir && dir == KSPAN_EV_SEND && st->agg_ctx.valid && !ctx_equal(&st->agg_ctx, &cur)) {
@@ -352,19 +360,20 @@ static __always_inline void account_io(const struct sock *sk, __u64 cookie, __u8
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
 {
-	if (ret <= 0 || !is_target(bpf_get_current_pid_tgid() >> 32) || !is_tcp_sock_btf(sk))
+	struct kspan_target *t;
+	if (ret <= 0 || !(t = current_target()) || !is_tcp_sock_btf(sk))
 		return 0;
-	account_io(sk, bpf_get_socket_cookie(sk), KSPAN_EV_SEND, ret, 0);
+	account_io(t, sk, bpf_get_socket_cookie(sk), KSPAN_EV_SEND, ret, 0);
 	return 0;
 }
 
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(on_recv_length, struct sock *sk, int ret, int flags)
 {
-	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)) || !is_target(bpf_get_current_pid_tgid() >> 32) ||
-	    !is_tcp_sock_btf(sk))
+	struct kspan_target *t;
+	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)) || !(t = current_target()) || !is_tcp_sock_btf(sk))
 		return 0;
-	account_io(sk, bpf_get_socket_cookie(sk), KSPAN_EV_RECV, ret, 0);
+	account_io(t, sk, bpf_get_socket_cookie(sk), KSPAN_EV_RECV, ret, 0);
 	return 0;
 }
 
@@ -390,7 +399,8 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 		/* connect() in syscall context: the caller is the owner. */
 		__u64 pid_tgid = bpf_get_current_pid_tgid();
 		__u32 tgid = pid_tgid >> 32;
-		if (!is_target(tgid))
+		struct kspan_target *t = target_of(tgid);
+		if (!t)
 			return 0;
 		__u64 cookie = bpf_get_socket_cookie((void *)sk);
 		struct kspan_sock *st = sock_state_get(cookie, sk, KSPAN_F_CLIENT);
@@ -399,7 +409,7 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 		st->syn_sent_ns = bpf_ktime_get_ns();
 		st->pid = tgid;
 		st->tid = (__u32)pid_tgid;
-		read_thread_ctx(tgid, &st->last_ctx);
+		read_thread_ctx(tgid, &t->loc, &st->last_ctx);
 		return 0;
 	}
 
@@ -478,7 +488,8 @@ static __always_inline int handle_accept_exit(long ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
-	if (ret < 0 || !is_target(tgid))
+	struct kspan_target *t = target_of(tgid);
+	if (ret < 0 || !t)
 		return 0;
 	__u64 cookie;
 	struct sock *sk = tcp_sock_from_fd(ret, &cookie);
@@ -489,7 +500,7 @@ static __always_inline int handle_accept_exit(long ret)
 		return 0;
 	st->pid = tgid;
 	st->tid = (__u32)pid_tgid;
-	read_thread_ctx(tgid, &st->last_ctx);
+	read_thread_ctx(tgid, &t->loc, &st->last_ctx);
 
 	struct kspan_event *e = reserve();
 	if (!e)
@@ -625,7 +636,7 @@ int flush_idle(struct kspan_flush_args *args)
 static __always_inline int io_enter(__u64 fd, __u8 dir)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	if (!is_target(pid_tgid >> 32))
+	if (!target_of(pid_tgid >> 32))
 		return 0;
 	__u32 tid = (__u32)pid_tgid;
 	struct io_args a = { .fd = fd, .dir = dir };
@@ -642,12 +653,13 @@ static __always_inline int io_exit(long ret)
 	__u64 fd = a->fd;
 	__u8 dir = a->dir;
 	bpf_map_delete_elem(&io_inflight, &tid);
-	if (ret <= 0 || !is_target(bpf_get_current_pid_tgid() >> 32))
+	struct kspan_target *t;
+	if (ret <= 0 || !(t = current_target()))
 		return 0;
 	__u64 cookie;
 	struct sock *sk = tcp_sock_from_fd(fd, &cookie);
 	if (sk)
-		account_io(sk, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
+		account_io(t, sk, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
 	return 0;
 }
 

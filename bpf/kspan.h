@@ -126,8 +126,7 @@ struct kspan_sock {
 	struct kspan_agg pend;          /* closed aggregate waiting for its pair */
 };
 
-/* Where a target's thread-context pointer lives, per process (`tls_locs` map,
- * keyed by tgid). Resolved in userspace from the ELF and /proc/PID/{maps,mem}. */
+/* Where a target's thread-context pointer lives (in its `targets` entry). Resolved in userspace from the ELF and /proc/PID/{maps,mem}. */
 enum kspan_tls_kind {
 	KSPAN_TLS_NONE = 0,
 	KSPAN_TLS_STATIC = 1,       /* address = fsbase + offset (local-exec, initial-exec, static TLSDESC) */
@@ -152,6 +151,12 @@ struct kspan_tls_loc {
 	__u8 scheme;                /* enum kspan_ctx_scheme */
 	__u8 dtv_layout;            /* enum kspan_dtv_layout (DTV only) */
 	__u8 _pad[5];
+};
+
+/* Value of the `targets` map (tgid → what the programs need of a traced
+ * process), so one lookup per event answers "traced?" and "where is the span?". */
+struct kspan_target {
+	struct kspan_tls_loc loc;   /* kind KSPAN_TLS_NONE: no thread context (yet) */
 };
 
 /* How to walk a Node.js target's V8 heap from its otel_thread_ctx_nodejs_v1 TLS

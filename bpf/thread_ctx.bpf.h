@@ -7,7 +7,7 @@
  * under us. (In softirq context `current` is unrelated: never call it there.)
  *
  * Where the TLS pointer lives is resolved per process in userspace
- * (src/context/tls-resolver.ts) and pushed into `tls_locs` (tgid → kspan_tls_loc):
+ * (src/context/tls-resolver.ts) and kept in the process's `targets` entry:
  *   STATIC: &otel_thread_ctx_v1 = fsbase + offset
  *   DTV:    &otel_thread_ctx_v1 = dtv[module] + offset, dtv = *(fsbase + 8)
  *           loc->dtv_layout says whose DTV: glibc x86_64 has 16-byte entries,
@@ -34,13 +34,6 @@
 static __always_inline void count(__u32 idx);
 
 #include "nodejs_ctx.bpf.h"
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32);
-	__type(value, struct kspan_tls_loc);
-} tls_locs SEC(".maps");
 
 /* glibc's dtv_t is {pointer, to_free}, length at dtv[-1]; musl's a bare
  * pointer, length at dtv[0] (enum kspan_dtv_layout) */
@@ -90,12 +83,12 @@ static __always_inline __u64 thread_ctx_slot(const struct kspan_tls_loc *loc, __
 	return block + (__u64)loc->offset;
 }
 
-static __always_inline void read_thread_ctx(__u32 tgid, struct kspan_trace_ctx *out)
+static __always_inline void read_thread_ctx(__u32 tgid, const struct kspan_tls_loc *loc,
+					    struct kspan_trace_ctx *out)
 {
 	__builtin_memset(out, 0, sizeof(*out));
 
-	struct kspan_tls_loc *loc = bpf_map_lookup_elem(&tls_locs, &tgid);
-	if (!loc || (loc->scheme != KSPAN_SCHEME_OTEL_V1 && loc->scheme != KSPAN_SCHEME_NODEJS_V1))
+	if (loc->kind == KSPAN_TLS_NONE || (loc->scheme != KSPAN_SCHEME_OTEL_V1 && loc->scheme != KSPAN_SCHEME_NODEJS_V1))
 		return;
 
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();

@@ -8,6 +8,10 @@ import { fileURLToPath } from 'node:url';
 import { KspanError } from './errors.ts';
 import {
   decodeKspanFlushArgs,
+  encodeKspanTarget,
+  KSPAN_TARGET_SIZE,
+  KspanTlsKind,
+  type KspanTlsLoc,
   decodeKspanSock,
   encodeKspanFlushArgs,
   KSPAN_FLUSH_ARGS_SIZE,
@@ -22,8 +26,17 @@ import { BpfObject } from './loader/bpf-object.ts';
 import { chooseIoPath, type IoPath, sectionAvailable } from './loader/kernel-features.ts';
 import { libbpf } from './loader/native.ts';
 import { RingBufferReader } from './loader/ring-buffer.ts';
+import { pidKey } from './context/thread-context-reader.ts';
 import { decodeRecords, fromEvent } from './record-decoder.ts';
 import type { KernelRecord } from './records.ts';
+
+const NO_LOCATION: KspanTlsLoc = { offset: 0n, module: 0n, kind: KspanTlsKind.KSPAN_TLS_NONE, scheme: 0, dtv_layout: 0 };
+
+function targetValue(loc: KspanTlsLoc): Buffer {
+  const buf = Buffer.alloc(KSPAN_TARGET_SIZE);
+  encodeKspanTarget({ loc }, new DataView(buf.buffer, buf.byteOffset, buf.length), 0);
+  return buf;
+}
 
 export const DEFAULT_OBJECT = fileURLToPath(new URL('../bpf/.output/kspan.bpf.o', import.meta.url));
 
@@ -118,18 +131,24 @@ export class TcpTracer {
     this.#ring.start();
   }
 
+  /** Traces `pid` (no thread context until setContextLocation). Idempotent. */
   addPid(pid: number): void {
-    const key = Buffer.alloc(4);
-    key.writeUInt32LE(pid);
-    this.#obj.map('targets').update(key, Buffer.from([1]));
+    this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION));
     this.#pids.add(pid);
   }
 
   removePid(pid: number): void {
-    const key = Buffer.alloc(4);
-    key.writeUInt32LE(pid);
-    this.#obj.map('targets').delete(key);
+    this.#obj.map('targets').delete(pidKey(pid));
     this.#pids.delete(pid);
+  }
+
+  /** Where `pid`'s threads keep their span; false when `pid` is not traced. */
+  setContextLocation(pid: number, loc: KspanTlsLoc): boolean {
+    return this.#obj.map('targets').replace(pidKey(pid), targetValue(loc));
+  }
+
+  clearContextLocation(pid: number): void {
+    this.#obj.map('targets').replace(pidKey(pid), targetValue(NO_LOCATION));
   }
 
   get pids(): number[] {

@@ -6,9 +6,8 @@
  * kspan started is picked up. Used by `kspan events`, `run` and `record`.
  */
 import {
-  encodeTlsLocValue,
   ThreadContextReader,
-  tlsLocKey,
+  pidKey,
   type TargetContext,
   type ThreadContextReaderStats,
 } from './context/thread-context-reader.ts';
@@ -48,13 +47,12 @@ export class TracingSession {
   private constructor(tracer: TcpTracer, opts: TracingSessionOptions) {
     this.tracer = tracer;
     this.#opts = opts;
-    const locs = tracer.object.map('tls_locs');
     const nodeLayouts = tracer.object.map('node_layouts');
     this.reader = new ThreadContextReader({
-      setLocation: (pid, loc) => locs.update(tlsLocKey(pid), encodeTlsLocValue(loc)),
-      deleteLocation: (pid) => void locs.delete(tlsLocKey(pid)),
-      setNodeLayout: (pid, layout) => nodeLayouts.update(tlsLocKey(pid), encodeNodeLayoutValue(layout)),
-      deleteNodeLayout: (pid) => void nodeLayouts.delete(tlsLocKey(pid)),
+      setLocation: (pid, loc) => tracer.setContextLocation(pid, loc),
+      deleteLocation: (pid) => tracer.clearContextLocation(pid),
+      setNodeLayout: (pid, layout) => nodeLayouts.update(pidKey(pid), encodeNodeLayoutValue(layout)),
+      deleteNodeLayout: (pid) => void nodeLayouts.delete(pidKey(pid)),
       onTarget: opts.onTarget,
     });
   }

@@ -1,6 +1,7 @@
 /**
  * Per target process: which thread-context scheme it publishes, where its TLS
- * pointer is, and its Resource; and keeping the BPF `tls_locs` map in step.
+ * pointer is, and its Resource; and keeping the BPF side in step (the location
+ * in the process's `targets` entry, Node layouts in `node_layouts`).
  *
  * Pure of the loader: the map is reached through the two functions passed in
  * (set a pid's location, delete it), so this runs in tests without BPF.
@@ -12,7 +13,7 @@
  * (a 32-byte read), so calling it every second or two is fine.
  */
 import { readFileSync } from 'node:fs';
-import { KspanCtxScheme, type KspanTlsLoc, KSPAN_TLS_LOC_SIZE, encodeKspanTlsLoc, KspanTlsKind } from '../generated/records.ts';
+import { KspanCtxScheme, type KspanTlsLoc, KspanTlsKind } from '../generated/records.ts';
 import { type ProcessContextInfo, readProcessContext, readPublishedAt } from './process-context.ts';
 import { OTEL_THREAD_CTX_SYMBOL, type TlsResolution, TlsResolveError, TlsResolver } from './tls-resolver.ts';
 import { procFailure } from './proc-mem.ts';
@@ -43,9 +44,9 @@ export interface TargetContext {
 }
 
 export interface ThreadContextReaderOptions {
-  /** Writes a pid's location into the BPF `tls_locs` map. */
+  /** Gives BPF a pid's location (TcpTracer.setContextLocation). */
   setLocation: (pid: number, loc: KspanTlsLoc) => void;
-  /** Removes a pid from the `tls_locs` map. */
+  /** Takes a pid's location back (TcpTracer.clearContextLocation). */
   deleteLocation: (pid: number) => void;
   /** Writes / removes a Node.js target's walk layout (BPF `node_layouts`); enables nodejs_v1_dev. */
   setNodeLayout?: (pid: number, layout: KspanNodeLayout) => void;
@@ -229,15 +230,8 @@ export function targetEvent(t: TargetContext): Record<string, unknown> {
   return ev;
 }
 
-/** The 24-byte `tls_locs` map value for a location. */
-export function encodeTlsLocValue(loc: KspanTlsLoc): Buffer {
-  const buf = Buffer.alloc(KSPAN_TLS_LOC_SIZE);
-  encodeKspanTlsLoc(loc, new DataView(buf.buffer, buf.byteOffset, buf.length), 0);
-  return buf;
-}
-
-/** The `tls_locs` map key for a pid (u32, host order). */
-export function tlsLocKey(pid: number): Buffer {
+/** A BPF map key for a pid (u32, host order). */
+export function pidKey(pid: number): Buffer {
   const key = Buffer.alloc(4);
   key.writeUInt32LE(pid);
   return key;

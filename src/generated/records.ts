@@ -627,6 +627,43 @@ export class KspanTlsLocView implements KspanTlsLoc {
   }
 }
 
+/** struct kspan_target: 24 bytes. */
+export const KSPAN_TARGET_SIZE = 24;
+
+export interface KspanTarget {
+  loc: KspanTlsLoc;
+}
+
+export function decodeKspanTarget(v: DataView, o: number): KspanTarget {
+  return {
+    loc: decodeKspanTlsLoc(v, o + 0),
+  };
+}
+
+/** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
+export function encodeKspanTarget(x: KspanTarget, v: DataView, o: number): void {
+  encodeKspanTlsLoc(x.loc, v, o + 0);
+}
+
+/** Zero-copy view of struct kspan_target; move it with `at()`. Byte arrays alias the memory. */
+export class KspanTargetView implements KspanTarget {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get loc(): KspanTlsLocView {
+    const v = this.v;
+    return new KspanTlsLocView(v, this.o + 0);
+  }
+}
+
 /** struct kspan_node_layout: 16 bytes. */
 export const KSPAN_NODE_LAYOUT_SIZE = 16;
 

@@ -33,6 +33,9 @@ const EPERM = 1;
 const ENOENT = 2;
 const EACCES = 13;
 const EAGAIN = 11;
+const EEXIST = 17;
+const BPF_NOEXIST = 1;
+const BPF_EXIST = 2;
 const EINTR = 4;
 
 export class BpfMap {
@@ -63,6 +66,22 @@ export class BpfMap {
   update(key: Buffer, value: Buffer, flags = 0): void {
     const rc = libbpf().mapUpdate(this.#ptr, key, key.length, value, value.length, flags);
     if (rc < 0) throw this.#error('update', rc);
+  }
+
+  /** Adds the key only if absent (BPF_NOEXIST); false when it was there. */
+  insert(key: Buffer, value: Buffer): boolean {
+    const rc = libbpf().mapUpdate(this.#ptr, key, key.length, value, value.length, BPF_NOEXIST);
+    if (rc === -EEXIST) return false;
+    if (rc < 0) throw this.#error('update', rc);
+    return true;
+  }
+
+  /** Replaces the value only if the key is there (BPF_EXIST); false when it was not. */
+  replace(key: Buffer, value: Buffer): boolean {
+    const rc = libbpf().mapUpdate(this.#ptr, key, key.length, value, value.length, BPF_EXIST);
+    if (rc === -ENOENT) return false;
+    if (rc < 0) throw this.#error('update', rc);
+    return true;
   }
 
   /** Returns false when the key was not there. */

@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { createServer, type Server, type Socket } from 'node:net';
 import type { KernelRecord } from '../../src/records.ts';
 import { TcpTracer } from '../../src/tcp-tracer.ts';
-import { ThreadContextReader, encodeTlsLocValue, tlsLocKey, type TargetContext } from '../../src/context/thread-context-reader.ts';
+import { ThreadContextReader, type TargetContext } from '../../src/context/thread-context-reader.ts';
 import { TLS_VARIANTS, variantOptions, buildTlsFixtures, startPublisher, type TlsVariant, type RunningPublisher } from '../helpers/tls-fixtures.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 
@@ -61,10 +61,9 @@ async function run(variant: TlsVariant, o: { threads?: number; rounds?: number; 
   const tracer = TcpTracer.open({ onRecord: (r) => records.push(r) });
   let pub: RunningPublisher | undefined;
   try {
-    const tlsLocs = tracer.object.map('tls_locs');
     const reader = new ThreadContextReader({
-      setLocation: (pid, loc) => tlsLocs.update(tlsLocKey(pid), encodeTlsLocValue(loc)),
-      deleteLocation: (pid) => void tlsLocs.delete(tlsLocKey(pid)),
+      setLocation: (pid, loc) => tracer.setContextLocation(pid, loc),
+      deleteLocation: (pid) => tracer.clearContextLocation(pid),
     });
     pub = await startPublisher(dir, variant, { threads: o.threads ?? 3, connect: port, rounds: o.rounds ?? 3, hostile: o.hostile, flip: o.flip });
     tracer.addPid(pub.pid);
