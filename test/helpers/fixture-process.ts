@@ -4,6 +4,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { stopChild } from './processes.ts';
 
 export interface FixtureProcess {
   child: ChildProcess;
@@ -20,16 +21,7 @@ export function startFixtureProcess(
   opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
 ): Promise<FixtureProcess> {
   const child = spawn(exe, args, { stdio: ['pipe', 'pipe', 'pipe'], env: opts.env ?? process.env });
-  const stop = () =>
-    new Promise<void>((resolve) => {
-      if (child.exitCode !== null || child.signalCode !== null) return resolve();
-      const timer = setTimeout(() => child.kill('SIGKILL'), 2000);
-      child.once('exit', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      child.stdin?.end();
-    });
+  const stop = () => stopChild(child);
   return new Promise((resolve, reject) => {
     const lines: string[] = [];
     let stderr = '';

@@ -41,6 +41,19 @@ function waiter(buf: string[], onLine: Set<(l: string) => void>, what: string) {
     });
 }
 
+/** Closes the child's stdin (fixtures exit on EOF), SIGKILLs it after 2 s, resolves once it is gone. */
+export function stopChild(child: ChildProcess): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    const timer = setTimeout(() => child.kill('SIGKILL'), 2000);
+    child.once('exit', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    child.stdin?.end();
+  });
+}
+
 export class ProcessGroup {
   readonly #procs: Proc[] = [];
 

@@ -7,6 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { REQUIRE_ALL, buildFixture, hasTool, toolOptions } from './build-fixture.ts';
+import { stopChild } from './processes.ts';
 
 const SRC = 'test/fixtures/tls';
 const WRITER = `${SRC}/otel_ctx_writer.c`;
@@ -164,16 +165,7 @@ export function startPublisher(
     env: { ...process.env, ...opts.env },
   });
   opts.onSpawn?.(child);
-  const stop = () =>
-    new Promise<void>((resolve) => {
-      if (child.exitCode !== null || child.signalCode !== null) return resolve();
-      const timer = setTimeout(() => child.kill('SIGKILL'), 2000);
-      child.once('exit', () => {
-        clearTimeout(timer);
-        resolve();
-      });
-      child.stdin?.end();
-    });
+  const stop = () => stopChild(child);
   return new Promise((resolve, reject) => {
     const threads: PublisherThread[] = [];
     let idle: RunningPublisher['idle'] | undefined;
