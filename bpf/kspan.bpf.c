@@ -299,8 +299,10 @@ static __always_inline bool ctx_equal(const struct kspan_trace_ctx *a,
 				      const struct kspan_trace_ctx *b)
 {
 	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
-	/* trace_id, span_id and the flags/valid word */
-	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3];
+	/* trace_id, span_id, trace_flags and valid: the span's identity. The
+	 * attributes are not part of it (an aggregate keeps its first call's). */
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] &&
+	       *(const __u16 *)&a->trace_flags == *(const __u16 *)&b->trace_flags;
 }
 
 /* One send or recv by a target thread, in syscall context. The caller checked

@@ -43,13 +43,20 @@ enum kspan_counter {
 	KSPAN_C_MAX = 8,
 };
 
-/* The span a thread had active, copied from its TLS (OTEP 4947 record header). */
+/* Record attribute bytes copied with a context: 52 fills kspan_trace_ctx to 80
+ * bytes with no padding. The struct sits in every record twice and in every
+ * socket's state three times, so each byte here costs five. */
+#define KSPAN_CTX_ATTRS_MAX 52
+
+/* The span a thread had active, copied from its TLS (OTEP 4947 record header and
+ * the head of its attributes, {key u8, len u8, val[len]}...). */
 struct kspan_trace_ctx {
 	__u8 trace_id[16];
 	__u8 span_id[8];
 	__u8 trace_flags;
 	__u8 valid;                 /* 1 when a context was read, 0 when none */
-	__u8 _pad[6];
+	__u16 attrs_size;           /* the record's attrs_size; attrs holds the first min(attrs_size, 52) bytes */
+	__u8 attrs[KSPAN_CTX_ATTRS_MAX];
 };
 
 /* A closed send/recv aggregate. */

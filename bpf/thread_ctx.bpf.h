@@ -16,8 +16,10 @@
  *           entries and the count at dtv[0], and allocates a dlopen'ed module's
  *           block for every thread at dlopen time.
  * Then the pointer, then the record header: trace_id[16] span_id[8] valid u8
- * trace_flags u8 attrs_size u16. `valid` is read before the ids and again after
- * them; a change means a torn read. (The pointer is not re-read: in a syscall
+ * trace_flags u8 attrs_size u16, then the first min(attrs_size,
+ * KSPAN_CTX_ATTRS_MAX) bytes of the attributes. `valid` is read before the ids,
+ * again after them, and (when there are attributes) after those; a change means
+ * a torn read. (The pointer is not re-read: in a syscall
  * hook the writer thread is in the kernel and cannot swap it.)
  *
  * Outcomes and counters (enum kspan_counter): no location, NULL pointer,
@@ -48,6 +50,7 @@ struct otel_thread_ctx_head {
 	__u8 span_id[8];
 	__u8 valid;
 	__u8 trace_flags;
+	__u16 attrs_size;
 } __attribute__((packed));
 
 /* The address of the thread's TLS pointer, or 0 when it has none (yet). */
@@ -126,6 +129,26 @@ static __always_inline void read_thread_ctx(__u32 tgid, const struct kspan_tls_l
 	if (head.valid != 1) {
 		count(KSPAN_C_CTX_TORN);
 		return;
+	}
+	/* The attributes follow the header: copy their head, then check valid once
+	 * more so they belong to the same span as the ids. */
+	__u32 n = head.attrs_size;
+	if (n > KSPAN_CTX_ATTRS_MAX)
+		n = KSPAN_CTX_ATTRS_MAX;
+	if (n) {
+		__u8 valid_after = 0;
+		if (bpf_probe_read_user(out->attrs, n, (void *)(rec + sizeof(head))) ||
+		    bpf_probe_read_user(&valid_after, 1, (void *)(rec + KSPAN_RECORD_VALID_OFF))) {
+			__builtin_memset(out->attrs, 0, sizeof(out->attrs));
+			count(KSPAN_C_CTX_FAULT);
+			return;
+		}
+		if (valid_after != 1) {
+			__builtin_memset(out->attrs, 0, sizeof(out->attrs));
+			count(KSPAN_C_CTX_TORN);
+			return;
+		}
+		out->attrs_size = head.attrs_size;
 	}
 	__builtin_memcpy(out->trace_id, head.trace_id, sizeof(out->trace_id));
 	__builtin_memcpy(out->span_id, head.span_id, sizeof(out->span_id));

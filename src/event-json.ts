@@ -4,12 +4,14 @@
  * decimal string, `ts_ns` (and the other wall-clock `*_ts_ns`) as exact JSON
  * integers. Pure.
  */
+import { decodeRecordAttributes } from './context/process-context.ts';
 import { connectErrorName, formatEndpoint, type KernelRecord } from './records.ts';
 
 /** Marks a bigint to be written as a bare JSON integer. */
 const EXACT = '\u0000exact:';
 
-export function eventObject(r: KernelRecord, clockOffsetNs: bigint): Record<string, unknown> {
+/** `keyMap`: the target's threadlocal.attribute_key_map, naming the context's record attributes. */
+export function eventObject(r: KernelRecord, clockOffsetNs: bigint, keyMap?: readonly string[]): Record<string, unknown> {
   const o: Record<string, unknown> = {
     type: r.type,
     ts_ns: EXACT + (r.tsNs + clockOffsetNs).toString(),
@@ -23,6 +25,8 @@ export function eventObject(r: KernelRecord, clockOffsetNs: bigint): Record<stri
     span_id: r.context?.spanId ?? null,
     trace_flags: r.context ? r.context.traceFlags : null,
   };
+  // Only when the record had attributes: lines without them keep their shape.
+  if (r.context?.attributes) o.attributes = decodeRecordAttributes(r.context.attributes, keyMap ?? []).attributes;
   switch (r.type) {
     case 'send':
     case 'recv':
@@ -58,6 +62,6 @@ export function eventObject(r: KernelRecord, clockOffsetNs: bigint): Record<stri
   return o;
 }
 
-export function eventLine(r: KernelRecord, clockOffsetNs: bigint): string {
-  return JSON.stringify(eventObject(r, clockOffsetNs)).replace(/"\\u0000exact:(-?\d+)"/g, '$1');
+export function eventLine(r: KernelRecord, clockOffsetNs: bigint, keyMap?: readonly string[]): string {
+  return JSON.stringify(eventObject(r, clockOffsetNs, keyMap)).replace(/"\\u0000exact:(-?\d+)"/g, '$1');
 }

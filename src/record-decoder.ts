@@ -77,7 +77,15 @@ export function fromEvent(e: KspanEvent, agg?: KspanAgg): KernelRecord {
 
 export function traceContext(ctx: KspanTraceCtx): TraceContext | null {
   if (ctx.valid !== 1) return null;
-  return { traceId: hex(ctx.trace_id), spanId: hex(ctx.span_id), traceFlags: ctx.trace_flags };
+  const c: TraceContext = { traceId: hex(ctx.trace_id), spanId: hex(ctx.span_id), traceFlags: ctx.trace_flags };
+  const size = ctx.attrs_size;
+  if (size) {
+    // A copy: the view aliases ring-buffer memory that is about to be reused.
+    const attrs = ctx.attrs;
+    c.attributes = attrs.slice(0, Math.min(size, attrs.length));
+    if (size > attrs.length) c.attributesTruncated = true;
+  }
+  return c;
 }
 
 const HEX: string[] = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));

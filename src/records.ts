@@ -15,6 +15,15 @@ export interface TraceContext {
   /** 16 lowercase hex characters. */
   spanId: string;
   traceFlags: number;
+  /**
+   * The record's attributes ({key u8, len u8, val[len]}…, keys indexing the
+   * process context's threadlocal.attribute_key_map) as far as the kernel copied
+   * them (KSPAN_CTX_ATTRS_MAX bytes; the last entry may be cut). Absent when the
+   * record had none.
+   */
+  attributes?: Uint8Array;
+  /** The record held more attribute bytes than the kernel copies. */
+  attributesTruncated?: boolean;
 }
 
 export interface Endpoint {

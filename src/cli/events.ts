@@ -35,7 +35,7 @@ export async function eventsCommand(args: string[], log: Logger): Promise<number
     out.length = 0;
   };
   const print = (r: KernelRecord) => {
-    out.push(eventLine(r, clock.offsetNs));
+    out.push(eventLine(r, clock.offsetNs, r.context?.attributes && tracer.reader.target(r.pid)?.process.threadLocal?.keyMap));
     if (out.length >= 256) flushOut();
   };
   const tracer = TracingSession.open({

@@ -10,6 +10,7 @@ import type { SpanExporter } from '@opentelemetry/sdk-trace';
 import { KernelClock } from '../clock.ts';
 import { setLibbpfLogSink } from '../loader/libbpf-log.ts';
 import type { Logger } from '../logger.ts';
+import { contextAttributes } from '../spans/context-attributes.ts';
 import { resolveExportTarget } from '../spans/export-pipeline.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
 import { TargetResources } from '../target-resources.ts';
@@ -56,8 +57,12 @@ export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
   const target = resolveExportTarget({ endpoint: opts.otlpEndpoint, protocol: opts.otlpProtocol, console: opts.console });
   let session: TracingSession | undefined;
   const resources = new TargetResources((pid) => session?.reader.target(pid)?.process.resource);
+  // Kept past the reader's untrack: spans ended at a target's exit still need its key map.
+  const keyMaps = new Map<number, readonly string[]>();
+  const keyMapFor = (pid: number) => keyMaps.get(pid) ?? session?.reader.target(pid)?.process.threadLocal?.keyMap;
   const pipeline = new SpanPipeline({
     resourceFor: (pid) => resources.resourceFor(pid),
+    extraAttributes: (k) => contextAttributes(k.parent, keyMapFor(k.pid)),
     clockOffsetNs: () => clock.offsetNs,
     target,
     exporter: opts.exporter,
@@ -69,11 +74,14 @@ export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
     onRecord: (r) => pipeline.push(r),
     onTarget: (t) => {
       resources.set(t.pid, t.process.resource);
+      if (t.process.threadLocal) keyMaps.set(t.pid, t.process.threadLocal.keyMap);
+      else keyMaps.delete(t.pid);
       log.info({ pid: t.pid, scheme: t.scheme ?? 'none', model: t.model, reason: t.reason, service: t.process.resource['service.name'] }, 'target');
     },
     onTargetExit: (pid) => {
       log.info({ pid }, 'target exited');
       pipeline.processExited(pid);
+      keyMaps.delete(pid);
     },
     onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
     onTargetError: (pid, err) => log.warn({ pid, err }, 'cannot read the target\'s trace context; tracing it without'),

@@ -50,14 +50,16 @@ export const KspanDtvLayout = {
   KSPAN_DTV_MUSL: 1,
 } as const;
 
-/** struct kspan_trace_ctx: 32 bytes. */
-export const KSPAN_TRACE_CTX_SIZE = 32;
+/** struct kspan_trace_ctx: 80 bytes. */
+export const KSPAN_TRACE_CTX_SIZE = 80;
 
 export interface KspanTraceCtx {
   trace_id: Uint8Array;
   span_id: Uint8Array;
   trace_flags: number;
   valid: number;
+  attrs_size: number;
+  attrs: Uint8Array;
 }
 
 export function decodeKspanTraceCtx(v: DataView, o: number): KspanTraceCtx {
@@ -66,6 +68,8 @@ export function decodeKspanTraceCtx(v: DataView, o: number): KspanTraceCtx {
     span_id: new Uint8Array(v.buffer, v.byteOffset + o + 16, 8).slice(),
     trace_flags: v.getUint8(o + 24),
     valid: v.getUint8(o + 25),
+    attrs_size: v.getUint16(o + 26, true),
+    attrs: new Uint8Array(v.buffer, v.byteOffset + o + 28, 52).slice(),
   };
 }
 
@@ -75,6 +79,8 @@ export function encodeKspanTraceCtx(x: KspanTraceCtx, v: DataView, o: number): v
   new Uint8Array(v.buffer, v.byteOffset + o + 16, 8).set(x.span_id.subarray(0, 8));
   v.setUint8(o + 24, x.trace_flags);
   v.setUint8(o + 25, x.valid);
+  v.setUint16(o + 26, x.attrs_size, true);
+  new Uint8Array(v.buffer, v.byteOffset + o + 28, 52).set(x.attrs.subarray(0, 52));
 }
 
 /** Zero-copy view of struct kspan_trace_ctx; move it with `at()`. Byte arrays alias the memory. */
@@ -106,10 +112,18 @@ export class KspanTraceCtxView implements KspanTraceCtx {
     const v = this.v;
     return v.getUint8(this.o + 25);
   }
+  get attrs_size(): number {
+    const v = this.v;
+    return v.getUint16(this.o + 26, true);
+  }
+  get attrs(): Uint8Array {
+    const v = this.v;
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 28, 52);
+  }
 }
 
-/** struct kspan_agg: 72 bytes. */
-export const KSPAN_AGG_SIZE = 72;
+/** struct kspan_agg: 120 bytes. */
+export const KSPAN_AGG_SIZE = 120;
 
 export interface KspanAgg {
   first_ns: bigint;
@@ -194,8 +208,8 @@ export class KspanAggView implements KspanAgg {
   }
 }
 
-/** struct kspan_event: 216 bytes. */
-export const KSPAN_EVENT_SIZE = 216;
+/** struct kspan_event: 312 bytes. */
+export const KSPAN_EVENT_SIZE = 312;
 
 export interface KspanEvent {
   ts_ns: bigint;
@@ -245,7 +259,7 @@ export function decodeKspanEvent(v: DataView, o: number): KspanEvent {
     laddr: new Uint8Array(v.buffer, v.byteOffset + o + 80, 16).slice(),
     raddr: new Uint8Array(v.buffer, v.byteOffset + o + 96, 16).slice(),
     ctx: decodeKspanTraceCtx(v, o + 112),
-    prev: decodeKspanAgg(v, o + 144),
+    prev: decodeKspanAgg(v, o + 192),
   };
 }
 
@@ -272,7 +286,7 @@ export function encodeKspanEvent(x: KspanEvent, v: DataView, o: number): void {
   new Uint8Array(v.buffer, v.byteOffset + o + 80, 16).set(x.laddr.subarray(0, 16));
   new Uint8Array(v.buffer, v.byteOffset + o + 96, 16).set(x.raddr.subarray(0, 16));
   encodeKspanTraceCtx(x.ctx, v, o + 112);
-  encodeKspanAgg(x.prev, v, o + 144);
+  encodeKspanAgg(x.prev, v, o + 192);
 }
 
 /** Zero-copy view of struct kspan_event; move it with `at()`. Byte arrays alias the memory. */
@@ -374,12 +388,12 @@ export class KspanEventView implements KspanEvent {
   }
   get prev(): KspanAggView {
     const v = this.v;
-    return new KspanAggView(v, this.o + 144);
+    return new KspanAggView(v, this.o + 192);
   }
 }
 
-/** struct kspan_sock: 272 bytes. */
-export const KSPAN_SOCK_SIZE = 272;
+/** struct kspan_sock: 464 bytes. */
+export const KSPAN_SOCK_SIZE = 464;
 
 export interface KspanSock {
   agg_first_ns: bigint;
@@ -427,9 +441,9 @@ export function decodeKspanSock(v: DataView, o: number): KspanSock {
     laddr: new Uint8Array(v.buffer, v.byteOffset + o + 72, 16).slice(),
     raddr: new Uint8Array(v.buffer, v.byteOffset + o + 88, 16).slice(),
     agg_ctx: decodeKspanTraceCtx(v, o + 104),
-    tx_ctx: decodeKspanTraceCtx(v, o + 136),
-    last_ctx: decodeKspanTraceCtx(v, o + 168),
-    pend: decodeKspanAgg(v, o + 200),
+    tx_ctx: decodeKspanTraceCtx(v, o + 184),
+    last_ctx: decodeKspanTraceCtx(v, o + 264),
+    pend: decodeKspanAgg(v, o + 344),
   };
 }
 
@@ -454,9 +468,9 @@ export function encodeKspanSock(x: KspanSock, v: DataView, o: number): void {
   new Uint8Array(v.buffer, v.byteOffset + o + 72, 16).set(x.laddr.subarray(0, 16));
   new Uint8Array(v.buffer, v.byteOffset + o + 88, 16).set(x.raddr.subarray(0, 16));
   encodeKspanTraceCtx(x.agg_ctx, v, o + 104);
-  encodeKspanTraceCtx(x.tx_ctx, v, o + 136);
-  encodeKspanTraceCtx(x.last_ctx, v, o + 168);
-  encodeKspanAgg(x.pend, v, o + 200);
+  encodeKspanTraceCtx(x.tx_ctx, v, o + 184);
+  encodeKspanTraceCtx(x.last_ctx, v, o + 264);
+  encodeKspanAgg(x.pend, v, o + 344);
 }
 
 /** Zero-copy view of struct kspan_sock; move it with `at()`. Byte arrays alias the memory. */
@@ -550,15 +564,15 @@ export class KspanSockView implements KspanSock {
   }
   get tx_ctx(): KspanTraceCtxView {
     const v = this.v;
-    return new KspanTraceCtxView(v, this.o + 136);
+    return new KspanTraceCtxView(v, this.o + 184);
   }
   get last_ctx(): KspanTraceCtxView {
     const v = this.v;
-    return new KspanTraceCtxView(v, this.o + 168);
+    return new KspanTraceCtxView(v, this.o + 264);
   }
   get pend(): KspanAggView {
     const v = this.v;
-    return new KspanAggView(v, this.o + 200);
+    return new KspanAggView(v, this.o + 344);
   }
 }
 

@@ -79,6 +79,7 @@ describe('kspan run', e2eOptions(), () => {
         assert.equal(s.resource['service.name'], service);
         assert.equal(s.attributes['network.transport'], 'tcp');
         assert.equal(s.attributes['network.local.address'], '127.0.0.1');
+        assert.equal(s.attributes['http.route'], undefined, 'the record carries no attributes');
         assert.ok(s.startTimeUnixNano <= s.endTimeUnixNano);
       }
       // the response is written while the span is active: inside its window
@@ -91,6 +92,22 @@ describe('kspan run', e2eOptions(), () => {
     assert.equal(accepts.length, 1, 'tcp.accept once, on the first request of the connection');
     assert.equal(accepts[0].parentSpanId, app[0].spanId);
     assert.equal(spans.filter((s) => s.name === 'tcp.recv' || s.name === 'tcp.send').length, 2 * requests);
+  });
+
+  test('the thread-context record\'s attributes, named by the process context\'s key map, are on the kernel spans', async () => {
+    const requests = 3;
+    const { app, service } = await traced(requests, ['--route', '/orders']);
+    const spans = await receiver.waitForSpans(2 * requests + 1);
+    const appIds = new Set(app.map((a) => a.spanId));
+    const kernel = spans.filter((s) => appIds.has(s.parentSpanId));
+    assert.deepEqual(kernel.map((s) => s.name).sort(),
+      ['tcp.accept', ...new Array(requests).fill('tcp.recv'), ...new Array(requests).fill('tcp.send')].sort());
+    for (const s of kernel) {
+      assert.equal(s.attributes['http.route'], '/orders', `${s.name} carries http.route`);
+      assert.equal(s.attributes['kspan.context.unknown_attribute_keys'], undefined);
+      assert.equal(s.attributes['kspan.context.attributes_truncated'], undefined);
+      assert.equal(s.resource['service.name'], service, 'the Resource from the published process context');
+    }
   });
 
   test('an unsampled parent gets no kernel spans', async () => {

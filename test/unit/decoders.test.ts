@@ -41,10 +41,13 @@ test('decode(encode(x)) round-trips every field, including 64-bit values beyond 
     bytes_sent: 7n, bytes_received: 8n, pid: 4242, tid: 4243, calls: 3, retransmits: 2, srtt_us: 55,
     error: -110, type: 3, family: 10, flags: 5, tcp_state: 1, lport: 65535, rport: 80,
     laddr: Uint8Array.from({ length: 16 }, (_, i) => i), raddr: new Uint8Array(16).fill(0xff),
-    ctx: { trace_id: new Uint8Array(16).fill(0xab), span_id: new Uint8Array(8).fill(0xcd), trace_flags: 1, valid: 1 },
+    ctx: {
+      trace_id: new Uint8Array(16).fill(0xab), span_id: new Uint8Array(8).fill(0xcd), trace_flags: 1, valid: 1,
+      attrs_size: 300, attrs: Uint8Array.from({ length: 52 }, (_, i) => i + 1),
+    },
     prev: {
       first_ns: 9n, last_ns: 10n, bytes: 11n, tid: 12, calls: 13, dir: 4, flags: 2,
-      ctx: { trace_id: new Uint8Array(16).fill(1), span_id: new Uint8Array(8).fill(2), trace_flags: 0, valid: 1 },
+      ctx: { trace_id: new Uint8Array(16).fill(1), span_id: new Uint8Array(8).fill(2), trace_flags: 0, valid: 1, attrs_size: 0, attrs: new Uint8Array(52) },
     },
   };
   const buf = new DataView(new ArrayBuffer(KSPAN_EVENT_SIZE + 8));
