@@ -24,20 +24,30 @@ export function parseIoHooks(v: string | undefined): IoPath | undefined {
   throw new KspanError('KSPAN_ERR_USAGE', `--io-hooks ${v}: use auto, sock_length or syscalls`);
 }
 
+export type StopSignal = Promise<string> & {
+  /** Removes the handlers and the timer (the command failed before it started). */
+  cancel(): void;
+};
+
 /** Resolves after `seconds`, or on SIGINT/SIGTERM, whichever comes first. */
-export function waitForStop(seconds: number | undefined): Promise<string> {
-  return new Promise((resolve) => {
-    let timer: NodeJS.Timeout | undefined;
-    const done = (why: string) => {
-      if (timer) clearTimeout(timer);
-      process.off('SIGINT', onInt);
-      process.off('SIGTERM', onTerm);
+export function waitForStop(seconds: number | undefined): StopSignal {
+  let timer: NodeJS.Timeout | undefined;
+  let finish: (why: string) => void = () => {};
+  const onInt = () => finish('SIGINT');
+  const onTerm = () => finish('SIGTERM');
+  const cleanup = () => {
+    if (timer) clearTimeout(timer);
+    process.off('SIGINT', onInt);
+    process.off('SIGTERM', onTerm);
+  };
+  const promise = new Promise<string>((resolve) => {
+    finish = (why) => {
+      cleanup();
       resolve(why);
     };
-    const onInt = () => done('SIGINT');
-    const onTerm = () => done('SIGTERM');
     process.on('SIGINT', onInt);
     process.on('SIGTERM', onTerm);
-    if (seconds !== undefined) timer = setTimeout(() => done('duration'), seconds * 1000);
+    if (seconds !== undefined) timer = setTimeout(() => finish('duration'), seconds * 1000);
   });
+  return Object.assign(promise, { cancel: cleanup });
 }

@@ -56,6 +56,12 @@ export async function recordCommand(args: string[], log: Logger): Promise<number
     pids,
     hostname: hostname(),
     resources: resources.snapshot(),
+    keyMaps: Object.fromEntries(
+      pids.flatMap((pid) => {
+        const keyMap = session.reader.target(pid)?.process.threadLocal?.keyMap;
+        return keyMap ? [[String(pid), [...keyMap]]] : [];
+      }),
+    ),
   });
   for (const r of early) writer.write(r);
   session.start();

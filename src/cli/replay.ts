@@ -8,6 +8,7 @@ import { parseArgs } from 'node:util';
 import { KspanError } from '../errors.ts';
 import type { Logger } from '../logger.ts';
 import { resolveExportTarget } from '../spans/export-pipeline.ts';
+import { contextAttributes } from '../spans/context-attributes.ts';
 import { RecordFileReader } from '../spans/record-file.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
 import { TargetResources } from '../target-resources.ts';
@@ -26,6 +27,7 @@ export async function replayCommand(args: string[], log: Logger): Promise<number
   if (positionals.length !== 1) throw new KspanError('KSPAN_ERR_USAGE', 'give exactly one recording: kspan replay FILE');
   const reader = await RecordFileReader.open(createReadStream(positionals[0]));
   const recorded = reader.header.resources ?? {};
+  const keyMaps = reader.header.keyMaps ?? {};
   const resources = new TargetResources((pid) => recorded[String(pid)] ?? { 'service.name': 'unknown_service', 'process.pid': pid });
   const pipeline = new SpanPipeline({
     mode: 'replay',
@@ -33,6 +35,7 @@ export async function replayCommand(args: string[], log: Logger): Promise<number
     clockOffsetNs: reader.header.clockOffsetNs,
     target: resolveExportTarget({ endpoint: values['otlp-endpoint'], protocol: values['otlp-protocol'], console: values.console }),
     orphans: values.orphans,
+    extraAttributes: (k) => contextAttributes(k.parent, keyMaps[String(k.pid)]),
     logger: log,
   });
   await pipeline.replay(reader);

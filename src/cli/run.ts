@@ -111,20 +111,30 @@ export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
 
 export async function runCommand(args: string[], log: Logger): Promise<number> {
   const { values } = parseArgs({ args, options: RUN_OPTIONS });
-  const agent = startAgent(
-    {
-      pids: parsePids(values.pid),
-      orphans: values.orphans,
-      otlpEndpoint: values['otlp-endpoint'],
-      otlpProtocol: values['otlp-protocol'],
-      console: values.console,
-      ioHooks: values['io-hooks'],
-      idleFlushMs: Number(values['idle-flush-ms']),
-    },
-    log,
-  );
+  const pids = parsePids(values.pid);
   const duration = parseDuration(values.duration);
-  const why = await waitForStop(duration);
+  // Signal handlers go in before "tracing" is announced: a SIGTERM right after
+  // it must still flush and exit 0.
+  const stop = waitForStop(duration);
+  let agent: AgentHandle;
+  try {
+    agent = startAgent(
+      {
+        pids,
+        orphans: values.orphans,
+        otlpEndpoint: values['otlp-endpoint'],
+        otlpProtocol: values['otlp-protocol'],
+        console: values.console,
+        ioHooks: values['io-hooks'],
+        idleFlushMs: Number(values['idle-flush-ms']),
+      },
+      log,
+    );
+  } catch (err) {
+    stop.cancel();
+    throw err;
+  }
+  const why = await stop;
   log.info({ why }, 'stopping');
   await agent.stop();
   return 0;

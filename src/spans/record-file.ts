@@ -6,7 +6,8 @@
  *   header: { format: 'kspan-records', version: 1, kernel_release, clock_offset_ns,
  *             started_at (ISO 8601), pids?, hostname?, resources? }
  *   resources: the targets' Resource attributes by pid, so a replay exports
- *   under the same service names.
+ *   under the same service names; key_maps: their threadlocal.attribute_key_map,
+ *   so a replay names the thread-context attributes as the live agent does.
  *
  * Pure over streams: the caller opens files.
  */
@@ -30,6 +31,8 @@ export interface RecordFileHeader {
   hostname?: string;
   /** Resource attributes per target pid (decimal string keys). */
   resources?: Record<string, Record<string, unknown>>;
+  /** threadlocal.attribute_key_map per target pid (decimal string keys). */
+  keyMaps?: Record<string, string[]>;
 }
 
 interface HeaderOnDisk {
@@ -41,6 +44,7 @@ interface HeaderOnDisk {
   pids?: number[];
   hostname?: string;
   resources?: Record<string, Record<string, unknown>>;
+  key_maps?: Record<string, string[]>;
 }
 
 const RECORD_TYPES = new Set<RecordType>(['accept', 'connect', 'send', 'recv', 'retransmit', 'reset', 'close']);
@@ -62,6 +66,7 @@ export class RecordFileWriter {
     if (header.pids) h.pids = header.pids;
     if (header.hostname) h.hostname = header.hostname;
     if (header.resources) h.resources = header.resources;
+    if (header.keyMaps) h.key_maps = header.keyMaps;
     out.write(this.#packr.pack(h));
   }
 
@@ -203,6 +208,7 @@ function parseHeader(v: unknown): RecordFileHeader {
   if (Array.isArray(h.pids)) header.pids = h.pids.map(Number);
   if (typeof h.hostname === 'string') header.hostname = h.hostname;
   if (h.resources && typeof h.resources === 'object') header.resources = h.resources;
+  if (h.key_maps && typeof h.key_maps === 'object') header.keyMaps = h.key_maps;
   return header;
 }
 

@@ -116,11 +116,11 @@ describe('kspan run', e2eOptions(), () => {
     assert.deepEqual(receiver.spans.filter((s) => s.name.startsWith('tcp.')).map((s) => s.name), []);
   });
 
-  test('record then replay: the same spans from the file, under the recorded Resource', async () => {
+  test('record then replay: the same spans from the file, under the recorded Resource and key map', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'kspan-rec-'));
     try {
       const file = join(dir, 'run.records');
-      const { app, service } = await traced(3, [], ['record', '-o', file]);
+      const { app, service } = await traced(3, ['--route', '/orders'], ['record', '-o', file]);
       assert.equal(receiver.spanCount, 0, 'recording exports nothing');
       const replay = group.start(KSPAN_BIN, ['replay', file, '--otlp-endpoint', receiver.endpoint]);
       const { code } = await replay.exited;
@@ -135,6 +135,7 @@ describe('kspan run', e2eOptions(), () => {
         assert.equal(send[0].traceId, a.traceId);
         assert.equal(send[0].resource['service.name'], service);
         assert.ok(send[0].startTimeUnixNano >= a.startNs && send[0].endTimeUnixNano <= a.endNs);
+        assert.equal(send[0].attributes['http.route'], '/orders', 'named with the recorded key map');
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });
