@@ -50,6 +50,8 @@ export interface TcpTracerOptions {
   ioPath?: IoPath;
   /** Ring buffer size in bytes (power of two, ≥ page size). */
   ringBytes?: number;
+  /** Sockets whose state the kernel keeps at once (default 65 536, about 30 MB); beyond, records are lost and counted. */
+  maxSockets?: number;
   onRecord: (r: KernelRecord) => void;
   /** A record the decoder refused (counted, never silent). */
   onDecodeError?: (err: unknown) => void;
@@ -117,6 +119,7 @@ export class TcpTracer {
         });
       }
       obj.setMaxEntries('events', opts.ringBytes ?? 4 << 20);
+      if (opts.maxSockets !== undefined) obj.setMaxEntries('socks', opts.maxSockets);
       obj.load();
       obj.attachAll();
       return new TcpTracer(obj, ioPath, unavailable, opts);

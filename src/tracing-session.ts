@@ -27,6 +27,8 @@ export interface TracingSessionOptions {
   /** A target exited (noticed on the refresh timer); it is no longer traced. */
   onTargetExit?: (pid: number) => void;
   refreshMs?: number;
+  /** See TcpTracerOptions.maxSockets. */
+  maxSockets?: number;
 }
 
 function alive(pid: number): boolean {
@@ -58,7 +60,12 @@ export class TracingSession {
   }
 
   static open(opts: TracingSessionOptions): TracingSession {
-    const tracer = TcpTracer.open({ ioPath: opts.ioPath, onRecord: opts.onRecord, onDecodeError: opts.onDecodeError });
+    const tracer = TcpTracer.open({
+      ioPath: opts.ioPath,
+      onRecord: opts.onRecord,
+      onDecodeError: opts.onDecodeError,
+      maxSockets: opts.maxSockets,
+    });
     return new TracingSession(tracer, opts);
   }
 

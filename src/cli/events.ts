@@ -12,7 +12,7 @@ import type { Logger } from '../logger.ts';
 import type { KernelRecord } from '../records.ts';
 import { targetEvent } from '../context/thread-context-reader.ts';
 import { TracingSession } from '../tracing-session.ts';
-import { parsePids, parseDuration, parseIoHooks, waitForStop } from './options.ts';
+import { parseMaxSockets, parsePids, parseDuration, parseIoHooks, waitForStop } from './options.ts';
 
 export async function eventsCommand(args: string[], log: Logger): Promise<number> {
   const { values } = parseArgs({
@@ -21,6 +21,7 @@ export async function eventsCommand(args: string[], log: Logger): Promise<number
       pid: { type: 'string', multiple: true },
       duration: { type: 'string' },
       'io-hooks': { type: 'string', default: 'auto' },
+      'max-sockets': { type: 'string' },
     },
   });
   const pids = parsePids(values.pid);
@@ -39,6 +40,7 @@ export async function eventsCommand(args: string[], log: Logger): Promise<number
     if (out.length >= 256) flushOut();
   };
   const tracer = TracingSession.open({
+    maxSockets: parseMaxSockets(values['max-sockets']),
     ioPath,
     onRecord: print,
     onTarget: (t) => {

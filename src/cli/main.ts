@@ -11,10 +11,10 @@ const USAGE = `usage: kspan <command> [options]
 commands:
   doctor [--json]                         check that kspan can run here; exit 0 when it can
   events --pid PID [--pid PID ...]        print kernel TCP records as JSON lines
-         [--duration SECONDS] [--io-hooks auto|sock_length|syscalls]
+         [--duration SECONDS] [--io-hooks auto|sock_length|syscalls] [--max-sockets N]
   run --pid PID [--pid PID ...]           the agent: kernel spans under the targets' spans, over OTLP
       [--duration SECONDS] [--otlp-endpoint URL] [--otlp-protocol grpc|http/protobuf]
-      [--console] [--orphans] [--idle-flush-ms MS] [--io-hooks ...]
+      [--console] [--orphans] [--idle-flush-ms MS] [--max-sockets N] [--io-hooks ...]
   record --pid PID [...] -o FILE          write the kernel records to FILE (msgpack)
          [--duration SECONDS] [--io-hooks ...]
   replay FILE [--otlp-endpoint URL | --console] [--orphans]

@@ -51,3 +51,13 @@ export function waitForStop(seconds: number | undefined): StopSignal {
   });
   return Object.assign(promise, { cancel: cleanup });
 }
+
+/** --max-sockets N: a positive integer, or undefined for the default. */
+export function parseMaxSockets(v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 1 << 24) {
+    throw new KspanError('KSPAN_ERR_USAGE', `--max-sockets ${v}: give a whole number from 1 to 16777216`);
+  }
+  return n;
+}

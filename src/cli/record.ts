@@ -15,7 +15,7 @@ import type { KernelRecord } from '../records.ts';
 import { RecordFileWriter } from '../spans/record-file.ts';
 import { TargetResources } from '../target-resources.ts';
 import { TracingSession } from '../tracing-session.ts';
-import { parseDuration, parseIoHooks, parsePids, waitForStop } from './options.ts';
+import { parseDuration, parseIoHooks, parseMaxSockets, parsePids, waitForStop } from './options.ts';
 
 export async function recordCommand(args: string[], log: Logger): Promise<number> {
   const { values } = parseArgs({
@@ -25,6 +25,7 @@ export async function recordCommand(args: string[], log: Logger): Promise<number
       output: { type: 'string', short: 'o' },
       duration: { type: 'string' },
       'io-hooks': { type: 'string', default: 'auto' },
+      'max-sockets': { type: 'string' },
     },
   });
   const pids = parsePids(values.pid);
@@ -37,6 +38,7 @@ export async function recordCommand(args: string[], log: Logger): Promise<number
   const early: KernelRecord[] = [];
   let writer: RecordFileWriter | undefined;
   const session = TracingSession.open({
+    maxSockets: parseMaxSockets(values['max-sockets']),
     ioPath: parseIoHooks(values['io-hooks']),
     onRecord: (r) => (writer ? writer.write(r) : early.push(r)),
     onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),

@@ -15,7 +15,7 @@ import { resolveExportTarget } from '../spans/export-pipeline.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
 import { TargetResources } from '../target-resources.ts';
 import { TracingSession } from '../tracing-session.ts';
-import { parseDuration, parseIoHooks, parsePids, waitForStop } from './options.ts';
+import { parseDuration, parseIoHooks, parseMaxSockets, parsePids, waitForStop } from './options.ts';
 
 export const RUN_OPTIONS = {
   pid: { type: 'string', multiple: true },
@@ -26,6 +26,7 @@ export const RUN_OPTIONS = {
   console: { type: 'boolean', default: false },
   'io-hooks': { type: 'string', default: 'auto' },
   'idle-flush-ms': { type: 'string', default: '500' },
+  'max-sockets': { type: 'string' },
 } as const;
 
 /** How often the kernel is asked to close idle aggregates, and the clock offset re-measured. */
@@ -48,6 +49,7 @@ export interface AgentOptions {
   console?: boolean;
   ioHooks?: string;
   idleFlushMs?: number;
+  maxSockets?: number;
 }
 
 /** Starts the agent on `pids`; `stop()` flushes everything and resolves when exported. */
@@ -71,6 +73,7 @@ export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
   });
   session = TracingSession.open({
     ioPath: parseIoHooks(opts.ioHooks),
+    maxSockets: opts.maxSockets,
     onRecord: (r) => pipeline.push(r),
     onTarget: (t) => {
       resources.set(t.pid, t.process.resource);
@@ -127,6 +130,7 @@ export async function runCommand(args: string[], log: Logger): Promise<number> {
         console: values.console,
         ioHooks: values['io-hooks'],
         idleFlushMs: Number(values['idle-flush-ms']),
+        maxSockets: parseMaxSockets(values['max-sockets']),
       },
       log,
     );

@@ -13,6 +13,7 @@ import { startClient, startServer } from '../helpers/tcp-fixtures.ts';
 const sum = (evs: EventLine[], f: string) => evs.reduce((a, e) => a + (e[f] as number), 0);
 
 async function exchange(opts: {
+  extra?: string[];
   ioHooks?: string;
   requests: number;
   req: number;
@@ -30,7 +31,10 @@ async function exchange(opts: {
       '--addr', opts.v6 ? '::1' : '127.0.0.1', '--port', String(server.port),
       '--requests', String(opts.requests), '--req-bytes', String(opts.req), '--resp-bytes', String(opts.resp),
     ]);
-    const events = await startEvents(group, [server.proc.pid, client.pid], opts.ioHooks ? ['--io-hooks', opts.ioHooks] : []);
+    const events = await startEvents(group, [server.proc.pid, client.pid], [
+      ...(opts.ioHooks ? ['--io-hooks', opts.ioHooks] : []),
+      ...(opts.extra ?? []),
+    ]);
     server.proc.send('go');
     client.send('go');
     const lport = Number((await client.waitLine(/^connected (\d+)$/))[1]);
@@ -45,7 +49,7 @@ async function exchange(opts: {
     assert.deepEqual(targets.map((t) => t.pid).sort(), [server.proc.pid, client.pid].sort());
     for (const t of targets) assert.equal(t.scheme, 'none');
     const evs = all.filter((e) => e.type !== 'target');
-    return { evs, server, client, lport };
+    return { evs, server, client, lport, stderr: events.stderr };
   } finally {
     await group.killAll();
   }
@@ -121,5 +125,17 @@ describe('kspan events', e2eOptions(), () => {
     const slow = checkConnection(await exchange({ ...o, acceptDelayMs: 400 }), o).accept.queue_ns as number;
     assert.ok(slow >= 300_000_000, `slow queue wait ${slow} ns ≥ 300 ms`);
     assert.ok(slow > fast * 5, `slow ${slow} ns vs fast ${fast} ns`);
+  });
+
+  test('a full socket table loses records, and says so: counted and logged at exit', async () => {
+    // Room for one socket: the client's (its SYN comes first); the accepted one gets none.
+    const r = await exchange({ requests: 2, req: 10, resp: 20, extra: ['--max-sockets', '1'] });
+    const srvIo = r.evs.filter((e) => e.pid === r.server.proc.pid && (e.type === 'recv' || e.type === 'send'));
+    assert.deepEqual(srvIo, []);
+    const cliRecv = r.evs.filter((e) => e.pid === r.client.pid && e.type === 'recv');
+    assert.equal(cliRecv.reduce((a, e) => a + (e.bytes as number), 0), 40);
+    const exit = r.stderr.map((l) => JSON.parse(l) as { msg: string; counters?: Record<string, number> }).find((l) => l.counters);
+    assert.equal(exit?.msg, 'records were lost');
+    assert.ok((exit?.counters?.KSPAN_C_SOCK_TABLE_FULL ?? 0) >= 5, `counted ${exit?.counters?.KSPAN_C_SOCK_TABLE_FULL}`);
   });
 });
