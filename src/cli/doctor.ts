@@ -7,6 +7,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { readElfFile } from '../elf/elf-file.ts';
+import { entryFileOffset } from '../uprobes/probe-offset.ts';
 import { HINT_BPFFS, HINT_BTF, HINT_LIBBPF, HINT_PRIVILEGE, HINT_TRACEFS, KspanError } from '../errors.ts';
 import { BpfObject } from '../loader/bpf-object.ts';
 import {
@@ -65,17 +66,6 @@ function probeProgram(name: string, attach: (o: BpfObject) => void = (o) => o.at
   }
 }
 
-/** File offset of an executable's entry point: a safe place for a test uprobe. */
-function entryFileOffset(path: string): number {
-  const elf = readElfFile(path);
-  for (const ph of elf.programHeaders) {
-    if (ph.type === 1 && elf.entry >= ph.vaddr && elf.entry < ph.vaddr + ph.filesz) {
-      return elf.entry - ph.vaddr + ph.offset;
-    }
-  }
-  throw new Error(`entry point of ${path} is in no PT_LOAD segment`);
-}
-
 export function runDoctor(): Check[] {
   const checks: Check[] = [];
   const add = (name: string, status: CheckStatus, detail: string, fix?: string) =>
@@ -131,7 +121,7 @@ export function runDoctor(): Check[] {
   hook('hook:ringbuf', 'probe_ringbuf', 'kspan needs the BPF ring buffer (Linux 5.8+)');
   hook('hook:thread_pointer', 'probe_thread_pointer', 'CO-RE read of task->thread.fsbase failed: the kernel BTF lacks it');
   hook('hook:uprobe', 'probe_uprobe', 'uprobes need CONFIG_UPROBES and tracefs/perf events', (o) =>
-    o.attach('probe_uprobe', { binaryPath: process.execPath, offset: entryFileOffset(process.execPath), pid: process.pid }));
+    o.attach('probe_uprobe', { binaryPath: process.execPath, offset: entryFileOffset(readElfFile(process.execPath)), pid: process.pid }));
 
   const ioPath = chooseIoPath();
   add('io-path', 'ok', ioPath === 'sock_length'
