@@ -44,7 +44,7 @@ export function listNamespaces(): string[] {
     .filter(Boolean);
 }
 
-function deleteNamespace(ns: string): void {
+export function deleteNamespace(ns: string): void {
   try {
     run(['ip', 'netns', 'del', ns]);
   } catch {
@@ -68,6 +68,38 @@ export function removeStaleNamespaces(): string[] {
   return stale;
 }
 
+export interface NamespacePair {
+  client: string;
+  server: string;
+  clientAddr: string;
+  serverAddr: string;
+  /** veth device names, inside the client and the server namespace. */
+  clientDev: string;
+  serverDev: string;
+}
+
+/**
+ * Two network namespaces joined by a veth pair, a /30 on each end, links up.
+ * When a step fails, what was made is removed again and the error is rethrown.
+ */
+export function createNamespacePair(p: NamespacePair): void {
+  try {
+    run(['ip', 'netns', 'add', p.client]);
+    run(['ip', 'netns', 'add', p.server]);
+    run(['ip', 'link', 'add', p.clientDev, 'netns', p.client, 'type', 'veth', 'peer', 'name', p.serverDev, 'netns', p.server]);
+    run(['ip', '-n', p.client, 'addr', 'add', `${p.clientAddr}/30`, 'dev', p.clientDev]);
+    run(['ip', '-n', p.server, 'addr', 'add', `${p.serverAddr}/30`, 'dev', p.serverDev]);
+    for (const [ns, dev] of [[p.client, p.clientDev], [p.server, p.serverDev]]) {
+      run(['ip', '-n', ns, 'link', 'set', dev, 'up']);
+      run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
+    }
+  } catch (err) {
+    deleteNamespace(p.client);
+    deleteNamespace(p.server);
+    throw err;
+  }
+}
+
 export function createLossyLink(lossProbability: number, pid = process.pid): LossyLink {
   const { client, server } = demoNamespaces(pid);
   const vethClient = `ksd${pid}c`;
@@ -80,15 +112,7 @@ export function createLossyLink(lossProbability: number, pid = process.pid): Los
   };
   const inNs = (ns: string, cmd: string[]) => run(['ip', 'netns', 'exec', ns, ...cmd]);
   try {
-    run(['ip', 'netns', 'add', client]);
-    run(['ip', 'netns', 'add', server]);
-    run(['ip', 'link', 'add', vethClient, 'netns', client, 'type', 'veth', 'peer', 'name', vethServer, 'netns', server]);
-    run(['ip', '-n', client, 'addr', 'add', `${clientAddr}/30`, 'dev', vethClient]);
-    run(['ip', '-n', server, 'addr', 'add', `${serverAddr}/30`, 'dev', vethServer]);
-    for (const [ns, dev] of [[client, vethClient], [server, vethServer]]) {
-      run(['ip', '-n', ns, 'link', 'set', dev, 'up']);
-      run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
-    }
+    createNamespacePair({ client, server, clientAddr, serverAddr, clientDev: vethClient, serverDev: vethServer });
     if (lossProbability > 0) {
       inNs(server, ['iptables', '-A', 'INPUT', '-i', vethServer, '-m', 'statistic', '--mode', 'random',
         '--probability', String(lossProbability), '-j', 'DROP']);

@@ -8,6 +8,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomInt } from 'node:crypto';
+import { createNamespacePair, deleteNamespace, listNamespaces } from '../../src/demo/lossy-link.ts';
 
 let seq = 0;
 
@@ -34,29 +35,7 @@ export function createNetnsPair(): NetnsPair {
   const base = randomInt(0, 63) * 4;
   const clientAddr = `${net}.${base + 1}`;
   const serverAddr = `${net}.${base + 2}`;
-  const remove = () => {
-    for (const ns of [client, server]) {
-      try {
-        run(['ip', 'netns', 'del', ns]);
-      } catch {
-        /* already gone */
-      }
-    }
-  };
-  try {
-    run(['ip', 'netns', 'add', client]);
-    run(['ip', 'netns', 'add', server]);
-    run(['ip', 'link', 'add', `${id}a`, 'netns', client, 'type', 'veth', 'peer', 'name', `${id}b`, 'netns', server]);
-    run(['ip', '-n', client, 'addr', 'add', `${clientAddr}/30`, 'dev', `${id}a`]);
-    run(['ip', '-n', server, 'addr', 'add', `${serverAddr}/30`, 'dev', `${id}b`]);
-    for (const [ns, dev] of [[client, `${id}a`], [server, `${id}b`]]) {
-      run(['ip', '-n', ns, 'link', 'set', dev, 'up']);
-      run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
-    }
-  } catch (err) {
-    remove();
-    throw err;
-  }
+  createNamespacePair({ client, server, clientAddr, serverAddr, clientDev: `${id}a`, serverDev: `${id}b` });
   return {
     client,
     server,
@@ -64,7 +43,10 @@ export function createNetnsPair(): NetnsPair {
     serverAddr,
     inServer: (cmd) => run(['ip', 'netns', 'exec', server, ...cmd]),
     inClient: (cmd) => run(['ip', 'netns', 'exec', client, ...cmd]),
-    remove,
+    remove: () => {
+      deleteNamespace(client);
+      deleteNamespace(server);
+    },
   };
 }
 
@@ -87,8 +69,5 @@ export async function waitSocketsGone(pair: NetnsPair, port: number, timeoutMs =
 
 /** Namespaces still present whose names this process made (for leak checks). */
 export function leftoverNamespaces(prefix = `ks${process.pid}x`): string[] {
-  return run(['ip', 'netns', 'list'])
-    .split('\n')
-    .map((l) => l.split(' ')[0])
-    .filter((n) => n.startsWith(prefix));
+  return listNamespaces().filter((n) => n.startsWith(prefix));
 }
