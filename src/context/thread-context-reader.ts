@@ -12,11 +12,11 @@
  * cheap read of /proc/PID/maps) or its OTEL_CTX header's published_at_ns moved
  * (a 32-byte read), so calling it every second or two is fine.
  */
-import { readFileSync } from 'node:fs';
 import { KspanCtxScheme, type KspanTlsLoc, KspanTlsKind } from '../generated/records.ts';
 import { type ProcessContextInfo, readProcessContext, readPublishedAt } from './process-context.ts';
 import { OTEL_THREAD_CTX_SYMBOL, type TlsResolution, TlsResolveError, TlsResolver } from './tls-resolver.ts';
 import { procFailure } from './proc-mem.ts';
+import { readProcMaps, type Mapping } from './proc-maps.ts';
 import type { KspanNodeLayout } from '../generated/records.ts';
 import { nodeLayoutForBpf } from './nodejs/node-layout.ts';
 
@@ -242,20 +242,19 @@ export function pidKey(pid: number): Buffer {
  * library or execs. Undefined when the process is gone.
  */
 function mapsFingerprint(pid: number): string | undefined {
-  let text: string;
+  let maps: Mapping[];
   try {
-    text = readFileSync(`/proc/${pid}/maps`, 'latin1');
+    maps = readProcMaps(pid);
   } catch (err) {
     if (procFailure(err) === 'gone') return undefined;
     throw err;
   }
   const files = new Set<string>();
-  for (const line of text.split('\n')) {
-    // start-end perms offset dev inode path: keep "dev inode path" of file mappings
-    const m = /^[0-9a-f]+-[0-9a-f]+ \S+ ([0-9a-f]+) (\S+) (\d+)\s+(\/.*)$/.exec(line);
-    if (m && m[1] === '00000000' && m[3] !== '0') files.add(`${m[2]} ${m[3]} ${m[4]}`);
+  for (const m of maps) {
+    // File mappings, by "dev inode path" of their first page.
+    if (m.offset === 0 && m.inode !== 0 && m.path.startsWith('/')) files.add(`${m.dev} ${m.inode} ${m.path}`);
     // A process context published later in a named anonymous mapping.
-    else if (line.includes('OTEL_CTX]')) files.add(line.slice(line.indexOf('[')));
+    else if (m.path.includes('OTEL_CTX]')) files.add(m.path);
   }
   return [...files].sort().join('\n');
 }
