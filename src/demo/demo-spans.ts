@@ -79,8 +79,6 @@ export function parseAppSpan(line: Record<string, unknown>, pid: number | null):
   };
 }
 
-const hex = (b: Uint8Array | undefined): string => (b ? Buffer.from(b).toString('hex') : '');
-
 /** A span the agent built (a ReadableSpan) → DemoSpan. */
 export function fromReadableSpan(s: ReadableSpan): DemoSpan {
   const ctx = s.spanContext();

@@ -14,7 +14,7 @@
  *         │  │    • tcp.retransmit +205.4 ms ESTABLISHED
  *         │  └─ GET             demo-backend server 1122334455667788   …
  */
-import { kernelSpanDetails } from '../spans/console-tree.ts';
+import { kernelSpanDetails, ms } from '../spans/console-tree.ts';
 import type { DemoSpan } from './demo-spans.ts';
 
 export interface TraceSummary {
@@ -69,7 +69,6 @@ export function pickTraces(traces: TraceSummary[], max: number): { trace: TraceS
   return [...picked.values()].sort((a, b) => cmp(a.trace.startNs, b.trace.startNs));
 }
 
-const ms = (ns: bigint): string => (Number(ns) / 1e6).toFixed(3) + ' ms';
 
 export function renderTrace(t: TraceSummary, why = ''): string {
   const ids = new Set(t.spans.map((s) => s.spanId));

@@ -20,7 +20,8 @@ export interface ConsoleTreeOptions {
 }
 
 const ns = (t: HrTime): bigint => BigInt(t[0]) * 1_000_000_000n + BigInt(t[1]);
-const ms = (d: bigint): string => (Number(d) / 1e6).toFixed(3) + ' ms';
+/** A nanosecond duration as milliseconds with three decimals. */
+export const ms = (d: bigint): string => (Number(d) / 1e6).toFixed(3) + ' ms';
 
 export class ConsoleTreeExporter implements SpanExporter {
   readonly #write: (text: string) => void;
