@@ -22,62 +22,27 @@
  *   node bench/agent.ts [seconds=5] [rounds=5] [pacedConnections=110] [saturatedConnections=8]
  */
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KSPAN_BIN } from '../test/helpers/kspan-cli.ts';
 import { ProcessGroup, type Proc } from '../test/helpers/processes.ts';
 import { REPO_ROOT } from '../test/helpers/build-fixture.ts';
 import { startTracedServer, type TracedServer } from '../test/helpers/traced-server.ts';
+import { cpuSeconds, runWrk, type WrkResult } from './wrk.ts';
 
 const seconds = Number(process.argv[2] ?? 5);
 const rounds = Number(process.argv[3] ?? 5);
 const pacedConnections = Number(process.argv[4] ?? 110);
 const saturatedConnections = Number(process.argv[5] ?? 8);
-const CLK_TCK = 100;
 
 type Load = 'paced' | 'saturated';
 
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK; // utime, stime
-}
-
-interface WrkResult {
-  requests: number;
-  rps: number;
-  meanMs: number;
-  p50ms: number;
-  p99ms: number;
-}
-
-function latencyMs(out: string, pct: string): number {
-  const m = new RegExp(`^\\s+${pct}%\\s+([\\d.]+)(us|ms|s)$`, 'm').exec(out);
-  if (!m) throw new Error(`no ${pct}% latency in wrk output:\n${out}`);
-  return Number(m[1]) * (m[2] === 'us' ? 1e-3 : m[2] === 's' ? 1e3 : 1);
-}
-
-function latencyMean(out: string): number {
-  const m = /^\s+Latency\s+([\d.]+)(us|ms|s)\s/m.exec(out);
-  if (!m) throw new Error(`no mean latency in wrk output:\n${out}`);
-  return Number(m[1]) * (m[2] === 'us' ? 1e-3 : m[2] === 's' ? 1e3 : 1);
-}
-
 function wrk(server: TracedServer, load: Load, secs: number, pacer: string): WrkResult {
-  const args = ['-t1', `-d${secs}s`, '--latency'];
+  const args = ['-t1', `-d${secs}s`];
   if (load === 'paced') args.push(`-c${pacedConnections}`, '-s', pacer);
   else args.push(`-c${saturatedConnections}`);
-  const out = execFileSync('wrk', [...args, `http://127.0.0.1:${server.port}/ids`], { encoding: 'utf8' });
-  const requests = Number(/(\d+) requests in/.exec(out)?.[1]);
-  if (!requests || / Non-2xx| Socket errors/.test(out)) throw new Error(`wrk failed:\n${out}`);
-  return {
-    requests,
-    rps: Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]),
-    meanMs: latencyMean(out),
-    p50ms: latencyMs(out, '50'),
-    p99ms: latencyMs(out, '99'),
-  };
+  return runWrk(args, `http://127.0.0.1:${server.port}/ids`);
 }
 
 /** The OTLP gRPC receiver in its own process (counting spans off the wire, no decoding). */

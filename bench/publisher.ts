@@ -8,21 +8,13 @@
  *
  *   node bench/publisher.ts [seconds=5] [rounds=3] [connections=8]
  */
-import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { ProcessGroup } from '../test/helpers/processes.ts';
 import { startTracedServer, type TracedServer } from '../test/helpers/traced-server.ts';
+import { cpuSeconds, runWrk } from './wrk.ts';
 
 const seconds = Number(process.argv[2] ?? 3);
 const rounds = Number(process.argv[3] ?? 10);
 const connections = Number(process.argv[4] ?? 8);
-const CLK_TCK = 100;
-
-function cpuSeconds(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK; // utime, stime
-}
 
 interface Run {
   requests: number;
@@ -33,15 +25,8 @@ interface Run {
 
 function wrk(server: TracedServer, secs: number): Run {
   const cpu0 = cpuSeconds(server.pid);
-  const out = execFileSync('wrk', ['-t1', `-c${connections}`, `-d${secs}s`, '--latency', `http://127.0.0.1:${server.port}/ids`], {
-    encoding: 'utf8',
-  });
+  const { requests, rps, p50ms } = runWrk(['-t1', `-c${connections}`, `-d${secs}s`], `http://127.0.0.1:${server.port}/ids`);
   const cpu = cpuSeconds(server.pid) - cpu0;
-  const requests = Number(/(\d+) requests in/.exec(out)?.[1]);
-  const rps = Number(/Requests\/sec:\s+([\d.]+)/.exec(out)?.[1]);
-  const p50 = /50%\s+([\d.]+)(us|ms|s)/.exec(out);
-  const p50ms = p50 ? Number(p50[1]) * (p50[2] === 'us' ? 1e-3 : p50[2] === 's' ? 1e3 : 1) : NaN;
-  if (!requests || / Non-2xx| Socket errors/.test(out)) throw new Error(`wrk failed:\n${out}`);
   return { requests, rps, p50ms, cpuUsPerReq: (cpu * 1e6) / requests };
 }
 
