@@ -11,8 +11,8 @@
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { BpfObject } from '../src/loader/bpf-object.ts';
-import { TcpTracer } from '../src/tcp-tracer.ts';
+import { BpfObject } from '../src/kernel/bpf-object.ts';
+import { TcpTracer } from '../src/kernel/tcp-tracer.ts';
 import { REPO_ROOT } from '../test/helpers/build-fixture.ts';
 import { ProcessGroup } from '../test/helpers/processes.ts';
 import { startClient, startServer } from '../test/helpers/tcp-fixtures.ts';

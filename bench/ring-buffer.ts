@@ -8,12 +8,12 @@
  *   node bench/ring-buffer.ts [records=200000] [rounds=3]
  */
 import { join } from 'node:path';
-import { KSPAN_EVENT_SIZE } from '../src/generated/records.ts';
-import { BpfObject } from '../src/loader/bpf-object.ts';
-import { koffi, libbpf } from '../src/loader/native.ts';
-import { RingBufferReader } from '../src/loader/ring-buffer.ts';
-import { decodeRecords } from '../src/record-decoder.ts';
-import type { KernelRecord } from '../src/records.ts';
+import { KSPAN_EVENT_SIZE } from '../src/records/abi.generated.ts';
+import { BpfObject } from '../src/kernel/bpf-object.ts';
+import { koffi, libbpf } from '../src/kernel/native.ts';
+import { RingBufferReader } from '../src/kernel/ring-buffer.ts';
+import { decodeRecords } from '../src/records/decoder.ts';
+import type { KernelRecord } from '../src/records/kernel-record.ts';
 import { REPO_ROOT } from '../test/helpers/build-fixture.ts';
 
 const count = Number(process.argv[2] ?? 200_000);

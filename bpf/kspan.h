@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /*
  * Records shared by the BPF programs and the agent. Declared once here; the
- * TypeScript decoders in src/generated/ are generated from the BTF of the
- * compiled object (scripts/gen-decoders.ts), so no offset is written twice.
+ * TypeScript decoders in src/records/abi.generated.ts are generated from the BTF of the
+ * compiled object (tools/gen-records/main.ts), so no offset is written twice.
  *
  * Every type below must stay free of implicit padding surprises: fields are
  * ordered by size and padded explicitly.

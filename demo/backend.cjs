@@ -1,6 +1,6 @@
 // The demo's Node 24 service: an HTTP server instrumented the usual way (NodeSDK
 // + http instrumentation). The demo starts it with
-//   node --import <kspan>/src/context/publisher/register.ts backend.cjs
+//   node --import <kspan>/src/publisher/register.ts backend.cjs
 // so kspan/publisher mirrors its active span where kspan's BPF can read it.
 //
 //   GET /data?bytes=N   answers N bytes (default 50 000, at most 4 MB)

@@ -21,9 +21,9 @@
 import { existsSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { KspanError } from '../errors.ts';
-import type { Logger } from '../logger.ts';
-import { createOtlpExporter, resolveExportTarget } from '../spans/export-pipeline.ts';
+import { KspanError } from '../core/errors.ts';
+import type { Logger } from '../core/logger.ts';
+import { createOtlpExporter, resolveExportTarget } from '../export/export-pipeline.ts';
 import { buildFrontend } from '../demo/frontend-build.ts';
 import { createLossyLink, removeStaleNamespaces, type LossyLink } from '../demo/lossy-link.ts';
 import { AppReadableSpan, CollectingExporter, parseAppSpan, ServiceResources, type DemoSpan } from '../demo/demo-spans.ts';
@@ -61,7 +61,7 @@ Needs root. Cleans up everything it started.
 
 const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const DEMO_DIR = `${REPO_ROOT}demo/`;
-const PUBLISHER_REGISTER = `${REPO_ROOT}src/context/publisher/register.ts`;
+const PUBLISHER_REGISTER = `${REPO_ROOT}src/publisher/register.ts`;
 const START_TIMEOUT_MS = 30_000;
 /** After the driver stops: the last responses land and the kernel closes idle aggregates (500 ms). */
 const SETTLE_MS = 1500;

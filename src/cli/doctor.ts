@@ -7,9 +7,9 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { readElfFile } from '../elf/elf-file.ts';
-import { entryFileOffset } from '../uprobes/probe-offset.ts';
-import { HINT_BPFFS, HINT_BTF, HINT_LIBBPF, HINT_PRIVILEGE, HINT_TRACEFS, KspanError } from '../errors.ts';
-import { BpfObject } from '../loader/bpf-object.ts';
+import { entryFileOffset } from '../elf/symbol-offset.ts';
+import { HINT_BPFFS, HINT_BTF, HINT_LIBBPF, HINT_PRIVILEGE, HINT_TRACEFS, KspanError } from '../core/errors.ts';
+import { BpfObject } from '../kernel/bpf-object.ts';
 import {
   bpffsMounted,
   chooseIoPath,
@@ -17,9 +17,9 @@ import {
   kernelRelease,
   kernelVersion,
   tracefsMounted,
-} from '../loader/kernel-features.ts';
-import { libbpf } from '../loader/native.ts';
-import { TcpTracer } from '../tcp-tracer.ts';
+} from '../kernel/kernel-features.ts';
+import { libbpf } from '../kernel/native.ts';
+import { TcpTracer } from '../kernel/tcp-tracer.ts';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail';
 export interface Check {

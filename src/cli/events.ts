@@ -1,17 +1,17 @@
 /**
  * `kspan events`: kernel TCP records of the selected processes as JSON lines on
- * stdout (src/event-json.ts). Stops after --duration or on SIGINT/SIGTERM, and
+ * stdout (src/records/event-json.ts). Stops after --duration or on SIGINT/SIGTERM, and
  * before exiting flushes the send/recv aggregates still open in the kernel.
  */
 import { parseArgs } from 'node:util';
-import { KernelClock } from '../clock.ts';
-import { eventLine } from '../event-json.ts';
-import type { IoPath } from '../loader/kernel-features.ts';
-import { setLibbpfLogSink } from '../loader/libbpf-log.ts';
-import type { Logger } from '../logger.ts';
-import type { KernelRecord } from '../records.ts';
+import { KernelClock } from '../kernel/clock.ts';
+import { eventLine } from '../records/event-json.ts';
+import type { IoPath } from '../kernel/kernel-features.ts';
+import { setLibbpfLogSink } from '../kernel/libbpf-log.ts';
+import type { Logger } from '../core/logger.ts';
+import type { KernelRecord } from '../records/kernel-record.ts';
 import { targetEvent } from '../context/thread-context-reader.ts';
-import { TracingSession } from '../tracing-session.ts';
+import { TracingSession } from '../kernel/tracing-session.ts';
 import { parseMaxSockets, parsePids, parseDuration, parseIoHooks, waitForStop } from './options.ts';
 
 export async function eventsCommand(args: string[], log: Logger): Promise<number> {

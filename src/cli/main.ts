@@ -3,8 +3,8 @@
  * record, replay). Usage errors exit 2, runtime failures 1.
  */
 import { parseArgs } from 'node:util';
-import { KspanError } from '../errors.ts';
-import { createLogger } from '../logger.ts';
+import { KspanError } from '../core/errors.ts';
+import { createLogger } from '../core/logger.ts';
 
 const USAGE = `usage: kspan <command> [options]
 

@@ -1,6 +1,6 @@
 /** Option parsing and the stop signal shared by the long-running commands. */
-import { KspanError } from '../errors.ts';
-import type { IoPath } from '../loader/kernel-features.ts';
+import { KspanError } from '../core/errors.ts';
+import type { IoPath } from '../kernel/kernel-features.ts';
 
 export function parsePids(values: string[] | undefined): number[] {
   if (!values?.length) throw new KspanError('KSPAN_ERR_USAGE', 'no target: give --pid PID (repeatable)');

@@ -1,20 +1,20 @@
 /**
  * `kspan record --pid PID -o FILE`: the decoded kernel records, as they come, to a
- * msgpack file (src/spans/record-file.ts) whose header carries the kernel
+ * msgpack file (src/records/record-file.ts) whose header carries the kernel
  * release, the clock offset and the targets' Resources, for `kspan replay`.
  */
 import { createWriteStream } from 'node:fs';
 import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
-import { KernelClock } from '../clock.ts';
-import { KspanError } from '../errors.ts';
-import { kernelRelease } from '../loader/kernel-features.ts';
-import { setLibbpfLogSink } from '../loader/libbpf-log.ts';
-import type { Logger } from '../logger.ts';
-import type { KernelRecord } from '../records.ts';
-import { RecordFileWriter } from '../spans/record-file.ts';
-import { TargetResources } from '../target-resources.ts';
-import { TracingSession } from '../tracing-session.ts';
+import { KernelClock } from '../kernel/clock.ts';
+import { KspanError } from '../core/errors.ts';
+import { kernelRelease } from '../kernel/kernel-features.ts';
+import { setLibbpfLogSink } from '../kernel/libbpf-log.ts';
+import type { Logger } from '../core/logger.ts';
+import type { KernelRecord } from '../records/kernel-record.ts';
+import { RecordFileWriter } from '../records/record-file.ts';
+import { TargetResources } from '../export/target-resources.ts';
+import { TracingSession } from '../kernel/tracing-session.ts';
 import { parseDuration, parseIoHooks, parseMaxSockets, parsePids, waitForStop } from './options.ts';
 
 export async function recordCommand(args: string[], log: Logger): Promise<number> {

@@ -5,13 +5,13 @@
  */
 import { createReadStream } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { KspanError } from '../errors.ts';
-import type { Logger } from '../logger.ts';
-import { resolveExportTarget } from '../spans/export-pipeline.ts';
+import { KspanError } from '../core/errors.ts';
+import type { Logger } from '../core/logger.ts';
+import { resolveExportTarget } from '../export/export-pipeline.ts';
 import { contextAttributes } from '../spans/context-attributes.ts';
-import { RecordFileReader } from '../spans/record-file.ts';
+import { RecordFileReader } from '../records/record-file.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
-import { TargetResources } from '../target-resources.ts';
+import { TargetResources } from '../export/target-resources.ts';
 
 export async function replayCommand(args: string[], log: Logger): Promise<number> {
   const { values, positionals } = parseArgs({

@@ -7,14 +7,14 @@
  */
 import { parseArgs } from 'node:util';
 import type { SpanExporter } from '@opentelemetry/sdk-trace';
-import { KernelClock } from '../clock.ts';
-import { setLibbpfLogSink } from '../loader/libbpf-log.ts';
-import type { Logger } from '../logger.ts';
+import { KernelClock } from '../kernel/clock.ts';
+import { setLibbpfLogSink } from '../kernel/libbpf-log.ts';
+import type { Logger } from '../core/logger.ts';
 import { contextAttributes } from '../spans/context-attributes.ts';
-import { resolveExportTarget } from '../spans/export-pipeline.ts';
+import { resolveExportTarget } from '../export/export-pipeline.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
-import { TargetResources } from '../target-resources.ts';
-import { TracingSession } from '../tracing-session.ts';
+import { TargetResources } from '../export/target-resources.ts';
+import { TracingSession } from '../kernel/tracing-session.ts';
 import { parseDuration, parseIoHooks, parseMaxSockets, parsePids, waitForStop } from './options.ts';
 
 export const RUN_OPTIONS = {

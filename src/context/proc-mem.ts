@@ -4,7 +4,7 @@
  * "gone" from "not allowed" from "not mapped".
  */
 import { closeSync, openSync, readSync } from 'node:fs';
-import { KspanError, HINT_PRIVILEGE } from '../errors.ts';
+import { KspanError, HINT_PRIVILEGE } from '../core/errors.ts';
 
 export type ProcMemFailure = 'gone' | 'permission' | 'unmapped';
 

@@ -12,7 +12,7 @@
 import { readFileSync, readlinkSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { basename } from 'node:path';
-import { KspanError } from '../errors.ts';
+import { KspanError } from '../core/errors.ts';
 import {
   type AttrValue,
   type PlainKeyValue,

@@ -12,12 +12,12 @@
  * cheap read of /proc/PID/maps) or its OTEL_CTX header's published_at_ns moved
  * (a 32-byte read), so calling it every second or two is fine.
  */
-import { KspanCtxScheme, type KspanTlsLoc, KspanTlsKind } from '../generated/records.ts';
+import { KspanCtxScheme, type KspanTlsLoc, KspanTlsKind } from '../records/abi.generated.ts';
 import { type ProcessContextInfo, readProcessContext, readPublishedAt } from './process-context.ts';
 import { OTEL_THREAD_CTX_SYMBOL, type TlsResolution, TlsResolveError, TlsResolver } from './tls-resolver.ts';
 import { procFailure } from './proc-mem.ts';
 import { readProcMaps, type Mapping } from './proc-maps.ts';
-import type { KspanNodeLayout } from '../generated/records.ts';
+import type { KspanNodeLayout } from '../records/abi.generated.ts';
 import { nodeLayoutForBpf } from './nodejs/node-layout.ts';
 
 export const NODEJS_THREAD_CTX_SYMBOL = 'otel_thread_ctx_nodejs_v1';

@@ -12,9 +12,9 @@
  * maps the same libc and most map the same executable.
  */
 import { readlinkSync } from 'node:fs';
-import { KspanError, HINT_PRIVILEGE } from '../errors.ts';
+import { KspanError, HINT_PRIVILEGE } from '../core/errors.ts';
 import { ElfFormatError, openElfFile } from '../elf/elf-file.ts';
-import { KspanCtxScheme, KspanDtvLayout, KspanTlsKind, type KspanTlsLoc } from '../generated/records.ts';
+import { KspanCtxScheme, KspanDtvLayout, KspanTlsKind, type KspanTlsLoc } from '../records/abi.generated.ts';
 import { type MappedFile, loadBias, mappedFiles, readProcMaps } from './proc-maps.ts';
 import { ProcMemError, ProcessMemory, procFailure } from './proc-mem.ts';
 import { type ModuleTlsInfo, type TlsAccessModel, moduleTlsInfo } from './tls-access.ts';

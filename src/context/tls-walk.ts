@@ -4,7 +4,7 @@
  * of its TLS variable, through /proc/PID/mem. Used by tests (to check a
  * resolution against the address a thread printed) and for debugging a target.
  */
-import { KspanDtvLayout, KspanTlsKind, type KspanTlsLoc } from '../generated/records.ts';
+import { KspanDtvLayout, KspanTlsKind, type KspanTlsLoc } from '../records/abi.generated.ts';
 import type { ProcessMemory } from './proc-mem.ts';
 
 export interface DtvLayout {

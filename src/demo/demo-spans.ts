@@ -14,7 +14,7 @@ import { resourceFromAttributes, type Resource } from '@opentelemetry/resources'
 import type { ReadableSpan, SpanExporter, TimedEvent } from '@opentelemetry/sdk-trace';
 import type { AttrValue } from '../proto/otlp.ts';
 import { hrTimeToNs, nsToHrTime } from '../spans/hr-time.ts';
-import { toAttributes } from '../target-resources.ts';
+import { toAttributes } from '../export/target-resources.ts';
 
 export type SpanKindName = 'internal' | 'server' | 'client' | 'producer' | 'consumer';
 const KINDS: SpanKindName[] = ['internal', 'server', 'client', 'producer', 'consumer'];

@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { KspanError } from '../errors.ts';
+import { KspanError } from '../core/errors.ts';
 
 /** Exporting the TLS symbol in .dynsym is what makes the executable discoverable (OTEP 4947). */
 const FLAGS = ['-O2', '-g', '-Wall', '-pthread', '-Wl,--export-dynamic-symbol=otel_thread_ctx_v1'];

@@ -10,7 +10,7 @@
  * names carry the demo's pid so that several demos can run at once.
  */
 import { execFileSync } from 'node:child_process';
-import { KspanError } from '../errors.ts';
+import { KspanError } from '../core/errors.ts';
 
 export const DEMO_NETNS_PREFIX = 'kspan-demo-';
 

@@ -8,7 +8,7 @@
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import { KspanError } from '../errors.ts';
+import { KspanError } from '../core/errors.ts';
 
 export type JsonLine = Record<string, unknown>;
 

@@ -14,7 +14,7 @@
  *         │  │    • tcp.retransmit +205.4 ms ESTABLISHED
  *         │  └─ GET             demo-backend server 1122334455667788   …
  */
-import { kernelSpanDetails, ms } from '../spans/console-tree.ts';
+import { kernelSpanDetails, ms } from '../export/console-tree.ts';
 import type { DemoSpan } from './demo-spans.ts';
 
 export interface TraceSummary {

@@ -11,7 +11,7 @@
  * address in user space) is rejected rather than silently rounded.
  */
 import { closeSync, fstatSync, openSync, readFileSync, readSync } from 'node:fs';
-import { KspanError } from '../errors.ts';
+import { KspanError } from '../core/errors.ts';
 
 export const ET_EXEC = 2;
 export const ET_DYN = 3;

@@ -5,7 +5,7 @@
  */
 import type { Attributes } from '@opentelemetry/api';
 import { decodeRecordAttributes } from '../context/process-context.ts';
-import type { TraceContext } from '../records.ts';
+import type { TraceContext } from '../records/kernel-record.ts';
 
 /**
  * Span attributes from a context's record attributes, or undefined when it has

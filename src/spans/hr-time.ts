@@ -1,7 +1,7 @@
 /**
  * Kernel time (CLOCK_MONOTONIC ns, bigint) → OpenTelemetry HrTime [seconds, nanos]
  * since the epoch, exactly: no rounding anywhere. The offset (REALTIME − MONOTONIC)
- * is measured by src/clock.ts and passed in; this module stays pure.
+ * is measured by src/kernel/clock.ts and passed in; this module stays pure.
  *
  * Fast path: the offset is split into [sec, nsec] once (cached per offset value)
  * and the monotonic time, below 2^53 ns (104 days of uptime), is split with exact

@@ -3,7 +3,7 @@
  * (CLOCK_MONOTONIC, bigint ns) and still tied to its socket. The span builder
  * (span-builder.ts) turns it into an OpenTelemetry ReadableSpan. Pure types.
  */
-import type { Endpoint, TraceContext } from '../records.ts';
+import type { Endpoint, TraceContext } from '../records/kernel-record.ts';
 
 export type KernelSpanName =
   | 'tcp.accept'

@@ -66,8 +66,8 @@
  * evicted) and `idleTimeoutNs`; per-socket pending events by `maxPendingEvents`.
  * Evicted or exited sockets end their open spans, marked `incomplete`.
  */
-import type { Endpoint, KernelRecord, RecordType, TraceContext } from '../records.ts';
-import { connectErrorName } from '../records.ts';
+import type { Endpoint, KernelRecord, RecordType, TraceContext } from '../records/kernel-record.ts';
+import { connectErrorName } from '../records/kernel-record.ts';
 import type { IncompleteReason, KernelSpan, KernelSpanEvent, KernelSpanName } from './kernel-span.ts';
 
 const TCP_SYN_SENT = 2;

@@ -8,8 +8,8 @@ import type { Attributes } from '@opentelemetry/api';
 import type { Resource } from '@opentelemetry/resources';
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
 import type { Logger } from 'pino';
-import type { KernelRecord } from '../records.ts';
-import { ConsoleTreeExporter } from './console-tree.ts';
+import type { KernelRecord } from '../records/kernel-record.ts';
+import { ConsoleTreeExporter } from '../export/console-tree.ts';
 import {
   createOtlpExporter,
   ExportPipeline,
@@ -17,7 +17,7 @@ import {
   type ExportCounters,
   type ExportPipelineOptions,
   type ExportTarget,
-} from './export-pipeline.ts';
+} from '../export/export-pipeline.ts';
 import type { KernelSpan } from './kernel-span.ts';
 import { SocketCorrelator, type CorrelatorCounters, type SocketCorrelatorOptions } from './socket-correlator.ts';
 import { SpanBuilder } from './span-builder.ts';
@@ -25,7 +25,7 @@ import { SpanBuilder } from './span-builder.ts';
 export interface SpanPipelineOptions {
   /** The target's Resource, one object per pid. */
   resourceFor: (pid: number) => Resource;
-  /** REALTIME − MONOTONIC ns (src/clock.ts KernelClock.offsetNs, or the record file header). */
+  /** REALTIME − MONOTONIC ns (src/kernel/clock.ts KernelClock.offsetNs, or the record file header). */
   clockOffsetNs: bigint | (() => bigint);
   /** Where spans go; default resolveExportTarget() (env, else console). Ignored with `exporter`. */
   target?: ExportTarget;

@@ -16,7 +16,7 @@ import { e2eOptions } from '../helpers/require-bpf.ts';
 import { startServer } from '../helpers/tcp-fixtures.ts';
 import { TLS_VARIANTS, buildTlsFixtures, startPublisher, type RunningPublisher, type TlsVariantName } from '../helpers/tls-fixtures.ts';
 
-/** TracingSession's default refresh interval (src/tracing-session.ts). */
+/** TracingSession's default refresh interval (src/kernel/tracing-session.ts). */
 const REFRESH_MS = 2000;
 const THREADS = 3;
 const ROUNDS = 4;

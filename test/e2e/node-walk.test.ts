@@ -13,7 +13,7 @@ import { readProcessContext } from '../helpers/process-context.ts';
 import { resolveMainThreadTls, startTracedServer, until, walkServer, type TracedServer } from '../helpers/traced-server.ts';
 import { ProcMemReader, RECORD_HEADER_SIZE, nodeLayoutFromProcessContext, parseNodeTlsStruct } from '../../src/context/nodejs/v8-walk.ts';
 import { withProcessMemory } from '../../src/context/proc-mem.ts';
-import { KspanCtxScheme, KspanTlsKind } from '../../src/generated/records.ts';
+import { KspanCtxScheme, KspanTlsKind } from '../../src/records/abi.generated.ts';
 
 const group = new ProcessGroup();
 let server: TracedServer;

@@ -16,8 +16,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { connect, createServer, type Socket } from 'node:net';
-import type { KernelRecord, TraceContext } from '../../src/records.ts';
-import { TracingSession } from '../../src/tracing-session.ts';
+import type { KernelRecord, TraceContext } from '../../src/records/kernel-record.ts';
+import { TracingSession } from '../../src/kernel/tracing-session.ts';
 import { ProcessGroup, type Proc } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { buildCtxFlushFixture } from '../helpers/tls-fixtures.ts';

@@ -9,8 +9,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type Server, type Socket } from 'node:net';
-import type { KernelRecord } from '../../src/records.ts';
-import { TcpTracer } from '../../src/tcp-tracer.ts';
+import type { KernelRecord } from '../../src/records/kernel-record.ts';
+import { TcpTracer } from '../../src/kernel/tcp-tracer.ts';
 import { ThreadContextReader, type TargetContext } from '../../src/context/thread-context-reader.ts';
 import { TLS_VARIANTS, variantOptions, buildTlsFixtures, startPublisher, type TlsVariant, type RunningPublisher } from '../helpers/tls-fixtures.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';

@@ -8,13 +8,13 @@
 import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { KspanDtvLayout, KspanTlsKind } from '../../src/generated/records.ts';
+import { KspanDtvLayout, KspanTlsKind } from '../../src/records/abi.generated.ts';
 import { TlsResolver, TlsResolveError } from '../../src/context/tls-resolver.ts';
 import { tlsAddress } from '../../src/context/tls-walk.ts';
 import { withProcessMemory } from '../../src/context/proc-mem.ts';
 import { TLS_VARIANTS, buildTlsFixtures, startPublisher, variantOptions } from '../helpers/tls-fixtures.ts';
 import { ThreadContextReader, targetEvent, type TargetContext } from '../../src/context/thread-context-reader.ts';
-import type { KspanTlsLoc } from '../../src/generated/records.ts';
+import type { KspanTlsLoc } from '../../src/records/abi.generated.ts';
 
 let dir: string;
 before(() => {

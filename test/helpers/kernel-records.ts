@@ -3,7 +3,7 @@
  * defaults, trace contexts from small numbers, and a socket that stamps its own
  * cookie, endpoints, pid and role on every record.
  */
-import type { KernelRecord, RecordType, TraceContext } from '../../src/records.ts';
+import type { KernelRecord, RecordType, TraceContext } from '../../src/records/kernel-record.ts';
 import type { KernelSpan } from '../../src/spans/kernel-span.ts';
 
 /** A context whose ids are derived from n: trace 0…0n, span 0…0n (hex). */

@@ -12,7 +12,7 @@ import type { ProcessGroup, Proc } from './processes.ts';
 import { TlsResolver, type TlsResolution } from '../../src/context/tls-resolver.ts';
 import { tlsAddress } from '../../src/context/tls-walk.ts';
 import { withProcessMemory } from '../../src/context/proc-mem.ts';
-import { KspanCtxScheme } from '../../src/generated/records.ts';
+import { KspanCtxScheme } from '../../src/records/abi.generated.ts';
 import {
   NODE_TLS_SYMBOL,
   ProcMemReader,
@@ -24,7 +24,7 @@ import { readProcessContext } from './process-context.ts';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const FIXTURE = join(ROOT, 'test/fixtures/nodejs/traced-server.cjs');
-export const REGISTER_PATH = join(ROOT, 'src/context/publisher/register.ts');
+export const REGISTER_PATH = join(ROOT, 'src/publisher/register.ts');
 
 export interface ReadyLine {
   ready: true;
@@ -83,7 +83,7 @@ export async function startTracedServer(group: ProcessGroup, opts: TracedServerO
     args.push('--import', 'kspan/publisher/register');
   }
   const extraEnv: Record<string, string> = {};
-  if (opts.publisher === 'programmatic') extraEnv.FIXTURE_PUBLISHER_MODULE = join(ROOT, 'src/context/publisher/index.ts');
+  if (opts.publisher === 'programmatic') extraEnv.FIXTURE_PUBLISHER_MODULE = join(ROOT, 'src/publisher/index.ts');
   args.push(FIXTURE);
   const proc = group.start(process.execPath, args, {
     cwd,

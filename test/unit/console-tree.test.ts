@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { resourceFromAttributes } from '@opentelemetry/resources';
-import { ConsoleTreeExporter } from '../../src/spans/console-tree.ts';
+import { ConsoleTreeExporter } from '../../src/export/console-tree.ts';
 import { SocketCorrelator } from '../../src/spans/socket-correlator.ts';
 import { SpanBuilder } from '../../src/spans/span-builder.ts';
 import type { KernelSpan } from '../../src/spans/kernel-span.ts';

@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
 import { pino } from 'pino';
-import { eventObject } from '../../src/event-json.ts';
+import { eventObject } from '../../src/records/event-json.ts';
 import {
   encodeKspanEvent,
   KSPAN_EVENT_SIZE,
@@ -17,11 +17,11 @@ import {
   KspanEventType as T,
   type KspanEvent,
   type KspanTraceCtx,
-} from '../../src/generated/records.ts';
-import { decodeRecords } from '../../src/record-decoder.ts';
-import type { KernelRecord, TraceContext } from '../../src/records.ts';
+} from '../../src/records/abi.generated.ts';
+import { decodeRecords } from '../../src/records/decoder.ts';
+import type { KernelRecord, TraceContext } from '../../src/records/kernel-record.ts';
 import { contextAttributes } from '../../src/spans/context-attributes.ts';
-import { RecordFileReader, RecordFileWriter } from '../../src/spans/record-file.ts';
+import { RecordFileReader, RecordFileWriter } from '../../src/records/record-file.ts';
 import { SpanPipeline } from '../../src/spans/span-pipeline.ts';
 
 const ATTRS_MAX = 52;

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import type { KernelRecord } from '../../src/records.ts';
+import type { KernelRecord } from '../../src/records/kernel-record.ts';
 import type { KernelSpan } from '../../src/spans/kernel-span.ts';
 import { SocketCorrelator, type SocketCorrelatorOptions } from '../../src/spans/socket-correlator.ts';
 import { ctx, FakeSocket } from '../helpers/kernel-records.ts';

@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { parseBtf, BTF_KIND } from '../../src/btf/btf.ts';
-import { generatedRecordsSource } from '../../src/btf/records-source.ts';
+import { parseBtf, BTF_KIND } from '../../tools/gen-records/btf.ts';
+import { generatedRecordsSource } from '../../tools/gen-records/records-source.ts';
 import { parseElf } from '../../src/elf/elf-file.ts';
 import {
   decodeKspanEvent,
@@ -11,13 +11,13 @@ import {
   KSPAN_EVENT_SIZE,
   KSPAN_TLS_LOC_SIZE,
   type KspanEvent,
-} from '../../src/generated/records.ts';
+} from '../../src/records/abi.generated.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
 
 const OBJECT = join(REPO_ROOT, 'bpf/.output/kspan.bpf.o');
 
-test('src/generated/records.ts matches the BTF of the built BPF object (regenerate with npm run gen)', () => {
-  const committed = readFileSync(join(REPO_ROOT, 'src/generated/records.ts'), 'utf8');
+test('src/records/abi.generated.ts matches the BTF of the built BPF object (regenerate with npm run gen)', () => {
+  const committed = readFileSync(join(REPO_ROOT, 'src/records/abi.generated.ts'), 'utf8');
   assert.equal(committed, generatedRecordsSource(OBJECT));
 });
 

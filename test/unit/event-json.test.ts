@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { eventLine } from '../../src/event-json.ts';
-import { endpoint, ipv6 } from '../../src/record-decoder.ts';
-import type { KernelRecord } from '../../src/records.ts';
+import { eventLine } from '../../src/records/event-json.ts';
+import { endpoint, ipv6 } from '../../src/records/decoder.ts';
+import type { KernelRecord } from '../../src/records/kernel-record.ts';
 import { parseEventLine } from '../helpers/kspan-cli.ts';
 
 const base: KernelRecord = {

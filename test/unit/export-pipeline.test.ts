@@ -14,7 +14,7 @@ import {
   isRetryableExportError,
   resolveExportTarget,
   type ExportPipelineOptions,
-} from '../../src/spans/export-pipeline.ts';
+} from '../../src/export/export-pipeline.ts';
 import { SocketCorrelator } from '../../src/spans/socket-correlator.ts';
 import { SpanBuilder } from '../../src/spans/span-builder.ts';
 import { ctx, FakeSocket, kernelSpan } from '../helpers/kernel-records.ts';

@@ -11,10 +11,10 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ROOT_CONTEXT, trace, type Context, type Span } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { TracerProvider } from '@opentelemetry/sdk-trace';
-import { SpanMirror, hexBytes } from '../../src/context/publisher/span-mirror.ts';
-import { loadThreadContextWriter, type ThreadContextWriter } from '../../src/context/publisher/pprof-writer.ts';
-import { encodeProcessContext } from '../../src/context/publisher/process-context-payload.ts';
-import { ProcessContextMapping, mappingSizeFor } from '../../src/context/publisher/process-context-mapping.ts';
+import { SpanMirror, hexBytes } from '../../src/publisher/span-mirror.ts';
+import { loadThreadContextWriter, type ThreadContextWriter } from '../../src/publisher/pprof-writer.ts';
+import { encodeProcessContext } from '../../src/publisher/process-context-payload.ts';
+import { ProcessContextMapping, mappingSizeFor } from '../../src/publisher/process-context-mapping.ts';
 import { ProcessContextType, TO_OBJECT, attributesToObject, type PlainKeyValue } from '../../src/proto/otlp.ts';
 
 const loaded = loadThreadContextWriter(['http.route']);

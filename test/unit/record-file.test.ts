@@ -2,9 +2,9 @@ import assert from 'node:assert/strict';
 import { PassThrough } from 'node:stream';
 import { describe, test } from 'node:test';
 import { Packr } from 'msgpackr';
-import { KspanError } from '../../src/errors.ts';
-import type { KernelRecord } from '../../src/records.ts';
-import { RecordFileReader, RecordFileWriter, type RecordFileHeader } from '../../src/spans/record-file.ts';
+import { KspanError } from '../../src/core/errors.ts';
+import type { KernelRecord } from '../../src/records/kernel-record.ts';
+import { RecordFileReader, RecordFileWriter, type RecordFileHeader } from '../../src/records/record-file.ts';
 import { ctx, FakeSocket } from '../helpers/kernel-records.ts';
 
 const header: RecordFileHeader = {

@@ -8,7 +8,7 @@ import { createReadStream, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { KernelSpan } from '../../src/spans/kernel-span.ts';
-import { RecordFileReader } from '../../src/spans/record-file.ts';
+import { RecordFileReader } from '../../src/records/record-file.ts';
 import { SocketCorrelator } from '../../src/spans/socket-correlator.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
 

@@ -3,7 +3,7 @@
  * bpf/kspan.h) for a Node.js target, from the walk layout its process context
  * declares (v8-walk.ts). Field offsets come from the generated decoders.
  */
-import { KSPAN_NODE_LAYOUT_SIZE, encodeKspanNodeLayout, type KspanNodeLayout } from '../../generated/records.ts';
+import { KSPAN_NODE_LAYOUT_SIZE, encodeKspanNodeLayout, type KspanNodeLayout } from '../../records/abi.generated.ts';
 import type { AttrValue } from '../../proto/otlp.ts';
 import { nodeLayoutFromProcessContext, type NodeWalkLayout } from './v8-walk.ts';
 

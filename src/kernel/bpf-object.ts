@@ -14,7 +14,7 @@ import {
   HINT_TRACEFS,
   KspanError,
   VerifierError,
-} from '../errors.ts';
+} from '../core/errors.ts';
 import { BpfTestRunOpts, errno, libbpf, withSignalsBlocked } from './native.ts';
 import { captureLibbpfLog, type LibbpfLogCapture } from './libbpf-log.ts';
 

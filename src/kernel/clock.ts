@@ -4,7 +4,7 @@
  * monotonic read between two realtime reads and keeping the tightest of several
  * tries; `refresh()` re-measures it (NTP slews the realtime clock).
  */
-import { c, CLOCK_MONOTONIC, CLOCK_REALTIME } from './loader/native.ts';
+import { c, CLOCK_MONOTONIC, CLOCK_REALTIME } from './native.ts';
 
 const ts = Buffer.alloc(16);
 

@@ -5,7 +5,7 @@
  * aggregate left in the kernel so no byte is missing.
  */
 import { fileURLToPath } from 'node:url';
-import { KspanError } from './errors.ts';
+import { KspanError } from '../core/errors.ts';
 import {
   decodeKspanFlushArgs,
   encodeKspanTarget,
@@ -21,14 +21,14 @@ import {
   type KspanAgg,
   type KspanEvent,
   type KspanSock,
-} from './generated/records.ts';
-import { BpfObject } from './loader/bpf-object.ts';
-import { chooseIoPath, type IoPath, sectionAvailable } from './loader/kernel-features.ts';
-import { libbpf } from './loader/native.ts';
-import { RingBufferReader } from './loader/ring-buffer.ts';
-import { pidKey } from './context/thread-context-reader.ts';
-import { decodeRecords, fromEvent } from './record-decoder.ts';
-import type { KernelRecord } from './records.ts';
+} from '../records/abi.generated.ts';
+import { BpfObject } from './bpf-object.ts';
+import { chooseIoPath, type IoPath, sectionAvailable } from './kernel-features.ts';
+import { libbpf } from './native.ts';
+import { RingBufferReader } from './ring-buffer.ts';
+import { pidKey } from '../context/thread-context-reader.ts';
+import { decodeRecords, fromEvent } from '../records/decoder.ts';
+import type { KernelRecord } from '../records/kernel-record.ts';
 
 const NO_LOCATION: KspanTlsLoc = { offset: 0n, module: 0n, kind: KspanTlsKind.KSPAN_TLS_NONE, scheme: 0, dtv_layout: 0 };
 
@@ -38,7 +38,7 @@ function targetValue(loc: KspanTlsLoc): Buffer {
   return buf;
 }
 
-export const DEFAULT_OBJECT = fileURLToPath(new URL('../bpf/.output/kspan.bpf.o', import.meta.url));
+export const DEFAULT_OBJECT = fileURLToPath(new URL('../../bpf/.output/kspan.bpf.o', import.meta.url));
 
 /** Programs of the two I/O paths; everything else always loads. */
 const SOCK_LENGTH_PROGRAMS = new Set(['on_send_length', 'on_recv_length']);

@@ -4,7 +4,7 @@
  * (koffi 3). Nothing else in kspan declares a native function.
  */
 import koffi from 'koffi';
-import { HINT_LIBBPF, KspanError } from '../errors.ts';
+import { HINT_LIBBPF, KspanError } from '../core/errors.ts';
 
 type Ptr = bigint;
 type Fn<A extends unknown[], R> = ((...args: A) => R) & {

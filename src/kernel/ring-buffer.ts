@@ -9,7 +9,7 @@
  * Record header (kernel/bpf/ringbuf.c): u32 len with BUSY (bit 31) and DISCARD
  * (bit 30), u32 page offset; payload follows, records are 8-byte aligned.
  */
-import { KspanError, errnoError } from '../errors.ts';
+import { KspanError, errnoError } from '../core/errors.ts';
 import {
   c,
   EPOLL_CTL_ADD,

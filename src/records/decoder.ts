@@ -9,8 +9,8 @@ import {
   type KspanAgg,
   type KspanEvent,
   type KspanTraceCtx,
-} from './generated/records.ts';
-import type { Endpoint, KernelRecord, RecordType, TraceContext } from './records.ts';
+} from './abi.generated.ts';
+import type { Endpoint, KernelRecord, RecordType, TraceContext } from './kernel-record.ts';
 
 const TYPES: Record<number, RecordType> = {
   [T.KSPAN_EV_ACCEPT]: 'accept',

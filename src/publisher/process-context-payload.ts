@@ -3,7 +3,7 @@
  * Resource attributes; attributes = the threadlocal.* keys that tell a reader which
  * thread-context scheme this process writes and how to name record attributes }.
  */
-import { ProcessContextType, type PlainAnyValue, type PlainKeyValue } from '../../proto/otlp.ts';
+import { ProcessContextType, type PlainAnyValue, type PlainKeyValue } from '../proto/otlp.ts';
 
 /** An attribute value as OpenTelemetry JS holds it. */
 export type AttributeValue =

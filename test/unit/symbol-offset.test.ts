@@ -2,8 +2,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { readElfFile } from '../../src/elf/elf-file.ts';
-import { KspanError } from '../../src/errors.ts';
-import { entryFileOffset, fileOffsetOf, symbolFileOffset } from '../../src/uprobes/probe-offset.ts';
+import { KspanError } from '../../src/core/errors.ts';
+import { entryFileOffset, fileOffsetOf, symbolFileOffset } from '../../src/elf/symbol-offset.ts';
 
 const LIBC = '/lib/x86_64-linux-gnu/libc.so.6';
 

@@ -10,10 +10,10 @@ import {
   pidKey,
   type TargetContext,
   type ThreadContextReaderStats,
-} from './context/thread-context-reader.ts';
-import { encodeNodeLayoutValue } from './context/nodejs/node-layout.ts';
-import type { IoPath } from './loader/kernel-features.ts';
-import type { KernelRecord } from './records.ts';
+} from '../context/thread-context-reader.ts';
+import { encodeNodeLayoutValue } from '../context/nodejs/node-layout.ts';
+import type { IoPath } from './kernel-features.ts';
+import type { KernelRecord } from '../records/kernel-record.ts';
 import { TcpTracer, type TracerCounters } from './tcp-tracer.ts';
 
 export interface TracingSessionOptions {

@@ -1,6 +1,6 @@
-/** What src/generated/records.ts is generated from: the record types of bpf/kspan.h. */
+/** What src/records/abi.generated.ts is generated from: the record types of bpf/kspan.h. */
 import { readFileSync } from 'node:fs';
-import { parseElf } from '../elf/elf-file.ts';
+import { parseElf } from '../../src/elf/elf-file.ts';
 import { parseBtf } from './btf.ts';
 import { generateDecoders } from './decoder-gen.ts';
 

@@ -3,8 +3,8 @@
  * while ELF symbols and the entry point are virtual addresses. The PT_LOAD
  * segment that holds an address gives the translation. Pure over a parsed ELF.
  */
-import type { ElfFile } from '../elf/elf-file.ts';
-import { KspanError } from '../errors.ts';
+import type { ElfFile } from './elf-file.ts';
+import { KspanError } from '../core/errors.ts';
 
 const PT_LOAD = 1;
 

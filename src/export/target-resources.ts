@@ -5,7 +5,7 @@
  */
 import type { AttributeValue, Attributes } from '@opentelemetry/api';
 import { resourceFromAttributes, type Resource } from '@opentelemetry/resources';
-import { readProcessContext } from './context/process-context.ts';
+import { readProcessContext } from '../context/process-context.ts';
 
 function toAttributeValue(v: unknown): AttributeValue | undefined {
   if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') return v;

@@ -1,10 +1,10 @@
 /**
  * Kernel records as the rest of the agent sees them: decoded from the ring buffer
- * (src/record-decoder.ts), printed by `kspan events`, written by `kspan record`,
+ * (src/records/decoder.ts), printed by `kspan events`, written by `kspan record`,
  * and consumed by the correlator (src/spans/). Pure types and helpers: no kernel.
  *
  * Timestamps stay on the kernel's CLOCK_MONOTONIC (`*Ns` as bigint, exact); the
- * conversion to wall-clock time is one offset (src/clock.ts) applied at the edge.
+ * conversion to wall-clock time is one offset (src/kernel/clock.ts) applied at the edge.
  */
 
 export type RecordType = 'accept' | 'connect' | 'send' | 'recv' | 'retransmit' | 'reset' | 'close';

@@ -14,8 +14,8 @@
 import { Readable, type Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { Packr, UnpackrStream } from 'msgpackr';
-import { KspanError } from '../errors.ts';
-import type { KernelRecord, RecordType } from '../records.ts';
+import { KspanError } from '../core/errors.ts';
+import type { KernelRecord, RecordType } from './kernel-record.ts';
 
 export const RECORD_FILE_FORMAT = 'kspan-records';
 export const RECORD_FILE_VERSION = 1;

@@ -17,7 +17,7 @@ import { OTLPTraceExporter as OtlpProtoTraceExporter } from '@opentelemetry/expo
 import type { ExportResult } from '@opentelemetry/core';
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
 import { pino, type Logger } from 'pino';
-import { KspanError } from '../errors.ts';
+import { KspanError } from '../core/errors.ts';
 
 export type OtlpProtocol = 'grpc' | 'http/protobuf';
 

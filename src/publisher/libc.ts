@@ -1,6 +1,6 @@
 /**
  * The few libc calls the publisher makes to create its OTEP 4719 mapping. Declared
- * here rather than in src/loader/native.ts on purpose: the publisher runs inside the
+ * here rather than in src/kernel/native.ts on purpose: the publisher runs inside the
  * *target* service, and must not pull the agent's libbpf bindings into it.
  */
 import koffi from 'koffi';
