@@ -13,6 +13,7 @@ import type { Logger } from '../core/logger.ts';
 import { contextAttributes } from '../spans/context-attributes.ts';
 import { resolveExportTarget } from '../export/export-pipeline.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
+import { OrphanNotices, type Notice } from '../spans/orphan-notices.ts';
 import { TargetResources } from '../export/target-resources.ts';
 import { TracingSession } from '../kernel/tracing-session.ts';
 import { parseDuration, parseIoHooks, parseMaxSockets, parsePids, waitForStop } from './options.ts';
@@ -62,6 +63,8 @@ export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
   // Kept past the reader's untrack: spans ended at a target's exit still need its key map.
   const keyMaps = new Map<number, readonly string[]>();
   const keyMapFor = (pid: number) => keyMaps.get(pid) ?? session?.reader.target(pid)?.process.threadLocal?.keyMap;
+  const notices = new OrphanNotices(opts.orphans ?? false);
+  const tell = (n: Notice | null) => n && log[n.level](n.msg);
   const pipeline = new SpanPipeline({
     resourceFor: (pid) => resources.resourceFor(pid),
     extraAttributes: (k) => contextAttributes(k.parent, keyMapFor(k.pid)),
@@ -80,6 +83,7 @@ export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
       if (t.process.threadLocal) keyMaps.set(t.pid, t.process.threadLocal.keyMap);
       else keyMaps.delete(t.pid);
       log.info({ pid: t.pid, scheme: t.scheme ?? 'none', model: t.model, reason: t.reason, service: t.process.resource['service.name'] }, 'target');
+      tell(notices.target(t));
     },
     onTargetExit: (pid) => {
       log.info({ pid }, 'target exited');
@@ -105,6 +109,7 @@ export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
       await pipeline.shutdown();
       const counters = session!.counters();
       const stats = pipeline.stats();
+      for (const n of notices.atStop(pipeline.correlator.orphanSpansByPid)) tell(n);
       const lost = counters.KSPAN_C_RINGBUF_FULL + counters.KSPAN_C_SOCK_TABLE_FULL + counters.decode_errors +
         stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown;
       log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats }, lost ? 'stopped; data was lost' : 'stopped');

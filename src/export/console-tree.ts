@@ -128,10 +128,11 @@ export function kernelSpanDetails(name: string, a: Record<string, unknown>): str
   if (a['kspan.accept_queue_ns'] !== undefined) parts.push(`accept queue ${ms(BigInt(Number(a['kspan.accept_queue_ns'])))}`);
   if (a['kspan.wait_ns'] !== undefined) parts.push(`first byte after ${ms(BigInt(Number(a['kspan.wait_ns'])))}`);
   if (a['kspan.retransmits']) parts.push(`retransmits ${String(a['kspan.retransmits'])}`);
-  if (name === 'tcp.accept' || name === 'tcp.connect') {
+  if (name === 'tcp.accept' || name === 'tcp.connect' || name === 'tcp.exchange') {
     const peer = hostPort(a['network.peer.address'], a['network.peer.port']);
     const local = hostPort(a['network.local.address'], a['network.local.port']);
-    parts.push(name === 'tcp.accept' ? `${peer} → ${local}` : `${local} → ${peer}`);
+    const inbound = name === 'tcp.accept' || (name === 'tcp.exchange' && a['kspan.role'] === 'server');
+    parts.push(inbound ? `${peer} → ${local}` : `${local} → ${peer}`);
   }
   return parts;
 }

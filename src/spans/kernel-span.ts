@@ -13,7 +13,9 @@ export type KernelSpanName =
   /** Standalone: retransmits whose data-owning span was already gone. */
   | 'tcp.retransmit'
   /** Standalone: a reset with no span left to carry it. */
-  | 'tcp.reset';
+  | 'tcp.reset'
+  /** With `orphans`: the root of one request/response exchange whose spans had no context. */
+  | 'tcp.exchange';
 
 export type KernelEventName = 'tcp.retransmit' | 'tcp.reset';
 
@@ -35,6 +37,10 @@ export interface KernelSpan {
   name: KernelSpanName;
   /** The application span this one hangs under; null for an orphan (root) span. */
   parent: TraceContext | null;
+  /** The parent is a kernel span of kspan's own (a tcp.exchange root), not the target's. */
+  localParent: boolean;
+  /** The span's own ids when the correlator chose them (a tcp.exchange root, named by its spans); else null. */
+  self: TraceContext | null;
   startNs: bigint;
   endNs: bigint;
   cookie: bigint;

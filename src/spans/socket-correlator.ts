@@ -59,8 +59,26 @@
  *      retransmit events still add up to the kernel's count (counters.lateEvents).
  *
  * Sampling and orphans: a span whose parent is unsampled (traceFlags & 1 == 0) is
- * dropped and counted; a span with no context is counted and emitted as a root span
- * only with `orphans: true`.
+ * dropped and counted; a span with no context is counted (per pid too) and emitted
+ * only with `orphans: true`, then grouped by exchange:
+ *
+ * Exchanges (`orphans: true` only):
+ *  E1. The spans of a socket that have no context are grouped per request/response
+ *      exchange under a root kernel span `tcp.exchange` (kind SERVER on an accepted
+ *      socket, CLIENT on a connected one), one trace per exchange. Its ids come from
+ *      `exchangeIds`; it covers its spans, from the first (the handshake for a
+ *      connection's first exchange, else the first request byte) to the last.
+ *  E2. Server socket: the request (tcp.accept, tcp.recv) then the response (tcp.send)
+ *      is one exchange, and the next request after a response starts the next one;
+ *      the accept belongs to the connection's first exchange. Client socket: the
+ *      request (tcp.connect, tcp.send) then the response (tcp.recv).
+ *  E3. The root is emitted once its response span is, i.e. after the kernel closed
+ *      the response aggregate (the next request, the close, the idle flush) and, for
+ *      a send, after its linger; a response record after that (a response continued
+ *      after an idle flush) is an exchange of its own. A socket that ends mid-exchange
+ *      emits it with the spans it has. A read between two sends (HTTP 100-continue)
+ *      makes two exchanges. Standalone retransmit/reset spans (R3) join the socket's
+ *      current exchange.
  *
  * Memory: per-socket state is bounded by `maxSockets` (least recently used is
  * evicted) and `idleTimeoutNs`; per-socket pending events by `maxPendingEvents`.
@@ -69,6 +87,7 @@
 import type { Endpoint, KernelRecord, RecordType, TraceContext } from '../records/kernel-record.ts';
 import { connectErrorName } from '../records/kernel-record.ts';
 import type { IncompleteReason, KernelSpan, KernelSpanEvent, KernelSpanName } from './kernel-span.ts';
+import { IdSource } from './span-ids.ts';
 
 const TCP_SYN_SENT = 2;
 
@@ -90,6 +109,8 @@ export interface SocketCorrelatorOptions {
    * clock as bpf_ktime_get_ns). 'records': the latest record time (replay).
    */
   clock?: (() => bigint) | 'records';
+  /** Ids of a tcp.exchange root (rule E1). Default: random, sampled. */
+  exchangeIds?: () => TraceContext;
 }
 
 export interface CorrelatorCounters {
@@ -99,6 +120,8 @@ export interface CorrelatorCounters {
   spans: number;
   /** Spans with no context (emitted only with `orphans`). */
   orphanSpans: number;
+  /** tcp.exchange roots emitted (with `orphans`), counted in `spans` too. */
+  exchanges: number;
   /** Spans dropped because their parent was not sampled. */
   unsampledSpans: number;
   /** Spans ended by the agent (eviction, process exit, shutdown, flushed aggregates). */
@@ -144,6 +167,23 @@ interface Lingering {
   done: boolean;
 }
 
+/** A request/response exchange whose spans have no context (rules E1-E3). */
+interface Exchange {
+  state: SocketState;
+  /** The root's ids: its spans' parent. */
+  ctx: TraceContext;
+  startNs: bigint;
+  endNs: bigint;
+  pid: number;
+  tid: number;
+  /** Spans under it that are not finished yet. */
+  open: number;
+  /** Its response has begun: the next request is another exchange's. */
+  responded: boolean;
+  incomplete: IncompleteReason | null;
+  done: boolean;
+}
+
 interface PendingEvents {
   ctx: TraceContext | null;
   events: KernelSpanEvent[];
@@ -171,6 +211,8 @@ class SocketState {
   synEvents: KernelSpanEvent[] | null = null;
   synCtx: TraceContext | null = null;
   srttUs: number | null = null;
+  /** With `orphans`: the exchange the socket's next context-less span joins. */
+  exchange: Exchange | null = null;
 
   constructor(cookie: bigint) {
     this.cookie = cookie;
@@ -187,6 +229,7 @@ export class SocketCorrelator {
     recordsByType: { accept: 0, connect: 0, send: 0, recv: 0, retransmit: 0, reset: 0, close: 0 },
     spans: 0,
     orphanSpans: 0,
+    exchanges: 0,
     unsampledSpans: 0,
     incompleteSpans: 0,
     evictedLru: 0,
@@ -204,6 +247,10 @@ export class SocketCorrelator {
   readonly #lingerNs: bigint;
   readonly #maxPendingEvents: number;
   readonly #clock: (() => bigint) | null;
+  readonly #exchangeIds: () => TraceContext;
+  /** The exchange each context-less span belongs to, until it is finished. */
+  readonly #exchangeOf = new WeakMap<KernelSpan, Exchange>();
+  readonly #orphansByPid = new Map<number, number>();
   /** Insertion order = recency order: a touched socket is moved to the end. */
   readonly #sockets = new Map<bigint, SocketState>();
   /** Lingering sends in deadline order (deadlines come from a monotonic clock). */
@@ -221,6 +268,17 @@ export class SocketCorrelator {
     this.#maxPendingEvents = options.maxPendingEvents ?? 256;
     const clock = options.clock ?? (() => process.hrtime.bigint());
     this.#clock = clock === 'records' ? null : clock;
+    if (options.exchangeIds) {
+      this.#exchangeIds = options.exchangeIds;
+    } else {
+      const ids = new IdSource();
+      this.#exchangeIds = () => ({ traceId: ids.hex(16), spanId: ids.hex(8), traceFlags: 1 });
+    }
+  }
+
+  /** Spans with no context per target pid (what `counters.orphanSpans` adds up). */
+  get orphanSpansByPid(): ReadonlyMap<number, number> {
+    return this.#orphansByPid;
   }
 
   /** Sockets with state right now. */
@@ -321,8 +379,9 @@ export class SocketCorrelator {
       if (st.pendingRequest || st.pendingAccept) this.#resolveRequest(st, r.context, null, false);
       if (r.context) st.answeredKey = key;
     }
-    this.#endLinger(st);
+    // Built before the held send ends: a send that continues it joins its exchange (E3).
     const span = this.#span(st, 'tcp.send', r.context, r.startNs, r.tsNs, r.tid, r.pid);
+    this.#endLinger(st);
     span.bytes = r.bytes;
     span.calls = r.calls;
     span.fallback = r.fallback;
@@ -480,9 +539,11 @@ export class SocketCorrelator {
     tid: number,
     pid: number,
   ): KernelSpan {
-    return {
+    const span: KernelSpan = {
       name,
       parent,
+      localParent: false,
+      self: null,
       startNs,
       endNs: endNs < startNs ? startNs : endNs,
       cookie: st.cookie,
@@ -504,14 +565,62 @@ export class SocketCorrelator {
       incomplete: null,
       fallback: false,
     };
+    if (parent === null && this.#orphans && name !== 'tcp.exchange') this.#joinExchange(st, span);
+    return span;
+  }
+
+  /** Puts a context-less span under the socket's exchange (rules E1, E2). */
+  #joinExchange(st: SocketState, span: KernelSpan): void {
+    const phase = exchangePhase(st.role, span.name);
+    let ex = st.exchange;
+    // A responded exchange is left to end when its spans are finished.
+    if (ex && (ex.done || (ex.responded && phase === 'request'))) ex = st.exchange = null;
+    if (!ex) {
+      ex = st.exchange = {
+        state: st,
+        ctx: this.#exchangeIds(),
+        startNs: span.startNs,
+        endNs: span.endNs,
+        pid: span.pid,
+        tid: span.tid,
+        open: 0,
+        responded: false,
+        incomplete: null,
+        done: false,
+      };
+    }
+    if (phase === 'response') ex.responded = true;
+    ex.open++;
+    if (span.startNs < ex.startNs) ex.startNs = span.startNs;
+    if (span.endNs > ex.endNs) ex.endNs = span.endNs;
+    if (!ex.tid) ex.tid = span.tid;
+    span.parent = ex.ctx;
+    span.localParent = true;
+    this.#exchangeOf.set(span, ex);
+  }
+
+  /** Emits an exchange's root (rule E3). */
+  #endExchange(ex: Exchange): void {
+    ex.done = true;
+    const st = ex.state;
+    if (st.exchange === ex) st.exchange = null;
+    const root = this.#span(st, 'tcp.exchange', null, ex.startNs, ex.endNs, ex.tid, ex.pid);
+    root.self = ex.ctx;
+    root.incomplete = ex.incomplete;
+    if (root.incomplete) this.counters.incompleteSpans++;
+    this.counters.exchanges++;
+    this.counters.spans++;
+    this.#emit(root);
   }
 
   /** Hands a finished span out, or counts why not (orphan, unsampled). */
   #finish(span: KernelSpan): void {
     const c = this.counters;
     if (span.events.length > 1) span.events.sort((x, y) => (x.tsNs < y.tsNs ? -1 : x.tsNs > y.tsNs ? 1 : 0));
-    if (span.parent === null) {
+    const ex = this.#exchangeOf.get(span);
+    if (span.parent === null || ex) {
       c.orphanSpans++;
+      this.#orphansByPid.set(span.pid, (this.#orphansByPid.get(span.pid) ?? 0) + 1);
       if (!this.#orphans) return;
     } else if ((span.parent.traceFlags & 1) === 0) {
       c.unsampledSpans++;
@@ -520,6 +629,11 @@ export class SocketCorrelator {
     if (span.incomplete) c.incompleteSpans++;
     c.spans++;
     this.#emit(span);
+    if (!ex) return;
+    this.#exchangeOf.delete(span);
+    ex.open--;
+    ex.incomplete ??= span.incomplete;
+    if (ex.open === 0 && ex.responded) this.#endExchange(ex);
   }
 
   // ---- socket state, lingering, eviction ----
@@ -585,6 +699,7 @@ export class SocketCorrelator {
       st.pendingEvents = null;
       st.pendingEventCount = 0;
     }
+    if (st.exchange && !st.exchange.done && st.exchange.open === 0) this.#endExchange(st.exchange);
   }
 
   #endLinger(st: SocketState): void {
@@ -620,6 +735,21 @@ export class SocketCorrelator {
       this.#lingerQueue = q.slice(this.#lingerHead);
       this.#lingerHead = 0;
     }
+  }
+}
+
+/** Where a span falls in its socket's request/response exchange (rule E2). */
+function exchangePhase(role: 'server' | 'client', name: KernelSpanName): 'request' | 'response' | 'other' {
+  switch (name) {
+    case 'tcp.accept':
+    case 'tcp.connect':
+      return 'request';
+    case 'tcp.recv':
+      return role === 'server' ? 'request' : 'response';
+    case 'tcp.send':
+      return role === 'server' ? 'response' : 'request';
+    default:
+      return 'other';
   }
 }
 

@@ -5,16 +5,18 @@
  * ResourceSpans by Resource object identity, so `resourceFor(pid)` must return the
  * same object for a given target process.
  */
-import { randomFillSync } from 'node:crypto';
 import type { Attributes, HrTime, Link, SpanContext, SpanStatus } from '@opentelemetry/api';
 import type { InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
 import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
 import { monotonicToHrTime, nsToHrTime } from './hr-time.ts';
 import type { KernelSpan, KernelSpanEvent } from './kernel-span.ts';
+import { IdSource } from './span-ids.ts';
 
-/** SpanKind.INTERNAL and SpanStatusCode values of @opentelemetry/api (enums are not erasable). */
+/** SpanKind and SpanStatusCode values of @opentelemetry/api (enums are not erasable). */
 const SPAN_KIND_INTERNAL = 0;
+const SPAN_KIND_SERVER = 1;
+const SPAN_KIND_CLIENT = 2;
 const STATUS_UNSET = 0;
 const STATUS_ERROR = 2;
 
@@ -35,28 +37,10 @@ export interface SpanBuilderOptions {
   scope?: InstrumentationScope;
 }
 
-/** Random ids from a pooled buffer: one randomFillSync per 512 span ids. */
-class IdSource {
-  #buf = Buffer.allocUnsafe(4096);
-  #pos = this.#buf.length;
-
-  hex(bytes: 8 | 16): string {
-    for (;;) {
-      if (this.#pos + bytes > this.#buf.length) {
-        randomFillSync(this.#buf);
-        this.#pos = 0;
-      }
-      const s = this.#buf.toString('hex', this.#pos, this.#pos + bytes);
-      this.#pos += bytes;
-      if (s !== '0'.repeat(bytes * 2)) return s; // an all-zero id is invalid
-    }
-  }
-}
-
 /** The one adapter: a finished span, as the exporters read it. */
 export class KernelReadableSpan implements ReadableSpan {
   readonly name: string;
-  readonly kind = SPAN_KIND_INTERNAL;
+  readonly kind: number;
   readonly parentSpanContext: SpanContext | undefined;
   readonly startTime: HrTime;
   readonly endTime: HrTime;
@@ -75,6 +59,7 @@ export class KernelReadableSpan implements ReadableSpan {
 
   constructor(fields: {
     name: string;
+    kind: number;
     context: SpanContext;
     parent: SpanContext | undefined;
     startTime: HrTime;
@@ -87,6 +72,7 @@ export class KernelReadableSpan implements ReadableSpan {
     scope: InstrumentationScope;
   }) {
     this.name = fields.name;
+    this.kind = fields.kind;
     this.#context = fields.context;
     this.parentSpanContext = fields.parent;
     this.startTime = fields.startTime;
@@ -122,12 +108,14 @@ export class SpanBuilder {
   build(k: KernelSpan): KernelReadableSpan {
     const offset = this.#offset();
     const p = k.parent;
-    const context: SpanContext = p
-      ? { traceId: p.traceId, spanId: this.#ids.hex(8), traceFlags: p.traceFlags & 0xff, isRemote: false }
-      : { traceId: this.#ids.hex(16), spanId: this.#ids.hex(8), traceFlags: 1, isRemote: false };
-    // The parent lives in the target process, not in this one: remote.
+    const context: SpanContext = k.self
+      ? { traceId: k.self.traceId, spanId: k.self.spanId, traceFlags: k.self.traceFlags & 0xff, isRemote: false }
+      : p
+        ? { traceId: p.traceId, spanId: this.#ids.hex(8), traceFlags: p.traceFlags & 0xff, isRemote: false }
+        : { traceId: this.#ids.hex(16), spanId: this.#ids.hex(8), traceFlags: 1, isRemote: false };
+    // The parent lives in the target process (remote), unless it is an exchange root of ours.
     const parent: SpanContext | undefined = p
-      ? { traceId: p.traceId, spanId: p.spanId, traceFlags: p.traceFlags & 0xff, isRemote: true }
+      ? { traceId: p.traceId, spanId: p.spanId, traceFlags: p.traceFlags & 0xff, isRemote: !k.localParent }
       : undefined;
     const endNs = k.endNs < k.startNs ? k.startNs : k.endNs;
     const attributes = spanAttributes(k);
@@ -135,6 +123,7 @@ export class SpanBuilder {
     if (extra) Object.assign(attributes, extra);
     return new KernelReadableSpan({
       name: k.name,
+      kind: k.name === 'tcp.exchange' ? (k.role === 'server' ? SPAN_KIND_SERVER : SPAN_KIND_CLIENT) : SPAN_KIND_INTERNAL,
       context,
       parent,
       startTime: monotonicToHrTime(k.startNs, offset),
@@ -163,10 +152,13 @@ export function spanAttributes(k: KernelSpan): Attributes {
     'kspan.socket.cookie': k.cookie.toString(),
     'kspan.role': k.role,
   };
-  // The other end, named by its role: the client of a server socket, the server of a client one.
+  // Both ends named by their roles: on an accepted socket the peer is the client and
+  // this end the server; on a connected one the peer is the server.
   if (k.role === 'server') {
     a['client.address'] = k.peer.address;
     a['client.port'] = k.peer.port;
+    a['server.address'] = k.local.address;
+    a['server.port'] = k.local.port;
   } else {
     a['server.address'] = k.peer.address;
     a['server.port'] = k.peer.port;

@@ -116,6 +116,8 @@ export function kernelSpan(f: Partial<KernelSpan> = {}): KernelSpan {
   return {
     name: 'tcp.send',
     parent: ctx(0xa),
+    localParent: false,
+    self: null,
     startNs: 5_000_000_123n,
     endNs: 5_000_900_456n,
     cookie: 18446744073709551615n,

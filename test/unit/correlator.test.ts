@@ -326,22 +326,16 @@ describe('retransmits and resets', () => {
 });
 
 describe('sampling and orphans', () => {
-  test('activity with no context is counted, not emitted, unless orphans are asked for', () => {
+  test('activity with no context is counted per pid, and not emitted unless orphans are asked for', () => {
     const s = new FakeSocket({ cookie: 50n, role: 'server' });
-    const recs = [s.accept(1, 2), s.recv(null, 10, 1, 5, 5), s.send(null, 20, 1, 6, 6), s.close(9)];
+    const other = new FakeSocket({ cookie: 52n, role: 'server', pid: 200 });
+    const recs = [s.accept(1, 2), s.recv(null, 10, 1, 5, 5), s.send(null, 20, 1, 6, 6), s.close(9), other.recv(null, 1, 1, 10, 10), other.close(11)];
     const off = run(recs);
     assert.equal(off.spans.length, 0);
-    assert.equal(off.c.counters.orphanSpans, 3);
-    const on = run(recs, { orphans: true });
-    assert.deepEqual(on.spans.map((x) => [x.name, x.parent]), [
-      ['tcp.accept', null],
-      ['tcp.recv', null],
-      ['tcp.send', null],
-    ]);
-    assert.equal(on.c.counters.orphanSpans, 3);
-    assert.equal(on.c.counters.spans, 3);
+    assert.equal(off.c.counters.orphanSpans, 4);
+    assert.equal(off.c.counters.exchanges, 0);
+    assert.deepEqual([...off.c.orphanSpansByPid], [[100, 3], [200, 1]]);
   });
-
   test('an unsampled parent gets no kernel spans, and they are counted', () => {
     const U = ctx(0xdead, false);
     const s = new FakeSocket({ cookie: 51n, role: 'server' });
@@ -349,6 +343,122 @@ describe('sampling and orphans', () => {
     assert.equal(spans.length, 0);
     assert.equal(c.counters.unsampledSpans, 3);
     assert.equal(c.counters.orphanSpans, 0);
+  });
+});
+
+describe('orphan exchanges (orphans: true)', () => {
+  /** Exchange ids 0xe1, 0xe2, … in the order the correlator draws them. */
+  function exchangeIds() {
+    let n = 0xe0;
+    return () => ctx(++n);
+  }
+  const E1 = ctx(0xe1), E2 = ctx(0xe2);
+  const tree = (spans: KernelSpan[]) =>
+    spans.map((x) => [x.name, x.self?.spanId ?? null, x.parent?.spanId ?? null, x.localParent, x.startNs, x.endNs, x.bytes]);
+
+  test('server keep-alive: accept, request and response are one exchange; the next request is the next one', () => {
+    const s = new FakeSocket({ cookie: 60n, role: 'server', tid: 61 });
+    const { spans, c } = run([
+      s.accept(100, 150),
+      s.recv(null, 79, 1, 200, 210),
+      s.send(null, 1580, 2, 300, 320),
+      s.recv(null, 81, 1, 400, 400), // the next request: the first response is done
+      s.send(null, 1600, 1, 500, 530),
+      s.close(600),
+    ], { orphans: true, exchangeIds: exchangeIds() });
+    assert.deepEqual(tree(spans), [
+      ['tcp.accept', null, E1.spanId, true, 100n, 150n, 0],
+      ['tcp.recv', null, E1.spanId, true, 200n, 210n, 79],
+      ['tcp.send', null, E1.spanId, true, 300n, 320n, 1580],
+      ['tcp.exchange', E1.spanId, null, false, 100n, 320n, 0],
+      ['tcp.recv', null, E2.spanId, true, 400n, 400n, 81],
+      ['tcp.send', null, E2.spanId, true, 500n, 530n, 1600],
+      ['tcp.exchange', E2.spanId, null, false, 400n, 530n, 0],
+    ]);
+    // One trace per exchange: the root's own ids, which its spans name as parent.
+    assert.deepEqual(spans.map((x) => (x.self ?? x.parent)!.traceId), [...Array(4).fill(E1.traceId), ...Array(3).fill(E2.traceId)]);
+    assert.equal(spans[3].role, 'server');
+    assert.equal(spans[3].tid, 61);
+    assert.equal(spans[3].cookie, 60n);
+    assert.deepEqual(spans[3].local, { address: '127.0.0.1', port: 8080 });
+    assert.equal(c.counters.orphanSpans, 5);
+    assert.equal(c.counters.exchanges, 2);
+    assert.equal(c.counters.spans, 7);
+  });
+
+  test('client: connect and request, then the response, per exchange', () => {
+    const s = new FakeSocket({ cookie: 61n, role: 'client' });
+    const { spans, c } = run([
+      s.connect(10, 20, null),
+      s.send(null, 100, 1, 30, 30),
+      s.recv(null, 900, 3, 40, 90),
+      s.send(null, 101, 1, 100, 100),
+      s.recv(null, 901, 1, 110, 120),
+      s.close(130),
+    ], { orphans: true, exchangeIds: exchangeIds() });
+    assert.deepEqual(tree(spans), [
+      ['tcp.connect', null, E1.spanId, true, 10n, 20n, 0],
+      ['tcp.send', null, E1.spanId, true, 30n, 30n, 100],
+      ['tcp.recv', null, E1.spanId, true, 30n, 90n, 900],
+      ['tcp.exchange', E1.spanId, null, false, 10n, 90n, 0],
+      ['tcp.send', null, E2.spanId, true, 100n, 100n, 101],
+      ['tcp.recv', null, E2.spanId, true, 100n, 120n, 901],
+      ['tcp.exchange', E2.spanId, null, false, 100n, 120n, 0],
+    ]);
+    assert.equal(spans[3].role, 'client');
+    assert.equal(c.counters.exchanges, 2);
+  });
+
+  test('only the spans with no context join an exchange; a response continued while held stays in it', () => {
+    const s = new FakeSocket({ cookie: 62n, role: 'server' });
+    const { spans } = run([
+      s.accept(1, 2),
+      s.recv(A, 10, 1, 5, 5), // read in its own context (S4): A's
+      s.send(null, 20, 1, 6, 6),
+      s.send(null, 30, 1, 7, 8, { flushed: false }), // the rest of the response, after an idle flush
+      s.close(9),
+    ], { orphans: true, exchangeIds: exchangeIds() });
+    assert.deepEqual(tree(spans), [
+      ['tcp.accept', null, A.spanId, false, 1n, 2n, 0],
+      ['tcp.recv', null, A.spanId, false, 5n, 5n, 10],
+      ['tcp.send', null, E1.spanId, true, 6n, 6n, 20],
+      ['tcp.send', null, E1.spanId, true, 7n, 8n, 30],
+      ['tcp.exchange', E1.spanId, null, false, 6n, 8n, 0],
+    ]);
+  });
+
+  test('a connection closed before its response: the exchange ends with what it has; nothing without orphans', () => {
+    const s = new FakeSocket({ cookie: 63n, role: 'server' });
+    const recs = [s.accept(1, 2), s.recv(null, 10, 1, 5, 5), s.close(9)];
+    const { spans } = run(recs, { orphans: true, exchangeIds: exchangeIds() });
+    assert.deepEqual(tree(spans), [
+      ['tcp.accept', null, E1.spanId, true, 1n, 2n, 0],
+      ['tcp.recv', null, E1.spanId, true, 5n, 5n, 10],
+      ['tcp.exchange', E1.spanId, null, false, 1n, 5n, 0],
+    ]);
+    assert.deepEqual(run(recs).spans, []);
+  });
+
+  test('a response held past its linger is emitted with its root; a later send is an exchange of its own', () => {
+    let now = 0n;
+    const s = new FakeSocket({ cookie: 64n, role: 'server' });
+    const spans: KernelSpan[] = [];
+    const c = new SocketCorrelator({ emit: (x) => spans.push(x), orphans: true, exchangeIds: exchangeIds(), clock: () => now, lingerNs: 1000n });
+    c.push(s.recv(null, 10, 1, 5, 5));
+    c.push(s.send(null, 20, 1, 6, 6));
+    assert.deepEqual(spans.map((x) => x.name), ['tcp.recv']);
+    now = 2000n;
+    c.tick();
+    assert.deepEqual(tree(spans).slice(1), [
+      ['tcp.send', null, E1.spanId, true, 6n, 6n, 20],
+      ['tcp.exchange', E1.spanId, null, false, 5n, 6n, 0],
+    ]);
+    c.push(s.send(null, 30, 1, 2100, 2100));
+    c.flush();
+    assert.deepEqual(tree(spans).slice(3), [
+      ['tcp.send', null, E2.spanId, true, 2100n, 2100n, 30],
+      ['tcp.exchange', E2.spanId, null, false, 2100n, 2100n, 0],
+    ]);
   });
 });
 

@@ -53,6 +53,8 @@ test('spans encoded by the OTel serializer decode with our proto subset to the e
     'network.local.port': 8080,
     'client.address': '10.0.0.2',
     'client.port': 51234,
+    'server.address': '10.0.0.1',
+    'server.port': 8080,
     'thread.id': 4243,
     'process.pid': 4242,
     'kspan.socket.cookie': '18446744073709551615',

@@ -60,6 +60,8 @@ describe('SpanBuilder', () => {
       'network.local.port': 8080,
       'client.address': '10.0.0.2',
       'client.port': 51234,
+      'server.address': '10.0.0.1',
+      'server.port': 8080,
       'thread.id': 4243,
       'process.pid': 4242,
       'kspan.socket.cookie': '18446744073709551615',
@@ -121,6 +123,29 @@ describe('SpanBuilder', () => {
     const acc = spanAttributes(kernelSpan({ name: 'tcp.accept', acceptQueueNs: 123_456n, bytes: 0, calls: 0 }));
     assert.equal(acc['kspan.accept_queue_ns'], 123_456);
     assert.equal(acc['kspan.bytes'], undefined);
+  });
+
+  test('an exchange root keeps the correlator\'s ids, kind SERVER or CLIENT; its spans name it as a local parent', () => {
+    const b = new SpanBuilder({ clockOffsetNs: offset, resourceFor: () => resource });
+    const E = ctx(0xe1);
+    const root = b.build(kernelSpan({ name: 'tcp.exchange', parent: null, self: E, bytes: 0, calls: 0 }));
+    assert.equal(root.kind, 1); // SERVER
+    assert.deepEqual(root.spanContext(), { traceId: E.traceId, spanId: E.spanId, traceFlags: 1, isRemote: false });
+    assert.equal(root.parentSpanContext, undefined);
+    assert.equal(root.attributes['kspan.bytes'], undefined);
+    assert.equal(root.attributes['server.port'], 8080);
+    assert.equal(root.attributes['client.port'], 51234);
+    const client = b.build(kernelSpan({ name: 'tcp.exchange', role: 'client', parent: null, self: E, bytes: 0, calls: 0 }));
+    assert.equal(client.kind, 2); // CLIENT
+    const child = b.build(kernelSpan({ name: 'tcp.recv', parent: E, localParent: true }));
+    assert.equal(child.kind, 0);
+    assert.deepEqual(child.parentSpanContext, { traceId: E.traceId, spanId: E.spanId, traceFlags: 1, isRemote: false });
+    assert.equal(child.spanContext().traceId, E.traceId);
+    // recv/send carry both ends of the connection, as accept/connect do.
+    assert.deepEqual(
+      [child.attributes['network.peer.address'], child.attributes['network.peer.port'], child.attributes['network.local.address'], child.attributes['network.local.port']],
+      ['10.0.0.2', 51234, '10.0.0.1', 8080],
+    );
   });
 
   test('an orphan becomes a sampled root of a new trace; span ids are unique', () => {
