@@ -29,6 +29,8 @@ import { createLossyLink, removeStaleNamespaces, type LossyLink } from '../demo/
 import { AppReadableSpan, CollectingExporter, parseAppSpan, ServiceResources, type DemoSpan } from '../demo/demo-spans.ts';
 import { killAllSync, ServiceProcess, type JsonLine } from '../demo/service-process.ts';
 import { groupTraces, pickTraces, renderTrace } from '../demo/trace-tree.ts';
+import { labelled } from '../demo/columns.ts';
+import { summaryLines } from '../demo/summary.ts';
 import { parseDuration } from './options.ts';
 import { startAgent, type AgentHandle } from './run.ts';
 
@@ -225,15 +227,16 @@ class Demo {
       return t?.scheme ? `${t.scheme}${t.model ? ` (${t.model})` : ''}` : `no thread context yet${t?.reason ? `: ${t.reason}` : ''}`;
     };
     out(`kspan demo: driver → frontend → backend, ${(o.loss * 100).toFixed(1)} % of packets dropped on the backend's side`);
-    out(`  frontend  native C, pid ${frontend.pid}, netns ${link.client}: ${context(frontend.pid)}`);
-    out(`  backend   Node ${process.versions.node} + OpenTelemetry SDK + kspan/publisher, pid ${backend.pid}, netns ${link.server} (${link.serverAddr}): ${context(backend.pid)}`);
-    out(`  agent     ${this.#agent.session.ioPath} hooks; spans to ${this.#sink ? 'this terminal' : (o.otlpEndpoint ?? 'the OTEL_EXPORTER_OTLP_* endpoint')}`);
+    const line = (label: string, text: string) => labelled(`  ${label}`, 12, text).forEach((l) => out(l));
+    line('frontend', `native C, pid ${frontend.pid}, netns ${link.client}: ${context(frontend.pid)}`);
+    line('backend', `Node ${process.versions.node} + OpenTelemetry SDK + kspan/publisher, pid ${backend.pid}, netns ${link.server} (${link.serverAddr}): ${context(backend.pid)}`);
+    line('agent', `${this.#agent.session.ioPath} hooks; spans to ${this.#sink ? 'this terminal' : (o.otlpEndpoint ?? 'the OTEL_EXPORTER_OTLP_* endpoint')}`);
 
     const startedAt = Date.now();
     const driverArgs = [...node, `${DEMO_DIR}driver.mjs`, '--url', `http://127.0.0.1:${Number(feReady.port)}`, '--duration', String(o.durationS)];
     if (o.requests) driverArgs.push('--requests', String(o.requests));
     this.#driver = this.#start('driver', link.client, driverArgs, process.env);
-    out(`  driver    pid ${this.#driver.pid}, netns ${link.client}`);
+    line('driver', `pid ${this.#driver.pid}, netns ${link.client}`);
     out(`driving traffic for ${o.durationS} s${o.requests ? ` or ${o.requests} requests` : ''} …`);
     let done: JsonLine | null = null;
     if (this.#signals === 0) {
@@ -270,40 +273,29 @@ class Demo {
       await this.#exportAppSpans();
     }
 
-    // Summary.
-    const count = (list: DemoSpan[]) => {
-      const m = new Map<string, number>();
-      for (const s of list) m.set(s.service, (m.get(s.service) ?? 0) + 1);
-      return m;
-    };
     const requests = Number(done?.requests ?? this.#appSpans.filter((s) => s.service === 'demo-driver').length);
-    const failed = this.#appSpans.filter((s) => s.service === 'demo-driver' && s.error).length;
-    out('\nsummary');
-    out(`  requests           ${requests} in ${drivenS.toFixed(1)} s (${(requests / drivenS).toFixed(1)}/s), ${failed} failed${this.#signals ? ', stopped early' : ''}`);
-    out(`  application spans  ${[...count(this.#appSpans)].map(([k, v]) => `${k} ${v}`).join(', ')}`);
-    const retransmitRecords = stats.correlator.recordsByType.retransmit;
-    if (this.#sink) {
-      const byName = new Map<string, number>();
-      for (const s of kernelSpans) byName.set(s.name, (byName.get(s.name) ?? 0) + 1);
-      const byService = [...count(kernelSpans)].map(([k, v]) => `${v} under ${k}`).join(', ') || 'none';
-      out(`  kernel spans       ${kernelSpans.length}: ${byService} (${[...byName].map(([k, v]) => `${k} ${v}`).join(', ')})`);
-      if (!kernelSpans.some((s) => s.service === 'demo-backend')) out(`                     none under demo-backend: ${backendContext}`);
-      const events = kernelSpans.reduce((n, s) => n + s.events.filter((e) => e.name === 'tcp.retransmit').length, 0);
-      out(`  retransmits        ${events} tcp.retransmit events on kernel spans, of ${retransmitRecords} retransmit records seen on traced sockets`);
-    } else {
-      out(`  kernel spans       ${stats.export.exported} exported to ${o.otlpEndpoint ?? 'the OTEL_EXPORTER_OTLP_* endpoint'} (backend context: ${backendContext})`);
-      out(`  retransmits        ${retransmitRecords} retransmit records seen on traced sockets`);
-    }
-    out(`  the kernel's count ${loss.retransClient + loss.retransServer} segments retransmitted (client netns ${loss.retransClient}, server netns ${loss.retransServer}); iptables dropped ${loss.dropped} packets`);
-    const lost = {
-      ringBufferFull: kernelCounters.KSPAN_C_RINGBUF_FULL,
-      socketTableFull: kernelCounters.KSPAN_C_SOCK_TABLE_FULL,
-      decodeErrors: kernelCounters.decode_errors,
-      exportDropped: stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown,
-      badSpanLines: this.#badLines.count,
-    };
-    const lostText = Object.entries(lost).filter(([, v]) => v).map(([k, v]) => `${k} ${v}`).join(', ');
-    out(`  lost data          ${lostText || 'none'}`);
+    const summary = summaryLines({
+      requests,
+      drivenS,
+      failed: this.#appSpans.filter((s) => s.service === 'demo-driver' && s.error).length,
+      stoppedEarly: this.#signals > 0,
+      appSpans: this.#appSpans,
+      kernelSpans: this.#sink ? kernelSpans : null,
+      exported: { spans: stats.export.exported, to: o.otlpEndpoint ?? 'the OTEL_EXPORTER_OTLP_* endpoint' },
+      records: { accept: stats.correlator.recordsByType.accept, retransmit: stats.correlator.recordsByType.retransmit },
+      backendContext,
+      dropped: loss.dropped,
+      retransSegs: { frontend: loss.retransClient, backend: loss.retransServer },
+      lost: {
+        ringBufferFull: kernelCounters.KSPAN_C_RINGBUF_FULL,
+        socketTableFull: kernelCounters.KSPAN_C_SOCK_TABLE_FULL,
+        decodeErrors: kernelCounters.decode_errors,
+        exportDropped: stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown,
+        badSpanLines: this.#badLines.count,
+      },
+    });
+    out();
+    for (const l of summary) out(l);
     if (!this.#sink) {
       // No kernel spans here to choose by: pick among the application's traces.
       const picks = pickTraces(groupTraces(this.#appSpans).map((t) => ({ ...t, kernelSpans: 1 })), o.traces);

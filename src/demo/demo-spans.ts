@@ -89,7 +89,7 @@ export function fromReadableSpan(s: ReadableSpan): DemoSpan {
     service: String(resource['service.name'] ?? 'unknown'),
     pid: typeof pid === 'number' ? pid : null,
     name: s.name,
-    kind: KINDS[s.kind - 1] ?? 'internal',
+    kind: KINDS[s.kind] ?? 'internal',
     traceId: ctx.traceId,
     spanId: ctx.spanId,
     parentSpanId: s.parentSpanContext?.spanId ?? null,

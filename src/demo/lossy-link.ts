@@ -8,6 +8,11 @@
  *
  * The namespaces are private to one demo, so the addresses never collide; the
  * names carry the demo's pid so that several demos can run at once.
+ *
+ * The rule sends the packets it picks to a chain that drops them by kind, so the
+ * summary can say what was dropped: SYNs, FINs, segments with data, and pure
+ * ACKs (a TCP header and no data: 80 bytes or less with IP; every data segment
+ * the demo's frontend sends carries a whole HTTP request, far longer).
  */
 import { execFileSync } from 'node:child_process';
 import { KspanError } from '../core/errors.ts';
@@ -21,11 +26,41 @@ export interface LossyLink {
   serverAddr: string;
   /** argv prefix that runs a command inside a namespace. */
   execPrefix(ns: string): string[];
-  /** Packets the iptables rule dropped so far. */
-  droppedPackets(): number;
+  /** Packets the iptables rule dropped so far, by kind. */
+  droppedPackets(): DroppedPackets;
   /** The namespace's TCP RetransSegs counter (the kernel's own count, in segments). */
   retransSegs(ns: string): number;
   remove(): void;
+}
+
+export interface DroppedPackets {
+  total: number;
+  syn: number;
+  fin: number;
+  /** Segments carrying data (neither SYN nor FIN). */
+  data: number;
+  /** Pure ACKs: no data, no SYN, no FIN. */
+  ack: number;
+}
+
+/** The drop chain: one rule per kind, in this order (a packet is counted by the first that matches). */
+const LOSS_CHAIN = 'kspan-loss';
+const LOSS_RULES: [keyof Omit<DroppedPackets, 'total'>, string[]][] = [
+  ['syn', ['-p', 'tcp', '--syn']],
+  ['fin', ['-p', 'tcp', '--tcp-flags', 'FIN', 'FIN']],
+  ['ack', ['-p', 'tcp', '-m', 'length', '--length', '0:80']],
+  ['data', []],
+];
+
+/** Packet counts of the drop chain's rules, from `iptables -L kspan-loss -v -n -x`. */
+export function parseLossCounters(listing: string): DroppedPackets {
+  const rows = listing.split('\n').map((l) => l.trim().split(/\s+/)).filter((f) => /^\d+$/.test(f[0]) && f[2] === 'DROP');
+  const out: DroppedPackets = { total: 0, syn: 0, fin: 0, data: 0, ack: 0 };
+  LOSS_RULES.forEach(([kind], i) => {
+    out[kind] = Number(rows[i]?.[0] ?? 0);
+    out.total += out[kind];
+  });
+  return out;
 }
 
 function run(cmd: string[]): string {
@@ -114,8 +149,10 @@ export function createLossyLink(lossProbability: number, pid = process.pid): Los
   try {
     createNamespacePair({ client, server, clientAddr, serverAddr, clientDev: vethClient, serverDev: vethServer });
     if (lossProbability > 0) {
+      inNs(server, ['iptables', '-N', LOSS_CHAIN]);
+      for (const [, match] of LOSS_RULES) inNs(server, ['iptables', '-A', LOSS_CHAIN, ...match, '-j', 'DROP']);
       inNs(server, ['iptables', '-A', 'INPUT', '-i', vethServer, '-m', 'statistic', '--mode', 'random',
-        '--probability', String(lossProbability), '-j', 'DROP']);
+        '--probability', String(lossProbability), '-j', LOSS_CHAIN]);
     }
   } catch (err) {
     remove();
@@ -131,13 +168,10 @@ export function createLossyLink(lossProbability: number, pid = process.pid): Los
     clientAddr,
     serverAddr,
     execPrefix: (ns) => ['ip', 'netns', 'exec', ns],
-    droppedPackets: () => {
-      if (lossProbability <= 0) return 0;
-      const line = inNs(server, ['iptables', '-L', 'INPUT', '-v', '-n', '-x'])
-        .split('\n')
-        .find((l) => l.includes('statistic'));
-      return line ? Number(line.trim().split(/\s+/)[0]) : 0;
-    },
+    droppedPackets: () =>
+      lossProbability > 0
+        ? parseLossCounters(inNs(server, ['iptables', '-L', LOSS_CHAIN, '-v', '-n', '-x']))
+        : { total: 0, syn: 0, fin: 0, data: 0, ack: 0 },
     retransSegs: (ns) => {
       // /proc/net follows the reader's network namespace.
       const tcp = inNs(ns, ['cat', '/proc/net/snmp'])

@@ -3,18 +3,18 @@
  * frontend, backend) with kspan's kernel spans nested under the span the
  * service had active, and retransmits/resets as events.
  *
- *   trace 4bf92f3577b34da6a3ce929d0e0e4736  212.410 ms  slowest, 1 retransmit
- *   └─ checkout                 demo-driver                            +0.000 ms  212.410 ms
- *      └─ GET /checkout         demo-frontend server 00f067aa0ba902b7  +0.301 ms  211.900 ms
- *         ├─ tcp.accept         kernel                                 +0.120 ms    0.091 ms  accept queue 0.010 ms
- *         ├─ tcp.recv           kernel                                 +0.290 ms    0.004 ms  96 B in 1 call
- *         ├─ GET /data          demo-frontend client 9f0c3b1d2e4a5f60  +0.402 ms  210.220 ms
- *         │  ├─ tcp.connect     kernel                                 +0.410 ms    0.060 ms  …
- *         │  ├─ tcp.send        kernel                                 +0.500 ms  205.000 ms  120 B in 1 call  retransmits 1
- *         │  │    • tcp.retransmit +205.4 ms ESTABLISHED
- *         │  └─ GET             demo-backend server 1122334455667788   …
+ *   trace 4bf92f3577b34da6a3ce929d0e0e4736  212.410 ms  (slowest, 1 retransmit)
+ *   └─ checkout                   +0.000 ms  212.410 ms  demo-driver  HTTP 200
+ *      └─ GET /checkout           +0.301 ms  211.900 ms  demo-frontend server 00f067aa…  HTTP 200
+ *         ├─ tcp.recv             +0.290 ms    0.004 ms  kernel  96 B in 1 call
+ *         ├─ GET /data            +0.402 ms  210.220 ms  demo-frontend client 9f0c3b1d…  HTTP 200
+ *         │  ├─ tcp.connect       +0.410 ms    0.060 ms  kernel  192.168.77.1:40112 → 192.168.77.2:38513
+ *         │  ├─ tcp.send          +0.500 ms  205.000 ms  kernel  120 B in 1 call  retransmits 1
+ *         │  │     • tcp.retransmit +205.4 ms ESTABLISHED
+ *         │  └─ GET /data         +0.700 ms    1.100 ms  demo-backend server 11223344…  HTTP 200
  */
 import { kernelSpanDetails, ms } from '../export/console-tree.ts';
+import { columns, cut, fitLine, MAX_COLUMNS } from './columns.ts';
 import type { DemoSpan } from './demo-spans.ts';
 
 export interface TraceSummary {
@@ -70,6 +70,21 @@ export function pickTraces(traces: TraceSummary[], max: number): { trace: TraceS
 }
 
 
+/** Widest label column (tree prefix + span name); longer names are cut. */
+const MAX_LABEL = 44;
+
+interface Row {
+  span: DemoSpan;
+  prefix: string;
+  /** Prefix of what hangs under the row: events, continued details, children. */
+  sub: string;
+}
+
+/**
+ * One trace as a tree, every line within MAX_COLUMNS: per span the tree and its
+ * name, its start (from the trace's) and duration, then who made it (`kernel`,
+ * or the service, kind and id of an application span) and what it says.
+ */
 export function renderTrace(t: TraceSummary, why = ''): string {
   const ids = new Set(t.spans.map((s) => s.spanId));
   const children = new Map<string, DemoSpan[]>();
@@ -81,39 +96,52 @@ export function renderTrace(t: TraceSummary, why = ''): string {
       else children.set(s.parentSpanId, [s]);
     } else roots.push(s);
   }
-  const notes = [why, t.retransmits ? `${t.retransmits} retransmit${t.retransmits === 1 ? '' : 's'}` : ''].filter(Boolean);
-  let out = `trace ${t.traceId}  ${ms(t.durationNs)}${notes.length ? `  (${notes.join(', ')})` : ''}\n`;
+  const rows: Row[] = [];
   const walk = (list: DemoSpan[], indent: string) => {
-    list.forEach((s, i) => {
+    list.forEach((span, i) => {
       const last = i === list.length - 1;
-      out += spanLine(s, `${indent}${last ? '└─' : '├─'} `, t.startNs);
       const sub = indent + (last ? '   ' : '│  ');
-      for (const e of s.events) {
-        const state = e.attrs['kspan.tcp.state'];
-        const dir = e.attrs['kspan.reset.direction'];
-        out += `${sub}   • ${e.name} +${ms(e.timeNs - t.startNs)}${state ? ' ' + String(state) : ''}${dir ? ' ' + String(dir) : ''}\n`;
-      }
-      walk(children.get(s.spanId) ?? [], sub);
+      rows.push({ span, prefix: `${indent}${last ? '└─' : '├─'} `, sub });
+      walk(children.get(span.spanId) ?? [], sub);
     });
   };
   walk(roots, '');
-  return out;
+
+  const label = (r: Row) => r.prefix + cut(r.span.name, Math.max(8, MAX_LABEL - columns(r.prefix)));
+  const start = (r: Row) => `+${ms(r.span.startNs - t.startNs)}`;
+  const duration = (r: Row) => ms(r.span.endNs - r.span.startNs);
+  const widest = (f: (r: Row) => string) => rows.reduce((w, r) => Math.max(w, columns(f(r))), 0);
+  const [wLabel, wStart, wDuration] = [widest(label), widest(start), widest(duration)];
+
+  const notes = [why, t.retransmits ? `${t.retransmits} retransmit${t.retransmits === 1 ? '' : 's'}` : ''].filter(Boolean);
+  const lines = fitLine(`trace ${t.traceId}  ${ms(t.durationNs)}`, notes.length ? [`(${notes.join(', ')})`] : [], '      ');
+  for (const r of rows) {
+    const pad = ' '.repeat(wLabel - columns(label(r)));
+    const head = `${label(r)}${pad}  ${start(r).padStart(wStart)}  ${duration(r).padStart(wDuration)}`;
+    lines.push(...fitLine(head, spanParts(r.span), `${r.sub}      `));
+    for (const e of r.span.events) {
+      const state = e.attrs['kspan.tcp.state'];
+      const dir = e.attrs['kspan.reset.direction'];
+      lines.push(cut(`${r.sub}   • ${e.name} +${ms(e.timeNs - t.startNs)}${state ? ' ' + String(state) : ''}${dir ? ' ' + String(dir) : ''}`, MAX_COLUMNS));
+    }
+  }
+  return lines.join('\n') + '\n';
 }
 
-function spanLine(s: DemoSpan, prefix: string, t0: bigint): string {
-  const label = (prefix + s.name).padEnd(34);
-  let who = s.kernel ? 'kernel' : `${s.service} ${s.kind}${s.kind === 'server' || s.kind === 'client' ? ' ' + s.spanId : ''}`;
-  if (!s.kernel && s.parentSpanId === null && s.kind !== 'server') who = s.service;
-  const parts = [label, who.padEnd(38), `+${ms(s.startNs - t0)}`.padStart(14), ms(s.endNs - s.startNs).padStart(13)];
+/** Who made the span and what it says: `kernel` and kspan's details, or the service's span and its status. */
+function spanParts(s: DemoSpan): string[] {
   const a = s.attrs;
+  const parts: string[] = [];
   if (s.kernel) {
-    parts.push(...kernelSpanDetails(s.name, a));
+    parts.push('kernel', ...kernelSpanDetails(s.name, a));
     if (a['kspan.incomplete']) parts.push(`(incomplete: ${String(a['kspan.incomplete.reason'])})`);
-  } else if (a['http.response.status_code'] !== undefined) {
-    parts.push(`HTTP ${String(a['http.response.status_code'])}`);
+  } else {
+    const server = s.kind === 'server' || s.kind === 'client';
+    parts.push(s.parentSpanId === null && s.kind !== 'server' ? s.service : `${s.service} ${s.kind}${server ? ` ${s.spanId.slice(0, 8)}…` : ''}`);
+    if (a['http.response.status_code'] !== undefined) parts.push(`HTTP ${String(a['http.response.status_code'])}`);
   }
   if (s.error) parts.push(`✗ ${s.error}`);
-  return parts.join('  ').trimEnd() + '\n';
+  return parts;
 }
 
 function cmp(a: bigint, b: bigint): number {

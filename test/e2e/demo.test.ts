@@ -1,9 +1,10 @@
 /**
  * `kspan demo` as the user runs it (bin/kspan, a child process): it ends by
  * itself with exit 0, prints trees with the kernel's spans under the frontend's
- * spans and at least one retransmit, its spans are exact (bytes of every
- * response and backend request), and afterwards nothing it started is left:
- * no process, no network namespace, no BPF program.
+ * spans and at least one retransmit, every line within 120 columns, a summary
+ * whose accept, drop and retransmit lines add up, its spans are exact (bytes of
+ * every response and backend request), and afterwards nothing it started is
+ * left: no process, no network namespace, no BPF program.
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
@@ -95,16 +96,18 @@ describe('kspan demo', e2eOptions(), () => {
       // The trees: a frontend span with tcp.* lines nested under it, and a retransmit.
       const text = p.lines;
       assert.match(text[1], /frontend .*otel_thread_ctx_v1/);
+      for (const l of text) assert.ok([...l].length <= 120, `${[...l].length} columns: ${l}`);
       const nestedUnder = (i: number): string[] => {
         const depth = text[i].search(/[├└]/);
         const out: string[] = [];
-        for (let j = i + 1; j < text.length && text[j].search(/[├└•]/) > depth; j++) out.push(text[j]);
+        // Lines with no tree mark continue the details of the line above.
+        for (let j = i + 1; j < text.length && text[j] !== '' && (text[j].search(/[├└•]/) > depth || !/[├└•]/.test(text[j])); j++) out.push(text[j]);
         return out;
       };
-      const frontendLines = text.flatMap((l, i) => (/ demo-frontend (server|client) [0-9a-f]{16} /.test(l) ? [i] : []));
+      const frontendLines = text.flatMap((l, i) => (/ demo-frontend (server|client) [0-9a-f]{8}… /.test(l) ? [i] : []));
       assert.ok(frontendLines.length >= 2, 'trees show the frontend\'s spans');
       for (const i of frontendLines) {
-        assert.ok(nestedUnder(i).some((l) => /[├└]─ tcp\.(recv|send|connect)\s+kernel/.test(l)), `no kernel span under:\n${text[i]}`);
+        assert.ok(nestedUnder(i).some((l) => /[├└]─ tcp\.(recv|send|connect) .* ms {2}kernel\b/.test(l)), `no kernel span under:\n${text[i]}`);
       }
       assert.ok(text.some((l) => /• tcp\.retransmit \+/.test(l)), 'a tree shows a retransmit');
       assert.ok(text.some((l) => /^ {2}lost data +none$/.test(l)), 'nothing lost');
@@ -150,8 +153,32 @@ describe('kspan demo', e2eOptions(), () => {
       );
       // The kernel's own count bounds what kspan attributed (RetransSegs counts segments, kspan skbs).
       const events = retransmits.reduce((n, k) => n + k.events.filter((e) => e.name === 'tcp.retransmit').length, 0);
-      const kernelCount = Number(/the kernel's count (\d+) segments/.exec(text.join('\n'))?.[1]);
-      assert.ok(events >= 1 && events <= kernelCount, `retransmit events ${events}, kernel count ${kernelCount}`);
+      const summary = text.slice(text.indexOf('summary')).join('\n');
+      const retrans = /retransmitted +(\d+) segments? \(the kernel's RetransSegs\): (\d+) by the frontend, (\d+) by the backend;\n +kspan saw (\d+) on traced sockets and put (\d+) on kernel spans/.exec(summary);
+      assert.ok(retrans, summary);
+      const [kernelCount, byFrontend, byBackend, seen, put] = retrans.slice(1).map(Number);
+      assert.equal(kernelCount, byFrontend + byBackend);
+      assert.equal(put, events, 'the summary counts the events on the spans written');
+      assert.ok(events >= 1 && events <= seen && seen <= kernelCount, `retransmit events ${events}, seen ${seen}, kernel count ${kernelCount}`);
+
+      // Why accepts exceed requests: one backend connection per request, plus the driver's keep-alive connections.
+      const acc = /accepts +(\d+) = (\d+) by the backend, one per request \(the frontend connects anew each time\)\n +\+ (\d+) by the frontend: the driver's keep-alive connections/.exec(summary);
+      assert.ok(acc, summary);
+      const accepts = (service: string) => spans.filter((k) => k.kernel && k.name === 'tcp.accept' && k.service === service).length;
+      assert.deepEqual(acc.slice(1).map(Number), [requests.length + 4, requests.length, 4]);
+      assert.deepEqual([accepts('demo-backend'), accepts('demo-frontend')], [requests.length, 4]);
+      // Why drops exceed retransmits: what was dropped, by kind, and the retransmits by TCP state.
+      const drop = /dropped +(\d+) packets?, all from the frontend to the backend \(iptables\):\n +(\d+) pure ACKs?, (\d+) SYNs?, (\d+) request segments?, (\d+) FINs?\n/.exec(summary);
+      assert.ok(drop, summary);
+      const [total, ...kinds] = drop.slice(1).map(Number);
+      assert.equal(kinds.reduce((a, b) => a + b, 0), total);
+      assert.ok(kinds[0] > byBackend, `pure ACKs dropped (${kinds[0]}) outnumber the backend's retransmits (${byBackend})`);
+      const statesText = summary.slice(summary.indexOf('by TCP state') + 12, summary.indexOf('why fewer resent')).replace(/\s+/g, ' ');
+      const states = /^ frontend: (.*); backend: (.*) $/.exec(statesText);
+      assert.ok(states, summary);
+      const stateSum = (list: string) => list === 'none' ? 0 : list.split(', ').reduce((n, x) => n + Number(x.split(' ')[1]), 0);
+      assert.equal(stateSum(states[1]) + stateSum(states[2]), events);
+      assert.match(summary, /why fewer resent +a dropped SYN, request or FIN is sent again; a dropped pure ACK is not when a later ACK covers it,\n +so the backend sends again only when none comes, as at the end of a connection/);
     } finally {
       await group.killAll();
       rmSync(spansOut, { force: true });
@@ -167,7 +194,7 @@ describe('kspan demo', e2eOptions(), () => {
       for (const { p, progIds, pids } of demos) {
         const { code } = await p.exited;
         assert.equal(code, 0, `kspan demo exited ${code}:\n${p.lines.join('\n')}\n${p.stderr.join('\n')}`);
-        assert.ok(p.lines.some((l) => /tcp\.send\s+kernel/.test(l)));
+        assert.ok(p.lines.some((l) => /tcp\.send .* ms {2}kernel\b/.test(l)));
         await assertNothingLeft(p, progIds, pids);
       }
     } finally {
