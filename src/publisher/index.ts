@@ -14,7 +14,9 @@
  * which hands over the Resource before the first span is active.
  *
  * Without AsyncContextFrame (`--no-async-context-frame`, old Node) it says so once
- * on stderr and changes nothing.
+ * on stderr and changes nothing. When the service serves traffic but no span
+ * ever becomes active (no SDK, or an ES module app without OpenTelemetry's loader
+ * hook), it says so once too (./no-span-watch.ts).
  */
 import { isMainThread } from 'node:worker_threads';
 import type { Context, ContextManager } from '@opentelemetry/api';
@@ -23,7 +25,8 @@ import { ProcessContextMapping, type MappingKind } from './process-context-mappi
 import { encodeProcessContext, type AttributeMap } from './process-context-payload.ts';
 import { loadThreadContextWriter } from './pprof-writer.ts';
 import { SpanMirror, type MirrorStats } from './span-mirror.ts';
-import { watchOtelGlobals } from './otel-globals.ts';
+import { contextManagerRegistered, watchOtelGlobals } from './otel-globals.ts';
+import { NO_SPAN_WARNING_CODE, NoSpanWatch } from './no-span-watch.ts';
 
 export interface PublisherOptions {
   /**
@@ -38,8 +41,14 @@ export interface PublisherOptions {
   attributeKeys?: string[];
   /** Publish the OTEP 4719 mapping (default true; main thread only). */
   processContext?: boolean;
-  /** Where the one decline message goes (default: process.emitWarning). */
-  warn?: (message: string) => void;
+  /** Where its warnings go, each with its code (default: process.emitWarning). */
+  warn?: (message: string, code: string) => void;
+  /**
+   * When no span has become active this long after the start although the
+   * service served traffic, say so once (and look again as often until then).
+   * Default 10 000 ms; 0: never.
+   */
+  noSpanWarningMs?: number;
 }
 
 export interface ResourceLike {
@@ -81,18 +90,18 @@ class PublisherImpl implements Publisher {
   readonly #publishProcessContext: boolean;
   #mapping: ProcessContextMapping | undefined;
   #lastPayloadKey = '';
-  #warn: (message: string) => void;
+  #warn: (message: string, code: string) => void;
   #failureWarned = false;
 
   constructor(options: PublisherOptions) {
-    this.#warn = options.warn ?? ((m) => process.emitWarning(m, { code: WARNING_CODE }));
+    this.#warn = options.warn ?? ((m, code) => process.emitWarning(m, { code }));
     this.#publishProcessContext = (options.processContext ?? true) && isMainThread;
     const loaded = loadThreadContextWriter(options.attributeKeys ?? []);
     const base = { contexts: 0, createFailures: 0, invalidated: 0, managers: 0, calls: 0, switches: 0 };
     if (!loaded.ok) {
       this.reason = loaded.reason;
       this.stats = { ...base, processContextPublished: 0, processContextFailures: 0 };
-      this.#warn(`kspan/publisher is not publishing trace context: ${loaded.reason}. The application runs unchanged.`);
+      this.#warn(`kspan/publisher is not publishing trace context: ${loaded.reason}. The application runs unchanged.`, WARNING_CODE);
       return;
     }
     this.#threadlocal = loaded.threadlocal;
@@ -115,6 +124,13 @@ class PublisherImpl implements Publisher {
         if (resource) mirror.noteResource(resource);
       },
     });
+    if (options.noSpanWarningMs !== 0) {
+      new NoSpanWatch({
+        state: () => ({ managers: mirror.stats.managers, contexts: mirror.stats.contexts, managerRegistered: contextManagerRegistered() }),
+        warn: (m) => this.#warn(m, NO_SPAN_WARNING_CODE),
+        afterMs: options.noSpanWarningMs,
+      });
+    }
   }
 
   get processContext() {
@@ -181,7 +197,7 @@ class PublisherImpl implements Publisher {
     this.stats.processContextFailures++;
     if (this.#failureWarned) return;
     this.#failureWarned = true;
-    this.#warn(`kspan/publisher could not publish the process context (OTEL_CTX): ${(cause as Error).message}`);
+    this.#warn(`kspan/publisher could not publish the process context (OTEL_CTX): ${(cause as Error).message}`, WARNING_CODE);
   }
 }
 

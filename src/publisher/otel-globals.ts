@@ -49,6 +49,12 @@ export function watchOtelGlobals(watch: OtelGlobalsWatch): void {
   });
 }
 
+/** Whether the application has a context manager registered in the API right now. */
+export function contextManagerRegistered(): boolean {
+  const registry = (globalThis as unknown as Registry)[API_KEY];
+  return !!registry && typeof registry === 'object' && (registry as Registry).context !== undefined;
+}
+
 function watchRegistry(registry: Registry, watch: OtelGlobalsWatch): void {
   if (registry[kWatched] || !Object.isExtensible(registry)) return;
   Object.defineProperty(registry, kWatched, { value: true });

@@ -4,10 +4,14 @@
  * name) and programmatically: the OTEL_CTX mapping carries the SDK's service.name
  * and the threadlocal keys, and the record read through /proc/PID/mem while a
  * request is held inside its span carries that server span's ids, which the SDK
- * itself reports. With AsyncContextFrame off, it declines once and the app runs.
+ * itself reports. With AsyncContextFrame off, or on a Node older than 24, it
+ * declines once and the app runs. An ES module app whose SDK made no span (no
+ * loader hook) gets one warning that names the hook, once it has served traffic.
  */
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { scratchNodeApp } from '../helpers/node-app.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { readProcessContext, otelCtxMappings } from '../helpers/process-context.ts';
 import { resolveMainThreadTls, startTracedServer, until, walkServer, type TracedServer } from '../helpers/traced-server.ts';
@@ -143,3 +147,68 @@ function randomHex(bytes: number): string {
 function bigintJson(_k: string, v: unknown): unknown {
   return typeof v === 'bigint' ? `0x${v.toString(16)}` : v;
 }
+
+const ESM_APP_WITHOUT_HOOK = `
+import http from 'node:http';
+import { NodeSDK } from '@opentelemetry/sdk-node';
+import { HttpInstrumentation } from '@opentelemetry/instrumentation-http';
+const discard = { export: (_spans, done) => done({ code: 0 }), shutdown: async () => {} };
+new NodeSDK({ serviceName: 'esm-no-hook', traceExporter: discard, instrumentations: [new HttpInstrumentation()] }).start();
+const server = http.createServer((req, res) => res.end('ok'));
+server.listen(0, '127.0.0.1', () => console.log(JSON.stringify({ port: server.address().port })));
+`;
+
+test('an ES module app without OpenTelemetry\'s loader hook: after serving requests with no span, one warning naming the hook', async () => {
+  const app = scratchNodeApp({ 'app.mjs': ESM_APP_WITHOUT_HOOK });
+  try {
+    const started = Date.now();
+    const proc = group.start(process.execPath, ['--import', 'kspan/publisher/register', 'app.mjs'], { cwd: app.dir, env: { ...process.env, NODE_OPTIONS: '' } });
+    const port = Number(JSON.parse((await proc.waitLine(/^\{"port":\d+\}$/, 20_000))[0]).port);
+    for (let i = 0; i < 3; i++) {
+      const res = await fetch(`http://127.0.0.1:${port}/`);
+      assert.equal(await res.text(), 'ok');
+    }
+    await proc.waitStderr(/KSPAN_PUBLISHER_NO_SPANS/, 20_000);
+    const waited = Date.now() - started;
+    assert.ok(waited >= 10_000, `said after the first 10 s, not before (${waited} ms)`);
+    for (let i = 0; i < 3; i++) await fetch(`http://127.0.0.1:${port}/`).then((r) => r.text());
+    await new Promise((r) => setTimeout(r, 500));
+    const warnings = proc.stderr.filter((l) => l.includes('KSPAN_PUBLISHER'));
+    assert.equal(warnings.length, 1, `once:\n${proc.stderr.join('\n')}`);
+    assert.equal(warnings[0], `(node:${proc.pid}) [KSPAN_PUBLISHER_NO_SPANS] Warning: kspan/publisher: this process served 3 HTTP requests ` +
+      'but no OpenTelemetry span became active, so there is no trace context to publish: the SDK runs, but its instrumentation ' +
+      "made no span. An ES module app needs OpenTelemetry's loader hook: register('@opentelemetry/instrumentation/hook.mjs', " +
+      'import.meta.url) (from node:module) in a file loaded with --import before the app, which starts the SDK there; see the ' +
+      'kspan README. Spans started without context.with() or startActiveSpan() never become active either.');
+  } finally {
+    app.cleanup();
+  }
+});
+
+/** A node older than 24 on this machine, if there is one (the system's, when setup installed Node 24 beside it). */
+function olderNode(): string | undefined {
+  for (const bin of ['/usr/bin/node', '/usr/local/bin/node']) {
+    try {
+      const v = execFileSync(bin, ['--version'], { encoding: 'utf8' }).trim();
+      if (Number(/^v(\d+)/.exec(v)?.[1]) < 24) return bin;
+    } catch {
+      /* not there */
+    }
+  }
+  return undefined;
+}
+
+test('on a Node older than 24: one KSPAN_PUBLISHER_DECLINED warning, and the app runs', { skip: olderNode() ? undefined : 'no Node < 24 here' }, async () => {
+  const node = olderNode()!;
+  const app = scratchNodeApp({ 'app.mjs': "console.log('app ran');\n" });
+  try {
+    const version = execFileSync(node, ['--version'], { encoding: 'utf8' }).trim();
+    const r = spawnSync(node, ['--import', 'kspan/publisher/register', 'app.mjs'], { cwd: app.dir, encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
+    assert.equal(r.status, 0);
+    assert.equal(r.stdout, 'app ran\n');
+    assert.match(r.stderr, new RegExp(`^\\(node:\\d+\\) \\[KSPAN_PUBLISHER_DECLINED\\] Warning: kspan/publisher needs Node\\.js 24 or newer; this is ${version.replace(/\./g, '\\.')}, so it is not publishing trace context\\. The application runs unchanged\\.`));
+    assert.equal(r.stderr.split('\n').filter((l) => l.includes('KSPAN_PUBLISHER')).length, 1);
+  } finally {
+    app.cleanup();
+  }
+});

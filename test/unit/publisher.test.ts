@@ -2,7 +2,8 @@
  * kspan/publisher's parts in-process (no root): the span mirror over the real
  * @datadog/pprof writer and the SDK's AsyncLocalStorage context manager (scopes,
  * async continuations, no leak after with(), invalidation on end), the OTEP 4719
- * payload, and the OTEL_CTX mapping read back through /proc/self.
+ * payload, the OTEL_CTX mapping read back through /proc/self, and the one
+ * warning when traffic is served and no span ever became active.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,6 +16,7 @@ import { SpanMirror, hexBytes } from '../../src/publisher/span-mirror.ts';
 import { loadThreadContextWriter, type ThreadContextWriter } from '../../src/publisher/pprof-writer.ts';
 import { encodeProcessContext } from '../../src/publisher/process-context-payload.ts';
 import { ProcessContextMapping, mappingSizeFor } from '../../src/publisher/process-context-mapping.ts';
+import { NoSpanWatch, noSpanWarning } from '../../src/publisher/no-span-watch.ts';
 import { ProcessContextType, TO_OBJECT, attributesToObject, type PlainKeyValue } from '../../src/proto/otlp.ts';
 
 const loaded = loadThreadContextWriter(['http.route']);
@@ -171,3 +173,86 @@ function readSelf(addr: bigint, n: number): Buffer {
     closeSync(fd);
   }
 }
+
+test('no span became active: the warning names the likely cause', () => {
+  const base = { managers: 1, contexts: 0, managerRegistered: true, requests: 3, connections: 1 };
+  const head = 'kspan/publisher: this process served 3 HTTP requests but no OpenTelemetry span became active, so there is no trace context to publish';
+  assert.equal(noSpanWarning({ ...base, managers: 0, managerRegistered: false }),
+    `${head}: no OpenTelemetry SDK is running (no context manager was registered). Start one before the service serves requests ` +
+    '(NodeSDK.start(), or a TracerProvider registered with the AsyncLocalStorage context manager).');
+  assert.equal(noSpanWarning({ ...base, managerRegistered: false }),
+    `${head}: the OpenTelemetry context manager was disabled (context.disable()). Register one again and pass it to startPublisher({ contextManager }).`);
+  assert.equal(noSpanWarning(base),
+    `${head}: the SDK runs, but its instrumentation made no span. An ES module app needs OpenTelemetry's loader hook: ` +
+    "register('@opentelemetry/instrumentation/hook.mjs', import.meta.url) (from node:module) in a file loaded with --import " +
+    'before the app, which starts the SDK there; see the kspan README. Spans started without context.with() or startActiveSpan() never become active either.');
+  assert.match(noSpanWarning({ ...base, requests: 0, connections: 1 }) ?? '', /^kspan\/publisher: this process accepted 1 connection but/);
+  assert.equal(noSpanWarning({ ...base, contexts: 1 }), null, 'a span was active');
+  assert.equal(noSpanWarning({ ...base, requests: 0, connections: 0 }), null, 'no traffic yet: nothing to say');
+});
+
+test('no span became active: said once, only after traffic, then the watch stops', () => {
+  let tick = () => {};
+  let traffic: (kind: 'request' | 'connection') => void = () => {};
+  let stopped = { timer: false, traffic: false };
+  const warnings: string[] = [];
+  const state = { managers: 0, contexts: 0, managerRegistered: false };
+  const watch = (s = state) =>
+    new NoSpanWatch({
+      state: () => s,
+      warn: (m) => warnings.push(m),
+      every: (fn, ms) => {
+        assert.equal(ms, 10_000, 'first look 10 s after the start');
+        tick = fn;
+        return () => (stopped.timer = true);
+      },
+      watchTraffic: (on) => {
+        traffic = on;
+        return () => (stopped.traffic = true);
+      },
+    });
+  watch();
+  tick();
+  assert.deepEqual(warnings, [], 'no traffic yet');
+  traffic('connection');
+  traffic('request');
+  tick();
+  tick();
+  traffic('request');
+  tick();
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0], /served 1 HTTP request but no OpenTelemetry span became active.*no OpenTelemetry SDK is running/);
+  assert.deepEqual(stopped, { timer: true, traffic: true });
+
+  // A span was seen: the watch ends quietly.
+  warnings.length = 0;
+  stopped = { timer: false, traffic: false };
+  const seen = { managers: 1, contexts: 2, managerRegistered: true };
+  watch(seen);
+  traffic('request');
+  tick();
+  assert.deepEqual(warnings, []);
+  assert.deepEqual(stopped, { timer: true, traffic: true });
+});
+
+test('no span became active: Node\'s diagnostics channels count a real request', async () => {
+  const http = await import('node:http');
+  const warnings: string[] = [];
+  const watch = new NoSpanWatch({
+    state: () => ({ managers: 0, contexts: 0, managerRegistered: false }),
+    warn: (m) => warnings.push(m),
+    afterMs: 50,
+  });
+  const server = http.createServer((_req, res) => res.end('ok'));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  try {
+    const port = (server.address() as { port: number }).port;
+    await fetch(`http://127.0.0.1:${port}/`).then((r) => r.text());
+    await sleep(200);
+  } finally {
+    server.close();
+    watch.stop();
+  }
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0], /^kspan\/publisher: this process served 1 HTTP request but/);
+});
