@@ -268,7 +268,7 @@ class Demo {
     if (o.spansOut) writeFileSync(o.spansOut, all.map(spanJson).join(''));
     if (this.#sink) {
       const traces = groupTraces(all);
-      for (const { trace, why } of pickTraces(traces, o.traces)) out(`\n${renderTrace(trace, why)}`);
+      for (const { trace, why } of pickTraces(traces, o.traces)) out(`\n${renderTrace(trace, why).trimEnd()}`);
     } else {
       await this.#exportAppSpans();
     }
