@@ -16,7 +16,7 @@ import { KspanError, HINT_PRIVILEGE } from '../core/errors.ts';
 import { ElfFormatError, openElfFile } from '../elf/elf-file.ts';
 import { KspanCtxScheme, KspanDtvLayout, KspanTlsKind, type KspanTlsLoc } from '../records/abi.generated.ts';
 import { type MappedFile, loadBias, mappedFiles, readProcMaps } from './proc-maps.ts';
-import { ProcMemError, ProcessMemory, procFailure } from './proc-mem.ts';
+import { ProcMemError, type ProcessMemory, procFailure, withProcessMemory } from './proc-mem.ts';
 import { type ModuleTlsInfo, type TlsAccessModel, moduleTlsInfo } from './tls-access.ts';
 
 export const OTEL_THREAD_CTX_SYMBOL = 'otel_thread_ctx_v1';
@@ -49,7 +49,7 @@ export class TlsResolveError extends KspanError {
 export interface TlsResolution {
   pid: number;
   symbol: string;
-  /** What BPF needs (the `tls_locs` map value). */
+  /** What BPF needs (the location in the pid's `targets` map value). */
   loc: KspanTlsLoc;
   model: TlsAccessModel;
   /** TLSDESC/general-dynamic: whether ld.so put the module in static TLS. */
@@ -264,21 +264,13 @@ function procError(pid: number, err: unknown): Error {
 }
 
 function withMem<T>(pid: number, fn: (mem: ProcessMemory) => T): T {
-  let mem: ProcessMemory;
   try {
-    mem = new ProcessMemory(pid);
-  } catch (err) {
-    throw procError(pid, err);
-  }
-  try {
-    return fn(mem);
+    return withProcessMemory(pid, fn);
   } catch (err) {
     if (err instanceof TlsResolveError) throw err;
     if (err instanceof ProcMemError && err.reason === 'unmapped') {
       throw new TlsResolveError(pid, 'not-ready', err.message, { hint: 'a module is being loaded or unloaded: resolve again later', cause: err });
     }
     throw procError(pid, err);
-  } finally {
-    mem.close();
   }
 }

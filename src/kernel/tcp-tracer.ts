@@ -26,7 +26,7 @@ import { BpfObject } from './bpf-object.ts';
 import { chooseIoPath, type IoPath, sectionAvailable } from './kernel-features.ts';
 import { libbpf } from './native.ts';
 import { RingBufferReader } from './ring-buffer.ts';
-import { pidKey } from '../context/thread-context-reader.ts';
+import { pidKey } from './map-keys.ts';
 import { decodeRecords, fromEvent } from '../records/decoder.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 

@@ -7,10 +7,10 @@
  */
 import {
   ThreadContextReader,
-  pidKey,
   type TargetContext,
   type ThreadContextReaderStats,
 } from '../context/thread-context-reader.ts';
+import { pidKey } from './map-keys.ts';
 import { encodeNodeLayoutValue } from '../context/nodejs/node-layout.ts';
 import type { IoPath } from './kernel-features.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
