@@ -3,6 +3,7 @@
  * arrays, integers and enums for the decoder generator. Pure: bytes in, types out.
  * Format: linux/Documentation/bpf/btf.rst (header, type section, string section).
  */
+import { BtfFormatError } from '../../src/core/errors.ts';
 
 export const BTF_KIND = {
   INT: 1, PTR: 2, ARRAY: 3, STRUCT: 4, UNION: 5, ENUM: 6, FWD: 7, TYPEDEF: 8, VOLATILE: 9,
@@ -35,13 +36,6 @@ export interface BtfType {
   nelems: number;
   /** ENUM/ENUM64: values. */
   enumValues: { name: string; value: bigint }[];
-}
-
-export class BtfFormatError extends Error {
-  constructor(message: string) {
-    super(`BTF: ${message}`);
-    this.name = 'BtfFormatError';
-  }
 }
 
 export interface Btf {
