@@ -314,10 +314,6 @@ export class BpfObject {
     return opts.retval;
   }
 
-  get attachedLinks(): number {
-    return this.#links.length;
-  }
-
   map(name: string): BpfMap {
     let m = this.#maps.get(name);
     if (!m) {

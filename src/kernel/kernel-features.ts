@@ -43,13 +43,34 @@ export function bpffsMounted(): boolean {
 
 let vmlinux: bigint | undefined;
 
+/** How often the vmlinux BTF was parsed and freed (it takes megabytes while held). */
+export const vmlinuxBtfStats = { loads: 0, frees: 0 };
+
+/**
+ * Runs `fn` on the kernel's parsed BTF, or returns undefined when there is none.
+ * Questions come in bursts (every program of an object, at load), so one parse
+ * serves the current turn of the event loop and is freed right after it.
+ */
+function withVmlinuxBtf<T>(fn: (btf: bigint) => T): T | undefined {
+  if (!hasVmlinuxBtf()) return undefined;
+  const lib = libbpf();
+  if (!vmlinux) {
+    const btf = lib.btfLoadVmlinux();
+    if (!btf) return undefined;
+    vmlinux = btf;
+    vmlinuxBtfStats.loads++;
+    setImmediate(() => {
+      vmlinux = undefined;
+      lib.btfFree(btf);
+      vmlinuxBtfStats.frees++;
+    }).unref();
+  }
+  return fn(vmlinux);
+}
+
 /** Whether the kernel has the BTF tracepoint `name` (tp_btf/name can attach). */
 export function hasBtfTracepoint(name: string): boolean {
-  if (!hasVmlinuxBtf()) return false;
-  const lib = libbpf();
-  vmlinux ??= lib.btfLoadVmlinux();
-  if (!vmlinux) return false;
-  return lib.btfFindByNameKind(vmlinux, `btf_trace_${name}`, BTF_KIND_TYPEDEF) > 0;
+  return withVmlinuxBtf((btf) => libbpf().btfFindByNameKind(btf, `btf_trace_${name}`, BTF_KIND_TYPEDEF) > 0) ?? false;
 }
 
 export function hasTracepoint(category: string, name: string): boolean {
