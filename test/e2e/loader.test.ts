@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { VerifierError } from '../../src/core/errors.ts';
 import { BpfObject } from '../../src/kernel/bpf-object.ts';
+import { libbpfLogStats, setLibbpfLogSink } from '../../src/kernel/libbpf-log.ts';
 import type { KernelRecord } from '../../src/records/kernel-record.ts';
 import { TcpTracer } from '../../src/kernel/tcp-tracer.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
@@ -89,6 +90,30 @@ describe('loader', e2eOptions(), () => {
         },
       );
     } finally {
+      obj.close();
+    }
+  });
+
+  test('a log sink that throws inside libbpf\'s print callback is counted; the load still fails with its own error', () => {
+    const before = libbpfLogStats.sinkErrors;
+    setLibbpfLogSink(() => {
+      throw new Error('sink broke');
+    });
+    const obj = BpfObject.open(join(REPO_ROOT, 'bpf/.output/invalid.bpf.o'));
+    try {
+      assert.throws(
+        () => obj.load(),
+        (err: unknown) => {
+          assert.ok(err instanceof VerifierError, String(err));
+          assert.equal(err.program, 'out_of_bounds');
+          // The lines still reached the capture, before the sink.
+          assert.ok((err.details.libbpfLog as string[]).includes("libbpf: prog 'out_of_bounds': failed to load: -13"));
+          return true;
+        },
+      );
+      assert.ok(libbpfLogStats.sinkErrors > before, `${libbpfLogStats.sinkErrors} sink errors counted`);
+    } finally {
+      setLibbpfLogSink(() => {});
       obj.close();
     }
   });
