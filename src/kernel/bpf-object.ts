@@ -17,7 +17,7 @@ import {
   VerifierError,
 } from '../core/errors.ts';
 import { BpfTestRunOpts, errno, libbpf, withSignalsBlocked } from './native.ts';
-import { captureLibbpfLog, type LibbpfLogCapture } from './libbpf-log.ts';
+import { captureLibbpfLog } from './libbpf-log.ts';
 
 type Ptr = bigint;
 
@@ -340,5 +340,3 @@ export class BpfObject {
     libbpf().objectClose(this.#obj);
   }
 }
-
-export type { LibbpfLogCapture };

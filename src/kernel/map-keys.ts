@@ -12,4 +12,6 @@ export function u32Key(n: number): Buffer {
 }
 
 /** The key of a pid's entry in the per-pid maps. */
-export const pidKey: (pid: number) => Buffer = u32Key;
+export function pidKey(pid: number): Buffer {
+  return u32Key(pid);
+}
