@@ -10,36 +10,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { KspanError } from '../../src/core/errors.ts';
-import { BpfObject } from '../../src/kernel/bpf-object.ts';
 import { koffi } from '../../src/kernel/native.ts';
 import { RingBufferReader } from '../../src/kernel/ring-buffer.ts';
 import { decodeRecords } from '../../src/records/decoder.ts';
-import { REPO_ROOT } from '../helpers/build-fixture.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
+import { openRingFiller } from '../helpers/ring-filler.ts';
 
 const RING = 256 << 10;
-const libc = koffi.load('libc.so.6');
-const getppid = libc.func('int getppid()') as () => number;
-const dup2 = libc.func('int dup2(int oldfd, int newfd)') as (a: number, b: number) => number;
-
-/** The bench object with only fill_ring, set to write `count` records of kspan_event size for this process. */
-function fillRing(count: number): BpfObject {
-  const obj = BpfObject.open(join(REPO_ROOT, 'bpf/.output/bench.bpf.o'));
-  try {
-    for (const p of obj.programNames) obj.setAutoload(p, p === 'fill_ring');
-    obj.setMaxEntries('bench_ring', RING);
-    obj.load();
-    obj.attachAll();
-    const cfg = Buffer.alloc(8);
-    cfg.writeUInt32LE(process.pid, 0);
-    cfg.writeUInt32LE(count, 4);
-    obj.map('fill_config').update(Buffer.alloc(4), cfg);
-    return obj;
-  } catch (err) {
-    obj.close();
-    throw err;
-  }
-}
+const dup2 = koffi.load('libc.so.6').func('int dup2(int oldfd, int newfd)') as (a: number, b: number) => number;
 
 async function until(check: () => boolean, ms = 3000): Promise<void> {
   const deadline = Date.now() + ms;
@@ -64,13 +42,13 @@ function epollFds(): number[] {
 
 describe('ring buffer reader', e2eOptions(), () => {
   test('a record handler that throws costs only its record: counted, reported, the others delivered from the epoll callback', async () => {
-    const obj = fillRing(5);
+    const { obj, ringFd, fill } = openRingFiller(5, RING);
     const errors: unknown[] = [];
     const cookies: bigint[] = [];
     let reader: RingBufferReader | undefined;
     try {
       reader = new RingBufferReader(
-        obj.map('bench_ring').fd,
+        ringFd,
         RING,
         (view, off) =>
           decodeRecords(view, off, (r) => {
@@ -80,7 +58,7 @@ describe('ring buffer reader', e2eOptions(), () => {
         { onError: (err) => errors.push(err) },
       );
       reader.start(10);
-      getppid();
+      fill();
       await until(() => cookies.length === 4);
       await reader.stop();
       assert.deepEqual(cookies, [1n, 3n, 4n, 5n]);
@@ -95,14 +73,14 @@ describe('ring buffer reader', e2eOptions(), () => {
   });
 
   test('a failing epoll_wait is counted and retried after the idle interval, not in a loop; stop() still returns', async () => {
-    const obj = fillRing(3);
+    const { obj, ringFd, fill } = openRingFiller(3, RING);
     const dir = mkdtempSync(join(tmpdir(), 'kspan-ring-'));
     const errors: unknown[] = [];
     const cookies: bigint[] = [];
     let reader: RingBufferReader | undefined;
     try {
       const before = new Set(epollFds());
-      reader = new RingBufferReader(obj.map('bench_ring').fd, RING, (view, off) => decodeRecords(view, off, (r) => cookies.push(r.cookie)), {
+      reader = new RingBufferReader(ringFd, RING, (view, off) => decodeRecords(view, off, (r) => cookies.push(r.cookie)), {
         onError: (err) => errors.push(err),
       });
       const [epfd] = epollFds().filter((fd) => !before.has(fd));
@@ -121,7 +99,7 @@ describe('ring buffer reader', e2eOptions(), () => {
       assert.equal((err.cause as Error).message, 'epoll_wait failed: EINVAL (22)');
       assert.equal(errors.length, failures);
       // Records are still read on the retries' drains.
-      getppid();
+      fill();
       await until(() => cookies.length === 3);
       assert.deepEqual(cookies, [1n, 2n, 3n]);
       await reader.stop();
