@@ -30,7 +30,7 @@
 #ifndef KSPAN_NODEJS_CTX_BPF_H
 #define KSPAN_NODEJS_CTX_BPF_H
 
-static __always_inline void count(__u32 idx);
+#include "counters.bpf.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
