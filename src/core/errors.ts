@@ -22,6 +22,7 @@ export type ErrorCode =
   | 'KSPAN_ERR_PROCESS_CONTEXT'
   | 'KSPAN_ERR_RECORD_FILE'
   | 'KSPAN_ERR_EXPORT'
+  | 'KSPAN_ERR_KERNEL'
   | 'KSPAN_ERR_RECORD_DECODE'
   | 'KSPAN_ERR_BTF';
 
@@ -60,9 +61,8 @@ export class VerifierError extends KspanError {
 
   constructor(program: string, log: string, options: { truncated?: boolean; cause?: unknown; details?: Record<string, unknown> } = {}) {
     const truncated = options.truncated ?? false;
-    const stop = verifierStop(log);
     const note = truncated ? ' (its log was truncated; the last line kept)' : '';
-    super('KSPAN_ERR_VERIFIER', `the kernel's BPF verifier rejected program "${program}"${note}${stop ? `: ${stop}` : ''}`, {
+    super('KSPAN_ERR_VERIFIER', `the kernel's BPF verifier rejected program "${program}"${note}: ${verifierLogLastLine(log)}`, {
       hint: 'this is a kspan bug or an unsupported kernel: report it with the verifier log (err.log)',
       cause: options.cause,
       details: { ...options.details, program, truncated },
@@ -82,11 +82,11 @@ const VERIFIER_SUMMARY = /^(processed \d+ insns|verification time|stack depth|--
  * one explains the line before it, so that one comes too: "invalid access to
  * map value, ...: R0 min value is outside of the allowed memory range".
  */
-export function verifierStop(log: string): string {
+export function verifierLogLastLine(log: string): string {
   const lines = log.split('\n').map((l) => l.trimEnd());
   let end = lines.length;
   while (end > 0 && (lines[end - 1] === '' || VERIFIER_SUMMARY.test(lines[end - 1]))) end--;
-  if (end === 0) return '';
+  if (end === 0) return lines.filter((l) => l !== '').at(-1) ?? '(empty log)';
   const last = lines[end - 1].trim();
   const before = end >= 2 ? lines[end - 2].trim() : '';
   return before && /^(R\d|\s)/.test(lines[end - 1]) ? `${before}: ${last}` : last;

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import * as errors from '../../src/core/errors.ts';
-import { BtfFormatError, KspanError, RecordDecodeError, VerifierError, errnoError, errnoName, verifierStop } from '../../src/core/errors.ts';
+import { BtfFormatError, KspanError, RecordDecodeError, VerifierError, errnoError, errnoName, verifierLogLastLine } from '../../src/core/errors.ts';
 import { connectErrorName } from '../../src/records/kernel-record.ts';
 
 const ROOT = new URL('../../', import.meta.url);
@@ -64,12 +64,12 @@ test('a truncated verifier log says so, and gives the last line it kept', () => 
 });
 
 test('where the verifier stopped: statistics and blank lines skipped, a register or indented line keeps the line before', () => {
-  assert.equal(verifierStop('a\nb\nverification time 12 usec\nstack depth 8\nprocessed 3 insns (limit 1000000)\n\n'), 'b');
-  assert.equal(verifierStop('0: (95) exit\nR0 !read_ok\n'), '0: (95) exit: R0 !read_ok');
-  assert.equal(verifierStop('[13] STRUCT drm_rect size=16 vlen=4\n\tx1 type_id=2'), '[13] STRUCT drm_rect size=16 vlen=4: x1 type_id=2');
-  assert.equal(verifierStop('R1 type=ctx expected=fp'), 'R1 type=ctx expected=fp');
-  assert.equal(verifierStop('processed 1 insns\n'), '');
-  assert.equal(new VerifierError('p', '').message, 'the kernel\'s BPF verifier rejected program "p"' + HINT);
+  assert.equal(verifierLogLastLine('a\nb\nverification time 12 usec\nstack depth 8\nprocessed 3 insns (limit 1000000)\n\n'), 'b');
+  assert.equal(verifierLogLastLine('0: (95) exit\nR0 !read_ok\n'), '0: (95) exit: R0 !read_ok');
+  assert.equal(verifierLogLastLine('[13] STRUCT drm_rect size=16 vlen=4\n\tx1 type_id=2'), '[13] STRUCT drm_rect size=16 vlen=4: x1 type_id=2');
+  assert.equal(verifierLogLastLine('R1 type=ctx expected=fp'), 'R1 type=ctx expected=fp');
+  assert.equal(verifierLogLastLine('processed 1 insns\n'), 'processed 1 insns');
+  assert.equal(new VerifierError('p', '').message, 'the kernel\'s BPF verifier rejected program "p": (empty log)' + HINT);
 });
 
 test('the record decoder and the BTF reader fail with codes and hints', () => {
