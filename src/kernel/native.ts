@@ -160,7 +160,6 @@ export const EPOLL_CTL_ADD = 1;
 export const CLOCK_REALTIME = 0;
 export const CLOCK_MONOTONIC = 1;
 export const SC_PAGESIZE = 30;
-export const BTF_KIND_TYPEDEF = 8;
 
 export function errno(): number {
   return koffi.errno();
