@@ -12,6 +12,7 @@ import type { Logger } from '../core/logger.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import { targetEvent } from '../context/thread-context-reader.ts';
 import { TracingSession } from '../kernel/tracing-session.ts';
+import { warnFeatureOff } from './kernel-warnings.ts';
 import { parseMaxSockets, parsePids, parseDuration, parseIoHooks, waitForStop } from './options.ts';
 
 export async function eventsCommand(args: string[], log: Logger): Promise<number> {
@@ -49,6 +50,7 @@ export async function eventsCommand(args: string[], log: Logger): Promise<number
     },
     onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
     onTargetError: (pid, err) => log.warn({ pid, err }, 'cannot read the target\'s trace context; tracing it without'),
+    onFeatureOff: warnFeatureOff(log),
   });
   for (const pid of pids) tracer.addPid(pid);
   // Signal handlers go in before "tracing" is announced: a SIGINT right after it
@@ -56,7 +58,7 @@ export async function eventsCommand(args: string[], log: Logger): Promise<number
   const stop = waitForStop(duration);
   tracer.start();
   const flushTimer = setInterval(flushOut, 50);
-  log.info({ pids, ioPath: tracer.ioPath, unavailable: tracer.tracer.unavailable }, 'tracing');
+  log.info({ pids, ioPath: tracer.ioPath, featuresOff: tracer.featuresOff.map((f) => f.feature) }, 'tracing');
 
   await stop;
   await tracer.stop(print);

@@ -15,6 +15,7 @@ import type { KernelRecord } from '../records/kernel-record.ts';
 import { RecordFileWriter } from '../records/record-file.ts';
 import { TargetResources } from '../export/target-resources.ts';
 import { TracingSession } from '../kernel/tracing-session.ts';
+import { warnFeatureOff } from './kernel-warnings.ts';
 import { parseDuration, parseIoHooks, parseMaxSockets, parsePids, waitForStop } from './options.ts';
 
 export async function recordCommand(args: string[], log: Logger): Promise<number> {
@@ -43,6 +44,7 @@ export async function recordCommand(args: string[], log: Logger): Promise<number
     onRecord: (r) => (writer ? writer.write(r) : early.push(r)),
     onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
     onTargetError: (pid, err) => log.warn({ pid, err }, 'cannot read the target\'s trace context'),
+    onFeatureOff: warnFeatureOff(log),
   });
   const resources = new TargetResources((pid) => session.reader.target(pid)?.process.resource);
   for (const pid of pids) {

@@ -12,6 +12,7 @@ import { contextAttributes } from '../spans/context-attributes.ts';
 import { RecordFileReader } from '../records/record-file.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
 import { TargetResources } from '../export/target-resources.ts';
+import { unknownTargetResource } from '../context/process-context-format.ts';
 
 export async function replayCommand(args: string[], log: Logger): Promise<number> {
   const { values, positionals } = parseArgs({
@@ -28,7 +29,7 @@ export async function replayCommand(args: string[], log: Logger): Promise<number
   const reader = await RecordFileReader.open(createReadStream(positionals[0]));
   const recorded = reader.header.resources ?? {};
   const keyMaps = reader.header.keyMaps ?? {};
-  const resources = new TargetResources((pid) => recorded[String(pid)] ?? { 'service.name': 'unknown_service', 'process.pid': pid });
+  const resources = new TargetResources((pid) => recorded[String(pid)] ?? unknownTargetResource(pid));
   const pipeline = new SpanPipeline({
     mode: 'replay',
     resourceFor: (pid) => resources.resourceFor(pid),

@@ -16,6 +16,7 @@ import { SpanPipeline } from '../spans/span-pipeline.ts';
 import { OrphanNotices, type Notice } from '../spans/orphan-notices.ts';
 import { TargetResources } from '../export/target-resources.ts';
 import { TracingSession } from '../kernel/tracing-session.ts';
+import { warnFeatureOff } from './kernel-warnings.ts';
 import { parseDuration, parseIoHooks, parseMaxSockets, parsePids, waitForStop } from './options.ts';
 
 export const RUN_OPTIONS = {
@@ -92,6 +93,7 @@ export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
     },
     onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
     onTargetError: (pid, err) => log.warn({ pid, err }, 'cannot read the target\'s trace context; tracing it without'),
+    onFeatureOff: warnFeatureOff(log),
   });
   for (const pid of opts.pids) session.addPid(pid);
   session.start();
@@ -112,7 +114,8 @@ export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
       for (const n of notices.atStop(pipeline.correlator.orphanSpansByPid)) tell(n);
       const lost = counters.KSPAN_C_RINGBUF_FULL + counters.KSPAN_C_SOCK_TABLE_FULL + counters.decode_errors +
         stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown;
-      log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats }, lost ? 'stopped; data was lost' : 'stopped');
+      const featuresOff = session!.featuresOff.map((f) => f.feature);
+      log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');
     })());
   return { session, pipeline, stop };
 }

@@ -428,7 +428,7 @@ function nonBlank(s: string | undefined): string | undefined {
 
 function errSummary(err: unknown): unknown {
   if (err && typeof err === 'object') {
-    const e = err as { code?: unknown; message?: unknown; details?: unknown };
+    const e = err as { code?: unknown; message?: unknown };
     return { code: e.code, message: e.message };
   }
   return err;

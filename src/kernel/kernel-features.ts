@@ -1,17 +1,22 @@
 /**
- * What the running kernel offers, probed at start: BTF, which tp_btf tracepoints
- * exist (their btf_trace_* typedefs in vmlinux BTF), which classic tracepoints
- * exist (tracefs). Used to switch programs off (libbpf autoload) and pick the I/O
+ * What the running kernel offers, probed at start: BTF, the prototypes of the
+ * tp_btf tracepoints kspan uses (their btf_trace_* typedefs in vmlinux BTF),
+ * which classic tracepoints exist (tracefs). The program planner
+ * (src/kernel/programs.ts) turns these into which programs load, and the I/O
  * path: sock_{send,recv}_length (6.3+) or the syscall-tracepoint fallback.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
-import { BTF_KIND_TYPEDEF, libbpf } from './native.ts';
+import { BTF_KIND } from '../elf/btf-kind.ts';
+import { libbpf } from './native.ts';
+import { PROGRAMS, type KernelHooks } from './programs.ts';
+import { tracepointPrototypes, type TracepointPrototype } from './tracepoint-prototypes.ts';
 
 export const VMLINUX_BTF = '/sys/kernel/btf/vmlinux';
 export const TRACEFS = '/sys/kernel/tracing';
 
-export type IoPath = 'sock_length' | 'syscalls';
+export type { IoPath } from './programs.ts';
+import type { IoPath } from './programs.ts';
 
 export function kernelRelease(): string {
   return release();
@@ -43,29 +48,59 @@ export function bpffsMounted(): boolean {
 
 let vmlinux: bigint | undefined;
 
+/** How often the vmlinux BTF was parsed and freed (it takes megabytes while held). */
+export const vmlinuxBtfStats = { loads: 0, frees: 0 };
+
+/**
+ * Runs `fn` on the kernel's parsed BTF, or returns undefined when there is none.
+ * Questions come in bursts (every program of an object, at load), so one parse
+ * serves the current turn of the event loop and is freed right after it.
+ */
+function withVmlinuxBtf<T>(fn: (btf: bigint) => T): T | undefined {
+  if (!hasVmlinuxBtf()) return undefined;
+  const lib = libbpf();
+  if (!vmlinux) {
+    const btf = lib.btfLoadVmlinux();
+    if (!btf) return undefined;
+    vmlinux = btf;
+    vmlinuxBtfStats.loads++;
+    setImmediate(() => {
+      vmlinux = undefined;
+      lib.btfFree(btf);
+      vmlinuxBtfStats.frees++;
+    }).unref();
+  }
+  return fn(vmlinux);
+}
+
 /** Whether the kernel has the BTF tracepoint `name` (tp_btf/name can attach). */
 export function hasBtfTracepoint(name: string): boolean {
-  if (!hasVmlinuxBtf()) return false;
-  const lib = libbpf();
-  vmlinux ??= lib.btfLoadVmlinux();
-  if (!vmlinux) return false;
-  return lib.btfFindByNameKind(vmlinux, `btf_trace_${name}`, BTF_KIND_TYPEDEF) > 0;
+  return withVmlinuxBtf((btf) => libbpf().btfFindByNameKind(btf, `btf_trace_${name}`, BTF_KIND.TYPEDEF) > 0) ?? false;
 }
 
 export function hasTracepoint(category: string, name: string): boolean {
   return existsSync(`${TRACEFS}/events/${category}/${name}`);
 }
 
-/** Whether the hook behind a program's section exists on this kernel. */
-export function sectionAvailable(section: string): boolean {
-  const [kind, a, b] = section.split('/');
-  if (kind === 'tp_btf') return hasBtfTracepoint(a);
-  if (kind === 'tracepoint' || kind === 'tp') return hasTracepoint(a, b);
-  return true;
+/**
+ * The running kernel's hooks as the program planner sees them: the prototypes of
+ * the BTF tracepoints kspan's programs use (read once from vmlinux BTF), and the
+ * classic tracepoints under tracefs.
+ */
+export function kernelHooks(tracepoints: readonly string[] = PROGRAM_TRACEPOINTS): KernelHooks {
+  const prototypes = withVmlinuxBtf((btf) => tracepointPrototypes(btf, tracepoints)) ?? new Map<string, TracepointPrototype>();
+  return {
+    tracepointArgs: (name) => prototypes.get(name)?.length,
+    hasTracepoint,
+  };
 }
 
+/** Every BTF tracepoint a program of kspan.bpf.o attaches to. */
+export const PROGRAM_TRACEPOINTS = [...new Set(PROGRAMS.filter((p) => p.section.startsWith('tp_btf/')).map((p) => p.section.slice('tp_btf/'.length)))];
+
 /** The I/O path the kernel supports, or the one forced. */
-export function chooseIoPath(forced?: IoPath): IoPath {
+export function chooseIoPath(forced?: IoPath, hooks?: KernelHooks): IoPath {
   if (forced) return forced;
-  return hasBtfTracepoint('sock_send_length') && hasBtfTracepoint('sock_recv_length') ? 'sock_length' : 'syscalls';
+  const has = (tp: string) => (hooks ? hooks.tracepointArgs(tp) !== undefined : hasBtfTracepoint(tp));
+  return has('sock_send_length') && has('sock_recv_length') ? 'sock_length' : 'syscalls';
 }

@@ -7,13 +7,14 @@
  */
 import {
   ThreadContextReader,
-  pidKey,
   type TargetContext,
   type ThreadContextReaderStats,
 } from '../context/thread-context-reader.ts';
+import { pidKey } from './map-keys.ts';
 import { encodeNodeLayoutValue } from '../context/nodejs/node-layout.ts';
 import type { IoPath } from './kernel-features.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
+import type { FeatureOff } from './programs.ts';
 import { TcpTracer, type TracerCounters } from './tcp-tracer.ts';
 
 export interface TracingSessionOptions {
@@ -29,6 +30,8 @@ export interface TracingSessionOptions {
   refreshMs?: number;
   /** See TcpTracerOptions.maxSockets. */
   maxSockets?: number;
+  /** See TcpTracerOptions.onFeatureOff: an optional feature this kernel cannot give. */
+  onFeatureOff?: (off: FeatureOff) => void;
 }
 
 function alive(pid: number): boolean {
@@ -65,6 +68,7 @@ export class TracingSession {
       onRecord: opts.onRecord,
       onDecodeError: opts.onDecodeError,
       maxSockets: opts.maxSockets,
+      onFeatureOff: opts.onFeatureOff,
     });
     return new TracingSession(tracer, opts);
   }
@@ -112,6 +116,11 @@ export class TracingSession {
   /** Loss and fault counters of the kernel side and of context resolution. */
   counters(): TracerCounters & { context: ThreadContextReaderStats } {
     return { ...this.tracer.counters(), context: { ...this.reader.stats } };
+  }
+
+  /** The features this kernel could not give (switched off, each with what is lost). */
+  get featuresOff(): readonly FeatureOff[] {
+    return this.tracer.plan.off;
   }
 
   async stop(onRecord?: (r: KernelRecord) => void): Promise<void> {
