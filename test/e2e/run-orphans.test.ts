@@ -9,7 +9,7 @@
  * addresses.
  */
 import assert from 'node:assert/strict';
-import { afterEach, beforeEach, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
 import { ProcessGroup, type Proc } from '../helpers/processes.ts';
@@ -26,17 +26,11 @@ interface Log {
 }
 
 describe('kspan run on services that publish no trace context', e2eOptions(), () => {
-  let group: ProcessGroup;
-  let receiver: OtlpReceiver;
-  beforeEach(async () => {
-    group = new ProcessGroup();
-    receiver = new OtlpReceiver({ protocol: 'grpc' });
-    await receiver.start();
-  });
-  afterEach(async () => {
-    await group.killAll();
-    await receiver.stop();
-  });
+  const group = new ProcessGroup();
+  const receiver = new OtlpReceiver({ protocol: 'grpc' });
+  before(() => receiver.start());
+  afterEach(() => group.killAll());
+  after(() => receiver.stop());
 
   /** A server answering 2 keep-alive requests on each of 2 connections; the agent on it (and on the clients). */
   async function traffic(agentArgs: (server: Server, clients: Proc[]) => string[]) {
