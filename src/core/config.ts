@@ -457,24 +457,23 @@ function resolve(entries: readonly Entry[], sources: ConfigSources, flags: RawVa
     return s.repeat ? [...new Set(parsed)] : parsed[0];
   };
   for (const { key, spec: s, required } of entries) {
+    // The highest layer that sets the value wins; the ones below are not read,
+    // so a valid flag hides a malformed variable.
     let v: unknown = s.default;
     let origin: Origin = { source: 'default', name: 'default' };
-    for (const name of s.env ?? []) {
-      const raw = env[name]?.trim();
-      if (!raw) continue;
-      origin = { source: 'env', name };
-      v = check(s, origin, s.repeat ? raw.split(',').map((x) => x.trim()) : [raw]);
-      break;
-    }
+    const flag = flags[key];
     const fromFile = sources.file && s.fileKey ? fileValue(sources.file.values, s.fileKey) : undefined;
-    if (fromFile !== undefined && fromFile !== null) {
+    const envName = s.env?.find((name) => env[name]?.trim());
+    if (flag !== undefined) {
+      origin = { source: 'flag', name: flagName(s) };
+      v = typeof flag === 'boolean' ? flag : check(s, origin, typeof flag === 'string' ? [flag] : flag);
+    } else if (fromFile !== undefined && fromFile !== null) {
       origin = { source: 'file', name: `${sources.file!.path}: ${s.fileKey}` };
       v = check(s, origin, (Array.isArray(fromFile) ? fromFile : [fromFile]).map(String));
-    }
-    const raw = flags[key];
-    if (raw !== undefined) {
-      origin = { source: 'flag', name: flagName(s) };
-      v = typeof raw === 'boolean' ? raw : check(s, origin, typeof raw === 'string' ? [raw] : raw);
+    } else if (envName) {
+      const raw = env[envName]!.trim();
+      origin = { source: 'env', name: envName };
+      v = check(s, origin, s.repeat ? raw.split(',').map((x) => x.trim()) : [raw]);
     }
     if (required && (v === undefined || (Array.isArray(v) && v.length === 0))) {
       throw new KspanError('KSPAN_ERR_USAGE', s.missing ?? `${flagName(s)} is required`, { hint: helpHint });
