@@ -6,11 +6,15 @@
  *   tp_btf/inet_sock_set_state   softirq or syscall: handshake start/end, connect failures
  *   tp_btf/sock_send_length      syscall: bytes sent (kernel >= 6.3)
  *   tp_btf/sock_recv_length      syscall: bytes received (kernel >= 6.3)
- *   tp_btf/tcp_retransmit_skb    softirq/timer: one record per retransmitted skb
+ *   tp_btf/tcp_retransmit_skb    softirq/timer: one record per retransmitted skb;
+ *       two variants, chosen at load from the kernel's prototype: with the
+ *       kernel's err (newer kernels, fired for failed attempts too) and without
+ *       (older kernels, e.g. 6.1 and 6.12: fired only when the retransmit was sent)
  *   tp_btf/tcp_send_reset        softirq or syscall: RST sent
  *   tp_btf/tcp_receive_reset     softirq: RST received
  *   tp_btf/tcp_destroy_sock      any: socket gone, totals from tcp_sock
  *   tracepoint/syscalls/sys_exit_accept{,4}   syscall: accept() returned
+ *   syscall flush_idle           run by the agent on a timer: idle aggregates
  *   tracepoint/syscalls/sys_{enter,exit}_{read,write,...}  syscall: fallback for
  *       kernels without sock_{send,recv}_length; the socket is found from the fd
  *
@@ -21,6 +25,9 @@
  *
  * send/recv are aggregated per socket and per trace context; a record is emitted
  * when the aggregate closes (direction or context changes, or the socket closes).
+ *
+ * Which programs are essential and which may be switched off (with a warning
+ * naming what is lost) is the agent's program table, src/kernel/programs.ts.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -28,6 +35,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "kspan.h"
+#include "counters.bpf.h"
 #include "thread_ctx.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -59,31 +67,25 @@ struct kspan_target *unused_target __attribute__((unused));
 enum kspan_tls_kind *unused_tls_kind __attribute__((unused));
 enum kspan_ctx_scheme *unused_scheme __attribute__((unused));
 enum kspan_dtv_layout *unused_dtv_layout __attribute__((unused));
+enum kspan_limit *unused_limit __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 << 20);
+	__uint(max_entries, KSPAN_RING_BYTES);
 } events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, KSPAN_C_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} counters SEC(".maps");
 
 /* Which processes (tgid) are traced, and where their threads keep their span;
  * the agent changes it at run time. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, KSPAN_MAX_TARGETS);
 	__type(key, __u32);
 	__type(value, struct kspan_target);
 } targets SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, KSPAN_MAX_SOCKETS);
 	__type(key, __u64);
 	__type(value, struct kspan_sock);
 } socks SEC(".maps");
@@ -91,7 +93,7 @@ struct {
 /* Passive opens: when the handshake completed, until accept() takes the socket. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, KSPAN_MAX_ACCEPT_PENDING);
 	__type(key, __u64);
 	__type(value, __u64);
 } accept_pending SEC(".maps");
@@ -104,7 +106,7 @@ struct io_args {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, KSPAN_MAX_IO_INFLIGHT);
 	__type(key, __u32);
 	__type(value, struct io_args);
 } io_inflight SEC(".maps");
@@ -116,13 +118,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct kspan_sock);
 } sock_scratch SEC(".maps");
-
-static __always_inline void count(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&counters, &idx);
-	if (v)
-		*v += 1;
-}
 
 /* The traced process `tgid`, or NULL when it is not traced. */
 static __always_inline struct kspan_target *target_of(__u32 tgid)
@@ -222,19 +217,13 @@ static __always_inline struct kspan_event *reserve(void)
 	return e;
 }
 
+/* Moves the open aggregate to `dst` and leaves none open. */
 static __always_inline void agg_take(struct kspan_agg *dst, struct kspan_sock *st)
 {
-	dst->first_ns = st->agg_first_ns;
-	dst->last_ns = st->agg_last_ns;
-	dst->bytes = st->agg_bytes;
-	dst->tid = st->agg_tid;
-	dst->calls = st->agg_calls;
-	dst->dir = st->agg_dir;
-	dst->flags = st->agg_flags;
-	dst->ctx = st->agg_ctx;
-	st->agg_dir = 0;
-	st->agg_bytes = 0;
-	st->agg_calls = 0;
+	*dst = st->agg;
+	st->agg.dir = 0;
+	st->agg.bytes = 0;
+	st->agg.calls = 0;
 }
 
 /*
@@ -273,7 +262,7 @@ static __always_inline void agg_submit(struct kspan_sock *st, __u64 cookie, stru
  * second goes out with it in one record. */
 static __always_inline void agg_close(struct kspan_sock *st, __u64 cookie)
 {
-	if (!st->agg_dir)
+	if (!st->agg.dir)
 		return;
 	if (!st->pend.dir) {
 		agg_take(&st->pend, st);
@@ -321,7 +310,7 @@ static __always_inline void account_io(const struct kspan_target *t, const struc
 	read_thread_ctx(tgid, &t->loc, &cur);
 
 	__u64 now = bpf_ktime_get_ns();
-	if (st->agg_dir == dir && dir == KSPAN_EV_SEND && st->agg_ctx.valid && !ctx_equal(&st->agg_ctx, &cur)) {
+	if (st->agg.dir == dir && dir == KSPAN_EV_SEND && st->agg.ctx.valid && !ctx_equal(&st->agg.ctx, &cur)) {
 		/* Sockets outlive the moment of context (docs/ARCHITECTURE.md): a
 		 * runtime flushes what the socket could not take at once later, from
 		 * its event loop, where no span or another request's span is active.
@@ -330,24 +319,24 @@ static __always_inline void account_io(const struct kspan_target *t, const struc
 		 * believed either (a response answers the request before it): the
 		 * bytes stay with the response, and the mismatch is counted. */
 		if (!cur.valid) {
-			cur = st->agg_ctx;
+			cur = st->agg.ctx;
 		} else if (st->role == KSPAN_F_SERVER) {
 			count(KSPAN_C_CTX_SUSPECT);
-			cur = st->agg_ctx;
+			cur = st->agg.ctx;
 		}
 	}
-	if (st->agg_dir && (st->agg_dir != dir || !ctx_equal(&st->agg_ctx, &cur)))
+	if (st->agg.dir && (st->agg.dir != dir || !ctx_equal(&st->agg.ctx, &cur)))
 		agg_close(st, cookie);
-	if (!st->agg_dir) {
-		st->agg_dir = dir;
-		st->agg_first_ns = now;
-		st->agg_tid = tid;
-		st->agg_flags = path_flag;
-		st->agg_ctx = cur;
+	if (!st->agg.dir) {
+		st->agg.dir = dir;
+		st->agg.first_ns = now;
+		st->agg.tid = tid;
+		st->agg.flags = path_flag;
+		st->agg.ctx = cur;
 	}
-	st->agg_bytes += bytes;
-	st->agg_calls += 1;
-	st->agg_last_ns = now;
+	st->agg.bytes += bytes;
+	st->agg.calls += 1;
+	st->agg.last_ns = now;
 	st->pid = tgid;
 	st->tid = tid;
 	st->last_ctx = cur;
@@ -559,10 +548,19 @@ int BPF_PROG(on_retransmit, const struct sock *sk, const struct sk_buff *skb, in
 	return emit_sock_event(sk, KSPAN_EV_RETRANSMIT, 0, err);
 }
 
+/* The same hook where its prototype is (sk, skb): no err to report. */
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(on_retransmit_noerr, const struct sock *sk, const struct sk_buff *skb)
+{
+	return emit_sock_event(sk, KSPAN_EV_RETRANSMIT, 0, 0);
+}
+
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(on_send_reset, const struct sock *sk)
 {
-	/* Since 6.10 sk may be NULL (reset for a packet with no socket). */
+	/* sk may be NULL since 6.10 (a reset for a packet with no socket); the
+	 * prototype's third argument (the reason, 6.10+) is not read, so one
+	 * program serves both prototypes. */
 	if (!sk)
 		return 0;
 	return emit_sock_event(sk, KSPAN_EV_RESET, KSPAN_F_RESET_SENT, 0);
@@ -616,9 +614,9 @@ struct flush_ctx {
 
 static long flush_one(struct bpf_map *map, __u64 *cookie, struct kspan_sock *st, struct flush_ctx *fc)
 {
-	if (!st->agg_dir || st->agg_last_ns > fc->cutoff)
+	if (!st->agg.dir || st->agg.last_ns > fc->cutoff)
 		return 0;
-	st->agg_flags |= KSPAN_F_IDLE;
+	st->agg.flags |= KSPAN_F_IDLE;
 	agg_flush(st, *cookie);
 	fc->flushed++;
 	return 0;

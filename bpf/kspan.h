@@ -30,7 +30,20 @@ enum kspan_event_flag {
 	KSPAN_F_IDLE = 32,          /* send/recv: closed because the socket went idle (flush_idle) */
 };
 
-/* Indexes into the per-CPU `counters` map: every loss is counted. */
+/* Sizes and limits, one place for both sides: the maps are declared with them,
+ * and the agent reads them from src/records/abi.generated.ts (it may resize the
+ * ring and the socket table before load, never past what is written here). */
+enum kspan_limit {
+	KSPAN_RING_BYTES = 4 << 20,         /* default ring buffer size */
+	KSPAN_MAX_SOCKETS = 65536,          /* default size of the socket table (`socks`) */
+	KSPAN_MAX_TARGETS = 4096,           /* traced processes at once (`targets`, `node_layouts`) */
+	KSPAN_MAX_ACCEPT_PENDING = 16384,   /* handshakes done, not yet accepted (LRU) */
+	KSPAN_MAX_IO_INFLIGHT = 16384,      /* fallback path: threads inside a read/write at once */
+	KSPAN_MAX_TLS_MODULE = 4096,        /* highest TLS module id (DTV index) the reader follows */
+	KSPAN_CTX_ATTRS_MAX = 52,           /* see struct kspan_trace_ctx */
+};
+
+/* Indexes into the per-CPU `counters` map (counters.bpf.h): every loss is counted. */
 enum kspan_counter {
 	KSPAN_C_RINGBUF_FULL = 0,   /* bpf_ringbuf_reserve failed: a record was lost */
 	KSPAN_C_SOCK_TABLE_FULL = 1,/* no room for a socket's state: its records are lost */
@@ -43,13 +56,10 @@ enum kspan_counter {
 	KSPAN_C_MAX = 8,
 };
 
-/* Record attribute bytes copied with a context: 52 fills kspan_trace_ctx to 80
- * bytes with no padding. The struct sits in every record twice and in every
- * socket's state three times, so each byte here costs five. */
-#define KSPAN_CTX_ATTRS_MAX 52
-
 /* The span a thread had active, copied from its TLS (OTEP 4947 record header and
- * the head of its attributes, {key u8, len u8, val[len]}...). */
+ * the head of its attributes, {key u8, len u8, val[len]}...). KSPAN_CTX_ATTRS_MAX
+ * = 52 attribute bytes fill it to 80 bytes with no padding. It sits in every
+ * record twice and in every socket's state four times, so each byte here costs six. */
 struct kspan_trace_ctx {
 	__u8 trace_id[16];
 	__u8 span_id[8];
@@ -59,7 +69,7 @@ struct kspan_trace_ctx {
 	__u8 attrs[KSPAN_CTX_ATTRS_MAX];
 };
 
-/* A closed send/recv aggregate. */
+/* A send/recv aggregate: bytes and calls of one direction under one context. */
 struct kspan_agg {
 	__u64 first_ns;
 	__u64 last_ns;
@@ -72,7 +82,8 @@ struct kspan_agg {
 	struct kspan_trace_ctx ctx;
 };
 
-/* One ring-buffer record. Which fields apply depends on `type` (docs/RECORDS.md). */
+/* One ring-buffer record. Which fields apply depends on `type`: the comments
+ * below, and the README's `kspan events` table, which prints them one to one. */
 struct kspan_event {
 	__u64 ts_ns;                /* CLOCK_MONOTONIC: when it happened (aggregate: last call) */
 	__u64 start_ns;             /* aggregate: first call; accept: handshake done; connect: SYN sent */
@@ -85,7 +96,8 @@ struct kspan_event {
 	__u32 calls;                /* send/recv: syscalls in the aggregate */
 	__u32 retransmits;          /* close: tcp_sock total_retrans */
 	__u32 srtt_us;              /* close: smoothed RTT */
-	__s32 error;                /* connect: errno of the failure; retransmit: the kernel's err */
+	__s32 error;                /* connect: errno of the failure; retransmit: the kernel's err
+	                             * (kernels whose tracepoint has no err: always 0) */
 	__u8 type;                  /* enum kspan_event_type */
 	__u8 family;                /* AF_INET or AF_INET6 */
 	__u8 flags;                 /* enum kspan_event_flag bits */
@@ -109,25 +121,19 @@ struct kspan_flush_args {
 
 /* Per-socket state, keyed by cookie in the `socks` map. */
 struct kspan_sock {
-	__u64 agg_first_ns;         /* open send/recv aggregate */
-	__u64 agg_last_ns;
-	__u64 agg_bytes;
 	__u64 syn_sent_ns;          /* active open: when connect() sent the SYN */
 	__u64 total_sent;           /* bytes sent / received through syscalls while traced */
 	__u64 total_received;
 	__u32 pid;                  /* owner: last thread that used the socket in a syscall */
 	__u32 tid;
-	__u32 agg_tid;
-	__u32 agg_calls;
-	__u8 agg_dir;               /* 0 none, KSPAN_EV_SEND or KSPAN_EV_RECV */
 	__u8 family;
 	__u8 role;                  /* KSPAN_F_SERVER or KSPAN_F_CLIENT, 0 unknown */
-	__u8 agg_flags;             /* KSPAN_F_FALLBACK_IO when the fallback filled it */
 	__u16 lport;
 	__u16 rport;
+	__u8 _pad[2];
 	__u8 laddr[16];
 	__u8 raddr[16];
-	struct kspan_trace_ctx agg_ctx; /* context of the open aggregate */
+	struct kspan_agg agg;           /* the open aggregate (dir 0: none) */
 	struct kspan_trace_ctx tx_ctx;  /* context that last sent: owns data in flight */
 	struct kspan_trace_ctx last_ctx;/* context of the last syscall on the socket */
 	struct kspan_agg pend;          /* closed aggregate waiting for its pair */

@@ -9,7 +9,7 @@
  * (workers have their own isolates and heaps) cannot touch this isolate.
  *
  * From the thread's otel_thread_ctx_nodejs_v1 struct (its address comes from
- * tls_locs like the native scheme's pointer):
+ * the process's `targets` entry, like the native scheme's pointer):
  *   @0 cped_slot  @8 als_handle (Global: pointer to a slot holding the ALS)
  *   @16 als_identity_hash i32  @20 record slot u8 (G3)  @24 undefined_addr
  * walk (64-bit V8, no pointer compression; tagged = address | 1):
@@ -30,7 +30,7 @@
 #ifndef KSPAN_NODEJS_CTX_BPF_H
 #define KSPAN_NODEJS_CTX_BPF_H
 
-static __always_inline void count(__u32 idx);
+#include "counters.bpf.h"
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);

@@ -26,22 +26,17 @@
  * unallocated DTV block → no context, not counted (the thread has no span);
  * a read that faults (bad pointer, page not resident) → KSPAN_C_CTX_FAULT;
  * valid != 1 → KSPAN_C_CTX_INVALID; changed while copied → KSPAN_C_CTX_TORN.
- *
- * kspan.bpf.c defines the `counters` map and count() after including this file,
- * hence the prototype below.
  */
 #ifndef KSPAN_THREAD_CTX_BPF_H
 #define KSPAN_THREAD_CTX_BPF_H
 
-static __always_inline void count(__u32 idx);
-
+#include "counters.bpf.h"
 #include "nodejs_ctx.bpf.h"
 
 /* glibc's dtv_t is {pointer, to_free}, length at dtv[-1]; musl's a bare
  * pointer, length at dtv[0] (enum kspan_dtv_layout) */
 #define KSPAN_DTV_GLIBC_ENTRY 16
 #define KSPAN_DTV_MUSL_ENTRY 8
-#define KSPAN_MAX_TLS_MODULE 4096
 #define KSPAN_RECORD_VALID_OFF 24
 
 /* The record header as the writer lays it out (packed, host order). */

@@ -43,7 +43,7 @@ export async function eventsCommand(config: EventsConfig, log: Logger): Promise<
   }
   session.start();
   const flushTimer = setInterval(flushOut, 50);
-  log.info({ target_pids: config.pids, ioPath: session.ioPath, unavailable: session.tracer.unavailable }, 'tracing');
+  log.info({ target_pids: config.pids, ioPath: session.ioPath, featuresOff: session.featuresOff.map((f) => f.feature) }, 'tracing');
 
   const why = await stop;
   log.info({ why }, 'stopping');

@@ -10,6 +10,7 @@ import type { Logger } from '../core/logger.ts';
 import { setLibbpfLogSink } from '../kernel/libbpf-log.ts';
 import type { TracerCounters } from '../kernel/tcp-tracer.ts';
 import { TracingSession, type TracingSessionOptions } from '../kernel/tracing-session.ts';
+import { warnFeatureOff } from './kernel-warnings.ts';
 
 /** Exit statuses (README "Requirements", docs/ERRORS.md). */
 export const EXIT = {
@@ -145,7 +146,8 @@ export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' |
 /**
  * The tracing session of run, events and record: the targets checked first
  * (KSPAN_ERR_TARGET), then the programs loaded and attached; libbpf's messages,
- * refused records, unreadable contexts and exited targets logged.
+ * features the kernel cannot give, refused records, unreadable contexts and
+ * exited targets logged.
  */
 export function openSession(config: TracingConfig, log: Logger, hooks: SessionHooks): TracingSession {
   setLibbpfLogSink((level, line) => log[level === 'warn' ? 'warn' : 'debug']({ libbpf: line }));
@@ -163,6 +165,7 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
       hooks.onTargetExit?.(pid);
     },
     onTargetsGone: hooks.onTargetsGone,
+    onFeatureOff: warnFeatureOff(log),
   });
 }
 

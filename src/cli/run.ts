@@ -86,7 +86,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
   const idleNs = BigInt(config.idleFlushMs) * 1_000_000n;
   const idleTimer = setInterval(() => session!.tracer.flushIdle(idleNs), TUNING.idleFlushTickMs);
   const clockTimer = setInterval(() => clock.refresh(), TUNING.clockRefreshMs);
-  log.info({ target_pids: config.pids, ioPath: session.ioPath, export: opts.exporter ? 'in-process' : target }, 'tracing');
+  log.info({ target_pids: config.pids, ioPath: session.ioPath, featuresOff: session.featuresOff.map((f) => f.feature), export: opts.exporter ? 'in-process' : target }, 'tracing');
 
   let stopping: Promise<{ lost: number }> | undefined;
   const stop = () =>
@@ -98,7 +98,8 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
       const counters = session!.counters();
       const stats = pipeline.stats();
       const lost = recordsLost(counters) + stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown;
-      log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats }, lost ? 'stopped; data was lost' : 'stopped');
+      const featuresOff = session!.featuresOff.map((f) => f.feature);
+      log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');
       return { lost };
     })());
   return { session, pipeline, stop };

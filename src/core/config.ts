@@ -18,6 +18,7 @@
  * Internal tunables that no user sets yet are in TUNING, also here.
  */
 import { parseArgs } from 'node:util';
+import { KspanLimit } from '../records/abi.generated.ts';
 import { KspanError } from './errors.ts';
 
 export type Source = 'default' | 'env' | 'file' | 'flag';
@@ -184,7 +185,7 @@ export const SETTINGS = {
     help: 'force the send/recv hooks (syscalls: the fallback for kernels < 6.3)',
   }),
   maxSockets: value<number>({
-    flag: 'max-sockets', arg: 'N', fileKey: 'kernel.max_sockets', default: 65536,
+    flag: 'max-sockets', arg: 'N', fileKey: 'kernel.max_sockets', default: KspanLimit.KSPAN_MAX_SOCKETS as number,
     parse: (raw) => wholeNumber(raw, 1, 1 << 24, 'a socket count'),
     help: 'sockets whose state is kept at once, in the kernel (about 464 B each, preallocated) and in the correlator; beyond it, records are lost and counted',
   }),

@@ -20,7 +20,8 @@ export type ErrorCode =
   | 'KSPAN_ERR_TLS'
   | 'KSPAN_ERR_PROCESS_CONTEXT'
   | 'KSPAN_ERR_RECORD_FILE'
-  | 'KSPAN_ERR_EXPORT';
+  | 'KSPAN_ERR_EXPORT'
+  | 'KSPAN_ERR_KERNEL';
 
 export interface KspanErrorOptions {
   /** What the user should do about it. */
@@ -58,6 +59,14 @@ export class VerifierError extends KspanError {
     this.program = program;
     this.log = log;
   }
+}
+
+/** Where the verifier stopped: the log's last line that is not blank or a summary. */
+export function verifierLogLastLine(log: string): string {
+  const lines = log.split('\n').map((l) => l.trim()).filter(Boolean);
+  const summary = /^(processed \d+ insns|verification time|stack depth|-- END PROG LOAD LOG --)/;
+  for (let i = lines.length - 1; i >= 0; i--) if (!summary.test(lines[i])) return lines[i];
+  return lines.at(-1) ?? '(empty log)';
 }
 
 /** An errno from libbpf (negative or positive) as a Node-style error with its name. */

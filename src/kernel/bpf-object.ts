@@ -165,6 +165,11 @@ export class BpfObject {
     libbpf().programSetAutoload(this.#program(name), on);
   }
 
+  /** Changes a program's type before load (fault injection in tests). */
+  setProgramType(name: string, type: number): void {
+    libbpf().programSetType(this.#program(name), type);
+  }
+
   autoload(name: string): boolean {
     return libbpf().programAutoload(this.#program(name));
   }
@@ -215,6 +220,15 @@ export class BpfObject {
     const failed = this.#failedProgram(libbpfLog);
     const verifierLog = this.#logBuf ? cString(this.#logBuf) : '';
     if (failed && verifierLog) return new VerifierError(failed, verifierLog, cause);
+    if (failed && -rc !== EPERM) {
+      // Refused before the verifier wrote a line (a bad attach target, say):
+      // still one program's failure, named so the caller can grade it.
+      return new KspanError('KSPAN_ERR_BPF_OBJECT', `the kernel refused to load program "${failed}"`, {
+        hint: 'see the libbpf log in err.details.libbpfLog',
+        cause,
+        details: { ...details, program: failed },
+      });
+    }
     if (-rc === EPERM || -rc === EACCES) {
       return new KspanError('KSPAN_ERR_PRIVILEGE', 'the kernel refused to load BPF programs', {
         hint: HINT_PRIVILEGE,

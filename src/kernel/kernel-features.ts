@@ -7,11 +7,14 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { BTF_KIND_TYPEDEF, libbpf } from './native.ts';
+import { PROGRAMS, type KernelHooks } from './programs.ts';
+import { readTracepointPrototypes, type TracepointPrototype } from './tracepoint-prototypes.ts';
 
 export const VMLINUX_BTF = '/sys/kernel/btf/vmlinux';
 export const TRACEFS = '/sys/kernel/tracing';
 
-export type IoPath = 'sock_length' | 'syscalls';
+export type { IoPath } from './programs.ts';
+import type { IoPath } from './programs.ts';
 
 export function kernelRelease(): string {
   return release();
@@ -56,16 +59,25 @@ export function hasTracepoint(category: string, name: string): boolean {
   return existsSync(`${TRACEFS}/events/${category}/${name}`);
 }
 
-/** Whether the hook behind a program's section exists on this kernel. */
-export function sectionAvailable(section: string): boolean {
-  const [kind, a, b] = section.split('/');
-  if (kind === 'tp_btf') return hasBtfTracepoint(a);
-  if (kind === 'tracepoint' || kind === 'tp') return hasTracepoint(a, b);
-  return true;
+/**
+ * The running kernel's hooks as the program planner sees them: the prototypes of
+ * the BTF tracepoints kspan's programs use (read once from vmlinux BTF), and the
+ * classic tracepoints under tracefs.
+ */
+export function kernelHooks(tracepoints: readonly string[] = PROGRAM_TRACEPOINTS): KernelHooks {
+  const prototypes = hasVmlinuxBtf() ? readTracepointPrototypes(tracepoints) : new Map<string, TracepointPrototype>();
+  return {
+    tracepointArgs: (name) => prototypes.get(name)?.length,
+    hasTracepoint,
+  };
 }
 
+/** Every BTF tracepoint a program of kspan.bpf.o attaches to. */
+export const PROGRAM_TRACEPOINTS = [...new Set(PROGRAMS.filter((p) => p.section.startsWith('tp_btf/')).map((p) => p.section.slice('tp_btf/'.length)))];
+
 /** The I/O path the kernel supports, or the one forced. */
-export function chooseIoPath(forced?: IoPath): IoPath {
+export function chooseIoPath(forced?: IoPath, hooks?: KernelHooks): IoPath {
   if (forced) return forced;
-  return hasBtfTracepoint('sock_send_length') && hasBtfTracepoint('sock_recv_length') ? 'sock_length' : 'syscalls';
+  const has = (tp: string) => (hooks ? hooks.tracepointArgs(tp) !== undefined : hasBtfTracepoint(tp));
+  return has('sock_send_length') && has('sock_recv_length') ? 'sock_length' : 'syscalls';
 }

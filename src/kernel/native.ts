@@ -64,6 +64,7 @@ function bindLibbpf(lib: ReturnType<typeof koffi.load>) {
     programSectionName: f<[Ptr], string>('const char *bpf_program__section_name(void *prog)'),
     programSetAutoload: f<[Ptr, boolean], number>('int bpf_program__set_autoload(void *prog, bool autoload)'),
     programAutoload: f<[Ptr], boolean>('bool bpf_program__autoload(void *prog)'),
+    programSetType: f<[Ptr, number], number>('int bpf_program__set_type(void *prog, int type)'),
     programSetLogBuf: f<[Ptr, Buffer, number], number>('int bpf_program__set_log_buf(void *prog, void *buf, size_t size)'),
     programSetLogLevel: f<[Ptr, number], number>('int bpf_program__set_log_level(void *prog, uint32_t level)'),
     programFd: f<[Ptr], number>('int bpf_program__fd(void *prog)'),
@@ -93,6 +94,9 @@ function bindLibbpf(lib: ReturnType<typeof koffi.load>) {
     btfLoadVmlinux: f<[], Ptr>('void *btf__load_vmlinux_btf()'),
     btfFindByNameKind: f<[Ptr, string, number], number>('int btf__find_by_name_kind(void *btf, const char *name, uint32_t kind)'),
     btfFree: f<[Ptr], void>('void btf__free(void *btf)'),
+    btfParse: f<[string, Ptr | null], Ptr>('void *btf__parse(const char *path, void *ext)'),
+    btfTypeById: f<[Ptr, number], Ptr>('const void *btf__type_by_id(void *btf, uint32_t id)'),
+    btfNameByOffset: f<[Ptr, number], string | null>('const char *btf__name_by_offset(void *btf, uint32_t offset)'),
     ringBufferNew: f<[number, Ptr, Ptr | null, Ptr | null], Ptr>(
       'void *ring_buffer__new(int fd, void *cb, void *ctx, void *opts)',
     ),

@@ -5,7 +5,7 @@
  * aggregate left in the kernel so no byte is missing.
  */
 import { fileURLToPath } from 'node:url';
-import { KspanError } from '../core/errors.ts';
+import { KspanError, VerifierError, verifierLogLastLine } from '../core/errors.ts';
 import {
   decodeKspanFlushArgs,
   encodeKspanTarget,
@@ -17,13 +17,15 @@ import {
   KSPAN_FLUSH_ARGS_SIZE,
   KspanCounter,
   KspanEventFlag,
+  KspanLimit,
   KSPAN_EVENT_SIZE,
   type KspanAgg,
   type KspanEvent,
   type KspanSock,
 } from '../records/abi.generated.ts';
 import { BpfObject } from './bpf-object.ts';
-import { chooseIoPath, type IoPath, sectionAvailable } from './kernel-features.ts';
+import { chooseIoPath, type IoPath, kernelHooks } from './kernel-features.ts';
+import { describeOff, planPrograms, programSpec, type FeatureOff, type KernelHooks, type ProgramPlan } from './programs.ts';
 import { libbpf } from './native.ts';
 import { RingBufferReader } from './ring-buffer.ts';
 import { pidKey } from '../context/thread-context-reader.ts';
@@ -40,18 +42,26 @@ function targetValue(loc: KspanTlsLoc): Buffer {
 
 export const DEFAULT_OBJECT = fileURLToPath(new URL('../../bpf/.output/kspan.bpf.o', import.meta.url));
 
-/** Programs of the two I/O paths; everything else always loads. */
-const SOCK_LENGTH_PROGRAMS = new Set(['on_send_length', 'on_recv_length']);
-const isSyscallIoProgram = (name: string) => /^on_(write|writev|sendto|sendmsg|read|readv|recvfrom|recvmsg)_(enter|exit)$/.test(name);
+/**
+ * Test-only fault injection: programs named in this variable (comma-separated)
+ * are loaded as socket filters, which the verifier rejects with a real log, so
+ * the tests can prove that losing an optional hook leaves kspan running.
+ */
+export const FAULT_REJECT_ENV = 'KSPAN_FAULT_REJECT_PROGRAMS';
+const BPF_PROG_TYPE_SOCKET_FILTER = 1;
 
 export interface TcpTracerOptions {
   objectPath?: string;
   /** Force an I/O path (tests, old kernels); default: what the kernel has. */
   ioPath?: IoPath;
-  /** Ring buffer size in bytes (power of two, ≥ page size). */
+  /** Ring buffer size in bytes (power of two, ≥ page size); default KSPAN_RING_BYTES. */
   ringBytes?: number;
-  /** Sockets whose state the kernel keeps at once (default 65 536, about 30 MB); beyond, records are lost and counted. */
+  /** Sockets whose state the kernel keeps at once (default KSPAN_MAX_SOCKETS); beyond, records are lost and counted. */
   maxSockets?: number;
+  /** The kernel's hooks (tests: prototypes of another kernel); default: probed. */
+  hooks?: KernelHooks;
+  /** Told once per optional feature the kernel could not give (switched off; kspan runs on). */
+  onFeatureOff?: (off: FeatureOff) => void;
   onRecord: (r: KernelRecord) => void;
   /** A record the decoder refused (counted, never silent). */
   onDecodeError?: (err: unknown) => void;
@@ -61,8 +71,8 @@ export type TracerCounters = Record<keyof typeof KspanCounter, number> & { decod
 
 export class TcpTracer {
   readonly ioPath: IoPath;
-  /** Programs switched off because the kernel lacks their hook. */
-  readonly unavailable: string[];
+  /** Which programs loaded, and why each other one did not; `plan.off` lists the losses. */
+  readonly plan: ProgramPlan;
   readonly #obj: BpfObject;
   readonly #ring: RingBufferReader;
   readonly #pids = new Set<number>();
@@ -70,13 +80,13 @@ export class TcpTracer {
   #stopped = false;
   #finalCounters: TracerCounters | undefined;
 
-  private constructor(obj: BpfObject, ioPath: IoPath, unavailable: string[], opts: TcpTracerOptions) {
+  private constructor(obj: BpfObject, plan: ProgramPlan, opts: TcpTracerOptions) {
     this.#obj = obj;
-    this.ioPath = ioPath;
-    this.unavailable = unavailable;
+    this.ioPath = plan.ioPath;
+    this.plan = plan;
     const ring = obj.map('events');
     const onRecord = opts.onRecord;
-    this.#ring = new RingBufferReader(ring.fd, opts.ringBytes ?? 4 << 20, (view, off, len) => {
+    this.#ring = new RingBufferReader(ring.fd, opts.ringBytes ?? KspanLimit.KSPAN_RING_BYTES, (view, off, len) => {
       if (len < KSPAN_EVENT_SIZE) {
         this.#decodeErrors++;
         opts.onDecodeError?.(new Error(`short record: ${len} bytes`));
@@ -91,38 +101,51 @@ export class TcpTracer {
     });
   }
 
-  /** Loads and attaches; a load interrupted by a signal is retried (a new object each time). */
+  /**
+   * Loads and attaches what this kernel can run. The plan (src/kernel/programs.ts)
+   * picks each hook's variant from the kernel's tracepoint prototypes. When the
+   * kernel still refuses a program of an optional feature, that feature is
+   * switched off (onFeatureOff) and the load starts again without it; a refused
+   * essential program stops kspan with the verifier's log. A load interrupted
+   * by a signal is retried. Each attempt uses a new object.
+   */
   static open(opts: TcpTracerOptions): TcpTracer {
-    for (let attempt = 1; ; attempt++) {
+    const hooks = opts.hooks ?? kernelHooks();
+    const ioPath = chooseIoPath(opts.ioPath, hooks);
+    const rejected = new Map<string, string>();
+    const faulty = new Set((process.env[FAULT_REJECT_ENV] ?? '').split(',').filter(Boolean));
+    for (let interrupted = 0; ;) {
+      const plan = planPrograms(hooks, ioPath, rejected);
+      const essential = plan.off.find((f) => f.grade === 'essential');
+      if (essential) throw missingEssential(essential, ioPath, opts.ioPath !== undefined);
       try {
-        return TcpTracer.#openOnce(opts);
+        const tracer = TcpTracer.#openOnce(opts, plan, faulty);
+        for (const off of plan.off) opts.onFeatureOff?.(off);
+        return tracer;
       } catch (err) {
-        if (!(err instanceof KspanError && err.code === 'KSPAN_ERR_BPF_INTERRUPTED') || attempt >= 5) throw err;
+        if (err instanceof KspanError && err.code === 'KSPAN_ERR_BPF_INTERRUPTED' && ++interrupted < 5) continue;
+        const refusal = programRefusal(err);
+        if (!refusal || programSpec(refusal.program)?.grade !== 'optional' || rejected.has(refusal.program)) {
+          throw floorError(err) ?? err;
+        }
+        rejected.set(refusal.program, refusal.reason);
       }
     }
   }
 
-  static #openOnce(opts: TcpTracerOptions): TcpTracer {
+  static #openOnce(opts: TcpTracerOptions, plan: ProgramPlan, faulty: ReadonlySet<string>): TcpTracer {
     const obj = BpfObject.open(opts.objectPath ?? DEFAULT_OBJECT);
     try {
-      const ioPath = chooseIoPath(opts.ioPath);
-      const unavailable: string[] = [];
       for (const name of obj.programNames) {
-        const wanted = SOCK_LENGTH_PROGRAMS.has(name) ? ioPath === 'sock_length' : isSyscallIoProgram(name) ? ioPath === 'syscalls' : true;
-        const present = sectionAvailable(obj.sectionName(name));
-        if (wanted && !present) unavailable.push(name);
-        obj.setAutoload(name, wanted && present);
+        if (!programSpec(name)) throw new KspanError('KSPAN_ERR_BPF_OBJECT', `program "${name}" of ${obj.path} is not in kspan's program table`);
+        obj.setAutoload(name, plan.load(name));
+        if (faulty.has(name)) obj.setProgramType(name, BPF_PROG_TYPE_SOCKET_FILTER);
       }
-      if (unavailable.some((n) => SOCK_LENGTH_PROGRAMS.has(n))) {
-        throw new KspanError('KSPAN_ERR_ATTACH', 'sock_send_length/sock_recv_length are missing on this kernel', {
-          hint: 'use the syscall path (--io-hooks syscalls); it is chosen automatically unless forced',
-        });
-      }
-      obj.setMaxEntries('events', opts.ringBytes ?? 4 << 20);
+      obj.setMaxEntries('events', opts.ringBytes ?? KspanLimit.KSPAN_RING_BYTES);
       if (opts.maxSockets !== undefined) obj.setMaxEntries('socks', opts.maxSockets);
       obj.load();
       obj.attachAll();
-      return new TcpTracer(obj, ioPath, unavailable, opts);
+      return new TcpTracer(obj, plan, opts);
     } catch (err) {
       obj.close();
       throw err;
@@ -225,12 +248,7 @@ export class TcpTracer {
       const st = decodeKspanSock(new DataView(v.buffer, v.byteOffset, v.length), 0);
       const cookie = key.readBigUInt64LE(0);
       if (st.pend.dir) out.push(aggregateRecord(cookie, st, st.pend));
-      if (st.agg_dir) {
-        out.push(aggregateRecord(cookie, st, {
-          first_ns: st.agg_first_ns, last_ns: st.agg_last_ns, bytes: st.agg_bytes, tid: st.agg_tid,
-          calls: st.agg_calls, dir: st.agg_dir, flags: st.agg_flags, ctx: st.agg_ctx,
-        }));
-      }
+      if (st.agg.dir) out.push(aggregateRecord(cookie, st, st.agg));
     }
     return out;
   }
@@ -246,4 +264,39 @@ function aggregateRecord(cookie: bigint, st: KspanSock, agg: KspanAgg): KernelRe
     laddr: st.laddr, raddr: st.raddr, ctx: agg.ctx, prev: none,
   };
   return fromEvent(socket, agg);
+}
+
+/** The program a load or attach failure names, and why, in one line. */
+function programRefusal(err: unknown): { program: string; reason: string } | undefined {
+  if (err instanceof VerifierError) return { program: err.program, reason: `rejected by the verifier: ${verifierLogLastLine(err.log)}` };
+  if (!(err instanceof KspanError) || typeof err.details?.program !== 'string') return undefined;
+  const cause = err.cause instanceof Error ? err.cause.message : 'no reason given';
+  const attaching = typeof err.details.section === 'string';
+  return { program: err.details.program, reason: `${attaching ? 'could not attach' : 'refused by the kernel'} (${cause})` };
+}
+
+/** An essential feature the kernel cannot give: kspan cannot run. */
+function missingEssential(off: FeatureOff, ioPath: IoPath, forced: boolean): KspanError {
+  if (off.feature === 'send-recv' && forced) {
+    return new KspanError('KSPAN_ERR_KERNEL', `the forced send/recv path ${ioPath} is not available: ${describeOff(off)}`, {
+      hint: 'leave --io-hooks at auto: kspan picks the path this kernel has',
+    });
+  }
+  return new KspanError('KSPAN_ERR_KERNEL', `this kernel lacks a hook kspan needs: ${describeOff(off)}`, {
+    hint: 'kspan needs Linux 5.12 or later with BTF; run `kspan doctor` for the details',
+    details: { feature: off.feature, programs: off.programs },
+  });
+}
+
+/**
+ * Kernels before 5.12 refuse bpf_get_socket_cookie() in tp_btf programs, which
+ * every essential program calls: say that, rather than "verifier rejected".
+ */
+function floorError(err: unknown): KspanError | undefined {
+  if (!(err instanceof VerifierError) || !/bpf_get_socket_cookie|unknown func.*#46\b/.test(err.log)) return undefined;
+  return new KspanError('KSPAN_ERR_KERNEL', `this kernel cannot give tp_btf programs socket cookies (program "${err.program}")`, {
+    hint: 'kspan needs Linux 5.12 or later (bpf_get_socket_cookie in tp_btf programs); see `kspan doctor`',
+    cause: err,
+    details: { program: err.program, log: err.log },
+  });
 }

@@ -23,6 +23,7 @@ import { TUNING } from '../core/config.ts';
 import { KspanError } from '../core/errors.ts';
 import type { IoPath } from './kernel-features.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
+import type { FeatureOff } from './programs.ts';
 import { TcpTracer, type TracerCounters } from './tcp-tracer.ts';
 
 export interface TracingSessionOptions {
@@ -47,6 +48,8 @@ export interface TracingSessionOptions {
   lingerMs?: number;
   /** See TcpTracerOptions.maxSockets. */
   maxSockets?: number;
+  /** See TcpTracerOptions.onFeatureOff: an optional feature this kernel cannot give. */
+  onFeatureOff?: (off: FeatureOff) => void;
 }
 
 /** False once `pid` has exited: no such process, or a zombie nobody reaped yet. */
@@ -108,6 +111,7 @@ export class TracingSession {
       onRecord: opts.onRecord,
       onDecodeError: opts.onDecodeError,
       maxSockets: opts.maxSockets,
+      onFeatureOff: opts.onFeatureOff,
     });
     const session = new TracingSession(tracer, opts);
     for (const pid of opts.pids ?? []) session.addPid(pid);
@@ -177,6 +181,11 @@ export class TracingSession {
   /** Loss and fault counters of the kernel side and of context resolution. */
   counters(): TracerCounters & { context: ThreadContextReaderStats } {
     return { ...this.tracer.counters(), context: { ...this.reader.stats } };
+  }
+
+  /** The features this kernel could not give (switched off, each with what is lost). */
+  get featuresOff(): readonly FeatureOff[] {
+    return this.tracer.plan.off;
   }
 
   async stop(onRecord?: (r: KernelRecord) => void): Promise<void> {

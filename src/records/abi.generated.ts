@@ -50,6 +50,16 @@ export const KspanDtvLayout = {
   KSPAN_DTV_MUSL: 1,
 } as const;
 
+export const KspanLimit = {
+  KSPAN_RING_BYTES: 4194304,
+  KSPAN_MAX_SOCKETS: 65536,
+  KSPAN_MAX_TARGETS: 4096,
+  KSPAN_MAX_ACCEPT_PENDING: 16384,
+  KSPAN_MAX_IO_INFLIGHT: 16384,
+  KSPAN_MAX_TLS_MODULE: 4096,
+  KSPAN_CTX_ATTRS_MAX: 52,
+} as const;
+
 /** struct kspan_trace_ctx: 80 bytes. */
 export const KSPAN_TRACE_CTX_SIZE = 80;
 
@@ -392,29 +402,22 @@ export class KspanEventView implements KspanEvent {
   }
 }
 
-/** struct kspan_sock: 464 bytes. */
-export const KSPAN_SOCK_SIZE = 464;
+/** struct kspan_sock: 472 bytes. */
+export const KSPAN_SOCK_SIZE = 472;
 
 export interface KspanSock {
-  agg_first_ns: bigint;
-  agg_last_ns: bigint;
-  agg_bytes: bigint;
   syn_sent_ns: bigint;
   total_sent: bigint;
   total_received: bigint;
   pid: number;
   tid: number;
-  agg_tid: number;
-  agg_calls: number;
-  agg_dir: number;
   family: number;
   role: number;
-  agg_flags: number;
   lport: number;
   rport: number;
   laddr: Uint8Array;
   raddr: Uint8Array;
-  agg_ctx: KspanTraceCtx;
+  agg: KspanAgg;
   tx_ctx: KspanTraceCtx;
   last_ctx: KspanTraceCtx;
   pend: KspanAgg;
@@ -422,55 +425,41 @@ export interface KspanSock {
 
 export function decodeKspanSock(v: DataView, o: number): KspanSock {
   return {
-    agg_first_ns: v.getBigUint64(o + 0, true),
-    agg_last_ns: v.getBigUint64(o + 8, true),
-    agg_bytes: v.getBigUint64(o + 16, true),
-    syn_sent_ns: v.getBigUint64(o + 24, true),
-    total_sent: v.getBigUint64(o + 32, true),
-    total_received: v.getBigUint64(o + 40, true),
-    pid: v.getUint32(o + 48, true),
-    tid: v.getUint32(o + 52, true),
-    agg_tid: v.getUint32(o + 56, true),
-    agg_calls: v.getUint32(o + 60, true),
-    agg_dir: v.getUint8(o + 64),
-    family: v.getUint8(o + 65),
-    role: v.getUint8(o + 66),
-    agg_flags: v.getUint8(o + 67),
-    lport: v.getUint16(o + 68, true),
-    rport: v.getUint16(o + 70, true),
-    laddr: new Uint8Array(v.buffer, v.byteOffset + o + 72, 16).slice(),
-    raddr: new Uint8Array(v.buffer, v.byteOffset + o + 88, 16).slice(),
-    agg_ctx: decodeKspanTraceCtx(v, o + 104),
-    tx_ctx: decodeKspanTraceCtx(v, o + 184),
-    last_ctx: decodeKspanTraceCtx(v, o + 264),
-    pend: decodeKspanAgg(v, o + 344),
+    syn_sent_ns: v.getBigUint64(o + 0, true),
+    total_sent: v.getBigUint64(o + 8, true),
+    total_received: v.getBigUint64(o + 16, true),
+    pid: v.getUint32(o + 24, true),
+    tid: v.getUint32(o + 28, true),
+    family: v.getUint8(o + 32),
+    role: v.getUint8(o + 33),
+    lport: v.getUint16(o + 34, true),
+    rport: v.getUint16(o + 36, true),
+    laddr: new Uint8Array(v.buffer, v.byteOffset + o + 40, 16).slice(),
+    raddr: new Uint8Array(v.buffer, v.byteOffset + o + 56, 16).slice(),
+    agg: decodeKspanAgg(v, o + 72),
+    tx_ctx: decodeKspanTraceCtx(v, o + 192),
+    last_ctx: decodeKspanTraceCtx(v, o + 272),
+    pend: decodeKspanAgg(v, o + 352),
   };
 }
 
 /** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
 export function encodeKspanSock(x: KspanSock, v: DataView, o: number): void {
-  v.setBigUint64(o + 0, x.agg_first_ns, true);
-  v.setBigUint64(o + 8, x.agg_last_ns, true);
-  v.setBigUint64(o + 16, x.agg_bytes, true);
-  v.setBigUint64(o + 24, x.syn_sent_ns, true);
-  v.setBigUint64(o + 32, x.total_sent, true);
-  v.setBigUint64(o + 40, x.total_received, true);
-  v.setUint32(o + 48, x.pid, true);
-  v.setUint32(o + 52, x.tid, true);
-  v.setUint32(o + 56, x.agg_tid, true);
-  v.setUint32(o + 60, x.agg_calls, true);
-  v.setUint8(o + 64, x.agg_dir);
-  v.setUint8(o + 65, x.family);
-  v.setUint8(o + 66, x.role);
-  v.setUint8(o + 67, x.agg_flags);
-  v.setUint16(o + 68, x.lport, true);
-  v.setUint16(o + 70, x.rport, true);
-  new Uint8Array(v.buffer, v.byteOffset + o + 72, 16).set(x.laddr.subarray(0, 16));
-  new Uint8Array(v.buffer, v.byteOffset + o + 88, 16).set(x.raddr.subarray(0, 16));
-  encodeKspanTraceCtx(x.agg_ctx, v, o + 104);
-  encodeKspanTraceCtx(x.tx_ctx, v, o + 184);
-  encodeKspanTraceCtx(x.last_ctx, v, o + 264);
-  encodeKspanAgg(x.pend, v, o + 344);
+  v.setBigUint64(o + 0, x.syn_sent_ns, true);
+  v.setBigUint64(o + 8, x.total_sent, true);
+  v.setBigUint64(o + 16, x.total_received, true);
+  v.setUint32(o + 24, x.pid, true);
+  v.setUint32(o + 28, x.tid, true);
+  v.setUint8(o + 32, x.family);
+  v.setUint8(o + 33, x.role);
+  v.setUint16(o + 34, x.lport, true);
+  v.setUint16(o + 36, x.rport, true);
+  new Uint8Array(v.buffer, v.byteOffset + o + 40, 16).set(x.laddr.subarray(0, 16));
+  new Uint8Array(v.buffer, v.byteOffset + o + 56, 16).set(x.raddr.subarray(0, 16));
+  encodeKspanAgg(x.agg, v, o + 72);
+  encodeKspanTraceCtx(x.tx_ctx, v, o + 192);
+  encodeKspanTraceCtx(x.last_ctx, v, o + 272);
+  encodeKspanAgg(x.pend, v, o + 352);
 }
 
 /** Zero-copy view of struct kspan_sock; move it with `at()`. Byte arrays alias the memory. */
@@ -486,93 +475,65 @@ export class KspanSockView implements KspanSock {
     this.o = o;
     return this;
   }
-  get agg_first_ns(): bigint {
+  get syn_sent_ns(): bigint {
     const v = this.v;
     return v.getBigUint64(this.o + 0, true);
   }
-  get agg_last_ns(): bigint {
+  get total_sent(): bigint {
     const v = this.v;
     return v.getBigUint64(this.o + 8, true);
   }
-  get agg_bytes(): bigint {
+  get total_received(): bigint {
     const v = this.v;
     return v.getBigUint64(this.o + 16, true);
   }
-  get syn_sent_ns(): bigint {
-    const v = this.v;
-    return v.getBigUint64(this.o + 24, true);
-  }
-  get total_sent(): bigint {
-    const v = this.v;
-    return v.getBigUint64(this.o + 32, true);
-  }
-  get total_received(): bigint {
-    const v = this.v;
-    return v.getBigUint64(this.o + 40, true);
-  }
   get pid(): number {
     const v = this.v;
-    return v.getUint32(this.o + 48, true);
+    return v.getUint32(this.o + 24, true);
   }
   get tid(): number {
     const v = this.v;
-    return v.getUint32(this.o + 52, true);
-  }
-  get agg_tid(): number {
-    const v = this.v;
-    return v.getUint32(this.o + 56, true);
-  }
-  get agg_calls(): number {
-    const v = this.v;
-    return v.getUint32(this.o + 60, true);
-  }
-  get agg_dir(): number {
-    const v = this.v;
-    return v.getUint8(this.o + 64);
+    return v.getUint32(this.o + 28, true);
   }
   get family(): number {
     const v = this.v;
-    return v.getUint8(this.o + 65);
+    return v.getUint8(this.o + 32);
   }
   get role(): number {
     const v = this.v;
-    return v.getUint8(this.o + 66);
-  }
-  get agg_flags(): number {
-    const v = this.v;
-    return v.getUint8(this.o + 67);
+    return v.getUint8(this.o + 33);
   }
   get lport(): number {
     const v = this.v;
-    return v.getUint16(this.o + 68, true);
+    return v.getUint16(this.o + 34, true);
   }
   get rport(): number {
     const v = this.v;
-    return v.getUint16(this.o + 70, true);
+    return v.getUint16(this.o + 36, true);
   }
   get laddr(): Uint8Array {
     const v = this.v;
-    return new Uint8Array(v.buffer, v.byteOffset + this.o + 72, 16);
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 40, 16);
   }
   get raddr(): Uint8Array {
     const v = this.v;
-    return new Uint8Array(v.buffer, v.byteOffset + this.o + 88, 16);
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 56, 16);
   }
-  get agg_ctx(): KspanTraceCtxView {
+  get agg(): KspanAggView {
     const v = this.v;
-    return new KspanTraceCtxView(v, this.o + 104);
+    return new KspanAggView(v, this.o + 72);
   }
   get tx_ctx(): KspanTraceCtxView {
     const v = this.v;
-    return new KspanTraceCtxView(v, this.o + 184);
+    return new KspanTraceCtxView(v, this.o + 192);
   }
   get last_ctx(): KspanTraceCtxView {
     const v = this.v;
-    return new KspanTraceCtxView(v, this.o + 264);
+    return new KspanTraceCtxView(v, this.o + 272);
   }
   get pend(): KspanAggView {
     const v = this.v;
-    return new KspanAggView(v, this.o + 344);
+    return new KspanAggView(v, this.o + 352);
   }
 }
 

@@ -22,6 +22,7 @@ async function exchange(opts: {
   acceptDelayMs?: number;
   /** kspan events' exit status: 3 when records were lost. */
   exitCode?: number;
+  env?: Record<string, string>;
 }) {
   const group = new ProcessGroup();
   try {
@@ -36,7 +37,7 @@ async function exchange(opts: {
     const events = await startEvents(group, [server.proc.pid, client.pid], [
       ...(opts.ioHooks ? ['--io-hooks', opts.ioHooks] : []),
       ...(opts.extra ?? []),
-    ]);
+    ], opts.env);
     server.proc.send('go');
     client.send('go');
     const lport = Number((await client.waitLine(/^connected (\d+)$/))[1]);
@@ -139,5 +140,32 @@ describe('kspan events', e2eOptions(), () => {
     const exit = r.stderr.map((l) => JSON.parse(l) as { msg: string; counters?: Record<string, number> }).find((l) => l.counters);
     assert.equal(exit?.msg, 'records were lost');
     assert.ok((exit?.counters?.KSPAN_C_SOCK_TABLE_FULL ?? 0) >= 5, `counted ${exit?.counters?.KSPAN_C_SOCK_TABLE_FULL}`);
+  });
+
+  test('optional hooks the kernel refuses are switched off with a warning naming the loss; the rest is exact', async () => {
+    // The fault switch makes the kernel refuse both retransmit variants and both
+    // accept programs, as an older or stricter kernel would.
+    const o = { requests: 3, req: 111, resp: 2222 };
+    const r = await exchange({ ...o, env: { KSPAN_FAULT_REJECT_PROGRAMS: 'on_retransmit,on_retransmit_noerr,on_accept4_exit,on_accept_exit' } });
+    const logs = r.stderr.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { level: number; msg: string; feature?: string; lost?: string; featuresOff?: string[] });
+    const off = logs.filter((l) => l.feature);
+    assert.deepEqual(off.map((l) => [l.level, l.feature, l.lost]), [
+      [40, 'retransmit', 'tcp.retransmit events'],
+      [40, 'accept', 'accept records: the accept-queue wait, and the server role of accepted sockets'],
+    ]);
+    assert.match(off[0].msg, /^retransmit is off \(on_retransmit: refused by the kernel \(.+\); on_retransmit_noerr: refused by the kernel \(.+\)\); lost: tcp\.retransmit events$/);
+    assert.match(off[1].msg, /^accept is off \(on_accept4_exit: rejected by the verifier: invalid bpf_context access .+; on_accept_exit: rejected by the verifier: invalid bpf_context access .+\); lost: accept records/);
+    assert.deepEqual(logs.find((l) => l.msg === 'tracing')?.featuresOff, ['retransmit', 'accept']);
+    assert.deepEqual(r.evs.filter((e) => e.type === 'accept'), []);
+    const srv = r.evs.filter((e) => e.pid === r.server.proc.pid);
+    const cli = r.evs.filter((e) => e.pid === r.client.pid);
+    assert.equal(sum(srv.filter((e) => e.type === 'recv'), 'bytes'), o.requests * o.req);
+    assert.equal(sum(srv.filter((e) => e.type === 'send'), 'bytes'), o.requests * o.resp);
+    assert.equal(srv.filter((e) => e.type === 'recv').length, o.requests);
+    assert.equal(sum(cli.filter((e) => e.type === 'send'), 'bytes'), o.requests * o.req);
+    assert.equal(sum(cli.filter((e) => e.type === 'recv'), 'bytes'), o.requests * o.resp);
+    assert.equal(cli.filter((e) => e.type === 'connect').length, 1);
+    // Without accept the server socket's role is unknown, and says so.
+    for (const e of srv) assert.equal(e.role, null);
   });
 });

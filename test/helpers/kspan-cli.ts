@@ -27,9 +27,9 @@ export function parseEventLine(line: string): EventLine {
 }
 
 /** Starts `kspan events` and resolves once its programs are attached. */
-export async function startEvents(group: ProcessGroup, pids: number[], extra: string[] = []): Promise<Proc> {
+export async function startEvents(group: ProcessGroup, pids: number[], extra: string[] = [], env: Record<string, string> = {}): Promise<Proc> {
   const args = ['events', ...pids.flatMap((p) => ['--pid', String(p)]), ...extra];
-  const p = group.start(KSPAN_BIN, args);
+  const p = group.start(KSPAN_BIN, args, { env: { ...process.env, ...env } });
   await p.waitStderr(/"msg":"tracing"/, 20_000);
   return p;
 }

@@ -1,0 +1,189 @@
+/**
+ * The program table of bpf/kspan.bpf.c: each program's hook, the feature it
+ * serves, whether kspan can run without it, and what a user loses when it is
+ * off. And the plan: which programs to load on a given kernel, chosen by what
+ * the kernel has (tracepoints present, the argument count of each BTF
+ * tracepoint's prototype), never by its version number.
+ *
+ * Pure: the kernel's facts come in as a KernelHooks value (live, from
+ * src/kernel/kernel-features.ts; in tests, from prototypes captured on other
+ * kernels). test/unit/programs.test.ts checks the table against the object.
+ */
+export type IoPath = 'sock_length' | 'syscalls';
+export type Grade = 'essential' | 'optional';
+
+export interface ProgramSpec {
+  readonly name: string;
+  /** libbpf section: `tp_btf/<tracepoint>`, `tracepoint/<category>/<name>`, or `syscall`. */
+  readonly section: string;
+  /** Programs that together give one thing; variants of one hook share a feature. */
+  readonly feature: string;
+  readonly grade: Grade;
+  /** tp_btf: how many of the tracepoint's arguments the program reads. Of a
+   * feature's programs on one hook, the one reading the most that the kernel's
+   * prototype has is loaded. */
+  readonly args?: number;
+  /** Only on this send/recv path. */
+  readonly ioPath?: IoPath;
+}
+
+export interface FeatureSpec {
+  readonly grade: Grade;
+  /** What is missing from kspan's output while the feature is off. */
+  readonly lost: string;
+}
+
+export const FEATURES = {
+  'socket-state': { grade: 'essential', lost: 'handshakes and connect outcomes' },
+  'send-recv': { grade: 'essential', lost: 'send/recv bytes and times' },
+  close: { grade: 'essential', lost: 'close records, and freeing a closed socket\'s state' },
+  retransmit: { grade: 'optional', lost: 'tcp.retransmit events' },
+  'reset-sent': { grade: 'optional', lost: 'resets kspan\'s targets send' },
+  'reset-received': { grade: 'optional', lost: 'resets kspan\'s targets receive' },
+  accept: { grade: 'optional', lost: 'accept records: the accept-queue wait, and the server role of accepted sockets' },
+  'idle-flush': { grade: 'optional', lost: 'closing the last response of a quiet keep-alive connection before its next request or close' },
+} as const satisfies Record<string, FeatureSpec>;
+export type Feature = keyof typeof FEATURES;
+
+const SYSCALL_IO = ['write', 'writev', 'sendto', 'sendmsg', 'read', 'readv', 'recvfrom', 'recvmsg'] as const;
+
+export const PROGRAMS: readonly ProgramSpec[] = [
+  { name: 'on_set_state', section: 'tp_btf/inet_sock_set_state', feature: 'socket-state', grade: 'essential', args: 3 },
+  { name: 'on_send_length', section: 'tp_btf/sock_send_length', feature: 'send-recv', grade: 'essential', args: 3, ioPath: 'sock_length' },
+  { name: 'on_recv_length', section: 'tp_btf/sock_recv_length', feature: 'send-recv', grade: 'essential', args: 3, ioPath: 'sock_length' },
+  ...SYSCALL_IO.flatMap((sc): ProgramSpec[] => [
+    { name: `on_${sc}_enter`, section: `tracepoint/syscalls/sys_enter_${sc}`, feature: 'send-recv', grade: 'essential', ioPath: 'syscalls' },
+    { name: `on_${sc}_exit`, section: `tracepoint/syscalls/sys_exit_${sc}`, feature: 'send-recv', grade: 'essential', ioPath: 'syscalls' },
+  ]),
+  { name: 'on_destroy_sock', section: 'tp_btf/tcp_destroy_sock', feature: 'close', grade: 'essential', args: 1 },
+  { name: 'on_retransmit', section: 'tp_btf/tcp_retransmit_skb', feature: 'retransmit', grade: 'optional', args: 3 },
+  { name: 'on_retransmit_noerr', section: 'tp_btf/tcp_retransmit_skb', feature: 'retransmit', grade: 'optional', args: 2 },
+  { name: 'on_send_reset', section: 'tp_btf/tcp_send_reset', feature: 'reset-sent', grade: 'optional', args: 1 },
+  { name: 'on_receive_reset', section: 'tp_btf/tcp_receive_reset', feature: 'reset-received', grade: 'optional', args: 1 },
+  { name: 'on_accept4_exit', section: 'tracepoint/syscalls/sys_exit_accept4', feature: 'accept', grade: 'optional' },
+  { name: 'on_accept_exit', section: 'tracepoint/syscalls/sys_exit_accept', feature: 'accept', grade: 'optional' },
+  { name: 'flush_idle', section: 'syscall', feature: 'idle-flush', grade: 'optional' },
+];
+
+export function programSpec(name: string): ProgramSpec | undefined {
+  return PROGRAMS.find((p) => p.name === name);
+}
+
+/** What the running kernel offers to the programs. */
+export interface KernelHooks {
+  /** Argument count of BTF tracepoint `name`; undefined when the kernel lacks it. */
+  tracepointArgs(name: string): number | undefined;
+  /** Whether classic tracepoint `category/name` exists. */
+  hasTracepoint(category: string, name: string): boolean;
+}
+
+export type ProgramDecision =
+  | { load: true }
+  /** Not wanted here: the other I/O path, or a variant for another prototype. No loss. */
+  | { load: false; why: 'other-path' | 'other-variant'; reason: string }
+  /** Wanted, but the kernel lacks the hook or refused the program: a loss. */
+  | { load: false; why: 'missing' | 'rejected'; reason: string };
+
+export interface FeatureOff {
+  feature: Feature;
+  grade: Grade;
+  lost: string;
+  /** The programs that could not load, each with the reason. */
+  programs: { name: string; reason: string }[];
+}
+
+export interface ProgramPlan {
+  readonly ioPath: IoPath;
+  readonly decisions: ReadonlyMap<string, ProgramDecision>;
+  /** Features with a program that cannot load; essential ones stop kspan. */
+  readonly off: readonly FeatureOff[];
+  load(name: string): boolean;
+}
+
+/** Why the kernel cannot give this program its hook, or undefined when it can. */
+function hookMissing(p: ProgramSpec, hooks: KernelHooks): string | undefined {
+  const [kind, a, b] = p.section.split('/');
+  if (kind === 'tp_btf') {
+    const n = hooks.tracepointArgs(a);
+    if (n === undefined) return `the kernel has no BTF tracepoint ${a}`;
+    if (p.args !== undefined && n < p.args) return `the kernel's ${a} has ${n} argument(s); the program reads ${p.args}`;
+    return undefined;
+  }
+  if (kind === 'tracepoint') return hooks.hasTracepoint(a, b) ? undefined : `the kernel has no tracepoint ${a}:${b}`;
+  return undefined;
+}
+
+/**
+ * Plans the load: for each program, load it or say why not. `rejected` holds
+ * programs the kernel already refused (name → reason): they stay off, and the
+ * next variant of their hook, if any, is tried instead.
+ */
+export function planPrograms(
+  hooks: KernelHooks,
+  ioPath: IoPath,
+  rejected: ReadonlyMap<string, string> = new Map(),
+  programs: readonly ProgramSpec[] = PROGRAMS,
+): ProgramPlan {
+  const decisions = new Map<string, ProgramDecision>();
+  const bySection = new Map<string, ProgramSpec[]>();
+  for (const p of programs) {
+    if (p.ioPath && p.ioPath !== ioPath) {
+      decisions.set(p.name, { load: false, why: 'other-path', reason: `send/recv path ${p.ioPath} not in use (${ioPath})` });
+      continue;
+    }
+    const key = `${p.feature} ${p.section}`;
+    bySection.set(key, [...(bySection.get(key) ?? []), p]);
+  }
+  for (const group of bySection.values()) {
+    // Variants of one hook: the one reading the most arguments goes first.
+    const ordered = [...group].sort((x, y) => (y.args ?? 0) - (x.args ?? 0));
+    let chosen: ProgramSpec | undefined;
+    for (const p of ordered) {
+      const refused = rejected.get(p.name);
+      const missing = refused === undefined ? hookMissing(p, hooks) : undefined;
+      if (chosen) {
+        decisions.set(p.name, { load: false, why: 'other-variant', reason: `${chosen.name} serves ${p.section} here` });
+      } else if (refused !== undefined) {
+        decisions.set(p.name, { load: false, why: 'rejected', reason: refused });
+      } else if (missing !== undefined) {
+        decisions.set(p.name, { load: false, why: 'missing', reason: missing });
+      } else {
+        chosen = p;
+        decisions.set(p.name, { load: true });
+      }
+    }
+    // A hook with a working variant loses nothing: its other variants are not losses.
+    if (chosen) {
+      for (const p of ordered) {
+        const d = decisions.get(p.name)!;
+        if (!d.load && (d.why === 'missing' || d.why === 'rejected')) {
+          decisions.set(p.name, { load: false, why: 'other-variant', reason: `${chosen.name} serves ${p.section} here (${d.reason})` });
+        }
+      }
+    }
+  }
+  const offByFeature = new Map<Feature, FeatureOff>();
+  for (const p of programs) {
+    const d = decisions.get(p.name)!;
+    if (d.load || d.why === 'other-path' || d.why === 'other-variant') continue;
+    const feature = p.feature as Feature;
+    let off = offByFeature.get(feature);
+    if (!off) {
+      off = { feature, grade: FEATURES[feature].grade, lost: FEATURES[feature].lost, programs: [] };
+      offByFeature.set(feature, off);
+    }
+    off.programs.push({ name: p.name, reason: d.reason });
+  }
+  return {
+    ioPath,
+    decisions,
+    off: [...offByFeature.values()],
+    load: (name) => decisions.get(name)?.load === true,
+  };
+}
+
+/** One sentence per feature that is off, for warnings and doctor. */
+export function describeOff(off: FeatureOff): string {
+  const why = off.programs.map((p) => `${p.name}: ${p.reason}`).join('; ');
+  return `${off.feature} is off (${why}); lost: ${off.lost}`;
+}

@@ -1,0 +1,108 @@
+/**
+ * The program table against the built object, and the load plan against the
+ * tracepoint prototypes captured from real kernels (test/fixtures/kernels/,
+ * written by tools/capture-prototypes.ts on each kernel).
+ */
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { readElfFile } from '../../src/elf/elf-file.ts';
+
+const STT_FUNC = 2;
+const STB_GLOBAL = 1;
+import { describeOff, FEATURES, planPrograms, PROGRAMS, type KernelHooks } from '../../src/kernel/programs.ts';
+import { REPO_ROOT } from '../helpers/build-fixture.ts';
+
+const FIXTURES = join(REPO_ROOT, 'test/fixtures/kernels');
+
+interface KernelFixture {
+  release: string;
+  tracepoints: Record<string, string[]>;
+}
+
+function fixture(name: string): KernelFixture {
+  return JSON.parse(readFileSync(join(FIXTURES, name), 'utf8')) as KernelFixture;
+}
+
+/** A kernel as the planner sees it: the captured prototypes; every syscall tracepoint (x86_64). */
+function hooksOf(k: KernelFixture, without: string[] = []): KernelHooks {
+  return {
+    tracepointArgs: (name) => (without.includes(name) ? undefined : k.tracepoints[name]?.length),
+    hasTracepoint: (category) => category === 'syscalls',
+  };
+}
+
+test('every program in kspan.bpf.o is in the table, with its section, and nothing else is', () => {
+  const elf = readElfFile(join(REPO_ROOT, 'bpf/.output/kspan.bpf.o'));
+  const inObject = new Map<string, string>();
+  for (const sym of elf.symbols('.symtab')) {
+    const section = elf.sections[sym.shndx]?.name;
+    if (sym.type === STT_FUNC && sym.bind === STB_GLOBAL && section && section !== '.text') inObject.set(sym.name, section);
+  }
+  const inTable = new Map(PROGRAMS.map((p) => [p.name, p.section]));
+  assert.deepEqual([...inObject].sort(), [...inTable].sort());
+  for (const p of PROGRAMS) assert.ok(p.feature in FEATURES, `${p.name}: unknown feature ${p.feature}`);
+});
+
+test('captured kernels: each gets the variants its prototypes allow, and loses nothing', () => {
+  const expected: Record<string, { ioPath: string; retransmit: string }> = {
+    '6.1': { ioPath: 'syscalls', retransmit: 'on_retransmit_noerr' },
+    '6.12': { ioPath: 'sock_length', retransmit: 'on_retransmit_noerr' },
+    '6.18': { ioPath: 'sock_length', retransmit: 'on_retransmit' },
+  };
+  const files = readdirSync(FIXTURES).filter((f) => f.endsWith('.json'));
+  for (const [version, want] of Object.entries(expected)) {
+    assert.ok(files.includes(`${version}.json`), `fixture ${version}.json is missing`);
+    const k = fixture(`${version}.json`);
+    const hooks = hooksOf(k);
+    const ioPath = hooks.tracepointArgs('sock_send_length') !== undefined ? 'sock_length' : 'syscalls';
+    assert.equal(ioPath, want.ioPath, version);
+    const plan = planPrograms(hooks, ioPath);
+    assert.deepEqual(plan.off, [], `${version}: ${plan.off.map(describeOff).join('; ')}`);
+    const retransmit = PROGRAMS.filter((p) => p.feature === 'retransmit' && plan.load(p.name)).map((p) => p.name);
+    assert.deepEqual(retransmit, [want.retransmit], version);
+    // Exactly one send/recv path loads, all of it.
+    const io = PROGRAMS.filter((p) => p.feature === 'send-recv');
+    assert.deepEqual(io.filter((p) => plan.load(p.name)).map((p) => p.ioPath), io.filter((p) => p.ioPath === ioPath).map(() => ioPath));
+  }
+});
+
+test('a variant the verifier refuses gives way to the next; the last one refused switches the feature off', () => {
+  const hooks = hooksOf(fixture('6.18.json'));
+  const one = planPrograms(hooks, 'sock_length', new Map([['on_retransmit', 'rejected by the verifier: x']]));
+  assert.equal(one.load('on_retransmit_noerr'), true);
+  assert.deepEqual(one.off, []);
+  const both = planPrograms(hooks, 'sock_length', new Map([['on_retransmit', 'r1'], ['on_retransmit_noerr', 'r2']]));
+  assert.deepEqual(both.off, [{
+    feature: 'retransmit', grade: 'optional', lost: FEATURES.retransmit.lost,
+    programs: [{ name: 'on_retransmit', reason: 'r1' }, { name: 'on_retransmit_noerr', reason: 'r2' }],
+  }]);
+  assert.equal(describeOff(both.off[0]), 'retransmit is off (on_retransmit: r1; on_retransmit_noerr: r2); lost: tcp.retransmit events');
+});
+
+test('one refused accept program switches only it off; the rest of the feature loads', () => {
+  const plan = planPrograms(hooksOf(fixture('6.18.json')), 'sock_length', new Map([['on_accept_exit', 'denied']]));
+  assert.equal(plan.load('on_accept4_exit'), true);
+  assert.equal(plan.load('on_accept_exit'), false);
+  assert.deepEqual(plan.off.map((f) => [f.feature, f.grade, f.programs.map((p) => p.name)]), [['accept', 'optional', ['on_accept_exit']]]);
+});
+
+test('a missing essential hook is reported as essential; a prototype too short for a program is missing', () => {
+  const k = fixture('6.18.json');
+  const plan = planPrograms(hooksOf(k, ['inet_sock_set_state']), 'sock_length');
+  assert.deepEqual(plan.off.map((f) => [f.feature, f.grade]), [['socket-state', 'essential']]);
+  assert.match(plan.off[0].programs[0].reason, /no BTF tracepoint inet_sock_set_state/);
+
+  const short: KernelHooks = { tracepointArgs: (n) => (n === 'tcp_retransmit_skb' ? 1 : k.tracepoints[n]?.length), hasTracepoint: () => true };
+  const p2 = planPrograms(short, 'sock_length');
+  assert.deepEqual(p2.off.map((f) => f.feature), ['retransmit']);
+  assert.match(p2.off[0].programs[0].reason, /tcp_retransmit_skb has 1 argument\(s\); the program reads 3/);
+});
+
+test('the send/recv path not in use is no loss', () => {
+  const plan = planPrograms(hooksOf(fixture('6.18.json')), 'syscalls');
+  assert.deepEqual(plan.off, []);
+  assert.equal(plan.load('on_send_length'), false);
+  assert.equal(plan.load('on_write_exit'), true);
+});
