@@ -11,7 +11,8 @@ import type { TracingSession } from '../kernel/tracing-session.ts';
 import { targetEvent } from '../context/thread-context-reader.ts';
 import { eventLine } from '../records/event-json.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
-import { EXIT, openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { EXIT } from './usage.ts';
 
 export async function eventsCommand(config: EventsConfig, log: Logger): Promise<number> {
   const clock = new KernelClock();

@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { COMMANDS, loadConfig, wantsHelp, type Command } from '../core/config.ts';
 import { KspanError, type ErrorCode } from '../core/errors.ts';
 import { createLogger } from '../core/logger.ts';
-import { EXIT, helpText, usageText } from './options.ts';
+import { EXIT, helpText, usageText } from './usage.ts';
 
 const isCommand = (s: string | undefined): s is Command => !!s && Object.hasOwn(COMMANDS, s);
 

@@ -18,7 +18,8 @@ import { assertTargetsRunning, type TracingSession } from '../kernel/tracing-ses
 import type { KernelRecord } from '../records/kernel-record.ts';
 import { RecordFileWriter } from '../records/record-file.ts';
 import { TargetResources } from '../export/target-resources.ts';
-import { describeFsError, EXIT, openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { describeFsError, openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { EXIT } from './usage.ts';
 
 const OUTPUT_FAILED = 'the output file failed';
 

@@ -13,7 +13,8 @@ import { TargetResources } from '../export/target-resources.ts';
 import { RecordFileCutError, RecordFileReader } from '../records/record-file.ts';
 import { contextAttributes } from '../spans/context-attributes.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
-import { describeFsError, EXIT } from './options.ts';
+import { describeFsError } from './options.ts';
+import { EXIT } from './usage.ts';
 
 /** Opens FILE for reading; KSPAN_ERR_RECORD_FILE saying why it cannot. */
 function openInput(path: string): number {

@@ -15,7 +15,8 @@ import { exportTarget } from '../export/export-pipeline.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
 import { TargetResources } from '../export/target-resources.ts';
 import type { TracingSession } from '../kernel/tracing-session.ts';
-import { EXIT, openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { EXIT } from './usage.ts';
 
 export interface AgentHandle {
   session: TracingSession;

@@ -187,7 +187,7 @@ export const SETTINGS = {
   maxSockets: value<number>({
     flag: 'max-sockets', arg: 'N', fileKey: 'kernel.max_sockets', default: KspanLimit.KSPAN_MAX_SOCKETS as number,
     parse: (raw) => wholeNumber(raw, 1, 1 << 24, 'a socket count'),
-    help: 'sockets whose state is kept at once, in the kernel (about 464 B each, preallocated) and in the correlator; beyond it, records are lost and counted',
+    help: "sockets whose state is kept at once, in the kernel (about 464 B each, preallocated) and in run's correlator; beyond it, records are lost and counted",
   }),
   idleFlushMs: value<number>({
     flag: 'idle-flush-ms', arg: 'MS', fileKey: 'kernel.idle_flush_ms', default: 500,
@@ -326,7 +326,14 @@ export interface ConfigSources {
   file?: { path: string; values: Readonly<Record<string, unknown>> };
 }
 
-function spec(command: Command, key: SettingKey): SettingSpec<unknown> {
+/** A setting as one command has it. */
+interface Entry {
+  key: SettingKey;
+  spec: SettingSpec<unknown>;
+  required: boolean;
+}
+
+function specFor(command: Command, key: SettingKey): SettingSpec<unknown> {
   const base = SETTINGS[key] as SettingSpec<unknown>;
   const o = (COMMANDS[command] as CommandSpec).overrides?.[key];
   return o ? { ...base, ...o } as SettingSpec<unknown> : base;
@@ -335,7 +342,7 @@ function spec(command: Command, key: SettingKey): SettingSpec<unknown> {
 /** The command's settings, with this command's defaults and help lines. */
 export function commandSettings(command: Command): Entry[] {
   const c = COMMANDS[command] as CommandSpec;
-  return c.settings.map((key) => ({ key, spec: spec(command, key), required: !!c.required?.includes(key) }));
+  return c.settings.map((key) => ({ key, spec: specFor(command, key), required: !!c.required?.includes(key) }));
 }
 
 /** How an error names a raw value: `--duration -5`, `KSPAN_LOG_LEVEL=bogus`, `kspan.yaml: log.level: bogus`. */
@@ -365,7 +372,7 @@ function flagName(s: SettingSpec<unknown>): string {
  * value given to a switch and stray arguments are usage errors; a value that
  * starts with a dash (`--duration -5`) is taken as the value, and checked later.
  */
-export function parseCommandLine(command: Command, argv: readonly string[]): { values: RawValues; help: boolean } {
+export function parseCommandLine(command: Command, argv: readonly string[]): RawValues {
   const settings = commandSettings(command);
   const byFlag = new Map<string, (typeof settings)[number]>();
   const options: Record<string, { type: 'string' | 'boolean'; short?: string }> = {
@@ -379,7 +386,6 @@ export function parseCommandLine(command: Command, argv: readonly string[]): { v
   const { tokens } = parseArgs({ args: [...argv], options, strict: false, allowPositionals: true, tokens: true });
   const values: Record<string, string | string[] | boolean> = {};
   const positional = settings.find((s) => s.spec.positional);
-  let help = false;
   for (const t of tokens) {
     if (t.kind === 'option-terminator') continue;
     if (t.kind === 'positional') {
@@ -389,10 +395,7 @@ export function parseCommandLine(command: Command, argv: readonly string[]): { v
       values[positional.key] = t.value;
       continue;
     }
-    if (t.name === 'help') {
-      help = true;
-      continue;
-    }
+    if (t.name === 'help') continue; // main.ts answers it first (wantsHelp)
     const s = byFlag.get(t.name);
     if (!s) throw usageError(command, `unknown option ${t.rawName}`);
     if (!s.spec.arg) {
@@ -408,7 +411,7 @@ export function parseCommandLine(command: Command, argv: readonly string[]): { v
     if (s.spec.repeat) ((values[s.key] ??= []) as string[]).push(t.value);
     else values[s.key] = t.value;
   }
-  return { values: values as RawValues, help };
+  return values as RawValues;
 }
 
 /** True when the arguments ask for help (-h, --help before any `--`). */
@@ -428,12 +431,6 @@ function fileValue(values: Readonly<Record<string, unknown>>, key: string): unkn
     v = (v as Record<string, unknown>)[part];
   }
   return v;
-}
-
-interface Entry {
-  key: SettingKey;
-  spec: SettingSpec<unknown>;
-  required: boolean;
 }
 
 /**
@@ -490,7 +487,7 @@ function resolve(entries: readonly Entry[], sources: ConfigSources, flags: RawVa
  * line (argv, or `flags`), every value checked. Throws KSPAN_ERR_USAGE.
  */
 export function loadConfig<C extends Command>(command: C, sources: ConfigSources = {}): CommandConfig<C> {
-  const flags = sources.argv ? { ...sources.flags, ...parseCommandLine(command, sources.argv).values } : (sources.flags ?? {});
+  const flags = sources.argv ? { ...sources.flags, ...parseCommandLine(command, sources.argv) } : (sources.flags ?? {});
   const c = resolve(commandSettings(command), sources, flags, `kspan ${command} --help lists the options`);
   return { ...c, command } as unknown as CommandConfig<C>;
 }

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { COMMANDS } from '../../src/core/config.ts';
-import { helpText, usageText } from '../../src/cli/options.ts';
+import { helpText, usageText } from '../../src/cli/usage.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
 import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
 

@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { COMMANDS, commandSettings, loadConfig, loadSettings, SETTINGS, type ConfigSources } from '../../src/core/config.ts';
 import { KspanError } from '../../src/core/errors.ts';
-import { after, helpText, MAX_TIMER_MS } from '../../src/cli/options.ts';
+import { after, MAX_TIMER_MS } from '../../src/cli/options.ts';
+import { helpText } from '../../src/cli/usage.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
 
 const run = (argv: string[], more: Omit<ConfigSources, 'argv'> = {}) => loadConfig('run', { argv, env: {}, ...more });
@@ -175,7 +176,7 @@ describe('help, from the same table', () => {
       const flat = help.replace(/\s+/g, ' ');
       for (const { spec, required } of commandSettings(command)) {
         if (spec.flag) assert.ok(flat.includes(`--${spec.flag}${spec.arg ? ` ${spec.arg}` : ''}`), `${command}: --${spec.flag}`);
-        if (spec.flag && spec.arg && !spec.repeat && !required) {
+        if (spec.flag && !required && (spec.defaultText !== undefined || (spec.arg && spec.default !== undefined))) {
           assert.ok(flat.includes(`(default: ${spec.defaultText ?? String(spec.default)})`), `${command}: --${spec.flag} default`);
         }
         for (const v of spec.env ?? []) assert.ok(flat.includes(v), `${command}: ${v}`);
