@@ -7,29 +7,18 @@
  *
  *   node bench/ring-buffer.ts [records=200000] [rounds=3]
  */
-import { join } from 'node:path';
 import { KSPAN_EVENT_SIZE } from '../src/records/abi.generated.ts';
-import { BpfObject } from '../src/kernel/bpf-object.ts';
 import { koffi, libbpf } from '../src/kernel/native.ts';
 import { RingBufferReader } from '../src/kernel/ring-buffer.ts';
 import { decodeRecords } from '../src/records/decoder.ts';
 import type { KernelRecord } from '../src/records/kernel-record.ts';
-import { REPO_ROOT } from '../test/helpers/build-fixture.ts';
+import { openRingFiller } from '../test/helpers/ring-filler.ts';
 
 const count = Number(process.argv[2] ?? 200_000);
 const rounds = Number(process.argv[3] ?? 3);
 const RING = 64 << 20;
 
-const getppid = koffi.load('libc.so.6').func('int getppid()') as () => number;
-const obj = BpfObject.open(join(REPO_ROOT, 'bpf/.output/bench.bpf.o'));
-for (const p of obj.programNames) obj.setAutoload(p, p === 'fill_ring');
-obj.load();
-obj.attachAll();
-const cfg = Buffer.alloc(8);
-cfg.writeUInt32LE(process.pid, 0);
-cfg.writeUInt32LE(count, 4);
-obj.map('fill_config').update(Buffer.alloc(4), cfg);
-const ringFd = obj.map('bench_ring').fd;
+const { obj, ringFd, fill } = openRingFiller(count, RING);
 
 let sink = 0;
 const keep = (r: KernelRecord) => {
@@ -52,10 +41,6 @@ const cb = koffi.register((_ctx: bigint, data: bigint, size: number) => {
 }, koffi.pointer(cbType));
 const rb = lib.ringBufferNew(ringFd, cb, null, null);
 if (!rb) throw new Error('ring_buffer__new failed');
-
-function fill(): void {
-  getppid();
-}
 
 function timeIt(read: () => number): { perSec: number; n: number } {
   fill();

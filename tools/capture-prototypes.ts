@@ -7,10 +7,11 @@
 import { release } from 'node:os';
 import { PROGRAM_TRACEPOINTS } from '../src/kernel/kernel-features.ts';
 import { readTracepointPrototypes } from '../src/kernel/tracepoint-prototypes.ts';
+import { VMLINUX_BTF } from '../src/kernel/kernel-features.ts';
 
 const [btfPath, rel] = process.argv.slice(2);
 const names = [...PROGRAM_TRACEPOINTS, 'sched_switch', 'sched_wakeup', 'sched_wakeup_new', 'sched_process_exec', 'sched_process_fork', 'sched_process_exit'];
-const prototypes = readTracepointPrototypes(names, btfPath);
+const prototypes = readTracepointPrototypes(names, btfPath ?? VMLINUX_BTF);
 const out = {
   release: rel ?? (btfPath ? undefined : release()),
   source: btfPath ? 'captured BTF' : '/sys/kernel/btf/vmlinux',

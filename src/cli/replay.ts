@@ -10,6 +10,7 @@ import { KspanError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
 import { exportTarget } from '../export/export-pipeline.ts';
 import { TargetResources } from '../export/target-resources.ts';
+import { unknownTargetResource } from '../context/process-context-format.ts';
 import { RecordFileCutError, RecordFileReader } from '../records/record-file.ts';
 import { contextAttributes } from '../spans/context-attributes.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
@@ -39,7 +40,7 @@ export async function replayCommand(config: ReplayConfig, log: Logger): Promise<
   const reader = await RecordFileReader.open(createReadStream('', { fd: openInput(config.input) }));
   const recorded = reader.header.resources ?? {};
   const keyMaps = reader.header.keyMaps ?? {};
-  const resources = new TargetResources((pid) => recorded[String(pid)] ?? { 'service.name': 'unknown_service', 'process.pid': pid });
+  const resources = new TargetResources((pid) => recorded[String(pid)] ?? unknownTargetResource(pid));
   const pipeline = new SpanPipeline({
     mode: 'replay',
     resourceFor: (pid) => resources.resourceFor(pid),

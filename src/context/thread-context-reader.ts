@@ -3,8 +3,9 @@
  * pointer is, and its Resource; and keeping the BPF side in step (the location
  * in the process's `targets` entry, Node layouts in `node_layouts`).
  *
- * Pure of the loader: the map is reached through the two functions passed in
- * (set a pid's location, delete it), so this runs in tests without BPF.
+ * Pure of the loader: the BPF maps are reached through the functions passed in
+ * (set or delete a pid's location, and its Node layout), so this runs in tests
+ * without BPF.
  *
  * Processes change under us: a library with the TLS symbol may be dlopen'ed
  * later, ld.so may not have relocated it yet, the pid may exec another image.
@@ -13,14 +14,14 @@
  * (a 32-byte read), so calling it every second or two is fine.
  */
 import { KspanCtxScheme, type KspanTlsLoc, KspanTlsKind } from '../records/abi.generated.ts';
-import { type ProcessContextInfo, readProcessContext, readPublishedAt } from './process-context.ts';
+import { readProcessContext, readPublishedAt } from './process-context.ts';
+import type { ProcessContextInfo } from './process-context-format.ts';
 import { OTEL_THREAD_CTX_SYMBOL, type TlsResolution, TlsResolveError, TlsResolver } from './tls-resolver.ts';
 import { procFailure } from './proc-mem.ts';
 import { readProcMaps, type Mapping } from './proc-maps.ts';
 import type { KspanNodeLayout } from '../records/abi.generated.ts';
 import { nodeLayoutForBpf } from './nodejs/node-layout.ts';
-
-export const NODEJS_THREAD_CTX_SYMBOL = 'otel_thread_ctx_nodejs_v1';
+import { NODE_TLS_SYMBOL } from './nodejs/v8-walk.ts';
 
 export type ContextSchemeName = 'otel_thread_ctx_v1' | 'nodejs_v1_dev';
 
@@ -177,7 +178,7 @@ export class ThreadContextReader {
     let res: TlsResolution | null;
     try {
       res = this.#resolver.resolve(pid, {
-        symbol: scheme === 'nodejs_v1_dev' ? NODEJS_THREAD_CTX_SYMBOL : OTEL_THREAD_CTX_SYMBOL,
+        symbol: scheme === 'nodejs_v1_dev' ? NODE_TLS_SYMBOL : OTEL_THREAD_CTX_SYMBOL,
         scheme: scheme === 'nodejs_v1_dev' ? KspanCtxScheme.KSPAN_SCHEME_NODEJS_V1 : KspanCtxScheme.KSPAN_SCHEME_OTEL_V1,
       });
     } catch (err) {
@@ -228,13 +229,6 @@ export function targetEvent(t: TargetContext): Record<string, unknown> {
   if (!t.loc && t.reason) ev.reason = t.reason;
   if (t.process.problem) ev.process_context_problem = t.process.problem;
   return ev;
-}
-
-/** A BPF map key for a pid (u32, host order). */
-export function pidKey(pid: number): Buffer {
-  const key = Buffer.alloc(4);
-  key.writeUInt32LE(pid);
-  return key;
 }
 
 /**

@@ -14,15 +14,15 @@
 import { readlinkSync } from 'node:fs';
 import { KspanError, HINT_PRIVILEGE } from '../core/errors.ts';
 import { ElfFormatError, openElfFile } from '../elf/elf-file.ts';
-import { KspanCtxScheme, KspanDtvLayout, KspanTlsKind, type KspanTlsLoc } from '../records/abi.generated.ts';
+import { KspanCtxScheme, KspanDtvLayout, KspanLimit, KspanTlsKind, type KspanTlsLoc } from '../records/abi.generated.ts';
 import { type MappedFile, loadBias, mappedFiles, readProcMaps } from './proc-maps.ts';
-import { ProcMemError, ProcessMemory, procFailure } from './proc-mem.ts';
+import { ProcMemError, type ProcessMemory, procFailure, withProcessMemory } from './proc-mem.ts';
 import { type ModuleTlsInfo, type TlsAccessModel, moduleTlsInfo } from './tls-access.ts';
 
 export const OTEL_THREAD_CTX_SYMBOL = 'otel_thread_ctx_v1';
 
-/** glibc never hands out more module ids than this in practice; bounds the DTV walk. */
-export const MAX_TLS_MODULE_ID = 4096;
+/** glibc never hands out more module ids than this in practice; bounds the DTV walk (BPF's too). */
+const MAX_TLS_MODULE_ID = BigInt(KspanLimit.KSPAN_MAX_TLS_MODULE);
 
 export type TlsResolveFailure =
   /** ld.so has not filled the slot yet (dlopen in progress): try again later. */
@@ -49,7 +49,7 @@ export class TlsResolveError extends KspanError {
 export interface TlsResolution {
   pid: number;
   symbol: string;
-  /** What BPF needs (the `tls_locs` map value). */
+  /** What BPF needs (the location in the pid's `targets` map value). */
   loc: KspanTlsLoc;
   model: TlsAccessModel;
   /** TLSDESC/general-dynamic: whether ld.so put the module in static TLS. */
@@ -155,7 +155,7 @@ export class TlsResolver {
         const ti = mem.read(Number(arg), 16);
         const module = ti.readBigUInt64LE(0);
         const offset = ti.readBigInt64LE(8);
-        if (module < 1n || module > BigInt(MAX_TLS_MODULE_ID)) {
+        if (module < 1n || module > MAX_TLS_MODULE_ID) {
           // glibc < 2.33 filled TLSDESC lazily: arg then points at the relocation.
           throw notReady(pid, via, `TLSDESC argument (module id ${module})`);
         }
@@ -165,7 +165,7 @@ export class TlsResolver {
       const module = pair.readBigUInt64LE(0);
       const offset = pair.readBigInt64LE(8);
       if (module === 0n) throw notReady(pid, via, 'general-dynamic GOT pair');
-      if (module > BigInt(MAX_TLS_MODULE_ID)) throw badSlot(pid, via, `general-dynamic module id ${module}`);
+      if (module > MAX_TLS_MODULE_ID) throw badSlot(pid, via, `general-dynamic module id ${module}`);
       return { ...base, model: plan.model, dynamic: true, loc: dtvLoc(module, offset, scheme, libc) };
     });
   }
@@ -264,21 +264,13 @@ function procError(pid: number, err: unknown): Error {
 }
 
 function withMem<T>(pid: number, fn: (mem: ProcessMemory) => T): T {
-  let mem: ProcessMemory;
   try {
-    mem = new ProcessMemory(pid);
-  } catch (err) {
-    throw procError(pid, err);
-  }
-  try {
-    return fn(mem);
+    return withProcessMemory(pid, fn);
   } catch (err) {
     if (err instanceof TlsResolveError) throw err;
     if (err instanceof ProcMemError && err.reason === 'unmapped') {
       throw new TlsResolveError(pid, 'not-ready', err.message, { hint: 'a module is being loaded or unloaded: resolve again later', cause: err });
     }
     throw procError(pid, err);
-  } finally {
-    mem.close();
   }
 }

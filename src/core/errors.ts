@@ -2,6 +2,7 @@
  * Every user-facing failure of kspan: a stable code, a sentence that says what to
  * do, and the underlying cause. docs/ERRORS.md lists the codes.
  */
+import { getSystemErrorName } from 'node:util';
 
 export type ErrorCode =
   | 'KSPAN_ERR_PRIVILEGE'
@@ -21,7 +22,9 @@ export type ErrorCode =
   | 'KSPAN_ERR_PROCESS_CONTEXT'
   | 'KSPAN_ERR_RECORD_FILE'
   | 'KSPAN_ERR_EXPORT'
-  | 'KSPAN_ERR_KERNEL';
+  | 'KSPAN_ERR_KERNEL'
+  | 'KSPAN_ERR_RECORD_DECODE'
+  | 'KSPAN_ERR_BTF';
 
 export interface KspanErrorOptions {
   /** What the user should do about it. */
@@ -45,28 +48,48 @@ export class KspanError extends Error {
   }
 }
 
-/** The BPF verifier refused a program; `log` is the verifier's own output. */
+/**
+ * The BPF verifier refused a program. The message ends with where the verifier
+ * stopped (the log's last meaningful line) and says when the log was truncated;
+ * `log` is the verifier's whole output.
+ */
 export class VerifierError extends KspanError {
   readonly program: string;
   readonly log: string;
+  /** The log did not fit the buffer given to the kernel: some of it is missing. */
+  readonly truncated: boolean;
 
-  constructor(program: string, log: string, cause?: unknown) {
-    super('KSPAN_ERR_VERIFIER', `the kernel's BPF verifier rejected program "${program}"`, {
+  constructor(program: string, log: string, options: { truncated?: boolean; cause?: unknown; details?: Record<string, unknown> } = {}) {
+    const truncated = options.truncated ?? false;
+    const note = truncated ? ' (its log was truncated; the last line kept)' : '';
+    super('KSPAN_ERR_VERIFIER', `the kernel's BPF verifier rejected program "${program}"${note}: ${verifierLogLastLine(log)}`, {
       hint: 'this is a kspan bug or an unsupported kernel: report it with the verifier log (err.log)',
-      cause,
-      details: { program },
+      cause: options.cause,
+      details: { ...options.details, program, truncated },
     });
     this.program = program;
     this.log = log;
+    this.truncated = truncated;
   }
 }
 
-/** Where the verifier stopped: the log's last line that is not blank or a summary. */
+/** The verifier's closing statistics, printed after the line that says why it stopped. */
+const VERIFIER_SUMMARY = /^(processed \d+ insns|verification time|stack depth|-- END PROG LOAD LOG --)/;
+
+/**
+ * Where the verifier stopped: the log's last line before its closing
+ * statistics. A register line ("R0 min value is outside ...") or an indented
+ * one explains the line before it, so that one comes too: "invalid access to
+ * map value, ...: R0 min value is outside of the allowed memory range".
+ */
 export function verifierLogLastLine(log: string): string {
-  const lines = log.split('\n').map((l) => l.trim()).filter(Boolean);
-  const summary = /^(processed \d+ insns|verification time|stack depth|-- END PROG LOAD LOG --)/;
-  for (let i = lines.length - 1; i >= 0; i--) if (!summary.test(lines[i])) return lines[i];
-  return lines.at(-1) ?? '(empty log)';
+  const lines = log.split('\n').map((l) => l.trimEnd());
+  let end = lines.length;
+  while (end > 0 && (lines[end - 1] === '' || VERIFIER_SUMMARY.test(lines[end - 1]))) end--;
+  if (end === 0) return lines.filter((l) => l !== '').at(-1) ?? '(empty log)';
+  const last = lines[end - 1].trim();
+  const before = end >= 2 ? lines[end - 2].trim() : '';
+  return before && /^(R\d|\s)/.test(lines[end - 1]) ? `${before}: ${last}` : last;
 }
 
 /** An errno from libbpf (negative or positive) as a Node-style error with its name. */
@@ -81,14 +104,16 @@ export function errnoError(call: string, errno: number): Error & { errno: number
   return err;
 }
 
-const ERRNO: Record<number, string> = {
-  1: 'EPERM', 2: 'ENOENT', 3: 'ESRCH', 4: 'EINTR', 7: 'E2BIG', 9: 'EBADF', 12: 'ENOMEM',
-  13: 'EACCES', 14: 'EFAULT', 16: 'EBUSY', 17: 'EEXIST', 22: 'EINVAL', 24: 'EMFILE',
-  28: 'ENOSPC', 38: 'ENOSYS', 95: 'EOPNOTSUPP', 524: 'ENOTSUPP',
-};
+/** A kernel-internal errno that libbpf passes on and libc has no name for (include/linux/errno.h). */
+const ENOTSUPP = 524;
 
-export function errnoName(n: number): string {
-  return ERRNO[n] ?? `errno ${n}`;
+/** The symbolic name of an errno (EPERM, ENOENT, ...), from the platform's own table. */
+export function errnoName(errno: number): string {
+  const n = Math.abs(errno);
+  if (n === 0) return 'errno 0';
+  const name = getSystemErrorName(-n);
+  if (!name.startsWith('Unknown')) return name;
+  return n === ENOTSUPP ? 'ENOTSUPP' : `errno ${n}`;
 }
 
 export const HINT_PRIVILEGE =
@@ -98,3 +123,19 @@ export const HINT_BPFFS = 'mount bpffs: mount -t bpf bpf /sys/fs/bpf';
 export const HINT_BTF =
   'kspan needs the kernel\'s BTF at /sys/kernel/btf/vmlinux: use a kernel built with CONFIG_DEBUG_INFO_BTF=y (Debian 11+, Ubuntu 22.04+, RHEL 8.2+, Amazon Linux 2023)';
 export const HINT_LIBBPF = 'install libbpf 1.x: apt-get install libbpf1 (Debian/Ubuntu) or dnf install libbpf';
+
+/** A ring-buffer record kspan cannot decode (an unknown type: the BPF object and the agent differ). */
+export class RecordDecodeError extends KspanError {
+  constructor(message: string) {
+    super('KSPAN_ERR_RECORD_DECODE', message, { hint: 'rebuild the BPF objects with this version of kspan: make -C bpf' });
+    this.name = 'RecordDecodeError';
+  }
+}
+
+/** A BPF object's .BTF section the decoder generator cannot read. */
+export class BtfFormatError extends KspanError {
+  constructor(message: string) {
+    super('KSPAN_ERR_BTF', `BTF: ${message}`, { hint: 'rebuild the BPF objects with clang -g (make -C bpf)' });
+    this.name = 'BtfFormatError';
+  }
+}

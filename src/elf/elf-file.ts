@@ -17,15 +17,11 @@ export const ET_EXEC = 2;
 export const ET_DYN = 3;
 
 export const SHT_SYMTAB = 2;
-export const SHT_STRTAB = 3;
 export const SHT_RELA = 4;
-export const SHT_DYNAMIC = 6;
 export const SHT_NOBITS = 8;
 export const SHT_DYNSYM = 11;
 
 export const PT_LOAD = 1;
-export const PT_DYNAMIC = 2;
-export const PT_INTERP = 3;
 export const PT_TLS = 7;
 
 export const STT_TLS = 6;
@@ -39,7 +35,6 @@ export const R_X86_64_TLSDESC = 36;
 
 export const EM_X86_64 = 62;
 export const EM_BPF = 247;
-export const EM_AARCH64 = 183;
 
 /** The bytes are not an ELF64 little-endian file, or a table in it is out of bounds. */
 export class ElfFormatError extends KspanError {

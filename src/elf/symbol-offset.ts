@@ -3,10 +3,8 @@
  * while ELF symbols and the entry point are virtual addresses. The PT_LOAD
  * segment that holds an address gives the translation. Pure over a parsed ELF.
  */
-import type { ElfFile } from './elf-file.ts';
+import { type ElfFile, PT_LOAD } from './elf-file.ts';
 import { KspanError } from '../core/errors.ts';
-
-const PT_LOAD = 1;
 
 /** The file offset of virtual address `vaddr` in `elf`. */
 export function fileOffsetOf(elf: ElfFile, vaddr: number, what = `address 0x${vaddr.toString(16)}`): number {

@@ -435,7 +435,7 @@ export class ExportPipeline {
 
 function errSummary(err: unknown): unknown {
   if (err && typeof err === 'object') {
-    const e = err as { code?: unknown; message?: unknown; details?: unknown };
+    const e = err as { code?: unknown; message?: unknown };
     return { code: e.code, message: e.message };
   }
   return err;

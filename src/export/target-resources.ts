@@ -6,6 +6,7 @@
 import type { AttributeValue, Attributes } from '@opentelemetry/api';
 import { resourceFromAttributes, type Resource } from '@opentelemetry/resources';
 import { readProcessContext } from '../context/process-context.ts';
+import { unknownTargetResource } from '../context/process-context-format.ts';
 
 function toAttributeValue(v: unknown): AttributeValue | undefined {
   if (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean') return v;
@@ -50,7 +51,7 @@ export class TargetResources {
       try {
         a = readProcessContext(pid).resource;
       } catch {
-        a = { 'service.name': 'unknown_service', 'process.pid': pid };
+        a = unknownTargetResource(pid);
       }
     }
     this.#attrs.set(pid, a);

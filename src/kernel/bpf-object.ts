@@ -7,6 +7,7 @@
  * VerifierError with the program name and the verifier's log.
  */
 import { existsSync } from 'node:fs';
+import { constants } from 'node:os';
 import {
   errnoError,
   HINT_BTF,
@@ -16,7 +17,7 @@ import {
   VerifierError,
 } from '../core/errors.ts';
 import { BpfTestRunOpts, errno, libbpf, withSignalsBlocked } from './native.ts';
-import { captureLibbpfLog, type LibbpfLogCapture } from './libbpf-log.ts';
+import { captureLibbpfLog } from './libbpf-log.ts';
 
 type Ptr = bigint;
 
@@ -29,14 +30,9 @@ export interface AttachOptions {
 }
 
 const VERIFIER_LOG_SIZE = 4 << 20;
-const EPERM = 1;
-const ENOENT = 2;
-const EACCES = 13;
-const EAGAIN = 11;
-const EEXIST = 17;
+const { EPERM, ENOENT, EACCES, EAGAIN, EEXIST, EINTR, ENOSPC } = constants.errno;
 const BPF_NOEXIST = 1;
 const BPF_EXIST = 2;
-const EINTR = 4;
 
 export class BpfMap {
   readonly name: string;
@@ -190,12 +186,15 @@ export class BpfObject {
     }
   }
 
-  load(): void {
+  /** `verifierLogSize`: bytes for the verifier's log of a rejected program (default 4 MiB). */
+  load(opts: { verifierLogSize?: number } = {}): void {
     const lib = libbpf();
     // One log buffer serves every program: programs load in order and libbpf only
-    // writes the log (at level 1, on its retry) for the one that failed.
-    this.#logBuf = Buffer.alloc(VERIFIER_LOG_SIZE);
-    for (const p of this.#programs.values()) lib.programSetLogBuf(p, this.#logBuf, VERIFIER_LOG_SIZE);
+    // writes the log (at level 1, on its retry) for the one that failed. Since
+    // the buffer is ours, libbpf does not print the log itself.
+    const size = opts.verifierLogSize ?? VERIFIER_LOG_SIZE;
+    this.#logBuf = Buffer.alloc(size);
+    for (const p of this.#programs.values()) lib.programSetLogBuf(p, this.#logBuf, size);
     const log = captureLibbpfLog();
     const rc = withSignalsBlocked(() => lib.objectLoad(this.#obj));
     const lines = log.stop();
@@ -218,8 +217,14 @@ export class BpfObject {
       });
     }
     const failed = this.#failedProgram(libbpfLog);
-    const verifierLog = this.#logBuf ? cString(this.#logBuf) : '';
-    if (failed && verifierLog) return new VerifierError(failed, verifierLog, cause);
+    const logBuf = this.#logBuf ?? Buffer.alloc(0);
+    const logEnd = logBuf.indexOf(0);
+    const verifierLog = logBuf.toString('utf8', 0, logEnd < 0 ? logBuf.length : logEnd);
+    if (failed && verifierLog) {
+      // The kernel says ENOSPC when the log did not fit; a full buffer says the same.
+      const truncated = -rc === ENOSPC || logEnd < 0 || logEnd >= logBuf.length - 1;
+      return new VerifierError(failed, verifierLog, { truncated, cause, details });
+    }
     if (failed && -rc !== EPERM) {
       // Refused before the verifier wrote a line (a bad attach target, say):
       // still one program's failure, named so the caller can grade it.
@@ -323,10 +328,6 @@ export class BpfObject {
     return opts.retval;
   }
 
-  get attachedLinks(): number {
-    return this.#links.length;
-  }
-
   map(name: string): BpfMap {
     let m = this.#maps.get(name);
     if (!m) {
@@ -353,10 +354,3 @@ export class BpfObject {
     libbpf().objectClose(this.#obj);
   }
 }
-
-function cString(buf: Buffer): string {
-  const end = buf.indexOf(0);
-  return buf.toString('utf8', 0, end < 0 ? buf.length : end);
-}
-
-export type { LibbpfLogCapture };

@@ -26,10 +26,6 @@ export function measureClockOffset(tries = 7): bigint {
   return best!.offset;
 }
 
-export function monotonicNow(): bigint {
-  return now(CLOCK_MONOTONIC);
-}
-
 export class KernelClock {
   #offset = measureClockOffset();
 
@@ -39,9 +35,5 @@ export class KernelClock {
 
   refresh(): void {
     this.#offset = measureClockOffset();
-  }
-
-  toWallNs(monoNs: bigint): bigint {
-    return monoNs + this.#offset;
   }
 }

@@ -1,14 +1,16 @@
 /**
- * What the running kernel offers, probed at start: BTF, which tp_btf tracepoints
- * exist (their btf_trace_* typedefs in vmlinux BTF), which classic tracepoints
- * exist (tracefs). Used to switch programs off (libbpf autoload) and pick the I/O
+ * What the running kernel offers, probed at start: BTF, the prototypes of the
+ * tp_btf tracepoints kspan uses (their btf_trace_* typedefs in vmlinux BTF),
+ * which classic tracepoints exist (tracefs). The program planner
+ * (src/kernel/programs.ts) turns these into which programs load, and the I/O
  * path: sock_{send,recv}_length (6.3+) or the syscall-tracepoint fallback.
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
-import { BTF_KIND_TYPEDEF, libbpf } from './native.ts';
+import { BTF_KIND } from '../elf/btf-kind.ts';
+import { libbpf } from './native.ts';
 import { PROGRAMS, type KernelHooks } from './programs.ts';
-import { readTracepointPrototypes, type TracepointPrototype } from './tracepoint-prototypes.ts';
+import { tracepointPrototypes, type TracepointPrototype } from './tracepoint-prototypes.ts';
 
 export const VMLINUX_BTF = '/sys/kernel/btf/vmlinux';
 export const TRACEFS = '/sys/kernel/tracing';
@@ -46,13 +48,34 @@ export function bpffsMounted(): boolean {
 
 let vmlinux: bigint | undefined;
 
+/** How often the vmlinux BTF was parsed and freed (it takes megabytes while held). */
+export const vmlinuxBtfStats = { loads: 0, frees: 0 };
+
+/**
+ * Runs `fn` on the kernel's parsed BTF, or returns undefined when there is none.
+ * Questions come in bursts (every program of an object, at load), so one parse
+ * serves the current turn of the event loop and is freed right after it.
+ */
+function withVmlinuxBtf<T>(fn: (btf: bigint) => T): T | undefined {
+  if (!hasVmlinuxBtf()) return undefined;
+  const lib = libbpf();
+  if (!vmlinux) {
+    const btf = lib.btfLoadVmlinux();
+    if (!btf) return undefined;
+    vmlinux = btf;
+    vmlinuxBtfStats.loads++;
+    setImmediate(() => {
+      vmlinux = undefined;
+      lib.btfFree(btf);
+      vmlinuxBtfStats.frees++;
+    }).unref();
+  }
+  return fn(vmlinux);
+}
+
 /** Whether the kernel has the BTF tracepoint `name` (tp_btf/name can attach). */
 export function hasBtfTracepoint(name: string): boolean {
-  if (!hasVmlinuxBtf()) return false;
-  const lib = libbpf();
-  vmlinux ??= lib.btfLoadVmlinux();
-  if (!vmlinux) return false;
-  return lib.btfFindByNameKind(vmlinux, `btf_trace_${name}`, BTF_KIND_TYPEDEF) > 0;
+  return withVmlinuxBtf((btf) => libbpf().btfFindByNameKind(btf, `btf_trace_${name}`, BTF_KIND.TYPEDEF) > 0) ?? false;
 }
 
 export function hasTracepoint(category: string, name: string): boolean {
@@ -65,7 +88,7 @@ export function hasTracepoint(category: string, name: string): boolean {
  * classic tracepoints under tracefs.
  */
 export function kernelHooks(tracepoints: readonly string[] = PROGRAM_TRACEPOINTS): KernelHooks {
-  const prototypes = hasVmlinuxBtf() ? readTracepointPrototypes(tracepoints) : new Map<string, TracepointPrototype>();
+  const prototypes = withVmlinuxBtf((btf) => tracepointPrototypes(btf, tracepoints)) ?? new Map<string, TracepointPrototype>();
   return {
     tracepointArgs: (name) => prototypes.get(name)?.length,
     hasTracepoint,

@@ -1,8 +1,15 @@
 /**
  * libbpf's messages, captured through its print callback. The callback gets a
  * printf format and a va_list; on x86_64 a va_list parameter is a pointer, so
- * vsnprintf formats it directly. Lines go to the logger (debug, warnings as warn)
- * and to whoever is capturing (to attach them to an error).
+ * vsnprintf formats it directly. Lines go to whoever is capturing (to attach them
+ * to an error) and to the logger at libbpf's own level. The verifier's log is not
+ * among them: kspan gives each program its own log buffer, and libbpf prints the
+ * log only when the buffer is its own.
+ *
+ * The callback runs inside a libbpf call: an exception thrown there would
+ * surface from that call instead of its result, so none leaves it. A sink that
+ * throws is counted (`libbpfLogStats.sinkErrors`) and reported once as a process
+ * warning.
  */
 import { c, koffi, LibbpfPrintFn, libbpf } from './native.ts';
 
@@ -14,15 +21,23 @@ let sink: LibbpfLogSink = () => {};
 let installed = false;
 const captures = new Set<string[]>();
 
+export const libbpfLogStats = { sinkErrors: 0 };
+
 function onPrint(level: number, fmt: bigint, args: bigint): number {
-  const n = c.vsnprintf(buf, buf.length, fmt, args);
-  const text = buf.toString('utf8', 0, Math.max(0, Math.min(n, buf.length - 1))).trimEnd();
-  const lvl = LEVELS[level] ?? 'debug';
-  // libbpf prints its own copy of the verifier log line by line at warn; errors
-  // carry that log already, so it is logged at debug here.
-  sink(lvl, text);
-  for (const lines of captures) lines.push(text);
-  return n;
+  try {
+    const n = c.vsnprintf(buf, buf.length, fmt, args);
+    const text = buf.toString('utf8', 0, Math.max(0, Math.min(n, buf.length - 1))).trimEnd();
+    for (const lines of captures) lines.push(text);
+    sink(LEVELS[level] ?? 'debug', text);
+    return n;
+  } catch (err) {
+    if (libbpfLogStats.sinkErrors++ === 0) {
+      process.emitWarning(`libbpf log: ${err instanceof Error ? err.message : String(err)} (further failures are only counted)`, {
+        code: 'KSPAN_LIBBPF_LOG',
+      });
+    }
+    return 0;
+  }
 }
 
 function install(): void {

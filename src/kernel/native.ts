@@ -1,7 +1,8 @@
 /**
  * koffi bindings to the system libbpf (libbpf.so.1, 1.1 or later) and the few libc
- * calls kspan needs (mmap, epoll, clock_gettime, vsnprintf). Pointers are bigint
- * (koffi 3). Nothing else in kspan declares a native function.
+ * calls the agent needs (mmap, epoll, clock_gettime, vsnprintf). Pointers are bigint
+ * (koffi 3). The agent declares native functions here only; the in-app publisher
+ * has its own few (src/publisher/libc.ts) so that it never loads libbpf.
  */
 import koffi from 'koffi';
 import { HINT_LIBBPF, KspanError } from '../core/errors.ts';
@@ -66,7 +67,6 @@ function bindLibbpf(lib: ReturnType<typeof koffi.load>) {
     programAutoload: f<[Ptr], boolean>('bool bpf_program__autoload(void *prog)'),
     programSetType: f<[Ptr, number], number>('int bpf_program__set_type(void *prog, int type)'),
     programSetLogBuf: f<[Ptr, Buffer, number], number>('int bpf_program__set_log_buf(void *prog, void *buf, size_t size)'),
-    programSetLogLevel: f<[Ptr, number], number>('int bpf_program__set_log_level(void *prog, uint32_t level)'),
     programFd: f<[Ptr], number>('int bpf_program__fd(void *prog)'),
     programAttach: f<[Ptr], Ptr>('void *bpf_program__attach(void *prog)'),
     programAttachUprobe: f<[Ptr, boolean, number, string, number], Ptr>(
@@ -76,7 +76,6 @@ function bindLibbpf(lib: ReturnType<typeof koffi.load>) {
     progTestRun: f<[number, unknown], number>('int bpf_prog_test_run_opts(int fd, _Inout_ kspan_bpf_test_run_opts *opts)'),
     mapFd: f<[Ptr], number>('int bpf_map__fd(void *map)'),
     mapSetMaxEntries: f<[Ptr, number], number>('int bpf_map__set_max_entries(void *map, uint32_t n)'),
-    mapMaxEntries: f<[Ptr], number>('uint32_t bpf_map__max_entries(void *map)'),
     mapKeySize: f<[Ptr], number>('uint32_t bpf_map__key_size(void *map)'),
     mapValueSize: f<[Ptr], number>('uint32_t bpf_map__value_size(void *map)'),
     mapUpdate: f<[Ptr, Buffer, number, Buffer, number, number], number>(
@@ -161,7 +160,6 @@ export const EPOLL_CTL_ADD = 1;
 export const CLOCK_REALTIME = 0;
 export const CLOCK_MONOTONIC = 1;
 export const SC_PAGESIZE = 30;
-export const BTF_KIND_TYPEDEF = 8;
 
 export function errno(): number {
   return koffi.errno();

@@ -8,7 +8,12 @@
  *
  * Record header (kernel/bpf/ringbuf.c): u32 len with BUSY (bit 31) and DISCARD
  * (bit 30), u32 page offset; payload follows, records are 8-byte aligned.
+ *
+ * Nothing thrown escapes into koffi's callback (where it would be an uncaught
+ * exception): a handler that throws costs its record, a failed wait is retried
+ * after `idleMs`; both are counted in `stats` and reported through `onError`.
  */
+import { constants } from 'node:os';
 import { KspanError, errnoError } from '../core/errors.ts';
 import {
   c,
@@ -35,7 +40,18 @@ export interface RingBufferStats {
   discarded: number;
   wakeups: number;
   batches: number;
+  /** Records whose handler threw (the record is consumed; reading goes on). */
+  handlerErrors: number;
+  /** epoll_wait calls that failed (retried after the idle interval). */
+  waitErrors: number;
 }
+
+export interface RingBufferOptions {
+  /** Called with every handler or wait failure (default: one process warning, then only the counts). */
+  onError?: (err: unknown) => void;
+}
+
+const { EINTR } = constants.errno;
 
 export class RingBufferReader {
   readonly #fd: number;
@@ -50,35 +66,49 @@ export class RingBufferReader {
   readonly #data: DataView;
   readonly #epfd: number;
   readonly #events = Buffer.alloc(12 * 4);
-  #handler: RecordHandler;
+  readonly #handler: RecordHandler;
+  readonly #onError: (err: unknown) => void;
   #running = false;
   #waiting = false;
   #closed = false;
   #stopped: (() => void) | undefined;
-  readonly stats: RingBufferStats = { records: 0, discarded: 0, wakeups: 0, batches: 0 };
+  readonly stats: RingBufferStats = { records: 0, discarded: 0, wakeups: 0, batches: 0, handlerErrors: 0, waitErrors: 0 };
 
   /** `size` is the ring's max_entries (a power of two, multiple of the page size). */
-  constructor(mapFd: number, size: number, handler: RecordHandler) {
+  constructor(mapFd: number, size: number, handler: RecordHandler, opts: RingBufferOptions = {}) {
     this.#fd = mapFd;
     this.#size = size;
     this.#mask = size - 1;
     this.#handler = handler;
+    this.#onError = opts.onError ?? warnOnce();
     this.#pageSize = c.sysconf(SC_PAGESIZE);
     const ps = this.#pageSize;
-
-    this.#consPtr = this.#map(ps, PROT_READ | PROT_WRITE, 0, 'consumer page');
     this.#prodLen = ps + 2 * size;
-    this.#prodPtr = this.#map(this.#prodLen, PROT_READ, ps, 'producer page and data');
-    this.#consPos = new BigUint64Array(koffi.view(this.#consPtr, 8));
-    this.#prodPos = new BigUint64Array(koffi.view(this.#prodPtr, 8));
-    const all = koffi.view(this.#prodPtr, this.#prodLen);
-    this.#data = new DataView(all, ps, 2 * size);
 
-    this.#epfd = c.epollCreate1(0);
-    if (this.#epfd < 0) throw this.#error('epoll_create1', errno());
-    if (c.epollCtl(this.#epfd, EPOLL_CTL_ADD, mapFd, { events: EPOLLIN, data: 0n }) < 0) {
-      throw this.#error('epoll_ctl', errno());
+    // A failure half-way must not leave the mappings (they pin the ring's pages) or the epoll fd behind.
+    let cons = 0n;
+    let prod = 0n;
+    let epfd = -1;
+    try {
+      cons = this.#map(ps, PROT_READ | PROT_WRITE, 0, 'consumer page');
+      prod = this.#map(this.#prodLen, PROT_READ, ps, 'producer page and data');
+      epfd = c.epollCreate1(0);
+      if (epfd < 0) throw this.#error('epoll_create1', errno());
+      if (c.epollCtl(epfd, EPOLL_CTL_ADD, mapFd, { events: EPOLLIN, data: 0n }) < 0) {
+        throw this.#error('epoll_ctl', errno());
+      }
+    } catch (err) {
+      if (epfd >= 0) c.close(epfd);
+      if (prod) c.munmap(prod, this.#prodLen);
+      if (cons) c.munmap(cons, ps);
+      throw err;
     }
+    this.#consPtr = cons;
+    this.#prodPtr = prod;
+    this.#epfd = epfd;
+    this.#consPos = new BigUint64Array(koffi.view(cons, 8));
+    this.#prodPos = new BigUint64Array(koffi.view(prod, 8));
+    this.#data = new DataView(koffi.view(prod, this.#prodLen), ps, 2 * size);
   }
 
   #map(len: number, prot: number, off: number, what: string): bigint {
@@ -89,15 +119,6 @@ export class RingBufferReader {
 
   #error(call: string, err: number): KspanError {
     return new KspanError('KSPAN_ERR_RINGBUF', `ring buffer: ${call} failed`, { cause: errnoError(call, err) });
-  }
-
-  setHandler(handler: RecordHandler): void {
-    this.#handler = handler;
-  }
-
-  /** Bytes produced but not yet consumed. */
-  pending(): number {
-    return Number(this.#prodPos[0] - this.#consPos[0]);
   }
 
   /** Reads every committed record now. Returns how many were delivered. */
@@ -116,8 +137,13 @@ export class RingBufferReader {
         const payload = len & ~(BUSY | DISCARD) >>> 0;
         if (len & DISCARD) this.stats.discarded++;
         else {
-          handler(data, off + HDR, payload);
-          n++;
+          try {
+            handler(data, off + HDR, payload);
+            n++;
+          } catch (err) {
+            this.stats.handlerErrors++;
+            this.#report(err);
+          }
         }
         cons += (payload + HDR + 7) & ~7;
       }
@@ -154,12 +180,36 @@ export class RingBufferReader {
     }
     this.#waiting = true;
     c.epollWait.async(this.#epfd, this.#events, 4, idleMs, (err, rc) => {
+      const waitErrno = errno();
       this.#waiting = false;
-      if (err) throw err;
-      if (rc > 0) this.stats.wakeups++;
-      if (this.#running) this.drain();
-      this.#wait(idleMs);
+      let failed = false;
+      try {
+        if (err) throw err;
+        if (rc < 0 && waitErrno !== EINTR) throw this.#error('epoll_wait', waitErrno);
+        if (rc > 0) this.stats.wakeups++;
+      } catch (error) {
+        failed = true;
+        this.stats.waitErrors++;
+        this.#report(error);
+      }
+      // Wake-ups or not, the ring is drained every idle interval; a wait that
+      // keeps failing is retried after one, not in a loop.
+      const next = () => {
+        if (this.#running) this.drain();
+        this.#wait(idleMs);
+      };
+      if (failed) setTimeout(next, idleMs);
+      else next();
     });
+  }
+
+  /** Hands a failure to onError; an onError that throws is not allowed to undo the count. */
+  #report(err: unknown): void {
+    try {
+      this.#onError(err);
+    } catch {
+      // counted in stats already
+    }
   }
 
   /** Stops waiting (resolves once the pending epoll_wait returned), then drains once more. */
@@ -182,4 +232,16 @@ export class RingBufferReader {
   get size(): number {
     return this.#size;
   }
+}
+
+/** The default error report: one process warning per reader, then only the counts in `stats`. */
+function warnOnce(): (err: unknown) => void {
+  let warned = false;
+  return (err) => {
+    if (warned) return;
+    warned = true;
+    process.emitWarning(`ring buffer: ${err instanceof Error ? err.message : String(err)} (further failures are only counted)`, {
+      code: 'KSPAN_RINGBUF',
+    });
+  };
 }

@@ -28,7 +28,7 @@ import { chooseIoPath, type IoPath, kernelHooks } from './kernel-features.ts';
 import { describeOff, planPrograms, programSpec, type FeatureOff, type KernelHooks, type ProgramPlan } from './programs.ts';
 import { libbpf } from './native.ts';
 import { RingBufferReader } from './ring-buffer.ts';
-import { pidKey } from '../context/thread-context-reader.ts';
+import { pidKey, u32Key } from './map-keys.ts';
 import { decodeRecords, fromEvent } from '../records/decoder.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 
@@ -65,9 +65,16 @@ export interface TcpTracerOptions {
   onRecord: (r: KernelRecord) => void;
   /** A record the decoder refused (counted, never silent). */
   onDecodeError?: (err: unknown) => void;
+  /** The ring reader's own failures (a failed epoll_wait, a throwing handler): counted, then told here. */
+  onRingError?: (err: unknown) => void;
 }
 
-export type TracerCounters = Record<keyof typeof KspanCounter, number> & { decode_errors: number };
+export type TracerCounters = Record<keyof typeof KspanCounter, number> & {
+  decode_errors: number;
+  /** Ring reader: records whose handler threw, and failed epoll waits (retried). */
+  ring_handler_errors: number;
+  ring_wait_errors: number;
+};
 
 export class TcpTracer {
   readonly ioPath: IoPath;
@@ -98,7 +105,7 @@ export class TcpTracer {
         this.#decodeErrors++;
         opts.onDecodeError?.(err);
       }
-    });
+    }, { onError: opts.onRingError });
   }
 
   /**
@@ -188,21 +195,21 @@ export class TcpTracer {
 
   /** Loss and fault counters summed over CPUs, plus records the decoder refused. */
   counters(): TracerCounters {
-    if (this.#finalCounters) return { ...this.#finalCounters, decode_errors: this.#decodeErrors };
+    const ring = { decode_errors: this.#decodeErrors, ring_handler_errors: this.#ring.stats.handlerErrors, ring_wait_errors: this.#ring.stats.waitErrors };
+    if (this.#finalCounters) return { ...this.#finalCounters, ...ring };
     const map = this.#obj.map('counters');
     const ncpu = libbpf().numPossibleCpus();
-    const out = { decode_errors: this.#decodeErrors } as TracerCounters;
+    const out = { ...ring } as TracerCounters;
     for (const [name, idx] of Object.entries(KspanCounter)) {
       if (name === 'KSPAN_C_MAX') continue;
-      const key = Buffer.alloc(4);
-      key.writeUInt32LE(idx);
-      const v = map.lookup(key, 8 * ncpu);
+      const v = map.lookup(u32Key(idx), 8 * ncpu);
       let sum = 0n;
       for (let i = 0; v && i < ncpu; i++) sum += v.readBigUInt64LE(8 * i);
       out[name as keyof typeof KspanCounter] = Number(sum);
     }
     return out;
   }
+
 
   /**
    * Closes send/recv aggregates idle for `idleNs` (the kernel emits them, flagged

@@ -10,12 +10,12 @@
  * fixtures with it).
  */
 import { KspanError } from '../core/errors.ts';
+import { BTF_KIND } from '../elf/btf-kind.ts';
 import { koffi, libbpf } from './native.ts';
 
 /** A tracepoint's arguments as C type names, e.g. ['const struct sock *', 'int']. */
 export type TracepointPrototype = readonly string[];
 
-const BTF_KIND = { INT: 1, PTR: 2, ARRAY: 3, STRUCT: 4, UNION: 5, ENUM: 6, FWD: 7, TYPEDEF: 8, VOLATILE: 9, CONST: 10, RESTRICT: 11, FUNC_PROTO: 13, FLOAT: 16, ENUM64: 19 } as const;
 const BTF_TYPE_SIZE = 12;
 const BTF_PARAM_SIZE = 8;
 /** Bounds a walk through modifiers and pointers (a sane type never needs more). */
@@ -77,30 +77,31 @@ class BtfHandle {
   }
 }
 
-/** Reads the prototype of each named tracepoint; absent ones are left out of the map. */
-export function readTracepointPrototypes(names: readonly string[], btfPath?: string): Map<string, TracepointPrototype> {
+/** Reads the prototype of each named tracepoint from a BTF file (captured from another kernel). */
+export function readTracepointPrototypes(names: readonly string[], btfPath: string): Map<string, TracepointPrototype> {
   const lib = libbpf();
-  const raw = btfPath ? lib.btfParse(btfPath, null) : lib.btfLoadVmlinux();
-  if (!raw) {
-    throw new KspanError('KSPAN_ERR_NO_BTF', `cannot read BTF from ${btfPath ?? 'the running kernel'}`, {
-      hint: 'kspan needs a kernel built with CONFIG_DEBUG_INFO_BTF (/sys/kernel/btf/vmlinux)',
-    });
-  }
+  const raw = lib.btfParse(btfPath, null);
+  if (!raw) throw new KspanError('KSPAN_ERR_NO_BTF', `cannot read BTF from ${btfPath}`, { hint: 'give a raw BTF file, e.g. a copy of /sys/kernel/btf/vmlinux' });
   try {
-    const btf = new BtfHandle(raw);
-    const out = new Map<string, TracepointPrototype>();
-    for (const name of names) {
-      const id = btf.find(`btf_trace_${name}`, BTF_KIND.TYPEDEF);
-      if (id <= 0) continue;
-      const typedef = btf.type(id);
-      const ptr = typedef && btf.type(typedef.type);
-      const proto = ptr?.kind === BTF_KIND.PTR ? btf.type(ptr.type) : undefined;
-      if (proto?.kind !== BTF_KIND.FUNC_PROTO) continue;
-      // The first parameter is the tracepoint's own `void *__data`.
-      out.set(name, btf.params(proto).slice(1).map((p) => btf.typeName(p)));
-    }
-    return out;
+    return tracepointPrototypes(raw, names);
   } finally {
     lib.btfFree(raw);
   }
+}
+
+/** The prototype of each named tracepoint in a parsed BTF (libbpf handle); absent ones are left out. */
+export function tracepointPrototypes(raw: bigint, names: readonly string[]): Map<string, TracepointPrototype> {
+  const btf = new BtfHandle(raw);
+  const out = new Map<string, TracepointPrototype>();
+  for (const name of names) {
+    const id = btf.find(`btf_trace_${name}`, BTF_KIND.TYPEDEF);
+    if (id <= 0) continue;
+    const typedef = btf.type(id);
+    const ptr = typedef && btf.type(typedef.type);
+    const proto = ptr?.kind === BTF_KIND.PTR ? btf.type(ptr.type) : undefined;
+    if (proto?.kind !== BTF_KIND.FUNC_PROTO) continue;
+    // The first parameter is the tracepoint's own `void *__data`.
+    out.set(name, btf.params(proto).slice(1).map((p) => btf.typeName(p)));
+  }
+  return out;
 }

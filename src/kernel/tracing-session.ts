@@ -14,10 +14,10 @@
 import { readFileSync } from 'node:fs';
 import {
   ThreadContextReader,
-  pidKey,
   type TargetContext,
   type ThreadContextReaderStats,
 } from '../context/thread-context-reader.ts';
+import { pidKey } from './map-keys.ts';
 import { encodeNodeLayoutValue } from '../context/nodejs/node-layout.ts';
 import { TUNING } from '../core/config.ts';
 import { KspanError } from '../core/errors.ts';

@@ -11,6 +11,7 @@ import {
   type KspanTraceCtx,
 } from './abi.generated.ts';
 import type { Endpoint, KernelRecord, RecordType, TraceContext } from './kernel-record.ts';
+import { RecordDecodeError } from '../core/errors.ts';
 
 const TYPES: Record<number, RecordType> = {
   [T.KSPAN_EV_ACCEPT]: 'accept',
@@ -22,8 +23,6 @@ const TYPES: Record<number, RecordType> = {
   [T.KSPAN_EV_CLOSE]: 'close',
 };
 const AF_INET6 = 10;
-
-export class RecordDecodeError extends Error {}
 
 const event = new KspanEventView(new DataView(new ArrayBuffer(0)), 0);
 

@@ -4,7 +4,7 @@
  * decimal string, `ts_ns` (and the other wall-clock `*_ts_ns`) as exact JSON
  * integers. Pure.
  */
-import { decodeRecordAttributes } from '../context/process-context.ts';
+import { decodeRecordAttributes } from '../context/record-attributes.ts';
 import { connectErrorName, formatEndpoint, tcpStateName, type KernelRecord } from './kernel-record.ts';
 
 /** Marks a bigint to be written as a bare JSON integer. */

@@ -6,6 +6,7 @@
  * Timestamps stay on the kernel's CLOCK_MONOTONIC (`*Ns` as bigint, exact); the
  * conversion to wall-clock time is one offset (src/kernel/clock.ts) applied at the edge.
  */
+import { constants } from 'node:os';
 
 export type RecordType = 'accept' | 'connect' | 'send' | 'recv' | 'retransmit' | 'reset' | 'close';
 
@@ -72,19 +73,22 @@ export interface KernelRecord {
   srttUs: number;
 }
 
-const ERRNO_NAMES: Record<number, string> = {
-  103: 'aborted',
-  104: 'reset',
-  110: 'timed_out',
-  111: 'refused',
-  113: 'host_unreachable',
-  101: 'network_unreachable',
+const { ECONNABORTED, ECONNRESET, ETIMEDOUT, ECONNREFUSED, EHOSTUNREACH, ENETUNREACH } = constants.errno;
+
+/** The words `kspan events` and span `error.type` use for a failed connect (a stable vocabulary). */
+const CONNECT_ERRORS: Record<number, string> = {
+  [ECONNABORTED]: 'aborted',
+  [ECONNRESET]: 'reset',
+  [ETIMEDOUT]: 'timed_out',
+  [ECONNREFUSED]: 'refused',
+  [EHOSTUNREACH]: 'host_unreachable',
+  [ENETUNREACH]: 'network_unreachable',
 };
 
 /** The connect failure as a word: refused, timed_out, reset, … or errno_N. */
 export function connectErrorName(errno: number): string | null {
   if (!errno) return null;
-  return ERRNO_NAMES[errno] ?? `errno_${errno}`;
+  return CONNECT_ERRORS[errno] ?? `errno_${errno}`;
 }
 
 /** include/net/tcp_states.h, by number (0 is no state). */

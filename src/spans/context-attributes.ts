@@ -4,7 +4,7 @@
  * values as strings. Pure.
  */
 import type { Attributes } from '@opentelemetry/api';
-import { decodeRecordAttributes } from '../context/process-context.ts';
+import { decodeRecordAttributes } from '../context/record-attributes.ts';
 import type { TraceContext } from '../records/kernel-record.ts';
 
 /**

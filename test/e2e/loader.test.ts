@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { VerifierError } from '../../src/core/errors.ts';
 import { BpfObject } from '../../src/kernel/bpf-object.ts';
+import { libbpfLogStats, setLibbpfLogSink } from '../../src/kernel/libbpf-log.ts';
 import type { KernelRecord } from '../../src/records/kernel-record.ts';
 import { TcpTracer } from '../../src/kernel/tcp-tracer.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
@@ -44,7 +45,7 @@ function progs(): ProgInfo[] {
 }
 
 describe('loader', e2eOptions(), () => {
-  test('a program the verifier rejects yields VerifierError with its name and the log', () => {
+  test('a program the verifier rejects yields VerifierError with its name, where it stopped, and the log', () => {
     const obj = BpfObject.open(join(REPO_ROOT, 'bpf/.output/invalid.bpf.o'));
     try {
       assert.throws(
@@ -53,12 +54,66 @@ describe('loader', e2eOptions(), () => {
           assert.ok(err instanceof VerifierError);
           assert.equal(err.code, 'KSPAN_ERR_VERIFIER');
           assert.equal(err.program, 'out_of_bounds');
-          assert.match(err.log, /invalid access to map value/);
-          assert.match(err.message, /out_of_bounds/);
+          assert.equal(err.truncated, false);
+          assert.match(err.log, /^8: \(79\) r6 = \*\(u64 \*\)\(r0 \+32\)$/m);
+          assert.match(err.log, /^processed \d+ insns/m);
+          assert.equal(
+            err.message,
+            'the kernel\'s BPF verifier rejected program "out_of_bounds": ' +
+              'invalid access to map value, value_size=8 off=32 size=8: R0 min value is outside of the allowed memory range ' +
+              '(this is a kspan bug or an unsupported kernel: report it with the verifier log (err.log))',
+          );
+          assert.equal((err.cause as Error).message, 'bpf_object__load failed: EACCES (13)');
           return true;
         },
       );
     } finally {
+      obj.close();
+    }
+  });
+
+  test('a verifier log that does not fit its buffer: the error says it was truncated and keeps what the kernel wrote', () => {
+    const obj = BpfObject.open(join(REPO_ROOT, 'bpf/.output/invalid.bpf.o'));
+    try {
+      assert.throws(
+        () => obj.load({ verifierLogSize: 96 }),
+        (err: unknown) => {
+          assert.ok(err instanceof VerifierError);
+          assert.equal(err.program, 'out_of_bounds');
+          assert.equal(err.truncated, true);
+          assert.ok(err.log.length > 0 && err.log.length <= 95, `${err.log.length} bytes kept`);
+          assert.ok(
+            err.message.startsWith('the kernel\'s BPF verifier rejected program "out_of_bounds" (its log was truncated; the last line kept): '),
+            err.message,
+          );
+          return true;
+        },
+      );
+    } finally {
+      obj.close();
+    }
+  });
+
+  test('a log sink that throws inside libbpf\'s print callback is counted; the load still fails with its own error', () => {
+    const before = libbpfLogStats.sinkErrors;
+    setLibbpfLogSink(() => {
+      throw new Error('sink broke');
+    });
+    const obj = BpfObject.open(join(REPO_ROOT, 'bpf/.output/invalid.bpf.o'));
+    try {
+      assert.throws(
+        () => obj.load(),
+        (err: unknown) => {
+          assert.ok(err instanceof VerifierError, String(err));
+          assert.equal(err.program, 'out_of_bounds');
+          // The lines still reached the capture, before the sink.
+          assert.ok((err.details.libbpfLog as string[]).includes("libbpf: prog 'out_of_bounds': failed to load: -13"));
+          return true;
+        },
+      );
+      assert.ok(libbpfLogStats.sinkErrors > before, `${libbpfLogStats.sinkErrors} sink errors counted`);
+    } finally {
+      setLibbpfLogSink(() => {});
       obj.close();
     }
   });

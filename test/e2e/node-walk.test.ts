@@ -11,7 +11,7 @@ import assert from 'node:assert/strict';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { readProcessContext } from '../helpers/process-context.ts';
 import { resolveMainThreadTls, startTracedServer, until, walkServer, type TracedServer } from '../helpers/traced-server.ts';
-import { ProcMemReader, RECORD_HEADER_SIZE, nodeLayoutFromProcessContext, parseNodeTlsStruct } from '../../src/context/nodejs/v8-walk.ts';
+import { RECORD_HEADER_SIZE, nodeLayoutFromProcessContext, parseNodeTlsStruct } from '../../src/context/nodejs/v8-walk.ts';
 import { withProcessMemory } from '../../src/context/proc-mem.ts';
 import { KspanCtxScheme, KspanTlsKind } from '../../src/records/abi.generated.ts';
 
@@ -72,10 +72,8 @@ test('held request: the walk reaches exactly the server span the SDK reports; th
   try {
     w = walkServer(server, tls.address);
     assert.equal(w.status, 'context', JSON.stringify(w, (_k, v) => (typeof v === 'bigint' ? v.toString(16) : v)));
-    const mem = new ProcMemReader(server.pid);
-    slot24 = mem.read(w.trace.wrapper! + 24n, 8)?.readBigUInt64LE(0);
-    slot32 = mem.read(w.trace.wrapper! + 32n, 8)?.readBigUInt64LE(0);
-    mem.close();
+    const wrapper = w.trace.wrapper!;
+    [slot24, slot32] = withProcessMemory(server.pid, (mem) => [mem.readU64(wrapper + 24n), mem.readU64(wrapper + 32n)]);
   } finally {
     server.release();
   }

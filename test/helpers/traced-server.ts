@@ -15,7 +15,6 @@ import { withProcessMemory } from '../../src/context/proc-mem.ts';
 import { KspanCtxScheme } from '../../src/records/abi.generated.ts';
 import {
   NODE_TLS_SYMBOL,
-  ProcMemReader,
   nodeLayoutFromProcessContext,
   walkNodeContext,
   type NodeWalkResult,
@@ -168,10 +167,5 @@ export function walkServer(server: TracedServer, tls: bigint): NodeWalkResult {
   if (!pc) throw new Error('no OTEL_CTX mapping');
   const layout = nodeLayoutFromProcessContext(pc.attributes);
   if (!layout.ok) throw new Error(layout.reason);
-  const mem = new ProcMemReader(server.pid);
-  try {
-    return walkNodeContext(mem, tls, layout.layout);
-  } finally {
-    mem.close();
-  }
+  return withProcessMemory(server.pid, (mem) => walkNodeContext(mem, tls, layout.layout));
 }

@@ -1,16 +1,15 @@
-/** The pure parts of the OTEP 4719 reader and the OTEP 4947 attribute decoder. */
+/** The pure parts of the OTEP 4719 reader (process-context-format.ts). */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   containerIdFromCgroup,
   decodeProcessContextPayload,
-  decodeRecordAttributes,
   findOtelCtxMapping,
   parseEnviron,
   parseOtelCtxHeader,
   parseResourceAttributesEnv,
   threadLocalConfig,
-} from '../../src/context/process-context.ts';
+} from '../../src/context/process-context-format.ts';
 import { parseProcMaps } from '../../src/context/proc-maps.ts';
 import { ProcessContextType } from '../../src/proto/otlp.ts';
 
@@ -102,16 +101,4 @@ test('container id from cgroup v1 and v2 paths', () => {
   assert.equal(containerIdFromCgroup(`0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-${id}.scope\n`), id);
   assert.equal(containerIdFromCgroup('0::/user.slice/user-0.slice/session-1.scope\n'), undefined);
   assert.equal(containerIdFromCgroup('0::/\n'), undefined);
-});
-
-test('record attributes: key map, last repeated key wins, unknown keys counted, truncation flagged', () => {
-  const rec = Buffer.from([0, 3, ...Buffer.from('GET'), 1, 2, ...Buffer.from('/a'), 0, 4, ...Buffer.from('POST'), 9, 1, 0x78]);
-  assert.deepEqual(decodeRecordAttributes(rec, ['http.method', 'http.route']), {
-    attributes: { 'http.method': 'POST', 'http.route': '/a' },
-    unknownKeys: 1,
-    truncated: false,
-  });
-  assert.deepEqual(decodeRecordAttributes(Buffer.from([1, 5, 0x61, 0x62]), ['k0', 'k1']), { attributes: {}, unknownKeys: 0, truncated: true });
-  assert.deepEqual(decodeRecordAttributes(Buffer.from([0, 0, 1]), ['k0']), { attributes: { k0: '' }, unknownKeys: 0, truncated: true });
-  assert.deepEqual(decodeRecordAttributes(new Uint8Array(0), []), { attributes: {}, unknownKeys: 0, truncated: false });
 });

@@ -5,9 +5,9 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { decodeRecordAttributes } from '../../src/context/record-attributes.ts';
 import {
   MAX_CHAIN_HOPS,
-  decodeRecordAttributes,
   nodeLayoutFromProcessContext,
   walkNodeContext,
   type MemoryReader,
@@ -23,7 +23,7 @@ class FakeMemory implements MemoryReader {
     this.regions.set(addr, b);
     return b;
   }
-  read(addr: bigint, n: number): Buffer | undefined {
+  tryRead(addr: bigint, n: number): Buffer | undefined {
     this.reads++;
     this.onRead?.(addr, n);
     for (const [base, buf] of this.regions) {
@@ -219,7 +219,7 @@ test('record: valid != 1 is no context; a valid flip or a swapped record during 
   assert.deepEqual(pick(walkNodeContext(h.mem, TLS, G3)), { status: 'torn' });
 });
 
-test('attributes: copied, clamped to whole entries, decoded through the key map', () => {
+test('attributes: copied, clamped to whole entries, decoded through the key map with unknown keys counted', () => {
   const attrs = Buffer.concat([Buffer.from([1, 3]), Buffer.from('GET'), Buffer.from([0, 5]), Buffer.from('/x/yz'), Buffer.from([9, 1, 0x41])]);
   const h = heap({ attrs });
   const w = walkNodeContext(h.mem, TLS, G3);
@@ -227,8 +227,9 @@ test('attributes: copied, clamped to whole entries, decoded through the key map'
   if (w.status !== 'context') return;
   assert.deepEqual(w.attributes, attrs);
   assert.deepEqual(decodeRecordAttributes(w.attributes, ['http.route', 'http.request.method']), {
-    'http.request.method': 'GET',
-    'http.route': '/x/yz',
+    attributes: { 'http.request.method': 'GET', 'http.route': '/x/yz' },
+    unknownKeys: 1,
+    truncated: false,
   });
   const big = Buffer.concat(Array.from({ length: 3 }, (_, i) => Buffer.concat([Buffer.from([i, 120]), Buffer.alloc(120, 0x61)])));
   const w2 = walkNodeContext(heap({ attrs: big }).mem, TLS, G3);

@@ -3,12 +3,10 @@
  * arrays, integers and enums for the decoder generator. Pure: bytes in, types out.
  * Format: linux/Documentation/bpf/btf.rst (header, type section, string section).
  */
+import { BtfFormatError } from '../../src/core/errors.ts';
+import { BTF_KIND } from '../../src/elf/btf-kind.ts';
 
-export const BTF_KIND = {
-  INT: 1, PTR: 2, ARRAY: 3, STRUCT: 4, UNION: 5, ENUM: 6, FWD: 7, TYPEDEF: 8, VOLATILE: 9,
-  CONST: 10, RESTRICT: 11, FUNC: 12, FUNC_PROTO: 13, VAR: 14, DATASEC: 15, FLOAT: 16,
-  DECL_TAG: 17, TYPE_TAG: 18, ENUM64: 19,
-} as const;
+export { BTF_KIND };
 
 export interface BtfMember {
   name: string;
@@ -35,13 +33,6 @@ export interface BtfType {
   nelems: number;
   /** ENUM/ENUM64: values. */
   enumValues: { name: string; value: bigint }[];
-}
-
-export class BtfFormatError extends Error {
-  constructor(message: string) {
-    super(`BTF: ${message}`);
-    this.name = 'BtfFormatError';
-  }
 }
 
 export interface Btf {

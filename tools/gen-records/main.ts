@@ -4,11 +4,19 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { KspanError } from '../../src/core/errors.ts';
 import { generatedRecordsSource } from './records-source.ts';
 
 const target = fileURLToPath(new URL('../../src/records/abi.generated.ts', import.meta.url));
 const objectPath = fileURLToPath(new URL('../../bpf/.output/kspan.bpf.o', import.meta.url));
-const fresh = generatedRecordsSource(objectPath);
+let fresh: string;
+try {
+  fresh = generatedRecordsSource(objectPath);
+} catch (err) {
+  if (!(err instanceof KspanError)) throw err;
+  console.error(`gen-records: ${err.code}: ${err.message}`);
+  process.exit(1);
+}
 if (process.argv.includes('--check')) {
   const current = readFileSync(target, 'utf8');
   if (current !== fresh) {

@@ -1,9 +1,10 @@
 /**
  * The `nodejs_v1_dev` walk, in TypeScript: from a thread's
  * `otel_thread_ctx_nodejs_v1` TLS struct, through V8's AsyncContextFrame, to the
- * OTEP 4947 record of the span that thread has active. It reads another process's
- * memory (/proc/PID/mem) and is both a verification tool and the reference for the
- * BPF reader (bpf/nodejs_ctx.bpf.h): every bound below is mirrored there.
+ * OTEP 4947 record of the span that thread has active. Pure: it reads memory
+ * through a MemoryReader (another process's, through proc-mem.ts's
+ * ProcessMemory), and is both a verification tool and the reference for the BPF
+ * reader (bpf/nodejs_ctx.bpf.h): every bound below is mirrored there.
  *
  * TLS struct (32 bytes):
  *   @0 cped_slot: address of the isolate's ContinuationPreservedEmbedderData field
@@ -24,8 +25,8 @@
  * read is checked, counts and indexes are bounded, and the record's `valid` byte and
  * the wrapper's record pointer are read again after the copy.
  */
-import { closeSync, openSync, readSync } from 'node:fs';
 import type { AttrValue } from '../../proto/otlp.ts';
+import { wholeEntriesLength } from '../record-attributes.ts';
 
 export const NODE_SCHEMA_VERSIONS = ['nodejs_v1_dev', 'nodejs_v1'] as const;
 export const NODE_TLS_SYMBOL = 'otel_thread_ctx_nodejs_v1';
@@ -133,29 +134,10 @@ export function parseNodeTlsStruct(buf: Buffer): NodeTlsStruct {
   };
 }
 
+/** What the walk reads through; ProcessMemory (proc-mem.ts) is one. */
 export interface MemoryReader {
-  /** `length` bytes at `address`, or undefined when any of it is unreadable. */
-  read(address: bigint, length: number): Buffer | undefined;
-}
-
-/** Reads another process's memory through /proc/PID/mem (needs ptrace access: root or CAP_SYS_PTRACE). */
-export class ProcMemReader implements MemoryReader {
-  readonly #fd: number;
-  constructor(pid: number) {
-    this.#fd = openSync(`/proc/${pid}/mem`, 'r');
-  }
-  read(address: bigint, length: number): Buffer | undefined {
-    if (address <= 0n || address >= 0x0000_8000_0000_0000n) return undefined;
-    const buf = Buffer.alloc(length);
-    try {
-      return readSync(this.#fd, buf, 0, length, address) === length ? buf : undefined;
-    } catch {
-      return undefined;
-    }
-  }
-  close(): void {
-    closeSync(this.#fd);
-  }
+  /** `length` bytes at `address`, or undefined when any of it is not mapped. */
+  tryRead(address: bigint, length: number): Buffer | undefined;
 }
 
 export type NoContextReason =
@@ -223,7 +205,7 @@ function smi(w: bigint): number | undefined {
 /** Walks from the TLS struct at `tlsAddress` (one thread) to its active record. */
 export function walkNodeContext(mem: MemoryReader, tlsAddress: bigint, layout: NodeWalkLayout): NodeWalkResult {
   const trace: WalkTrace = {};
-  const tlsBuf = mem.read(tlsAddress, NODE_TLS_STRUCT_SIZE);
+  const tlsBuf = mem.tryRead(tlsAddress, NODE_TLS_STRUCT_SIZE);
   if (!tlsBuf) return { status: 'fault', at: 'tls', trace };
   const tls = parseNodeTlsStruct(tlsBuf);
   trace.tls = tls;
@@ -231,7 +213,7 @@ export function walkNodeContext(mem: MemoryReader, tlsAddress: bigint, layout: N
   if (tls.cpedSlot === 0n || tls.alsHandle === 0n || tls.undefinedAddr === 0n) {
     return { status: 'none', reason: 'not-initialized', trace };
   }
-  const u64 = (addr: bigint): bigint | undefined => mem.read(addr, 8)?.readBigUInt64LE(0);
+  const u64 = (addr: bigint): bigint | undefined => mem.tryRead(addr, 8)?.readBigUInt64LE(0);
 
   const frame = u64(tls.cpedSlot);
   if (frame === undefined) return { status: 'fault', at: 'cped_slot', trace };
@@ -245,7 +227,7 @@ export function walkNodeContext(mem: MemoryReader, tlsAddress: bigint, layout: N
   trace.table = table;
 
   const F = table + BigInt(layout.hashMapHeaderSize);
-  const counts = mem.read(F, 24);
+  const counts = mem.tryRead(F, 24);
   if (!counts) return { status: 'fault', at: 'table', trace };
   const elements = smi(counts.readBigUInt64LE(0));
   const deleted = smi(counts.readBigUInt64LE(8));
@@ -274,7 +256,7 @@ export function walkNodeContext(mem: MemoryReader, tlsAddress: bigint, layout: N
   while (index !== -1) {
     if (index < 0 || index >= used) return { status: 'rejected', reason: 'bad-index', trace };
     if (hops++ >= MAX_CHAIN_HOPS) return { status: 'rejected', reason: 'chain-too-long', trace };
-    const entry = mem.read(entries + 24n * BigInt(index), 24);
+    const entry = mem.tryRead(entries + 24n * BigInt(index), 24);
     if (!entry) return { status: 'fault', at: 'entry', trace };
     if (entry.readBigUInt64LE(0) === alsObject) {
       value = entry.readBigUInt64LE(8);
@@ -323,15 +305,15 @@ export function readRecord(
   trace: WalkTrace,
   stillCurrent: () => boolean = () => true,
 ): NodeWalkResult {
-  const header = mem.read(record, RECORD_HEADER_SIZE);
+  const header = mem.tryRead(record, RECORD_HEADER_SIZE);
   if (!header) return { status: 'fault', at: 'record', trace };
   const valid = header[24];
   if (valid !== 1) return { status: 'invalid', valid, trace };
   const attrsSize = header.readUInt16LE(26);
   const copyAttrs = Math.min(attrsSize, MAX_ATTRS_SIZE);
-  const attrs = copyAttrs > 0 ? mem.read(record + BigInt(RECORD_HEADER_SIZE), copyAttrs) : Buffer.alloc(0);
+  const attrs = copyAttrs > 0 ? mem.tryRead(record + BigInt(RECORD_HEADER_SIZE), copyAttrs) : Buffer.alloc(0);
   if (!attrs) return { status: 'fault', at: 'record', trace };
-  const after = mem.read(record, RECORD_HEADER_SIZE);
+  const after = mem.tryRead(record, RECORD_HEADER_SIZE);
   if (!after) return { status: 'fault', at: 'record', trace };
   if (after[24] !== 1 || !after.subarray(0, 24).equals(header.subarray(0, 24)) || !stillCurrent()) {
     return { status: 'torn', trace };
@@ -341,30 +323,8 @@ export function readRecord(
     traceId: Buffer.from(header.subarray(0, 16)),
     spanId: Buffer.from(header.subarray(16, 24)),
     traceFlags: header[25],
-    attributes: trimAttributes(attrs),
+    // A trailing partial entry left by clamping is dropped.
+    attributes: attrs.subarray(0, wholeEntriesLength(attrs)),
     trace,
   };
-}
-
-/** Drops a trailing partial {key, len, val} entry left by clamping. */
-function trimAttributes(buf: Buffer): Buffer {
-  let off = 0;
-  while (off + 2 <= buf.length && off + 2 + buf[off + 1] <= buf.length) off += 2 + buf[off + 1];
-  return buf.subarray(0, off);
-}
-
-/** Decodes record attributes with the process context's threadlocal.attribute_key_map. */
-export function decodeRecordAttributes(attrs: Buffer, keyMap: readonly string[]): Record<string, string> {
-  const out: Record<string, string> = {};
-  let off = 0;
-  while (off + 2 <= attrs.length) {
-    const key = attrs[off];
-    const len = attrs[off + 1];
-    if (off + 2 + len > attrs.length) break;
-    const name = keyMap[key];
-    // Unknown keys are dropped: without a name there is nothing to report.
-    if (name !== undefined) out[name] = attrs.toString('utf8', off + 2, off + 2 + len);
-    off += 2 + len;
-  }
-  return out;
 }

@@ -1,0 +1,143 @@
+/**
+ * RingBufferReader on a real BPF ring (bpf/bench.bpf.c's fill_ring writes N
+ * records on getppid()): nothing thrown in koffi's epoll callback escapes, a
+ * failing wait is retried without spinning, and a constructor that fails
+ * half-way leaves no mapping or epoll fd behind.
+ */
+import assert from 'node:assert/strict';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { KspanError } from '../../src/core/errors.ts';
+import { koffi } from '../../src/kernel/native.ts';
+import { RingBufferReader } from '../../src/kernel/ring-buffer.ts';
+import { decodeRecords } from '../../src/records/decoder.ts';
+import { e2eOptions } from '../helpers/require-bpf.ts';
+import { openRingFiller } from '../helpers/ring-filler.ts';
+
+const RING = 256 << 10;
+const dup2 = koffi.load('libc.so.6').func('int dup2(int oldfd, int newfd)') as (a: number, b: number) => number;
+
+async function until(check: () => boolean, ms = 3000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/** fds of this process that are epoll instances. */
+function epollFds(): number[] {
+  return readdirSync('/proc/self/fd')
+    .filter((fd) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[eventpoll]';
+      } catch {
+        return false; // the fd of the readdir itself
+      }
+    })
+    .map(Number);
+}
+
+describe('ring buffer reader', e2eOptions(), () => {
+  test('a record handler that throws costs only its record: counted, reported, the others delivered from the epoll callback', async () => {
+    const { obj, ringFd, fill } = openRingFiller(5, RING);
+    const errors: unknown[] = [];
+    const cookies: bigint[] = [];
+    let reader: RingBufferReader | undefined;
+    try {
+      reader = new RingBufferReader(
+        ringFd,
+        RING,
+        (view, off) =>
+          decodeRecords(view, off, (r) => {
+            if (r.cookie === 2n) throw new Error('record 2 refused');
+            cookies.push(r.cookie);
+          }),
+        { onError: (err) => errors.push(err) },
+      );
+      reader.start(10);
+      fill();
+      await until(() => cookies.length === 4);
+      await reader.stop();
+      assert.deepEqual(cookies, [1n, 3n, 4n, 5n]);
+      assert.equal(reader.stats.records, 4);
+      assert.equal(reader.stats.handlerErrors, 1);
+      assert.equal(reader.stats.waitErrors, 0);
+      assert.deepEqual(errors.map((e) => (e as Error).message), ['record 2 refused']);
+    } finally {
+      reader?.close();
+      obj.close();
+    }
+  });
+
+  test('a failing epoll_wait is counted and retried after the idle interval, not in a loop; stop() still returns', async () => {
+    const { obj, ringFd, fill } = openRingFiller(3, RING);
+    const dir = mkdtempSync(join(tmpdir(), 'kspan-ring-'));
+    const errors: unknown[] = [];
+    const cookies: bigint[] = [];
+    let reader: RingBufferReader | undefined;
+    try {
+      const before = new Set(epollFds());
+      reader = new RingBufferReader(ringFd, RING, (view, off) => decodeRecords(view, off, (r) => cookies.push(r.cookie)), {
+        onError: (err) => errors.push(err),
+      });
+      const [epfd] = epollFds().filter((fd) => !before.has(fd));
+      assert.ok(epfd !== undefined, 'the reader made an epoll fd');
+      // Put a plain file where the reader's epoll fd was: every epoll_wait on it is EINVAL.
+      const file = openSync(join(dir, 'not-epoll'), 'w');
+      assert.equal(dup2(file, epfd), epfd);
+      closeSync(file);
+      reader.start(20);
+      await new Promise((r) => setTimeout(r, 300));
+      const failures = reader.stats.waitErrors;
+      assert.ok(failures >= 5 && failures <= 16, `${failures} failed waits in 300 ms at one per 20 ms`);
+      const err = errors[0] as KspanError;
+      assert.equal(err.code, 'KSPAN_ERR_RINGBUF');
+      assert.equal(err.message, 'ring buffer: epoll_wait failed');
+      assert.equal((err.cause as Error).message, 'epoll_wait failed: EINVAL (22)');
+      assert.equal(errors.length, failures);
+      // Records are still read on the retries' drains.
+      fill();
+      await until(() => cookies.length === 3);
+      assert.deepEqual(cookies, [1n, 2n, 3n]);
+      await reader.stop();
+    } finally {
+      reader?.close();
+      obj.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('ring buffer reader, set-up failure', () => {
+  test('when epoll cannot watch the fd, the mappings and the epoll fd are released', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'kspan-ring-'));
+    const path = join(dir, 'not-a-ring');
+    const size = 64 << 10;
+    const fd = openSync(path, 'w+');
+    try {
+      // A plain file can be mapped like a ring (both mmaps succeed) but not watched (epoll_ctl: EPERM).
+      ftruncateSync(fd, 4096 + 2 * size);
+      const mapped = () => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.endsWith(path)).length;
+      const epolls = epollFds().length;
+      assert.equal(mapped(), 0);
+      assert.throws(
+        () => new RingBufferReader(fd, size, () => {}),
+        (err: unknown) => {
+          assert.ok(err instanceof KspanError);
+          assert.equal(err.code, 'KSPAN_ERR_RINGBUF');
+          assert.equal(err.message, 'ring buffer: epoll_ctl failed');
+          assert.equal((err.cause as Error).message, 'epoll_ctl failed: EPERM (1)');
+          return true;
+        },
+      );
+      assert.equal(mapped(), 0, 'no mapping of the file is left');
+      assert.equal(epollFds().length, epolls, 'no epoll fd is left');
+    } finally {
+      closeSync(fd);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
