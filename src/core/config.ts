@@ -10,8 +10,9 @@
  * it: `--duration -5: …`, `OTEL_EXPORTER_OTLP_ENDPOINT=garbage: not a URL`.
  * Every value is checked here, before a command touches the kernel.
  *
- * This is the one module that reads process.env. (The OTLP exporter library reads
- * its own OTEL_EXPORTER_OTLP_HEADERS / _TIMEOUT / _COMPRESSION / TLS variables.)
+ * This is the one module of the agent that reads process.env (the OTLP exporter
+ * library reads its own OTEL_EXPORTER_OTLP_HEADERS / _TIMEOUT / _COMPRESSION / TLS
+ * variables; the demo passes the environment on to its services).
  * A command gets one typed object from loadConfig(); help texts are generated
  * from the same tables (src/cli/options.ts), so they cannot drift.
  *
@@ -499,6 +500,16 @@ export function loadSettings<K extends SettingKey>(
 ): { readonly [k in K]: ValueOf<k> } & { readonly origins: { readonly [k in K]: Origin } } {
   const entries = keys.map((key) => ({ key, spec: SETTINGS[key] as SettingSpec<unknown>, required: false }));
   return resolve(entries, sources, sources.flags ?? {}, 'kspan --help lists the commands') as never;
+}
+
+/**
+ * Test-only fault injection, not a setting (not in --help): the programs named in
+ * KSPAN_FAULT_REJECT_PROGRAMS (comma-separated) are made to fail verification
+ * (src/kernel/tcp-tracer.ts), so tests prove that losing an optional hook leaves
+ * kspan running.
+ */
+export function faultRejectedPrograms(env: Readonly<Record<string, string | undefined>> = process.env): ReadonlySet<string> {
+  return new Set((env.KSPAN_FAULT_REJECT_PROGRAMS ?? '').split(',').map((s) => s.trim()).filter(Boolean));
 }
 
 /** Internal tunables: fixed today, one place each. */
