@@ -1,35 +1,101 @@
 /**
- * kspan command line. Subcommands: doctor, events (and, as they land, run, demo,
- * record, replay). Usage errors exit 2, runtime failures 1.
+ * kspan command line: run, events, record, replay, doctor, demo. Each command's
+ * arguments and environment become one checked configuration
+ * (src/core/config.ts) before anything touches the kernel. Every failure the
+ * user can act on prints `kspan: KSPAN_ERR_…: message (hint)`; exit statuses
+ * are in options.ts EXIT (usage 2, other errors 1, data lost 3).
  */
-import { parseArgs } from 'node:util';
-import { KspanError } from '../core/errors.ts';
+import { readFileSync } from 'node:fs';
+import { COMMANDS, loadConfig, wantsHelp, type Command } from '../core/config.ts';
+import { KspanError, type ErrorCode } from '../core/errors.ts';
 import { createLogger } from '../core/logger.ts';
+import { EXIT, helpText, usageText } from './usage.ts';
 
-const USAGE = `usage: kspan <command> [options]
+const isCommand = (s: string | undefined): s is Command => !!s && Object.hasOwn(COMMANDS, s);
 
-commands:
-  doctor [--json]                         check that kspan can run here; exit 0 when it can
-  events --pid PID [--pid PID ...]        print kernel TCP records as JSON lines
-         [--duration SECONDS] [--io-hooks auto|sock_length|syscalls] [--max-sockets N]
-  run --pid PID [--pid PID ...]           the agent: kernel spans under the targets' spans, over OTLP
-      [--duration SECONDS] [--otlp-endpoint URL] [--otlp-protocol grpc|http/protobuf]
-      [--console] [--orphans] [--idle-flush-ms MS] [--max-sockets N] [--io-hooks ...]
-  record --pid PID [...] -o FILE          write the kernel records to FILE (msgpack)
-         [--duration SECONDS] [--io-hooks ...]
-  replay FILE [--otlp-endpoint URL | --console] [--orphans]
-                                          feed a recording through the correlator and exporter
-  demo [--duration SECONDS] [--requests N] [--loss FRACTION] [--traces N]
-       [--spans-out FILE] [--otlp-endpoint URL] [--otlp-protocol ...]
-                                          example services, traced, with a lossy path; trees on the terminal
-every command: --log-level trace|debug|info|warn|error (logs are JSON on stderr)
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
 
-README.md documents every option and the output formats`;
+/** What to do, for errors raised without a hint of their own (docs/ERRORS.md). */
+const DEFAULT_HINTS: Partial<Record<ErrorCode, string>> = {
+  KSPAN_ERR_USAGE: 'kspan --help lists the commands',
+  KSPAN_ERR_PRIVILEGE: 'run as root, or grant CAP_BPF and CAP_PERFMON',
+  KSPAN_ERR_NO_BTF: 'use a kernel built with CONFIG_DEBUG_INFO_BTF=y',
+  KSPAN_ERR_TRACEFS: 'mount -t tracefs tracefs /sys/kernel/tracing',
+  KSPAN_ERR_LIBBPF: 'install libbpf 1.x (apt-get install libbpf1)',
+  KSPAN_ERR_BPF_OBJECT: 'build it: make -C bpf',
+  KSPAN_ERR_VERIFIER: 'a kspan bug or an unsupported kernel: report it with the verifier log',
+  KSPAN_ERR_BPF_INTERRUPTED: 'try again',
+  KSPAN_ERR_ATTACH: 'kspan doctor says which hooks this kernel has',
+  KSPAN_ERR_MAP: 'the cause below carries the errno',
+  KSPAN_ERR_RINGBUF: 'the cause below carries the errno',
+  KSPAN_ERR_TARGET: 'check the pid; CAP_SYS_PTRACE for other users\' processes',
+  KSPAN_ERR_RECORD_FILE: 'give a file written by kspan record -o FILE',
+  KSPAN_ERR_EXPORT: 'check --otlp-endpoint and the OTEL_EXPORTER_OTLP_* variables',
+};
 
-/** --log-level LEVEL (any command): pino's levels; default KSPAN_LOG_LEVEL or info. */
-function logLevel(args: string[]): string | undefined {
-  const i = args.indexOf('--log-level');
-  return i >= 0 ? args[i + 1] : args.find((a) => a.startsWith('--log-level='))?.slice('--log-level='.length);
+/** `kspan: CODE: message (hint)`: the hint the error carries, else its code's. */
+function errorLine(err: KspanError): string {
+  const hint = err.hint ?? DEFAULT_HINTS[err.code] ?? 'docs/ERRORS.md says what to do';
+  return `kspan: ${err.code}: ${err.hint ? err.message : `${err.message} (${hint})`}`;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === '--version' || cmd === '-V' || cmd === 'version') {
+    process.stdout.write(`kspan ${version()}\n`);
+    return EXIT.ok;
+  }
+  if (cmd === undefined || cmd === '-h' || cmd === '--help' || cmd === 'help') {
+    const topic = cmd === 'help' ? rest[0] : undefined;
+    process.stdout.write(`${isCommand(topic) ? helpText(topic) : usageText()}\n`);
+    return cmd === undefined ? EXIT.usage : EXIT.ok;
+  }
+  if (!isCommand(cmd)) {
+    throw new KspanError('KSPAN_ERR_USAGE', `unknown command "${cmd}"`, { hint: 'kspan --help lists the commands' });
+  }
+  if (wantsHelp(rest)) {
+    process.stdout.write(`${helpText(cmd)}\n`);
+    return EXIT.ok;
+  }
+  switch (cmd) {
+    case 'doctor': {
+      const config = loadConfig('doctor', { argv: rest });
+      const { runDoctor, formatChecks, doctorExitCode } = await import('./doctor.ts');
+      const checks = runDoctor();
+      process.stdout.write(config.json ? `${JSON.stringify({ ok: doctorExitCode(checks) === 0, checks }, null, 2)}\n` : `${formatChecks(checks)}\n`);
+      return doctorExitCode(checks);
+    }
+    case 'events': {
+      const config = loadConfig('events', { argv: rest });
+      const { eventsCommand } = await import('./events.ts');
+      return eventsCommand(config, createLogger(config.logLevel));
+    }
+    case 'run': {
+      const config = loadConfig('run', { argv: rest });
+      const { runCommand } = await import('./run.ts');
+      return runCommand(config, createLogger(config.logLevel));
+    }
+    case 'record': {
+      const config = loadConfig('record', { argv: rest });
+      const { recordCommand } = await import('./record.ts');
+      return recordCommand(config, createLogger(config.logLevel));
+    }
+    case 'replay': {
+      const config = loadConfig('replay', { argv: rest });
+      const { replayCommand } = await import('./replay.ts');
+      return replayCommand(config, createLogger(config.logLevel));
+    }
+    case 'demo': {
+      // Checked here so a bad value gets the same message as elsewhere; the demo
+      // parses its own arguments (without --log-level).
+      const config = loadConfig('demo', { argv: rest });
+      const { demoCommand } = await import('./demo.ts');
+      return demoCommand(withoutLogLevel(rest), createLogger(config.logLevel));
+    }
+  }
 }
 
 function withoutLogLevel(args: string[]): string[] {
@@ -41,64 +107,23 @@ function withoutLogLevel(args: string[]): string[] {
   return out;
 }
 
-async function main(argv: string[]): Promise<number> {
-  const [cmd, ...rest] = argv;
-  switch (cmd) {
-    case 'doctor': {
-      const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' } } });
-      const { runDoctor, formatChecks, doctorExitCode } = await import('./doctor.ts');
-      const checks = runDoctor();
-      process.stdout.write(values.json ? `${JSON.stringify({ ok: doctorExitCode(checks) === 0, checks }, null, 2)}\n` : `${formatChecks(checks)}\n`);
-      return doctorExitCode(checks);
-    }
-    case 'events': {
-      const { eventsCommand } = await import('./events.ts');
-      return eventsCommand(withoutLogLevel(rest), createLogger(logLevel(rest)));
-    }
-    case 'run': {
-      const { runCommand } = await import('./run.ts');
-      return runCommand(withoutLogLevel(rest), createLogger(logLevel(rest)));
-    }
-    case 'record': {
-      const { recordCommand } = await import('./record.ts');
-      return recordCommand(withoutLogLevel(rest), createLogger(logLevel(rest)));
-    }
-    case 'replay': {
-      const { replayCommand } = await import('./replay.ts');
-      return replayCommand(withoutLogLevel(rest), createLogger(logLevel(rest)));
-    }
-    case 'demo': {
-      const { demoCommand } = await import('./demo.ts');
-      return demoCommand(withoutLogLevel(rest), createLogger(logLevel(rest) ?? 'warn'));
-    }
-    case undefined:
-    case '-h':
-    case '--help':
-    case 'help':
-      process.stdout.write(`${USAGE}\n`);
-      return cmd ? 0 : 2;
-    default:
-      process.stderr.write(`kspan: unknown command "${cmd}"\n${USAGE}\n`);
-      return 2;
-  }
-}
-
 main(process.argv.slice(2)).then(
   (code) => {
     process.exitCode = code;
   },
   (err: unknown) => {
     if (err instanceof KspanError) {
-      process.stderr.write(`kspan: ${err.code}: ${err.message}\n`);
+      process.stderr.write(`${errorLine(err)}\n`);
       if (err.cause instanceof Error) process.stderr.write(`  cause: ${err.cause.message}\n`);
       if ('log' in err && typeof err.log === 'string') process.stderr.write(`  verifier log:\n${err.log}\n`);
-      process.exitCode = err.code === 'KSPAN_ERR_USAGE' ? 2 : 1;
+      process.exitCode = err.code === 'KSPAN_ERR_USAGE' ? EXIT.usage : EXIT.error;
     } else if (err instanceof Error && String((err as { code?: unknown }).code).startsWith('ERR_PARSE_ARGS')) {
-      process.stderr.write(`kspan: ${err.message}\n${USAGE}\n`);
-      process.exitCode = 2;
+      // A command that parses its own arguments (kspan demo).
+      process.stderr.write(`kspan: KSPAN_ERR_USAGE: ${err.message.split('\n')[0]} (kspan ${process.argv[2]} --help lists the options)\n`);
+      process.exitCode = EXIT.usage;
     } else {
       process.stderr.write(`kspan: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-      process.exitCode = 1;
+      process.exitCode = EXIT.error;
     }
   },
 );

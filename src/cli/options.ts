@@ -1,63 +1,115 @@
-/** Option parsing and the stop signal shared by the long-running commands. */
-import { KspanError } from '../core/errors.ts';
-import type { IoPath } from '../kernel/kernel-features.ts';
+/**
+ * What the long-running commands share: the stop signal, the tracing session
+ * with its logging, loss counting, file error wording.
+ */
+import { getSystemErrorMessage } from 'node:util';
+import { loadSettings, type RunConfig } from '../core/config.ts';
+import type { Logger } from '../core/logger.ts';
+import { setLibbpfLogSink } from '../kernel/libbpf-log.ts';
+import type { TracerCounters } from '../kernel/tcp-tracer.ts';
+import { TracingSession, type TracingSessionOptions } from '../kernel/tracing-session.ts';
+import { warnFeatureOff } from './kernel-warnings.ts';
 
-export function parsePids(values: string[] | undefined): number[] {
-  if (!values?.length) throw new KspanError('KSPAN_ERR_USAGE', 'no target: give --pid PID (repeatable)');
-  return values.map((v) => {
-    const n = Number(v);
-    if (!Number.isInteger(n) || n <= 0) throw new KspanError('KSPAN_ERR_USAGE', `--pid ${v}: not a process id`);
-    return n;
-  });
+/** setTimeout's longest delay (2^31 − 1 ms, 24.8 days); a longer one fires at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+export interface Timers<H> {
+  setTimeout(fn: () => void, ms: number): H;
+  clearTimeout(handle: H): void;
 }
 
-export function parseDuration(v: string | undefined): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n) || n <= 0) throw new KspanError('KSPAN_ERR_USAGE', `--duration ${v}: give seconds > 0`);
-  return n;
-}
-
-export function parseIoHooks(v: string | undefined): IoPath | undefined {
-  if (v === undefined || v === 'auto') return undefined;
-  if (v === 'sock_length' || v === 'syscalls') return v;
-  throw new KspanError('KSPAN_ERR_USAGE', `--io-hooks ${v}: use auto, sock_length or syscalls`);
+/** Calls `fn` once after `ms`, however long: delays past setTimeout's limit are chained. Returns a cancel. */
+export function after<H = NodeJS.Timeout>(
+  ms: number,
+  fn: () => void,
+  timers: Timers<H> = { setTimeout, clearTimeout } as unknown as Timers<H>,
+): () => void {
+  let handle: H;
+  const arm = (left: number) => {
+    const step = Math.min(left, MAX_TIMER_MS);
+    handle = timers.setTimeout(() => (left > step ? arm(left - step) : fn()), step);
+  };
+  arm(ms);
+  return () => timers.clearTimeout(handle);
 }
 
 export type StopSignal = Promise<string> & {
+  /** Stops now, for `why` (every target exited, the output failed). */
+  end(why: string): void;
   /** Removes the handlers and the timer (the command failed before it started). */
   cancel(): void;
 };
 
-/** Resolves after `seconds`, or on SIGINT/SIGTERM, whichever comes first. */
+/** Resolves after `seconds`, on SIGINT/SIGTERM, or on end(), whichever comes first, with the reason. */
 export function waitForStop(seconds: number | undefined): StopSignal {
-  let timer: NodeJS.Timeout | undefined;
+  let cancelTimer = () => {};
   let finish: (why: string) => void = () => {};
   const onInt = () => finish('SIGINT');
   const onTerm = () => finish('SIGTERM');
   const cleanup = () => {
-    if (timer) clearTimeout(timer);
+    cancelTimer();
     process.off('SIGINT', onInt);
     process.off('SIGTERM', onTerm);
   };
   const promise = new Promise<string>((resolve) => {
     finish = (why) => {
       cleanup();
+      finish = () => {};
       resolve(why);
     };
     process.on('SIGINT', onInt);
     process.on('SIGTERM', onTerm);
-    if (seconds !== undefined) timer = setTimeout(() => finish('duration'), seconds * 1000);
+    if (seconds !== undefined) cancelTimer = after(seconds * 1000, () => finish('duration'));
   });
-  return Object.assign(promise, { cancel: cleanup });
+  return Object.assign(promise, { end: (why: string) => finish(why), cancel: cleanup });
 }
 
-/** --max-sockets N: a positive integer, or undefined for the default. */
-export function parseMaxSockets(v: string | undefined): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 1 || n > 1 << 24) {
-    throw new KspanError('KSPAN_ERR_USAGE', `--max-sockets ${v}: give a whole number from 1 to 16777216`);
-  }
-  return n;
+export type TracingConfig = Pick<RunConfig, 'pids' | 'ioHooks' | 'maxSockets' | 'waitForTargets'>;
+
+export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone'>;
+
+/**
+ * The tracing session of run, events and record: the targets checked first
+ * (KSPAN_ERR_TARGET), then the programs loaded and attached; libbpf's messages,
+ * features the kernel cannot give, refused records, unreadable contexts and
+ * exited targets logged.
+ */
+export function openSession(config: TracingConfig, log: Logger, hooks: SessionHooks): TracingSession {
+  setLibbpfLogSink((level, line) => log[level === 'warn' ? 'warn' : 'debug']({ libbpf: line }));
+  return TracingSession.open({
+    pids: config.pids,
+    ioPath: config.ioHooks === 'auto' ? undefined : config.ioHooks,
+    maxSockets: config.maxSockets,
+    waitForTargets: config.waitForTargets,
+    onRecord: hooks.onRecord,
+    onTarget: hooks.onTarget,
+    onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
+    onTargetError: (pid, err) => log.warn({ target_pid: pid, err }, "cannot read the target's trace context; tracing it without"),
+    onTargetExit: (pid) => {
+      log.warn({ target_pid: pid }, 'target exited; no longer traced');
+      hooks.onTargetExit?.(pid);
+    },
+    onTargetsGone: hooks.onTargetsGone,
+    onFeatureOff: warnFeatureOff(log),
+  });
+}
+
+/** Records the kernel side lost: ring buffer full, socket table full, refused by the decoder. */
+export function recordsLost(c: TracerCounters): number {
+  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.decode_errors;
+}
+
+/** Why a command stopped, as its "stopping" line says. */
+export const TARGETS_GONE = 'every target exited';
+
+/** --duration's check, for callers that parse their own arguments (kspan demo). */
+export function parseDuration(v: string | undefined): number | undefined {
+  return v === undefined ? undefined : loadSettings(['duration'], { flags: { duration: v } }).duration;
+}
+
+/** A file system error as words: `no space left on device (ENOSPC)`. */
+export function describeFsError(err: unknown): string {
+  const e = err as NodeJS.ErrnoException;
+  if (typeof e?.errno === 'number' && e.code) return `${getSystemErrorMessage(e.errno)} (${e.code})`;
+  return err instanceof Error ? err.message : String(err);
 }

@@ -1,70 +1,59 @@
 /**
  * `kspan run`: the agent. Kernel records of the selected processes → socket
  * correlator → kernel spans under the targets' own spans → OTLP (or, with no
- * endpoint configured, trees on the terminal). Stops after --duration or on
- * SIGINT/SIGTERM: flushes the kernel's open aggregates, ends every open span,
- * drains the export queue, then exits 0.
+ * endpoint configured, trees on the terminal). Stops after --duration, on
+ * SIGINT/SIGTERM, or once every target has exited: flushes the kernel's open
+ * aggregates, ends every open span, drains the export queue, then exits 0, or
+ * 3 when records or spans were lost.
  */
-import { parseArgs } from 'node:util';
 import type { SpanExporter } from '@opentelemetry/sdk-trace';
+import { loadConfig, TUNING, type RunConfig } from '../core/config.ts';
 import { KernelClock } from '../kernel/clock.ts';
-import { setLibbpfLogSink } from '../kernel/libbpf-log.ts';
 import type { Logger } from '../core/logger.ts';
 import { contextAttributes } from '../spans/context-attributes.ts';
-import { resolveExportTarget } from '../export/export-pipeline.ts';
+import { exportTarget } from '../export/export-pipeline.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
 import { OrphanNotices, type Notice } from '../spans/orphan-notices.ts';
 import { TargetResources } from '../export/target-resources.ts';
-import { TracingSession } from '../kernel/tracing-session.ts';
-import { warnFeatureOff } from './kernel-warnings.ts';
-import { parseDuration, parseIoHooks, parseMaxSockets, parsePids, waitForStop } from './options.ts';
-
-export const RUN_OPTIONS = {
-  pid: { type: 'string', multiple: true },
-  duration: { type: 'string' },
-  orphans: { type: 'boolean', default: false },
-  'otlp-endpoint': { type: 'string' },
-  'otlp-protocol': { type: 'string' },
-  console: { type: 'boolean', default: false },
-  'io-hooks': { type: 'string', default: 'auto' },
-  'idle-flush-ms': { type: 'string', default: '500' },
-  'max-sockets': { type: 'string' },
-} as const;
-
-/** How often the kernel is asked to close idle aggregates, and the clock offset re-measured. */
-const IDLE_FLUSH_TICK_MS = 250;
-const CLOCK_REFRESH_MS = 60_000;
+import type { TracingSession } from '../kernel/tracing-session.ts';
+import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { EXIT } from './usage.ts';
 
 export interface AgentHandle {
   session: TracingSession;
   pipeline: SpanPipeline;
-  stop(): Promise<void>;
+  /** Flushes everything; resolves once exported, with how many records and spans were lost. */
+  stop(): Promise<{ lost: number }>;
 }
 
-export interface AgentOptions {
-  pids: number[];
+export interface AgentExtras {
   /** Spans go here instead of OTLP or the console (embedding: `kspan demo`). */
   exporter?: SpanExporter;
-  orphans?: boolean;
-  otlpEndpoint?: string;
-  otlpProtocol?: string;
-  console?: boolean;
-  ioHooks?: string;
-  idleFlushMs?: number;
-  maxSockets?: number;
+  /** Every target has exited and its sockets closed: the caller should stop the agent. */
+  onTargetsGone?: () => void;
 }
 
-/** Starts the agent on `pids`; `stop()` flushes everything and resolves when exported. */
-export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
-  setLibbpfLogSink((level, line) => log[level === 'warn' ? 'warn' : 'debug']({ libbpf: line }));
+/** An embedding caller's options: the targets, and flag values checked like the command line's. */
+export interface AgentOptions extends AgentExtras {
+  pids: readonly number[];
+  otlpEndpoint?: string;
+  otlpProtocol?: string;
+}
+
+/** Starts the agent; `stop()` flushes everything and resolves when exported. */
+export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: Logger): AgentHandle {
+  const config: RunConfig =
+    'command' in opts
+      ? opts
+      : loadConfig('run', { flags: { pids: opts.pids.map(String), otlpEndpoint: opts.otlpEndpoint, otlpProtocol: opts.otlpProtocol } });
   const clock = new KernelClock();
-  const target = resolveExportTarget({ endpoint: opts.otlpEndpoint, protocol: opts.otlpProtocol, console: opts.console });
+  const target = exportTarget(config);
   let session: TracingSession | undefined;
   const resources = new TargetResources((pid) => session?.reader.target(pid)?.process.resource);
   // Kept past the reader's untrack: spans ended at a target's exit still need its key map.
   const keyMaps = new Map<number, readonly string[]>();
   const keyMapFor = (pid: number) => keyMaps.get(pid) ?? session?.reader.target(pid)?.process.threadLocal?.keyMap;
-  const notices = new OrphanNotices(opts.orphans ?? false);
+  const notices = new OrphanNotices(config.orphans);
   const tell = (n: Notice | null) => n && log[n.level](n.msg);
   const pipeline = new SpanPipeline({
     resourceFor: (pid) => resources.resourceFor(pid),
@@ -72,37 +61,39 @@ export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
     clockOffsetNs: () => clock.offsetNs,
     target,
     exporter: opts.exporter,
-    orphans: opts.orphans,
+    orphans: config.orphans,
+    // The kernel keeps no more sockets than this, so records never name more:
+    // the correlator's table has the same bound.
+    correlator: { maxSockets: config.maxSockets },
     logger: log,
   });
-  session = TracingSession.open({
-    ioPath: parseIoHooks(opts.ioHooks),
-    maxSockets: opts.maxSockets,
-    onRecord: (r) => pipeline.push(r),
-    onTarget: (t) => {
-      resources.set(t.pid, t.process.resource);
-      if (t.process.threadLocal) keyMaps.set(t.pid, t.process.threadLocal.keyMap);
-      else keyMaps.delete(t.pid);
-      log.info({ pid: t.pid, scheme: t.scheme ?? 'none', model: t.model, reason: t.reason, service: t.process.resource['service.name'] }, 'target');
-      tell(notices.target(t));
-    },
-    onTargetExit: (pid) => {
-      log.info({ pid }, 'target exited');
-      pipeline.processExited(pid);
-      keyMaps.delete(pid);
-    },
-    onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
-    onTargetError: (pid, err) => log.warn({ pid, err }, 'cannot read the target\'s trace context; tracing it without'),
-    onFeatureOff: warnFeatureOff(log),
-  });
-  for (const pid of opts.pids) session.addPid(pid);
+  try {
+    session = openSession(config, log, {
+      onRecord: (r) => pipeline.push(r),
+      onTarget: (t) => {
+        resources.set(t.pid, t.process.resource);
+        if (t.process.threadLocal) keyMaps.set(t.pid, t.process.threadLocal.keyMap);
+        else keyMaps.delete(t.pid);
+        log.info({ target_pid: t.pid, scheme: t.scheme ?? 'none', model: t.model, reason: t.reason, service: t.process.resource['service.name'] }, 'target');
+        tell(notices.target(t));
+      },
+      onTargetExit: (pid) => {
+        pipeline.processExited(pid);
+        keyMaps.delete(pid);
+      },
+      onTargetsGone: opts.onTargetsGone,
+    });
+  } catch (err) {
+    void pipeline.shutdown();
+    throw err;
+  }
   session.start();
-  const idleNs = BigInt(Math.round((opts.idleFlushMs ?? 500) * 1e6));
-  const idleTimer = setInterval(() => session!.tracer.flushIdle(idleNs), IDLE_FLUSH_TICK_MS);
-  const clockTimer = setInterval(() => clock.refresh(), CLOCK_REFRESH_MS);
-  log.info({ pids: opts.pids, ioPath: session.ioPath, export: opts.exporter ? 'in-process' : target }, 'tracing');
+  const idleNs = BigInt(config.idleFlushMs) * 1_000_000n;
+  const idleTimer = setInterval(() => session!.tracer.flushIdle(idleNs), TUNING.idleFlushTickMs);
+  const clockTimer = setInterval(() => clock.refresh(), TUNING.clockRefreshMs);
+  log.info({ target_pids: config.pids, ioPath: session.ioPath, featuresOff: session.featuresOff.map((f) => f.feature), export: opts.exporter ? 'in-process' : target }, 'tracing');
 
-  let stopping: Promise<void> | undefined;
+  let stopping: Promise<{ lost: number }> | undefined;
   const stop = () =>
     (stopping ??= (async () => {
       clearInterval(idleTimer);
@@ -112,42 +103,27 @@ export function startAgent(opts: AgentOptions, log: Logger): AgentHandle {
       const counters = session!.counters();
       const stats = pipeline.stats();
       for (const n of notices.atStop(pipeline.correlator.orphanSpansByPid)) tell(n);
-      const lost = counters.KSPAN_C_RINGBUF_FULL + counters.KSPAN_C_SOCK_TABLE_FULL + counters.decode_errors +
-        stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown;
+      const lost = recordsLost(counters) + stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown;
       const featuresOff = session!.featuresOff.map((f) => f.feature);
       log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');
+      return { lost };
     })());
   return { session, pipeline, stop };
 }
 
-export async function runCommand(args: string[], log: Logger): Promise<number> {
-  const { values } = parseArgs({ args, options: RUN_OPTIONS });
-  const pids = parsePids(values.pid);
-  const duration = parseDuration(values.duration);
+export async function runCommand(config: RunConfig, log: Logger): Promise<number> {
   // Signal handlers go in before "tracing" is announced: a SIGTERM right after
   // it must still flush and exit 0.
-  const stop = waitForStop(duration);
+  const stop = waitForStop(config.duration);
   let agent: AgentHandle;
   try {
-    agent = startAgent(
-      {
-        pids,
-        orphans: values.orphans,
-        otlpEndpoint: values['otlp-endpoint'],
-        otlpProtocol: values['otlp-protocol'],
-        console: values.console,
-        ioHooks: values['io-hooks'],
-        idleFlushMs: Number(values['idle-flush-ms']),
-        maxSockets: parseMaxSockets(values['max-sockets']),
-      },
-      log,
-    );
+    agent = startAgent({ ...config, onTargetsGone: () => stop.end(TARGETS_GONE) }, log);
   } catch (err) {
     stop.cancel();
     throw err;
   }
   const why = await stop;
   log.info({ why }, 'stopping');
-  await agent.stop();
-  return 0;
+  const { lost } = await agent.stop();
+  return lost ? EXIT.dataLost : EXIT.ok;
 }

@@ -17,13 +17,35 @@ import { OTLPTraceExporter as OtlpProtoTraceExporter } from '@opentelemetry/expo
 import type { ExportResult } from '@opentelemetry/core';
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
 import { pino, type Logger } from 'pino';
-import { KspanError } from '../core/errors.ts';
+import { loadSettings, TUNING, type Origin, type OtlpProtocol, type RawValues } from '../core/config.ts';
 
-export type OtlpProtocol = 'grpc' | 'http/protobuf';
+export type { OtlpProtocol };
 
 export type ExportTarget =
-  | { kind: 'otlp'; protocol: OtlpProtocol; /** Explicit endpoint; undefined: the exporter reads OTEL_EXPORTER_OTLP_*. */ endpoint: string | undefined }
+  | { kind: 'otlp'; protocol: OtlpProtocol; /** The URL (the OTLP/HTTP path included). */ endpoint: string | undefined }
   | { kind: 'console' };
+
+/** The export settings of a command's configuration (src/core/config.ts). */
+export interface ExportSettings {
+  otlpEndpoint: string | undefined;
+  otlpProtocol: OtlpProtocol;
+  console: boolean;
+  origins?: { otlpEndpoint?: Origin };
+}
+
+/** Where spans go: the configured endpoint, else (or with `console`) the console tree. */
+export function exportTarget(s: ExportSettings): ExportTarget {
+  if (s.console || !s.otlpEndpoint) return { kind: 'console' };
+  let endpoint = s.otlpEndpoint;
+  // OTEL_EXPORTER_OTLP_ENDPOINT is a base URL to which OTLP/HTTP appends the
+  // signal's path; OTEL_EXPORTER_OTLP_TRACES_ENDPOINT and --otlp-endpoint are used as given.
+  if (s.otlpProtocol === 'http/protobuf' && s.origins?.otlpEndpoint?.name === 'OTEL_EXPORTER_OTLP_ENDPOINT') {
+    const u = new URL(endpoint);
+    u.pathname = `${u.pathname.replace(/\/+$/, '')}/v1/traces`;
+    endpoint = u.toString();
+  }
+  return { kind: 'otlp', protocol: s.otlpProtocol, endpoint };
+}
 
 export interface ExportTargetOptions {
   /** --otlp-endpoint: overrides OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT. */
@@ -35,28 +57,17 @@ export interface ExportTargetOptions {
 }
 
 /**
- * Where spans go: the explicit endpoint, else the standard environment variables,
- * else (nothing configured) the console tree.
+ * Where spans go, for a caller holding flag values rather than a configuration:
+ * the values, else the OTEL_EXPORTER_OTLP_* variables (src/core/config.ts reads
+ * them; `env` replaces process.env there), else the console tree. Throws
+ * KSPAN_ERR_USAGE for a malformed value, naming where it came from.
  */
-export function resolveExportTarget(
-  options: ExportTargetOptions = {},
-  env: NodeJS.ProcessEnv = process.env,
-): ExportTarget {
-  if (options.console) return { kind: 'console' };
-  const fromEnv = nonBlank(env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) ?? nonBlank(env.OTEL_EXPORTER_OTLP_ENDPOINT);
-  const explicit = nonBlank(options.endpoint);
-  if (!explicit && !fromEnv) return { kind: 'console' };
-  const protocol =
-    nonBlank(options.protocol) ??
-    nonBlank(env.OTEL_EXPORTER_OTLP_TRACES_PROTOCOL) ??
-    nonBlank(env.OTEL_EXPORTER_OTLP_PROTOCOL) ??
-    'grpc';
-  if (protocol !== 'grpc' && protocol !== 'http/protobuf') {
-    throw new KspanError('KSPAN_ERR_USAGE', `unsupported OTLP protocol "${protocol}"`, {
-      hint: 'use grpc (the default) or http/protobuf',
-    });
-  }
-  return { kind: 'otlp', protocol, endpoint: explicit };
+export function resolveExportTarget(options: ExportTargetOptions = {}, env?: Readonly<Record<string, string | undefined>>): ExportTarget {
+  const flags: RawValues = {};
+  if (options.endpoint?.trim()) flags.otlpEndpoint = options.endpoint;
+  if (options.protocol?.trim()) flags.otlpProtocol = options.protocol;
+  if (options.console) flags.console = true;
+  return exportTarget(loadSettings(['otlpEndpoint', 'otlpProtocol', 'console'], { flags, env }));
 }
 
 export interface OtlpExporterOptions {
@@ -87,18 +98,13 @@ export function createOtlpExporter(
 export interface ExportPipelineOptions {
   exporter: SpanExporter;
   logger?: Logger;
-  /** Spans held at most, queued and in flight. Default 16384. */
+  // Defaults and meanings: TUNING.export (src/core/config.ts).
   maxQueueSize?: number;
-  /** Spans per export at most. Default 1024. */
   maxBatchSize?: number;
-  /** Estimated encoded bytes per export at most. Default 2 MiB (Collector limit: 4 MiB). */
   maxBatchBytes?: number;
-  /** A partial batch waits at most this long. Default 500 ms. */
   scheduledDelayMs?: number;
-  /** First retry delay; doubles up to retryMaxMs, ±20 % jitter. Default 250 ms. */
   retryInitialMs?: number;
   retryMaxMs?: number;
-  /** shutdown() waits this long for the queue to drain. Default 10 s. */
   shutdownTimeoutMs?: number;
 }
 
@@ -193,13 +199,19 @@ export class ExportPipeline {
   constructor(options: ExportPipelineOptions) {
     this.#exporter = options.exporter;
     this.#log = options.logger ?? pino({ level: 'info' }, pino.destination(2));
-    this.#maxQueue = options.maxQueueSize ?? 16384;
-    this.#maxBatch = options.maxBatchSize ?? 1024;
-    this.#maxBatchBytes = options.maxBatchBytes ?? 2 * 1024 * 1024;
-    this.#delayMs = options.scheduledDelayMs ?? 500;
-    this.#retryInitialMs = options.retryInitialMs ?? 250;
-    this.#retryMaxMs = options.retryMaxMs ?? 30_000;
-    this.#shutdownTimeoutMs = options.shutdownTimeoutMs ?? 10_000;
+    const d = TUNING.export;
+    this.#maxQueue = options.maxQueueSize ?? d.maxQueueSize;
+    this.#maxBatch = options.maxBatchSize ?? d.maxBatchSize;
+    this.#maxBatchBytes = options.maxBatchBytes ?? d.maxBatchBytes;
+    this.#delayMs = options.scheduledDelayMs ?? d.scheduledDelayMs;
+    this.#retryInitialMs = options.retryInitialMs ?? d.retryInitialMs;
+    this.#retryMaxMs = options.retryMaxMs ?? d.retryMaxMs;
+    this.#shutdownTimeoutMs = options.shutdownTimeoutMs ?? d.shutdownTimeoutMs;
+  }
+
+  /** Spans held at most (queued and in flight). */
+  get maxQueueSize(): number {
+    return this.#maxQueue;
   }
 
   /** Spans held now (queued and in flight). */
@@ -419,11 +431,6 @@ export class ExportPipeline {
     d.lastAt = now;
     d.sinceLast = 0;
   }
-}
-
-function nonBlank(s: string | undefined): string | undefined {
-  const t = s?.trim();
-  return t ? t : undefined;
 }
 
 function errSummary(err: unknown): unknown {

@@ -5,6 +5,7 @@
  * aggregate left in the kernel so no byte is missing.
  */
 import { fileURLToPath } from 'node:url';
+import { faultRejectedPrograms } from '../core/config.ts';
 import { KspanError, VerifierError, verifierLogLastLine } from '../core/errors.ts';
 import {
   decodeKspanFlushArgs,
@@ -42,12 +43,7 @@ function targetValue(loc: KspanTlsLoc): Buffer {
 
 export const DEFAULT_OBJECT = fileURLToPath(new URL('../../bpf/.output/kspan.bpf.o', import.meta.url));
 
-/**
- * Test-only fault injection: programs named in this variable (comma-separated)
- * are loaded as socket filters, which the verifier rejects with a real log, so
- * the tests can prove that losing an optional hook leaves kspan running.
- */
-export const FAULT_REJECT_ENV = 'KSPAN_FAULT_REJECT_PROGRAMS';
+/** Test-only fault injection (faultRejectedPrograms): these load as socket filters, which the verifier rejects with a real log. */
 const BPF_PROG_TYPE_SOCKET_FILTER = 1;
 
 export interface TcpTracerOptions {
@@ -120,7 +116,7 @@ export class TcpTracer {
     const hooks = opts.hooks ?? kernelHooks();
     const ioPath = chooseIoPath(opts.ioPath, hooks);
     const rejected = new Map<string, string>();
-    const faulty = new Set((process.env[FAULT_REJECT_ENV] ?? '').split(',').filter(Boolean));
+    const faulty = faultRejectedPrograms();
     for (let interrupted = 0; ;) {
       const plan = planPrograms(hooks, ioPath, rejected);
       const essential = plan.off.find((f) => f.grade === 'essential');

@@ -4,7 +4,14 @@
  * re-checked every `refreshMs` (a cheap /proc/PID/maps fingerprint), so a
  * process that starts publishing, dlopens the publishing library or execs after
  * kspan started is picked up. Used by `kspan events`, `run` and `record`.
+ *
+ * Targets must exist at the start (KSPAN_ERR_TARGET, before the kernel is
+ * touched). One that exits is dropped (onTargetExit); once every target has
+ * exited and the kernel's socket table is empty (their last sockets closed, their
+ * close records delivered) or TUNING.targetsGoneLingerMs passed, onTargetsGone
+ * tells the command to stop, unless it waits for targets added later.
  */
+import { readFileSync } from 'node:fs';
 import {
   ThreadContextReader,
   type TargetContext,
@@ -12,12 +19,16 @@ import {
 } from '../context/thread-context-reader.ts';
 import { pidKey } from './map-keys.ts';
 import { encodeNodeLayoutValue } from '../context/nodejs/node-layout.ts';
+import { TUNING } from '../core/config.ts';
+import { KspanError } from '../core/errors.ts';
 import type { IoPath } from './kernel-features.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import type { FeatureOff } from './programs.ts';
 import { TcpTracer, type TracerCounters } from './tcp-tracer.ts';
 
 export interface TracingSessionOptions {
+  /** Processes traced from the start; each must be running (KSPAN_ERR_TARGET otherwise). */
+  pids?: readonly number[];
   ioPath?: IoPath;
   onRecord: (r: KernelRecord) => void;
   /** Called once per target and again when its description changes. */
@@ -27,20 +38,46 @@ export interface TracingSessionOptions {
   onTargetError?: (pid: number, err: unknown) => void;
   /** A target exited (noticed on the refresh timer); it is no longer traced. */
   onTargetExit?: (pid: number) => void;
+  /** Every target has exited and their sockets are gone (or the linger passed). Not called with waitForTargets. */
+  onTargetsGone?: () => void;
+  /** Keep going with no targets left (for targets added later); default false. */
+  waitForTargets?: boolean;
+  /** Default TUNING.targetRefreshMs. */
   refreshMs?: number;
+  /** Default TUNING.targetsGoneLingerMs. */
+  lingerMs?: number;
   /** See TcpTracerOptions.maxSockets. */
   maxSockets?: number;
   /** See TcpTracerOptions.onFeatureOff: an optional feature this kernel cannot give. */
   onFeatureOff?: (off: FeatureOff) => void;
 }
 
-function alive(pid: number): boolean {
+/** False once `pid` has exited: no such process, or a zombie nobody reaped yet. */
+export function processRunning(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return false;
   }
+  try {
+    // "pid (comm) S ...": the state follows the last ')' (comm may hold one).
+    const stat = readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const state = stat[stat.lastIndexOf(')') + 2];
+    return state !== 'Z' && state !== 'X';
+  } catch {
+    return false;
+  }
+}
+
+/** KSPAN_ERR_TARGET naming every pid that is not a running process. */
+export function assertTargetsRunning(pids: readonly number[]): void {
+  const missing = pids.filter((pid) => !processRunning(pid));
+  if (!missing.length) return;
+  throw new KspanError(
+    'KSPAN_ERR_TARGET',
+    `${missing.map((pid) => `--pid ${pid}`).join(', ')}: no such process${missing.length > 1 ? 'es' : ''}`,
+    { hint: 'give the pid of a running process, e.g. from ps -e; kspan traces processes that run when it starts' },
+  );
 }
 
 export class TracingSession {
@@ -48,6 +85,10 @@ export class TracingSession {
   readonly reader: ThreadContextReader;
   readonly #opts: TracingSessionOptions;
   #timer: NodeJS.Timeout | undefined;
+  /** Targets that exited, while no target is left. */
+  readonly #gone = new Set<number>();
+  #lingerTimer: NodeJS.Timeout | undefined;
+  #goneReported = false;
 
   private constructor(tracer: TcpTracer, opts: TracingSessionOptions) {
     this.tracer = tracer;
@@ -62,7 +103,9 @@ export class TracingSession {
     });
   }
 
+  /** Checks the targets, then loads and attaches the programs and starts tracing `pids` (records flow after start()). */
   static open(opts: TracingSessionOptions): TracingSession {
+    assertTargetsRunning(opts.pids ?? []);
     const tracer = TcpTracer.open({
       ioPath: opts.ioPath,
       onRecord: opts.onRecord,
@@ -70,7 +113,9 @@ export class TracingSession {
       maxSockets: opts.maxSockets,
       onFeatureOff: opts.onFeatureOff,
     });
-    return new TracingSession(tracer, opts);
+    const session = new TracingSession(tracer, opts);
+    for (const pid of opts.pids ?? []) session.addPid(pid);
+    return session;
   }
 
   get ioPath(): IoPath {
@@ -79,6 +124,7 @@ export class TracingSession {
 
   addPid(pid: number): void {
     this.tracer.addPid(pid);
+    this.#gone.clear();
     this.#track(pid);
   }
 
@@ -97,20 +143,39 @@ export class TracingSession {
 
   start(): void {
     this.tracer.start();
-    this.#timer = setInterval(() => this.refresh(), this.#opts.refreshMs ?? 2000);
+    this.#timer = setInterval(() => this.refresh(), this.#opts.refreshMs ?? TUNING.targetRefreshMs);
     this.#timer.unref();
   }
 
   /** Re-checks every target: context location, Resource, and whether it still runs. */
   refresh(): void {
     for (const pid of this.tracer.pids) {
-      if (!alive(pid)) {
+      if (!processRunning(pid)) {
         this.removePid(pid);
+        this.#gone.add(pid);
         this.#opts.onTargetExit?.(pid);
         continue;
       }
       this.#track(pid);
     }
+    if (!this.tracer.pids.length && this.#gone.size && !this.#opts.waitForTargets && !this.#lingerTimer) this.#lingerThenReport();
+  }
+
+  /** Waits (bounded) for the kernel's socket table to empty, then reports every target gone, once. */
+  #lingerThenReport(): void {
+    const deadline = performance.now() + (this.#opts.lingerMs ?? TUNING.targetsGoneLingerMs);
+    const socks = this.tracer.object.map('socks');
+    const check = () => {
+      this.#lingerTimer = undefined;
+      if (this.#goneReported || this.tracer.pids.length) return;
+      if (socks.keys().length && performance.now() < deadline) {
+        this.#lingerTimer = setTimeout(check, TUNING.targetsGoneCheckMs);
+        return;
+      }
+      this.#goneReported = true;
+      this.#opts.onTargetsGone?.();
+    };
+    check();
   }
 
   /** Loss and fault counters of the kernel side and of context resolution. */
@@ -125,6 +190,8 @@ export class TracingSession {
 
   async stop(onRecord?: (r: KernelRecord) => void): Promise<void> {
     if (this.#timer) clearInterval(this.#timer);
+    if (this.#lingerTimer) clearTimeout(this.#lingerTimer);
+    this.#goneReported = true;
     await this.tracer.stop(onRecord);
   }
 }

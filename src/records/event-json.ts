@@ -5,7 +5,7 @@
  * integers. Pure.
  */
 import { decodeRecordAttributes } from '../context/record-attributes.ts';
-import { connectErrorName, formatEndpoint, type KernelRecord } from './kernel-record.ts';
+import { connectErrorName, formatEndpoint, tcpStateName, type KernelRecord } from './kernel-record.ts';
 
 /** Marks a bigint to be written as a bare JSON integer. */
 const EXACT = '\u0000exact:';
@@ -45,12 +45,12 @@ export function eventObject(r: KernelRecord, clockOffsetNs: bigint, keyMap?: rea
       o.error = connectErrorName(r.errno);
       break;
     case 'retransmit':
-      o.tcp_state = r.tcpState;
+      o.tcp_state = tcpStateName(r.tcpState);
       o.error = r.errno || null;
       break;
     case 'reset':
       o.direction = r.resetSent ? 'sent' : 'received';
-      o.tcp_state = r.tcpState;
+      o.tcp_state = tcpStateName(r.tcpState);
       break;
     case 'close':
       o.bytes_sent = r.bytesSent;

@@ -91,6 +91,17 @@ export function connectErrorName(errno: number): string | null {
   return CONNECT_ERRORS[errno] ?? `errno_${errno}`;
 }
 
+/** include/net/tcp_states.h, by number (0 is no state). */
+const TCP_STATES = [
+  '', 'ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE',
+  'CLOSE_WAIT', 'LAST_ACK', 'LISTEN', 'CLOSING', 'NEW_SYN_RECV', 'BOUND_INACTIVE',
+];
+
+/** A TCP state's kernel name (`ESTABLISHED`, `SYN_SENT`, …); a number kspan does not know, as text. */
+export function tcpStateName(state: number): string {
+  return TCP_STATES[state] || String(state);
+}
+
 export function formatEndpoint(e: Endpoint): string {
   return e.address.includes(':') ? `[${e.address}]:${e.port}` : `${e.address}:${e.port}`;
 }

@@ -4,11 +4,13 @@
  * they came out of the ring buffer. bigint fields (times, cookies) stay bigint.
  *
  *   header: { format: 'kspan-records', version: 1, kernel_release, clock_offset_ns,
- *             started_at (ISO 8601), pids?, hostname?, resources? }
+ *             started_at (ISO 8601), pids?, hostname?, resources?, key_maps? }
  *   resources: the targets' Resource attributes by pid, so a replay exports
  *   under the same service names; key_maps: their threadlocal.attribute_key_map,
  *   so a replay names the thread-context attributes as the live agent does.
  *
+ * A file that ends inside a record (the agent was killed, the disk filled) or
+ * holds garbage yields the records before that point, then RecordFileCutError.
  * Pure over streams: the caller opens files.
  */
 import { Readable, type Writable } from 'node:stream';
@@ -53,9 +55,16 @@ export class RecordFileWriter {
   readonly #out: Writable;
   readonly #packr = new Packr({ useRecords: true, sequential: true });
   #count = 0;
+  #error: Error | undefined;
 
-  constructor(out: Writable, header: RecordFileHeader) {
+  /** `onError`: the stream's first error (full disk, …); nothing is written after it. */
+  constructor(out: Writable, header: RecordFileHeader, onError?: (err: Error) => void) {
     this.#out = out;
+    out.on('error', (err) => {
+      if (this.#error) return;
+      this.#error = err;
+      onError?.(err);
+    });
     const h: HeaderOnDisk = {
       format: RECORD_FILE_FORMAT,
       version: RECORD_FILE_VERSION,
@@ -70,21 +79,30 @@ export class RecordFileWriter {
     out.write(this.#packr.pack(h));
   }
 
-  /** Records written so far. */
+  /** Records handed to the stream so far (before its error, if it failed). */
   get count(): number {
     return this.#count;
   }
 
-  /** Writes one record; false means the stream wants a 'drain' before more. */
+  /** The stream's first error, if it failed. */
+  get error(): Error | undefined {
+    return this.#error;
+  }
+
+  /** Writes one record; false means the stream wants a 'drain' before more, or failed (then the record is not counted). */
   write(record: KernelRecord): boolean {
+    if (this.#error) return false;
     this.#count++;
     return this.#out.write(this.#packr.pack(record));
   }
 
-  /** Ends the stream and waits until it is flushed. */
+  /** Ends the stream and waits until it is flushed; rejects with the stream's error. */
   async end(): Promise<void> {
-    this.#out.end();
-    await finished(this.#out);
+    if (!this.#error) {
+      this.#out.end();
+      await finished(this.#out).catch(() => {});
+    }
+    if (this.#error) throw this.#error;
   }
 }
 
@@ -122,15 +140,40 @@ export class RecordFileReader implements AsyncIterable<KernelRecord> {
       try {
         r = await this.#it.next();
       } catch (cause) {
-        throw new KspanError('KSPAN_ERR_RECORD_FILE', `record file is damaged after ${this.#count} records`, {
-          cause,
-          hint: 'a recording cut short (killed agent, full disk) ends mid-record; the records before it are usable',
-        });
+        throw new RecordFileCutError(this.#count, (cause as { incomplete?: boolean }).incomplete === true, cause);
       }
       if (r.done) return;
+      let record: KernelRecord;
+      try {
+        record = toRecord(r.value, this.#count + 1);
+      } catch (cause) {
+        throw new RecordFileCutError(this.#count, false, cause);
+      }
       this.#count++;
-      yield toRecord(r.value, this.#count);
+      yield record;
     }
+  }
+}
+
+/**
+ * The file ends inside a record (`cut`: a recording cut short by a killed agent
+ * or a full disk), or holds bytes that are not msgpack after `records` good
+ * records. A reader gets those records first; `records` says how many.
+ */
+export class RecordFileCutError extends KspanError {
+  readonly records: number;
+  readonly cut: boolean;
+
+  constructor(records: number, cut: boolean, cause: unknown) {
+    super(
+      'KSPAN_ERR_RECORD_FILE',
+      cut
+        ? `the recording is cut short: it ends inside record ${records + 1}`
+        : `the recording is damaged after record ${records}`,
+      { cause, hint: `the ${records} records before it are read; what follows is lost`, details: { records, cut } },
+    );
+    this.records = records;
+    this.cut = cut;
   }
 }
 

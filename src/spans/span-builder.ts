@@ -9,6 +9,7 @@ import type { Attributes, HrTime, Link, SpanContext, SpanStatus } from '@opentel
 import type { InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
 import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
+import { tcpStateName } from '../records/kernel-record.ts';
 import { monotonicToHrTime, nsToHrTime } from './hr-time.ts';
 import type { KernelSpan, KernelSpanEvent } from './kernel-span.ts';
 import { IdSource } from './span-ids.ts';
@@ -19,11 +20,6 @@ const SPAN_KIND_SERVER = 1;
 const SPAN_KIND_CLIENT = 2;
 const STATUS_UNSET = 0;
 const STATUS_ERROR = 2;
-
-const TCP_STATES = [
-  '', 'ESTABLISHED', 'SYN_SENT', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE',
-  'CLOSE_WAIT', 'LAST_ACK', 'LISTEN', 'CLOSING', 'NEW_SYN_RECV', 'BOUND_INACTIVE',
-];
 
 export const KSPAN_SCOPE: InstrumentationScope = { name: 'kspan', version: '0.1.0' };
 
@@ -182,7 +178,7 @@ export function spanAttributes(k: KernelSpan): Attributes {
 }
 
 function timedEvent(e: KernelSpanEvent, offsetNs: bigint): TimedEvent {
-  const attributes: Attributes = { 'kspan.tcp.state': TCP_STATES[e.tcpState] ?? String(e.tcpState) };
+  const attributes: Attributes = { 'kspan.tcp.state': tcpStateName(e.tcpState) };
   if (e.name === 'tcp.reset') attributes['kspan.reset.direction'] = e.resetSent ? 'sent' : 'received';
   if (e.errno) attributes['kspan.errno'] = e.errno;
   return { name: e.name, time: monotonicToHrTime(e.tsNs, offsetNs), attributes };

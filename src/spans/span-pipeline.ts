@@ -8,6 +8,7 @@ import type { Attributes } from '@opentelemetry/api';
 import type { Resource } from '@opentelemetry/resources';
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
 import type { Logger } from 'pino';
+import { TUNING } from '../core/config.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import { ConsoleTreeExporter } from '../export/console-tree.ts';
 import {
@@ -27,7 +28,7 @@ export interface SpanPipelineOptions {
   resourceFor: (pid: number) => Resource;
   /** REALTIME − MONOTONIC ns (src/kernel/clock.ts KernelClock.offsetNs, or the record file header). */
   clockOffsetNs: bigint | (() => bigint);
-  /** Where spans go; default resolveExportTarget() (env, else console). Ignored with `exporter`. */
+  /** Where spans go; default resolveExportTarget() (the OTEL_EXPORTER_OTLP_* variables, else the console). Ignored with `exporter`. */
   target?: ExportTarget;
   exporter?: SpanExporter;
   /** Per-export deadline for OTLP. */
@@ -37,7 +38,7 @@ export interface SpanPipelineOptions {
   logger?: Logger;
   /** 'live' (default): the correlator runs on the monotonic clock and ticks on a timer. 'replay': record time, backpressure. */
   mode?: 'live' | 'replay';
-  /** Live: how often held spans and idle sockets are checked. Default 250 ms. */
+  /** Live: how often held spans and idle sockets are checked. Default TUNING.correlatorTickMs. */
   tickMs?: number;
   correlator?: Partial<Omit<SocketCorrelatorOptions, 'emit' | 'orphans' | 'clock'>>;
   export?: Partial<Omit<ExportPipelineOptions, 'exporter' | 'logger'>>;
@@ -58,14 +59,12 @@ export class SpanPipeline {
   readonly exports: ExportPipeline;
   readonly target: ExportTarget | null;
   readonly #mode: 'live' | 'replay';
-  readonly #maxQueue: number;
   #timer: NodeJS.Timeout | null = null;
   /** Replay only: spans built while the export queue was full. */
   #backlog: ReadableSpan[] = [];
 
   constructor(options: SpanPipelineOptions) {
     this.#mode = options.mode ?? 'live';
-    this.#maxQueue = options.export?.maxQueueSize ?? 16384;
     this.target = options.exporter ? null : (options.target ?? resolveExportTarget());
     const exporter =
       options.exporter ??
@@ -85,7 +84,7 @@ export class SpanPipeline {
       emit: (k) => this.#emit(k),
     });
     if (this.#mode === 'live') {
-      this.#timer = setInterval(() => this.correlator.tick(), options.tickMs ?? 250);
+      this.#timer = setInterval(() => this.correlator.tick(), options.tickMs ?? TUNING.correlatorTickMs);
       this.#timer.unref();
     }
   }
@@ -126,7 +125,7 @@ export class SpanPipeline {
 
   #emit(k: KernelSpan): void {
     const span = this.builder.build(k);
-    if (this.#mode === 'replay' && (this.#backlog.length || this.exports.held >= this.#maxQueue)) {
+    if (this.#mode === 'replay' && (this.#backlog.length || this.exports.held >= this.exports.maxQueueSize)) {
       this.#backlog.push(span);
       return;
     }
@@ -136,7 +135,7 @@ export class SpanPipeline {
   async #drainBacklog(): Promise<void> {
     let i = 0;
     while (i < this.#backlog.length) {
-      if (this.exports.held >= this.#maxQueue && !this.exports.closed) {
+      if (this.exports.held >= this.exports.maxQueueSize && !this.exports.closed) {
         await this.exports.waitForRoom();
         continue;
       }

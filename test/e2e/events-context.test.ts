@@ -12,12 +12,13 @@ import { after, before, describe, test } from 'node:test';
 import type { ChildProcess } from 'node:child_process';
 import { startEvents, stopEvents, type EventLine } from '../helpers/kspan-cli.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
+import { TUNING } from '../../src/core/config.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { startServer } from '../helpers/tcp-fixtures.ts';
 import { TLS_VARIANTS, buildTlsFixtures, startPublisher, type RunningPublisher, type TlsVariantName } from '../helpers/tls-fixtures.ts';
 
-/** TracingSession's default refresh interval (src/kernel/tracing-session.ts). */
-const REFRESH_MS = 2000;
+/** TracingSession's default refresh interval. */
+const REFRESH_MS = TUNING.targetRefreshMs;
 const THREADS = 3;
 const ROUNDS = 4;
 

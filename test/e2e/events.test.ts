@@ -20,6 +20,8 @@ async function exchange(opts: {
   resp: number;
   v6?: boolean;
   acceptDelayMs?: number;
+  /** kspan events' exit status: 3 when records were lost. */
+  exitCode?: number;
   env?: Record<string, string>;
 }) {
   const group = new ProcessGroup();
@@ -44,7 +46,7 @@ async function exchange(opts: {
     await Promise.all([client.exited, server.proc.exited]);
     // close records come from tcp_destroy_sock, which may lag the exit a little
     await new Promise((r) => setTimeout(r, 300));
-    const all = await stopEvents(events);
+    const all = await stopEvents(events, opts.exitCode);
     const targets = all.filter((e) => e.type === 'target');
     // one target line per selected process; the C fixtures publish no context
     assert.deepEqual(targets.map((t) => t.pid).sort(), [server.proc.pid, client.pid].sort());
@@ -128,9 +130,9 @@ describe('kspan events', e2eOptions(), () => {
     assert.ok(slow > fast * 5, `slow ${slow} ns vs fast ${fast} ns`);
   });
 
-  test('a full socket table loses records, and says so: counted and logged at exit', async () => {
+  test('a full socket table loses records, and says so: counted, logged at exit, exit status 3', async () => {
     // Room for one socket: the client's (its SYN comes first); the accepted one gets none.
-    const r = await exchange({ requests: 2, req: 10, resp: 20, extra: ['--max-sockets', '1'] });
+    const r = await exchange({ requests: 2, req: 10, resp: 20, extra: ['--max-sockets', '1'], exitCode: 3 });
     const srvIo = r.evs.filter((e) => e.pid === r.server.proc.pid && (e.type === 'recv' || e.type === 'send'));
     assert.deepEqual(srvIo, []);
     const cliRecv = r.evs.filter((e) => e.pid === r.client.pid && e.type === 'recv');

@@ -101,7 +101,7 @@ describe('kspan run on a Node 24 service with kspan/publisher', e2eOptions(), ()
     assert.equal(code, 0, agent.stderr.join('\n'));
     const stopped = agent.stderr.map((l) => JSON.parse(l) as { msg: string }).find((l) => l.msg.startsWith('stopped'));
     assert.equal(stopped?.msg, 'stopped', `nothing lost: ${JSON.stringify(stopped)}`);
-    const target = agent.stderr.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.msg === 'target' && l.pid === server.pid);
+    const target = agent.stderr.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.msg === 'target' && l.target_pid === server.pid);
     assert.equal(target?.scheme, 'nodejs_v1_dev', 'the agent read the context through the Node walk');
     const sdk = JSON.parse(await server.get('/spans')) as SdkSpan[];
     return { sdk, kernel: receiver.spans };

@@ -34,10 +34,10 @@ export async function startEvents(group: ProcessGroup, pids: number[], extra: st
   return p;
 }
 
-/** Stops it with SIGINT and returns every record it printed. */
-export async function stopEvents(p: Proc): Promise<EventLine[]> {
+/** Stops it with SIGINT and returns every record it printed; it must exit `expectedCode` (3: records were lost). */
+export async function stopEvents(p: Proc, expectedCode = 0): Promise<EventLine[]> {
   p.child.kill('SIGINT');
   const { code } = await p.exited;
-  if (code !== 0) throw new Error(`kspan events exited ${code}:\n${p.stderr.join('\n')}`);
+  if (code !== expectedCode) throw new Error(`kspan events exited ${code}, not ${expectedCode}:\n${p.stderr.join('\n')}`);
   return p.lines.filter((l) => l.startsWith('{')).map(parseEventLine);
 }

@@ -55,3 +55,14 @@ test('IPv6 text form (RFC 5952) and bracketed endpoints', () => {
   const line = eventLine({ ...base, family: 6, local: endpoint(a, 443, true) }, 0n);
   assert.equal(parseEventLine(line).local, '[::1]:443');
 });
+
+test('tcp_state is the kernel\'s state name (include/net/tcp_states.h); an unknown number stays a number, as text', () => {
+  const rtx = parseEventLine(eventLine({ ...base, type: 'retransmit', tcpState: 2, errno: 0 }, 0n));
+  assert.equal(rtx.tcp_state, 'SYN_SENT');
+  assert.equal(rtx.error, null);
+  const rst = parseEventLine(eventLine({ ...base, type: 'reset', tcpState: 1, resetSent: true }, 0n));
+  assert.deepEqual([rst.tcp_state, rst.direction], ['ESTABLISHED', 'sent']);
+  const names = [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 99].map((s) => parseEventLine(eventLine({ ...base, type: 'reset', tcpState: s }, 0n)).tcp_state);
+  assert.deepEqual(names, ['ESTABLISHED', 'SYN_RECV', 'FIN_WAIT1', 'FIN_WAIT2', 'TIME_WAIT', 'CLOSE', 'CLOSE_WAIT', 'LAST_ACK',
+    'LISTEN', 'CLOSING', 'NEW_SYN_RECV', 'BOUND_INACTIVE', '99']);
+});

@@ -205,17 +205,27 @@ describe('configuration', () => {
     assert.deepEqual(resolveExportTarget({}, { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4317' }), {
       kind: 'otlp',
       protocol: 'grpc',
-      endpoint: undefined,
+      endpoint: 'http://c:4317',
     });
     assert.deepEqual(
       resolveExportTarget({}, { OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: 'http://c:4318/v1/traces', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf' }),
-      { kind: 'otlp', protocol: 'http/protobuf', endpoint: undefined },
+      { kind: 'otlp', protocol: 'http/protobuf', endpoint: 'http://c:4318/v1/traces' },
     );
+    // the generic variable is a base URL: OTLP/HTTP appends the signal's path to it
+    assert.deepEqual(
+      resolveExportTarget({}, { OTEL_EXPORTER_OTLP_ENDPOINT: 'http://c:4318/otlp', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf' }),
+      { kind: 'otlp', protocol: 'http/protobuf', endpoint: 'http://c:4318/otlp/v1/traces' },
+    );
+    // a bare host:port is plaintext http
+    assert.deepEqual(resolveExportTarget({ endpoint: 'c:4317' }, {}), { kind: 'otlp', protocol: 'grpc', endpoint: 'http://c:4317' });
     assert.deepEqual(
       resolveExportTarget({ endpoint: 'http://x:4317' }, { OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'grpc', OTEL_EXPORTER_OTLP_PROTOCOL: 'http/protobuf' }),
       { kind: 'otlp', protocol: 'grpc', endpoint: 'http://x:4317' },
     );
-    assert.throws(() => resolveExportTarget({ endpoint: 'x', protocol: 'http/json' }, {}), /unsupported OTLP protocol/);
+    assert.throws(() => resolveExportTarget({ endpoint: 'x:1', protocol: 'http/json' }, {}), {
+      code: 'KSPAN_ERR_USAGE',
+      message: '--otlp-protocol http/json: not a supported OTLP protocol (use grpc or http/protobuf)',
+    });
   });
 
   test('OTEL_EXPORTER_OTLP_ENDPOINT reaches the gRPC exporter', async () => {
