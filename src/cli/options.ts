@@ -3,7 +3,7 @@
  * with its logging, loss counting, file error wording.
  */
 import { getSystemErrorMessage } from 'node:util';
-import { loadSettings, type RunConfig } from '../core/config.ts';
+import type { RunConfig } from '../core/config.ts';
 import type { Logger } from '../core/logger.ts';
 import { setLibbpfLogSink } from '../kernel/libbpf-log.ts';
 import type { TracerCounters } from '../kernel/tcp-tracer.ts';
@@ -101,11 +101,6 @@ export function recordsLost(c: TracerCounters): number {
 
 /** Why a command stopped, as its "stopping" line says. */
 export const TARGETS_GONE = 'every target exited';
-
-/** --duration's check, for callers that parse their own arguments (kspan demo). */
-export function parseDuration(v: string | undefined): number | undefined {
-  return v === undefined ? undefined : loadSettings(['duration'], { flags: { duration: v } }).duration;
-}
 
 /** A file system error as words: `no space left on device (ENOSPC)`. */
 export function describeFsError(err: unknown): string {

@@ -5,6 +5,7 @@
  * integers. Pure.
  */
 import { decodeRecordAttributes } from '../context/record-attributes.ts';
+import { errnoName } from '../core/errors.ts';
 import { connectErrorName, formatEndpoint, tcpStateName, type KernelRecord } from './kernel-record.ts';
 
 /** Marks a bigint to be written as a bare JSON integer. */
@@ -46,7 +47,7 @@ export function eventObject(r: KernelRecord, clockOffsetNs: bigint, keyMap?: rea
       break;
     case 'retransmit':
       o.tcp_state = tcpStateName(r.tcpState);
-      o.error = r.errno || null;
+      o.error = r.errno ? errnoName(r.errno) : null;
       break;
     case 'reset':
       o.direction = r.resetSent ? 'sent' : 'received';

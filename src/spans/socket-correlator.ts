@@ -86,6 +86,7 @@
  */
 import type { Endpoint, KernelRecord, RecordType, TraceContext } from '../records/kernel-record.ts';
 import { connectErrorName } from '../records/kernel-record.ts';
+import { KspanLimit } from '../records/abi.generated.ts';
 import type { IncompleteReason, KernelSpan, KernelSpanEvent, KernelSpanName } from './kernel-span.ts';
 import { IdSource } from './span-ids.ts';
 
@@ -96,7 +97,7 @@ export interface SocketCorrelatorOptions {
   emit: (span: KernelSpan) => void;
   /** Emit spans with no context as root spans (default false: count them only). */
   orphans?: boolean;
-  /** Per-socket state kept at most (LRU). Default 65536, the BPF `socks` map size. */
+  /** Per-socket state kept at most (LRU). Default KSPAN_MAX_SOCKETS, the BPF `socks` map size. */
   maxSockets?: number;
   /** A socket with no record for this long is evicted. Default 300 s. */
   idleTimeoutNs?: bigint;
@@ -262,7 +263,7 @@ export class SocketCorrelator {
   constructor(options: SocketCorrelatorOptions) {
     this.#emit = options.emit;
     this.#orphans = options.orphans ?? false;
-    this.#maxSockets = options.maxSockets ?? 65536;
+    this.#maxSockets = options.maxSockets ?? KspanLimit.KSPAN_MAX_SOCKETS;
     this.#idleNs = options.idleTimeoutNs ?? 300_000_000_000n;
     this.#lingerNs = options.lingerNs ?? 1_000_000_000n;
     this.#maxPendingEvents = options.maxPendingEvents ?? 256;

@@ -60,6 +60,10 @@ test('tcp_state is the kernel\'s state name (include/net/tcp_states.h); an unkno
   const rtx = parseEventLine(eventLine({ ...base, type: 'retransmit', tcpState: 2, errno: 0 }, 0n));
   assert.equal(rtx.tcp_state, 'SYN_SENT');
   assert.equal(rtx.error, null);
+  // The kernel's err is a negative errno (tcp_retransmit_skb's return).
+  const busy = parseEventLine(eventLine({ ...base, type: 'retransmit', tcpState: 1, errno: -16 }, 0n));
+  assert.deepEqual([busy.tcp_state, busy.error], ['ESTABLISHED', 'EBUSY']);
+  assert.equal(parseEventLine(eventLine({ ...base, type: 'retransmit', tcpState: 1, errno: -12 }, 0n)).error, 'ENOMEM');
   const rst = parseEventLine(eventLine({ ...base, type: 'reset', tcpState: 1, resetSent: true }, 0n));
   assert.deepEqual([rst.tcp_state, rst.direction], ['ESTABLISHED', 'sent']);
   const names = [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 99].map((s) => parseEventLine(eventLine({ ...base, type: 'reset', tcpState: s }, 0n)).tcp_state);
