@@ -84,6 +84,7 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
     onRecord: hooks.onRecord,
     onTarget: hooks.onTarget,
     onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
+    onRingError: ringErrorLog(log),
     onTargetError: (pid, err) => log.warn({ target_pid: pid, err }, "cannot read the target's trace context; tracing it without"),
     onTargetExit: (pid) => {
       log.warn({ target_pid: pid }, 'target exited; no longer traced');
@@ -92,6 +93,25 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
     onTargetsGone: hooks.onTargetsGone,
     onFeatureOff: warnFeatureOff(log),
   });
+}
+
+/**
+ * The ring reader's failures at warn: the first at once, then at most one line
+ * per `everyMs` with how many came since the last line (a failing epoll_wait is
+ * retried every 20 ms). All of them are counted in ring_wait_errors and
+ * ring_handler_errors, which the final log line carries.
+ */
+export function ringErrorLog(log: Pick<Logger, 'warn'>, everyMs = 10_000, now = () => performance.now()): (err: unknown) => void {
+  let last = -Infinity;
+  let failures = 0;
+  return (err) => {
+    failures++;
+    const t = now();
+    if (t - last < everyMs) return;
+    log.warn({ err, failures }, 'ring buffer reader failed; reading goes on');
+    last = t;
+    failures = 0;
+  };
 }
 
 /** Records the kernel side lost: ring buffer full, socket table full, refused by the decoder. */

@@ -34,6 +34,8 @@ export interface TracingSessionOptions {
   /** Called once per target and again when its description changes. */
   onTarget?: (t: TargetContext) => void;
   onDecodeError?: (err: unknown) => void;
+  /** See TcpTracerOptions.onRingError: a failed ring buffer wait or a throwing handler (counted). */
+  onRingError?: (err: unknown) => void;
   /** A target that could not be examined (it stays traced, without context). */
   onTargetError?: (pid: number, err: unknown) => void;
   /** A target exited (noticed on the refresh timer); it is no longer traced. */
@@ -110,6 +112,7 @@ export class TracingSession {
       ioPath: opts.ioPath,
       onRecord: opts.onRecord,
       onDecodeError: opts.onDecodeError,
+      onRingError: opts.onRingError,
       maxSockets: opts.maxSockets,
       onFeatureOff: opts.onFeatureOff,
     });
