@@ -1,9 +1,7 @@
 /**
- * kspan's version, read from package.json once: what `kspan --version` prints and
- * the instrumentation scope every kernel span carries.
+ * kspan's version, from package.json: what `kspan --version` prints and the
+ * instrumentation scope every kernel span carries.
  */
-import { readFileSync } from 'node:fs';
+import pkg from '../../package.json' with { type: 'json' };
 
-export const KSPAN_VERSION: string = (
-  JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
-).version;
+export const KSPAN_VERSION: string = pkg.version;
