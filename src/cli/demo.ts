@@ -29,7 +29,7 @@ import { createLossyLink, removeStaleNamespaces, type LossyLink } from '../demo/
 import { AppReadableSpan, CollectingExporter, parseAppSpan, ServiceResources, type DemoSpan } from '../demo/demo-spans.ts';
 import { killAllSync, ServiceProcess, type JsonLine } from '../demo/service-process.ts';
 import { groupTraces, pickTraces, renderTrace } from '../demo/trace-tree.ts';
-import { labelled } from '../demo/columns.ts';
+import { labelled } from '../export/columns.ts';
 import { summaryLines } from '../demo/summary.ts';
 import { startAgent, type AgentHandle } from './run.ts';
 
