@@ -87,7 +87,7 @@
 import type { Endpoint, KernelRecord, RecordType, TraceContext } from '../records/kernel-record.ts';
 import { connectErrorName } from '../records/kernel-record.ts';
 import { KspanLimit } from '../records/abi.generated.ts';
-import type { IncompleteReason, KernelSpan, KernelSpanEvent, KernelSpanName } from './kernel-span.ts';
+import { newKernelSpan, type IncompleteReason, type KernelSpan, type KernelSpanEvent, type KernelSpanName } from './kernel-span.ts';
 import { IdSource } from './span-ids.ts';
 
 const TCP_SYN_SENT = 2;
@@ -540,11 +540,9 @@ export class SocketCorrelator {
     tid: number,
     pid: number,
   ): KernelSpan {
-    const span: KernelSpan = {
+    const span = newKernelSpan({
       name,
       parent,
-      localParent: false,
-      self: null,
       startNs,
       endNs: endNs < startNs ? startNs : endNs,
       cookie: st.cookie,
@@ -554,18 +552,8 @@ export class SocketCorrelator {
       local: st.local,
       peer: st.peer,
       role: st.role,
-      bytes: 0,
-      calls: 0,
-      events: [],
-      retransmits: 0,
       srttUs: st.srttUs,
-      acceptQueueNs: null,
-      waitNs: null,
-      error: null,
-      errorType: null,
-      incomplete: null,
-      fallback: false,
-    };
+    });
     if (parent === null && this.#orphans && name !== 'tcp.exchange') this.#joinExchange(st, span);
     return span;
   }
