@@ -11,11 +11,13 @@
  *   node bench/bench.ts [--quick] [--json] [--only native,node,pipeline,memory]
  *                       [--seconds S] [--rounds N]
  *
- * Progress goes to stderr; the table (or with --json, one JSON document) to stdout.
+ * Progress goes to stderr; the table to stdout (with --json: one JSON document,
+ * every sample and the table's rows, to stdout, and the table to stderr).
  * BPF run-time statistics are on for this process's life only (bpf(BPF_ENABLE_STATS)).
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { parseArgs } from 'node:util';
@@ -42,11 +44,11 @@ const { values: args } = parseArgs({
 const only = new Set<Section>(args.only ? (args.only.split(',') as Section[]) : SECTIONS);
 for (const s of only) if (!SECTIONS.includes(s)) usage(`--only: unknown section ${s} (one of ${SECTIONS.join(', ')})`);
 const q = args.quick;
-const seconds = Number(args.seconds ?? (q ? 2 : 5));
-const rounds = Number(args.rounds ?? (q ? 2 : 3));
+const seconds = Number(args.seconds ?? (q ? 2 : 4));
+const rounds = Number(args.rounds ?? (q ? 2 : 5));
 const plan = {
   native: { seconds, rounds, connections: 16 },
-  node: { seconds, rounds: q ? 1 : rounds, pacedConnections: 110, saturatedConnections: 8 },
+  node: { seconds, rounds: q ? 1 : Math.max(1, rounds - 2), pacedConnections: 110, saturatedConnections: 8 },
   pipeline: q ? ['--requests', '30000', '--rounds', '1'] : ['--requests', '100000', '--rounds', '3'],
   memory: { seconds: q ? 3 : 15, base: 16, sustainedConnections: 200, sustainedSeconds: q ? 10 : 60, holdConnections: 10_000 },
 };
@@ -82,7 +84,8 @@ const row = (r: Row) => rows.push(r);
 function progRows(label: string, progs: ProgCost[]) {
   const main = progs.filter((p) => p.nsPerReq >= 1);
   const rest = progs.filter((p) => p.nsPerReq < 1);
-  for (const p of main) row({ measure: `  ${label}: ${p.name}`, value: `${int(p.nsPerRun)} ns × ${fix(p.runsPerReq)}/req = ${int(p.nsPerReq)} ns/req` });
+  const runs = (r: number) => (r >= 0.01 ? `${fix(r)}/req` : `1 per ${int(1 / r)} req`);
+  for (const p of main) row({ measure: `  ${label}: ${p.name}`, value: `${int(p.nsPerRun)} ns × ${runs(p.runsPerReq)} = ${int(p.nsPerReq)} ns/req` });
   if (rest.length) row({ measure: `  ${label}: ${rest.length} other programs`, value: `${fix(rest.reduce((a, p) => a + p.nsPerReq, 0), 1)} ns/req` });
 }
 
@@ -276,6 +279,8 @@ async function main() {
     node: process.version,
     quick: q,
     date: new Date().toISOString(),
+    loadAverageBefore: loadavg(),
+    loadAverageAfter: [] as number[],
   };
   // Stop cleanly on a signal: every child ends when this process does (see harness.ts).
   const stats = enableBpfStats();
@@ -313,16 +318,22 @@ async function main() {
     stats.close();
   }
   const took = (performance.now() - t0) / 1000;
+  meta.loadAverageAfter = loadavg();
+  const text = [
+    `kspan bench ${meta.commit}: Linux ${meta.kernel}, ${meta.cpus} CPUs, Node ${meta.node}${q ? ', --quick' : ''}; ${took.toFixed(0)} s;` +
+      ` load average ${fix(meta.loadAverageBefore[0])} before, ${fix(meta.loadAverageAfter[0])} after (other work on the machine shows here)`,
+    'Rounds alternate untraced / floor / kspan in one run, the order rotating; figures are medians (min–max over rounds),',
+    'ratios are paired by round. Floor: a per-CPU counter on the same send/recv hooks after the same pid lookup',
+    "(bpf/bench.bpf.c). BPF time: the kernel's run-time statistics over the wrk run, all of the agent's programs.",
+    'Spans: made / exported / dropped; records lost in the kernel. MB = 10^6 bytes.',
+    '',
+    table(),
+  ].join('\n');
   if (args.json) {
+    // The document on stdout, the table for the person watching on stderr.
     console.log(JSON.stringify({ ...results, rows, seconds: took }, null, 2));
-    return;
-  }
-  console.log(`kspan bench ${meta.commit}: Linux ${meta.kernel}, ${meta.cpus} CPUs, Node ${meta.node}${q ? ', --quick' : ''}; ${took.toFixed(0)} s`);
-  console.log('Rounds alternate untraced / floor / kspan in one run, the order rotating; figures are medians (min–max over rounds).');
-  console.log('Floor: a per-CPU counter on the same send/recv hooks after the same pid lookup (bpf/bench.bpf.c). BPF time: the kernel\'s');
-  console.log('run-time statistics over the wrk run, all of the agent\'s programs. Spans: made / exported / dropped; records lost (kernel).');
-  console.log('MB = 10^6 bytes.\n');
-  console.log(table());
+    process.stderr.write(`${text}\n`);
+  } else console.log(text);
 }
 
 await main();
