@@ -112,23 +112,28 @@ export interface ProgStat {
   runs: number;
 }
 
-/** Run time and run count of every BPF program a process holds (its fdinfo). */
-export function progStats(pid: number | 'self'): Map<number, ProgStat> {
-  const out = new Map<number, ProgStat>();
+/** The fdinfo text of each open file descriptor of a process (none once it is gone). */
+function* fdinfos(pid: number | 'self'): Generator<string> {
   const dir = `/proc/${pid}/fdinfo`;
   let fds: string[] = [];
   try {
     fds = readdirSync(dir);
   } catch {
-    return out;
+    return;
   }
   for (const fd of fds) {
-    let t = '';
     try {
-      t = readFileSync(join(dir, fd), 'utf8');
+      yield readFileSync(join(dir, fd), 'utf8');
     } catch {
-      continue;
+      // closed meanwhile
     }
+  }
+}
+
+/** Run time and run count of every BPF program a process holds (its fdinfo). */
+export function progStats(pid: number | 'self'): Map<number, ProgStat> {
+  const out = new Map<number, ProgStat>();
+  for (const t of fdinfos(pid)) {
     const id = /^prog_id:\s*(\d+)/m.exec(t);
     const rt = /^run_time_ns:\s*(\d+)/m.exec(t);
     const rc = /^run_cnt:\s*(\d+)/m.exec(t);
@@ -172,14 +177,7 @@ export interface MapInfo {
 /** The BPF maps a process holds, with the kernel memory of each (fdinfo + bpftool for the names). */
 export function mapsOf(pid: number): MapInfo[] {
   const out = new Map<number, MapInfo>();
-  const dir = `/proc/${pid}/fdinfo`;
-  for (const fd of readdirSync(dir)) {
-    let t = '';
-    try {
-      t = readFileSync(join(dir, fd), 'utf8');
-    } catch {
-      continue;
-    }
+  for (const t of fdinfos(pid)) {
     const id = /^map_id:\s*(\d+)/m.exec(t);
     if (!id || out.has(Number(id[1]))) continue;
     const field = (k: string) => Number(new RegExp(`^${k}:\\s*(\\d+)`, 'm').exec(t)?.[1] ?? 0);
