@@ -14,6 +14,8 @@
  * Progress goes to stderr; the table to stdout (with --json: one JSON document,
  * every sample and the table's rows, to stdout, and the table to stderr).
  * BPF run-time statistics are on for this process's life only (bpf(BPF_ENABLE_STATS)).
+ * A section that fails gets a FAILED row, the others still run, and the exit
+ * status is 1.
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -250,10 +252,17 @@ function table(): string {
 // --- running ---------------------------------------------------------------------------------
 
 async function runPipeline(): Promise<PipelineR> {
-  const { stdout } = await promisify(execFile)(process.execPath, ['--expose-gc', join(REPO_ROOT, 'bench/pipeline.ts'), '--json', ...plan.pipeline], {
-    encoding: 'utf8',
-    maxBuffer: 1 << 20,
-  });
+  let stdout: string;
+  try {
+    ({ stdout } = await promisify(execFile)(process.execPath, ['--expose-gc', join(REPO_ROOT, 'bench/pipeline.ts'), '--json', ...plan.pipeline], {
+      encoding: 'utf8',
+      maxBuffer: 1 << 20,
+    }));
+  } catch (err) {
+    // It exits 1 when a round lost spans, after printing its figures: those are the result.
+    stdout = String((err as { stdout?: string }).stdout ?? '');
+    if (!stdout.includes('{')) throw err;
+  }
   const line = stdout.trim().split('\n').findLast((l) => l.startsWith('{'));
   if (!line) throw new Error(`bench/pipeline.ts --json printed no JSON:\n${stdout}`);
   return JSON.parse(line) as PipelineR;
@@ -291,32 +300,38 @@ async function main() {
     });
   }
   const results: Record<string, unknown> = { meta };
+  const failed: string[] = [];
+  /** One section: its rows, or a row saying why it failed (the others still run). */
+  const run = async <T>(name: Section, go: () => Promise<T>, toRows: (r: T) => void) => {
+    if (!only.has(name)) return;
+    try {
+      const r = await go();
+      results[name] = r;
+      toRows(r);
+    } catch (err) {
+      failed.push(name);
+      log(`${name} failed: ${(err as Error).stack ?? err}`);
+      section(name);
+      row({ measure: 'FAILED', value: String((err as Error).message ?? err).split('\n')[0] });
+    }
+  };
   const t0 = performance.now();
   try {
-    if (only.has('native')) {
-      const r = await nativeBench({ ...plan.native, log });
-      results.native = r;
-      nativeRows(r.summary);
-    }
-    if (only.has('node')) {
-      const r = await nodeBench({ ...plan.node, log });
-      results.node = r;
-      nodeRows(r);
-    }
-    if (only.has('pipeline')) {
-      log('pipeline: bench/pipeline.ts --json ' + plan.pipeline.join(' '));
-      const r = await runPipeline();
-      results.pipeline = r;
-      pipelineRows(r);
-    }
-    if (only.has('memory')) {
-      const r = await memoryBench({ ...plan.memory, log });
-      results.memory = r;
-      memoryRows(r);
-    }
+    await run('native', () => nativeBench({ ...plan.native, log }), (r) => nativeRows(r.summary));
+    await run('node', () => nodeBench({ ...plan.node, log }), nodeRows);
+    await run(
+      'pipeline',
+      () => {
+        log('pipeline: bench/pipeline.ts --json ' + plan.pipeline.join(' '));
+        return runPipeline();
+      },
+      pipelineRows,
+    );
+    await run('memory', () => memoryBench({ ...plan.memory, log }), memoryRows);
   } finally {
     stats.close();
   }
+  if (failed.length) process.exitCode = 1;
   const took = (performance.now() - t0) / 1000;
   meta.loadAverageAfter = loadavg();
   const text = [
@@ -331,7 +346,7 @@ async function main() {
   ].join('\n');
   if (args.json) {
     // The document on stdout, the table for the person watching on stderr.
-    console.log(JSON.stringify({ ...results, rows, seconds: took }, null, 2));
+    console.log(JSON.stringify({ ...results, rows, failed, seconds: took }, null, 2));
     process.stderr.write(`${text}\n`);
   } else console.log(text);
 }
