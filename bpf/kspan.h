@@ -28,6 +28,15 @@ enum kspan_event_flag {
 	KSPAN_F_CLIENT = 8,         /* the socket connected (active open) */
 	KSPAN_F_FLUSHED = 16,       /* send/recv: closed by the agent at shutdown, not by the kernel */
 	KSPAN_F_IDLE = 32,          /* send/recv: closed because the socket went idle (flush_idle) */
+	KSPAN_F_DROP = 64,          /* aggregate (never in a record): not to leave the kernel (unsampled) */
+	KSPAN_F_AFTER_DROP = 128,   /* send/recv/close: an aggregate of this socket before it stayed in the kernel */
+};
+
+/* Bits of kspan_sock.sflags. */
+enum kspan_sock_flag {
+	KSPAN_S_ORPHAN_SKIP = 1,    /* records with no context stay in the kernel (the target's orphan_keep) */
+	KSPAN_S_KEEP_UNSAMPLED = 2, /* the owner's KSPAN_T_KEEP_UNSAMPLED, for the softirq hooks */
+	KSPAN_S_DROPPED = 4,        /* an aggregate stayed in the kernel since the last record */
 };
 
 /* Sizes and limits, one place for both sides: the maps are declared with them,
@@ -53,7 +62,14 @@ enum kspan_counter {
 	KSPAN_C_CTX_FAULT = 5,      /* thread context read faulted (page not resident, bad pointer) */
 	KSPAN_C_CTX_SUSPECT = 6,    /* a server socket's response changed context with no request between: kept with the response's context */
 	KSPAN_C_CTX_NODE_REJECTED = 7, /* Node walk refused a V8 structure (rehash, bad counts or index, long chain): no context */
-	KSPAN_C_MAX = 8,
+	KSPAN_C_UNSAMPLED = 8,      /* a record not made: its context is not sampled (an exchange, a connect, a retransmit, a reset) */
+	KSPAN_C_ORPHAN_SKIPPED = 9, /* a record not made: no context, on a connection --orphans-ratio left out */
+	KSPAN_C_MAX = 10,
+};
+
+/* Bits of kspan_target.flags: per-target choices the agent makes. */
+enum kspan_target_flag {
+	KSPAN_T_KEEP_UNSAMPLED = 1, /* records of unsampled contexts leave the kernel too (events/record --unsampled) */
 };
 
 /* The span a thread had active, copied from its TLS (OTEP 4947 record header and
@@ -130,7 +146,8 @@ struct kspan_sock {
 	__u8 role;                  /* KSPAN_F_SERVER or KSPAN_F_CLIENT, 0 unknown */
 	__u16 lport;
 	__u16 rport;
-	__u8 _pad[2];
+	__u8 sflags;                /* enum kspan_sock_flag */
+	__u8 _pad;
 	__u8 laddr[16];
 	__u8 raddr[16];
 	struct kspan_agg agg;           /* the open aggregate (dir 0: none) */
@@ -170,6 +187,12 @@ struct kspan_tls_loc {
  * process), so one lookup per event answers "traced?" and "where is the span?". */
 struct kspan_target {
 	struct kspan_tls_loc loc;   /* kind KSPAN_TLS_NONE: no thread context (yet) */
+	/* Connections whose records with no context leave the kernel: those whose
+	 * cookie hashes below this (0xffffffff: all, 0: none). A connection is kept
+	 * or left out whole, so a kept one is complete. */
+	__u32 orphan_keep;
+	__u8 flags;                 /* enum kspan_target_flag */
+	__u8 _pad[3];
 };
 
 /* How to walk a Node.js target's V8 heap from its otel_thread_ctx_nodejs_v1 TLS

@@ -19,6 +19,7 @@ import {
   KspanCounter,
   KspanEventFlag,
   KspanLimit,
+  KspanTargetFlag,
   KSPAN_EVENT_SIZE,
   type KspanAgg,
   type KspanEvent,
@@ -35,9 +36,21 @@ import type { KernelRecord } from '../records/kernel-record.ts';
 
 const NO_LOCATION: KspanTlsLoc = { offset: 0n, module: 0n, kind: KspanTlsKind.KSPAN_TLS_NONE, scheme: 0, dtv_layout: 0 };
 
-function targetValue(loc: KspanTlsLoc): Buffer {
+/** What every target's `targets` entry says besides where its span lives. */
+export interface TargetPolicy {
+  /** Records of unsampled contexts leave the kernel too (default: they stay, counted in KSPAN_C_UNSAMPLED). */
+  keepUnsampled?: boolean;
+  /** Of connections with no context, the fraction whose records leave the kernel, decided per connection
+   * from its cookie (default 1: all; the rest are counted in KSPAN_C_ORPHAN_SKIPPED). */
+  orphanRatio?: number;
+}
+
+function targetValue(loc: KspanTlsLoc, policy: TargetPolicy): Buffer {
   const buf = Buffer.alloc(KSPAN_TARGET_SIZE);
-  encodeKspanTarget({ loc }, new DataView(buf.buffer, buf.byteOffset, buf.length), 0);
+  const ratio = policy.orphanRatio ?? 1;
+  const orphanKeep = ratio >= 1 ? 0xffffffff : Math.max(0, Math.floor(ratio * 2 ** 32));
+  const flags = policy.keepUnsampled ? KspanTargetFlag.KSPAN_T_KEEP_UNSAMPLED : 0;
+  encodeKspanTarget({ loc, orphan_keep: orphanKeep, flags }, new DataView(buf.buffer, buf.byteOffset, buf.length), 0);
   return buf;
 }
 
@@ -56,6 +69,8 @@ export interface TcpTracerOptions {
   maxSockets?: number;
   /** The kernel's hooks (tests: prototypes of another kernel); default: probed. */
   hooks?: KernelHooks;
+  /** Sampling and orphan choices for every target. */
+  policy?: TargetPolicy;
   /** Told once per optional feature the kernel could not give (switched off; kspan runs on). */
   onFeatureOff?: (off: FeatureOff) => void;
   onRecord: (r: KernelRecord) => void;
@@ -79,6 +94,7 @@ export class TcpTracer {
   readonly #obj: BpfObject;
   readonly #ring: RingBufferReader;
   readonly #pids = new Set<number>();
+  readonly #policy: TargetPolicy;
   #decodeErrors = 0;
   #stopped = false;
   #finalCounters: TracerCounters | undefined;
@@ -87,6 +103,7 @@ export class TcpTracer {
     this.#obj = obj;
     this.ioPath = plan.ioPath;
     this.plan = plan;
+    this.#policy = opts.policy ?? {};
     const ring = obj.map('events');
     const onRecord = opts.onRecord;
     this.#ring = new RingBufferReader(ring.fd, opts.ringBytes ?? KspanLimit.KSPAN_RING_BYTES, (view, off, len) => {
@@ -162,7 +179,7 @@ export class TcpTracer {
 
   /** Traces `pid` (no thread context until setContextLocation). Idempotent. */
   addPid(pid: number): void {
-    this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION));
+    this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION, this.#policy));
     this.#pids.add(pid);
   }
 
@@ -173,11 +190,11 @@ export class TcpTracer {
 
   /** Where `pid`'s threads keep their span; false when `pid` is not traced. */
   setContextLocation(pid: number, loc: KspanTlsLoc): boolean {
-    return this.#obj.map('targets').replace(pidKey(pid), targetValue(loc));
+    return this.#obj.map('targets').replace(pidKey(pid), targetValue(loc, this.#policy));
   }
 
   clearContextLocation(pid: number): void {
-    this.#obj.map('targets').replace(pidKey(pid), targetValue(NO_LOCATION));
+    this.#obj.map('targets').replace(pidKey(pid), targetValue(NO_LOCATION, this.#policy));
   }
 
   get pids(): number[] {
