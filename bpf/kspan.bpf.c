@@ -175,6 +175,14 @@ static __always_inline __u8 orphan_skip(const struct kspan_target *t, __u64 cook
 	return (__u32)((cookie * 0x9E3779B97F4A7C15ull) >> 32) >= t->orphan_keep;
 }
 
+/* The cookie of a socket behind a trusted tp_btf pointer: a plain load once it
+ * was generated, the helper (which generates it) the first time. */
+static __always_inline __u64 sock_cookie_btf(struct sock *sk)
+{
+	__u64 c = sk->__sk_common.skc_cookie.counter;
+	return c ? c : bpf_get_socket_cookie(sk);
+}
+
 /* Finds or creates the state of a socket seen in syscall context by a target. */
 static __always_inline struct kspan_sock *sock_state_get(const struct kspan_target *t, __u64 cookie,
 							 const struct sock *sk, __u8 role)
@@ -390,7 +398,9 @@ static __always_inline void account_io(const struct kspan_target *t, const struc
 	struct kspan_sock *st = sock_state_get(t, cookie, sk, 0);
 	if (!st)
 		return;
-	read_thread_ctx(tgid, &t->loc, &cur);
+	/* The header only: the attributes are read when an aggregate opens. */
+	__u16 attrs_size;
+	__u64 rec = read_thread_ctx_head(tgid, &t->loc, &cur, &attrs_size);
 
 	__u64 now = bpf_ktime_get_ns();
 	if (st->agg.dir == dir && dir == KSPAN_EV_SEND && st->agg.ctx.valid && !ctx_equal(&st->agg.ctx, &cur)) {
@@ -403,9 +413,11 @@ static __always_inline void account_io(const struct kspan_target *t, const struc
 		 * bytes stay with the response, and the mismatch is counted. */
 		if (!cur.valid) {
 			cur = st->agg.ctx;
+			rec = 0;
 		} else if (st->role == KSPAN_F_SERVER) {
 			count(KSPAN_C_CTX_SUSPECT);
 			cur = st->agg.ctx;
+			rec = 0;
 		}
 	}
 	if (st->agg.dir && (st->agg.dir != dir || !ctx_equal(&st->agg.ctx, &cur)))
@@ -416,15 +428,19 @@ static __always_inline void account_io(const struct kspan_target *t, const struc
 		st->agg.tid = tid;
 		st->agg.flags = path_flag | agg_drop_flag(t, st, &cur);
 		st->agg.ctx = cur;
+		read_thread_ctx_attrs(rec, attrs_size, &st->agg.ctx);
 	}
 	st->agg.bytes += bytes;
 	st->agg.calls += 1;
 	st->agg.last_ns = now;
 	st->pid = tgid;
 	st->tid = tid;
-	st->last_ctx = cur;
+	/* Copied only when the span changed: most calls continue the same one. */
+	if (!ctx_equal(&st->last_ctx, &cur))
+		st->last_ctx = cur;
 	if (dir == KSPAN_EV_SEND) {
-		st->tx_ctx = cur;
+		if (!ctx_equal(&st->tx_ctx, &cur))
+			st->tx_ctx = cur;
 		st->total_sent += bytes;
 	} else {
 		st->total_received += bytes;
@@ -437,7 +453,7 @@ int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
 	struct kspan_target *t;
 	if (ret <= 0 || !(t = current_target()) || !is_tcp_sock_btf(sk))
 		return 0;
-	account_io(t, sk, bpf_get_socket_cookie(sk), KSPAN_EV_SEND, ret, 0);
+	account_io(t, sk, sock_cookie_btf(sk), KSPAN_EV_SEND, ret, 0);
 	return 0;
 }
 
@@ -447,7 +463,7 @@ int BPF_PROG(on_recv_length, struct sock *sk, int ret, int flags)
 	struct kspan_target *t;
 	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)) || !(t = current_target()) || !is_tcp_sock_btf(sk))
 		return 0;
-	account_io(t, sk, bpf_get_socket_cookie(sk), KSPAN_EV_RECV, ret, 0);
+	account_io(t, sk, sock_cookie_btf(sk), KSPAN_EV_RECV, ret, 0);
 	return 0;
 }
 
