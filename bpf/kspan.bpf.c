@@ -14,7 +14,9 @@
  *   tp_btf/tcp_receive_reset     softirq: RST received
  *   tp_btf/tcp_destroy_sock      any: socket gone, totals from tcp_sock
  *   tracepoint/syscalls/sys_exit_accept{,4}   syscall: accept() returned
- *   syscall flush_idle           run by the agent on a timer: idle aggregates
+ *   syscall flush_idle           run by the agent on a timer: idle aggregates, from a
+ *       queue of the sockets with one open (bpf_loop, 5.17+); flush_idle_walk
+ *       walks the whole socket table instead where bpf_loop is missing
  *   tracepoint/syscalls/sys_{enter,exit}_{read,write,...}  syscall: fallback for
  *       kernels without sock_{send,recv}_length; the socket is found from the fd
  *
@@ -112,6 +114,21 @@ struct {
 	__type(key, __u32);
 	__type(value, struct io_args);
 } io_inflight SEC(".maps");
+
+/* Sockets with an open aggregate, for the idle flush (each at most once: KSPAN_S_QUEUED),
+ * and how many are queued. */
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, KSPAN_MAX_SOCKETS);
+	__type(value, __u64);
+} idle_queue SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} idle_queued SEC(".maps");
 
 /* Scratch space for a new socket's state (too large for the BPF stack). */
 struct {
@@ -385,6 +402,22 @@ static __always_inline bool ctx_equal(const struct kspan_trace_ctx *a,
 	       *(const __u16 *)&a->trace_flags == *(const __u16 *)&b->trace_flags;
 }
 
+/* Puts a socket whose aggregate just opened in the idle flush's queue, once. */
+static __always_inline void idle_watch(struct kspan_sock *st, __u64 cookie)
+{
+	if (st->sflags & KSPAN_S_QUEUED)
+		return;
+	if (bpf_map_push_elem(&idle_queue, &cookie, 0)) {
+		count(KSPAN_C_IDLE_QUEUE_FULL);
+		return;
+	}
+	st->sflags |= KSPAN_S_QUEUED;
+	__u32 zero = 0;
+	__u64 *queued = bpf_map_lookup_elem(&idle_queued, &zero);
+	if (queued)
+		__sync_fetch_and_add(queued, 1);
+}
+
 /* One send or recv by a target thread, in syscall context. The caller checked
  * that the thread belongs to a target (first, before any other work: these hooks
  * fire for every socket call on the machine). */
@@ -429,6 +462,7 @@ static __always_inline void account_io(const struct kspan_target *t, const struc
 		st->agg.flags = path_flag | agg_drop_flag(t, st, &cur);
 		st->agg.ctx = cur;
 		read_thread_ctx_attrs(rec, attrs_size, &st->agg.ctx);
+		idle_watch(st, cookie);
 	}
 	st->agg.bytes += bytes;
 	st->agg.calls += 1;
@@ -724,28 +758,76 @@ int BPF_PROG(on_destroy_sock, struct sock *sk)
  * until the next request or the close. The agent runs this program (syscall
  * type, BPF_PROG_TEST_RUN) every few hundred milliseconds to close aggregates
  * idle for `idle_ns`, so spans are not held back by a quiet connection.
+ *
+ * flush_idle looks only at the sockets in `idle_queue` (those whose aggregate
+ * opened since they were last looked at), as many as were queued when it
+ * started: an idle one is flushed and leaves the queue, a busy one goes back,
+ * a closed or quiet one leaves. flush_idle_walk, for kernels without bpf_loop
+ * (before 5.17), walks the whole socket table.
  */
 struct flush_ctx {
 	__u64 cutoff;
 	__u64 flushed;
+	__u64 *queued;
 };
 
-static long flush_one(struct bpf_map *map, __u64 *cookie, struct kspan_sock *st, struct flush_ctx *fc)
+static __always_inline void flush_if_idle(struct kspan_sock *st, __u64 cookie, struct flush_ctx *fc)
 {
 	if (!st->agg.dir || st->agg.last_ns > fc->cutoff)
-		return 0;
+		return;
 	st->agg.flags |= KSPAN_F_IDLE;
-	agg_flush(st, *cookie);
+	agg_flush(st, cookie);
 	fc->flushed++;
+}
+
+static long flush_queued(__u32 i, struct flush_ctx *fc)
+{
+	__u64 cookie;
+	if (bpf_map_pop_elem(&idle_queue, &cookie))
+		return 1; /* empty: stop */
+	__sync_fetch_and_add(fc->queued, -1);
+	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
+	if (!st)
+		return 0; /* closed since */
+	if (st->agg.dir && st->agg.last_ns > fc->cutoff && !bpf_map_push_elem(&idle_queue, &cookie, 0)) {
+		__sync_fetch_and_add(fc->queued, 1); /* still busy: look again next time */
+		return 0;
+	}
+	st->sflags &= ~KSPAN_S_QUEUED;
+	flush_if_idle(st, cookie, fc);
 	return 0;
 }
 
 SEC("syscall")
 int flush_idle(struct kspan_flush_args *args)
 {
+	__u32 zero = 0;
+	struct flush_ctx fc = { .cutoff = bpf_ktime_get_ns() - args->idle_ns };
+	fc.queued = bpf_map_lookup_elem(&idle_queued, &zero);
+	if (!fc.queued)
+		return 0;
+	__u64 n = *fc.queued;
+	args->more = n > KSPAN_FLUSH_BATCH;
+	if (n > KSPAN_FLUSH_BATCH)
+		n = KSPAN_FLUSH_BATCH;
+	bpf_loop(n, flush_queued, &fc, 0);
+	args->flushed = fc.flushed;
+	return 0;
+}
+
+static long flush_one(struct bpf_map *map, __u64 *cookie, struct kspan_sock *st, struct flush_ctx *fc)
+{
+	flush_if_idle(st, *cookie, fc);
+	return 0;
+}
+
+SEC("syscall")
+int flush_idle_walk(struct kspan_flush_args *args)
+{
 	struct flush_ctx fc = { .cutoff = bpf_ktime_get_ns() - args->idle_ns };
 	bpf_for_each_map_elem(&socks, flush_one, &fc, 0);
 	args->flushed = fc.flushed;
+	args->more = 0;
 	return 0;
 }
 

@@ -37,6 +37,7 @@ enum kspan_sock_flag {
 	KSPAN_S_ORPHAN_SKIP = 1,    /* records with no context stay in the kernel (the target's orphan_keep) */
 	KSPAN_S_KEEP_UNSAMPLED = 2, /* the owner's KSPAN_T_KEEP_UNSAMPLED, for the softirq hooks */
 	KSPAN_S_DROPPED = 4,        /* an aggregate stayed in the kernel since the last record */
+	KSPAN_S_QUEUED = 8,         /* the socket is in the idle flush's queue */
 };
 
 /* Sizes and limits, one place for both sides: the maps are declared with them,
@@ -49,6 +50,7 @@ enum kspan_limit {
 	KSPAN_MAX_ACCEPT_PENDING = 16384,   /* handshakes done, not yet accepted (LRU) */
 	KSPAN_MAX_IO_INFLIGHT = 16384,      /* fallback path: threads inside a read/write at once */
 	KSPAN_MAX_TLS_MODULE = 4096,        /* highest TLS module id (DTV index) the reader follows */
+	KSPAN_FLUSH_BATCH = 8192,           /* sockets one flush_idle run looks at (the agent runs it again for more) */
 	KSPAN_CTX_ATTRS_MAX = 52,           /* see struct kspan_trace_ctx */
 };
 
@@ -64,7 +66,8 @@ enum kspan_counter {
 	KSPAN_C_CTX_NODE_REJECTED = 7, /* Node walk refused a V8 structure (rehash, bad counts or index, long chain): no context */
 	KSPAN_C_UNSAMPLED = 8,      /* a record not made: its context is not sampled (an exchange, a connect, a retransmit, a reset) */
 	KSPAN_C_ORPHAN_SKIPPED = 9, /* a record not made: no context, on a connection --orphans-ratio left out */
-	KSPAN_C_MAX = 10,
+	KSPAN_C_IDLE_QUEUE_FULL = 10,/* an open aggregate the idle flush will not see (its queue was full): it waits for the socket's next call or close */
+	KSPAN_C_MAX = 11,
 };
 
 /* Bits of kspan_target.flags: per-target choices the agent makes. */
@@ -133,6 +136,7 @@ struct kspan_event {
 struct kspan_flush_args {
 	__u64 idle_ns;              /* close aggregates whose last call is older than this */
 	__u64 flushed;              /* out: how many aggregates were closed */
+	__u64 more;                 /* out: 1 when sockets are left for another run (more than KSPAN_FLUSH_BATCH) */
 };
 
 /* Per-socket state, keyed by cookie in the `socks` map. */

@@ -97,6 +97,8 @@ export class TcpTracer {
   readonly #policy: TargetPolicy;
   #decodeErrors = 0;
   #stopped = false;
+  /** The idle-flush variant that loaded, if any. */
+  readonly #flushProgram: string | undefined;
   #finalCounters: TracerCounters | undefined;
 
   private constructor(obj: BpfObject, plan: ProgramPlan, opts: TcpTracerOptions) {
@@ -104,6 +106,7 @@ export class TcpTracer {
     this.ioPath = plan.ioPath;
     this.plan = plan;
     this.#policy = opts.policy ?? {};
+    this.#flushProgram = ['flush_idle', 'flush_idle_walk'].find((n) => plan.load(n));
     const ring = obj.map('events');
     const onRecord = opts.onRecord;
     this.#ring = new RingBufferReader(ring.fd, opts.ringBytes ?? KspanLimit.KSPAN_RING_BYTES, (view, off, len) => {
@@ -163,6 +166,8 @@ export class TcpTracer {
       }
       obj.setMaxEntries('events', opts.ringBytes ?? KspanLimit.KSPAN_RING_BYTES);
       if (opts.maxSockets !== undefined) obj.setMaxEntries('socks', opts.maxSockets);
+      // The idle flush's queue holds each socket once; only the queued variant reads it.
+      obj.setMaxEntries('idle_queue', plan.load('flush_idle') ? (opts.maxSockets ?? KspanLimit.KSPAN_MAX_SOCKETS) : 1);
       obj.load();
       obj.attachAll();
       return new TcpTracer(obj, plan, opts);
@@ -215,6 +220,10 @@ export class TcpTracer {
     const out = { ...ring } as TracerCounters;
     for (const [name, idx] of Object.entries(KspanCounter)) {
       if (name === 'KSPAN_C_MAX') continue;
+      if (name === 'KSPAN_C_IDLE_QUEUE_FULL' && this.#flushProgram !== 'flush_idle') {
+        out[name] = 0; // the walking variant has no queue (its one-slot stand-in is always full)
+        continue;
+      }
       const v = map.lookup(u32Key(idx), 8 * ncpu);
       let sum = 0n;
       for (let i = 0; v && i < ncpu; i++) sum += v.readBigUInt64LE(8 * i);
@@ -230,12 +239,21 @@ export class TcpTracer {
    * does not hold its last response back.
    */
   flushIdle(idleNs: bigint): number {
-    if (this.#stopped) return 0;
+    if (this.#stopped || !this.#flushProgram) return 0;
     const args = Buffer.alloc(KSPAN_FLUSH_ARGS_SIZE);
-    encodeKspanFlushArgs({ idle_ns: idleNs, flushed: 0n }, new DataView(args.buffer, args.byteOffset, args.length), 0);
-    this.#obj.run('flush_idle', args);
-    return Number(decodeKspanFlushArgs(new DataView(args.buffer, args.byteOffset, args.length), 0).flushed);
+    const view = new DataView(args.buffer, args.byteOffset, args.length);
+    let flushed = 0;
+    // One run looks at KSPAN_FLUSH_BATCH queued sockets; more runs for the rest.
+    for (let run = 0; run <= KspanLimit.KSPAN_MAX_SOCKETS / KspanLimit.KSPAN_FLUSH_BATCH; run++) {
+      encodeKspanFlushArgs({ idle_ns: idleNs, flushed: 0n, more: 0n }, view, 0);
+      this.#obj.run(this.#flushProgram, args);
+      const out = decodeKspanFlushArgs(view, 0);
+      flushed += Number(out.flushed);
+      if (!out.more) break;
+    }
+    return flushed;
   }
+
 
   get ringStats() {
     return this.#ring.stats;

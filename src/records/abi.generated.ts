@@ -34,7 +34,8 @@ export const KspanCounter = {
   KSPAN_C_CTX_NODE_REJECTED: 7,
   KSPAN_C_UNSAMPLED: 8,
   KSPAN_C_ORPHAN_SKIPPED: 9,
-  KSPAN_C_MAX: 10,
+  KSPAN_C_IDLE_QUEUE_FULL: 10,
+  KSPAN_C_MAX: 11,
 } as const;
 
 export const KspanTlsKind = {
@@ -61,6 +62,7 @@ export const KspanLimit = {
   KSPAN_MAX_ACCEPT_PENDING: 16384,
   KSPAN_MAX_IO_INFLIGHT: 16384,
   KSPAN_MAX_TLS_MODULE: 4096,
+  KSPAN_FLUSH_BATCH: 8192,
   KSPAN_CTX_ATTRS_MAX: 52,
 } as const;
 
@@ -72,6 +74,7 @@ export const KspanSockFlag = {
   KSPAN_S_ORPHAN_SKIP: 1,
   KSPAN_S_KEEP_UNSAMPLED: 2,
   KSPAN_S_DROPPED: 4,
+  KSPAN_S_QUEUED: 8,
 } as const;
 
 /** struct kspan_trace_ctx: 80 bytes. */
@@ -739,18 +742,20 @@ export class KspanNodeLayoutView implements KspanNodeLayout {
   }
 }
 
-/** struct kspan_flush_args: 16 bytes. */
-export const KSPAN_FLUSH_ARGS_SIZE = 16;
+/** struct kspan_flush_args: 24 bytes. */
+export const KSPAN_FLUSH_ARGS_SIZE = 24;
 
 export interface KspanFlushArgs {
   idle_ns: bigint;
   flushed: bigint;
+  more: bigint;
 }
 
 export function decodeKspanFlushArgs(v: DataView, o: number): KspanFlushArgs {
   return {
     idle_ns: v.getBigUint64(o + 0, true),
     flushed: v.getBigUint64(o + 8, true),
+    more: v.getBigUint64(o + 16, true),
   };
 }
 
@@ -758,6 +763,7 @@ export function decodeKspanFlushArgs(v: DataView, o: number): KspanFlushArgs {
 export function encodeKspanFlushArgs(x: KspanFlushArgs, v: DataView, o: number): void {
   v.setBigUint64(o + 0, x.idle_ns, true);
   v.setBigUint64(o + 8, x.flushed, true);
+  v.setBigUint64(o + 16, x.more, true);
 }
 
 /** Zero-copy view of struct kspan_flush_args; move it with `at()`. Byte arrays alias the memory. */
@@ -780,5 +786,9 @@ export class KspanFlushArgsView implements KspanFlushArgs {
   get flushed(): bigint {
     const v = this.v;
     return v.getBigUint64(this.o + 8, true);
+  }
+  get more(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 16, true);
   }
 }
