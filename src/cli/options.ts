@@ -64,7 +64,7 @@ export function waitForStop(seconds: number | undefined): StopSignal {
   return Object.assign(promise, { end: (why: string) => finish(why), cancel: cleanup });
 }
 
-export type TracingConfig = Pick<RunConfig, 'pids' | 'ioHooks' | 'maxSockets' | 'waitForTargets'>;
+export type TracingConfig = Pick<RunConfig, 'pids' | 'ioHooks' | 'maxSockets' | 'waitForTargets' | 'orphansRatio'> & { unsampled?: boolean };
 
 export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone'>;
 
@@ -81,6 +81,7 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
     ioPath: config.ioHooks === 'auto' ? undefined : config.ioHooks,
     maxSockets: config.maxSockets,
     waitForTargets: config.waitForTargets,
+    policy: { keepUnsampled: config.unsampled ?? false, orphanRatio: config.orphansRatio },
     onRecord: hooks.onRecord,
     onTarget: hooks.onTarget,
     onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),

@@ -28,6 +28,8 @@ export function eventObject(r: KernelRecord, clockOffsetNs: bigint, keyMap?: rea
   };
   // Only when the record had attributes: lines without them keep their shape.
   if (r.context?.attributes) o.attributes = decodeRecordAttributes(r.context.attributes, keyMap ?? []).attributes;
+  // Only when an aggregate of the socket before this record stayed in the kernel.
+  if (r.afterDropped) o.after_dropped = true;
   switch (r.type) {
     case 'send':
     case 'recv':

@@ -63,6 +63,9 @@ export interface KernelRecord extends SocketIdentity {
   calls: number;
   /** send/recv: closed by the agent at shutdown rather than by the kernel. */
   flushed: boolean;
+  /** send/recv: an aggregate of this socket before this one stayed in the kernel
+   * (unsampled, or an orphan --orphans-ratio left out). */
+  afterDropped: boolean;
   /** send/recv: produced by the syscall-tracepoint fallback. */
   fallback: boolean;
   /** connect: errno of the failure (0 = connected); retransmit: the kernel's err. */

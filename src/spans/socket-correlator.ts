@@ -60,7 +60,15 @@
  *
  * Sampling and orphans: a span whose parent is unsampled (traceFlags & 1 == 0) is
  * dropped and counted; a span with no context is counted (per pid too) and emitted
- * only with `orphans: true`, then grouped by exchange:
+ * only with `orphans: true`, then grouped by exchange. The kernel keeps most of
+ * these from ever leaving it (unsampled exchanges, orphans --orphans-ratio leaves
+ * out); a send/recv record marked `afterDropped` says an exchange before it stayed
+ * there, so:
+ *  D1. A pending accept when an `afterDropped` send/recv or close arrives belonged
+ *      to the connection's first exchange, which stayed in the kernel: it is
+ *      dropped and counted (acceptsOfDroppedExchanges), not hung under a later
+ *      exchange or ended as an orphan.
+
  *
  * Exchanges (`orphans: true` only):
  *  E1. The spans of a socket that have no context are grouped per request/response
@@ -125,6 +133,8 @@ export interface CorrelatorCounters {
   exchanges: number;
   /** Spans dropped because their parent was not sampled. */
   unsampledSpans: number;
+  /** Accepts dropped because their connection's first exchange stayed in the kernel (rule D1). */
+  acceptsOfDroppedExchanges: number;
   /** Spans ended by the agent (eviction, process exit, shutdown, flushed aggregates). */
   incompleteSpans: number;
   evictedLru: number;
@@ -232,6 +242,7 @@ export class SocketCorrelator {
     orphanSpans: 0,
     exchanges: 0,
     unsampledSpans: 0,
+    acceptsOfDroppedExchanges: 0,
     incompleteSpans: 0,
     evictedLru: 0,
     evictedIdle: 0,
@@ -374,7 +385,15 @@ export class SocketCorrelator {
     this.#finish(span);
   }
 
+  /** Rule D1: the accept's exchange stayed in the kernel. */
+  #dropAcceptOfDropped(st: SocketState, r: KernelRecord): void {
+    if (!r.afterDropped || !st.pendingAccept) return;
+    st.pendingAccept = null;
+    this.counters.acceptsOfDroppedExchanges++;
+  }
+
   #onSend(st: SocketState, r: KernelRecord, now: bigint): void {
+    this.#dropAcceptOfDropped(st, r);
     const key = contextKey(r.context);
     if (st.role === 'server') {
       if (st.pendingRequest || st.pendingAccept) this.#resolveRequest(st, r.context, null, false);
@@ -399,6 +418,7 @@ export class SocketCorrelator {
   }
 
   #onRecv(st: SocketState, r: KernelRecord): void {
+    this.#dropAcceptOfDropped(st, r);
     // A recv record means the socket has turned to writing again (or is closing):
     // the previous send's data is acknowledged (rule R1).
     this.#endLinger(st);
@@ -467,6 +487,7 @@ export class SocketCorrelator {
   }
 
   #close(st: SocketState, r: KernelRecord): void {
+    this.#dropAcceptOfDropped(st, r);
     if (r.srttUs > 0) st.srttUs = r.srttUs;
     this.#sockets.delete(st.cookie);
     this.#endSocket(st, null);

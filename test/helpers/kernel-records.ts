@@ -31,6 +31,7 @@ export function record(type: RecordType, fields: Partial<KernelRecord> = {}): Ke
     bytes: 0,
     calls: 0,
     flushed: false,
+    afterDropped: false,
     fallback: false,
     errno: 0,
     resetSent: false,
