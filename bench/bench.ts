@@ -101,7 +101,8 @@ function lostValue(c: Pick<Counted, 'recordsLost' | 'ringbufFull' | 'sockTableFu
 
 function spansValue(c: Counted) {
   const received = c.spansReceived === c.spansExported ? '' : ` (receiver got ${int(c.spansReceived)})`;
-  return `${int(c.spansMade)} / ${int(c.spansExported)}${received} / ${int(c.spansDropped)}; lost ${lostValue(c)}; ${int(c.unsampledSpans)} unsampled thrown away; ${int(c.requests)} requests`;
+  const unsampled = `unsampled: ${int(c.unsampledInKernel)} records left in the kernel, ${int(c.unsampledSpans)} spans thrown away by the correlator`;
+  return `${int(c.spansMade)} / ${int(c.spansExported)}${received} / ${int(c.spansDropped)}; lost ${lostValue(c)}; ${unsampled}; ${int(c.requests)} requests`;
 }
 
 // --- the table -------------------------------------------------------------------------

@@ -276,6 +276,8 @@ export interface AgentCounters {
   spansMade: number;
   /** Spans of unsampled contexts the correlator threw away. */
   unsampledSpans: number;
+  /** Records of unsampled contexts the kernel did not make (KSPAN_C_UNSAMPLED, where the kernel samples). */
+  unsampledInKernel: number;
   spansExported: number;
   /** Spans made but not exported: queue full, export failed, still queued at shutdown. */
   spansDropped: number;
@@ -297,6 +299,7 @@ export function agentCounters(log: AgentExitLog, exitCode: number): AgentCounter
     records: c.records,
     spansMade: c.spans,
     unsampledSpans: num(c.unsampledSpans),
+    unsampledInKernel: num(k.KSPAN_C_UNSAMPLED),
     spansExported: e.exported,
     spansDropped: num(e.droppedQueueFull) + num(e.droppedFailed) + num(e.droppedShutdown),
     recordsLost: num(k.KSPAN_C_RINGBUF_FULL) + num(k.KSPAN_C_SOCK_TABLE_FULL) + num(k.decode_errors),

@@ -229,13 +229,14 @@ export function progMedians(samples: Sample[]): ProgCost[] {
 
 /** Exit counters summed over samples. */
 export function sumCounters(samples: Sample[]) {
-  const t = { requests: 0, records: 0, spansMade: 0, unsampledSpans: 0, spansExported: 0, spansReceived: 0, spansDropped: 0, recordsLost: 0, ringbufFull: 0, sockTableFull: 0, decodeErrors: 0 };
+  const t = { requests: 0, records: 0, spansMade: 0, unsampledSpans: 0, unsampledInKernel: 0, spansExported: 0, spansReceived: 0, spansDropped: 0, recordsLost: 0, ringbufFull: 0, sockTableFull: 0, decodeErrors: 0 };
   for (const s of samples) {
     const c = s.agent!.counters;
     t.requests += s.requests;
     t.records += c.records;
     t.spansMade += c.spansMade;
     t.unsampledSpans += c.unsampledSpans;
+    t.unsampledInKernel += c.unsampledInKernel;
     t.spansExported += c.spansExported;
     t.spansReceived += s.agent!.spansReceived;
     t.spansDropped += c.spansDropped;

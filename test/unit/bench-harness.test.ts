@@ -35,7 +35,7 @@ test('parseWrk: a run with socket errors or non-2xx answers is refused', () => {
 
 test('agentCounters: made, exported, dropped, lost by cause, from the exit log', () => {
   const line = {
-    kernel: { decode_errors: 2, ring_handler_errors: 0, KSPAN_C_RINGBUF_FULL: 87, KSPAN_C_SOCK_TABLE_FULL: 5, KSPAN_C_CTX_TORN: 9, context: { resolved: 1 } },
+    kernel: { decode_errors: 2, ring_handler_errors: 0, KSPAN_C_RINGBUF_FULL: 87, KSPAN_C_SOCK_TABLE_FULL: 5, KSPAN_C_CTX_TORN: 9, KSPAN_C_UNSAMPLED: 470292, context: { resolved: 1 } },
     spans: {
       correlator: { records: 235176, spans: 137240, unsampledSpans: 211629 },
       export: { exported: 48128, droppedQueueFull: 89100, droppedFailed: 10, droppedShutdown: 2 },
@@ -47,6 +47,7 @@ test('agentCounters: made, exported, dropped, lost by cause, from the exit log',
     records: 235176,
     spansMade: 137240,
     unsampledSpans: 211629,
+    unsampledInKernel: 470292,
     spansExported: 48128,
     spansDropped: 89112,
     recordsLost: 94,
