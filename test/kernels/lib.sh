@@ -238,7 +238,7 @@ choose_accel() {
   case $want in
     tcg) echo tcg; return ;;
     kvm | auto)
-      if [[ -c /dev/kvm ]] && timeout -k 5 "${KSPAN_KERNELS_KVM_PROBE_TIMEOUT:-40}" qemu-system-x86_64 -accel kvm -cpu host \
+      if [[ -c /dev/kvm ]] && timeout -k 5 "${KSPAN_KERNELS_KVM_PROBE_TIMEOUT:-25}" qemu-system-x86_64 -accel kvm -cpu host \
         -m 512M -smp 1 -nodefaults -no-reboot -display none -monitor none -serial stdio \
         -kernel "$kernel" -initrd "$initrd" -append "console=ttyS0 panic=-1 kspan.probe" </dev/null 2>&1 \
         | grep -q 'kspan-initrd: probe ok'; then
@@ -289,6 +289,7 @@ make_root_image() {
     printf 'MODE=%q\n' "$mode"
     printf 'DIAG=%q\n' "$DIAG"
     printf 'TEST_TIMEOUT=%q\n' "$TEST_TIMEOUT"
+    printf 'TIMEOUT_SCALE=%q\n' "$TIMEOUT_SCALE"
   } >"$stage/kspan-kernels/config"
   local t
   for t in "${TESTS[@]}"; do
@@ -395,7 +396,12 @@ judge() {
         read -r attempt rc p f c s crash secs <<<"${last[$want]}"
         pass=$((pass + p)); fail=$((fail + f)); cancelled=$((cancelled + c))
         log "$kname: $(basename "$want"): exit $rc, $p passed, $f failed, $c cancelled, $s skipped, ${secs} s$( ((attempt > 1)) && echo ", rerun after a node crash")"
-        if ((rc != 0 || f > 0 || c > 0 || p == 0)); then bad+=("$(basename "$want")"); fi
+        if ((rc != 0 || f > 0 || c > 0 || p == 0)); then
+          bad+=("$(basename "$want")")
+          local tap=$r/$(basename "$want" .ts).tap
+          ((attempt > 1)) && tap=$r/$(basename "$want" .ts).rerun.tap
+          grep -E '^ *not ok ' "$tap" 2>/dev/null | sed -E 's/^ *not ok [0-9]+ - /      not ok: /' | head -n 12 >&2 || true
+        fi
       done
       local note=""
       ((crashes)) && note=", $crashes node crash(es) rerun"
@@ -408,20 +414,30 @@ judge() {
     refuse)
       local problems=()
       local drc erc
-      drc=$(cat "$r/doctor.rc" 2>/dev/null || echo '?')
+      drc=$(cat "$r/doctor-json.rc" 2>/dev/null || echo '?')
       erc=$(cat "$r/events.rc" 2>/dev/null || echo '?')
-      [[ $drc =~ ^[1-9][0-9]*$ ]] && ((drc < 128)) || problems+=("doctor exit $drc (want non-zero, no crash)")
+      [[ $drc =~ ^[1-9][0-9]*$ ]] && ((drc < 128)) || problems+=("doctor --json exit $drc (want non-zero, no crash)")
+      local trc
+      trc=$(cat "$r/doctor.rc" 2>/dev/null || echo '?')
+      [[ $trc =~ ^[1-9][0-9]*$ ]] && ((trc < 128)) || problems+=("doctor exit $trc (want non-zero, no crash)")
+      grep -qE '^\[FAIL\].*|fix:.*5\.12' "$r/doctor.stdout" 2>/dev/null && grep -q '5\.12' "$r/doctor.stdout" \
+        || problems+=("doctor's text does not name the 5.12 floor")
       # doctor --json: not ok, and a failed check that names the floor
       if ! node -e '
         const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
         const failed = r.checks.filter((c) => c.status === "fail");
         process.exit(r.ok === false && failed.some((c) => /5\.12/.test(`${c.detail} ${c.fix ?? ""}`)) ? 0 : 1);
-      ' "$r/doctor.json" 2>/dev/null; then
+      ' "$r/doctor-json.stdout" 2>/dev/null; then
         problems+=("doctor --json does not fail a check naming the 5.12 floor")
       fi
       [[ $erc =~ ^[1-9][0-9]*$ ]] && ((erc < 128)) || problems+=("events exit $erc (want non-zero, no crash)")
       grep -qE '^kspan: KSPAN_ERR_[A-Z_]+: ' "$r/events.stderr" 2>/dev/null || problems+=("events printed no KSPAN_ERR_* error")
       grep -qE '^ +at .+:[0-9]+:[0-9]+\)?$' "$r/events.stderr" 2>/dev/null && problems+=("events printed a stack trace")
+      local f crashes=""
+      for f in doctor doctor-json events; do
+        [[ -f $r/$f.crashed ]] && crashes+=" $f: $(tr '\n' ' ' <"$r/$f.crashed")"
+      done
+      [[ -n $crashes ]] && log "$kname: node crashed and was rerun:$crashes"
       local code
       code=$(grep -oE '^kspan: KSPAN_ERR_[A-Z_]+' "$r/events.stderr" 2>/dev/null | head -n1 | cut -d' ' -f2)
       if ((${#problems[@]})); then

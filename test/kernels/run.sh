@@ -88,7 +88,9 @@ ACCEL=$(choose_accel "${KSPAN_KERNELS_ACCEL:-auto}" "${KDIR[$first]}/vmlinuz" "$
 if [[ $ACCEL == kvm ]]; then VM_TIMEOUT=${KSPAN_KERNELS_VM_TIMEOUT:-900}; else VM_TIMEOUT=${KSPAN_KERNELS_VM_TIMEOUT:-1500}; fi
 # one test file may take at most this long inside a guest
 TEST_TIMEOUT=$((VM_TIMEOUT / 3))
-log "accelerator: $ACCEL; hard limit per VM ${VM_TIMEOUT} s"
+# the tests' own waits (test/helpers/timeouts.ts), longer under emulation
+if [[ $ACCEL == kvm ]]; then TIMEOUT_SCALE=${KSPAN_TEST_TIMEOUT_SCALE:-1}; else TIMEOUT_SCALE=${KSPAN_TEST_TIMEOUT_SCALE:-3}; fi
+log "accelerator: $ACCEL; hard limit per VM ${VM_TIMEOUT} s, per test file ${TEST_TIMEOUT} s; test waits x$TIMEOUT_SCALE"
 
 ROOTFS=$(build_rootfs)
 
