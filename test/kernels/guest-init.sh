@@ -82,18 +82,29 @@ if [[ ${DIAG:-1} == 1 ]]; then
   say "agent start-up: $(tr '\n' ';' <"$OUT/startup.txt")"
 fi
 
+# Every core-dumping death (SIGSEGV, SIGTRAP, SIGABRT, SIGILL, SIGBUS...) of any
+# process is noted in $OUT/cores.txt by the kernel's core_pattern pipe, even when
+# node re-raises the signal from its own handler (the kernel log shows nothing then).
+printf '#!/bin/sh\necho "$(date +%%s) pid=$1 sig=$2 exe=$3" >>%s/cores.txt\ncat >/dev/null\n' "$OUT" >/kspan-kernels/core-note
+chmod +x /kspan-kernels/core-note
+echo "|/kspan-kernels/core-note %P %s %E" >/proc/sys/kernel/core_pattern
+ulimit -c unlimited
+: >"$OUT/cores.txt"
+
 # A crash of node itself (a V8 fatal error, SIGTRAP/SIGSEGV/SIGILL/SIGABRT), as
 # opposed to a failing assertion: the runner died of a signal, V8 printed its
-# fatal-error banner, or the kernel logged a trap/segfault of a node process.
-crashed() { # $1 = exit status, $2 = output file, $3 = dmesg lines before
+# fatal-error banner, the kernel logged a trap/segfault in node, or a node
+# process dumped core meanwhile (any of them: kspan's children too).
+crashed() { # $1 = exit status, $2 = output file, $3 = dmesg lines before, $4 = cores.txt lines before
   (($1 > 128)) && return 0
   grep -qE '# Fatal error in|FATAL ERROR:|Trace/breakpoint trap|Illegal instruction|Segmentation fault' "$2" && return 0
-  dmesg | tail -n +"$(($3 + 1))" | grep -qE '(node|kspan)\[[0-9]+\].*(trap|segfault|general protection)' && return 0
+  dmesg | tail -n +"$(($3 + 1))" | grep -qE '(trap|segfault|general protection).* in node\[' && return 0
+  tail -n +"$(($4 + 1))" "$OUT/cores.txt" | grep -q 'exe=.*node' && return 0
   return 1
 }
 
 run_tests() {
-  local file name rc log tap dm t0 attempt
+  local file name rc log tap dm cores t0 attempt
   : >"$OUT/tests.tsv"
   local pattern args
   # /kspan-kernels/tests: one test file a line, optionally "<TAB>name pattern"
@@ -108,6 +119,7 @@ run_tests() {
       [[ $attempt == 2 ]] && { log=$OUT/$name.rerun.log; tap=$OUT/$name.rerun.tap; }
       say "test $file (attempt $attempt)"
       dm=$(dmesg | wc -l)
+      cores=$(wc -l <"$OUT/cores.txt")
       t0=$(date +%s)
       # spec to the log (and the console), TAP to a file for the counts
       timeout -k 10 "$TEST_TIMEOUT" node --test --test-concurrency=1 \
@@ -116,7 +128,7 @@ run_tests() {
         "${args[@]}" "$file" >"$log" 2>&1 </dev/null
       rc=$?
       local secs=$(($(date +%s) - t0)) crash=0
-      crashed "$rc" "$log" "$dm" && crash=1
+      crashed "$rc" "$log" "$dm" "$cores" && crash=1
       ((rc == 124 || rc == 137)) && crash=0 # our timeout: a hang, not a crash
       local pass fail cancelled skipped
       pass=$(sed -n 's/^# pass //p' "$tap" | tail -n1)
