@@ -41,7 +41,8 @@ TESTS=(
   test/e2e/run-node.test.ts                 # Node 24 service with kspan/publisher
   test/e2e/tcp-outcomes.test.ts             # retransmits vs the kernel's count, resets, connect outcomes
   test/e2e/thread-context.test.ts           # native OTEP 4947 targets, every TLS model
-  'test/e2e/loader.test.ts::doctor as root' # kspan doctor passes
+  test/e2e/sampling.test.ts                 # sampling decided in the kernel: exact counts
+  'test/e2e/loader.test.ts::doctor as root|flushIdle' # kspan doctor passes; both idle-flush variants
 )
 # ---------------------------------------------------------------------------
 
