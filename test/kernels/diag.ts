@@ -12,10 +12,10 @@
  */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { KspanError, VerifierError } from '../../src/errors.ts';
-import { decodeKspanFlushArgs, encodeKspanFlushArgs, KSPAN_FLUSH_ARGS_SIZE } from '../../src/generated/records.ts';
-import { BpfObject } from '../../src/loader/bpf-object.ts';
-import { hasBtfTracepoint, hasTracepoint } from '../../src/loader/kernel-features.ts';
+import { KspanError, VerifierError } from '../../src/core/errors.ts';
+import { decodeKspanFlushArgs, encodeKspanFlushArgs, KSPAN_FLUSH_ARGS_SIZE } from '../../src/records/abi.generated.ts';
+import { BpfObject } from '../../src/kernel/bpf-object.ts';
+import { hasBtfTracepoint, hasTracepoint } from '../../src/kernel/kernel-features.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
 
 const TAIL = 30;
@@ -56,10 +56,10 @@ function loadAlone(path: string, name: string): Record<string, unknown> {
       return out;
     }
     if (section === 'syscall') {
-      if (name === 'flush_idle') {
+      if (name === 'flush_idle' || name === 'flush_idle_walk') {
         const args = Buffer.alloc(KSPAN_FLUSH_ARGS_SIZE);
         const view = new DataView(args.buffer, args.byteOffset, args.length);
-        encodeKspanFlushArgs({ idle_ns: 1n, flushed: 0n }, view, 0);
+        encodeKspanFlushArgs({ idle_ns: 1n, flushed: 0n, more: 0n }, view, 0);
         try {
           out.test_run_retval = obj.run(name, args);
           out.test_run_flushed = Number(decodeKspanFlushArgs(view, 0).flushed);
