@@ -26,6 +26,9 @@ const PURE = [
   'src/context/nodejs/',
   'src/export/console-tree.ts',
   'src/export/export-pipeline.ts',
+  'src/export/export-request.ts',
+  'src/export/proto-writer.ts',
+  'src/export/span-encoder.ts',
   'src/kernel/programs.ts',
 ] as const;
 
