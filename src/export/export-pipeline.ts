@@ -26,7 +26,7 @@ import { convertLegacyOtlpGrpcOptions, createOtlpGrpcExportDelegate } from '@ope
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
 import { pino, type Logger } from 'pino';
 import { loadSettings, TUNING, type Origin, type OtlpProtocol, type RawValues } from '../core/config.ts';
-import { EncodedSpanMetricsHelper, encodedSpanSerializer, type BatchSizer } from './export-request.ts';
+import { EncodedSpanMetricsHelper, encodedSpanSerializer } from './export-request.ts';
 import type { EncodedSpan } from './span-encoder.ts';
 
 export type { OtlpProtocol };
@@ -142,6 +142,14 @@ export function createEncodedOtlpExporter(
           undefined,
         );
   return new OTLPExporterBase<EncodedSpan[]>(delegate);
+}
+
+/** Counts a batch's bytes as the pipeline builds it. */
+export interface BatchSizer<T> {
+  /** A new batch starts. */
+  reset(): void;
+  /** The bytes `item` adds to the batch so far. */
+  add(item: T): number;
 }
 
 export interface ExportPipelineOptions<T = ReadableSpan> {

@@ -18,6 +18,7 @@ import {
   type IExportTraceServiceResponse,
   type ISerializer,
 } from '@opentelemetry/otlp-transformer';
+import type { BatchSizer } from './export-pipeline.ts';
 import { varintSize } from './proto-writer.ts';
 import type { EncodedSpan, EncodedTarget } from './span-encoder.ts';
 
@@ -120,14 +121,6 @@ export function encodeExportRequest(spans: readonly EncodedSpan[], alloc: (size:
   }
   if (pos !== total) throw new Error(`OTLP request size mismatch: wrote ${pos} of ${total} bytes`);
   return out.length === total ? out : out.subarray(0, total);
-}
-
-/** Counts a batch's bytes as it is built (src/export/export-pipeline.ts BatchSizer). */
-export interface BatchSizer<T> {
-  /** A new batch starts. */
-  reset(): void;
-  /** The bytes `item` adds to the batch so far. */
-  add(item: T): number;
 }
 
 /**

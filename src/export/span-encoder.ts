@@ -15,6 +15,7 @@
 import type { Attributes, SpanStatus } from '@opentelemetry/api';
 import type { InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
+import type { TraceContext } from '../records/kernel-record.ts';
 import type { KernelSpan } from '../spans/kernel-span.ts';
 import {
   describeEventAttributes,
@@ -202,6 +203,10 @@ export class KernelSpanEncoder implements AttributeSink {
   readonly #sockets = new WeakMap<object, SocketBlock>();
   /** The KeyValue tag the sink writes: span attributes (9) or event attributes (3). */
   #attrTag = SPAN_ATTRIBUTES;
+  /** The last parent's ids, hex and bytes (trace id, then span id). */
+  #parentTraceHex = '';
+  #parentSpanHex = '';
+  readonly #parentBytes = new Uint8Array(24);
   // REALTIME − MONOTONIC split into 32-bit halves, for exact integer arithmetic on numbers.
   #offsetNs = -1n;
   #offLo = 0;
@@ -277,8 +282,9 @@ export class KernelSpanEncoder implements AttributeSink {
     const ids = at + 3;
     buf[ids] = SPAN_TRACE_ID;
     buf[ids + 1] = 16;
+    if (p) this.#parentIds(p);
     if (self) hexInto(buf, ids + 2, self.traceId, 16);
-    else if (p) hexInto(buf, ids + 2, p.traceId, 16);
+    else if (p) copy(this.#parentBytes, 0, buf, ids + 2, 16);
     else this.#ids.fill(buf, ids + 2, 16);
     buf[ids + 18] = SPAN_SPAN_ID;
     buf[ids + 19] = 8;
@@ -288,7 +294,7 @@ export class KernelSpanEncoder implements AttributeSink {
     if (p) {
       buf[ids + 28] = SPAN_PARENT_SPAN_ID;
       buf[ids + 29] = 8;
-      hexInto(buf, ids + 30, p.spanId, 8);
+      copy(this.#parentBytes, 16, buf, ids + 30, 8);
       w.pos = ids + 38;
     }
     w.byte(SPAN_NAME);
@@ -346,6 +352,15 @@ export class KernelSpanEncoder implements AttributeSink {
     const span = new EncodedSpan(target, chunk, w.base, w.pos - w.base);
     w.base = w.pos;
     return span;
+  }
+
+  /** The parent's trace and span id as bytes in #parentBytes; the spans of one request share a parent, so the last is kept. */
+  #parentIds(p: TraceContext): void {
+    if (p.traceId === this.#parentTraceHex && p.spanId === this.#parentSpanHex) return;
+    hexInto(this.#parentBytes, 0, p.traceId, 16);
+    hexInto(this.#parentBytes, 16, p.spanId, 8);
+    this.#parentTraceHex = p.traceId;
+    this.#parentSpanHex = p.spanId;
   }
 
   /** The socket attributes' KeyValues: from the cache when this socket's were encoded already. */
@@ -478,6 +493,10 @@ function mergesCleanly(extra: Attributes): boolean {
 /** Hex digit value as the transformer's hexToBinary reads it. */
 function nibble(c: number): number {
   return c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c - 55;
+}
+
+function copy(from: Uint8Array, at: number, to: Uint8Array, toAt: number, n: number): void {
+  for (let i = 0; i < n; i++) to[toAt + i] = from[at + i];
 }
 
 /** `bytes` bytes from a hex id into buf at `at`. */

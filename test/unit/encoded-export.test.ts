@@ -19,6 +19,7 @@ import { ExportTraceServiceResponseType } from '../../src/proto/otlp.ts';
 import { SpanPipeline } from '../../src/spans/span-pipeline.ts';
 import { ctx, FakeSocket, kernelSpan } from '../helpers/kernel-records.ts';
 import { decodeExportRequest, OtlpReceiver, TRACE_EXPORT_PATH } from '../helpers/otlp-receiver.ts';
+import { until } from '../helpers/traced-server.ts';
 
 const OFFSET = 1_767_225_600_000_000_000n;
 const resource = resourceFromAttributes({ 'service.name': 'fixture-server', 'process.pid': 4242 });
@@ -133,7 +134,7 @@ for (const protocol of ['grpc', 'http'] as const) {
       assert.equal(accepted, 40);
       assert.equal(pipeline.counters.droppedQueueFull, 15);
       assert.ok(lines.some((l) => l.msg === 'export queue full: spans dropped'));
-      await waitFor(() => pipeline.counters.exportFailures >= 2, 10_000);
+      await until(() => (pipeline.counters.exportFailures >= 2 ? true : undefined), 10_000, 'two failed exports');
       await r.start();
       assert.equal(await pipeline.forceFlush(30_000), true);
       assert.deepEqual(r.spans.map((s) => s.parentSpanId).sort(), sent.sort());
@@ -283,11 +284,3 @@ test('OTEL_EXPORTER_OTLP_HEADERS reach both transports, OTEL_EXPORTER_OTLP_COMPR
     Object.assign(process.env, saved);
   }
 });
-
-async function waitFor(cond: () => boolean, timeoutMs: number): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}

@@ -15,6 +15,7 @@ import type { InstrumentationScope } from '@opentelemetry/core';
 import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
 import { resourceFromAttributes, type Resource } from '@opentelemetry/resources';
 import type { ReadableSpan } from '@opentelemetry/sdk-trace';
+import protobuf from 'protobufjs';
 import { encodeExportRequest, EncodedSpanSizer, encodedSpanSerializer } from '../../src/export/export-request.ts';
 import { ProtoWriter } from '../../src/export/proto-writer.ts';
 import { KernelSpanEncoder, writeStatusField, type EncodedSpan } from '../../src/export/span-encoder.ts';
@@ -401,40 +402,23 @@ describe('request assembly and the arena', () => {
 
 /** The raw bytes (tag included) of field `field` of the first Span in an ExportTraceServiceRequest. */
 function fieldOfSpan(req: Uint8Array, field: number): Buffer {
-  /** [start, end) of the first field `want` in buf[start, end): its body, or with `whole` the field with its tag. */
-  const inner = (buf: Uint8Array, start: number, end: number, want: number, whole = false): [number, number] => {
-    let p = start;
-    const varint = (): number => {
-      let v = 0, mul = 1, b: number;
-      do {
-        b = buf[p++];
-        v += (b & 0x7f) * mul;
-        mul *= 128;
-      } while (b & 0x80);
-      return v;
-    };
-    while (p < end) {
-      const at = p;
-      const key = varint();
-      const f = Math.floor(key / 8), wire = key & 7;
-      let bodyStart = p, bodyEnd = p;
-      if (wire === 0) {
-        varint();
-        bodyEnd = p;
-      } else if (wire === 1) bodyEnd = p += 8;
-      else if (wire === 5) bodyEnd = p += 4;
-      else {
-        const len = varint();
-        bodyStart = p;
-        bodyEnd = p += len;
+  /** [start, end) of the first length-delimited field `want` in buf[start, end): its body, or with `whole` the field with its tag. */
+  const find = (start: number, end: number, want: number, whole = false): [number, number] => {
+    const r = protobuf.Reader.create(req.subarray(start, end));
+    while (r.pos < r.len) {
+      const at = r.pos;
+      const key = r.uint32();
+      if (key >>> 3 === want && (key & 7) === 2) {
+        const len = r.uint32();
+        return [start + (whole ? at : r.pos), start + r.pos + len];
       }
-      if (f === want) return whole ? [at, bodyEnd] : [bodyStart, bodyEnd];
+      r.skipType(key & 7);
     }
     throw new Error(`field ${want} not found`);
   };
-  const [rs0, rs1] = inner(req, 0, req.length, 1); // resource_spans
-  const [ss0, ss1] = inner(req, rs0, rs1, 2); // scope_spans
-  const [sp0, sp1] = inner(req, ss0, ss1, 2); // spans
-  const [f0, f1] = inner(req, sp0, sp1, field, true);
+  const [rs0, rs1] = find(0, req.length, 1); // resource_spans
+  const [ss0, ss1] = find(rs0, rs1, 2); // scope_spans
+  const [sp0, sp1] = find(ss0, ss1, 2); // spans
+  const [f0, f1] = find(sp0, sp1, field, true);
   return Buffer.from(req.subarray(f0, f1));
 }
