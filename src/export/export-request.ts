@@ -34,6 +34,7 @@ function writeVarint(out: Buffer, at: number, v: number): number {
   return at;
 }
 
+/** Marks a target as seen in the batch being sized or assembled. */
 let batchEpoch = 0;
 
 /**
@@ -130,16 +131,16 @@ export function encodeExportRequest(spans: readonly EncodedSpan[], alloc: (size:
  */
 export class EncodedSpanSizer implements BatchSizer<EncodedSpan> {
   #epoch = 0;
-  readonly #seen = new WeakMap<EncodedTarget, number>();
 
   reset(): void {
-    this.#epoch++;
+    // Epochs are unique across sizers and request assembly: a batch is sized in one go.
+    this.#epoch = ++batchEpoch;
   }
 
   add(s: EncodedSpan): number {
     let n = s.length;
-    if (this.#seen.get(s.target) !== this.#epoch) {
-      this.#seen.set(s.target, this.#epoch);
+    if (s.target.sizerMark !== this.#epoch) {
+      s.target.sizerMark = this.#epoch;
       n += s.target.framingBytesMax;
     }
     return n;

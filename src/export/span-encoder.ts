@@ -105,7 +105,8 @@ export class EncodedTarget {
   readonly scopeSchemaField: Buffer;
   /** The most a batch's ResourceSpans framing for this target can take (lengths at 5 bytes each). */
   readonly framingBytesMax: number;
-  /** Request assembly's bookkeeping (src/export/export-request.ts). */
+  /** Batch sizing's and request assembly's bookkeeping (src/export/export-request.ts). */
+  sizerMark = 0;
   batchMark = 0;
   batchSlot = 0;
   batchSpanBytes = 0;
@@ -203,7 +204,8 @@ export class KernelSpanEncoder implements AttributeSink {
   readonly #sockets = new WeakMap<object, SocketBlock>();
   /** The KeyValue tag the sink writes: span attributes (9) or event attributes (3). */
   #attrTag = SPAN_ATTRIBUTES;
-  /** The last parent's ids, hex and bytes (trace id, then span id). */
+  /** The last parent, its ids as hex and as bytes (trace id, then span id). */
+  #parent: TraceContext | null = null;
   #parentTraceHex = '';
   #parentSpanHex = '';
   readonly #parentBytes = new Uint8Array(24);
@@ -356,9 +358,11 @@ export class KernelSpanEncoder implements AttributeSink {
 
   /** The parent's trace and span id as bytes in #parentBytes; the spans of one request share a parent, so the last is kept. */
   #parentIds(p: TraceContext): void {
-    if (p.traceId === this.#parentTraceHex && p.spanId === this.#parentSpanHex) return;
+    // The same context object with the same id strings: nothing to decode (identity first, it fails fast).
+    if (p === this.#parent && p.traceId === this.#parentTraceHex && p.spanId === this.#parentSpanHex) return;
     hexInto(this.#parentBytes, 0, p.traceId, 16);
     hexInto(this.#parentBytes, 16, p.spanId, 8);
+    this.#parent = p;
     this.#parentTraceHex = p.traceId;
     this.#parentSpanHex = p.spanId;
   }
@@ -490,10 +494,13 @@ function mergesCleanly(extra: Attributes): boolean {
   return true;
 }
 
-/** Hex digit value as the transformer's hexToBinary reads it. */
+/** Hex digit value as the transformer's hexToBinary reads it (any character: it does not validate). */
 function nibble(c: number): number {
   return c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c - 55;
 }
+
+/** nibble() of the Latin-1 characters, as a table: random hex digits mispredict nibble()'s branches. */
+const NIBBLE = Uint8Array.from({ length: 256 }, (_, c) => nibble(c) & 0xff);
 
 function copy(from: Uint8Array, at: number, to: Uint8Array, toAt: number, n: number): void {
   for (let i = 0; i < n; i++) to[toAt + i] = from[at + i];
@@ -501,5 +508,9 @@ function copy(from: Uint8Array, at: number, to: Uint8Array, toAt: number, n: num
 
 /** `bytes` bytes from a hex id into buf at `at`. */
 function hexInto(buf: Uint8Array, at: number, hex: string, bytes: number): void {
-  for (let i = 0; i < bytes; i++) buf[at + i] = (nibble(hex.charCodeAt(2 * i)) << 4) | nibble(hex.charCodeAt(2 * i + 1));
+  for (let i = 0; i < bytes; i++) {
+    const hi = hex.charCodeAt(2 * i);
+    const lo = hex.charCodeAt(2 * i + 1);
+    buf[at + i] = (hi | lo) < 256 ? (NIBBLE[hi] << 4) | NIBBLE[lo] : (nibble(hi) << 4) | nibble(lo);
+  }
 }

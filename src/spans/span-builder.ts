@@ -274,9 +274,11 @@ export function spanKindOf(k: KernelSpan): number {
   return k.name === 'tcp.exchange' ? (k.role === 'server' ? SPAN_KIND_SERVER : SPAN_KIND_CLIENT) : SPAN_KIND_INTERNAL;
 }
 
-/** The span's status: an error with its message, else unset. */
+const UNSET: SpanStatus = Object.freeze({ code: STATUS_UNSET });
+
+/** The span's status: an error with its message, else unset (one shared, frozen object). */
 export function spanStatusOf(k: KernelSpan): SpanStatus {
-  return k.error ? { code: STATUS_ERROR, message: k.error } : { code: STATUS_UNSET };
+  return k.error ? { code: STATUS_ERROR, message: k.error } : UNSET;
 }
 
 /** The span's end on the kernel clock, never before its start. */

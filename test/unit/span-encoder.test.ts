@@ -144,6 +144,7 @@ function corners(): KernelSpan[] {
     kernelSpan(),
     kernelSpan({ pid: 7, parent: null }), // a new root: random trace and span id
     kernelSpan({ pid: 9, parent: ctx(0x77, false) }), // an unsampled parent: flags 0
+    kernelSpan({ parent: { traceId: '0123456789ABCDEFfedcba9876543210', spanId: 'A1b2C3d4E5f60789', traceFlags: 1 } }), // mixed-case hex
     kernelSpan({ name: 'tcp.exchange', parent: null, self: E, bytes: 0, calls: 0 }),
     kernelSpan({ name: 'tcp.exchange', role: 'client', parent: null, self: { ...E, traceFlags: 0x81 }, bytes: 0, calls: 0 }),
     kernelSpan({ name: 'tcp.recv', parent: E, localParent: true, waitNs: 2n ** 60n }),
