@@ -1,12 +1,14 @@
 /**
  * Pipeline benchmark: synthetic kernel records → SocketCorrelator → kspan's OTLP
- * encoder (src/export/span-encoder.ts) → ExportPipeline → the OTLP gRPC exporter's
- * transport → a local OTLP receiver in a child process. Reports kernel spans per
- * second on this process's one core, next to baselines measured in the same run:
- * the previous path (SpanBuilder ReadableSpans → the OTel exporter with its
- * ProtobufTraceSerializer), each encoding alone, and the correlator alone.
+ * encoder (src/export/span-encoder.ts) → ExportPipeline → the OTel exporter's
+ * transport (gRPC, and OTLP/HTTP) → a local OTLP receiver in a child process.
+ * Reports kernel spans per second on this process's one core, next to baselines
+ * measured in the same run: the previous path (SpanBuilder ReadableSpans → the
+ * OTel exporter with its ProtobufTraceSerializer), each encoding alone, the
+ * transport alone and the correlator alone.
  *
- *   node --expose-gc bench/pipeline.ts [--requests N] [--sockets N] [--rounds N] [--full-only [--readable]]
+ *   node --expose-gc bench/pipeline.ts [--requests N] [--sockets N] [--rounds N]
+ *   node --expose-gc bench/pipeline.ts --full-only [--readable] [--http]   (one full run, for profiling)
  *
  * Target: ≥ 400 k kernel spans/s on one core through the full pipeline, where the
  * ReadableSpan path made 137 k (so ≥ 2.9 × that path measured in the same run).
@@ -35,6 +37,7 @@ const { values: args } = parseArgs({
     rounds: { type: 'string', default: '3' },
     'full-only': { type: 'boolean', default: false },
     readable: { type: 'boolean', default: false },
+    http: { type: 'boolean', default: false },
   },
 });
 const REQUESTS = Number(args.requests);
@@ -88,9 +91,19 @@ function measure<T>(fn: () => T): { result: T; wall: number; cpu: number } {
   return { result, wall: (performance.now() - t0) / 1000, cpu: cpuSeconds(c0) };
 }
 
-async function startReceiver() {
+type Protocol = 'grpc' | 'http/protobuf';
+type SpanPath = 'encoded' | 'readable';
+
+interface Receiver {
+  child: ReturnType<typeof spawn>;
+  endpoint: string;
+  count: () => Promise<{ spans: number; requests: number; bytes: number }>;
+}
+
+async function startReceiver(protocol: Protocol): Promise<Receiver> {
   const script = fileURLToPath(new URL('../test/helpers/otlp-receiver.ts', import.meta.url));
-  const child = spawn(process.execPath, [script, '--no-decode'], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
+  const flags = protocol === 'grpc' ? ['--no-decode'] : ['--no-decode', '--http'];
+  const child = spawn(process.execPath, [script, ...flags], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] });
   const [line] = (await once(child.stdout!, 'data')) as [Buffer];
   const { port } = JSON.parse(line.toString()) as { port: number };
   const count = async (): Promise<{ spans: number; requests: number; bytes: number }> => {
@@ -98,12 +111,18 @@ async function startReceiver() {
     const [m] = (await once(child, 'message')) as [{ spans: number; requests: number; bytes: number }];
     return m;
   };
-  return { child, port, count };
+  const endpoint = protocol === 'grpc' ? `http://127.0.0.1:${port}` : `http://127.0.0.1:${port}/v1/traces`;
+  return { child, endpoint, count };
 }
 
-/** The full pipeline: correlator → encoder (or builder) → ExportPipeline → gRPC → receiver. */
-async function fullPipeline(records: KernelRecord[], endpoint: string, path: 'encoded' | 'readable') {
-  const target = { kind: 'otlp', protocol: 'grpc', endpoint } as const;
+async function stopReceiver(r: Receiver): Promise<void> {
+  r.child.send('stop');
+  await once(r.child, 'exit');
+}
+
+/** The full pipeline: correlator → encoder (or builder) → ExportPipeline → exporter → receiver. */
+async function fullPipeline(records: KernelRecord[], endpoint: string, path: SpanPath, protocol: Protocol) {
+  const target = { kind: 'otlp', protocol, endpoint } as const;
   const common = { logger: pino({ level: 'warn' }), maxBatchSize: 2048, scheduledDelayMs: 5 };
   let pipeline: ExportPipeline<EncodedSpan> | ExportPipeline<ReadableSpan>;
   let emit: (k: KernelSpan) => void;
@@ -138,19 +157,18 @@ async function fullPipeline(records: KernelRecord[], endpoint: string, path: 'en
   const wall = (performance.now() - t0) / 1000;
   const cpu = cpuSeconds(c0);
   await pipeline.shutdown();
-  return { wall, cpu, corr, counters: pipeline.counters };
+  return { wall, cpu, counters: pipeline.counters };
 }
 
 /**
- * The transport alone: one request of the first 2048 spans' bytes, sent as many
- * times as the full run sends batches, through the same exporter (what no
- * encoding can save).
+ * The transport alone: one request of 2048 encoded spans, sent as many times as
+ * the full run sends batches, through the same exporter: what no encoding saves.
  */
-async function transportAlone(records: KernelRecord[], endpoint: string, spans: number) {
+async function transportAlone(records: KernelRecord[], endpoint: string, protocol: Protocol, spans: number) {
   const encoder = new KernelSpanEncoder({ clockOffsetNs: OFFSET, resourceFor: () => resource });
   const batch: EncodedSpan[] = [];
   correlateAll(records.slice(0, 8192), (k) => batch.length < 2048 && batch.push(encoder.encode(k)));
-  const exporter = createEncodedOtlpExporter({ kind: 'otlp', protocol: 'grpc', endpoint });
+  const exporter = createEncodedOtlpExporter({ kind: 'otlp', protocol, endpoint });
   const send = () =>
     new Promise<void>((resolve, reject) => exporter.export(batch, (r) => (r.code === 0 ? resolve() : reject(r.error ?? new Error('export failed')))));
   await send(); // connect
@@ -164,41 +182,55 @@ async function transportAlone(records: KernelRecord[], endpoint: string, spans: 
 
 const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
 
+interface FullRun {
+  rate: number;
+  wall: number;
+}
+
 interface Round {
   corr: number;
   build: number;
   encode: number;
   enc: number;
-  transport: number;
-  full: number;
-  fullWall: number;
-  old: number;
-  oldWall: number;
+  transport: Record<Protocol, number>;
+  /** Full runs by `${path} ${protocol}`. */
+  full: Record<string, FullRun>;
   bytesPerSpan: number;
   oursBytesPerSpan: number;
-  /** Spans that did not arrive (the two full runs and the transport run). */
+  /** Spans that did not arrive (full and transport runs). */
   missing: number;
   counters: ExportPipeline['counters'];
 }
 
 const gc = (globalThis as { gc?: () => void }).gc ?? (() => {});
+const PROTOCOLS: Protocol[] = ['grpc', 'http/protobuf'];
 
-async function round(records: KernelRecord[], endpoint: string, count: () => Promise<{ spans: number }>, encodedFirst: boolean): Promise<Round> {
-  // Both full pipelines first, each on a clean heap, in alternating order from round to round.
-  const runFull = async (path: 'encoded' | 'readable') => {
+async function round(records: KernelRecord[], receivers: Record<Protocol, Receiver>, flip: boolean): Promise<Round> {
+  let missing = 0;
+  let counters: ExportPipeline['counters'] | undefined;
+  // The full pipelines first, each on a clean heap, in alternating order from round to round.
+  const full: Record<string, FullRun> = {};
+  for (const protocol of PROTOCOLS) {
+    const r = receivers[protocol];
+    for (const path of (flip ? ['readable', 'encoded'] : ['encoded', 'readable']) as SpanPath[]) {
+      gc();
+      const before = (await r.count()).spans;
+      const run = await fullPipeline(records, r.endpoint, path, protocol);
+      const arrived = (await r.count()).spans - before;
+      missing += run.counters.enqueued - arrived;
+      full[`${path} ${protocol}`] = { rate: arrived / run.cpu, wall: arrived / run.wall };
+      if (path === 'encoded' && protocol === 'grpc') counters = run.counters;
+    }
+  }
+  const transport = {} as Record<Protocol, number>;
+  for (const protocol of PROTOCOLS) {
     gc();
-    const before = await count();
-    const r = await fullPipeline(records, endpoint, path);
-    return { ...r, arrived: (await count()).spans - before.spans };
-  };
-  const first = await runFull(encodedFirst ? 'encoded' : 'readable');
-  const second = await runFull(encodedFirst ? 'readable' : 'encoded');
-  const [full, old] = encodedFirst ? [first, second] : [second, first];
-
-  gc();
-  const sentBefore = await count();
-  const transport = await transportAlone(records, endpoint, full.arrived);
-  const transportLost = transport.sent - ((await count()).spans - sentBefore.spans);
+    const r = receivers[protocol];
+    const before = (await r.count()).spans;
+    const t = await transportAlone(records, r.endpoint, protocol, counters!.enqueued);
+    missing += t.sent - ((await r.count()).spans - before);
+    transport[protocol] = t.rate;
+  }
 
   gc();
   const corr = measure(() => {
@@ -245,64 +277,66 @@ async function round(records: KernelRecord[], endpoint: string, count: () => Pro
     build: spans / build.cpu,
     encode: spans / encode.cpu,
     enc: spans / enc.cpu,
-    transport: transport.rate,
-    full: full.arrived / full.cpu,
-    fullWall: full.arrived / full.wall,
-    old: old.arrived / old.cpu,
-    oldWall: old.arrived / old.wall,
+    transport,
+    full,
     bytesPerSpan: enc.result / spans,
     oursBytesPerSpan: encode.result / spans,
-    missing: spans - full.arrived + (spans - old.arrived) + transportLost,
-    counters: full.counters,
+    missing,
+    counters: counters!,
   };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function main() {
-  const receiver = await startReceiver();
-  const endpoint = `http://127.0.0.1:${receiver.port}`;
+  const receivers = { grpc: await startReceiver('grpc'), 'http/protobuf': await startReceiver('http/protobuf') };
+  const stopAll = () => Promise.all(PROTOCOLS.map((p) => stopReceiver(receivers[p])));
   // Warm up every stage on a small run so the JIT is not measured.
-  await round(synthesize(20_000, SOCKETS, 1_000_000n), endpoint, receiver.count, true);
+  await round(synthesize(20_000, SOCKETS, 1_000_000n), receivers, false);
 
   const records = synthesize(REQUESTS, SOCKETS, 10_000_000n);
   let spanCount = 0;
   correlateAll(records, () => spanCount++);
   if (args['full-only']) {
-    // For profiling the export path: only one full pipeline.
-    const full = await fullPipeline(records, endpoint, args.readable ? 'readable' : 'encoded');
-    receiver.child.send('stop');
+    const protocol: Protocol = args.http ? 'http/protobuf' : 'grpc';
+    const full = await fullPipeline(records, receivers[protocol].endpoint, args.readable ? 'readable' : 'encoded', protocol);
+    await stopAll();
     console.log(`full: ${fmt(spanCount / full.cpu)} spans per CPU-second (${fmt(spanCount / full.wall)} spans/s wall)`);
     return;
   }
   const rounds: Round[] = [];
-  for (let i = 0; i < ROUNDS; i++) rounds.push(await round(records, endpoint, receiver.count, i % 2 === 0));
-  receiver.child.send('stop');
-  await once(receiver.child, 'exit');
+  for (let i = 0; i < ROUNDS; i++) rounds.push(await round(records, receivers, i % 2 === 1));
+  await stopAll();
 
   const m = (f: (r: Round) => number) => median(rounds.map(f));
-  const full = m((r) => r.full);
-  const old = m((r) => r.old);
-  const speedup = m((r) => r.full / r.old);
+  const rate = (key: string) => m((r) => r.full[key].rate);
+  const wall = (key: string) => m((r) => r.full[key].wall);
   const lost = rounds.reduce((n, r) => n + (r.missing !== 0 ? 1 : 0), 0);
   const c = rounds[rounds.length - 1].counters;
-  const row = (label: string, v: number, note = '') => `  ${label.padEnd(52)}${fmt(v).padStart(10)} spans/s${note}`;
+  const row = (label: string, v: number, note = '') => `  ${label.padEnd(56)}${fmt(v).padStart(10)} spans/s${note}`;
+  const fullRow = (label: string, key: string) => row(label, rate(key), `  (${fmt(wall(key))} spans/s wall clock)`);
+  const ratio = (a: string, b: string) => m((r) => r.full[a].rate / r.full[b].rate).toFixed(2);
+  const full = rate('encoded grpc');
   const lines = [
     `pipeline benchmark: ${fmt(REQUESTS)} requests on ${SOCKETS} keep-alive sockets → ${fmt(records.length)} records → ${fmt(spanCount)} kernel spans`,
-    `node ${process.version}; medians of ${ROUNDS} rounds; rates are per CPU-second of this process (one JS thread), receiver in a child process`,
+    `node ${process.version}; medians of ${ROUNDS} rounds; rates are per CPU-second of this process (all its threads), receivers in child processes`,
     '',
     row('correlator alone', m((r) => r.corr)),
     row('correlator + span builder (ReadableSpans)', m((r) => r.build)),
     row('baseline: OTel protobuf serializer alone', m((r) => r.enc), `  (${m((r) => r.bytesPerSpan).toFixed(0)} B/span)`),
     row('correlator + kspan encoder + requests, no transport', m((r) => r.encode), `  (${m((r) => r.oursBytesPerSpan).toFixed(0)} B/span)`),
-    row('gRPC transport alone (2048-span requests re-sent)', m((r) => r.transport)),
-    row('before: → builder → OTel exporter → gRPC → receiver', old, `  (${fmt(m((r) => r.oldWall))} spans/s wall clock)`),
-    row('full: → kspan encoder → gRPC → receiver', full, `  (${fmt(m((r) => r.fullWall))} spans/s wall clock)`),
+    row('gRPC transport alone (2048-span requests re-sent)', m((r) => r.transport.grpc)),
+    row('OTLP/HTTP transport alone (the same)', m((r) => r.transport['http/protobuf'])),
+    fullRow('before: → builder → OTel exporter → gRPC → receiver', 'readable grpc'),
+    fullRow('full: → kspan encoder → gRPC → receiver', 'encoded grpc'),
+    fullRow('before, OTLP/HTTP', 'readable http/protobuf'),
+    fullRow('full, OTLP/HTTP', 'encoded http/protobuf'),
     '',
-    `  full / before (same run):                 ${speedup.toFixed(2)}×   (target ≥ 2.92×: 400 k where before made 137 k)`,
-    `  full / OTel serializer-alone baseline:    ${(full / m((r) => r.enc)).toFixed(2)}×`,
-    `  target ≥ 400,000 spans/s on one core:     ${full >= 400_000 ? 'met' : 'NOT met'} on this machine`,
-    `  every span arrived in ${ROUNDS - lost} of ${ROUNDS} rounds; last round (full): queue drops ${c.droppedQueueFull}, export failures ${c.exportFailures}, batches ${c.batches}`,
+    `  full / before, gRPC (same run):           ${ratio('encoded grpc', 'readable grpc')}×   (target ≥ 2.92×: 400 k where before made 137 k)`,
+    `  full / before, OTLP/HTTP (same run):      ${ratio('encoded http/protobuf', 'readable http/protobuf')}×`,
+    `  full (gRPC) / OTel serializer alone:      ${(full / m((r) => r.enc)).toFixed(2)}×`,
+    `  target ≥ 400,000 spans/s on one core:     ${full >= 400_000 ? 'met' : 'NOT met'} on this machine (gRPC); OTLP/HTTP ${rate('encoded http/protobuf') >= 400_000 ? 'met' : 'NOT met'}`,
+    `  every span arrived in ${ROUNDS - lost} of ${ROUNDS} rounds; last round (full, gRPC): queue drops ${c.droppedQueueFull}, export failures ${c.exportFailures}, batches ${c.batches}`,
   ];
   console.log(lines.join('\n'));
   if (lost) process.exitCode = 1;
