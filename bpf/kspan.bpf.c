@@ -14,7 +14,9 @@
  *   tp_btf/tcp_receive_reset     softirq: RST received
  *   tp_btf/tcp_destroy_sock      any: socket gone, totals from tcp_sock
  *   tracepoint/syscalls/sys_exit_accept{,4}   syscall: accept() returned
- *   syscall flush_idle           run by the agent on a timer: idle aggregates
+ *   syscall flush_idle           run by the agent on a timer: idle aggregates, from a
+ *       queue of the sockets with one open (bpf_loop, 5.17+); flush_idle_walk
+ *       walks the whole socket table instead where bpf_loop is missing
  *   tracepoint/syscalls/sys_{enter,exit}_{read,write,...}  syscall: fallback for
  *       kernels without sock_{send,recv}_length; the socket is found from the fd
  *
@@ -68,6 +70,8 @@ enum kspan_tls_kind *unused_tls_kind __attribute__((unused));
 enum kspan_ctx_scheme *unused_scheme __attribute__((unused));
 enum kspan_dtv_layout *unused_dtv_layout __attribute__((unused));
 enum kspan_limit *unused_limit __attribute__((unused));
+enum kspan_target_flag *unused_target_flag __attribute__((unused));
+enum kspan_sock_flag *unused_sock_flag __attribute__((unused));
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -110,6 +114,21 @@ struct {
 	__type(key, __u32);
 	__type(value, struct io_args);
 } io_inflight SEC(".maps");
+
+/* Sockets with an open aggregate, for the idle flush (each at most once: KSPAN_S_QUEUED),
+ * and how many are queued. */
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, KSPAN_MAX_SOCKETS);
+	__type(value, __u64);
+} idle_queue SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} idle_queued SEC(".maps");
 
 /* Scratch space for a new socket's state (too large for the BPF stack). */
 struct {
@@ -164,9 +183,26 @@ static __always_inline bool is_tcp_sock_btf(const struct sock *sk)
 	       BPF_CORE_READ_BITFIELD(sk, sk_type) == SOCK_STREAM;
 }
 
+/* Whether a new connection's records with no context stay in the kernel: the
+ * cookie, mixed (cookies are a counter), against the target's orphan_keep. */
+static __always_inline __u8 orphan_skip(const struct kspan_target *t, __u64 cookie)
+{
+	if (t->orphan_keep == 0xffffffff)
+		return 0;
+	return (__u32)((cookie * 0x9E3779B97F4A7C15ull) >> 32) >= t->orphan_keep;
+}
+
+/* The cookie of a socket behind a trusted tp_btf pointer: a plain load once it
+ * was generated, the helper (which generates it) the first time. */
+static __always_inline __u64 sock_cookie_btf(struct sock *sk)
+{
+	__u64 c = sk->__sk_common.skc_cookie.counter;
+	return c ? c : bpf_get_socket_cookie(sk);
+}
+
 /* Finds or creates the state of a socket seen in syscall context by a target. */
-static __always_inline struct kspan_sock *sock_state_get(__u64 cookie, const struct sock *sk,
-							 __u8 role)
+static __always_inline struct kspan_sock *sock_state_get(const struct kspan_target *t, __u64 cookie,
+							 const struct sock *sk, __u8 role)
 {
 	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
 	if (st) {
@@ -182,6 +218,8 @@ static __always_inline struct kspan_sock *sock_state_get(__u64 cookie, const str
 		return NULL;
 	__builtin_memset(init, 0, sizeof(*init));
 	init->role = role;
+	init->sflags = (orphan_skip(t, cookie) ? KSPAN_S_ORPHAN_SKIP : 0) |
+		       (t->flags & KSPAN_T_KEEP_UNSAMPLED ? KSPAN_S_KEEP_UNSAMPLED : 0);
 	sock_addr(init, sk);
 	if (bpf_map_update_elem(&socks, &cookie, init, BPF_NOEXIST) && 
 	    !bpf_map_lookup_elem(&socks, &cookie)) {
@@ -239,23 +277,93 @@ static __always_inline void submit(void *e)
 }
 
 /* Emits the aggregates waiting in the state: `pend` (as prev) and `main`. */
+/* Counts an aggregate that leaves no record: unsampled, or an orphan left out. */
+static __always_inline void agg_count_dropped(bool unsampled)
+{
+	count(unsampled ? KSPAN_C_UNSAMPLED : KSPAN_C_ORPHAN_SKIPPED);
+}
+
+/*
+ * Emits the aggregates waiting in the state: `pend` (as prev) and `main`.
+ * Sampling is decided here, in the kernel: an aggregate flagged DROP (its context
+ * not sampled, or no context on a connection --orphans-ratio leaves out) makes no
+ * record, and neither does a pending aggregate with no context before a dropped
+ * one: that is the request its unsampled response answers (the correlator would
+ * give it to the same span).
+ */
 static __always_inline void agg_submit(struct kspan_sock *st, __u64 cookie, struct kspan_agg *main)
 {
+	bool has_prev = st->pend.dir && &st->pend != main;
+	bool drop_main = main->flags & KSPAN_F_DROP;
+	bool drop_prev = has_prev && ((st->pend.flags & KSPAN_F_DROP) || (drop_main && !st->pend.ctx.valid));
+	struct kspan_agg *out = main;
+
+	if (drop_main)
+		agg_count_dropped(main->ctx.valid);
+	if (drop_prev)
+		agg_count_dropped(main->ctx.valid || st->pend.ctx.valid);
+	/* The record's first aggregate says when one before it stayed in the
+	 * kernel: the correlator then knows the connection's first exchange (the
+	 * one its accept belongs to) was not sampled. */
+	__u8 after_drop = (st->sflags & KSPAN_S_DROPPED) || (drop_prev && !drop_main) ? KSPAN_F_AFTER_DROP : 0;
+	if (drop_main) {
+		st->sflags |= KSPAN_S_DROPPED;  /* after whatever goes out now */
+		if (!has_prev || drop_prev) {
+			st->pend.dir = 0;
+			return;
+		}
+		out = &st->pend;  /* the kept request goes out alone */
+		has_prev = false;
+	}
 	struct kspan_event *e = reserve();
 	if (e) {
-		fill_common(e, st, cookie, main->dir);
-		e->tid = main->tid;
-		e->ts_ns = main->last_ns;
-		e->start_ns = main->first_ns;
-		e->bytes = main->bytes;
-		e->calls = main->calls;
-		e->flags |= main->flags;
-		e->ctx = main->ctx;
-		if (st->pend.dir && &st->pend != main)
+		fill_common(e, st, cookie, out->dir);
+		e->tid = out->tid;
+		e->ts_ns = out->last_ns;
+		e->start_ns = out->first_ns;
+		e->bytes = out->bytes;
+		e->calls = out->calls;
+		e->flags |= out->flags;
+		e->ctx = out->ctx;
+		if (has_prev && !drop_prev) {
 			e->prev = st->pend;
+			e->prev.flags |= after_drop;
+		} else {
+			e->flags |= after_drop;
+		}
 		submit(e);
+		if (!drop_main)
+			st->sflags &= ~KSPAN_S_DROPPED;
 	}
 	st->pend.dir = 0;
+}
+
+/* Whether an aggregate opened under `ctx` stays in the kernel. */
+static __always_inline __u8 agg_drop_flag(const struct kspan_target *t, const struct kspan_sock *st,
+					  const struct kspan_trace_ctx *ctx)
+{
+	if (ctx->valid)
+		return (ctx->trace_flags & 1) || (t->flags & KSPAN_T_KEEP_UNSAMPLED) ? 0 : KSPAN_F_DROP;
+	return st->sflags & KSPAN_S_ORPHAN_SKIP ? KSPAN_F_DROP : 0;
+}
+
+/* Whether a one-off record (accept, connect, retransmit, reset) under `ctx`
+ * stays in the kernel, counted when it does: its context is not sampled, or it
+ * has none on a connection --orphans-ratio leaves out. The socket's state holds
+ * the target's choices, so softirq hooks can decide too. */
+static __always_inline bool record_skip(const struct kspan_sock *st, const struct kspan_trace_ctx *ctx,
+				       bool orphans_apply)
+{
+	if (!ctx->valid) {
+		if (!orphans_apply || !(st->sflags & KSPAN_S_ORPHAN_SKIP))
+			return false;
+		count(KSPAN_C_ORPHAN_SKIPPED);
+		return true;
+	}
+	if ((ctx->trace_flags & 1) || (st->sflags & KSPAN_S_KEEP_UNSAMPLED))
+		return false;
+	count(KSPAN_C_UNSAMPLED);
+	return true;
 }
 
 /* Closes the open send/recv aggregate. The first of a pair waits in `pend`; the
@@ -294,6 +402,22 @@ static __always_inline bool ctx_equal(const struct kspan_trace_ctx *a,
 	       *(const __u16 *)&a->trace_flags == *(const __u16 *)&b->trace_flags;
 }
 
+/* Puts a socket whose aggregate just opened in the idle flush's queue, once. */
+static __always_inline void idle_watch(struct kspan_sock *st, __u64 cookie)
+{
+	if (st->sflags & KSPAN_S_QUEUED)
+		return;
+	if (bpf_map_push_elem(&idle_queue, &cookie, 0)) {
+		count(KSPAN_C_IDLE_QUEUE_FULL);
+		return;
+	}
+	st->sflags |= KSPAN_S_QUEUED;
+	__u32 zero = 0;
+	__u64 *queued = bpf_map_lookup_elem(&idle_queued, &zero);
+	if (queued)
+		__sync_fetch_and_add(queued, 1);
+}
+
 /* One send or recv by a target thread, in syscall context. The caller checked
  * that the thread belongs to a target (first, before any other work: these hooks
  * fire for every socket call on the machine). */
@@ -304,10 +428,12 @@ static __always_inline void account_io(const struct kspan_target *t, const struc
 	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
 	struct kspan_trace_ctx cur;
 
-	struct kspan_sock *st = sock_state_get(cookie, sk, 0);
+	struct kspan_sock *st = sock_state_get(t, cookie, sk, 0);
 	if (!st)
 		return;
-	read_thread_ctx(tgid, &t->loc, &cur);
+	/* The header only: the attributes are read when an aggregate opens. */
+	__u16 attrs_size;
+	__u64 rec = read_thread_ctx_head(tgid, &t->loc, &cur, &attrs_size);
 
 	__u64 now = bpf_ktime_get_ns();
 	if (st->agg.dir == dir && dir == KSPAN_EV_SEND && st->agg.ctx.valid && !ctx_equal(&st->agg.ctx, &cur)) {
@@ -320,9 +446,11 @@ static __always_inline void account_io(const struct kspan_target *t, const struc
 		 * bytes stay with the response, and the mismatch is counted. */
 		if (!cur.valid) {
 			cur = st->agg.ctx;
+			rec = 0;
 		} else if (st->role == KSPAN_F_SERVER) {
 			count(KSPAN_C_CTX_SUSPECT);
 			cur = st->agg.ctx;
+			rec = 0;
 		}
 	}
 	if (st->agg.dir && (st->agg.dir != dir || !ctx_equal(&st->agg.ctx, &cur)))
@@ -331,17 +459,22 @@ static __always_inline void account_io(const struct kspan_target *t, const struc
 		st->agg.dir = dir;
 		st->agg.first_ns = now;
 		st->agg.tid = tid;
-		st->agg.flags = path_flag;
+		st->agg.flags = path_flag | agg_drop_flag(t, st, &cur);
 		st->agg.ctx = cur;
+		read_thread_ctx_attrs(rec, attrs_size, &st->agg.ctx);
+		idle_watch(st, cookie);
 	}
 	st->agg.bytes += bytes;
 	st->agg.calls += 1;
 	st->agg.last_ns = now;
 	st->pid = tgid;
 	st->tid = tid;
-	st->last_ctx = cur;
+	/* Copied only when the span changed: most calls continue the same one. */
+	if (!ctx_equal(&st->last_ctx, &cur))
+		st->last_ctx = cur;
 	if (dir == KSPAN_EV_SEND) {
-		st->tx_ctx = cur;
+		if (!ctx_equal(&st->tx_ctx, &cur))
+			st->tx_ctx = cur;
 		st->total_sent += bytes;
 	} else {
 		st->total_received += bytes;
@@ -354,7 +487,7 @@ int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
 	struct kspan_target *t;
 	if (ret <= 0 || !(t = current_target()) || !is_tcp_sock_btf(sk))
 		return 0;
-	account_io(t, sk, bpf_get_socket_cookie(sk), KSPAN_EV_SEND, ret, 0);
+	account_io(t, sk, sock_cookie_btf(sk), KSPAN_EV_SEND, ret, 0);
 	return 0;
 }
 
@@ -364,7 +497,7 @@ int BPF_PROG(on_recv_length, struct sock *sk, int ret, int flags)
 	struct kspan_target *t;
 	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)) || !(t = current_target()) || !is_tcp_sock_btf(sk))
 		return 0;
-	account_io(t, sk, bpf_get_socket_cookie(sk), KSPAN_EV_RECV, ret, 0);
+	account_io(t, sk, sock_cookie_btf(sk), KSPAN_EV_RECV, ret, 0);
 	return 0;
 }
 
@@ -394,7 +527,7 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 		if (!t)
 			return 0;
 		__u64 cookie = bpf_get_socket_cookie((void *)sk);
-		struct kspan_sock *st = sock_state_get(cookie, sk, KSPAN_F_CLIENT);
+		struct kspan_sock *st = sock_state_get(t, cookie, sk, KSPAN_F_CLIENT);
 		if (!st)
 			return 0;
 		st->syn_sent_ns = bpf_ktime_get_ns();
@@ -413,6 +546,10 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 	if (!st || !st->syn_sent_ns)
 		return 0;
 	sock_addr(st, sk);
+	if (record_skip(st, &st->last_ctx, true)) {
+		st->syn_sent_ns = 0;
+		return 0;
+	}
 	struct kspan_event *e = reserve();
 	if (!e)
 		return 0;
@@ -486,12 +623,19 @@ static __always_inline int handle_accept_exit(long ret)
 	struct sock *sk = tcp_sock_from_fd(ret, &cookie);
 	if (!sk)
 		return 0;
-	struct kspan_sock *st = sock_state_get(cookie, sk, KSPAN_F_SERVER);
+	struct kspan_sock *st = sock_state_get(t, cookie, sk, KSPAN_F_SERVER);
 	if (!st)
 		return 0;
 	st->pid = tgid;
 	st->tid = (__u32)pid_tgid;
 	read_thread_ctx(tgid, &t->loc, &st->last_ctx);
+	/* No context at accept() is the rule, not an orphan: the accept of a
+	 * connection whose exchanges stay in the kernel is dropped by the agent,
+	 * told by the close's KSPAN_F_AFTER_DROP. */
+	if (record_skip(st, &st->last_ctx, false)) {
+		bpf_map_delete_elem(&accept_pending, &cookie);
+		return 0;
+	}
 
 	struct kspan_event *e = reserve();
 	if (!e)
@@ -528,6 +672,10 @@ static __always_inline int emit_sock_event(const struct sock *sk, __u8 type, __u
 	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
 	if (!st)
 		return 0;
+	/* Retransmitted data belongs to whoever sent last; a reset to the last user. */
+	struct kspan_trace_ctx *ctx = type == KSPAN_EV_RETRANSMIT ? &st->tx_ctx : &st->last_ctx;
+	if (record_skip(st, ctx, true))
+		return 0;
 	struct kspan_event *e = reserve();
 	if (!e)
 		return 0;
@@ -536,8 +684,7 @@ static __always_inline int emit_sock_event(const struct sock *sk, __u8 type, __u
 	e->flags |= flags;
 	e->error = err;
 	e->tcp_state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	/* Retransmitted data belongs to whoever sent last; a reset to the last user. */
-	e->ctx = type == KSPAN_EV_RETRANSMIT ? st->tx_ctx : st->last_ctx;
+	e->ctx = *ctx;
 	submit(e);
 	return 0;
 }
@@ -592,7 +739,12 @@ int BPF_PROG(on_destroy_sock, struct sock *sk)
 		e->bytes_received = st->total_received;
 		e->retransmits = BPF_CORE_READ(tp, total_retrans);
 		e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
-		e->ctx = st->last_ctx;
+		/* A close always goes out (it ends the connection); an unsampled
+		 * context's ids do not go with it. */
+		if (!st->last_ctx.valid || (st->last_ctx.trace_flags & 1) || (st->sflags & KSPAN_S_KEEP_UNSAMPLED))
+			e->ctx = st->last_ctx;
+		if (st->sflags & KSPAN_S_DROPPED)
+			e->flags |= KSPAN_F_AFTER_DROP;
 		submit(e);
 	}
 	bpf_map_delete_elem(&socks, &cookie);
@@ -606,28 +758,76 @@ int BPF_PROG(on_destroy_sock, struct sock *sk)
  * until the next request or the close. The agent runs this program (syscall
  * type, BPF_PROG_TEST_RUN) every few hundred milliseconds to close aggregates
  * idle for `idle_ns`, so spans are not held back by a quiet connection.
+ *
+ * flush_idle looks only at the sockets in `idle_queue` (those whose aggregate
+ * opened since they were last looked at), as many as were queued when it
+ * started: an idle one is flushed and leaves the queue, a busy one goes back,
+ * a closed or quiet one leaves. flush_idle_walk, for kernels without bpf_loop
+ * (before 5.17), walks the whole socket table.
  */
 struct flush_ctx {
 	__u64 cutoff;
 	__u64 flushed;
+	__u64 *queued;
 };
 
-static long flush_one(struct bpf_map *map, __u64 *cookie, struct kspan_sock *st, struct flush_ctx *fc)
+static __always_inline void flush_if_idle(struct kspan_sock *st, __u64 cookie, struct flush_ctx *fc)
 {
 	if (!st->agg.dir || st->agg.last_ns > fc->cutoff)
-		return 0;
+		return;
 	st->agg.flags |= KSPAN_F_IDLE;
-	agg_flush(st, *cookie);
+	agg_flush(st, cookie);
 	fc->flushed++;
+}
+
+static long flush_queued(__u32 i, struct flush_ctx *fc)
+{
+	__u64 cookie;
+	if (bpf_map_pop_elem(&idle_queue, &cookie))
+		return 1; /* empty: stop */
+	__sync_fetch_and_add(fc->queued, -1);
+	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
+	if (!st)
+		return 0; /* closed since */
+	if (st->agg.dir && st->agg.last_ns > fc->cutoff && !bpf_map_push_elem(&idle_queue, &cookie, 0)) {
+		__sync_fetch_and_add(fc->queued, 1); /* still busy: look again next time */
+		return 0;
+	}
+	st->sflags &= ~KSPAN_S_QUEUED;
+	flush_if_idle(st, cookie, fc);
 	return 0;
 }
 
 SEC("syscall")
 int flush_idle(struct kspan_flush_args *args)
 {
+	__u32 zero = 0;
+	struct flush_ctx fc = { .cutoff = bpf_ktime_get_ns() - args->idle_ns };
+	fc.queued = bpf_map_lookup_elem(&idle_queued, &zero);
+	if (!fc.queued)
+		return 0;
+	__u64 n = *fc.queued;
+	args->more = n > KSPAN_FLUSH_BATCH;
+	if (n > KSPAN_FLUSH_BATCH)
+		n = KSPAN_FLUSH_BATCH;
+	bpf_loop(n, flush_queued, &fc, 0);
+	args->flushed = fc.flushed;
+	return 0;
+}
+
+static long flush_one(struct bpf_map *map, __u64 *cookie, struct kspan_sock *st, struct flush_ctx *fc)
+{
+	flush_if_idle(st, *cookie, fc);
+	return 0;
+}
+
+SEC("syscall")
+int flush_idle_walk(struct kspan_flush_args *args)
+{
 	struct flush_ctx fc = { .cutoff = bpf_ktime_get_ns() - args->idle_ns };
 	bpf_for_each_map_elem(&socks, flush_one, &fc, 0);
 	args->flushed = fc.flushed;
+	args->more = 0;
 	return 0;
 }
 

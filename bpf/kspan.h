@@ -28,6 +28,16 @@ enum kspan_event_flag {
 	KSPAN_F_CLIENT = 8,         /* the socket connected (active open) */
 	KSPAN_F_FLUSHED = 16,       /* send/recv: closed by the agent at shutdown, not by the kernel */
 	KSPAN_F_IDLE = 32,          /* send/recv: closed because the socket went idle (flush_idle) */
+	KSPAN_F_DROP = 64,          /* aggregate (never in a record): not to leave the kernel (unsampled) */
+	KSPAN_F_AFTER_DROP = 128,   /* send/recv/close: an aggregate of this socket before it stayed in the kernel */
+};
+
+/* Bits of kspan_sock.sflags. */
+enum kspan_sock_flag {
+	KSPAN_S_ORPHAN_SKIP = 1,    /* records with no context stay in the kernel (the target's orphan_keep) */
+	KSPAN_S_KEEP_UNSAMPLED = 2, /* the owner's KSPAN_T_KEEP_UNSAMPLED, for the softirq hooks */
+	KSPAN_S_DROPPED = 4,        /* an aggregate stayed in the kernel since the last record */
+	KSPAN_S_QUEUED = 8,         /* the socket is in the idle flush's queue */
 };
 
 /* Sizes and limits, one place for both sides: the maps are declared with them,
@@ -40,6 +50,7 @@ enum kspan_limit {
 	KSPAN_MAX_ACCEPT_PENDING = 16384,   /* handshakes done, not yet accepted (LRU) */
 	KSPAN_MAX_IO_INFLIGHT = 16384,      /* fallback path: threads inside a read/write at once */
 	KSPAN_MAX_TLS_MODULE = 4096,        /* highest TLS module id (DTV index) the reader follows */
+	KSPAN_FLUSH_BATCH = 8192,           /* sockets one flush_idle run looks at (the agent runs it again for more) */
 	KSPAN_CTX_ATTRS_MAX = 52,           /* see struct kspan_trace_ctx */
 };
 
@@ -53,7 +64,15 @@ enum kspan_counter {
 	KSPAN_C_CTX_FAULT = 5,      /* thread context read faulted (page not resident, bad pointer) */
 	KSPAN_C_CTX_SUSPECT = 6,    /* a server socket's response changed context with no request between: kept with the response's context */
 	KSPAN_C_CTX_NODE_REJECTED = 7, /* Node walk refused a V8 structure (rehash, bad counts or index, long chain): no context */
-	KSPAN_C_MAX = 8,
+	KSPAN_C_UNSAMPLED = 8,      /* a record not made: its context is not sampled (an exchange, a connect, a retransmit, a reset) */
+	KSPAN_C_ORPHAN_SKIPPED = 9, /* a record not made: no context, on a connection --orphans-ratio left out */
+	KSPAN_C_IDLE_QUEUE_FULL = 10,/* an open aggregate the idle flush will not see (its queue was full): it waits for the socket's next call or close */
+	KSPAN_C_MAX = 11,
+};
+
+/* Bits of kspan_target.flags: per-target choices the agent makes. */
+enum kspan_target_flag {
+	KSPAN_T_KEEP_UNSAMPLED = 1, /* records of unsampled contexts leave the kernel too (events/record --unsampled) */
 };
 
 /* The span a thread had active, copied from its TLS (OTEP 4947 record header and
@@ -117,6 +136,7 @@ struct kspan_event {
 struct kspan_flush_args {
 	__u64 idle_ns;              /* close aggregates whose last call is older than this */
 	__u64 flushed;              /* out: how many aggregates were closed */
+	__u64 more;                 /* out: 1 when sockets are left for another run (more than KSPAN_FLUSH_BATCH) */
 };
 
 /* Per-socket state, keyed by cookie in the `socks` map. */
@@ -130,7 +150,8 @@ struct kspan_sock {
 	__u8 role;                  /* KSPAN_F_SERVER or KSPAN_F_CLIENT, 0 unknown */
 	__u16 lport;
 	__u16 rport;
-	__u8 _pad[2];
+	__u8 sflags;                /* enum kspan_sock_flag */
+	__u8 _pad;
 	__u8 laddr[16];
 	__u8 raddr[16];
 	struct kspan_agg agg;           /* the open aggregate (dir 0: none) */
@@ -170,6 +191,12 @@ struct kspan_tls_loc {
  * process), so one lookup per event answers "traced?" and "where is the span?". */
 struct kspan_target {
 	struct kspan_tls_loc loc;   /* kind KSPAN_TLS_NONE: no thread context (yet) */
+	/* Connections whose records with no context leave the kernel: those whose
+	 * cookie hashes below this (0xffffffff: all, 0: none). A connection is kept
+	 * or left out whole, so a kept one is complete. */
+	__u32 orphan_keep;
+	__u8 flags;                 /* enum kspan_target_flag */
+	__u8 _pad[3];
 };
 
 /* How to walk a Node.js target's V8 heap from its otel_thread_ctx_nodejs_v1 TLS

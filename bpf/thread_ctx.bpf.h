@@ -81,21 +81,30 @@ static __always_inline __u64 thread_ctx_slot(const struct kspan_tls_loc *loc, __
 	return block + (__u64)loc->offset;
 }
 
-static __always_inline void read_thread_ctx(__u32 tgid, const struct kspan_tls_loc *loc,
-					    struct kspan_trace_ctx *out)
+/*
+ * The header of the thread's active record into `out`: ids, flags, valid (no
+ * attribute bytes, attrs_size 0). Returns the record's address and, in
+ * `*attrs_size`, the record's own attrs_size, for read_thread_ctx_attrs() when
+ * the caller needs the attributes too (an aggregate opens under this span); 0
+ * when the thread has no context. Reading the attributes later in the same hook
+ * is as safe as reading them now: the writer is this thread, in the kernel.
+ */
+static __always_inline __u64 read_thread_ctx_head(__u32 tgid, const struct kspan_tls_loc *loc,
+						  struct kspan_trace_ctx *out, __u16 *attrs_size)
 {
 	__builtin_memset(out, 0, sizeof(*out));
+	*attrs_size = 0;
 
 	if (loc->kind == KSPAN_TLS_NONE || (loc->scheme != KSPAN_SCHEME_OTEL_V1 && loc->scheme != KSPAN_SCHEME_NODEJS_V1))
-		return;
+		return 0;
 
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	__u64 tp = BPF_CORE_READ(task, thread.fsbase);
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 tp = task->thread.fsbase;
 	if (!tp)
-		return;
+		return 0;
 	__u64 slot = thread_ctx_slot(loc, tp);
 	if (!slot)
-		return;
+		return 0;
 
 	__u64 rec = 0;
 	if (loc->scheme == KSPAN_SCHEME_NODEJS_V1) {
@@ -103,10 +112,10 @@ static __always_inline void read_thread_ctx(__u32 tgid, const struct kspan_tls_l
 		rec = nodejs_record(tgid, slot);
 	} else if (bpf_probe_read_user(&rec, sizeof(rec), (void *)slot)) {
 		count(KSPAN_C_CTX_FAULT);
-		return;
+		return 0;
 	}
 	if (!rec)
-		return; /* no active span */
+		return 0; /* no active span */
 
 	/* valid before the ids, then the ids with valid again after them (the copy
 	 * runs in address order, and valid sits after the ids). */
@@ -115,40 +124,59 @@ static __always_inline void read_thread_ctx(__u32 tgid, const struct kspan_tls_l
 	if (bpf_probe_read_user(&valid_before, 1, (void *)(rec + KSPAN_RECORD_VALID_OFF)) ||
 	    bpf_probe_read_user(&head, sizeof(head), (void *)rec)) {
 		count(KSPAN_C_CTX_FAULT);
-		return;
+		return 0;
 	}
 	if (valid_before != 1) {
 		count(KSPAN_C_CTX_INVALID);
-		return;
+		return 0;
 	}
 	if (head.valid != 1) {
 		count(KSPAN_C_CTX_TORN);
-		return;
-	}
-	/* The attributes follow the header: copy their head, then check valid once
-	 * more so they belong to the same span as the ids. */
-	__u32 n = head.attrs_size;
-	if (n > KSPAN_CTX_ATTRS_MAX)
-		n = KSPAN_CTX_ATTRS_MAX;
-	if (n) {
-		__u8 valid_after = 0;
-		if (bpf_probe_read_user(out->attrs, n, (void *)(rec + sizeof(head))) ||
-		    bpf_probe_read_user(&valid_after, 1, (void *)(rec + KSPAN_RECORD_VALID_OFF))) {
-			__builtin_memset(out->attrs, 0, sizeof(out->attrs));
-			count(KSPAN_C_CTX_FAULT);
-			return;
-		}
-		if (valid_after != 1) {
-			__builtin_memset(out->attrs, 0, sizeof(out->attrs));
-			count(KSPAN_C_CTX_TORN);
-			return;
-		}
-		out->attrs_size = head.attrs_size;
+		return 0;
 	}
 	__builtin_memcpy(out->trace_id, head.trace_id, sizeof(out->trace_id));
 	__builtin_memcpy(out->span_id, head.span_id, sizeof(out->span_id));
 	out->trace_flags = head.trace_flags;
 	out->valid = 1;
+	*attrs_size = head.attrs_size;
+	return rec;
+}
+
+/*
+ * The head of the record's attributes into `out` (whose ids came from `rec`):
+ * the first min(attrs_size, KSPAN_CTX_ATTRS_MAX) bytes, then valid once more so
+ * they belong to the same span. A read that faults or tears leaves the context
+ * its ids without attributes, counted.
+ */
+static __always_inline void read_thread_ctx_attrs(__u64 rec, __u16 attrs_size, struct kspan_trace_ctx *out)
+{
+	__u32 n = attrs_size;
+	if (!rec || !n)
+		return;
+	if (n > KSPAN_CTX_ATTRS_MAX)
+		n = KSPAN_CTX_ATTRS_MAX;
+	__u8 valid_after = 0;
+	if (bpf_probe_read_user(out->attrs, n, (void *)(rec + sizeof(struct otel_thread_ctx_head))) ||
+	    bpf_probe_read_user(&valid_after, 1, (void *)(rec + KSPAN_RECORD_VALID_OFF))) {
+		__builtin_memset(out->attrs, 0, sizeof(out->attrs));
+		count(KSPAN_C_CTX_FAULT);
+		return;
+	}
+	if (valid_after != 1) {
+		__builtin_memset(out->attrs, 0, sizeof(out->attrs));
+		count(KSPAN_C_CTX_TORN);
+		return;
+	}
+	out->attrs_size = attrs_size;
+}
+
+/* The whole context: header and attributes (once-per-connection hooks). */
+static __always_inline void read_thread_ctx(__u32 tgid, const struct kspan_tls_loc *loc,
+					    struct kspan_trace_ctx *out)
+{
+	__u16 attrs_size;
+	__u64 rec = read_thread_ctx_head(tgid, loc, out, &attrs_size);
+	read_thread_ctx_attrs(rec, attrs_size, out);
 }
 
 #endif

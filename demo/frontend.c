@@ -40,15 +40,7 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
-
-/* OTEP 4947: the record, packed, host byte order. */
-struct otel_thread_ctx_record {
-	uint8_t trace_id[16];
-	uint8_t span_id[8];
-	uint8_t valid;
-	uint8_t trace_flags;
-	uint16_t attrs_size;
-} __attribute__((packed));
+#include "otel_thread_ctx.h" /* include/: the OTEP 4947 record */
 
 /* The TLS pointer kspan reads; exported with -Wl,--export-dynamic-symbol. */
 __thread void *otel_thread_ctx_v1;

@@ -20,46 +20,18 @@
  */
 import { existsSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { parseArgs } from 'node:util';
+import type { CommandConfig } from '../core/config.ts';
 import { KspanError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
-import { createOtlpExporter, resolveExportTarget } from '../export/export-pipeline.ts';
+import { createOtlpExporter, exportTarget, type ExportTarget } from '../export/export-pipeline.ts';
 import { buildFrontend } from '../demo/frontend-build.ts';
 import { createLossyLink, removeStaleNamespaces, type LossyLink } from '../demo/lossy-link.ts';
 import { AppReadableSpan, CollectingExporter, parseAppSpan, ServiceResources, type DemoSpan } from '../demo/demo-spans.ts';
 import { killAllSync, ServiceProcess, type JsonLine } from '../demo/service-process.ts';
 import { groupTraces, pickTraces, renderTrace } from '../demo/trace-tree.ts';
-import { labelled } from '../demo/columns.ts';
+import { labelled } from '../export/columns.ts';
 import { summaryLines } from '../demo/summary.ts';
-import { parseDuration } from './options.ts';
 import { startAgent, type AgentHandle } from './run.ts';
-
-export const DEMO_OPTIONS = {
-  duration: { type: 'string', default: '20' },
-  requests: { type: 'string' },
-  'otlp-endpoint': { type: 'string' },
-  'otlp-protocol': { type: 'string' },
-  loss: { type: 'string', default: '0.05' },
-  traces: { type: 'string', default: '4' },
-  'spans-out': { type: 'string' },
-  help: { type: 'boolean', short: 'h', default: false },
-} as const;
-
-const HELP = `usage: kspan demo [--duration SECONDS] [--requests N] [--otlp-endpoint URL]
-
-Starts a native C service (publishing otel_thread_ctx_v1) that calls a Node 24
-service (OpenTelemetry SDK + kspan/publisher) over a lossy link (two network
-namespaces, iptables dropping packets at random), drives traffic through them,
-traces both with kspan, and prints whole traces with their kernel spans.
-Needs root. Cleans up everything it started.
-
-  --duration SECONDS     how long to drive traffic (default 20)
-  --requests N           stop after N requests (whichever comes first)
-  --otlp-endpoint URL    send every span (kernel and application) there instead
-  --otlp-protocol P      grpc (default) or http/protobuf
-  --loss P               share of packets dropped on the backend's side (default 0.05)
-  --traces N             how many traces to print (default 4)
-  --spans-out FILE       also write every span as JSON lines to FILE`;
 
 const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const DEMO_DIR = `${REPO_ROOT}demo/`;
@@ -68,42 +40,10 @@ const START_TIMEOUT_MS = 30_000;
 /** After the driver stops: the last responses land and the kernel closes idle aggregates (500 ms). */
 const SETTLE_MS = 1500;
 
-interface DemoOptions {
-  durationS: number;
-  requests: number | undefined;
-  otlpEndpoint: string | undefined;
-  otlpProtocol: string | undefined;
-  loss: number;
-  traces: number;
-  spansOut: string | undefined;
-}
+/** `kspan demo`'s configuration (src/core/config.ts: its defaults, 20 s and log level warn, are there). */
+export type DemoConfig = CommandConfig<'demo'>;
 
-function parseDemoArgs(args: string[]): DemoOptions | null {
-  const { values } = parseArgs({ args, options: DEMO_OPTIONS });
-  if (values.help) return null;
-  const num = (name: string, v: string | undefined, ok: (n: number) => boolean): number | undefined => {
-    if (v === undefined) return undefined;
-    const n = Number(v);
-    if (!ok(n)) throw new KspanError('KSPAN_ERR_USAGE', `--${name} ${v}: out of range`);
-    return n;
-  };
-  return {
-    durationS: parseDuration(values.duration)!,
-    requests: num('requests', values.requests, (n) => Number.isInteger(n) && n > 0),
-    otlpEndpoint: values['otlp-endpoint'],
-    otlpProtocol: values['otlp-protocol'],
-    loss: num('loss', values.loss, (n) => n >= 0 && n < 1)!,
-    traces: num('traces', values.traces, (n) => Number.isInteger(n) && n >= 0)!,
-    spansOut: values['spans-out'],
-  };
-}
-
-export async function demoCommand(args: string[], log: Logger): Promise<number> {
-  const opts = parseDemoArgs(args);
-  if (!opts) {
-    process.stdout.write(`${HELP}\n`);
-    return 0;
-  }
+export async function demoCommand(config: DemoConfig, log: Logger): Promise<number> {
   if (process.getuid?.() !== 0) {
     throw new KspanError('KSPAN_ERR_PRIVILEGE', 'kspan demo creates network namespaces and loads BPF programs', {
       hint: 'run it as root (sudo make demo)',
@@ -112,7 +52,7 @@ export async function demoCommand(args: string[], log: Logger): Promise<number> 
   for (const f of ['frontend.c', 'backend.cjs', 'driver.mjs']) {
     if (!existsSync(DEMO_DIR + f)) throw new KspanError('KSPAN_ERR_USAGE', `demo file missing: ${DEMO_DIR}${f}`);
   }
-  return new Demo(opts, log).run();
+  return new Demo(config, log).run();
 }
 
 const out = (text = '') => void process.stdout.write(`${text}\n`);
@@ -121,7 +61,9 @@ const out = (text = '') => void process.stdout.write(`${text}\n`);
 class Interrupted extends Error {}
 
 class Demo {
-  readonly #opts: DemoOptions;
+  readonly #opts: DemoConfig;
+  /** Where every span goes: OTLP when an endpoint is configured, else this terminal. */
+  readonly #target: ExportTarget;
   readonly #log: Logger;
   readonly #appSpans: DemoSpan[] = [];
   readonly #badLines = { count: 0 };
@@ -134,8 +76,9 @@ class Demo {
   #signals = 0;
   #abort: ((why: string) => void) | null = null;
 
-  constructor(opts: DemoOptions, log: Logger) {
+  constructor(opts: DemoConfig, log: Logger) {
     this.#opts = opts;
+    this.#target = exportTarget({ ...opts, console: false });
     this.#log = log;
   }
 
@@ -197,6 +140,7 @@ class Demo {
 
   async #main(): Promise<number> {
     const o = this.#opts;
+    const durationS = o.duration!; // the demo has a default (20 s)
     const stale = removeStaleNamespaces();
     if (stale.length) this.#log.warn({ namespaces: stale }, 'removed namespaces left by a killed demo');
     const frontendExe = buildFrontend(`${DEMO_DIR}frontend.c`);
@@ -210,17 +154,19 @@ class Demo {
     const frontend = this.#start('frontend', link.client, [frontendExe, '--backend', `${link.serverAddr}:${Number(beReady.port)}`], env('demo-frontend'));
     const feReady = await this.#interruptible(frontend.waitFor((l) => l.ready === true, START_TIMEOUT_MS));
 
-    const target = resolveExportTarget({ endpoint: o.otlpEndpoint, protocol: o.otlpProtocol });
-    if (target.kind === 'console') this.#sink = new CollectingExporter();
+    if (this.#target.kind === 'console') this.#sink = new CollectingExporter();
+    // The agent reads the OTEL_EXPORTER_OTLP_* variables as `kspan run` does; only flags are passed on.
+    const flag = (key: 'otlpEndpoint' | 'otlpProtocol') => (o.origins[key].source === 'flag' ? o[key] : undefined);
     this.#agent = startAgent(
       {
         pids: [frontend.pid, backend.pid],
         exporter: this.#sink ?? undefined,
-        otlpEndpoint: o.otlpEndpoint,
-        otlpProtocol: o.otlpProtocol,
+        otlpEndpoint: flag('otlpEndpoint'),
+        otlpProtocol: flag('otlpProtocol'),
       },
       this.#log,
     );
+    const exportedTo = this.#target.kind === 'otlp' ? (this.#target.endpoint ?? 'the OTLP exporter\'s default endpoint') : 'this terminal';
     const reader = this.#agent.session.reader;
     const context = (pid: number) => {
       const t = reader.target(pid);
@@ -230,18 +176,18 @@ class Demo {
     const line = (label: string, text: string) => labelled(`  ${label}`, 12, text).forEach((l) => out(l));
     line('frontend', `native C, pid ${frontend.pid}, netns ${link.client}: ${context(frontend.pid)}`);
     line('backend', `Node ${process.versions.node} + OpenTelemetry SDK + kspan/publisher, pid ${backend.pid}, netns ${link.server} (${link.serverAddr}): ${context(backend.pid)}`);
-    line('agent', `${this.#agent.session.ioPath} hooks; spans to ${this.#sink ? 'this terminal' : (o.otlpEndpoint ?? 'the OTEL_EXPORTER_OTLP_* endpoint')}`);
+    line('agent', `${this.#agent.session.ioPath} hooks; spans to ${exportedTo}`);
 
     const startedAt = Date.now();
-    const driverArgs = [...node, `${DEMO_DIR}driver.mjs`, '--url', `http://127.0.0.1:${Number(feReady.port)}`, '--duration', String(o.durationS)];
+    const driverArgs = [...node, `${DEMO_DIR}driver.mjs`, '--url', `http://127.0.0.1:${Number(feReady.port)}`, '--duration', String(durationS)];
     if (o.requests) driverArgs.push('--requests', String(o.requests));
     this.#driver = this.#start('driver', link.client, driverArgs, process.env);
     line('driver', `pid ${this.#driver.pid}, netns ${link.client}`);
-    out(`driving traffic for ${o.durationS} s${o.requests ? ` or ${o.requests} requests` : ''} …`);
+    out(`driving traffic for ${durationS} s${o.requests ? ` or ${o.requests} requests` : ''} …`);
     let done: JsonLine | null = null;
     if (this.#signals === 0) {
       done = await this.#driver
-        .waitFor((l) => l.done === true, (o.durationS + 60) * 1000)
+        .waitFor((l) => l.done === true, (durationS + 60) * 1000)
         .catch((err: unknown) => {
           if (this.#signals === 0) throw err;
           return null;
@@ -281,7 +227,7 @@ class Demo {
       stoppedEarly: this.#signals > 0,
       appSpans: this.#appSpans,
       kernelSpans: this.#sink ? kernelSpans : null,
-      exported: { spans: stats.export.exported, to: o.otlpEndpoint ?? 'the OTEL_EXPORTER_OTLP_* endpoint' },
+      exported: { spans: stats.export.exported, to: exportedTo },
       records: { accept: stats.correlator.recordsByType.accept, retransmit: stats.correlator.recordsByType.retransmit },
       backendContext,
       dropped: loss.dropped,
@@ -312,7 +258,7 @@ class Demo {
 
   /** With an OTLP endpoint: the services' own spans go there too, one Resource per service. */
   async #exportAppSpans(): Promise<void> {
-    const target = resolveExportTarget({ endpoint: this.#opts.otlpEndpoint, protocol: this.#opts.otlpProtocol });
+    const target = this.#target;
     if (target.kind !== 'otlp') return;
     const exporter = createOtlpExporter(target);
     const resources = new ServiceResources();

@@ -5,18 +5,13 @@
  * user can act on prints `kspan: KSPAN_ERR_…: message (hint)`; exit statuses
  * are in options.ts EXIT (usage 2, other errors 1, data lost 3).
  */
-import { readFileSync } from 'node:fs';
 import { COMMANDS, loadConfig, wantsHelp, type Command } from '../core/config.ts';
 import { KspanError, type ErrorCode } from '../core/errors.ts';
 import { createLogger } from '../core/logger.ts';
+import { KSPAN_VERSION } from '../core/version.ts';
 import { EXIT, helpText, usageText } from './usage.ts';
 
 const isCommand = (s: string | undefined): s is Command => !!s && Object.hasOwn(COMMANDS, s);
-
-function version(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
-}
 
 /** What to do, for errors raised without a hint of their own (docs/ERRORS.md). */
 const DEFAULT_HINTS: Partial<Record<ErrorCode, string>> = {
@@ -45,7 +40,7 @@ function errorLine(err: KspanError): string {
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   if (cmd === '--version' || cmd === '-V' || cmd === 'version') {
-    process.stdout.write(`kspan ${version()}\n`);
+    process.stdout.write(`kspan ${KSPAN_VERSION}\n`);
     return EXIT.ok;
   }
   if (cmd === undefined || cmd === '-h' || cmd === '--help' || cmd === 'help') {
@@ -89,22 +84,11 @@ async function main(argv: string[]): Promise<number> {
       return replayCommand(config, createLogger(config.logLevel));
     }
     case 'demo': {
-      // Checked here so a bad value gets the same message as elsewhere; the demo
-      // parses its own arguments (without --log-level).
       const config = loadConfig('demo', { argv: rest });
       const { demoCommand } = await import('./demo.ts');
-      return demoCommand(withoutLogLevel(rest), createLogger(config.logLevel));
+      return demoCommand(config, createLogger(config.logLevel));
     }
   }
-}
-
-function withoutLogLevel(args: string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < args.length; i++) {
-    if (args[i] === '--log-level') i++;
-    else if (!args[i].startsWith('--log-level=')) out.push(args[i]);
-  }
-  return out;
 }
 
 main(process.argv.slice(2)).then(
@@ -117,10 +101,6 @@ main(process.argv.slice(2)).then(
       if (err.cause instanceof Error) process.stderr.write(`  cause: ${err.cause.message}\n`);
       if ('log' in err && typeof err.log === 'string') process.stderr.write(`  verifier log:\n${err.log}\n`);
       process.exitCode = err.code === 'KSPAN_ERR_USAGE' ? EXIT.usage : EXIT.error;
-    } else if (err instanceof Error && String((err as { code?: unknown }).code).startsWith('ERR_PARSE_ARGS')) {
-      // A command that parses its own arguments (kspan demo).
-      process.stderr.write(`kspan: KSPAN_ERR_USAGE: ${err.message.split('\n')[0]} (kspan ${process.argv[2]} --help lists the options)\n`);
-      process.exitCode = EXIT.usage;
     } else {
       process.stderr.write(`kspan: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
       process.exitCode = EXIT.error;

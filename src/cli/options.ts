@@ -3,7 +3,7 @@
  * with its logging, loss counting, file error wording.
  */
 import { getSystemErrorMessage } from 'node:util';
-import { loadSettings, type RunConfig } from '../core/config.ts';
+import type { RunConfig } from '../core/config.ts';
 import type { Logger } from '../core/logger.ts';
 import { setLibbpfLogSink } from '../kernel/libbpf-log.ts';
 import type { TracerCounters } from '../kernel/tcp-tracer.ts';
@@ -64,7 +64,7 @@ export function waitForStop(seconds: number | undefined): StopSignal {
   return Object.assign(promise, { end: (why: string) => finish(why), cancel: cleanup });
 }
 
-export type TracingConfig = Pick<RunConfig, 'pids' | 'ioHooks' | 'maxSockets' | 'waitForTargets'>;
+export type TracingConfig = Pick<RunConfig, 'pids' | 'ioHooks' | 'maxSockets' | 'waitForTargets' | 'orphansRatio'> & { unsampled?: boolean };
 
 export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone'>;
 
@@ -81,9 +81,11 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
     ioPath: config.ioHooks === 'auto' ? undefined : config.ioHooks,
     maxSockets: config.maxSockets,
     waitForTargets: config.waitForTargets,
+    policy: { keepUnsampled: config.unsampled ?? false, orphanRatio: config.orphansRatio },
     onRecord: hooks.onRecord,
     onTarget: hooks.onTarget,
     onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
+    onRingError: ringErrorLog(log),
     onTargetError: (pid, err) => log.warn({ target_pid: pid, err }, "cannot read the target's trace context; tracing it without"),
     onTargetExit: (pid) => {
       log.warn({ target_pid: pid }, 'target exited; no longer traced');
@@ -94,6 +96,25 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
   });
 }
 
+/**
+ * The ring reader's failures at warn: the first at once, then at most one line
+ * per `everyMs` with how many came since the last line (a failing epoll_wait is
+ * retried every 20 ms). All of them are counted in ring_wait_errors and
+ * ring_handler_errors, which the final log line carries.
+ */
+export function ringErrorLog(log: Pick<Logger, 'warn'>, everyMs = 10_000, now = () => performance.now()): (err: unknown) => void {
+  let last = -Infinity;
+  let failures = 0;
+  return (err) => {
+    failures++;
+    const t = now();
+    if (t - last < everyMs) return;
+    log.warn({ err, failures }, 'ring buffer reader failed; reading goes on');
+    last = t;
+    failures = 0;
+  };
+}
+
 /** Records the kernel side lost: ring buffer full, socket table full, refused by the decoder. */
 export function recordsLost(c: TracerCounters): number {
   return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.decode_errors;
@@ -101,11 +122,6 @@ export function recordsLost(c: TracerCounters): number {
 
 /** Why a command stopped, as its "stopping" line says. */
 export const TARGETS_GONE = 'every target exited';
-
-/** --duration's check, for callers that parse their own arguments (kspan demo). */
-export function parseDuration(v: string | undefined): number | undefined {
-  return v === undefined ? undefined : loadSettings(['duration'], { flags: { duration: v } }).duration;
-}
 
 /** A file system error as words: `no space left on device (ENOSPC)`. */
 export function describeFsError(err: unknown): string {

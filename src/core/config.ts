@@ -19,7 +19,7 @@
  * Internal tunables that no user sets yet are in TUNING, also here.
  */
 import { parseArgs } from 'node:util';
-import { KspanLimit } from '../records/abi.generated.ts';
+import { KSPAN_SOCK_SIZE, KspanLimit } from '../records/abi.generated.ts';
 import { KspanError } from './errors.ts';
 
 export type Source = 'default' | 'env' | 'file' | 'flag';
@@ -180,6 +180,14 @@ export const SETTINGS = {
     flag: 'orphans', fileKey: 'spans.orphans',
     help: 'export kernel activity with no thread context as root spans (always counted)',
   }),
+  orphansRatio: value<number>({
+    flag: 'orphans-ratio', arg: 'FRACTION', fileKey: 'kernel.orphans_ratio', default: 1, parse: parseFraction,
+    help: 'of connections with no trace context, the share whose records leave the kernel, chosen whole per connection from its cookie; the rest are counted (KSPAN_C_ORPHAN_SKIPPED)',
+  }),
+  unsampled: toggle({
+    flag: 'unsampled', fileKey: 'kernel.unsampled',
+    help: 'also print records whose context is not sampled (by default they stay in the kernel, counted in KSPAN_C_UNSAMPLED, as kspan run needs none of them)',
+  }),
   ioHooks: value<IoHooks>({
     flag: 'io-hooks', arg: 'auto|sock_length|syscalls', fileKey: 'kernel.io_hooks', default: 'auto',
     parse: oneOf<IoHooks>(['auto', 'sock_length', 'syscalls'], 'an I/O hook set'),
@@ -188,7 +196,7 @@ export const SETTINGS = {
   maxSockets: value<number>({
     flag: 'max-sockets', arg: 'N', fileKey: 'kernel.max_sockets', default: KspanLimit.KSPAN_MAX_SOCKETS as number,
     parse: (raw) => wholeNumber(raw, 1, 1 << 24, 'a socket count'),
-    help: "sockets whose state is kept at once, in the kernel (about 464 B each, preallocated) and in run's correlator; beyond it, records are lost and counted",
+    help: `sockets whose state is kept at once, in the kernel (${KSPAN_SOCK_SIZE} B each, preallocated) and in run's correlator; beyond it, records are lost and counted`,
   }),
   idleFlushMs: value<number>({
     flag: 'idle-flush-ms', arg: 'MS', fileKey: 'kernel.idle_flush_ms', default: 500,
@@ -244,7 +252,7 @@ interface CommandSpec {
   exit: string;
 }
 
-const TRACING = ['pids', 'duration', 'ioHooks', 'maxSockets', 'waitForTargets'] as const;
+const TRACING = ['pids', 'duration', 'ioHooks', 'maxSockets', 'waitForTargets', 'orphansRatio'] as const;
 const EXPORT = ['otlpEndpoint', 'otlpProtocol', 'console', 'orphans'] as const;
 const EXIT_TRACING = '0 stopped (signal, --duration, or every target exited), 1 error, 2 usage error, 3 stopped but data was lost';
 
@@ -259,14 +267,14 @@ export const COMMANDS = {
   events: {
     summary: 'every kernel record of the targets as one JSON object per line on stdout',
     usage: 'kspan events --pid PID [--pid PID ...] [options]',
-    settings: [...TRACING, 'logLevel'],
+    settings: [...TRACING, 'unsampled', 'logLevel'],
     required: ['pids'],
     exit: EXIT_TRACING,
   },
   record: {
     summary: 'the kernel records of the targets to a file, for kspan replay',
     usage: 'kspan record --pid PID [--pid PID ...] -o FILE [options]',
-    settings: [...TRACING, 'output', 'force', 'logLevel'],
+    settings: [...TRACING, 'unsampled', 'output', 'force', 'logLevel'],
     required: ['pids', 'output'],
     exit: EXIT_TRACING,
   },

@@ -13,7 +13,7 @@
  */
 import type { DroppedPackets } from './lossy-link.ts';
 import type { DemoSpan } from './demo-spans.ts';
-import { labelled } from './columns.ts';
+import { labelled } from '../export/columns.ts';
 
 export interface DemoSummaryInput {
   requests: number;

@@ -13,8 +13,8 @@
  *         │  │     • tcp.retransmit +205.4 ms ESTABLISHED
  *         │  └─ GET /data         +0.700 ms    1.100 ms  demo-backend server 11223344…  HTTP 200
  */
-import { kernelSpanDetails, ms } from '../export/console-tree.ts';
-import { columns, cut, fitLine, MAX_COLUMNS } from './columns.ts';
+import { kernelSpanDetails, ms, treeRowLines, treeRows } from '../export/console-tree.ts';
+import { fitLine } from '../export/columns.ts';
 import type { DemoSpan } from './demo-spans.ts';
 
 export interface TraceSummary {
@@ -69,17 +69,6 @@ export function pickTraces(traces: TraceSummary[], max: number): { trace: TraceS
   return [...picked.values()].sort((a, b) => cmp(a.trace.startNs, b.trace.startNs));
 }
 
-
-/** Widest label column (tree prefix + span name); longer names are cut. */
-const MAX_LABEL = 44;
-
-interface Row {
-  span: DemoSpan;
-  prefix: string;
-  /** Prefix of what hangs under the row: events, continued details, children. */
-  sub: string;
-}
-
 /**
  * One trace as a tree, every line within MAX_COLUMNS: per span the tree and its
  * name, its start (from the trace's) and duration, then who made it (`kernel`,
@@ -96,36 +85,18 @@ export function renderTrace(t: TraceSummary, why = ''): string {
       else children.set(s.parentSpanId, [s]);
     } else roots.push(s);
   }
-  const rows: Row[] = [];
-  const walk = (list: DemoSpan[], indent: string) => {
-    list.forEach((span, i) => {
-      const last = i === list.length - 1;
-      const sub = indent + (last ? '   ' : '│  ');
-      rows.push({ span, prefix: `${indent}${last ? '└─' : '├─'} `, sub });
-      walk(children.get(span.spanId) ?? [], sub);
-    });
-  };
-  walk(roots, '');
-
-  const label = (r: Row) => r.prefix + cut(r.span.name, Math.max(8, MAX_LABEL - columns(r.prefix)));
-  const start = (r: Row) => `+${ms(r.span.startNs - t.startNs)}`;
-  const duration = (r: Row) => ms(r.span.endNs - r.span.startNs);
-  const widest = (f: (r: Row) => string) => rows.reduce((w, r) => Math.max(w, columns(f(r))), 0);
-  const [wLabel, wStart, wDuration] = [widest(label), widest(start), widest(duration)];
-
+  const rows = treeRows(roots, (s) => children.get(s.spanId)).map(({ item: s, prefix, sub }) => ({
+    prefix,
+    sub,
+    name: s.name,
+    startNs: s.startNs - t.startNs,
+    durationNs: s.endNs - s.startNs,
+    parts: spanParts(s),
+    events: s.events.map((e) => ({ name: e.name, sinceNs: e.timeNs - t.startNs, attributes: e.attrs })),
+  }));
   const notes = [why, t.retransmits ? `${t.retransmits} retransmit${t.retransmits === 1 ? '' : 's'}` : ''].filter(Boolean);
   const lines = fitLine(`trace ${t.traceId}  ${ms(t.durationNs)}`, notes.length ? [`(${notes.join(', ')})`] : [], '      ');
-  for (const r of rows) {
-    const pad = ' '.repeat(wLabel - columns(label(r)));
-    const head = `${label(r)}${pad}  ${start(r).padStart(wStart)}  ${duration(r).padStart(wDuration)}`;
-    lines.push(...fitLine(head, spanParts(r.span), `${r.sub}      `));
-    for (const e of r.span.events) {
-      const state = e.attrs['kspan.tcp.state'];
-      const dir = e.attrs['kspan.reset.direction'];
-      lines.push(cut(`${r.sub}   • ${e.name} +${ms(e.timeNs - t.startNs)}${state ? ' ' + String(state) : ''}${dir ? ' ' + String(dir) : ''}`, MAX_COLUMNS));
-    }
-  }
-  return lines.join('\n') + '\n';
+  return `${[...lines, ...treeRowLines(rows).flat()].join('\n')}\n`;
 }
 
 /** Who made the span and what it says: `kernel` and kspan's details, or the service's span and its status. */

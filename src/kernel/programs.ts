@@ -21,7 +21,7 @@ export interface ProgramSpec {
   readonly grade: Grade;
   /** tp_btf: how many of the tracepoint's arguments the program reads. Of a
    * feature's programs on one hook, the one reading the most that the kernel's
-   * prototype has is loaded. */
+   * prototype has is loaded; among equals, the first in the table. */
   readonly args?: number;
   /** Only on this send/recv path. */
   readonly ioPath?: IoPath;
@@ -62,7 +62,9 @@ export const PROGRAMS: readonly ProgramSpec[] = [
   { name: 'on_receive_reset', section: 'tp_btf/tcp_receive_reset', feature: 'reset-received', grade: 'optional', args: 1 },
   { name: 'on_accept4_exit', section: 'tracepoint/syscalls/sys_exit_accept4', feature: 'accept', grade: 'optional' },
   { name: 'on_accept_exit', section: 'tracepoint/syscalls/sys_exit_accept', feature: 'accept', grade: 'optional' },
+  // Variants without prototypes: the first one the kernel accepts is loaded.
   { name: 'flush_idle', section: 'syscall', feature: 'idle-flush', grade: 'optional' },
+  { name: 'flush_idle_walk', section: 'syscall', feature: 'idle-flush', grade: 'optional' },
 ];
 
 export function programSpec(name: string): ProgramSpec | undefined {

@@ -19,6 +19,7 @@ import {
   KspanCounter,
   KspanEventFlag,
   KspanLimit,
+  KspanTargetFlag,
   KSPAN_EVENT_SIZE,
   type KspanAgg,
   type KspanEvent,
@@ -35,9 +36,21 @@ import type { KernelRecord } from '../records/kernel-record.ts';
 
 const NO_LOCATION: KspanTlsLoc = { offset: 0n, module: 0n, kind: KspanTlsKind.KSPAN_TLS_NONE, scheme: 0, dtv_layout: 0 };
 
-function targetValue(loc: KspanTlsLoc): Buffer {
+/** What every target's `targets` entry says besides where its span lives. */
+export interface TargetPolicy {
+  /** Records of unsampled contexts leave the kernel too (default: they stay, counted in KSPAN_C_UNSAMPLED). */
+  keepUnsampled?: boolean;
+  /** Of connections with no context, the fraction whose records leave the kernel, decided per connection
+   * from its cookie (default 1: all; the rest are counted in KSPAN_C_ORPHAN_SKIPPED). */
+  orphanRatio?: number;
+}
+
+function targetValue(loc: KspanTlsLoc, policy: TargetPolicy): Buffer {
   const buf = Buffer.alloc(KSPAN_TARGET_SIZE);
-  encodeKspanTarget({ loc }, new DataView(buf.buffer, buf.byteOffset, buf.length), 0);
+  const ratio = policy.orphanRatio ?? 1;
+  const orphanKeep = ratio >= 1 ? 0xffffffff : Math.max(0, Math.floor(ratio * 2 ** 32));
+  const flags = policy.keepUnsampled ? KspanTargetFlag.KSPAN_T_KEEP_UNSAMPLED : 0;
+  encodeKspanTarget({ loc, orphan_keep: orphanKeep, flags }, new DataView(buf.buffer, buf.byteOffset, buf.length), 0);
   return buf;
 }
 
@@ -56,6 +69,8 @@ export interface TcpTracerOptions {
   maxSockets?: number;
   /** The kernel's hooks (tests: prototypes of another kernel); default: probed. */
   hooks?: KernelHooks;
+  /** Sampling and orphan choices for every target. */
+  policy?: TargetPolicy;
   /** Told once per optional feature the kernel could not give (switched off; kspan runs on). */
   onFeatureOff?: (off: FeatureOff) => void;
   onRecord: (r: KernelRecord) => void;
@@ -79,14 +94,19 @@ export class TcpTracer {
   readonly #obj: BpfObject;
   readonly #ring: RingBufferReader;
   readonly #pids = new Set<number>();
+  readonly #policy: TargetPolicy;
   #decodeErrors = 0;
   #stopped = false;
+  /** The idle-flush variant that loaded, if any. */
+  readonly #flushProgram: string | undefined;
   #finalCounters: TracerCounters | undefined;
 
   private constructor(obj: BpfObject, plan: ProgramPlan, opts: TcpTracerOptions) {
     this.#obj = obj;
     this.ioPath = plan.ioPath;
     this.plan = plan;
+    this.#policy = opts.policy ?? {};
+    this.#flushProgram = ['flush_idle', 'flush_idle_walk'].find((n) => plan.load(n));
     const ring = obj.map('events');
     const onRecord = opts.onRecord;
     this.#ring = new RingBufferReader(ring.fd, opts.ringBytes ?? KspanLimit.KSPAN_RING_BYTES, (view, off, len) => {
@@ -146,6 +166,8 @@ export class TcpTracer {
       }
       obj.setMaxEntries('events', opts.ringBytes ?? KspanLimit.KSPAN_RING_BYTES);
       if (opts.maxSockets !== undefined) obj.setMaxEntries('socks', opts.maxSockets);
+      // The idle flush's queue holds each socket once; only the queued variant reads it.
+      obj.setMaxEntries('idle_queue', plan.load('flush_idle') ? (opts.maxSockets ?? KspanLimit.KSPAN_MAX_SOCKETS) : 1);
       obj.load();
       obj.attachAll();
       return new TcpTracer(obj, plan, opts);
@@ -162,7 +184,7 @@ export class TcpTracer {
 
   /** Traces `pid` (no thread context until setContextLocation). Idempotent. */
   addPid(pid: number): void {
-    this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION));
+    this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION, this.#policy));
     this.#pids.add(pid);
   }
 
@@ -173,11 +195,11 @@ export class TcpTracer {
 
   /** Where `pid`'s threads keep their span; false when `pid` is not traced. */
   setContextLocation(pid: number, loc: KspanTlsLoc): boolean {
-    return this.#obj.map('targets').replace(pidKey(pid), targetValue(loc));
+    return this.#obj.map('targets').replace(pidKey(pid), targetValue(loc, this.#policy));
   }
 
   clearContextLocation(pid: number): void {
-    this.#obj.map('targets').replace(pidKey(pid), targetValue(NO_LOCATION));
+    this.#obj.map('targets').replace(pidKey(pid), targetValue(NO_LOCATION, this.#policy));
   }
 
   get pids(): number[] {
@@ -198,6 +220,10 @@ export class TcpTracer {
     const out = { ...ring } as TracerCounters;
     for (const [name, idx] of Object.entries(KspanCounter)) {
       if (name === 'KSPAN_C_MAX') continue;
+      if (name === 'KSPAN_C_IDLE_QUEUE_FULL' && this.#flushProgram !== 'flush_idle') {
+        out[name] = 0; // the walking variant has no queue (its one-slot stand-in is always full)
+        continue;
+      }
       const v = map.lookup(u32Key(idx), 8 * ncpu);
       let sum = 0n;
       for (let i = 0; v && i < ncpu; i++) sum += v.readBigUInt64LE(8 * i);
@@ -213,12 +239,21 @@ export class TcpTracer {
    * does not hold its last response back.
    */
   flushIdle(idleNs: bigint): number {
-    if (this.#stopped) return 0;
+    if (this.#stopped || !this.#flushProgram) return 0;
     const args = Buffer.alloc(KSPAN_FLUSH_ARGS_SIZE);
-    encodeKspanFlushArgs({ idle_ns: idleNs, flushed: 0n }, new DataView(args.buffer, args.byteOffset, args.length), 0);
-    this.#obj.run('flush_idle', args);
-    return Number(decodeKspanFlushArgs(new DataView(args.buffer, args.byteOffset, args.length), 0).flushed);
+    const view = new DataView(args.buffer, args.byteOffset, args.length);
+    let flushed = 0;
+    // One run looks at KSPAN_FLUSH_BATCH queued sockets; more runs for the rest.
+    for (let run = 0; run <= KspanLimit.KSPAN_MAX_SOCKETS / KspanLimit.KSPAN_FLUSH_BATCH; run++) {
+      encodeKspanFlushArgs({ idle_ns: idleNs, flushed: 0n, more: 0n }, view, 0);
+      this.#obj.run(this.#flushProgram, args);
+      const out = decodeKspanFlushArgs(view, 0);
+      flushed += Number(out.flushed);
+      if (!out.more) break;
+    }
+    return flushed;
   }
+
 
   get ringStats() {
     return this.#ring.stats;

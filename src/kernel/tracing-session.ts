@@ -24,7 +24,7 @@ import { KspanError } from '../core/errors.ts';
 import type { IoPath } from './kernel-features.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import type { FeatureOff } from './programs.ts';
-import { TcpTracer, type TracerCounters } from './tcp-tracer.ts';
+import { TcpTracer, type TargetPolicy, type TracerCounters } from './tcp-tracer.ts';
 
 export interface TracingSessionOptions {
   /** Processes traced from the start; each must be running (KSPAN_ERR_TARGET otherwise). */
@@ -34,6 +34,8 @@ export interface TracingSessionOptions {
   /** Called once per target and again when its description changes. */
   onTarget?: (t: TargetContext) => void;
   onDecodeError?: (err: unknown) => void;
+  /** See TcpTracerOptions.onRingError: a failed ring buffer wait or a throwing handler (counted). */
+  onRingError?: (err: unknown) => void;
   /** A target that could not be examined (it stays traced, without context). */
   onTargetError?: (pid: number, err: unknown) => void;
   /** A target exited (noticed on the refresh timer); it is no longer traced. */
@@ -48,6 +50,8 @@ export interface TracingSessionOptions {
   lingerMs?: number;
   /** See TcpTracerOptions.maxSockets. */
   maxSockets?: number;
+  /** See TcpTracerOptions.policy: sampling and orphans, decided in the kernel. */
+  policy?: TargetPolicy;
   /** See TcpTracerOptions.onFeatureOff: an optional feature this kernel cannot give. */
   onFeatureOff?: (off: FeatureOff) => void;
 }
@@ -110,7 +114,9 @@ export class TracingSession {
       ioPath: opts.ioPath,
       onRecord: opts.onRecord,
       onDecodeError: opts.onDecodeError,
+      onRingError: opts.onRingError,
       maxSockets: opts.maxSockets,
+      policy: opts.policy,
       onFeatureOff: opts.onFeatureOff,
     });
     const session = new TracingSession(tracer, opts);

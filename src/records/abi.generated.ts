@@ -19,6 +19,8 @@ export const KspanEventFlag = {
   KSPAN_F_CLIENT: 8,
   KSPAN_F_FLUSHED: 16,
   KSPAN_F_IDLE: 32,
+  KSPAN_F_DROP: 64,
+  KSPAN_F_AFTER_DROP: 128,
 } as const;
 
 export const KspanCounter = {
@@ -30,7 +32,10 @@ export const KspanCounter = {
   KSPAN_C_CTX_FAULT: 5,
   KSPAN_C_CTX_SUSPECT: 6,
   KSPAN_C_CTX_NODE_REJECTED: 7,
-  KSPAN_C_MAX: 8,
+  KSPAN_C_UNSAMPLED: 8,
+  KSPAN_C_ORPHAN_SKIPPED: 9,
+  KSPAN_C_IDLE_QUEUE_FULL: 10,
+  KSPAN_C_MAX: 11,
 } as const;
 
 export const KspanTlsKind = {
@@ -57,7 +62,19 @@ export const KspanLimit = {
   KSPAN_MAX_ACCEPT_PENDING: 16384,
   KSPAN_MAX_IO_INFLIGHT: 16384,
   KSPAN_MAX_TLS_MODULE: 4096,
+  KSPAN_FLUSH_BATCH: 8192,
   KSPAN_CTX_ATTRS_MAX: 52,
+} as const;
+
+export const KspanTargetFlag = {
+  KSPAN_T_KEEP_UNSAMPLED: 1,
+} as const;
+
+export const KspanSockFlag = {
+  KSPAN_S_ORPHAN_SKIP: 1,
+  KSPAN_S_KEEP_UNSAMPLED: 2,
+  KSPAN_S_DROPPED: 4,
+  KSPAN_S_QUEUED: 8,
 } as const;
 
 /** struct kspan_trace_ctx: 80 bytes. */
@@ -415,6 +432,7 @@ export interface KspanSock {
   role: number;
   lport: number;
   rport: number;
+  sflags: number;
   laddr: Uint8Array;
   raddr: Uint8Array;
   agg: KspanAgg;
@@ -434,6 +452,7 @@ export function decodeKspanSock(v: DataView, o: number): KspanSock {
     role: v.getUint8(o + 33),
     lport: v.getUint16(o + 34, true),
     rport: v.getUint16(o + 36, true),
+    sflags: v.getUint8(o + 38),
     laddr: new Uint8Array(v.buffer, v.byteOffset + o + 40, 16).slice(),
     raddr: new Uint8Array(v.buffer, v.byteOffset + o + 56, 16).slice(),
     agg: decodeKspanAgg(v, o + 72),
@@ -454,6 +473,7 @@ export function encodeKspanSock(x: KspanSock, v: DataView, o: number): void {
   v.setUint8(o + 33, x.role);
   v.setUint16(o + 34, x.lport, true);
   v.setUint16(o + 36, x.rport, true);
+  v.setUint8(o + 38, x.sflags);
   new Uint8Array(v.buffer, v.byteOffset + o + 40, 16).set(x.laddr.subarray(0, 16));
   new Uint8Array(v.buffer, v.byteOffset + o + 56, 16).set(x.raddr.subarray(0, 16));
   encodeKspanAgg(x.agg, v, o + 72);
@@ -510,6 +530,10 @@ export class KspanSockView implements KspanSock {
   get rport(): number {
     const v = this.v;
     return v.getUint16(this.o + 36, true);
+  }
+  get sflags(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 38);
   }
   get laddr(): Uint8Array {
     const v = this.v;
@@ -602,22 +626,28 @@ export class KspanTlsLocView implements KspanTlsLoc {
   }
 }
 
-/** struct kspan_target: 24 bytes. */
-export const KSPAN_TARGET_SIZE = 24;
+/** struct kspan_target: 32 bytes. */
+export const KSPAN_TARGET_SIZE = 32;
 
 export interface KspanTarget {
   loc: KspanTlsLoc;
+  orphan_keep: number;
+  flags: number;
 }
 
 export function decodeKspanTarget(v: DataView, o: number): KspanTarget {
   return {
     loc: decodeKspanTlsLoc(v, o + 0),
+    orphan_keep: v.getUint32(o + 24, true),
+    flags: v.getUint8(o + 28),
   };
 }
 
 /** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
 export function encodeKspanTarget(x: KspanTarget, v: DataView, o: number): void {
   encodeKspanTlsLoc(x.loc, v, o + 0);
+  v.setUint32(o + 24, x.orphan_keep, true);
+  v.setUint8(o + 28, x.flags);
 }
 
 /** Zero-copy view of struct kspan_target; move it with `at()`. Byte arrays alias the memory. */
@@ -636,6 +666,14 @@ export class KspanTargetView implements KspanTarget {
   get loc(): KspanTlsLocView {
     const v = this.v;
     return new KspanTlsLocView(v, this.o + 0);
+  }
+  get orphan_keep(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 24, true);
+  }
+  get flags(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 28);
   }
 }
 
@@ -704,18 +742,20 @@ export class KspanNodeLayoutView implements KspanNodeLayout {
   }
 }
 
-/** struct kspan_flush_args: 16 bytes. */
-export const KSPAN_FLUSH_ARGS_SIZE = 16;
+/** struct kspan_flush_args: 24 bytes. */
+export const KSPAN_FLUSH_ARGS_SIZE = 24;
 
 export interface KspanFlushArgs {
   idle_ns: bigint;
   flushed: bigint;
+  more: bigint;
 }
 
 export function decodeKspanFlushArgs(v: DataView, o: number): KspanFlushArgs {
   return {
     idle_ns: v.getBigUint64(o + 0, true),
     flushed: v.getBigUint64(o + 8, true),
+    more: v.getBigUint64(o + 16, true),
   };
 }
 
@@ -723,6 +763,7 @@ export function decodeKspanFlushArgs(v: DataView, o: number): KspanFlushArgs {
 export function encodeKspanFlushArgs(x: KspanFlushArgs, v: DataView, o: number): void {
   v.setBigUint64(o + 0, x.idle_ns, true);
   v.setBigUint64(o + 8, x.flushed, true);
+  v.setBigUint64(o + 16, x.more, true);
 }
 
 /** Zero-copy view of struct kspan_flush_args; move it with `at()`. Byte arrays alias the memory. */
@@ -745,5 +786,9 @@ export class KspanFlushArgsView implements KspanFlushArgs {
   get flushed(): bigint {
     const v = this.v;
     return v.getBigUint64(this.o + 8, true);
+  }
+  get more(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 16, true);
   }
 }

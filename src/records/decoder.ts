@@ -63,6 +63,7 @@ export function fromEvent(e: KspanEvent, agg?: KspanAgg): KernelRecord {
     bytes: Number(agg ? agg.bytes : e.bytes),
     calls: agg ? agg.calls : e.calls,
     flushed: (flags & F.KSPAN_F_FLUSHED) !== 0,
+    afterDropped: (flags & F.KSPAN_F_AFTER_DROP) !== 0,
     fallback: (flags & F.KSPAN_F_FALLBACK_IO) !== 0,
     errno: agg ? 0 : e.error,
     resetSent: (flags & F.KSPAN_F_RESET_SENT) !== 0,

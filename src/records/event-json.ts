@@ -5,6 +5,7 @@
  * integers. Pure.
  */
 import { decodeRecordAttributes } from '../context/record-attributes.ts';
+import { errnoName } from '../core/errors.ts';
 import { connectErrorName, formatEndpoint, tcpStateName, type KernelRecord } from './kernel-record.ts';
 
 /** Marks a bigint to be written as a bare JSON integer. */
@@ -27,6 +28,8 @@ export function eventObject(r: KernelRecord, clockOffsetNs: bigint, keyMap?: rea
   };
   // Only when the record had attributes: lines without them keep their shape.
   if (r.context?.attributes) o.attributes = decodeRecordAttributes(r.context.attributes, keyMap ?? []).attributes;
+  // Only when an aggregate of the socket before this record stayed in the kernel.
+  if (r.afterDropped) o.after_dropped = true;
   switch (r.type) {
     case 'send':
     case 'recv':
@@ -46,7 +49,7 @@ export function eventObject(r: KernelRecord, clockOffsetNs: bigint, keyMap?: rea
       break;
     case 'retransmit':
       o.tcp_state = tcpStateName(r.tcpState);
-      o.error = r.errno || null;
+      o.error = r.errno ? errnoName(r.errno) : null;
       break;
     case 'reset':
       o.direction = r.resetSent ? 'sent' : 'received';

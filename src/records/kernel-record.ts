@@ -33,7 +33,18 @@ export interface Endpoint {
   port: number;
 }
 
-export interface KernelRecord {
+/** The socket, the thread and the connection a record or a span is about. */
+export interface SocketIdentity {
+  /** The kernel's socket cookie: unique per socket while the system runs. */
+  cookie: bigint;
+  pid: number;
+  tid: number;
+  family: 4 | 6;
+  local: Endpoint;
+  peer: Endpoint;
+}
+
+export interface KernelRecord extends SocketIdentity {
   type: RecordType;
   /** CLOCK_MONOTONIC nanoseconds: when it happened (aggregates: the last call). */
   tsNs: bigint;
@@ -43,12 +54,6 @@ export interface KernelRecord {
    * connect SYN sent; 0n for the other types.
    */
   startNs: bigint;
-  cookie: bigint;
-  pid: number;
-  tid: number;
-  family: 4 | 6;
-  local: Endpoint;
-  peer: Endpoint;
   /** Socket role when known: accepted by the target, or connected by it. */
   role: 'server' | 'client' | null;
   /** The span the thread had active, or null. */
@@ -58,6 +63,9 @@ export interface KernelRecord {
   calls: number;
   /** send/recv: closed by the agent at shutdown rather than by the kernel. */
   flushed: boolean;
+  /** send/recv: an aggregate of this socket before this one stayed in the kernel
+   * (unsampled, or an orphan --orphans-ratio left out). */
+  afterDropped: boolean;
   /** send/recv: produced by the syscall-tracepoint fallback. */
   fallback: boolean;
   /** connect: errno of the failure (0 = connected); retransmit: the kernel's err. */

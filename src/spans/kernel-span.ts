@@ -1,9 +1,9 @@
 /**
  * What the correlator produces: one kernel span, still on the kernel's clock
  * (CLOCK_MONOTONIC, bigint ns) and still tied to its socket. The span builder
- * (span-builder.ts) turns it into an OpenTelemetry ReadableSpan. Pure types.
+ * (span-builder.ts) turns it into an OpenTelemetry ReadableSpan. Pure.
  */
-import type { Endpoint, TraceContext } from '../records/kernel-record.ts';
+import type { SocketIdentity, TraceContext } from '../records/kernel-record.ts';
 
 export type KernelSpanName =
   | 'tcp.accept'
@@ -33,7 +33,7 @@ export interface KernelSpanEvent {
 /** Why a span was ended by the agent rather than by what the kernel saw. */
 export type IncompleteReason = 'process_exit' | 'evicted' | 'idle' | 'shutdown' | 'flushed';
 
-export interface KernelSpan {
+export interface KernelSpan extends SocketIdentity {
   name: KernelSpanName;
   /** The application span this one hangs under; null for an orphan (root) span. */
   parent: TraceContext | null;
@@ -43,12 +43,6 @@ export interface KernelSpan {
   self: TraceContext | null;
   startNs: bigint;
   endNs: bigint;
-  cookie: bigint;
-  pid: number;
-  tid: number;
-  family: 4 | 6;
-  local: Endpoint;
-  peer: Endpoint;
   role: 'server' | 'client';
   /** send/recv: bytes and syscalls; 0 for the others. */
   bytes: number;
@@ -70,4 +64,37 @@ export interface KernelSpan {
   incomplete: IncompleteReason | null;
   /** send/recv counted by the syscall-tracepoint fallback (kernels < 6.3). */
   fallback: boolean;
+}
+
+/** What a new span is given: what it is about, its times and its parent. */
+export type SpanSubject = SocketIdentity & Pick<KernelSpan, 'name' | 'parent' | 'startNs' | 'endNs' | 'role' | 'srttUs'>;
+
+/** A span about `s` with nothing counted yet: no bytes, events, waits or error (the correlator adds them). */
+export function newKernelSpan(s: SpanSubject): KernelSpan {
+  return {
+    name: s.name,
+    parent: s.parent,
+    localParent: false,
+    self: null,
+    startNs: s.startNs,
+    endNs: s.endNs,
+    cookie: s.cookie,
+    pid: s.pid,
+    tid: s.tid,
+    family: s.family,
+    local: s.local,
+    peer: s.peer,
+    role: s.role,
+    bytes: 0,
+    calls: 0,
+    events: [],
+    retransmits: 0,
+    srttUs: s.srttUs,
+    acceptQueueNs: null,
+    waitNs: null,
+    error: null,
+    errorType: null,
+    incomplete: null,
+    fallback: false,
+  };
 }

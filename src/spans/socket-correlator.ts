@@ -60,7 +60,15 @@
  *
  * Sampling and orphans: a span whose parent is unsampled (traceFlags & 1 == 0) is
  * dropped and counted; a span with no context is counted (per pid too) and emitted
- * only with `orphans: true`, then grouped by exchange:
+ * only with `orphans: true`, then grouped by exchange. The kernel keeps most of
+ * these from ever leaving it (unsampled exchanges, orphans --orphans-ratio leaves
+ * out); a send/recv record marked `afterDropped` says an exchange before it stayed
+ * there, so:
+ *  D1. A pending accept when an `afterDropped` send/recv or close arrives belonged
+ *      to the connection's first exchange, which stayed in the kernel: it is
+ *      dropped and counted (acceptsOfDroppedExchanges), not hung under a later
+ *      exchange or ended as an orphan.
+
  *
  * Exchanges (`orphans: true` only):
  *  E1. The spans of a socket that have no context are grouped per request/response
@@ -86,7 +94,8 @@
  */
 import type { Endpoint, KernelRecord, RecordType, TraceContext } from '../records/kernel-record.ts';
 import { connectErrorName } from '../records/kernel-record.ts';
-import type { IncompleteReason, KernelSpan, KernelSpanEvent, KernelSpanName } from './kernel-span.ts';
+import { KspanLimit } from '../records/abi.generated.ts';
+import { newKernelSpan, type IncompleteReason, type KernelSpan, type KernelSpanEvent, type KernelSpanName } from './kernel-span.ts';
 import { IdSource } from './span-ids.ts';
 
 const TCP_SYN_SENT = 2;
@@ -96,7 +105,7 @@ export interface SocketCorrelatorOptions {
   emit: (span: KernelSpan) => void;
   /** Emit spans with no context as root spans (default false: count them only). */
   orphans?: boolean;
-  /** Per-socket state kept at most (LRU). Default 65536, the BPF `socks` map size. */
+  /** Per-socket state kept at most (LRU). Default KSPAN_MAX_SOCKETS, the BPF `socks` map size. */
   maxSockets?: number;
   /** A socket with no record for this long is evicted. Default 300 s. */
   idleTimeoutNs?: bigint;
@@ -124,6 +133,8 @@ export interface CorrelatorCounters {
   exchanges: number;
   /** Spans dropped because their parent was not sampled. */
   unsampledSpans: number;
+  /** Accepts dropped because their connection's first exchange stayed in the kernel (rule D1). */
+  acceptsOfDroppedExchanges: number;
   /** Spans ended by the agent (eviction, process exit, shutdown, flushed aggregates). */
   incompleteSpans: number;
   evictedLru: number;
@@ -231,6 +242,7 @@ export class SocketCorrelator {
     orphanSpans: 0,
     exchanges: 0,
     unsampledSpans: 0,
+    acceptsOfDroppedExchanges: 0,
     incompleteSpans: 0,
     evictedLru: 0,
     evictedIdle: 0,
@@ -262,7 +274,7 @@ export class SocketCorrelator {
   constructor(options: SocketCorrelatorOptions) {
     this.#emit = options.emit;
     this.#orphans = options.orphans ?? false;
-    this.#maxSockets = options.maxSockets ?? 65536;
+    this.#maxSockets = options.maxSockets ?? KspanLimit.KSPAN_MAX_SOCKETS;
     this.#idleNs = options.idleTimeoutNs ?? 300_000_000_000n;
     this.#lingerNs = options.lingerNs ?? 1_000_000_000n;
     this.#maxPendingEvents = options.maxPendingEvents ?? 256;
@@ -373,7 +385,15 @@ export class SocketCorrelator {
     this.#finish(span);
   }
 
+  /** Rule D1: the accept's exchange stayed in the kernel. */
+  #dropAcceptOfDropped(st: SocketState, r: KernelRecord): void {
+    if (!r.afterDropped || !st.pendingAccept) return;
+    st.pendingAccept = null;
+    this.counters.acceptsOfDroppedExchanges++;
+  }
+
   #onSend(st: SocketState, r: KernelRecord, now: bigint): void {
+    this.#dropAcceptOfDropped(st, r);
     const key = contextKey(r.context);
     if (st.role === 'server') {
       if (st.pendingRequest || st.pendingAccept) this.#resolveRequest(st, r.context, null, false);
@@ -398,6 +418,7 @@ export class SocketCorrelator {
   }
 
   #onRecv(st: SocketState, r: KernelRecord): void {
+    this.#dropAcceptOfDropped(st, r);
     // A recv record means the socket has turned to writing again (or is closing):
     // the previous send's data is acknowledged (rule R1).
     this.#endLinger(st);
@@ -466,6 +487,7 @@ export class SocketCorrelator {
   }
 
   #close(st: SocketState, r: KernelRecord): void {
+    this.#dropAcceptOfDropped(st, r);
     if (r.srttUs > 0) st.srttUs = r.srttUs;
     this.#sockets.delete(st.cookie);
     this.#endSocket(st, null);
@@ -539,11 +561,9 @@ export class SocketCorrelator {
     tid: number,
     pid: number,
   ): KernelSpan {
-    const span: KernelSpan = {
+    const span = newKernelSpan({
       name,
       parent,
-      localParent: false,
-      self: null,
       startNs,
       endNs: endNs < startNs ? startNs : endNs,
       cookie: st.cookie,
@@ -553,18 +573,8 @@ export class SocketCorrelator {
       local: st.local,
       peer: st.peer,
       role: st.role,
-      bytes: 0,
-      calls: 0,
-      events: [],
-      retransmits: 0,
       srttUs: st.srttUs,
-      acceptQueueNs: null,
-      waitNs: null,
-      error: null,
-      errorType: null,
-      incomplete: null,
-      fallback: false,
-    };
+    });
     if (parent === null && this.#orphans && name !== 'tcp.exchange') this.#joinExchange(st, span);
     return span;
   }

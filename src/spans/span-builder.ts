@@ -9,6 +9,7 @@ import type { Attributes, HrTime, Link, SpanContext, SpanStatus } from '@opentel
 import type { InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
 import type { ReadableSpan, TimedEvent } from '@opentelemetry/sdk-trace';
+import { KSPAN_VERSION } from '../core/version.ts';
 import { tcpStateName } from '../records/kernel-record.ts';
 import { monotonicToHrTime, nsToHrTime } from './hr-time.ts';
 import type { KernelSpan, KernelSpanEvent } from './kernel-span.ts';
@@ -21,7 +22,7 @@ const SPAN_KIND_CLIENT = 2;
 const STATUS_UNSET = 0;
 const STATUS_ERROR = 2;
 
-export const KSPAN_SCOPE: InstrumentationScope = { name: 'kspan', version: '0.1.0' };
+export const KSPAN_SCOPE: InstrumentationScope = { name: 'kspan', version: KSPAN_VERSION };
 
 export interface SpanBuilderOptions {
   /** REALTIME − MONOTONIC in ns; a function when it is re-measured while running. */

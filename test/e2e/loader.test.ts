@@ -193,11 +193,16 @@ describe('loader', e2eOptions(), () => {
     }
   });
 
-  test('flushIdle closes the aggregate a quiet keep-alive connection holds', async () => {
+  for (const variant of ['flush_idle', 'flush_idle_walk']) test(`flushIdle closes the aggregate a quiet keep-alive connection holds (${variant})`, async () => {
     const group = new ProcessGroup();
     const records: KernelRecord[] = [];
+    // The walking variant is what kernels without bpf_loop get: force it by refusing the queued one.
+    if (variant === 'flush_idle_walk') process.env.KSPAN_FAULT_REJECT_PROGRAMS = 'flush_idle';
     const tracer = TcpTracer.open({ onRecord: (r) => records.push(r) });
+    delete process.env.KSPAN_FAULT_REJECT_PROGRAMS;
     try {
+      assert.equal(tracer.plan.load(variant), true);
+      assert.deepEqual(tracer.plan.off, []);
       tracer.start();
       // the server waits for a second request that never comes: its socket stays open
       const server = await startServer(group, ['--requests', '2', '--req-bytes', '50', '--resp-bytes', '5000']);
@@ -217,6 +222,7 @@ describe('loader', e2eOptions(), () => {
       const recvs = records.filter((r) => r.type === 'recv' && r.pid === server.proc.pid);
       assert.equal(recvs.reduce((a, r) => a + r.bytes, 0), 50);
       assert.equal(tracer.flushIdle(100_000_000n), 0, 'nothing left open');
+      assert.equal(tracer.counters().KSPAN_C_IDLE_QUEUE_FULL, 0);
       client.send('close');
       await client.waitLine(/^done$/);
     } finally {

@@ -198,17 +198,48 @@ function olderNode(): string | undefined {
   return undefined;
 }
 
-test('on a Node older than 24: one KSPAN_PUBLISHER_DECLINED warning, and the app runs', { skip: olderNode() ? undefined : 'no Node < 24 here' }, async () => {
+/** Runs `args` in a scratch app on the older Node: exit 0, `stdout` as given, and one decline warning. */
+function assertDeclinedOnOlderNode(files: Record<string, string>, args: string[], stdout: (version: string) => string): void {
   const node = olderNode()!;
-  const app = scratchNodeApp({ 'app.mjs': "console.log('app ran');\n" });
+  const app = scratchNodeApp(files);
   try {
     const version = execFileSync(node, ['--version'], { encoding: 'utf8' }).trim();
-    const r = spawnSync(node, ['--import', 'kspan/publisher/register', 'app.mjs'], { cwd: app.dir, encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
-    assert.equal(r.status, 0);
-    assert.equal(r.stdout, 'app ran\n');
+    const r = spawnSync(node, args, { cwd: app.dir, encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } });
+    assert.equal(r.status, 0, r.stderr);
+    assert.equal(r.stdout, stdout(version));
     assert.match(r.stderr, new RegExp(`^\\(node:\\d+\\) \\[KSPAN_PUBLISHER_DECLINED\\] Warning: kspan/publisher needs Node\\.js 24 or newer; this is ${version.replace(/\./g, '\\.')}, so it is not publishing trace context\\. The application runs unchanged\\.`));
     assert.equal(r.stderr.split('\n').filter((l) => l.includes('KSPAN_PUBLISHER')).length, 1);
   } finally {
     app.cleanup();
   }
+}
+
+const noOlderNode = { skip: olderNode() ? undefined : 'no Node < 24 here' };
+
+test('on a Node older than 24: one KSPAN_PUBLISHER_DECLINED warning, and the app runs', noOlderNode, () => {
+  assertDeclinedOnOlderNode({ 'app.mjs': "console.log('app ran');\n" }, ['--import', 'kspan/publisher/register', 'app.mjs'], () => 'app ran\n');
 });
+
+const PROGRAMMATIC_APP = (load: string) => `${load}
+const publisher = startPublisher();
+const processor = new KspanSpanProcessor(publisher);
+processor.onStart({}, {});
+processor.onEnd({});
+await processor.forceFlush();
+console.log(JSON.stringify({ active: publisher.active, reason: publisher.reason, contexts: publisher.stats.contexts, again: startPublisher() === publisher }));
+`;
+
+for (const [kind, file, load] of [
+  ['import', 'app.mjs', "import { startPublisher, KspanSpanProcessor } from 'kspan/publisher';"],
+  ['require', 'app.cjs', "const { startPublisher, KspanSpanProcessor } = require('kspan/publisher');\n(async () => {"],
+] as const) {
+  test(`on a Node older than 24, ${kind} 'kspan/publisher': one warning, an inactive publisher, the app runs`, noOlderNode, () => {
+    const text = PROGRAMMATIC_APP(load) + (kind === 'require' ? '})();\n' : '');
+    assertDeclinedOnOlderNode({ [file]: text }, [file], (version) => `${JSON.stringify({
+      active: false,
+      reason: `kspan/publisher needs Node.js 24 or newer; this is ${version}, so it is not publishing trace context.`,
+      contexts: 0,
+      again: true,
+    })}\n`);
+  });
+}

@@ -26,6 +26,9 @@ import { fileURLToPath } from 'node:url';
 
 export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const BUILD_ROOT = join(REPO_ROOT, 'test', '.build');
+/** The OTEP 4947 record (include/otel_thread_ctx.h), shared with the demo: a source to hash, and the -I to find it. */
+export const THREAD_CTX_HEADER = 'include/otel_thread_ctx.h';
+export const INCLUDE_FLAG = `-I${join(REPO_ROOT, 'include')}`;
 
 export interface BuildStep {
   /** The file this step produces (relative to the output directory). */

@@ -4,7 +4,7 @@
  * cookie, endpoints, pid and role on every record.
  */
 import type { KernelRecord, RecordType, TraceContext } from '../../src/records/kernel-record.ts';
-import type { KernelSpan } from '../../src/spans/kernel-span.ts';
+import { newKernelSpan, type KernelSpan } from '../../src/spans/kernel-span.ts';
 
 /** A context whose ids are derived from n: trace 0…0n, span 0…0n (hex). */
 export function ctx(n: number, sampled = true): TraceContext {
@@ -31,6 +31,7 @@ export function record(type: RecordType, fields: Partial<KernelRecord> = {}): Ke
     bytes: 0,
     calls: 0,
     flushed: false,
+    afterDropped: false,
     fallback: false,
     errno: 0,
     resetSent: false,
@@ -113,11 +114,9 @@ export class FakeSocket {
 
 /** A correlator output span with defaults (a server tcp.send under ctx(0xa)). */
 export function kernelSpan(f: Partial<KernelSpan> = {}): KernelSpan {
-  return {
+  const span = newKernelSpan({
     name: 'tcp.send',
     parent: ctx(0xa),
-    localParent: false,
-    self: null,
     startNs: 5_000_000_123n,
     endNs: 5_000_900_456n,
     cookie: 18446744073709551615n,
@@ -127,17 +126,28 @@ export function kernelSpan(f: Partial<KernelSpan> = {}): KernelSpan {
     local: { address: '10.0.0.1', port: 8080 },
     peer: { address: '10.0.0.2', port: 51234 },
     role: 'server',
-    bytes: 2048,
-    calls: 2,
-    events: [],
-    retransmits: 0,
     srttUs: null,
-    acceptQueueNs: null,
-    waitNs: null,
-    error: null,
-    errorType: null,
-    incomplete: null,
-    fallback: false,
-    ...f,
-  };
+  });
+  return { ...span, bytes: 2048, calls: 2, ...f };
 }
+
+/** The attributes SpanBuilder gives kernelSpan()'s span as it is (a server send of 2048 B in 2 calls). */
+export const KERNEL_SPAN_ATTRIBUTES = {
+  'network.transport': 'tcp',
+  'network.type': 'ipv4',
+  'network.peer.address': '10.0.0.2',
+  'network.peer.port': 51234,
+  'network.local.address': '10.0.0.1',
+  'network.local.port': 8080,
+  'client.address': '10.0.0.2',
+  'client.port': 51234,
+  'server.address': '10.0.0.1',
+  'server.port': 8080,
+  'thread.id': 4243,
+  'process.pid': 4242,
+  'kspan.socket.cookie': '18446744073709551615',
+  'kspan.role': 'server',
+  'kspan.bytes': 2048,
+  'kspan.syscalls': 2,
+  'kspan.retransmits': 0,
+} as const;

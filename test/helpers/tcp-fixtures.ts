@@ -1,6 +1,6 @@
 /** The C TCP server/client fixtures (test/fixtures/tcp), built at test time. */
 import { join } from 'node:path';
-import { buildFixture } from './build-fixture.ts';
+import { buildFixture, INCLUDE_FLAG, THREAD_CTX_HEADER } from './build-fixture.ts';
 import type { Proc, ProcessGroup } from './processes.ts';
 
 let dir: string | undefined;
@@ -42,11 +42,11 @@ let tracedDir: string | undefined;
 export function tracedServerPath(): string {
   tracedDir ??= buildFixture({
     name: 'traced-server',
-    sources: ['test/fixtures/tcp/traced_server.c', 'test/fixtures/tcp/io.h', 'test/fixtures/tls/otel_ctx_writer.c'],
+    sources: ['test/fixtures/tcp/traced_server.c', 'test/fixtures/tcp/io.h', 'test/fixtures/tls/otel_ctx_writer.c', THREAD_CTX_HEADER],
     steps: [
       {
         out: 'traced_server',
-        cmd: ['gcc', '-O2', '-Wall', '-rdynamic', '{traced_server.c}', '{otel_ctx_writer.c}', '-o', 'traced_server'],
+        cmd: ['gcc', '-O2', '-Wall', '-rdynamic', INCLUDE_FLAG, '{traced_server.c}', '{otel_ctx_writer.c}', '-o', 'traced_server'],
       },
     ],
   });

@@ -6,13 +6,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { REQUIRE_ALL, buildFixture, hasTool, toolOptions } from './build-fixture.ts';
+import { INCLUDE_FLAG, REQUIRE_ALL, THREAD_CTX_HEADER, buildFixture, hasTool, toolOptions } from './build-fixture.ts';
 import { stopChild } from './processes.ts';
 
 const SRC = 'test/fixtures/tls';
 const WRITER = `${SRC}/otel_ctx_writer.c`;
 const MAIN = `${SRC}/tls_publisher.c`;
-const CFLAGS = ['-O2', '-g', '-Wall', '-Werror'];
+const CFLAGS = ['-O2', '-g', '-Wall', '-Werror', INCLUDE_FLAG];
 
 export type TlsVariantName =
   | 'local-exec'
@@ -104,7 +104,7 @@ export function buildTlsFixtures(): string {
       exe('musl_dl', ['-DOTEL_DLOPEN_ONLY'], 'musl-gcc'),
     );
   }
-  return buildFixture({ name: 'tls', sources: [WRITER, MAIN], steps });
+  return buildFixture({ name: 'tls', sources: [WRITER, MAIN, THREAD_CTX_HEADER], steps });
 }
 
 export interface PublisherThread {
@@ -229,7 +229,7 @@ export function startPublisher(
 export function buildCtxFlushFixture(): string {
   const dir = buildFixture({
     name: 'tls-flush',
-    sources: [WRITER, `${SRC}/ctx_flush.c`],
+    sources: [WRITER, `${SRC}/ctx_flush.c`, THREAD_CTX_HEADER],
     steps: [{ out: 'ctx_flush', cmd: ['gcc', ...CFLAGS, '{ctx_flush.c}', '{otel_ctx_writer.c}', '-ftls-model=local-exec', EXPORT, '-o', 'ctx_flush'] }],
   });
   return join(dir, 'ctx_flush');

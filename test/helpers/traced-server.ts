@@ -82,7 +82,7 @@ export async function startTracedServer(group: ProcessGroup, opts: TracedServerO
     args.push('--import', 'kspan/publisher/register');
   }
   const extraEnv: Record<string, string> = {};
-  if (opts.publisher === 'programmatic') extraEnv.FIXTURE_PUBLISHER_MODULE = join(ROOT, 'src/publisher/index.ts');
+  if (opts.publisher === 'programmatic') extraEnv.FIXTURE_PUBLISHER_MODULE = join(ROOT, 'src/publisher/index.mjs'); // the package's entry
   args.push(FIXTURE);
   const proc = group.start(process.execPath, args, {
     cwd,

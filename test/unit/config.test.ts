@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { COMMANDS, commandSettings, loadConfig, loadSettings, SETTINGS, type ConfigSources } from '../../src/core/config.ts';
 import { KspanError } from '../../src/core/errors.ts';
-import { after, MAX_TIMER_MS } from '../../src/cli/options.ts';
+import { after, MAX_TIMER_MS, ringErrorLog } from '../../src/cli/options.ts';
 import { helpText } from '../../src/cli/usage.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
 
@@ -233,5 +233,25 @@ describe('the stop timer', () => {
     assert.deepEqual(f.armed.map((t) => t.ms), [1500]);
     cancel();
     assert.equal(f.cleared, 1);
+  });
+});
+
+describe('ring reader failures in the log', () => {
+  test('the first at once, then one line per interval with the count since the last line', () => {
+    const lines: [{ err: unknown; failures: number }, string][] = [];
+    let t = 1000;
+    const report = ringErrorLog({ warn: ((o: { err: unknown; failures: number }, msg: string) => lines.push([o, msg])) as never }, 10_000, () => t);
+    const errs = [1, 2, 3, 4].map((i) => new Error(`epoll_wait failed: EBADF (${i})`));
+    report(errs[0]);
+    t += 20;
+    report(errs[1]);
+    t += 9_979;
+    report(errs[2]);
+    t += 1;
+    report(errs[3]);
+    assert.deepEqual(lines, [
+      [{ err: errs[0], failures: 1 }, 'ring buffer reader failed; reading goes on'],
+      [{ err: errs[3], failures: 3 }, 'ring buffer reader failed; reading goes on'],
+    ]);
   });
 });

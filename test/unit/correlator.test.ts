@@ -50,6 +50,27 @@ describe('server side', () => {
     assert.equal(c.counters.orphanSpans, 0);
   });
 
+  test('D1: the first exchange stayed in the kernel (unsampled): its accept is dropped, not hung under the next', () => {
+    const s = new FakeSocket({ cookie: 9n, role: 'server', tid: 11 });
+    const { spans, c } = run([
+      s.accept(100, 200),
+      // request 1 and its unsampled response never left the kernel
+      s.recv(null, 40, 1, 2000, 2100, { afterDropped: true }),
+      s.send(B, 300, 1, 3000, 3100),
+      s.close(4000),
+    ]);
+    assert.deepEqual(spans.map((x) => [x.name, x.parent?.spanId]), [['tcp.recv', B.spanId], ['tcp.send', B.spanId]]);
+    assert.equal(c.counters.acceptsOfDroppedExchanges, 1);
+  });
+
+  test('D1 at close: every exchange stayed in the kernel; the accept is no orphan, even with orphans on', () => {
+    const s = new FakeSocket({ cookie: 10n, role: 'server', tid: 11 });
+    const { spans, c } = run([s.accept(100, 200), s.close(4000, { afterDropped: true })], { orphans: true });
+    assert.deepEqual(spans, []);
+    assert.equal(c.counters.acceptsOfDroppedExchanges, 1);
+    assert.equal(c.counters.orphanSpans, 0);
+  });
+
   test('accept without a seen handshake: zero length, no queue time', () => {
     const s = new FakeSocket({ cookie: 8n, role: 'server' });
     const { spans } = run([s.accept(0, 1500), s.recv(null, 1, 1, 2000, 2000), s.send(A, 1, 1, 3000, 3000), s.close(4000)]);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { columns, MAX_COLUMNS } from '../../src/demo/columns.ts';
+import { columns, MAX_COLUMNS } from '../../src/export/columns.ts';
 import type { DemoSpan } from '../../src/demo/demo-spans.ts';
 import { summaryLines, type DemoSummaryInput } from '../../src/demo/summary.ts';
 

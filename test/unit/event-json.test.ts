@@ -9,7 +9,7 @@ const base: KernelRecord = {
   type: 'send', tsNs: 5_000_000_123n, startNs: 5_000_000_000n, cookie: 18446744073709551615n, pid: 10, tid: 11,
   family: 4, local: { address: '127.0.0.1', port: 8080 }, peer: { address: '10.0.0.2', port: 40000 },
   role: 'server', context: { traceId: 'a'.repeat(32), spanId: 'b'.repeat(16), traceFlags: 1 },
-  bytes: 1234, calls: 2, flushed: false, fallback: false, errno: 0, resetSent: false, tcpState: 0,
+  bytes: 1234, calls: 2, flushed: false, afterDropped: false, fallback: false, errno: 0, resetSent: false, tcpState: 0,
   bytesSent: 0, bytesReceived: 0, retransmits: 0, srttUs: 0,
 };
 const OFFSET = 1_790_000_000_000_000_000n;
@@ -60,6 +60,10 @@ test('tcp_state is the kernel\'s state name (include/net/tcp_states.h); an unkno
   const rtx = parseEventLine(eventLine({ ...base, type: 'retransmit', tcpState: 2, errno: 0 }, 0n));
   assert.equal(rtx.tcp_state, 'SYN_SENT');
   assert.equal(rtx.error, null);
+  // The kernel's err is a negative errno (tcp_retransmit_skb's return).
+  const busy = parseEventLine(eventLine({ ...base, type: 'retransmit', tcpState: 1, errno: -16 }, 0n));
+  assert.deepEqual([busy.tcp_state, busy.error], ['ESTABLISHED', 'EBUSY']);
+  assert.equal(parseEventLine(eventLine({ ...base, type: 'retransmit', tcpState: 1, errno: -12 }, 0n)).error, 'ENOMEM');
   const rst = parseEventLine(eventLine({ ...base, type: 'reset', tcpState: 1, resetSent: true }, 0n));
   assert.deepEqual([rst.tcp_state, rst.direction], ['ESTABLISHED', 'sent']);
   const names = [1, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 99].map((s) => parseEventLine(eventLine({ ...base, type: 'reset', tcpState: s }, 0n)).tcp_state);

@@ -24,6 +24,7 @@ const PURE = [
   'src/context/process-context-format.ts',
   'src/context/tls-access.ts',
   'src/context/nodejs/',
+  'src/export/columns.ts',
   'src/export/console-tree.ts',
   'src/export/export-pipeline.ts',
   'src/export/export-request.ts',

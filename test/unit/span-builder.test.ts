@@ -3,7 +3,7 @@ import { describe, test } from 'node:test';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { hrTimeToNs, monotonicToHrTime, nsToHrTime } from '../../src/spans/hr-time.ts';
 import { SpanBuilder, spanAttributes } from '../../src/spans/span-builder.ts';
-import { ctx, kernelSpan } from '../helpers/kernel-records.ts';
+import { ctx, KERNEL_SPAN_ATTRIBUTES, kernelSpan } from '../helpers/kernel-records.ts';
 
 describe('hr-time', () => {
   test('monotonic + offset is exact to the nanosecond, beyond 2^53', () => {
@@ -51,25 +51,7 @@ describe('SpanBuilder', () => {
     assert.equal(s.resource, resource);
     assert.equal(s.ended, true);
     assert.deepEqual(s.status, { code: 0 });
-    assert.deepEqual(s.attributes, {
-      'network.transport': 'tcp',
-      'network.type': 'ipv4',
-      'network.peer.address': '10.0.0.2',
-      'network.peer.port': 51234,
-      'network.local.address': '10.0.0.1',
-      'network.local.port': 8080,
-      'client.address': '10.0.0.2',
-      'client.port': 51234,
-      'server.address': '10.0.0.1',
-      'server.port': 8080,
-      'thread.id': 4243,
-      'process.pid': 4242,
-      'kspan.socket.cookie': '18446744073709551615',
-      'kspan.role': 'server',
-      'kspan.bytes': 2048,
-      'kspan.syscalls': 2,
-      'kspan.retransmits': 0,
-    });
+    assert.deepEqual(s.attributes, KERNEL_SPAN_ATTRIBUTES);
     assert.equal(b.build(kernelSpan({ pid: 7 })).resource, other);
   });
 

@@ -1,9 +1,9 @@
 /**
- * The demo's text fits a 120-column terminal: every line it prints is built
- * with these (tree rows, labelled summary rows, the header).
+ * Text for a 120-column terminal: the span trees of `kspan run` and of the demo,
+ * and the demo's labelled summary rows, are built with these.
  */
 
-/** The demo prints nothing wider than this. */
+/** No tree or summary line is wider than this. */
 export const MAX_COLUMNS = 120;
 
 /** Columns of a string on a terminal (the tree's box characters are one column each). */
