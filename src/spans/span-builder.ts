@@ -4,6 +4,10 @@
  * only read ReadableSpan fields, and the OTLP transformer groups spans into
  * ResourceSpans by Resource object identity, so `resourceFor(pid)` must return the
  * same object for a given target process.
+ *
+ * What a kernel span says (its attributes, events, kind, status, end) is
+ * described once here (describe* and the *Of functions); the OTLP encoder
+ * (src/export/span-encoder.ts) writes protobuf from the same description.
  */
 import type { Attributes, HrTime, Link, SpanContext, SpanStatus } from '@opentelemetry/api';
 import type { InstrumentationScope } from '@opentelemetry/core';
