@@ -320,10 +320,20 @@ describe('KernelSpanEncoder: the same request as the OTel transformer', () => {
     assert.deepEqual([...read].filter((f) => !compared.includes(f)), []);
   });
 
-  test('scopes: with a version, without one, with a schema URL', () => {
+  test('scopes: with a version, without one, with a schema URL, with attributes', () => {
     const spans = [...correlated(), ...corners()];
-    const scopes: InstrumentationScope[] = [{ name: 'kspan' }, { name: 'kspan', version: '9.9.9', schemaUrl: 'https://opentelemetry.io/schemas/1.30.0' }];
-    for (const scope of scopes) assertSameEncoding(spans, { clockOffsetNs: OFFSET, resourceFor, scope });
+    // Scope attributes are not in @opentelemetry/core's type, but the transformer writes them when present.
+    const withAttributes = { name: 'kspan', version: '1.0.0', attributes: { 'scope.kind': 'kernel', 'scope.n': 3, 'scope.on': true } };
+    const scopes: InstrumentationScope[] = [
+      { name: 'kspan' },
+      { name: 'kspan', version: '9.9.9', schemaUrl: 'https://opentelemetry.io/schemas/1.30.0' },
+      withAttributes as InstrumentationScope,
+    ];
+    for (const scope of scopes) {
+      const [req] = assertSameEncoding(spans, { clockOffsetNs: OFFSET, resourceFor, scope });
+      const d = decode(req) as { resourceSpans: { scopeSpans: { scope: { attributes: unknown[] } }[] }[] };
+      assert.equal(d.resourceSpans[0].scopeSpans[0].scope.attributes.length, scope === scopes[2] ? 3 : 0);
+    }
   });
 
   test('an empty batch is an empty request, as the transformer makes it', () => {
