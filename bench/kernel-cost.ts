@@ -1,27 +1,24 @@
 /**
  * Kernel cost of tracing: a loopback request/response loop (C fixtures, 64-byte
  * request and response) run untraced, with the floor (a per-CPU counter on the
- * same two hooks, bpf/bench.bpf.c) and traced by kspan, in turn, in one run.
- * Prints the BPF run time per send/recv call from the kernel's own stats
- * (kernel.bpf_stats_enabled) for kspan and for the floor, the wall time per
+ * same two hooks filtered to the two pids, bpf/bench.bpf.c) and traced by kspan,
+ * in turn, in one run. Prints the BPF run time per send/recv call from the
+ * kernel's own stats (bpf(BPF_ENABLE_STATS), what kernel.bpf_stats_enabled=1
+ * does, for this process's life only) for kspan and for the floor, the wall time per
  * exchange of each, and ring-buffer records per request/response exchange.
  *
  *   node bench/kernel-cost.ts [exchanges=100000] [rounds=3]
  */
-import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { BpfObject } from '../src/kernel/bpf-object.ts';
 import { TcpTracer } from '../src/kernel/tcp-tracer.ts';
-import { REPO_ROOT } from '../test/helpers/build-fixture.ts';
 import { ProcessGroup } from '../test/helpers/processes.ts';
 import { startClient, startServer } from '../test/helpers/tcp-fixtures.ts';
+import { enableBpfStats, Floor, progStats } from './harness.ts';
 
 const exchanges = Number(process.argv[2] ?? 100_000);
 const rounds = Number(process.argv[3] ?? 3);
 const size = '64';
 
-async function loop(tracer?: TcpTracer): Promise<number> {
+async function loop(tracer?: TcpTracer, floor?: Floor): Promise<number> {
   const group = new ProcessGroup();
   try {
     const args = ['--requests', String(exchanges), '--req-bytes', size, '--resp-bytes', size];
@@ -29,50 +26,36 @@ async function loop(tracer?: TcpTracer): Promise<number> {
     const client = startClient(group, ['--port', String(server.port), ...args]);
     tracer?.addPid(server.proc.pid);
     tracer?.addPid(client.pid);
+    floor?.addPid(server.proc.pid);
+    floor?.addPid(client.pid);
     const t0 = process.hrtime.bigint();
     server.proc.send('go');
     client.send('go');
     await client.waitLine(/^done$/, 300_000);
     const ns = Number(process.hrtime.bigint() - t0);
     await server.proc.exited;
+    floor?.removePid(server.proc.pid);
+    floor?.removePid(client.pid);
     return ns;
   } finally {
     await group.killAll();
   }
 }
 
-function progStats(): Map<string, { runNs: number; runs: number }> {
-  const out = new Map<string, { runNs: number; runs: number }>();
-  for (const fd of readdirSync('/proc/self/fdinfo')) {
-    let t = '';
-    try {
-      t = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
-    } catch {
-      continue;
-    }
-    const id = /^prog_id:\s*(\d+)/m.exec(t);
-    const rt = /^run_time_ns:\s*(\d+)/m.exec(t);
-    const rc = /^run_cnt:\s*(\d+)/m.exec(t);
-    if (id && rt && rc && !/^link_type/m.test(t)) out.set(id[1], { runNs: Number(rt[1]), runs: Number(rc[1]) });
-  }
-  return out;
-}
-
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
-function bpfDelta(before: ReturnType<typeof progStats>): number {
+/** BPF time since `before`, of the floor's programs (floor) or of every other one (kspan's). */
+function bpfDelta(before: ReturnType<typeof progStats>, ofFloor: boolean): number {
   let ns = 0;
-  for (const [id, st] of progStats()) ns += st.runNs - (before.get(id)?.runNs ?? 0);
+  for (const [id, st] of progStats('self')) if (floor.ids.includes(id) === ofFloor) ns += st.runNs - (before.get(id)?.runNs ?? 0);
   return ns;
 }
 
-execFileSync('sysctl', ['-q', '-w', 'kernel.bpf_stats_enabled=1']);
+const stats = enableBpfStats();
 let records = 0;
 const tracer = TcpTracer.open({ onRecord: () => records++ });
 tracer.start();
-const floorObj = BpfObject.open(join(REPO_ROOT, 'bpf/.output/bench.bpf.o'));
-for (const p of floorObj.programNames) floorObj.setAutoload(p, p.startsWith('floor_'));
-floorObj.load();
+const floor = Floor.open();
 
 const wall = { untraced: [] as number[], floor: [] as number[], traced: [] as number[] };
 let kspanBpfNs = 0;
@@ -82,22 +65,22 @@ await loop(); // warm-up
 for (let i = 0; i < rounds; i++) {
   wall.untraced.push(await loop());
 
-  floorObj.attachAll();
-  let before = progStats();
-  wall.floor.push(await loop());
-  floorBpfNs += bpfDelta(before);
-  floorObj.detachAll();
+  floor.attach();
+  let before = progStats('self');
+  wall.floor.push(await loop(undefined, floor));
+  floorBpfNs += bpfDelta(before, true);
+  floor.detach();
 
-  before = progStats();
+  before = progStats('self');
   const ringBefore = tracer.ringStats.records;
   wall.traced.push(await loop(tracer));
   await new Promise((r) => setTimeout(r, 100));
-  kspanBpfNs += bpfDelta(before);
+  kspanBpfNs += bpfDelta(before, false);
   ringRecords += tracer.ringStats.records - ringBefore;
 }
 await tracer.stop();
-floorObj.close();
-execFileSync('sysctl', ['-q', '-w', 'kernel.bpf_stats_enabled=0']);
+floor.close();
+stats.close();
 
 const calls = exchanges * 4; // server read+write, client write+read
 const per = (ns: number) => (ns / (calls * rounds)).toFixed(0);

@@ -7,8 +7,10 @@
  * OTel exporter with its ProtobufTraceSerializer), each encoding alone, the
  * transport alone and the correlator alone.
  *
- *   node --expose-gc bench/pipeline.ts [--requests N] [--sockets N] [--rounds N]
+ *   node --expose-gc bench/pipeline.ts [--requests N] [--sockets N] [--rounds N] [--json]
  *   node --expose-gc bench/pipeline.ts --full-only [--readable] [--http]   (one full run, for profiling)
+ *
+ * --json: one JSON object instead of the text (what `make bench` reads).
  *
  * Target: ≥ 400 k kernel spans/s on one core through the full pipeline, where the
  * ReadableSpan path made 137 k (so ≥ 2.9 × that path measured in the same run).
@@ -38,6 +40,7 @@ const { values: args } = parseArgs({
     'full-only': { type: 'boolean', default: false },
     readable: { type: 'boolean', default: false },
     http: { type: 'boolean', default: false },
+    json: { type: 'boolean', default: false },
   },
 });
 const REQUESTS = Number(args.requests);
@@ -338,7 +341,40 @@ async function main() {
     `  target ≥ 400,000 spans/s on one core:     ${full >= 400_000 ? 'met' : 'NOT met'} on this machine (gRPC); OTLP/HTTP ${rate('encoded http/protobuf') >= 400_000 ? 'met' : 'NOT met'}`,
     `  every span arrived in ${ROUNDS - lost} of ${ROUNDS} rounds; last round (full, gRPC): queue drops ${c.droppedQueueFull}, export failures ${c.exportFailures}, batches ${c.batches}`,
   ];
-  console.log(lines.join('\n'));
+  if (args.json) {
+    // The first five rates keep their meaning for `make bench` (full: the encoded path over gRPC).
+    const rates = {
+      encodingBaseline: m((r) => r.enc),
+      correlator: m((r) => r.corr),
+      correlatorAndBuilder: m((r) => r.build),
+      full,
+      fullWall: wall('encoded grpc'),
+      before: rate('readable grpc'),
+      fullHttp: rate('encoded http/protobuf'),
+      beforeHttp: rate('readable http/protobuf'),
+      encoderNoTransport: m((r) => r.encode),
+      transportGrpc: m((r) => r.transport.grpc),
+      transportHttp: m((r) => r.transport['http/protobuf']),
+    };
+    const ratios = {
+      fullOverBefore: m((r) => r.full['encoded grpc'].rate / r.full['readable grpc'].rate),
+      fullOverBeforeHttp: m((r) => r.full['encoded http/protobuf'].rate / r.full['readable http/protobuf'].rate),
+    };
+    console.log(
+      JSON.stringify({
+        requests: REQUESTS,
+        sockets: SOCKETS,
+        rounds: ROUNDS,
+        records: records.length,
+        spans: spanCount,
+        spansPerCpuSecond: rates,
+        ratios,
+        bytesPerSpan: m((r) => r.bytesPerSpan),
+        roundsAllArrived: ROUNDS - lost,
+        lastRound: c,
+      }),
+    );
+  } else console.log(lines.join('\n'));
   if (lost) process.exitCode = 1;
 }
 

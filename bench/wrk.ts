@@ -22,7 +22,8 @@ export interface WrkResult {
 }
 
 function toMs(value: string, unit: string): number {
-  return Number(value) * (unit === 'us' ? 1e-3 : unit === 's' ? 1e3 : 1);
+  const v = Number(value);
+  return unit === 'us' ? v / 1000 : unit === 's' ? v * 1000 : v;
 }
 
 function latencyMs(out: string, pct: string): number {
@@ -33,7 +34,11 @@ function latencyMs(out: string, pct: string): number {
 
 /** Runs wrk (`args` before the URL; --latency is added) and fails on errors or non-2xx answers. */
 export function runWrk(args: string[], url: string): WrkResult {
-  const out = execFileSync('wrk', [...args, '--latency', url], { encoding: 'utf8' });
+  return parseWrk(execFileSync('wrk', [...args, '--latency', url], { encoding: 'utf8' }));
+}
+
+/** wrk's report (run with --latency), parsed; throws on socket errors or non-2xx answers. */
+export function parseWrk(out: string): WrkResult {
   const requests = Number(/(\d+) requests in/.exec(out)?.[1]);
   if (!requests || / Non-2xx| Socket errors/.test(out)) throw new Error(`wrk failed:\n${out}`);
   const mean = /^\s+Latency\s+([\d.]+)(us|ms|s)\s/m.exec(out);

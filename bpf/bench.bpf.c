@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * Benchmark programs (bench/), never loaded by the agent:
- *  - floor_send/floor_recv: the cheapest possible program on kspan's I/O hooks
- *    (a per-CPU counter), the floor kspan's own cost is compared against;
+ *  - floor_send/floor_recv: the cheapest possible program on kspan's I/O hooks,
+ *    the floor kspan's own cost is compared against: the same first step as
+ *    kspan's (is the caller's process in a hash of pids, `floor_pids`), then a
+ *    per-CPU counter;
  *  - fill_ring: on getppid() from `fill_pid`, writes `fill_count` records of
  *    kspan_event size into the ring, for the ring-buffer reader benchmark.
  */
@@ -37,8 +39,18 @@ struct {
 	__type(value, struct fill_cfg);
 } fill_config SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u8);
+} floor_pids SEC(".maps");
+
 static __always_inline int floor_hit(void)
 {
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!bpf_map_lookup_elem(&floor_pids, &tgid))
+		return 0;
 	__u32 k = 0;
 	__u64 *v = bpf_map_lookup_elem(&floor_hits, &k);
 	if (v)

@@ -5,6 +5,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { stopChild } from './processes.ts';
+import { scaled } from './timeouts.ts';
 
 export interface FixtureProcess {
   child: ChildProcess;
@@ -35,7 +36,7 @@ export function startFixtureProcess(
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error(`${exe} did not get ready in time: ${stderr}`));
-    }, opts.timeoutMs ?? 10_000);
+    }, scaled(opts.timeoutMs ?? 10_000));
     createInterface({ input: child.stdout! }).on('line', (line) => {
       const m = /^ready pid (\d+)$/.exec(line);
       if (!m) return void lines.push(line);

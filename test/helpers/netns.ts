@@ -9,6 +9,7 @@
 import { execFileSync } from 'node:child_process';
 import { randomInt } from 'node:crypto';
 import { createNamespacePair, deleteNamespace, listNamespaces } from '../../src/demo/lossy-link.ts';
+import { scaled } from './timeouts.ts';
 
 let seq = 0;
 
@@ -55,7 +56,7 @@ export function createNetnsPair(): NetnsPair {
  * retransmits and TIME_WAIT included), so a count taken afterwards is final.
  */
 export async function waitSocketsGone(pair: NetnsPair, port: number, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
+  const deadline = Date.now() + scaled(timeoutMs);
   const filter = `( sport = :${port} or dport = :${port} )`;
   for (;;) {
     const left = [pair.inServer, pair.inClient]

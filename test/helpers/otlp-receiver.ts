@@ -19,6 +19,7 @@ import {
   type AttrValue,
   type PlainKeyValue,
 } from '../../src/proto/otlp.ts';
+import { scaled } from './timeouts.ts';
 
 export const TRACE_EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
 
@@ -239,7 +240,7 @@ export class OtlpReceiver {
       const timer = setTimeout(() => {
         this.#waiters = this.#waiters.filter((w) => w !== waiter);
         reject(new Error(`timed out waiting for ${n} spans (got ${this.spanCount})`));
-      }, timeoutMs);
+      }, scaled(timeoutMs));
       const waiter = {
         n,
         resolve: () => {

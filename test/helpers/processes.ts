@@ -4,6 +4,7 @@
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { scaled } from './timeouts.ts';
 
 export interface Proc {
   child: ChildProcess;
@@ -28,7 +29,7 @@ function waiter(buf: string[], onLine: Set<(l: string) => void>, what: string) {
       const t = setTimeout(() => {
         onLine.delete(check);
         reject(new Error(`timed out waiting for ${re} on ${what}; saw:\n${buf.slice(-20).join('\n')}`));
-      }, timeoutMs);
+      }, scaled(timeoutMs));
       const check = (l: string) => {
         const m = re.exec(l);
         if (m) {

@@ -7,6 +7,7 @@
  */
 import { readdirSync, readlinkSync } from 'node:fs';
 import type { Proc, ProcessGroup } from './processes.ts';
+import { scaled } from './timeouts.ts';
 
 export interface RetransmitOracle {
   /** Stops counting and returns the count. */
@@ -30,7 +31,7 @@ function perfEventFds(pid: number): number {
 export async function startRetransmitOracle(group: ProcessGroup, port: number): Promise<RetransmitOracle> {
   const perf: Proc = group.start('perf', ['stat', '-x,', '-a', '-e', 'tcp:tcp_retransmit_skb', '--filter', `sport == ${port} || dport == ${port}`]);
   for (let i = 0; perfEventFds(perf.pid) === 0; i++) {
-    if (i > 200) throw new Error(`perf stat did not open its events: ${perf.stderr.join('\n')}`);
+    if (i * 25 > scaled(5_000)) throw new Error(`perf stat did not open its events: ${perf.stderr.join('\n')}`);
     await new Promise((r) => setTimeout(r, 25));
   }
   return {

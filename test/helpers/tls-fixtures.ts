@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { INCLUDE_FLAG, REQUIRE_ALL, THREAD_CTX_HEADER, buildFixture, hasTool, toolOptions } from './build-fixture.ts';
 import { stopChild } from './processes.ts';
+import { scaled } from './timeouts.ts';
 
 const SRC = 'test/fixtures/tls';
 const WRITER = `${SRC}/otel_ctx_writer.c`;
@@ -178,7 +179,7 @@ export function startPublisher(
           const m = re.exec(l);
           if (m) return res(m);
         }
-        const t = setTimeout(() => rej(new Error(`${variant.exe}: no line matching ${re} in ${timeoutMs} ms; stderr: ${stderr}`)), timeoutMs);
+        const t = setTimeout(() => rej(new Error(`${variant.exe}: no line matching ${re} in ${timeoutMs} ms; stderr: ${stderr}`)), scaled(timeoutMs));
         waiters.push({ re, resolve: (m) => (clearTimeout(t), res(m)) });
       });
     const go = () => void child.stdin!.write('g');
@@ -192,7 +193,7 @@ export function startPublisher(
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error(`${variant.exe} did not get ready in 10 s: ${stderr}`));
-    }, 10_000);
+    }, scaled(10_000));
     createInterface({ input: child.stdout! }).on('line', (line) => {
       if (ready) {
         later.push(line);

@@ -20,6 +20,7 @@ import {
   type NodeWalkResult,
 } from '../../src/context/nodejs/v8-walk.ts';
 import { readProcessContext } from './process-context.ts';
+import { scaled } from './timeouts.ts';
 
 export const ROOT = resolve(import.meta.dirname, '../..');
 export const FIXTURE = join(ROOT, 'test/fixtures/nodejs/traced-server.cjs');
@@ -135,7 +136,7 @@ export async function startTracedServer(group: ProcessGroup, opts: TracedServerO
 
 /** Polls `probe` until it returns a value. */
 export async function until<T>(probe: () => T | undefined | Promise<T | undefined>, timeoutMs: number, what: string): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
+  const deadline = Date.now() + scaled(timeoutMs);
   for (;;) {
     const v = await probe();
     if (v !== undefined) return v;

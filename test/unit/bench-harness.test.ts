@@ -1,0 +1,59 @@
+/**
+ * The parsing `make bench` rests on: wrk's report, and the counters of
+ * `kspan run`'s exit log line.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { agentCounters, type AgentExitLog } from '../../bench/harness.ts';
+import { parseWrk } from '../../bench/wrk.ts';
+
+const WRK = `Running 3s test @ http://127.0.0.1:36893/
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   317.22us    1.41ms  20.34ms   97.68%
+    Req/Sec    73.75k     9.37k   93.04k    63.33%
+  Latency Distribution
+     50%  115.00us
+     75%  186.00us
+     90%  271.00us
+     99%    7.43ms
+  220022 requests in 3.00s, 121.28MB read
+Requests/sec:  73237.13
+Transfer/sec:     40.37MB
+`;
+
+test('parseWrk: requests, rate, mean and percentile latencies in ms', () => {
+  assert.deepEqual(parseWrk(WRK), { requests: 220022, rps: 73237.13, meanMs: 0.31722, p50ms: 0.115, p99ms: 7.43 });
+});
+
+test('parseWrk: a run with socket errors or non-2xx answers is refused', () => {
+  const errors = WRK.replace('Requests/sec', '  Socket errors: connect 0, read 3, write 0, timeout 0\nRequests/sec');
+  assert.throws(() => parseWrk(errors), /^Error: wrk failed:/);
+  const non2xx = WRK.replace('Requests/sec', '  Non-2xx or 3xx responses: 12\nRequests/sec');
+  assert.throws(() => parseWrk(non2xx), /^Error: wrk failed:/);
+});
+
+test('agentCounters: made, exported, dropped, lost by cause, from the exit log', () => {
+  const line = {
+    kernel: { decode_errors: 2, ring_handler_errors: 0, KSPAN_C_RINGBUF_FULL: 87, KSPAN_C_SOCK_TABLE_FULL: 5, KSPAN_C_CTX_TORN: 9, KSPAN_C_UNSAMPLED: 470292, context: { resolved: 1 } },
+    spans: {
+      correlator: { records: 235176, spans: 137240, unsampledSpans: 211629 },
+      export: { exported: 48128, droppedQueueFull: 89100, droppedFailed: 10, droppedShutdown: 2 },
+    },
+    msg: 'stopped; data was lost',
+  } as unknown as AgentExitLog;
+  const c = agentCounters(line, 3);
+  assert.deepEqual({ ...c, kernel: undefined }, {
+    records: 235176,
+    spansMade: 137240,
+    unsampledSpans: 211629,
+    unsampledInKernel: 470292,
+    spansExported: 48128,
+    spansDropped: 89112,
+    recordsLost: 94,
+    lostBy: { ringbufFull: 87, sockTableFull: 5, decodeErrors: 2 },
+    exitCode: 3,
+    kernel: undefined,
+  });
+  assert.equal(c.kernel, line.kernel);
+});
