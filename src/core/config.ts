@@ -543,7 +543,7 @@ export const TUNING = {
     maxQueueSize: 16384,
     /** Spans per export at most. */
     maxBatchSize: 1024,
-    /** Estimated encoded bytes per export at most (the Collector's gRPC limit is 4 MiB). */
+    /** Encoded bytes per export at most: exact for OTLP, estimated for other exporters (the Collector's gRPC limit is 4 MiB). */
     maxBatchBytes: 2 * 1024 * 1024,
     /** A partial batch waits at most this long. */
     scheduledDelayMs: 500,

@@ -1,11 +1,16 @@
 /**
- * Batching export in front of an OpenTelemetry SpanExporter (OTLP gRPC by default,
- * OTLP/HTTP-protobuf as an option, or the console tree).
+ * Batching export in front of an exporter: OTLP gRPC by default, OTLP/HTTP-protobuf
+ * as an option, or the console tree. Kernel spans bound for OTLP are queued
+ * already encoded (src/export/span-encoder.ts) and sent through the OpenTelemetry
+ * exporters' own delegates and transports with kspan's serializer
+ * (createEncodedOtlpExporter); other spans are ReadableSpans for an
+ * OpenTelemetry SpanExporter.
  *
  * - Bounded: at most `maxQueueSize` spans are held (queued + in flight). A span
  *   that does not fit is dropped, counted and logged (never silently).
- * - Batches stay under `maxBatchSize` spans and `maxBatchBytes` (estimated), well
- *   below the Collector's 4 MiB gRPC message limit.
+ * - Batches stay under `maxBatchSize` spans and `maxBatchBytes` (exact for encoded
+ *   spans, estimated for ReadableSpans), well below the Collector's 4 MiB gRPC
+ *   message limit.
  * - One export in flight. A batch that fails with a retryable error (gRPC
  *   UNAVAILABLE, DEADLINE_EXCEEDED, …; HTTP 429/502/503/504; connection errors) is
  *   retried with exponential backoff until it goes through or the pipeline shuts
@@ -15,9 +20,14 @@
 import { OTLPTraceExporter as OtlpGrpcTraceExporter } from '@opentelemetry/exporter-trace-otlp-grpc';
 import { OTLPTraceExporter as OtlpProtoTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import type { ExportResult } from '@opentelemetry/core';
+import { OTLPExporterBase } from '@opentelemetry/otlp-exporter-base';
+import { convertLegacyHttpOptions, createOtlpHttpExportDelegate } from '@opentelemetry/otlp-exporter-base/node-http';
+import { convertLegacyOtlpGrpcOptions, createOtlpGrpcExportDelegate } from '@opentelemetry/otlp-grpc-exporter-base';
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
 import { pino, type Logger } from 'pino';
 import { loadSettings, TUNING, type Origin, type OtlpProtocol, type RawValues } from '../core/config.ts';
+import { EncodedSpanMetricsHelper, encodedSpanSerializer } from './export-request.ts';
+import type { EncodedSpan } from './span-encoder.ts';
 
 export type { OtlpProtocol };
 
@@ -75,28 +85,79 @@ export interface OtlpExporterOptions {
   timeoutMs?: number;
 }
 
-/** The OpenTelemetry OTLP exporter for a target (the exporter honours the env for headers, TLS, compression). */
-export function createOtlpExporter(
-  target: Extract<ExportTarget, { kind: 'otlp' }>,
-  options: OtlpExporterOptions = {},
-): SpanExporter {
-  const timeoutMillis = options.timeoutMs;
-  if (target.protocol === 'grpc') {
-    // A bare host:port is taken as plaintext; give https:// for TLS.
-    const url = target.endpoint && !/^[a-z][a-z0-9+.-]*:\/\//i.test(target.endpoint) ? `http://${target.endpoint}` : target.endpoint;
-    return new OtlpGrpcTraceExporter({ url, timeoutMillis });
-  }
-  let url = target.endpoint;
-  if (url) {
-    if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) url = `http://${url}`;
-    const u = new URL(url);
-    if (u.pathname === '' || u.pathname === '/') url = new URL('/v1/traces', u).toString();
-  }
-  return new OtlpProtoTraceExporter({ url, timeoutMillis });
+/** What the export pipeline sends batches through: an OpenTelemetry SpanExporter, or one of encoded spans. */
+export interface BatchExporter<T> {
+  export(items: T[], resultCallback: (result: ExportResult) => void): void;
+  shutdown(): Promise<void>;
 }
 
-export interface ExportPipelineOptions {
-  exporter: SpanExporter;
+/** The exporter's URL for a target: a bare host:port is plaintext; OTLP/HTTP gets /v1/traces when no path is given. */
+function exporterUrl(target: Extract<ExportTarget, { kind: 'otlp' }>): string | undefined {
+  let url = target.endpoint;
+  if (!url) return undefined;
+  // A bare host:port is taken as plaintext; give https:// for TLS.
+  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(url)) url = `http://${url}`;
+  if (target.protocol === 'grpc') return url;
+  const u = new URL(url);
+  return u.pathname === '' || u.pathname === '/' ? new URL('/v1/traces', u).toString() : url;
+}
+
+/** The OpenTelemetry OTLP exporter for a target (the exporter honours the env for headers, TLS, compression). */
+export function createOtlpExporter(target: Extract<ExportTarget, { kind: 'otlp' }>, options: OtlpExporterOptions = {}): SpanExporter {
+  const config = { url: exporterUrl(target), timeoutMillis: options.timeoutMs };
+  return target.protocol === 'grpc' ? new OtlpGrpcTraceExporter(config) : new OtlpProtoTraceExporter(config);
+}
+
+const GRPC_TRACE_SERVICE = 'TraceExportService';
+const GRPC_TRACE_EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
+
+/**
+ * The OTLP exporter for spans kspan encoded itself (src/export/span-encoder.ts):
+ * the same export delegates, transports and configuration as
+ * @opentelemetry/exporter-trace-otlp-grpc and -proto (OTEL_EXPORTER_OTLP_*
+ * headers, TLS, compression, timeout; OTLP/HTTP's own retries), with our
+ * serializer in place of the transformer's.
+ */
+export function createEncodedOtlpExporter(
+  target: Extract<ExportTarget, { kind: 'otlp' }>,
+  options: OtlpExporterOptions = {},
+): BatchExporter<EncodedSpan> {
+  const config = { url: exporterUrl(target), timeoutMillis: options.timeoutMs };
+  const delegate =
+    target.protocol === 'grpc'
+      ? createOtlpGrpcExportDelegate(
+          convertLegacyOtlpGrpcOptions(config, 'TRACES'),
+          encodedSpanSerializer(true),
+          'otlp_grpc_span_exporter',
+          EncodedSpanMetricsHelper,
+          undefined,
+          GRPC_TRACE_SERVICE,
+          GRPC_TRACE_EXPORT_PATH,
+        )
+      : createOtlpHttpExportDelegate(
+          convertLegacyHttpOptions(config, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' }),
+          encodedSpanSerializer(false),
+          'otlp_http_span_exporter',
+          EncodedSpanMetricsHelper,
+          undefined,
+        );
+  return new OTLPExporterBase<EncodedSpan[]>(delegate);
+}
+
+/** Counts a batch's bytes as the pipeline builds it. */
+export interface BatchSizer<T> {
+  /** A new batch starts. */
+  reset(): void;
+  /** The bytes `item` adds to the batch so far. */
+  add(item: T): number;
+}
+
+export interface ExportPipelineOptions<T = ReadableSpan> {
+  exporter: BatchExporter<T>;
+  /** Counts each batch's bytes; default estimateSpanBytes (ReadableSpans). */
+  sizer?: BatchSizer<T>;
+  /** Called once for every span that leaves: exported, dropped (counted), or refused by enqueue(). */
+  release?: (span: T) => void;
   logger?: Logger;
   // Defaults and meanings: TUNING.export (src/core/config.ts).
   maxQueueSize?: number;
@@ -143,7 +204,7 @@ export function isRetryableExportError(err: unknown): boolean {
   return /timed out|timeout|retryable status|Concurrent export limit/i.test(msg);
 }
 
-/** A cheap upper-bound-ish estimate of a span's OTLP size, for batch sizing. */
+/** A cheap upper-bound-ish estimate of a ReadableSpan's OTLP size, for batch sizing. */
 export function estimateSpanBytes(span: ReadableSpan): number {
   let n = 96 + span.name.length;
   const attrs = span.attributes;
@@ -161,7 +222,9 @@ function valueBytes(v: unknown): number {
   return 10;
 }
 
-export class ExportPipeline {
+const ESTIMATED_SIZER: BatchSizer<ReadableSpan> = { reset() {}, add: estimateSpanBytes };
+
+export class ExportPipeline<T = ReadableSpan> {
   readonly counters: ExportCounters = {
     enqueued: 0,
     exported: 0,
@@ -173,7 +236,9 @@ export class ExportPipeline {
     retries: 0,
   };
 
-  readonly #exporter: SpanExporter;
+  readonly #exporter: BatchExporter<T>;
+  readonly #sizer: BatchSizer<T>;
+  readonly #release: ((span: T) => void) | null;
   readonly #log: Logger;
   readonly #maxQueue: number;
   readonly #maxBatch: number;
@@ -183,9 +248,9 @@ export class ExportPipeline {
   readonly #retryMaxMs: number;
   readonly #shutdownTimeoutMs: number;
 
-  #queue: ReadableSpan[] = [];
+  #queue: T[] = [];
   #head = 0;
-  #inFlight: ReadableSpan[] | null = null;
+  #inFlight: T[] | null = null;
   #attempt = 0;
   #timer: NodeJS.Timeout | null = null;
   #retryTimer: NodeJS.Timeout | null = null;
@@ -196,8 +261,10 @@ export class ExportPipeline {
   #closed = false;
   #dropLog = { lastAt: 0, sinceLast: 0 };
 
-  constructor(options: ExportPipelineOptions) {
+  constructor(options: ExportPipelineOptions<T>) {
     this.#exporter = options.exporter;
+    this.#sizer = options.sizer ?? (ESTIMATED_SIZER as unknown as BatchSizer<T>);
+    this.#release = options.release ?? null;
     this.#log = options.logger ?? pino({ level: 'info' }, pino.destination(2));
     const d = TUNING.export;
     this.#maxQueue = options.maxQueueSize ?? d.maxQueueSize;
@@ -225,10 +292,11 @@ export class ExportPipeline {
   }
 
   /** Queues a span; false (counted, logged) when the queue is full or closed. */
-  enqueue(span: ReadableSpan): boolean {
+  enqueue(span: T): boolean {
     if (this.#closed || this.held >= this.#maxQueue) {
       this.counters.droppedQueueFull++;
       this.#logDrop();
+      this.#release?.(span);
       return false;
     }
     this.#queue.push(span);
@@ -304,6 +372,10 @@ export class ExportPipeline {
         { dropped: left, exportFailures: this.counters.exportFailures },
         'export: shutdown timed out; spans still queued were dropped',
       );
+      if (this.#release) {
+        for (let i = this.#head; i < this.#queue.length; i++) this.#release(this.#queue[i]);
+        if (this.#inFlight) for (const s of this.#inFlight) this.#release(s);
+      }
       this.#queue = [];
       this.#head = 0;
       this.#inFlight = null;
@@ -328,8 +400,9 @@ export class ExportPipeline {
     let end = this.#head;
     let bytes = 0;
     const limit = Math.min(this.#queue.length, this.#head + this.#maxBatch);
+    this.#sizer.reset();
     while (end < limit) {
-      const b = estimateSpanBytes(this.#queue[end]);
+      const b = this.#sizer.add(this.#queue[end]);
       if (end > this.#head && bytes + b > this.#maxBatchBytes) break;
       bytes += b;
       end++;
@@ -345,7 +418,7 @@ export class ExportPipeline {
     this.#send(batch);
   }
 
-  #send(batch: ReadableSpan[]): void {
+  #send(batch: T[]): void {
     let called = false;
     try {
       this.#exporter.export(batch, (result) => {
@@ -362,14 +435,14 @@ export class ExportPipeline {
     }
   }
 
-  #onResult(batch: ReadableSpan[], result: ExportResult): void {
+  #onResult(batch: T[], result: ExportResult): void {
     if (this.#inFlight !== batch) return; // dropped by shutdown meanwhile
     const c = this.counters;
     if (result.code === 0) {
       if (this.#attempt > 0) this.#log.info({ retries: this.#attempt, spans: batch.length }, 'export: recovered');
       c.batches++;
       c.exported += batch.length;
-      this.#settle(batch.length);
+      this.#settle(batch);
       return;
     }
     c.exportFailures++;
@@ -377,7 +450,7 @@ export class ExportPipeline {
     if (!isRetryableExportError(err)) {
       c.droppedFailed += batch.length;
       this.#log.error({ err, spans: batch.length }, 'export: non-retryable error, batch dropped');
-      this.#settle(batch.length);
+      this.#settle(batch);
       return;
     }
     const base = Math.min(this.#retryMaxMs, this.#retryInitialMs * 2 ** Math.min(this.#attempt, 30));
@@ -394,9 +467,10 @@ export class ExportPipeline {
     if (!this.#waiters.length) this.#retryTimer.unref();
   }
 
-  #settle(n: number): void {
+  #settle(batch: T[]): void {
+    if (this.#release) for (const s of batch) this.#release(s);
     this.#inFlight = null;
-    this.#settled += n;
+    this.#settled += batch.length;
     if (this.#waiters.length) {
       const done = this.#waiters.filter((w) => this.#settled >= w.target);
       this.#waiters = this.#waiters.filter((w) => this.#settled < w.target);

@@ -4,6 +4,10 @@
  * only read ReadableSpan fields, and the OTLP transformer groups spans into
  * ResourceSpans by Resource object identity, so `resourceFor(pid)` must return the
  * same object for a given target process.
+ *
+ * What a kernel span says (its attributes, events, kind, status, end) is
+ * described once here (describe* and the *Of functions); the OTLP encoder
+ * (src/export/span-encoder.ts) writes protobuf from the same description.
  */
 import type { Attributes, HrTime, Link, SpanContext, SpanStatus } from '@opentelemetry/api';
 import type { InstrumentationScope } from '@opentelemetry/core';
@@ -32,6 +36,8 @@ export interface SpanBuilderOptions {
   /** Attributes decoded from the thread-context record, or anything else per span. */
   extraAttributes?: (span: KernelSpan) => Attributes | undefined;
   scope?: InstrumentationScope;
+  /** Where new span and trace ids come from (tests: a seeded source). */
+  ids?: IdSource;
 }
 
 /** The one adapter: a finished span, as the exporters read it. */
@@ -92,9 +98,10 @@ export class SpanBuilder {
   readonly #resourceFor: (pid: number) => Resource;
   readonly #extra: ((span: KernelSpan) => Attributes | undefined) | undefined;
   readonly #scope: InstrumentationScope;
-  readonly #ids = new IdSource();
+  readonly #ids: IdSource;
 
   constructor(options: SpanBuilderOptions) {
+    this.#ids = options.ids ?? new IdSource();
     const off = options.clockOffsetNs;
     this.#offset = typeof off === 'bigint' ? () => off : off;
     this.#resourceFor = options.resourceFor;
@@ -114,19 +121,19 @@ export class SpanBuilder {
     const parent: SpanContext | undefined = p
       ? { traceId: p.traceId, spanId: p.spanId, traceFlags: p.traceFlags & 0xff, isRemote: !k.localParent }
       : undefined;
-    const endNs = k.endNs < k.startNs ? k.startNs : k.endNs;
+    const endNs = spanEndNs(k);
     const attributes = spanAttributes(k);
     const extra = this.#extra?.(k);
     if (extra) Object.assign(attributes, extra);
     return new KernelReadableSpan({
       name: k.name,
-      kind: k.name === 'tcp.exchange' ? (k.role === 'server' ? SPAN_KIND_SERVER : SPAN_KIND_CLIENT) : SPAN_KIND_INTERNAL,
+      kind: spanKindOf(k),
       context,
       parent,
       startTime: monotonicToHrTime(k.startNs, offset),
       endTime: monotonicToHrTime(endNs, offset),
       duration: nsToHrTime(endNs - k.startNs),
-      status: k.error ? { code: STATUS_ERROR, message: k.error } : { code: STATUS_UNSET },
+      status: spanStatusOf(k),
       attributes,
       events: k.events.length ? k.events.map((e) => timedEvent(e, offset)) : [],
       resource: this.#resourceFor(k.pid),
@@ -135,52 +142,185 @@ export class SpanBuilder {
   }
 }
 
-/** Semantic-convention and kspan.* attributes of a kernel span. */
-export function spanAttributes(k: KernelSpan): Attributes {
-  // One literal for the common part keeps every span's attributes on one shape.
-  const a: Attributes = {
-    'network.transport': 'tcp',
-    'network.type': k.family === 6 ? 'ipv6' : 'ipv4',
-    'network.peer.address': k.peer.address,
-    'network.peer.port': k.peer.port,
-    'network.local.address': k.local.address,
-    'network.local.port': k.local.port,
-    'process.pid': k.pid,
-    'kspan.socket.cookie': k.cookie.toString(),
-    'kspan.role': k.role,
-  };
+/**
+ * Every attribute key kspan sets on a kernel span or its events. The description
+ * below names them by index, so a sink can keep each key pre-encoded (the OTLP
+ * encoder in src/export/span-encoder.ts) or just use the string (spanAttributes).
+ */
+export const KERNEL_ATTRIBUTE_KEYS = [
+  'network.transport',
+  'network.type',
+  'network.peer.address',
+  'network.peer.port',
+  'network.local.address',
+  'network.local.port',
+  'process.pid',
+  'kspan.socket.cookie',
+  'kspan.role',
+  'client.address',
+  'client.port',
+  'server.address',
+  'server.port',
+  'thread.id',
+  'kspan.bytes',
+  'kspan.syscalls',
+  'kspan.retransmits',
+  'kspan.srtt_us',
+  'kspan.accept_queue_ns',
+  'kspan.wait_ns',
+  'error.type',
+  'kspan.incomplete',
+  'kspan.incomplete.reason',
+  'kspan.fallback',
+  'kspan.tcp.state',
+  'kspan.reset.direction',
+  'kspan.errno',
+] as const;
+
+export type KernelAttributeKey = (typeof KERNEL_ATTRIBUTE_KEYS)[number];
+
+/** Key name → index in KERNEL_ATTRIBUTE_KEYS. */
+const K = Object.fromEntries(KERNEL_ATTRIBUTE_KEYS.map((k, i) => [k, i])) as { readonly [P in KernelAttributeKey]: number };
+
+/**
+ * Receives a kernel span's attributes in their order, each named by its index in
+ * KERNEL_ATTRIBUTE_KEYS. A number is typed as the OTLP transformer types it: an
+ * int when integral, else a double.
+ */
+export interface AttributeSink {
+  string(key: number, value: string): void;
+  number(key: number, value: number): void;
+  bool(key: number, value: boolean): void;
+}
+
+/**
+ * The one description of a kernel span's semantic-convention and kspan.*
+ * attributes: SpanBuilder (ReadableSpans) and the OTLP encoder both read it.
+ * First those of the socket, then the span's own.
+ */
+export function describeSpanAttributes(k: KernelSpan, out: AttributeSink): void {
+  describeSocketAttributes(k, out);
+  describeOwnAttributes(k, out);
+}
+
+/**
+ * The attributes every span of a socket shares, in front of the span's own. They
+ * read only what sameSocketAttributes compares, so an encoder may reuse their
+ * bytes from one span of a socket to the next.
+ */
+export function describeSocketAttributes(k: KernelSpan, out: AttributeSink): void {
+  out.string(K['network.transport'], 'tcp');
+  out.string(K['network.type'], k.family === 6 ? 'ipv6' : 'ipv4');
+  out.string(K['network.peer.address'], k.peer.address);
+  out.number(K['network.peer.port'], k.peer.port);
+  out.string(K['network.local.address'], k.local.address);
+  out.number(K['network.local.port'], k.local.port);
+  out.number(K['process.pid'], k.pid);
+  out.string(K['kspan.socket.cookie'], k.cookie.toString());
+  out.string(K['kspan.role'], k.role);
   // Both ends named by their roles: on an accepted socket the peer is the client and
   // this end the server; on a connected one the peer is the server.
   if (k.role === 'server') {
-    a['client.address'] = k.peer.address;
-    a['client.port'] = k.peer.port;
-    a['server.address'] = k.local.address;
-    a['server.port'] = k.local.port;
+    out.string(K['client.address'], k.peer.address);
+    out.number(K['client.port'], k.peer.port);
+    out.string(K['server.address'], k.local.address);
+    out.number(K['server.port'], k.local.port);
   } else {
-    a['server.address'] = k.peer.address;
-    a['server.port'] = k.peer.port;
+    out.string(K['server.address'], k.peer.address);
+    out.number(K['server.port'], k.peer.port);
   }
-  if (k.tid) a['thread.id'] = k.tid;
+}
+
+/** The fields describeSocketAttributes reads. */
+export type SocketFields = Pick<KernelSpan, 'cookie' | 'pid' | 'role' | 'family' | 'peer' | 'local'>;
+
+/** Whether two spans' socket attributes (describeSocketAttributes) are the same: every field they read is equal. */
+export function sameSocketAttributes(a: SocketFields, b: SocketFields): boolean {
+  return (
+    a.cookie === b.cookie &&
+    a.pid === b.pid &&
+    a.role === b.role &&
+    a.family === b.family &&
+    a.peer.port === b.peer.port &&
+    a.local.port === b.local.port &&
+    a.peer.address === b.peer.address &&
+    a.local.address === b.local.address
+  );
+}
+
+/** The span's own attributes, after its socket's. */
+export function describeOwnAttributes(k: KernelSpan, out: AttributeSink): void {
+  if (k.tid) out.number(K['thread.id'], k.tid);
   if (k.name === 'tcp.send' || k.name === 'tcp.recv') {
-    a['kspan.bytes'] = k.bytes;
-    a['kspan.syscalls'] = k.calls;
+    out.number(K['kspan.bytes'], k.bytes);
+    out.number(K['kspan.syscalls'], k.calls);
   }
-  if (k.name === 'tcp.send' || k.name === 'tcp.connect' || k.retransmits) a['kspan.retransmits'] = k.retransmits;
-  if (k.srttUs !== null) a['kspan.srtt_us'] = k.srttUs;
-  if (k.acceptQueueNs !== null) a['kspan.accept_queue_ns'] = Number(k.acceptQueueNs);
-  if (k.waitNs !== null) a['kspan.wait_ns'] = Number(k.waitNs);
-  if (k.errorType) a['error.type'] = k.errorType;
+  if (k.name === 'tcp.send' || k.name === 'tcp.connect' || k.retransmits) out.number(K['kspan.retransmits'], k.retransmits);
+  if (k.srttUs !== null) out.number(K['kspan.srtt_us'], k.srttUs);
+  if (k.acceptQueueNs !== null) out.number(K['kspan.accept_queue_ns'], Number(k.acceptQueueNs));
+  if (k.waitNs !== null) out.number(K['kspan.wait_ns'], Number(k.waitNs));
+  if (k.errorType) out.string(K['error.type'], k.errorType);
   if (k.incomplete) {
-    a['kspan.incomplete'] = true;
-    a['kspan.incomplete.reason'] = k.incomplete;
+    out.bool(K['kspan.incomplete'], true);
+    out.string(K['kspan.incomplete.reason'], k.incomplete);
   }
-  if (k.fallback) a['kspan.fallback'] = true;
+  if (k.fallback) out.bool(K['kspan.fallback'], true);
+}
+
+/** The attributes of a retransmit or reset event. */
+export function describeEventAttributes(e: KernelSpanEvent, out: AttributeSink): void {
+  out.string(K['kspan.tcp.state'], tcpStateName(e.tcpState));
+  if (e.name === 'tcp.reset') out.string(K['kspan.reset.direction'], e.resetSent ? 'sent' : 'received');
+  if (e.errno) out.number(K['kspan.errno'], e.errno);
+}
+
+/** SpanKind (@opentelemetry/api numbering): an exchange root is the server or client side; the rest are internal. */
+export function spanKindOf(k: KernelSpan): number {
+  return k.name === 'tcp.exchange' ? (k.role === 'server' ? SPAN_KIND_SERVER : SPAN_KIND_CLIENT) : SPAN_KIND_INTERNAL;
+}
+
+const UNSET: SpanStatus = Object.freeze({ code: STATUS_UNSET });
+
+/** The span's status: an error with its message, else unset (one shared, frozen object). */
+export function spanStatusOf(k: KernelSpan): SpanStatus {
+  return k.error ? { code: STATUS_ERROR, message: k.error } : UNSET;
+}
+
+/** The span's end on the kernel clock, never before its start. */
+export function spanEndNs(k: KernelSpan): bigint {
+  return k.endNs < k.startNs ? k.startNs : k.endNs;
+}
+
+/** An AttributeSink that fills a plain Attributes object. */
+class AttributesObjectSink implements AttributeSink {
+  attributes: Attributes = {};
+
+  string(key: number, value: string): void {
+    this.attributes[KERNEL_ATTRIBUTE_KEYS[key]] = value;
+  }
+
+  number(key: number, value: number): void {
+    this.attributes[KERNEL_ATTRIBUTE_KEYS[key]] = value;
+  }
+
+  bool(key: number, value: boolean): void {
+    this.attributes[KERNEL_ATTRIBUTE_KEYS[key]] = value;
+  }
+}
+
+const objectSink = new AttributesObjectSink();
+
+/** Semantic-convention and kspan.* attributes of a kernel span, as an object. */
+export function spanAttributes(k: KernelSpan): Attributes {
+  const a: Attributes = {};
+  objectSink.attributes = a;
+  describeSpanAttributes(k, objectSink);
   return a;
 }
 
 function timedEvent(e: KernelSpanEvent, offsetNs: bigint): TimedEvent {
-  const attributes: Attributes = { 'kspan.tcp.state': tcpStateName(e.tcpState) };
-  if (e.name === 'tcp.reset') attributes['kspan.reset.direction'] = e.resetSent ? 'sent' : 'received';
-  if (e.errno) attributes['kspan.errno'] = e.errno;
+  const attributes: Attributes = {};
+  objectSink.attributes = attributes;
+  describeEventAttributes(e, objectSink);
   return { name: e.name, time: monotonicToHrTime(e.tsNs, offsetNs), attributes };
 }

@@ -1,8 +1,12 @@
 /**
- * The span half of the agent in one object: KernelRecords in, exported spans out.
- * SocketCorrelator → SpanBuilder → ExportPipeline (OTLP or the console tree), for
- * `kspan run` (live: never blocks the ring-buffer reader; overflow is counted) and
- * `kspan replay` (a file: waits for the exporter instead of dropping).
+ * The span half of the agent in one object: KernelRecords in, exported spans out,
+ * for `kspan run` (live: never blocks the ring-buffer reader; overflow is counted)
+ * and `kspan replay` (a file: waits for the exporter instead of dropping).
+ *
+ * - To an OTLP endpoint: SocketCorrelator → KernelSpanEncoder (OTLP protobuf bytes
+ *   per span) → ExportPipeline → the OpenTelemetry exporter's transport.
+ * - To the console tree or a caller's SpanExporter: SocketCorrelator → SpanBuilder
+ *   (ReadableSpans) → ExportPipeline → that exporter.
  */
 import type { Attributes } from '@opentelemetry/api';
 import type { Resource } from '@opentelemetry/resources';
@@ -11,14 +15,17 @@ import type { Logger } from 'pino';
 import { TUNING } from '../core/config.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import { ConsoleTreeExporter } from '../export/console-tree.ts';
+import { EncodedSpanSizer } from '../export/export-request.ts';
 import {
-  createOtlpExporter,
+  createEncodedOtlpExporter,
   ExportPipeline,
   resolveExportTarget,
+  type BatchExporter,
   type ExportCounters,
   type ExportPipelineOptions,
   type ExportTarget,
 } from '../export/export-pipeline.ts';
+import { KernelSpanEncoder, type EncodedSpan } from '../export/span-encoder.ts';
 import type { KernelSpan } from './kernel-span.ts';
 import { SocketCorrelator, type CorrelatorCounters, type SocketCorrelatorOptions } from './socket-correlator.ts';
 import { SpanBuilder } from './span-builder.ts';
@@ -41,8 +48,11 @@ export interface SpanPipelineOptions {
   /** Live: how often held spans and idle sockets are checked. Default TUNING.correlatorTickMs. */
   tickMs?: number;
   correlator?: Partial<Omit<SocketCorrelatorOptions, 'emit' | 'orphans' | 'clock'>>;
-  export?: Partial<Omit<ExportPipelineOptions, 'exporter' | 'logger'>>;
+  export?: Partial<Omit<ExportPipelineOptions, 'exporter' | 'sizer' | 'logger'>>;
 }
+
+/** What the export queue holds: OTLP bytes, or ReadableSpans for the console or a caller's exporter. */
+type ExportItem = EncodedSpan | ReadableSpan;
 
 export interface SpanPipelineStats {
   correlator: CorrelatorCounters;
@@ -55,28 +65,44 @@ export interface SpanPipelineStats {
 
 export class SpanPipeline {
   readonly correlator: SocketCorrelator;
-  readonly builder: SpanBuilder;
-  readonly exports: ExportPipeline;
+  readonly exports: ExportPipeline<ExportItem>;
   readonly target: ExportTarget | null;
+  /** The direct OTLP encoder, when spans go to an OTLP endpoint; null when they are ReadableSpans. */
+  readonly encoder: KernelSpanEncoder | null;
   readonly #mode: 'live' | 'replay';
+  /** KernelSpan → what the export queue holds. */
+  readonly #make: (k: KernelSpan) => ExportItem;
   #timer: NodeJS.Timeout | null = null;
-  /** Replay only: spans built while the export queue was full. */
-  #backlog: ReadableSpan[] = [];
+  /** Replay only: spans made while the export queue was full. */
+  #backlog: ExportItem[] = [];
 
   constructor(options: SpanPipelineOptions) {
     this.#mode = options.mode ?? 'live';
     this.target = options.exporter ? null : (options.target ?? resolveExportTarget());
-    const exporter =
-      options.exporter ??
-      (this.target!.kind === 'console'
-        ? new ConsoleTreeExporter()
-        : createOtlpExporter(this.target!, { timeoutMs: options.exportTimeoutMs }));
-    this.exports = new ExportPipeline({ ...options.export, exporter, logger: options.logger });
-    this.builder = new SpanBuilder({
+    const spanModel = {
       clockOffsetNs: options.clockOffsetNs,
       resourceFor: options.resourceFor,
       extraAttributes: options.extraAttributes,
-    });
+    };
+    const target = this.target;
+    if (target?.kind === 'otlp') {
+      const encoder = new KernelSpanEncoder(spanModel);
+      this.encoder = encoder;
+      this.#make = (k) => encoder.encode(k);
+      this.exports = new ExportPipeline<EncodedSpan>({
+        ...options.export,
+        exporter: createEncodedOtlpExporter(target, { timeoutMs: options.exportTimeoutMs }),
+        sizer: new EncodedSpanSizer(),
+        release: (s) => encoder.release(s),
+        logger: options.logger,
+      }) as ExportPipeline<ExportItem>;
+    } else {
+      this.encoder = null;
+      const builder = new SpanBuilder(spanModel);
+      this.#make = (k) => builder.build(k);
+      const exporter: BatchExporter<ReadableSpan> = options.exporter ?? new ConsoleTreeExporter();
+      this.exports = new ExportPipeline<ReadableSpan>({ ...options.export, exporter, logger: options.logger }) as ExportPipeline<ExportItem>;
+    }
     this.correlator = new SocketCorrelator({
       ...options.correlator,
       orphans: options.orphans,
@@ -124,7 +150,7 @@ export class SpanPipeline {
   }
 
   #emit(k: KernelSpan): void {
-    const span = this.builder.build(k);
+    const span = this.#make(k);
     if (this.#mode === 'replay' && (this.#backlog.length || this.exports.held >= this.exports.maxQueueSize)) {
       this.#backlog.push(span);
       return;

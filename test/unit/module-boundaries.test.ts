@@ -27,6 +27,9 @@ const PURE = [
   'src/export/columns.ts',
   'src/export/console-tree.ts',
   'src/export/export-pipeline.ts',
+  'src/export/export-request.ts',
+  'src/export/proto-writer.ts',
+  'src/export/span-encoder.ts',
   'src/kernel/programs.ts',
 ] as const;
 
