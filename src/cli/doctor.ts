@@ -119,6 +119,7 @@ export function runDoctor(): Check[] {
   };
   hook('hook:tracepoint', 'probe_tracepoint', HINT_TRACEFS);
   hook('hook:tp_btf+socket_cookie', 'probe_tp_btf_cookie', HINT_FLOOR);
+  const belowFloor = checks.at(-1)?.status === 'fail';
   hook('hook:ringbuf', 'probe_ringbuf', 'kspan needs the BPF ring buffer (Linux 5.8+)');
   hook('hook:thread_pointer', 'probe_thread_pointer', 'CO-RE read of task->thread.fsbase failed: the kernel BTF lacks it');
   hook('hook:uprobe', 'probe_uprobe', 'uprobes need CONFIG_UPROBES and tracefs/perf events', (o) =>
@@ -130,7 +131,12 @@ export function runDoctor(): Check[] {
     : 'send/recv from syscall tracepoints (sock_send_length/sock_recv_length absent: kernel < 6.3)');
 
   // The real programs, loaded and attached as `kspan run` would: one line per
-  // feature, saying which program serves it or what is lost without it.
+  // feature, saying which program serves it or what is lost without it. Below
+  // the floor every essential program is refused: say so instead of trying.
+  if (belowFloor) {
+    add('kspan-programs', 'fail', 'not loaded: this kernel is below kspan\'s floor (hook:tp_btf+socket_cookie)', HINT_FLOOR);
+    return checks;
+  }
   try {
     const t = TcpTracer.open({ onRecord: () => {} });
     void t.stop();

@@ -75,7 +75,7 @@ export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' |
  * exited targets logged.
  */
 export function openSession(config: TracingConfig, log: Logger, hooks: SessionHooks): TracingSession {
-  setLibbpfLogSink((level, line) => log[level === 'warn' ? 'warn' : 'debug']({ libbpf: line }));
+  setLibbpfLogSink((level, line) => log[level === 'warn' ? 'warn' : 'debug']({ libbpf: line }, 'libbpf'));
   return TracingSession.open({
     pids: config.pids,
     ioPath: config.ioHooks === 'auto' ? undefined : config.ioHooks,

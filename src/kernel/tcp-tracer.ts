@@ -327,14 +327,18 @@ function missingEssential(off: FeatureOff, ioPath: IoPath, forced: boolean): Ksp
 }
 
 /**
- * Kernels before 5.12 refuse bpf_get_socket_cookie() in tp_btf programs, which
- * every essential program calls: say that, rather than "verifier rejected".
+ * Kernels below kspan's floor refuse a helper an essential program calls (before
+ * 5.12: bpf_get_socket_cookie in tp_btf programs; before 5.11:
+ * bpf_get_current_task_btf): say that, rather than "verifier rejected".
  */
 function floorError(err: unknown): KspanError | undefined {
-  if (!(err instanceof VerifierError) || !/bpf_get_socket_cookie|unknown func.*#46\b/.test(err.log)) return undefined;
-  return new KspanError('KSPAN_ERR_KERNEL', `this kernel cannot give tp_btf programs socket cookies (program "${err.program}")`, {
+  if (!(err instanceof VerifierError)) return undefined;
+  const m = /unknown func (\w+)#\d+|program of this type cannot use helper (\w+)#\d+/.exec(err.log);
+  if (!m) return undefined;
+  const helper = m[1] ?? m[2];
+  return new KspanError('KSPAN_ERR_KERNEL', `this kernel lacks the BPF helper ${helper} for program "${err.program}"`, {
     hint: 'kspan needs Linux 5.12 or later (bpf_get_socket_cookie in tp_btf programs); see `kspan doctor`',
     cause: err,
-    details: { program: err.program, log: err.log },
+    details: { program: err.program, helper, log: err.log },
   });
 }

@@ -193,7 +193,7 @@ describe('loader', e2eOptions(), () => {
     }
   });
 
-  for (const variant of ['flush_idle', 'flush_idle_walk']) test(`flushIdle closes the aggregate a quiet keep-alive connection holds (${variant})`, async () => {
+  for (const variant of ['flush_idle', 'flush_idle_walk']) test(`flushIdle closes the aggregate a quiet keep-alive connection holds (${variant})`, async (t) => {
     const group = new ProcessGroup();
     const records: KernelRecord[] = [];
     // The walking variant is what kernels without bpf_loop get: force it by refusing the queued one.
@@ -201,7 +201,14 @@ describe('loader', e2eOptions(), () => {
     const tracer = TcpTracer.open({ onRecord: (r) => records.push(r) });
     delete process.env.KSPAN_FAULT_REJECT_PROGRAMS;
     try {
-      assert.equal(tracer.plan.load(variant), true);
+      if (!tracer.plan.load(variant)) {
+        // Kernels that refuse a queue map in a sleepable program (6.1, 6.12) get the walk.
+        const d = tracer.plan.decisions.get(variant);
+        assert.equal(variant, 'flush_idle');
+        assert.equal(tracer.plan.load('flush_idle_walk'), true);
+        t.skip(`this kernel refuses the queued variant: ${d && !d.load ? d.reason : '?'}`);
+        return;
+      }
       assert.deepEqual(tracer.plan.off, []);
       tracer.start();
       // the server waits for a second request that never comes: its socket stays open

@@ -99,7 +99,7 @@ describe('kspan run on a Node 24 service with kspan/publisher', e2eOptions(), ()
     agent.child.kill('SIGTERM');
     const { code } = await agent.exited;
     assert.equal(code, 0, agent.stderr.join('\n'));
-    const stopped = agent.stderr.map((l) => JSON.parse(l) as { msg: string }).find((l) => l.msg.startsWith('stopped'));
+    const stopped = agent.stderr.map((l) => JSON.parse(l) as { msg?: string }).find((l) => l.msg?.startsWith('stopped'));
     assert.equal(stopped?.msg, 'stopped', `nothing lost: ${JSON.stringify(stopped)}`);
     const target = agent.stderr.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.msg === 'target' && l.target_pid === server.pid);
     assert.equal(target?.scheme, 'nodejs_v1_dev', 'the agent read the context through the Node walk');

@@ -110,30 +110,42 @@ describe('sampling in the kernel', e2eOptions(), () => {
 });
 
 describe('orphans left in the kernel, whole connections at a time', e2eOptions(), () => {
-  test('--orphans-ratio 0: no exchange or connect of a connection with no context leaves the kernel; the close says so', async () => {
+  /** One keep-alive connection between the untraced-context fixtures, under `kspan events EXTRA`. */
+  async function connection(extra: string[]) {
     const group = new ProcessGroup();
     try {
       const requests = 4;
       const args = ['--requests', String(requests), '--req-bytes', '50', '--resp-bytes', '700'];
       const server = await startServer(group, args);
       const client = startClient(group, ['--port', String(server.port), ...args]);
-      const events = await startEvents(group, [server.proc.pid, client.pid], ['--orphans-ratio', '0']);
+      const events = await startEvents(group, [server.proc.pid, client.pid], extra);
       server.proc.send('go');
       client.send('go');
       await client.waitLine(/^done$/);
       await Promise.all([client.exited, server.proc.exited]);
       await new Promise((r) => setTimeout(r, 300));
       const records = (await stopEvents(events)).filter((e) => e.type !== 'target');
-      assert.deepEqual(records.map((e) => e.type).sort(), ['accept', 'close', 'close']);
-      for (const c of records.filter((e) => e.type === 'close')) {
-        assert.equal(c.after_dropped, true);
-        assert.equal(c.bytes_sent, c.pid === server.proc.pid ? requests * 700 : requests * 50);
-      }
       const stop = events.stderr.map((l) => JSON.parse(l) as StopLog).find((l) => l.counters);
-      // Each side: a request and a response aggregate per exchange; the client's connect.
-      assert.equal(stop?.counters?.KSPAN_C_ORPHAN_SKIPPED, 2 * 2 * requests + 1);
+      return { records, counters: stop?.counters ?? {}, server: server.proc.pid, requests };
     } finally {
       await group.killAll();
     }
+  }
+
+  test('--orphans-ratio 0: no exchange or connect of a connection with no context leaves the kernel; the close says so', async () => {
+    // Everything, then nothing: what the first run shows is exactly what the second counts.
+    const all = await connection([]);
+    const none = await connection(['--orphans-ratio', '0']);
+    const aggregates = all.records.filter((e) => e.type === 'send' || e.type === 'recv').length;
+    const connects = all.records.filter((e) => e.type === 'connect').length;
+    assert.equal(connects, 1);
+    assert.ok(aggregates >= 2 * 2 * all.requests, `${aggregates} aggregates: a request and a response per exchange on each side`);
+    assert.equal(all.counters.KSPAN_C_ORPHAN_SKIPPED, 0);
+    assert.deepEqual(none.records.map((e) => e.type).sort(), ['accept', 'close', 'close']);
+    for (const c of none.records.filter((e) => e.type === 'close')) {
+      assert.equal(c.after_dropped, true);
+      assert.equal(c.bytes_sent, c.pid === none.server ? none.requests * 700 : none.requests * 50);
+    }
+    assert.equal(none.counters.KSPAN_C_ORPHAN_SKIPPED, aggregates + connects);
   });
 });
