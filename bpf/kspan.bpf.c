@@ -265,15 +265,19 @@ static __always_inline void agg_take(struct kspan_agg *dst, struct kspan_sock *s
 }
 
 /*
- * Wake-ups are batched: a record wakes the agent only once an eighth of the ring
- * is waiting. Below that the agent drains on its own short timer (20 ms), so a
- * busy request/response loop does not pay a wake-up per record.
+ * Wake-ups are batched: the record that fills the ring past an eighth wakes the
+ * agent, once; below that, and while the agent is still draining above it, the
+ * agent reads on its own short timer (20 ms). A busy loop pays no wake-up per
+ * record, and a lagging agent is not woken again for every record it has yet to
+ * read (a forced wake-up per record cost microseconds each when it lagged).
  */
 static __always_inline void submit(void *e)
 {
 	__u64 avail = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA);
-	__u64 size = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE);
-	bpf_ringbuf_submit(e, avail >= size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	__u64 mark = bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 8;
+	/* avail counts this record (reserved): it crossed the mark if the ring was below it without it */
+	bool crossed = avail >= mark && avail < mark + sizeof(struct kspan_event) + 8;
+	bpf_ringbuf_submit(e, crossed ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /* Emits the aggregates waiting in the state: `pend` (as prev) and `main`. */
