@@ -112,7 +112,9 @@ run_tests() {
     [[ -n $file && $file != \#* ]] || continue
     name=$(basename "$file" .ts)
     args=()
-    [[ -n $pattern ]] && args=(--test-name-pattern="$pattern")
+    # a pattern with a leading '!' names tests to skip instead
+    if [[ $pattern == '!'* ]]; then args=(--test-skip-pattern="${pattern#!}")
+    elif [[ -n $pattern ]]; then args=(--test-name-pattern="$pattern"); fi
     for attempt in 1 2; do
       log=$OUT/$name.log
       tap=$OUT/$name.tap
