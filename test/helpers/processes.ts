@@ -19,17 +19,22 @@ export interface Proc {
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 }
 
-function waiter(buf: string[], onLine: Set<(l: string) => void>, what: string) {
+type Ended = { code: number | null; signal: NodeJS.Signals | null };
+
+/** Waits for a line matching `re`; fails at the timeout, or as soon as the process has ended without one. */
+function waiter(buf: string[], onLine: Set<(l: string) => void>, what: string, closed: Promise<Ended>) {
   return (re: RegExp, timeoutMs = 10_000) =>
     new Promise<RegExpExecArray>((resolve, reject) => {
       for (const l of buf) {
         const m = re.exec(l);
         if (m) return resolve(m);
       }
-      const t = setTimeout(() => {
+      const fail = (why: string) => {
+        clearTimeout(t);
         onLine.delete(check);
-        reject(new Error(`timed out waiting for ${re} on ${what}; saw:\n${buf.slice(-20).join('\n')}`));
-      }, scaled(timeoutMs));
+        reject(new Error(`${why} waiting for ${re} on ${what}; saw:\n${buf.slice(-20).join('\n')}`));
+      };
+      const t = setTimeout(() => fail('timed out'), scaled(timeoutMs));
       const check = (l: string) => {
         const m = re.exec(l);
         if (m) {
@@ -39,6 +44,10 @@ function waiter(buf: string[], onLine: Set<(l: string) => void>, what: string) {
         }
       };
       onLine.add(check);
+      // Its output is complete once the streams closed: a line that never came will not.
+      void closed.then(({ code, signal }) => {
+        if (onLine.has(check)) fail(`the process ended (${signal ?? `exit ${code}`})`);
+      });
     });
 }
 
@@ -73,16 +82,15 @@ export class ProcessGroup {
       stderr.push(l);
       for (const w of [...errWaiters]) w(l);
     });
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
-      child.on('exit', (code, signal) => resolve({ code, signal })),
-    );
+    const exited = new Promise<Ended>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+    const closed = new Promise<Ended>((resolve) => child.on('close', (code, signal) => resolve({ code, signal })));
     const p: Proc = {
       child,
       pid: child.pid,
       lines,
       stderr,
-      waitLine: waiter(lines, outWaiters, `${cmd} stdout`),
-      waitStderr: waiter(stderr, errWaiters, `${cmd} stderr`),
+      waitLine: waiter(lines, outWaiters, `${cmd} stdout`, closed),
+      waitStderr: waiter(stderr, errWaiters, `${cmd} stderr`, closed),
       send: (l) => child.stdin!.write(`${l}\n`),
       exited,
     };
