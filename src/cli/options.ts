@@ -53,8 +53,15 @@ export function waitForStop(seconds: number | undefined): StopSignal {
   };
   const promise = new Promise<string>((resolve) => {
     finish = (why) => {
-      cleanup();
-      finish = () => {};
+      // The signal handlers stay: one SIGTERM or SIGINT while kspan is flushing
+      // and exporting (it stopped on its own, say, when its targets exited) does
+      // not kill it half-way; a second one quits at once, losing what was not
+      // yet exported (exit 130).
+      cancelTimer();
+      let more = 0;
+      finish = () => {
+        if (++more >= 2) process.exit(130);
+      };
       resolve(why);
     };
     process.on('SIGINT', onInt);
