@@ -10,16 +10,9 @@ APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iptables gcc libc6-
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  log "installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+# shellcheck source=apt-ensure.sh
+. scripts/apt-ensure.sh
+ensure_debian_packages "${APT_PACKAGES[@]}"
 
 # Node 24: use the system node when it is new enough, else a project-local copy.
 sys_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)

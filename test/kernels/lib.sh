@@ -6,17 +6,10 @@ die() { log "error: $*"; exit 2; }
 # Host packages the harness needs, installed when missing.
 HOST_PACKAGES=(qemu-system-x86 debootstrap busybox-static e2fsprogs cpio xz-utils zstd tar kmod)
 
+# shellcheck source=../../scripts/apt-ensure.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../../scripts/apt-ensure.sh"
 ensure_host_packages() {
-  local missing=() p
-  for p in "${HOST_PACKAGES[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  if ((${#missing[@]})); then
-    log "installing host packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  ensure_debian_packages "${HOST_PACKAGES[@]}"
 }
 
 # The Debian mirror this machine's apt uses (deb822 URIs: or one-line deb entries),
