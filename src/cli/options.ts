@@ -71,9 +71,9 @@ export function waitForStop(seconds: number | undefined): StopSignal {
   return Object.assign(promise, { end: (why: string) => finish(why), cancel: cleanup });
 }
 
-export type TracingConfig = Pick<RunConfig, 'pids' | 'ioHooks' | 'maxSockets' | 'waitForTargets' | 'orphansRatio'> & { unsampled?: boolean };
+export type TracingConfig = Pick<RunConfig, 'pids' | 'ioHooks' | 'maxSockets' | 'waitForTargets' | 'orphansRatio'> & { unsampled?: boolean; noSched?: boolean };
 
-export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone'>;
+export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onSchedRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone'>;
 
 /**
  * The tracing session of run, events and record: the targets checked first
@@ -90,6 +90,7 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
     waitForTargets: config.waitForTargets,
     policy: { keepUnsampled: config.unsampled ?? false, orphanRatio: config.orphansRatio },
     onRecord: hooks.onRecord,
+    onSchedRecord: config.noSched ? undefined : hooks.onSchedRecord,
     onTarget: hooks.onTarget,
     onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
     onRingError: ringErrorLog(log),

@@ -29,6 +29,8 @@ export interface ProgramSpec {
 
 export interface FeatureSpec {
   readonly grade: Grade;
+  /** Its programs work only together: when one cannot load, none does. */
+  readonly whole?: boolean;
   /** What is missing from kspan's output while the feature is off. */
   readonly lost: string;
 }
@@ -42,6 +44,7 @@ export const FEATURES = {
   'reset-received': { grade: 'optional', lost: 'resets kspan\'s targets receive' },
   accept: { grade: 'optional', lost: 'accept records: the accept-queue wait, and the server role of accepted sockets' },
   'idle-flush': { grade: 'optional', lost: 'closing the last response of a quiet keep-alive connection before its next request or close' },
+  sched: { grade: 'optional', whole: true, lost: 'thread.sched spans: on-CPU, blocked and run-queue time per span' },
 } as const satisfies Record<string, FeatureSpec>;
 export type Feature = keyof typeof FEATURES;
 
@@ -65,6 +68,10 @@ export const PROGRAMS: readonly ProgramSpec[] = [
   // Variants without prototypes: the first one the kernel accepts is loaded.
   { name: 'flush_idle', section: 'syscall', feature: 'idle-flush', grade: 'optional' },
   { name: 'flush_idle_walk', section: 'syscall', feature: 'idle-flush', grade: 'optional' },
+  // bpf/sched.bpf.h: one feature, all three or none.
+  { name: 'on_sched_switch', section: 'tp_btf/sched_switch', feature: 'sched', grade: 'optional', args: 4 },
+  { name: 'on_sched_wakeup', section: 'tp_btf/sched_wakeup', feature: 'sched', grade: 'optional', args: 1 },
+  { name: 'on_sched_wakeup_new', section: 'tp_btf/sched_wakeup_new', feature: 'sched', grade: 'optional', args: 1 },
 ];
 
 export function programSpec(name: string): ProgramSpec | undefined {
@@ -81,8 +88,8 @@ export interface KernelHooks {
 
 export type ProgramDecision =
   | { load: true }
-  /** Not wanted here: the other I/O path, or a variant for another prototype. No loss. */
-  | { load: false; why: 'other-path' | 'other-variant'; reason: string }
+  /** Not wanted here: the other I/O path, a variant for another prototype, or a feature switched off by the user. No loss. */
+  | { load: false; why: 'other-path' | 'other-variant' | 'disabled'; reason: string }
   /** Wanted, but the kernel lacks the hook or refused the program: a loss. */
   | { load: false; why: 'missing' | 'rejected'; reason: string };
 
@@ -125,10 +132,15 @@ export function planPrograms(
   ioPath: IoPath,
   rejected: ReadonlyMap<string, string> = new Map(),
   programs: readonly ProgramSpec[] = PROGRAMS,
+  disabled: ReadonlySet<string> = new Set(),
 ): ProgramPlan {
   const decisions = new Map<string, ProgramDecision>();
   const bySection = new Map<string, ProgramSpec[]>();
   for (const p of programs) {
+    if (disabled.has(p.feature)) {
+      decisions.set(p.name, { load: false, why: 'disabled', reason: `${p.feature} switched off` });
+      continue;
+    }
     if (p.ioPath && p.ioPath !== ioPath) {
       decisions.set(p.name, { load: false, why: 'other-path', reason: `send/recv path ${p.ioPath} not in use (${ioPath})` });
       continue;
@@ -164,10 +176,23 @@ export function planPrograms(
       }
     }
   }
+  // A feature whose programs work only together loses all of them with one.
+  for (const [feature, spec] of Object.entries(FEATURES) as [Feature, FeatureSpec][]) {
+    if (!spec.whole) continue;
+    const own = programs.filter((p) => p.feature === feature);
+    const lost = own.find((p) => {
+      const d = decisions.get(p.name);
+      return d && !d.load && (d.why === 'missing' || d.why === 'rejected');
+    });
+    if (!lost) continue;
+    for (const p of own) {
+      if (decisions.get(p.name)?.load) decisions.set(p.name, { load: false, why: 'rejected', reason: `goes with ${lost.name}, which cannot load` });
+    }
+  }
   const offByFeature = new Map<Feature, FeatureOff>();
   for (const p of programs) {
     const d = decisions.get(p.name)!;
-    if (d.load || d.why === 'other-path' || d.why === 'other-variant') continue;
+    if (d.load || d.why === 'other-path' || d.why === 'other-variant' || d.why === 'disabled') continue;
     const feature = p.feature as Feature;
     let off = offByFeature.get(feature);
     if (!off) {
