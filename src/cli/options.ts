@@ -125,7 +125,7 @@ export function ringErrorLog(log: Pick<Logger, 'warn'>, everyMs = 10_000, now = 
 
 /** Records the kernel side lost: ring buffer full, socket table full, refused by the decoder. */
 export function recordsLost(c: TracerCounters): number {
-  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.decode_errors;
+  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.KSPAN_C_SCHED_TABLE_FULL + c.decode_errors;
 }
 
 /** Why a command stopped, as its "stopping" line says. */

@@ -70,6 +70,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
   try {
     session = openSession(config, log, {
       onRecord: (r) => pipeline.push(r),
+      onSchedRecord: (r) => pipeline.pushSched(r),
       onTarget: (t) => {
         resources.set(t.pid, t.process.resource);
         if (t.process.threadLocal) keyMaps.set(t.pid, t.process.threadLocal.keyMap);

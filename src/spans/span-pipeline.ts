@@ -29,6 +29,8 @@ import { KernelSpanEncoder, type EncodedSpan } from '../export/span-encoder.ts';
 import type { KernelSpan } from './kernel-span.ts';
 import { SocketCorrelator, type CorrelatorCounters, type SocketCorrelatorOptions } from './socket-correlator.ts';
 import { SpanBuilder } from './span-builder.ts';
+import type { SchedRecord } from '../records/sched-record.ts';
+import { SchedSpans, type SchedSpanCounters } from './sched-spans.ts';
 
 export interface SpanPipelineOptions {
   /** The target's Resource, one object per pid. */
@@ -56,6 +58,8 @@ type ExportItem = EncodedSpan | ReadableSpan;
 
 export interface SpanPipelineStats {
   correlator: CorrelatorCounters;
+  /** thread.sched spans from scheduler records. */
+  sched: SchedSpanCounters;
   export: ExportCounters;
   /** Sockets with state in the correlator. */
   sockets: number;
@@ -65,6 +69,7 @@ export interface SpanPipelineStats {
 
 export class SpanPipeline {
   readonly correlator: SocketCorrelator;
+  readonly sched: SchedSpans;
   readonly exports: ExportPipeline<ExportItem>;
   readonly target: ExportTarget | null;
   /** The direct OTLP encoder, when spans go to an OTLP endpoint; null when they are ReadableSpans. */
@@ -109,6 +114,7 @@ export class SpanPipeline {
       clock: this.#mode === 'replay' ? 'records' : undefined,
       emit: (k) => this.#emit(k),
     });
+    this.sched = new SchedSpans((k) => this.#emit(k));
     if (this.#mode === 'live') {
       this.#timer = setInterval(() => this.correlator.tick(), options.tickMs ?? TUNING.correlatorTickMs);
       this.#timer.unref();
@@ -117,6 +123,11 @@ export class SpanPipeline {
 
   push(record: KernelRecord): void {
     this.correlator.push(record);
+  }
+
+  /** A scheduler record: its thread.sched span goes straight to export. */
+  pushSched(record: SchedRecord): void {
+    this.sched.push(record);
   }
 
   processExited(pid: number): void {
@@ -143,6 +154,7 @@ export class SpanPipeline {
   stats(): SpanPipelineStats {
     return {
       correlator: this.correlator.counters,
+      sched: this.sched.counters,
       export: this.exports.counters,
       sockets: this.correlator.socketCount,
       held: this.exports.held,
