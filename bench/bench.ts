@@ -254,7 +254,7 @@ function schedRows(r: SchedR) {
   row({ measure: 'floor: trivial counter on sched_switch', value: `${int(s.floorNsPerRun)} ns per switch` });
   row({ measure: 'kspan, untraced switch (every other switch on the machine)', value: `${int(s.untracedNsPerRun)} ns`, vsFloor: `${fix(s.untracedNsPerRun / s.floorNsPerRun)} ×`, target: '≤ 2 × floor', met: s.untracedNsPerRun <= 2 * s.floorNsPerRun });
   row({ measure: 'kspan, traced switch, span held', value: `${int(s.heldNsPerSwitch)} ns`, vsFloor: `${fix(s.heldNsPerSwitch / s.floorNsPerRun)} ×` });
-  row({ measure: 'kspan, traced switch, span changing (a record each)', value: `${int(s.changeNsPerSwitch)} ns; ${fix(s.recordsPerSwitch, 3)} records/switch`, vsFloor: `${fix(s.changeNsPerSwitch / s.floorNsPerRun)} ×` });
+  row({ measure: 'kspan, traced switch, span changing (a record each)', value: `${int(s.changeNsPerSwitch)} ns; ${fix(s.recordsPerSwitch, 3)} records/switch delivered, ${fix(s.lostPerSwitch, 3)} lost (ring full)`, vsFloor: `${fix(s.changeNsPerSwitch / s.floorNsPerRun)} ×` });
   row({ measure: 'kspan sched_wakeup, untraced', value: `${int(s.wakeupNsPerRun)} ns per wakeup` });
 }
 

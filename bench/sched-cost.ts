@@ -38,8 +38,9 @@ export interface SchedCostRun {
   heldNsPerSwitch: number;
   changeNsPerSwitch: number;
   wakeupNsPerRun: number;
-  /** Records made in the span-changing run, per workload switch. */
+  /** Records made in the span-changing run, per workload switch: delivered, and lost (ring full). */
   recordsPerSwitch: number;
+  lostPerSwitch: number;
   switchesPerSecond: number;
 }
 
@@ -83,6 +84,7 @@ export async function schedCostBench(o: SchedCostOptions): Promise<{ runs: Sched
       if (traced) session.addPid(proc.pid);
       const s0 = progStats('self');
       const r0 = records;
+      const l0 = session.counters().KSPAN_C_RINGBUF_FULL;
       const t0 = performance.now();
       proc.send('go');
       await proc.waitLine(/^done$/, 300_000);
@@ -93,7 +95,8 @@ export async function schedCostBench(o: SchedCostOptions): Promise<{ runs: Sched
       proc.child.stdin!.end();
       await proc.exited;
       const wake = wakeupIds.map((id) => delta(s0.get(id), s1.get(id))).sort((a, b) => b.runs - a.runs)[0];
-      return { floor: delta(s0.get(floorId), s1.get(floorId)), sw: delta(s0.get(switchId), s1.get(switchId)), wake, secs, records: records - r0 };
+      const lost = session.counters().KSPAN_C_RINGBUF_FULL - l0;
+      return { floor: delta(s0.get(floorId), s1.get(floorId)), sw: delta(s0.get(switchId), s1.get(switchId)), wake, secs, records: records - r0, lost };
     };
     const S = 2 * o.roundsPerRun;
     for (let i = 0; i < o.runs; i++) {
@@ -109,10 +112,11 @@ export async function schedCostBench(o: SchedCostOptions): Promise<{ runs: Sched
         changeNsPerSwitch: traced(c),
         wakeupNsPerRun: u.wake ? u.wake.ns / Math.max(1, u.wake.runs) : NaN,
         recordsPerSwitch: c.records / S,
+        lostPerSwitch: c.lost / S,
         switchesPerSecond: S / u.secs,
       };
       o.log(`sched run ${i + 1}: floor ${r.floorNsPerRun.toFixed(0)} ns/run, untraced ${uNs.toFixed(0)} ns/run (${(uNs / r.floorNsPerRun).toFixed(2)} × floor), ` +
-        `traced ${r.heldNsPerSwitch.toFixed(0)} ns/switch held, ${r.changeNsPerSwitch.toFixed(0)} changing (${r.recordsPerSwitch.toFixed(3)} records/switch), wakeup ${r.wakeupNsPerRun.toFixed(0)} ns/run`);
+        `traced ${r.heldNsPerSwitch.toFixed(0)} ns/switch held, ${r.changeNsPerSwitch.toFixed(0)} changing (${r.recordsPerSwitch.toFixed(3)} records/switch delivered, ${r.lostPerSwitch.toFixed(3)} lost: ring full), wakeup ${r.wakeupNsPerRun.toFixed(0)} ns/run`);
       out.push(r);
     }
   } finally {
@@ -136,7 +140,7 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   console.log(`floor (trivial counter)    ${s.floorNsPerRun.toFixed(0)} ns per sched_switch`);
   console.log(`kspan, untraced switch     ${s.untracedNsPerRun.toFixed(0)} ns (${(s.untracedNsPerRun / s.floorNsPerRun).toFixed(2)} × floor; target ≤ 2)`);
   console.log(`kspan, traced, span held   ${s.heldNsPerSwitch.toFixed(0)} ns per switch (${(s.heldNsPerSwitch / s.floorNsPerRun).toFixed(2)} × floor)`);
-  console.log(`kspan, traced, span change ${s.changeNsPerSwitch.toFixed(0)} ns per switch (${(s.changeNsPerSwitch / s.floorNsPerRun).toFixed(2)} × floor), ${s.recordsPerSwitch.toFixed(3)} records per switch`);
+  console.log(`kspan, traced, span change ${s.changeNsPerSwitch.toFixed(0)} ns per switch (${(s.changeNsPerSwitch / s.floorNsPerRun).toFixed(2)} × floor), ${s.recordsPerSwitch.toFixed(3)} records per switch delivered, ${s.lostPerSwitch.toFixed(3)} lost (ring full)`);
   console.log(`kspan sched_wakeup         ${s.wakeupNsPerRun.toFixed(0)} ns per wakeup (untraced)`);
   console.log(`switch rate, untraced run  ${s.switchesPerSecond.toFixed(0)} /s`);
 }
