@@ -7,7 +7,9 @@
  *   sched_switch      on the CPU that switches, `current` still the outgoing task
  *                     (prev): its TLS is readable, but no page fault can be
  *                     served there, so a context read of a page not resident
- *                     fails (counted: KSPAN_C_SCHED_CTX_FAULT). Switch-out of
+ *                     fails (counted: KSPAN_C_SCHED_CTX_FAILED; so is a record
+ *                     caught mid-update, the thread preempted in its writer);
+ *                     the thread then keeps the span it had. Switch-out of
  *                     prev, switch-in of next.
  *   sched_wakeup      any context (the waker's): a blocked thread becomes runnable.
  *   sched_wakeup_new  a new thread: state left by a dead thread with its tid is closed.
@@ -59,6 +61,25 @@ struct {
 	__type(key, __u32);
 	__type(value, struct kspan_sched_thread);
 } sched_scratch SEC(".maps");
+
+/* The calling CPU's count of failed context reads (fault, torn, mid-update), to tell a failure from no span. */
+static __always_inline __u64 ctx_read_failures(void)
+{
+	__u64 n = 0;
+	__u32 k = KSPAN_C_CTX_TORN;
+	__u64 *v = bpf_map_lookup_elem(&counters, &k);
+	if (v)
+		n += *v;
+	k = KSPAN_C_CTX_INVALID;
+	v = bpf_map_lookup_elem(&counters, &k);
+	if (v)
+		n += *v;
+	k = KSPAN_C_CTX_FAULT;
+	v = bpf_map_lookup_elem(&counters, &k);
+	if (v)
+		n += *v;
+	return n;
+}
 
 /* Emits the thread's aggregate (or counts it, unsampled). */
 static __always_inline void sched_emit(struct kspan_sched_thread *st, __u8 flags)
@@ -125,12 +146,16 @@ static __always_inline void sched_out(const struct kspan_target *t, struct task_
 
 	struct kspan_trace_ctx cur;
 	__u16 attrs_size;
-	__u32 fk = KSPAN_C_CTX_FAULT;
-	__u64 *faults = bpf_map_lookup_elem(&counters, &fk);
-	__u64 faults_before = faults ? *faults : 0;
+	__u64 failures = ctx_read_failures();
 	__u64 rec = read_thread_ctx_head(tgid, &t->loc, &cur, &attrs_size);
-	if (faults && *faults != faults_before)
-		count(KSPAN_C_SCHED_CTX_FAULT);
+	if (ctx_read_failures() != failures) {
+		count(KSPAN_C_SCHED_CTX_FAILED);
+		/* Not "no span": the thread keeps the one it had (none: nothing to keep). */
+		if (!st)
+			return;
+		cur = st->agg.ctx;
+		rec = 0;
+	}
 
 	__u64 sum = prev->se.sum_exec_runtime;
 	/* The run that ends: since the last switch-out we saw, or since this run's switch-in. */

@@ -8,7 +8,9 @@
  *  - spin pinned to one CPU that a busy sibling thread (no span) shares:
  *    run-queue wait > 0, involuntary switches > 0, no migration;
  *  - an unsampled span, and the same work with no span: nothing (the unsampled
- *    one counted once in KSPAN_C_SCHED_UNSAMPLED).
+ *    one counted once in KSPAN_C_SCHED_UNSAMPLED);
+ *  - a switch-out whose context read faults (the record's page not resident):
+ *    counted, and the thread keeps its span (one record, every sleep in it).
  * Each figure is compared with the thread's schedstat deltas over the span.
  *
  * Tolerances. kspan counts from the span's first run to its last: a few
@@ -70,6 +72,7 @@ describe('thread.sched through kspan events', e2eOptions(), () => {
     jobs.unsampled = await fx.run('spin', 50, { traceId: TRACE, spanId: span(4), sampled: false });
     jobs.nospan = await fx.run('spin', 50, null);
     jobs.nospanSleep = await fx.run('sleep', 50, null);
+    jobs.fault = await fx.run('fault', 20, { traceId: TRACE, spanId: span(5), sampled: true });
     const lines = await stopEvents(events);
     sched = lines.filter((l) => l.type === 'sched');
     const stopped = events.stderr.find((l) => /"msg":"stopped"/.test(l));
@@ -87,7 +90,7 @@ describe('thread.sched through kspan events', e2eOptions(), () => {
   test('one record per sampled span, on the worker thread, none for the unsampled span or the thread with no span', () => {
     assert.deepEqual(
       sched.map((l) => [l.pid, l.tid, l.trace_id, l.span_id, l.trace_flags]),
-      [1, 2, 3].map((n) => [pid, workerTid, TRACE, span(n), 1]),
+      [1, 2, 3, 5].map((n) => [pid, workerTid, TRACE, span(n), 1]),
     );
     assert.equal(stopLog.counters.KSPAN_C_SCHED_UNSAMPLED, 1, 'the unsampled span counted once');
     assert.equal(stopLog.counters.KSPAN_C_SCHED_TABLE_FULL, 0);
@@ -117,6 +120,13 @@ describe('thread.sched through kspan events', e2eOptions(), () => {
     assert.equal(r.max_off_cpu_reason, 'blocked');
     assert.equal(r.max_off_cpu_syscall, 'clock_nanosleep');
     assert.ok(r.max_off_cpu_ns >= Y * MS);
+  });
+
+  test('a context read that faults at a switch-out is counted, and the thread keeps its span', () => {
+    const r = rec(5);
+    assert.ok(stopLog.counters.KSPAN_C_SCHED_CTX_FAILED >= 1, `failed reads: ${stopLog.counters.KSPAN_C_SCHED_CTX_FAILED}`);
+    assert.equal(r.voluntary, 3, 'all three sleeps in the one record');
+    assert.ok(r.blocked_ns >= 60 * MS, `blocked ${r.blocked_ns}`);
   });
 
   test('contend on a pinned CPU with a busy sibling: run-queue wait and preemptions ≈ schedstat, no migration', () => {

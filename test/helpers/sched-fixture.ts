@@ -47,7 +47,7 @@ export interface SchedFixture {
   pid: number;
   workerTid: number;
   /** Runs one job and waits for its report. `ids` null: no span. */
-  run(kind: 'spin' | 'sleep' | 'contend', ms: number, ids: { traceId: string; spanId: string; sampled: boolean } | null): Promise<JobReport>;
+  run(kind: 'spin' | 'sleep' | 'contend' | 'fault', ms: number, ids: { traceId: string; spanId: string; sampled: boolean } | null): Promise<JobReport>;
 }
 
 export async function startSchedFixture(group: ProcessGroup): Promise<SchedFixture> {
