@@ -22,7 +22,7 @@ const SCHED = PROGRAMS.filter((p) => p.feature === 'sched').map((p) => p.name);
 
 function hooks(release: string): KernelHooks {
   const k = JSON.parse(readFileSync(join(REPO_ROOT, `test/fixtures/kernels/${release}.json`), 'utf8')) as { tracepoints: Record<string, string[]> };
-  return { tracepointArgs: (n) => k.tracepoints[n]?.length, hasTracepoint: (c) => c === 'syscalls' };
+  return { tracepointArgs: (n) => k.tracepoints[n]?.length, hasTracepoint: (c) => c === 'syscalls', can: () => true };
 }
 
 describe('the sched feature in the load plan', () => {
