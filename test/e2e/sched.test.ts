@@ -188,3 +188,24 @@ describe('thread.sched through kspan run', e2eOptions(), () => {
     assert.equal(stopped.spans.sched.records, 0);
   });
 });
+
+describe('thread.sched when the kernel refuses a scheduler program', e2eOptions(), () => {
+  const group = new ProcessGroup();
+  after(() => group.killAll());
+
+  test('the whole feature is switched off with a warning naming what is lost; kspan events runs on', async () => {
+    const fx = await startSchedFixture(group);
+    const events = await startEvents(group, [fx.pid], [], { KSPAN_FAULT_REJECT_PROGRAMS: 'on_sched_wakeup' });
+    await events.waitLine(/"type":"target"/, 20_000);
+    await fx.run('sleep', 20, { traceId: TRACE, spanId: span(11), sampled: true });
+    const lines = await stopEvents(events);
+    assert.deepEqual(lines.filter((l) => l.type === 'sched'), []);
+    const warn = events.stderr.map((l) => JSON.parse(l)).find((l) => l.feature === 'sched');
+    assert.ok(warn, events.stderr.join('\n'));
+    assert.equal(warn.level, 40);
+    assert.deepEqual(warn.programs.map((p: { name: string }) => p.name), ['on_sched_switch', 'on_sched_wakeup', 'on_sched_wakeup_new']);
+    assert.equal(warn.lost, 'thread.sched spans: on-CPU, blocked and run-queue time per span');
+    const tracing = events.stderr.map((l) => JSON.parse(l)).find((l) => l.msg === 'tracing');
+    assert.deepEqual([tracing.sched, tracing.featuresOff], [false, ['sched']]);
+  });
+});
