@@ -164,7 +164,8 @@ describe('thread.sched through kspan run', e2eOptions(), () => {
     agent.child.kill('SIGTERM');
     assert.equal((await agent.exited).code, 0, agent.stderr.join('\n'));
     const s = spans.filter((x) => x.name === 'thread.sched');
-    assert.equal(s.length, 1, JSON.stringify(spans.map((x) => x.name)));
+    const show = (xs: typeof spans) => JSON.stringify(xs.map((x) => ({ name: x.name, parent: x.parentSpanId, start: String(x.startTimeUnixNano), end: String(x.endTimeUnixNano), attributes: x.attributes })));
+    assert.equal(s.length, 1, `${show(spans)}\n${agent.stderr.join('\n')}`);
     const k = s[0];
     assert.equal(k.traceId, TRACE);
     assert.equal(k.parentSpanId, span(9));
