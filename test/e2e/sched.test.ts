@@ -116,7 +116,8 @@ describe('thread.sched through kspan events', e2eOptions(), () => {
   test('sleep: blocked ≈ the time asleep and ≈ wall − on-CPU − run-queue', () => {
     const r = rec(2);
     const d = delta(jobs.sleep);
-    assert.ok(r.blocked_ns >= Y * MS && r.blocked_ns <= (Y + 50) * MS, `blocked ${r.blocked_ns} ns for a ${Y} ms sleep`);
+    // At least the sleep; how much longer (a late timer) is what schedstat says below.
+    assert.ok(r.blocked_ns >= Y * MS, `blocked ${r.blocked_ns} ns for a ${Y} ms sleep`);
     near(r.blocked_ns, d.wall - d.onCpu - d.runq, 'blocked');
     near(r.on_cpu_ns, d.onCpu, 'on-CPU');
     near(r.runq_ns, d.runq, 'run-queue');
@@ -158,7 +159,7 @@ describe('thread.sched through kspan run', e2eOptions(), () => {
   test('a thread.sched child of the span, with kspan.sched.* attributes and a thread.off_cpu event; --no-sched: none', async () => {
     const fx = await startSchedFixture(group);
     const agent = group.start(KSPAN_BIN, ['run', '--pid', String(fx.pid), '--otlp-endpoint', receiver.endpoint]);
-    await agent.waitStderr(/"msg":"target"/, 20_000);
+    await agent.waitStderr(/"msg":"target"/, 60_000);
     const job = await fx.run('sleep', 80, { traceId: TRACE, spanId: span(9), sampled: true });
     const spans = await receiver.waitForSpans(1, 20_000);
     agent.child.kill('SIGTERM');
@@ -172,7 +173,7 @@ describe('thread.sched through kspan run', e2eOptions(), () => {
     assert.equal(k.attributes['process.pid'], fx.pid);
     assert.equal(k.attributes['thread.id'], job.tid);
     const blocked = Number(k.attributes['kspan.sched.blocked_ns']);
-    assert.ok(blocked >= 80 * MS && blocked <= 130 * MS, `blocked ${blocked}`);
+    assert.ok(blocked >= 80 * MS && blocked <= job.end.t - job.start.t, `blocked ${blocked} ns: at least the sleep, at most the span's wall time`);
     assert.equal(k.attributes['kspan.sched.voluntary_switches'], 1);
     for (const a of ['on_cpu_ns', 'runqueue_ns', 'involuntary_switches', 'migrations']) assert.equal(typeof k.attributes[`kspan.sched.${a}`], 'number', a);
     assert.equal(k.events.length, 1);
@@ -184,7 +185,7 @@ describe('thread.sched through kspan run', e2eOptions(), () => {
     // The same work with --no-sched: the scheduler programs are not even loaded.
     const before = receiver.spans.length;
     const quiet = group.start(KSPAN_BIN, ['run', '--no-sched', '--pid', String(fx.pid), '--otlp-endpoint', receiver.endpoint]);
-    await quiet.waitStderr(/"msg":"target"/, 20_000);
+    await quiet.waitStderr(/"msg":"target"/, 60_000);
     await fx.run('sleep', 30, { traceId: TRACE, spanId: span(10), sampled: true });
     quiet.child.kill('SIGTERM');
     assert.equal((await quiet.exited).code, 0, quiet.stderr.join('\n'));
