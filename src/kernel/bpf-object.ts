@@ -328,6 +328,11 @@ export class BpfObject {
     return opts.retval;
   }
 
+  /** The fd of a loaded program (negative when it did not load). */
+  programFd(name: string): number {
+    return libbpf().programFd(this.#program(name));
+  }
+
   map(name: string): BpfMap {
     let m = this.#maps.get(name);
     if (!m) {

@@ -184,14 +184,17 @@ export class TcpTracer {
 
   /** Traces `pid` (no thread context until setContextLocation). Idempotent. */
   addPid(pid: number): void {
-    this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION, this.#policy));
+    if (this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION, this.#policy))) this.targetStats.found++;
     this.#pids.add(pid);
   }
 
   removePid(pid: number): void {
-    this.#obj.map('targets').delete(pidKey(pid));
+    if (this.#obj.map('targets').delete(pidKey(pid))) this.targetStats.forgotten++;
     this.#pids.delete(pid);
   }
+
+  /** Processes added to the `targets` map since start, and removed from it (self-metrics). */
+  readonly targetStats = { found: 0, forgotten: 0 };
 
   /** Where `pid`'s threads keep their span; false when `pid` is not traced. */
   setContextLocation(pid: number, loc: KspanTlsLoc): boolean {
