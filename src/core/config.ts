@@ -151,6 +151,10 @@ function parsePath(raw: string): string {
   return raw;
 }
 
+/** OTLP's registered ports: gRPC and HTTP (what the deployment files use; test/unit/deploy-config.test.ts). */
+export const OTLP_GRPC_PORT = 4317;
+export const OTLP_HTTP_PORT = 4318;
+
 /** The self-metrics port (Prometheus' registered default for OpenTelemetry exporters). */
 export const METRICS_DEFAULT_PORT = 9464;
 
@@ -188,7 +192,7 @@ export const SETTINGS = {
   otlpEndpoint: value<string | undefined>({
     flag: 'otlp-endpoint', arg: 'URL', env: ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'OTEL_EXPORTER_OTLP_ENDPOINT'],
     fileKey: 'export.endpoint', default: undefined, defaultText: 'none: trees on the terminal', parse: parseEndpoint,
-    help: 'where spans go over OTLP (http://host:4317 for gRPC)',
+    help: `where spans go over OTLP (http://host:${OTLP_GRPC_PORT} for gRPC)`,
   }),
   otlpProtocol: value<OtlpProtocol>({
     flag: 'otlp-protocol', arg: 'grpc|http/protobuf', env: ['OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', 'OTEL_EXPORTER_OTLP_PROTOCOL'],
@@ -260,7 +264,7 @@ export const SETTINGS = {
   metricsOtlpEndpoint: value<string | undefined>({
     flag: 'metrics-otlp-endpoint', arg: 'URL', env: ['OTEL_EXPORTER_OTLP_METRICS_ENDPOINT'], fileKey: 'metrics.otlp_endpoint',
     default: undefined, defaultText: 'off', parse: parseEndpoint,
-    help: "also push kspan's own metrics over OTLP gRPC to this endpoint (http://host:4317)",
+    help: `also push kspan's own metrics over OTLP gRPC to this endpoint (http://host:${OTLP_GRPC_PORT})`,
   }),
   metricsOtlpIntervalMs: value<number>({
     flag: 'metrics-otlp-interval-ms', arg: 'MS', env: ['OTEL_METRIC_EXPORT_INTERVAL'], fileKey: 'metrics.otlp_interval_ms', default: 60_000,
