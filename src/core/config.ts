@@ -560,6 +560,21 @@ export function faultRejectedPrograms(env: Readonly<Record<string, string | unde
   return new Set((env.KSPAN_FAULT_REJECT_PROGRAMS ?? '').split(',').map((s) => s.trim()).filter(Boolean));
 }
 
+/**
+ * Test-only, not a setting (not in --help): the ring buffer's size in bytes from
+ * KSPAN_TEST_RING_BYTES (a power of two, at least a page), so a test can
+ * overflow a tiny ring and count exactly what was lost.
+ */
+export function testRingBytes(env: Readonly<Record<string, string | undefined>> = process.env): number | undefined {
+  const raw = env.KSPAN_TEST_RING_BYTES?.trim();
+  if (!raw) return undefined;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 4096 || (n & (n - 1)) !== 0) {
+    throw new KspanError('KSPAN_ERR_USAGE', `KSPAN_TEST_RING_BYTES=${raw}: not a power of two of at least 4096`, { hint: 'unset KSPAN_TEST_RING_BYTES' });
+  }
+  return n;
+}
+
 /** Internal tunables: fixed today, one place each. */
 export const TUNING = {
   /** How often the kernel is asked to close idle send/recv aggregates. */

@@ -5,7 +5,7 @@
  * aggregate left in the kernel so no byte is missing.
  */
 import { fileURLToPath } from 'node:url';
-import { faultRejectedPrograms } from '../core/config.ts';
+import { faultRejectedPrograms, testRingBytes } from '../core/config.ts';
 import { KspanError, VerifierError, verifierLogLastLine } from '../core/errors.ts';
 import {
   decodeKspanFlushArgs,
@@ -133,6 +133,8 @@ export class TcpTracer {
    * by a signal is retried. Each attempt uses a new object.
    */
   static open(opts: TcpTracerOptions): TcpTracer {
+    const ringBytes = opts.ringBytes ?? testRingBytes();
+    if (ringBytes !== undefined) opts = { ...opts, ringBytes };
     const hooks = opts.hooks ?? kernelHooks();
     const ioPath = chooseIoPath(opts.ioPath, hooks);
     const rejected = new Map<string, string>();

@@ -82,6 +82,23 @@ async function startAgent(group: ProcessGroup, args: string[]): Promise<{ agent:
   return { agent, url };
 }
 
+/** A client that, on "go", opens and closes connections to 127.0.0.1:PORT one after another, sending nothing. */
+const CLIENT = `
+const net = require('node:net');
+const [port, n] = process.argv.slice(1).map(Number);
+console.log('ready');
+process.stdin.once('data', async () => {
+  for (let i = 0; i < n; i++) {
+    await new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => s.end());
+      s.on('close', resolve);
+      s.on('error', resolve);
+    });
+  }
+  console.log('done');
+});
+`;
+
 interface BpftoolProg {
   id: number;
   name: string;
@@ -222,6 +239,47 @@ describe('kspan run --metrics-listen', e2eOptions(), () => {
     } finally {
       await pub.stop();
       for (const s of sockets) s.destroy();
+      await new Promise((r) => sink.close(r));
+    }
+  });
+
+  test('a forced ring overflow: records lost equal what was made less what was delivered', async () => {
+    // A one-page ring holds 12 records (312 B + an 8-byte header each). The
+    // agent is stopped (SIGSTOP) while a traced client makes CONNECTIONS
+    // connections with no context: each makes exactly two ring records (connect,
+    // close), so what the agent did not get was lost, and counted.
+    const CONNECTIONS = 40;
+    const sink: Server = createServer((s) => s.on('error', () => {}).resume());
+    await new Promise<void>((r) => sink.listen(0, '127.0.0.1', r));
+    const port = (sink.address() as { port: number }).port;
+    const client = group.start(process.execPath, ['-e', CLIENT, String(port), String(CONNECTIONS)]);
+    try {
+      await client.waitLine(/^ready$/);
+      const agent = group.start(KSPAN_BIN, ['run', '--pid', String(client.pid), '--metrics-listen', '127.0.0.1:0'], {
+        env: { ...process.env, KSPAN_TEST_RING_BYTES: '4096' },
+      });
+      const url = (await agent.waitStderr(/"metrics":"(http:\/\/127\.0\.0\.1:\d+\/metrics)"/, 20_000))[1];
+      await agent.waitStderr(/"msg":"tracing"/, 20_000);
+      agent.child.kill('SIGSTOP');
+      try {
+        client.send('go');
+        await client.waitLine(/^done$/, 30_000);
+        await new Promise((r) => setTimeout(r, 500)); // the last close records
+      } finally {
+        agent.child.kill('SIGCONT');
+      }
+      const delivered = (s: Sample[]) => value(s, 'kspan_records_total', { kspan_record_type: 'connect' }) + value(s, 'kspan_records_total', { kspan_record_type: 'close' });
+      const lost = (s: Sample[]) => value(s, 'kspan_records_dropped_total', { kspan_drop_reason: 'ring_full' });
+      const s = await scrapeUntil(url, (x) => delivered(x) + lost(x) === 2 * CONNECTIONS, 'every record delivered or counted lost');
+      assert.equal(delivered(s), 12, 'a full one-page ring');
+      assert.equal(lost(s), 2 * CONNECTIONS - 12);
+      for (const t of ['accept', 'send', 'recv', 'retransmit', 'reset']) assert.equal(value(s, 'kspan_records_total', { kspan_record_type: t }), 0, t);
+      agent.child.kill('SIGTERM');
+      const { code } = await agent.exited;
+      assert.equal(code, 3, 'records were lost');
+      const last = JSON.parse(agent.stderr.filter((l) => l.startsWith('{')).at(-1)!) as { kernel: Record<string, number> };
+      assert.equal(last.kernel.KSPAN_C_RINGBUF_FULL, 2 * CONNECTIONS - 12, 'the stop line says the same');
+    } finally {
       await new Promise((r) => sink.close(r));
     }
   });
