@@ -17,6 +17,7 @@ import { BPF_PROG_INFO } from '../../src/metrics/bpf-program-stats.ts';
 import { AgentMetrics } from '../../src/metrics/metrics-server.ts';
 import { prometheusName } from '../../src/metrics/prometheus-names.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
+import { rawExportService } from '../helpers/otlp-receiver.ts';
 
 const silent = pino({ level: 'silent' });
 
@@ -199,19 +200,8 @@ describe('the Prometheus endpoint', () => {
 test('OTLP: the same metrics pushed to a gRPC receiver, once more at shutdown', async () => {
   const bodies: Buffer[] = [];
   const server = new grpc.Server();
-  const identity = (b: Buffer): Buffer => b;
   server.addService(
-    {
-      Export: {
-        path: '/opentelemetry.proto.collector.metrics.v1.MetricsService/Export',
-        requestStream: false,
-        responseStream: false,
-        requestSerialize: identity,
-        requestDeserialize: identity,
-        responseSerialize: identity,
-        responseDeserialize: identity,
-      },
-    },
+    rawExportService('/opentelemetry.proto.collector.metrics.v1.MetricsService/Export'),
     {
       Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, cb: grpc.sendUnaryData<Buffer>) => {
         bodies.push(call.request);
