@@ -22,6 +22,8 @@ import { ConfigMap, Namespace, Service, ServiceAccount } from 'kubernetes-models
 import { DaemonSet, Deployment } from 'kubernetes-models/apps/v1';
 import { ClusterRole, ClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1';
 import { METRICS_DEFAULT_PORT, OTLP_GRPC_PORT, OTLP_HTTP_PORT } from '../../src/core/config.ts';
+import { METRICS } from '../../src/metrics/agent-metrics.ts';
+import { prometheusName } from '../../src/metrics/prometheus-names.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
 
 type Doc = Record<string, any>;
@@ -271,6 +273,25 @@ describe('ports agree', () => {
     // The cluster's Collector scrapes the DaemonSet's pods by that port's name.
     const keep = clusterCollector.receivers.prometheus.config.scrape_configs[0].relabel_configs as Doc[];
     assert.ok(keep.some((r) => r.source_labels[0] === '__meta_kubernetes_pod_container_port_name' && r.regex === 'metrics'));
+  });
+});
+
+describe('Grafana', () => {
+  test("the dashboard queries kspan's metrics by their names, from a provisioned data source, where the provider looks", () => {
+    const dash = JSON.parse(read('deploy/grafana/dashboards/kspan.json'));
+    const uids = new Set((load('deploy/grafana/provisioning/datasources/datasources.yaml').datasources as Doc[]).map((d) => d.uid));
+    const names = new Set(METRICS.map((m) => prometheusName(m.name, m.unit, m.instrument === 'counter')));
+    assert.ok(dash.panels.length >= 8);
+    for (const p of dash.panels) {
+      for (const t of p.targets) {
+        assert.ok(uids.has(t.datasource.uid), `${p.title}: data source ${t.datasource.uid}`);
+        const used = [...t.expr.matchAll(/\b((?:kspan|process)_[a-z_]+)/g)].map((m) => m[1]);
+        assert.ok(used.length > 0, p.title);
+        for (const n of used) assert.ok(names.has(n), `${p.title}: ${n} is a metric kspan serves`);
+      }
+    }
+    const provider = load('deploy/grafana/provisioning/dashboards/kspan.yaml').providers[0].options.path;
+    assert.ok(compose.services.grafana.volumes.includes(`./deploy/grafana/dashboards:${provider}:ro`));
   });
 });
 
