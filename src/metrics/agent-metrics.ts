@@ -29,8 +29,10 @@ export interface AgentSnapshot {
   /** Spans with no context are exported (--orphans), not dropped. */
   orphansExported: boolean;
   targets: TargetCounts;
-  /** null when the kernel is not counting BPF runs (statistics off). */
-  programs: ProgramStats[] | null;
+  /** Each loaded program's bpf_prog_info counters. */
+  programs: ProgramStats[];
+  /** The kernel counts runs and run time (BPF statistics on); else those read 0 and are not reported. */
+  bpfStatsEnabled: boolean;
   cpu: NodeJS.CpuUsage;
   rssBytes: number;
 }
@@ -206,26 +208,28 @@ export const METRICS: readonly MetricSpec[] = [
   },
   {
     name: 'kspan.bpf.stats.enabled', instrument: 'gauge', unit: '1',
-    description: 'Whether the kernel counts BPF program runs (1) or not (0: the three kspan.bpf.program.* metrics are absent).',
-    read: (s) => [[s.programs ? 1 : 0]],
+    description: 'Whether the kernel counts BPF program runs and run time (1) or not (0: kspan.bpf.program.runs and .run.time are absent).',
+    read: (s) => [[s.bpfStatsEnabled ? 1 : 0]],
   },
   {
     name: 'kspan.bpf.program.runs', instrument: 'counter', unit: '{run}',
     attributes: { 'kspan.bpf.program.name': 'the program', 'kspan.bpf.program.id': 'its kernel id (bpftool prog show)' },
     description: "Runs of each of kspan's BPF programs (bpf_prog_info.run_cnt), system-wide: every hit of its hook, traced or not.",
-    read: (s) => (s.programs ?? []).map((p) => [Number(p.runCount), programAttributes(p)]),
+    read: (s) => (s.bpfStatsEnabled ? s.programs : []).map((p) => [Number(p.runCount), programAttributes(p)]),
   },
   {
     name: 'kspan.bpf.program.run.time', instrument: 'counter', unit: 's',
     attributes: { 'kspan.bpf.program.name': 'the program', 'kspan.bpf.program.id': 'its kernel id' },
     description: "Time spent in each of kspan's BPF programs (bpf_prog_info.run_time_ns), on whichever CPU and task hit the hook.",
-    read: (s) => (s.programs ?? []).map((p) => [Number(p.runTimeNs) / 1e9, programAttributes(p)]),
+    read: (s) => (s.bpfStatsEnabled ? s.programs : []).map((p) => [Number(p.runTimeNs) / 1e9, programAttributes(p)]),
   },
   {
     name: 'kspan.bpf.program.recursion_misses', instrument: 'counter', unit: '{run}',
     attributes: { 'kspan.bpf.program.name': 'the program', 'kspan.bpf.program.id': 'its kernel id' },
-    description: 'Hits of the hook where the program did not run, because another BPF program was running on that CPU.',
-    read: (s) => (s.programs ?? []).map((p) => [Number(p.recursionMisses), programAttributes(p)]),
+    description:
+      'Hits of the hook where the program did not run, because it was already running on that CPU (a softirq interrupting it): ' +
+      'what that run would have recorded is lost (counted with the lost records at exit). Counted whether or not BPF statistics are on.',
+    read: (s) => s.programs.map((p) => [Number(p.recursionMisses), programAttributes(p)]),
   },
   {
     name: 'process.cpu.time', instrument: 'counter', unit: 's',

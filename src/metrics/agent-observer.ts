@@ -42,7 +42,8 @@ export function observeAgent(
       exportQueueCapacity: pipeline.exports.maxQueueSize,
       orphansExported: agent.orphans,
       targets: { traced: session.tracer.pids.length, ...session.tracer.targetStats },
-      programs: programs.enabled ? programs.read() : null,
+      programs: programs.read(),
+      bpfStatsEnabled: programs.enabled,
       cpu: process.cpuUsage(),
       rssBytes: process.memoryUsage.rss(),
     };

@@ -1,7 +1,7 @@
 /**
  * What each of kspan's BPF programs costs in the kernel: its run count and run
- * time, as the kernel keeps them in `struct bpf_prog_info` while BPF run-time
- * statistics are on.
+ * time, as the kernel keeps them in `struct bpf_prog_info` (read through
+ * BpfObject.programInfo) while BPF run-time statistics are on.
  *
  * The statistics are off by default (they cost two clock reads per run). kspan
  * turns them on with bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME), which returns an
@@ -18,20 +18,6 @@ import { c, libbpf } from '../kernel/native.ts';
 
 const BPF_STATS_RUN_TIME = 0;
 
-/**
- * struct bpf_prog_info (include/uapi/linux/bpf.h): the fields read, at their
- * UAPI offsets (test/unit/metrics-bpf-info.test.ts checks them against the
- * running kernel's BTF). The kernel fills as many bytes as the caller gives.
- */
-export const BPF_PROG_INFO = {
-  id: 4,
-  runTimeNs: 192,
-  runCnt: 200,
-  recursionMisses: 208,
-  /** Bytes asked for: up to the end of recursion_misses (Linux 5.12). */
-  size: 216,
-} as const;
-
 export interface ProgramStats {
   /** The program's name in kspan.bpf.o (the kernel keeps only its first 15 bytes). */
   name: string;
@@ -39,7 +25,7 @@ export interface ProgramStats {
   id: number;
   runCount: bigint;
   runTimeNs: bigint;
-  /** Runs the kernel skipped because another BPF program was running on that CPU. */
+  /** Runs the kernel skipped because the program was already running on that CPU. */
   recursionMisses: bigint;
 }
 
@@ -53,11 +39,12 @@ function sysctlStatsOn(): boolean {
 }
 
 export class BpfProgramStats {
-  /** The fd from BPF_ENABLE_STATS; -1 when the kernel refused it. */
+  /** The fd from BPF_ENABLE_STATS; -1 when the kernel refused it, or after close(). */
   #statsFd: number;
   /** Why BPF_ENABLE_STATS was refused, if it was. */
   readonly enableError: Error | undefined;
-  #programs: { name: string; fd: number }[] = [];
+  #obj: BpfObject | undefined;
+  #names: readonly string[] = [];
   /** The last reading, kept once the programs are gone (after freeze()). */
   #frozen: ProgramStats[] | undefined;
 
@@ -78,30 +65,25 @@ export class BpfProgramStats {
     return this.#statsFd >= 0 || sysctlStatsOn();
   }
 
-  /** The programs to report: every loaded program of `obj`. */
+  /** The programs to report: `names`, those of them loaded in `obj`. */
   watch(obj: BpfObject, names: readonly string[]): void {
-    this.#programs = names.map((name) => ({ name, fd: obj.programFd(name) })).filter((p) => p.fd >= 0);
+    this.#obj = obj;
+    this.#names = names;
     this.#frozen = undefined;
   }
 
   /** Each watched program's counters now (the last reading after freeze()). */
   read(): ProgramStats[] {
     if (this.#frozen) return this.#frozen;
-    const lib = libbpf();
     const out: ProgramStats[] = [];
-    const info = Buffer.alloc(BPF_PROG_INFO.size);
-    const len = Buffer.alloc(4);
-    for (const p of this.#programs) {
-      info.fill(0);
-      len.writeUInt32LE(BPF_PROG_INFO.size);
-      if (lib.objGetInfoByFd(p.fd, info, len) !== 0) continue;
-      out.push({
-        name: p.name,
-        id: info.readUInt32LE(BPF_PROG_INFO.id),
-        runTimeNs: info.readBigUInt64LE(BPF_PROG_INFO.runTimeNs),
-        runCount: info.readBigUInt64LE(BPF_PROG_INFO.runCnt),
-        recursionMisses: info.readBigUInt64LE(BPF_PROG_INFO.recursionMisses),
-      });
+    for (const name of this.#names) {
+      let info;
+      try {
+        info = this.#obj?.programInfo(name);
+      } catch {
+        continue; // a program whose info cannot be read now is left out of this reading only
+      }
+      if (info) out.push({ name, ...info });
     }
     return out;
   }
@@ -109,7 +91,7 @@ export class BpfProgramStats {
   /** Takes a last reading and stops reading: call it before the programs' object is closed. */
   freeze(): void {
     this.#frozen ??= this.read();
-    this.#programs = [];
+    this.#obj = undefined;
   }
 
   /** Turns kspan's hold on the statistics off. Idempotent. */

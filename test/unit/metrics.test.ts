@@ -13,7 +13,7 @@ import pino from 'pino';
 import { loadConfig } from '../../src/core/config.ts';
 import { KspanError } from '../../src/core/errors.ts';
 import { METRICS, type AgentSnapshot } from '../../src/metrics/agent-metrics.ts';
-import { BPF_PROG_INFO } from '../../src/metrics/bpf-program-stats.ts';
+import { BPF_PROG_INFO } from '../../src/kernel/bpf-object.ts';
 import { AgentMetrics } from '../../src/metrics/metrics-server.ts';
 import { prometheusName } from '../../src/metrics/prometheus-names.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
@@ -88,6 +88,7 @@ function snapshot(): AgentSnapshot {
     orphansExported: false,
     targets: { traced: 3, found: 5, forgotten: 2 },
     programs: [{ name: 'on_send_length', id: 4242, runCount: 1000n, runTimeNs: 2_500_000n, recursionMisses: 1n }],
+    bpfStatsEnabled: true,
     cpu: { user: 1_500_000, system: 250_000 },
     rssBytes: 123_456_789,
   } as AgentSnapshot;
@@ -167,15 +168,17 @@ describe('the Prometheus endpoint', () => {
     }
   });
 
-  test('with --orphans, spans without context are exported, not dropped; with statistics off, no per-program metrics', async () => {
+  test('with --orphans, spans without context are exported, not dropped; with statistics off, no run counts or times (skipped runs still)', async () => {
     const metrics = await AgentMetrics.start({ listen: { host: '127.0.0.1', port: 0 }, log: silent });
     try {
-      metrics.observe(() => ({ ...snapshot(), orphansExported: true, programs: null }));
+      metrics.observe(() => ({ ...snapshot(), orphansExported: true, bpfStatsEnabled: false }));
       const s = samples(await metrics.scrape());
       assert.equal(s.get('kspan_spans_dropped_total{kspan_drop_reason="no_context"}'), 0);
       assert.equal(s.get('kspan_spans_created_total'), 80 + 12);
       assert.equal(s.get('kspan_bpf_stats_enabled'), 0);
-      assert.equal([...s.keys()].filter((k) => k.startsWith('kspan_bpf_program_')).length, 0);
+      assert.deepEqual([...s.keys()].filter((k) => k.startsWith('kspan_bpf_program_')), [
+        'kspan_bpf_program_recursion_misses_total{kspan_bpf_program_name="on_send_length",kspan_bpf_program_id="4242"}',
+      ]);
     } finally {
       await metrics.shutdown();
     }
