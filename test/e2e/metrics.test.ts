@@ -284,6 +284,30 @@ describe('kspan run --metrics-listen', e2eOptions(), () => {
     }
   });
 
+  test('without CAP_SYS_ADMIN: BPF statistics cannot be turned on, said once; kspan runs on without run counts', async () => {
+    const sysctlOn = readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'latin1').trim() === '1';
+    const idle = group.start('sleep', ['600']);
+    const agent = group.start('setpriv', ['--bounding-set', '-sys_admin', '--', KSPAN_BIN, 'run', '--pid', String(idle.pid), '--metrics-listen', '127.0.0.1:0']);
+    const url = (await agent.waitStderr(/"metrics":"(http:\/\/127\.0\.0\.1:\d+\/metrics)"/, 20_000))[1];
+    await agent.waitStderr(/"msg":"tracing"/, 20_000);
+    const warned = agent.stderr.filter((l) => l.includes('BPF run-time statistics are off'));
+    const s = await scrape(url);
+    if (sysctlOn) {
+      // The host turned the statistics on itself: kspan uses them.
+      assert.equal(value(s, 'kspan_bpf_stats_enabled'), 1);
+    } else {
+      assert.equal(warned.length, 1);
+      assert.match(warned[0], /"message":"bpf\(BPF_ENABLE_STATS\) failed: EPERM \(1\)"/);
+      assert.match(warned[0], /grant CAP_SYS_ADMIN or set sysctl kernel\.bpf_stats_enabled=1/);
+      assert.equal(value(s, 'kspan_bpf_stats_enabled'), 0);
+      assert.equal(s.filter((x) => x.name === 'kspan_bpf_program_runs_total' || x.name === 'kspan_bpf_program_run_time_seconds_total').length, 0);
+    }
+    assert.ok(s.filter((x) => x.name === 'kspan_bpf_program_recursion_misses_total').length >= 5, 'skipped runs are counted regardless');
+    agent.child.kill('SIGTERM');
+    const { code } = await agent.exited;
+    assert.equal(code, 0, agent.stderr.join('\n'));
+  });
+
   test('a port in use fails the start with KSPAN_ERR_METRICS, before the kernel is touched', async () => {
     const taken = createServer();
     await new Promise<void>((r) => taken.listen(0, '127.0.0.1', r));
