@@ -67,7 +67,7 @@ enum kspan_counter {
 	KSPAN_C_UNSAMPLED = 8,      /* a record not made: its context is not sampled (an exchange, a connect, a retransmit, a reset) */
 	KSPAN_C_ORPHAN_SKIPPED = 9, /* a record not made: no context, on a connection --orphans-ratio left out */
 	KSPAN_C_IDLE_QUEUE_FULL = 10,/* an open aggregate the idle flush will not see (its queue was full): it waits for the socket's next call or close */
-	KSPAN_C_SCHED_CTX_FAILED = 11,/* scheduler: the span could not be read at a switch-out (a page not resident: no fault can be served there; or caught mid-update): the thread keeps the span it had */
+	KSPAN_C_SCHED_CTX_FAILED = 11,/* scheduler: the span could not be read at a switch-out (a page not resident: no fault can be served there; or caught mid-update): the thread keeps the span it had (not in KSPAN_C_CTX_*, which count the TCP hooks' reads) */
 	KSPAN_C_SCHED_TABLE_FULL = 12,/* scheduler: no room for a thread's state (`sched_threads`): its time under the span is lost */
 	KSPAN_C_SCHED_UNSAMPLED = 13,/* scheduler: a (thread, span) aggregate not made: the span is not sampled */
 	KSPAN_C_MAX = 14,

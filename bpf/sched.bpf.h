@@ -62,23 +62,52 @@ struct {
 	__type(value, struct kspan_sched_thread);
 } sched_scratch SEC(".maps");
 
-/* The calling CPU's count of failed context reads (fault, torn, mid-update), to tell a failure from no span. */
-static __always_inline __u64 ctx_read_failures(void)
+/*
+ * The context reader counts its failures (fault, torn, mid-update) in the
+ * counters of the TCP hooks' reads. The scheduler's reads are told from "no
+ * span" by those counters moving, and counted in KSPAN_C_SCHED_CTX_FAILED
+ * instead: the reader's counts are put back (per CPU, and nothing else runs on
+ * this CPU inside sched_switch).
+ */
+struct ctx_failure_counts {
+	__u64 *fault, *torn, *invalid;
+	__u64 fault0, torn0, invalid0;
+};
+
+static __always_inline __u64 *counter_slot(__u32 idx)
 {
-	__u64 n = 0;
-	__u32 k = KSPAN_C_CTX_TORN;
-	__u64 *v = bpf_map_lookup_elem(&counters, &k);
-	if (v)
-		n += *v;
-	k = KSPAN_C_CTX_INVALID;
-	v = bpf_map_lookup_elem(&counters, &k);
-	if (v)
-		n += *v;
-	k = KSPAN_C_CTX_FAULT;
-	v = bpf_map_lookup_elem(&counters, &k);
-	if (v)
-		n += *v;
-	return n;
+	return bpf_map_lookup_elem(&counters, &idx);
+}
+
+static __always_inline void ctx_failures_save(struct ctx_failure_counts *c)
+{
+	c->fault = counter_slot(KSPAN_C_CTX_FAULT);
+	c->torn = counter_slot(KSPAN_C_CTX_TORN);
+	c->invalid = counter_slot(KSPAN_C_CTX_INVALID);
+	c->fault0 = c->fault ? *c->fault : 0;
+	c->torn0 = c->torn ? *c->torn : 0;
+	c->invalid0 = c->invalid ? *c->invalid : 0;
+}
+
+/* Whether the read since the save failed; its counts are moved to KSPAN_C_SCHED_CTX_FAILED. */
+static __always_inline bool ctx_failures_take(struct ctx_failure_counts *c)
+{
+	bool failed = false;
+	if (c->fault && *c->fault != c->fault0) {
+		*c->fault = c->fault0;
+		failed = true;
+	}
+	if (c->torn && *c->torn != c->torn0) {
+		*c->torn = c->torn0;
+		failed = true;
+	}
+	if (c->invalid && *c->invalid != c->invalid0) {
+		*c->invalid = c->invalid0;
+		failed = true;
+	}
+	if (failed)
+		count(KSPAN_C_SCHED_CTX_FAILED);
+	return failed;
 }
 
 /* Emits the thread's aggregate (or counts it, unsampled). */
@@ -146,10 +175,10 @@ static __always_inline void sched_out(const struct kspan_target *t, struct task_
 
 	struct kspan_trace_ctx cur;
 	__u16 attrs_size;
-	__u64 failures = ctx_read_failures();
+	struct ctx_failure_counts fc;
+	ctx_failures_save(&fc);
 	__u64 rec = read_thread_ctx_head(tgid, &t->loc, &cur, &attrs_size);
-	if (ctx_read_failures() != failures) {
-		count(KSPAN_C_SCHED_CTX_FAILED);
+	if (ctx_failures_take(&fc)) {
 		/* Not "no span": the thread keeps the one it had (none: nothing to keep). */
 		if (!st)
 			return;
