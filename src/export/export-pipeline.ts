@@ -16,18 +16,28 @@
  *   retried with exponential backoff until it goes through or the pipeline shuts
  *   down: the gRPC exporter does not retry by itself.
  * - forceFlush() and shutdown() drain the queue.
+ * - With a spool (src/export/spool.ts): a batch that fails with a retryable error
+ *   goes to disk, and so does everything made while the Collector is away
+ *   (every scheduledDelayMs) and whatever would overflow the queue; one spooled
+ *   request at a time probes the Collector (backoff capped at retryMaxMs). Once
+ *   one is acknowledged, the spool drains oldest first, alternating with live
+ *   batches so that new spans keep flowing. A shutdown that cannot drain leaves
+ *   the rest in the spool for the next start instead of dropping it.
  */
 import { OTLPTraceExporter as OtlpGrpcTraceExporter } from '@opentelemetry/exporter-trace-otlp-grpc';
 import { OTLPTraceExporter as OtlpProtoTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import type { ExportResult } from '@opentelemetry/core';
-import { OTLPExporterBase } from '@opentelemetry/otlp-exporter-base';
+import { createOtlpNetworkExportDelegate, OTLPExporterBase } from '@opentelemetry/otlp-exporter-base';
 import { convertLegacyHttpOptions, createOtlpHttpExportDelegate } from '@opentelemetry/otlp-exporter-base/node-http';
-import { convertLegacyOtlpGrpcOptions, createOtlpGrpcExportDelegate } from '@opentelemetry/otlp-grpc-exporter-base';
+import { convertLegacyOtlpGrpcOptions, createOtlpGrpcExporterMetrics } from '@opentelemetry/otlp-grpc-exporter-base';
+import { ProtobufTraceSerializer, type IExporterMetricsHelper, type ISerializer, type IExportTraceServiceResponse } from '@opentelemetry/otlp-transformer';
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
 import { pino, type Logger } from 'pino';
 import { loadSettings, TUNING, type Origin, type OtlpProtocol, type RawValues } from '../core/config.ts';
 import { EncodedSpanMetricsHelper, encodedSpanSerializer } from './export-request.ts';
+import { GrpcExportTransport } from './grpc-transport.ts';
 import type { EncodedSpan } from './span-encoder.ts';
+import type { SpanSpool, SpooledBatch } from './spool.ts';
 
 export type { OtlpProtocol };
 
@@ -111,37 +121,55 @@ export function createOtlpExporter(target: Extract<ExportTarget, { kind: 'otlp' 
 const GRPC_TRACE_SERVICE = 'TraceExportService';
 const GRPC_TRACE_EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
 
+/** kspan's OTLP exporters for one target: encoded spans, and spooled requests sent as they are. */
+export interface EncodedOtlpExporters {
+  encoded: BatchExporter<EncodedSpan>;
+  /** Shares the encoded exporter's connection (gRPC) and configuration. */
+  spooled: BatchExporter<SpooledBatch>;
+}
+
+/** Spooled requests are already ExportTraceServiceRequests: sent as they are. */
+const SPOOLED_SERIALIZER: ISerializer<SpooledBatch[], IExportTraceServiceResponse> = {
+  serializeRequest: (batches) => (batches.length === 1 ? batches[0].request : Buffer.concat(batches.map((b) => b.request))),
+  deserializeResponse: (data) => ProtobufTraceSerializer.deserializeResponse(data),
+};
+const SpooledMetricsHelper: IExporterMetricsHelper<SpooledBatch[]> = { name: 'span', countItems: (b: SpooledBatch[]) => b.reduce((n, x) => n + x.spans, 0) };
+
 /**
- * The OTLP exporter for spans kspan encoded itself (src/export/span-encoder.ts):
- * the same export delegates, transports and configuration as
- * @opentelemetry/exporter-trace-otlp-grpc and -proto (OTEL_EXPORTER_OTLP_*
- * headers, TLS, compression, timeout; OTLP/HTTP's own retries), with our
- * serializer in place of the transformer's.
+ * The OTLP exporters for spans kspan encoded itself (src/export/span-encoder.ts):
+ * the same configuration as @opentelemetry/exporter-trace-otlp-grpc and -proto
+ * (OTEL_EXPORTER_OTLP_* headers, TLS, compression, timeout; OTLP/HTTP's own
+ * retries) and their export delegates, with our serializer in place of the
+ * transformer's; over gRPC, our transport (src/export/grpc-transport.ts: bounded
+ * reconnect backoff).
  */
+export function createEncodedOtlpExporters(
+  target: Extract<ExportTarget, { kind: 'otlp' }>,
+  options: OtlpExporterOptions = {},
+): EncodedOtlpExporters {
+  const config = { url: exporterUrl(target), timeoutMillis: options.timeoutMs };
+  if (target.protocol === 'grpc') {
+    const grpc = convertLegacyOtlpGrpcOptions(config, 'TRACES');
+    const transport = new GrpcExportTransport(grpc, GRPC_TRACE_SERVICE, GRPC_TRACE_EXPORT_PATH);
+    const metrics = <I>(helper: IExporterMetricsHelper<I>) => createOtlpGrpcExporterMetrics('otlp_grpc_span_exporter', helper, grpc.url, undefined);
+    return {
+      encoded: new OTLPExporterBase(createOtlpNetworkExportDelegate(grpc, encodedSpanSerializer(true), metrics(EncodedSpanMetricsHelper), transport)),
+      spooled: new OTLPExporterBase(createOtlpNetworkExportDelegate(grpc, SPOOLED_SERIALIZER, metrics(SpooledMetricsHelper), transport)),
+    };
+  }
+  const http = () => convertLegacyHttpOptions(config, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' });
+  return {
+    encoded: new OTLPExporterBase(createOtlpHttpExportDelegate(http(), encodedSpanSerializer(false), 'otlp_http_span_exporter', EncodedSpanMetricsHelper, undefined)),
+    spooled: new OTLPExporterBase(createOtlpHttpExportDelegate(http(), SPOOLED_SERIALIZER, 'otlp_http_span_exporter', SpooledMetricsHelper, undefined)),
+  };
+}
+
+/** The OTLP exporter of encoded spans (createEncodedOtlpExporters' `encoded`). */
 export function createEncodedOtlpExporter(
   target: Extract<ExportTarget, { kind: 'otlp' }>,
   options: OtlpExporterOptions = {},
 ): BatchExporter<EncodedSpan> {
-  const config = { url: exporterUrl(target), timeoutMillis: options.timeoutMs };
-  const delegate =
-    target.protocol === 'grpc'
-      ? createOtlpGrpcExportDelegate(
-          convertLegacyOtlpGrpcOptions(config, 'TRACES'),
-          encodedSpanSerializer(true),
-          'otlp_grpc_span_exporter',
-          EncodedSpanMetricsHelper,
-          undefined,
-          GRPC_TRACE_SERVICE,
-          GRPC_TRACE_EXPORT_PATH,
-        )
-      : createOtlpHttpExportDelegate(
-          convertLegacyHttpOptions(config, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' }),
-          encodedSpanSerializer(false),
-          'otlp_http_span_exporter',
-          EncodedSpanMetricsHelper,
-          undefined,
-        );
-  return new OTLPExporterBase<EncodedSpan[]>(delegate);
+  return createEncodedOtlpExporters(target, options).encoded;
 }
 
 /** Counts a batch's bytes as the pipeline builds it. */
