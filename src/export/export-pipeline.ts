@@ -536,7 +536,8 @@ export class ExportPipeline<T = ReadableSpan> {
   #toSpool(batch: T[]): void {
     const sp = this.#spool!;
     if (sp.store.append(sp.encode(batch), batch.length)) this.counters.spooled += batch.length;
-    else this.counters.droppedSpool += batch.length;
+    // The spool's own count: spans it could not write, and older ones it dropped to make room.
+    this.counters.droppedSpool = sp.store.counters.writeFailedSpans + sp.store.counters.droppedSpans;
     this.#account(batch);
   }
 
@@ -587,6 +588,9 @@ export class ExportPipeline<T = ReadableSpan> {
     if (this.#attempt > 0 || this.#outage) {
       const fields: Record<string, unknown> = { retries: this.#attempt, spans };
       if (this.#outage) {
+        // Everything made while the Collector was away goes out oldest first, through the spool;
+        // what is made from now on flows alongside.
+        this.#spill();
         fields.outageMs = Date.now() - this.#outageSince;
         fields.spooled = this.#spool!.store.pendingSpans;
       }
