@@ -1,0 +1,196 @@
+/**
+ * Bad input, fuzzed (fast-check, seeded): every parser of outside bytes or text
+ * gets valid input with bytes and words changed and ends cut, and plain random
+ * bytes. None may crash with anything but its typed error (a KspanError with its
+ * code), hang, or allocate without bound (each case is timed; the heap is
+ * checked after each target).
+ *
+ * KSPAN_FUZZ_RUNS sets the cases per target (default 10 000, what CI runs);
+ * KSPAN_FUZZ_SEED the seed (default fixed, so a failure reproduces: fast-check
+ * prints the seed and path of the failing case).
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { parseBtf } from '../../tools/gen-records/btf.ts';
+import { loadConfig, parseCommandLine, COMMANDS, type Command } from '../../src/core/config.ts';
+import { KspanError, type ErrorCode } from '../../src/core/errors.ts';
+import { parseElf } from '../../src/elf/elf-file.ts';
+import { decodeProcessContextPayload, parseOtelCtxHeader, threadLocalConfig } from '../../src/context/process-context-format.ts';
+import { decodeRecords } from '../../src/records/decoder.ts';
+import { KSPAN_EVENT_SIZE } from '../../src/records/abi.generated.ts';
+import { RecordFileReader } from '../../src/records/record-file.ts';
+import { encodeProcessContext } from '../../src/publisher/process-context-payload.ts';
+
+const RUNS = Number(process.env.KSPAN_FUZZ_RUNS) > 0 ? Number(process.env.KSPAN_FUZZ_RUNS) : 10_000;
+const SEED = Number.isInteger(Number(process.env.KSPAN_FUZZ_SEED)) && process.env.KSPAN_FUZZ_SEED ? Number(process.env.KSPAN_FUZZ_SEED) : 0x6b7370;
+/** A case that takes longer than this is a hang (generous: the machine is shared). */
+const CASE_MS = 2000;
+/** Heap growth allowed over a whole target (its inputs are at most a few MB). */
+const HEAP_GROWTH = 256 * 1024 * 1024;
+
+const ROOT = new URL('../../', import.meta.url);
+const probeObject = new Uint8Array(readFileSync(new URL('bpf/.output/probe.bpf.o', ROOT)));
+
+/** Valid bytes with some bytes and 32-bit words changed, and maybe cut short. */
+function mutated(seed: Uint8Array, hot = 128): fc.Arbitrary<Uint8Array> {
+  const pos = fc.oneof(fc.nat({ max: Math.min(hot, seed.length) - 1 }), fc.nat({ max: seed.length - 1 }));
+  const word = fc.constantFrom(0, 1, 0xff, 0xffff, 0x7fffffff, 0x80000000, 0xffffffff, seed.length, seed.length - 1);
+  return fc
+    .record({
+      bytes: fc.array(fc.tuple(pos, fc.integer({ min: 0, max: 255 })), { maxLength: 12 }),
+      words: fc.array(fc.tuple(pos, word), { maxLength: 6 }),
+      cut: fc.option(fc.nat({ max: seed.length }), { freq: 4 }),
+    })
+    .map(({ bytes, words, cut }) => {
+      const b = Buffer.from(seed);
+      for (const [i, v] of bytes) b[i] = v;
+      for (const [i, v] of words) if (i + 4 <= b.length) b.writeUInt32LE(v >>> 0, i);
+      return cut === null ? b : b.subarray(0, cut);
+    });
+}
+
+/** Mostly mutated valid input, sometimes plain random bytes. */
+function badBytes(seed: Uint8Array, hot?: number): fc.Arbitrary<Uint8Array> {
+  return fc.oneof({ weight: 5, arbitrary: mutated(seed, hot) }, { weight: 1, arbitrary: fc.uint8Array({ maxLength: 4096 }) });
+}
+
+function assertTyped(err: unknown, codes: readonly ErrorCode[]): void {
+  if (!(err instanceof KspanError) || !codes.includes(err.code)) {
+    assert.fail(`expected a KspanError ${codes.join('/')}, got ${(err as Error)?.stack ?? String(err)}`);
+  }
+}
+
+/** Runs `target` on RUNS inputs: each returns or throws its typed error, in bounded time and memory. */
+function fuzz<T>(arb: fc.Arbitrary<T>, codes: readonly ErrorCode[], target: (input: T) => void): void {
+  const heapBefore = process.memoryUsage().heapUsed;
+  let slowest = 0;
+  fc.assert(
+    fc.property(arb, (input) => {
+      const t0 = performance.now();
+      try {
+        target(input);
+      } catch (err) {
+        assertTyped(err, codes);
+      }
+      const ms = performance.now() - t0;
+      slowest = Math.max(slowest, ms);
+      assert.ok(ms < CASE_MS, `one case took ${ms.toFixed(0)} ms`);
+    }),
+    { seed: SEED, numRuns: RUNS },
+  );
+  globalThis.gc?.();
+  assert.ok(process.memoryUsage().heapUsed - heapBefore < HEAP_GROWTH, 'the heap grew without bound');
+}
+
+async function fuzzAsync<T>(arb: fc.Arbitrary<T>, codes: readonly ErrorCode[], target: (input: T) => Promise<void>): Promise<void> {
+  await fc.assert(
+    fc.asyncProperty(arb, async (input) => {
+      const t0 = performance.now();
+      try {
+        await target(input);
+      } catch (err) {
+        assertTyped(err, codes);
+      }
+      const ms = performance.now() - t0;
+      assert.ok(ms < CASE_MS, `one case took ${ms.toFixed(0)} ms`);
+    }),
+    { seed: SEED, numRuns: RUNS },
+  );
+}
+
+test('ELF reader: a mutated BPF object, or random bytes, parses or fails with KSPAN_ERR_ELF', () => {
+  fuzz(badBytes(probeObject), ['KSPAN_ERR_ELF'], (bytes) => {
+    const elf = parseElf(bytes);
+    // Lazy parts too: every section, the symbols, the relocations, the TLS segment.
+    for (const s of elf.sections) elf.section(s.name);
+    elf.symbols('.symtab');
+    elf.symbols('.dynsym');
+    elf.findSymbol('otel_thread_ctx_v1');
+    elf.tls();
+    elf.allDynamicRelocations();
+    for (const s of elf.sections) if (s.name.startsWith('.rel')) elf.relocations(s.name);
+  });
+});
+
+test('BTF parser: a mutated .BTF section, or random bytes, parses or fails with KSPAN_ERR_BTF', () => {
+  const btf = parseElf(probeObject).section('.BTF')!;
+  assert.ok(btf.length > 24);
+  fuzz(badBytes(btf), ['KSPAN_ERR_BTF'], (bytes) => {
+    const parsed = parseBtf(bytes);
+    // Resolve and size every type, as the generator does.
+    for (let id = 1; id < Math.min(parsed.types.length, 4096); id++) {
+      parsed.resolve(id);
+      parsed.sizeOf(id);
+    }
+  });
+});
+
+test('OTEP 4719 payload decoder: a mutated ProcessContext, or random bytes, decodes or fails with KSPAN_ERR_PROCESS_CONTEXT', () => {
+  const payload = encodeProcessContext(
+    { 'service.name': 'fuzzed', 'service.instance.id': 'abc', 'process.pid': 42 },
+    { 'threadlocal.schema_version': 'tlsdesc_v1_dev', 'threadlocal.attribute_key_map': ['http.route', 'user.id'] },
+  );
+  fuzz(badBytes(payload, payload.length), ['KSPAN_ERR_PROCESS_CONTEXT'], (bytes) => {
+    const { resource, attributes } = decodeProcessContextPayload(bytes);
+    threadLocalConfig(attributes, resource);
+  });
+  // The header: never throws, says what is wrong.
+  const header = Buffer.alloc(32);
+  header.write('OTEL_CTX', 0, 'latin1');
+  header.writeUInt32LE(2, 8);
+  header.writeUInt32LE(100, 12);
+  header.writeBigUInt64LE(1n, 16);
+  header.writeBigUInt64LE(0x7f0000001000n, 24);
+  fuzz(badBytes(header, 32), [], (bytes) => {
+    const h = parseOtelCtxHeader(bytes);
+    if ('problem' in h) assert.equal(typeof h.problem, 'string');
+    else assert.ok(h.payloadSize <= 1 << 20 && h.payload > 0);
+  });
+});
+
+test('record decoder: a mutated ring-buffer record, or random bytes, decodes or fails with KSPAN_ERR_RECORD_DECODE', () => {
+  const valid = Buffer.alloc(KSPAN_EVENT_SIZE);
+  valid.writeUInt32LE(1, 0);
+  fuzz(
+    fc.tuple(badBytes(valid, KSPAN_EVENT_SIZE), fc.nat({ max: 16 })),
+    ['KSPAN_ERR_RECORD_DECODE'],
+    ([bytes, offset]) => {
+      const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      decodeRecords(view, Math.min(offset, bytes.length), (r) => assert.ok(typeof r.type === 'string'));
+    },
+  );
+});
+
+test('recording-file reader: a mutated recording, or random bytes, reads or fails with KSPAN_ERR_RECORD_FILE', async () => {
+  const recording = new Uint8Array(readFileSync(new URL('test/fixtures/records/traced-keepalive.records', ROOT)));
+  await fuzzAsync(
+    fc.tuple(badBytes(recording, 256), fc.integer({ min: 1, max: 4096 })),
+    ['KSPAN_ERR_RECORD_FILE'],
+    async ([bytes, chunk]) => {
+      const chunks: Uint8Array[] = [];
+      for (let i = 0; i < bytes.length; i += chunk) chunks.push(bytes.subarray(i, i + chunk));
+      const reader = await RecordFileReader.open(chunks);
+      for await (const r of reader) assert.ok(typeof r.tsNs === 'bigint' && typeof r.cookie === 'bigint');
+    },
+  );
+});
+
+test('configuration: random command lines and environments are accepted or refused with KSPAN_ERR_USAGE', () => {
+  const commands = Object.keys(COMMANDS) as Command[];
+  const flagWords = ['--pid', '--duration', '--otlp-endpoint', '--otlp-protocol', '--console', '--orphans', '--orphans-ratio', '--io-hooks',
+    '--max-sockets', '--idle-flush-ms', '-o', '--output', '--force', '--json', '--requests', '--loss', '--traces', '--spans-out', '--log-level',
+    '--spool', '--spool-dir', '--spool-max-mb', '--unsampled', '--', '-', '--bogus', '-x', '--pid=1', '--duration='];
+  const values = fc.oneof(
+    fc.constantFrom('1', '0', '-5', '1e309', 'NaN', '0x10', ' 7 ', '4194304', '4194305', 'http://h:4317', 'h:1', 'ftp://x', 'grpc', 'auto', 'info', '0.5', '1.0', ''),
+    fc.string({ maxLength: 24 }),
+  );
+  const argv = fc.array(fc.oneof(fc.constantFrom(...flagWords), values), { maxLength: 10 });
+  const envKeys = ['OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'OTEL_EXPORTER_OTLP_PROTOCOL', 'KSPAN_LOG_LEVEL', 'KSPAN_SPOOL', 'KSPAN_SPOOL_DIR', 'KSPAN_SPOOL_MAX_MB'];
+  const env = fc.dictionary(fc.constantFrom(...envKeys), values, { maxKeys: 4 });
+  fuzz(fc.tuple(fc.constantFrom(...commands), argv, env), ['KSPAN_ERR_USAGE'], ([command, args, environment]) => {
+    parseCommandLine(command, args);
+    loadConfig(command, { argv: args, env: environment });
+  });
+});
