@@ -37,7 +37,6 @@ import { loadSettings, TUNING, type Origin, type OtlpProtocol, type RawValues } 
 import { EncodedSpanMetricsHelper, encodedSpanSerializer } from './export-request.ts';
 import { GrpcExportTransport } from './grpc-transport.ts';
 import type { EncodedSpan } from './span-encoder.ts';
-import type { SpanSpool, SpooledBatch } from './spool.ts';
 
 export type { OtlpProtocol };
 
@@ -197,6 +196,30 @@ export interface ExportPipelineOptions<T = ReadableSpan> {
   shutdownTimeoutMs?: number;
   /** Where spans wait while they cannot be sent (see the top of this file). */
   spool?: SpoolBinding<T>;
+}
+
+/** One spooled request, as the pipeline sends it (src/export/spool.ts). */
+export interface SpooledBatch {
+  /** An ExportTraceServiceRequest, sent as it is. */
+  readonly request: Buffer;
+  readonly spans: number;
+  /** Where it lies in the spool: for acknowledgement. */
+  readonly segment: number;
+  readonly index: number;
+}
+
+/** What the pipeline needs of the on-disk spool (SpanSpool, src/export/spool.ts: this module stays pure). */
+export interface SpanSpool {
+  readonly dir: string;
+  readonly pendingRecords: number;
+  readonly pendingSpans: number;
+  readonly counters: { readonly writeFailedSpans: number; readonly droppedSpans: number };
+  /** False (counted by the spool) when it could not be written. */
+  append(request: Uint8Array, spans: number): boolean;
+  /** The oldest request not yet acknowledged; the same one until done(). */
+  next(): SpooledBatch | null;
+  done(batch: SpooledBatch, delivered: boolean): void;
+  close(): void;
 }
 
 /** The spool a pipeline writes to and drains. */

@@ -28,6 +28,9 @@ import path from 'node:path';
 import { crc32 } from 'node:zlib';
 import type { Logger } from 'pino';
 import { KspanError } from '../core/errors.ts';
+import type { SpanSpool as PipelineSpool, SpooledBatch } from './export-pipeline.ts';
+
+export type { SpooledBatch };
 
 const MAGIC = Buffer.from('KSPOOL\x01\x00', 'latin1');
 const RECORD_HEADER = 12;
@@ -63,14 +66,6 @@ export interface SpoolCounters {
   tornBytes: number;
 }
 
-/** One spooled request, as the pipeline sends it. */
-export interface SpooledBatch {
-  readonly request: Buffer;
-  readonly spans: number;
-  /** Where it lies: for acknowledgement. */
-  readonly segment: number;
-  readonly index: number;
-}
 
 interface RecordEntry {
   offset: number;
@@ -87,7 +82,7 @@ interface Segment {
   next: number;
 }
 
-export class SpanSpool {
+export class SpanSpool implements PipelineSpool {
   readonly dir: string;
   readonly maxBytes: number;
   readonly segmentBytes: number;

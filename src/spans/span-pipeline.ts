@@ -16,7 +16,6 @@ import { TUNING } from '../core/config.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import { ConsoleTreeExporter } from '../export/console-tree.ts';
 import { encodeExportRequest, EncodedSpanSizer } from '../export/export-request.ts';
-import type { SpanSpool } from '../export/spool.ts';
 import {
   createEncodedOtlpExporters,
   ExportPipeline,
@@ -25,6 +24,7 @@ import {
   type ExportCounters,
   type ExportPipelineOptions,
   type ExportTarget,
+  type SpanSpool,
 } from '../export/export-pipeline.ts';
 import { KernelSpanEncoder, type EncodedSpan } from '../export/span-encoder.ts';
 import type { KernelSpan } from './kernel-span.ts';
