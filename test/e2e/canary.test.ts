@@ -9,12 +9,12 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { KSPAN_BIN, startEvents, stopEvents } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
+import { pacedTraffic } from '../helpers/paced-traffic.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { until } from '../helpers/traced-server.ts';
@@ -22,27 +22,6 @@ import { until } from '../helpers/traced-server.ts';
 const REQUESTS = 40;
 const SIZE = 1500;
 const ECHO = "require('net').createServer((s) => s.on('data', (d) => s.write(d))).listen(0, '127.0.0.1', function () { console.log('port ' + this.address().port); });";
-
-/** Sends `n` requests of `size` bytes, each full of the marker, and reads each echo back. */
-async function talk(port: number, marker: string, n: number, size: number): Promise<void> {
-  const sock = connect(port, '127.0.0.1');
-  await new Promise<void>((r, j) => sock.once('connect', r).once('error', j));
-  let pending = 0;
-  let wake: (() => void) | undefined;
-  sock.on('data', (b) => {
-    pending -= b.length;
-    if (pending <= 0) wake?.();
-  });
-  const body = Buffer.from(marker.repeat(Math.ceil(size / marker.length)).slice(0, size));
-  for (let i = 0; i < n; i++) {
-    pending = size;
-    const echoed = new Promise<void>((r) => (wake = r));
-    sock.write(body);
-    await echoed;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  await new Promise<void>((r) => sock.end(r));
-}
 
 describe('payload canary', e2eOptions(), () => {
   const group = new ProcessGroup();
@@ -70,7 +49,9 @@ describe('payload canary', e2eOptions(), () => {
     await run.waitStderr(/"msg":"tracing"/, 30_000);
     await record.waitStderr(/"msg":"recording"/, 30_000);
 
-    await talk(port, marker, REQUESTS, SIZE);
+    // Requests full of the marker; the echo sends each back.
+    const body = Buffer.from(marker.repeat(Math.ceil(SIZE / marker.length)).slice(0, SIZE));
+    await pacedTraffic(port, REQUESTS, SIZE, SIZE, 20, () => body).done;
     // The spool took the spans made while the Collector was away.
     await until(() => (readdirSync(spool).some((f) => f.endsWith('.kspool')) ? true : undefined), 20_000, 'a spool segment');
     await run.waitStderr(/"msg":"export failed; spans go to the spool until the Collector answers"/, 20_000);

@@ -1,8 +1,9 @@
 /**
- * Steady load on the traced server fixture (test/fixtures/tcp/traced_server.c):
- * one keep-alive connection, one request every `intervalMs`, each with a fresh
- * sampled W3C traceparent, until `n` requests were answered. The fixture answers
- * each under its own server span, which kspan's tcp.recv and tcp.send hang under.
+ * Steady load on one keep-alive connection: one request every `intervalMs`,
+ * until `n` were answered. By default each carries a fresh sampled W3C
+ * traceparent, for the traced server fixture (test/fixtures/tcp/traced_server.c),
+ * which answers it under its own server span (kspan's tcp.recv and tcp.send hang
+ * under it).
  */
 import { randomBytes } from 'node:crypto';
 import { connect } from 'node:net';
@@ -13,7 +14,19 @@ export interface PacedTraffic {
   done: Promise<void>;
 }
 
-export function pacedTraffic(port: number, n: number, reqBytes: number, respBytes: number, intervalMs: number): PacedTraffic {
+/** A request of `reqBytes` bytes: a fresh sampled traceparent, padded. */
+export const traceparentRequest = (reqBytes: number) => (): Buffer =>
+  Buffer.from(`00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-01`.padEnd(reqBytes, ' '));
+
+/** `request(i)` each time (default: a traceparent request of `reqBytes`); each answer is `respBytes`. */
+export function pacedTraffic(
+  port: number,
+  n: number,
+  reqBytes: number,
+  respBytes: number,
+  intervalMs: number,
+  request: (i: number) => Buffer = traceparentRequest(reqBytes),
+): PacedTraffic {
   const state = { answered: 0 };
   const done = (async () => {
     const sock = connect(port, '127.0.0.1');
@@ -26,16 +39,15 @@ export function pacedTraffic(port: number, n: number, reqBytes: number, respByte
     });
     for (let i = 0; i < n; i++) {
       const started = Date.now();
-      const tp = `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-01`;
       pending = respBytes;
       const answered = new Promise<void>((r) => (wake = r));
-      sock.write(Buffer.from(tp.padEnd(reqBytes, ' ')));
+      sock.write(request(i));
       await answered;
       state.answered++;
       const left = intervalMs - (Date.now() - started);
       if (left > 0) await new Promise((r) => setTimeout(r, left));
     }
-    sock.end();
+    await new Promise<void>((r) => sock.end(r));
   })();
   return {
     get answered() {
