@@ -39,7 +39,8 @@ const probeObject = new Uint8Array(readFileSync(new URL('bpf/.output/probe.bpf.o
 /** Valid bytes with some bytes and 32-bit words changed, and maybe cut short. */
 function mutated(seed: Uint8Array, hot = 128): fc.Arbitrary<Uint8Array> {
   const pos = fc.oneof(fc.nat({ max: Math.min(hot, seed.length) - 1 }), fc.nat({ max: seed.length - 1 }));
-  const word = fc.constantFrom(0, 1, 0xff, 0xffff, 0x7fffffff, 0x80000000, 0xffffffff, seed.length, seed.length - 1);
+  // Lengths, offsets and counts: the edges, and any value within the input.
+  const word = fc.oneof(fc.constantFrom(0, 1, 0xff, 0xffff, 0x7fffffff, 0x80000000, 0xffffffff, seed.length, seed.length - 1), fc.nat({ max: seed.length }));
   return fc
     .record({
       bytes: fc.array(fc.tuple(pos, fc.integer({ min: 0, max: 255 })), { maxLength: 12 }),
@@ -131,6 +132,28 @@ test('BTF parser: a mutated .BTF section, or random bytes, parses or fails with 
       parsed.sizeOf(id);
     }
   });
+});
+
+test('BTF parser: a type whose members run past the section, and an array of itself, are typed errors', () => {
+  // Header (24 bytes), then the types, then the strings ("\0a\0").
+  const btf = (types: number[]): Uint8Array => {
+    const t = Buffer.alloc(types.length * 4);
+    types.forEach((w, i) => t.writeUInt32LE(w >>> 0, i * 4));
+    const h = Buffer.alloc(24);
+    h.writeUInt16LE(0xeb9f, 0);
+    h.writeUInt32LE(24, 4);
+    h.writeUInt32LE(0, 8);
+    h.writeUInt32LE(t.length, 12);
+    h.writeUInt32LE(t.length, 16);
+    h.writeUInt32LE(3, 20);
+    return Buffer.concat([h, t, Buffer.from('\0a\0')]);
+  };
+  const STRUCT = 4 << 24, ARRAY = 3 << 24;
+  // A struct claiming 1000 members with none there: it read past the buffer (a RangeError) before.
+  assert.throws(() => parseBtf(btf([1, STRUCT | 1000, 8])), { code: 'KSPAN_ERR_BTF', message: 'BTF: truncated type 1 (rebuild the BPF objects with clang -g (make -C bpf))' });
+  // Type 1: an array whose elements are type 1.
+  const self = parseBtf(btf([0, ARRAY, 0, 1, 1, 4]));
+  assert.throws(() => self.sizeOf(1), { code: 'KSPAN_ERR_BTF', message: 'BTF: arrays nested too deep at type 1 (rebuild the BPF objects with clang -g (make -C bpf))' });
 });
 
 test('OTEP 4719 payload decoder: a mutated ProcessContext, or random bytes, decodes or fails with KSPAN_ERR_PROCESS_CONTEXT', () => {
