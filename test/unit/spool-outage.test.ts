@@ -53,8 +53,8 @@ function capturingLogger(onLine?: (l: Line) => void) {
   return { logger, lines };
 }
 
-async function receiver(): Promise<OtlpReceiver> {
-  const r = new OtlpReceiver({ protocol: 'grpc' });
+async function receiver(protocol: 'grpc' | 'http' = 'grpc'): Promise<OtlpReceiver> {
+  const r = new OtlpReceiver({ protocol });
   await r.start();
   cleanups.push(() => r.stop());
   return r;
@@ -67,10 +67,11 @@ function spooledPipeline(
   opts: Partial<ExportPipelineOptions<EncodedSpan>> = {},
   spoolOpts: Partial<SpoolOptions> = {},
   onLine?: (l: Line) => void,
+  protocol: 'grpc' | 'http/protobuf' = 'grpc',
 ) {
   const { logger, lines } = capturingLogger(onLine);
   const encoder = new KernelSpanEncoder({ clockOffsetNs: OFFSET, resourceFor: () => resource });
-  const exporters = createEncodedOtlpExporters({ kind: 'otlp', protocol: 'grpc', endpoint }, { timeoutMs: 2000 });
+  const exporters = createEncodedOtlpExporters({ kind: 'otlp', protocol, endpoint }, { timeoutMs: 2000 });
   const store = new SpanSpool({ dir, maxBytes: 64 << 20, logger, ...spoolOpts });
   const pipeline = new ExportPipeline<EncodedSpan>({
     exporter: exporters.encoded,
@@ -160,45 +161,47 @@ test(`a ${OUTAGE_S} s Collector outage under steady load: every span arrives onc
   assert.ok(resumeMs < 5000, `export resumed ${resumeMs} ms after the Collector's return`);
 });
 
-test('a full queue overflows to the spool instead of dropping, and everything arrives once', async () => {
-  const r = await receiver();
-  const { encoder, pipeline } = spooledPipeline(r.endpoint, path.join(root, `d${dirs++}`), { maxQueueSize: 40, maxBatchSize: 8, scheduledDelayMs: 20 });
-  for (let i = 0; i < 200; i++) assert.equal(pipeline.enqueue(make(encoder, i)), true);
-  assert.ok(pipeline.held <= 40);
-  assert.equal(await pipeline.forceFlush(30_000), true);
-  const ids = r.spans.map((s) => s.parentSpanId);
-  assert.deepEqual([...ids].sort(), Array.from({ length: 200 }, (_, i) => spanId(i)).sort());
-  assert.equal(pipeline.counters.droppedQueueFull, 0);
-  assert.ok(pipeline.counters.spooled >= 150, `spooled ${pipeline.counters.spooled}`);
-  assert.equal(pipeline.counters.exported + pipeline.counters.replayed, 200);
-});
+for (const protocol of ['grpc', 'http/protobuf'] as const) {
+  test(`${protocol}: a full queue overflows to the spool instead of dropping, and everything arrives once`, async () => {
+    const r = await receiver(protocol === 'grpc' ? 'grpc' : 'http');
+    const { encoder, pipeline } = spooledPipeline(r.endpoint, path.join(root, `d${dirs++}`), { maxQueueSize: 40, maxBatchSize: 8, scheduledDelayMs: 20 }, {}, undefined, protocol);
+    for (let i = 0; i < 200; i++) assert.equal(pipeline.enqueue(make(encoder, i)), true);
+    assert.ok(pipeline.held <= 40);
+    assert.equal(await pipeline.forceFlush(30_000), true);
+    const ids = r.spans.map((s) => s.parentSpanId);
+    assert.deepEqual([...ids].sort(), Array.from({ length: 200 }, (_, i) => spanId(i)).sort());
+    assert.equal(pipeline.counters.droppedQueueFull, 0);
+    assert.ok(pipeline.counters.spooled >= 150, `spooled ${pipeline.counters.spooled}`);
+    assert.equal(pipeline.counters.exported + pipeline.counters.replayed, 200);
+  });
 
-test('a shutdown during an outage leaves the spans in the spool; the next pipeline on it sends them first, once', async () => {
-  const r = await receiver();
-  const dir = path.join(root, `d${dirs++}`);
-  const a = spooledPipeline(r.endpoint, dir, { scheduledDelayMs: 20, shutdownTimeoutMs: 500 });
-  await r.stop();
-  for (let i = 0; i < 300; i++) a.pipeline.enqueue(make(a.encoder, i));
-  await a.pipeline.shutdown();
-  assert.equal(a.pipeline.counters.droppedShutdown, 0);
-  assert.equal(a.pipeline.counters.spooled, 300);
-  assert.equal(a.store.pendingSpans, 300);
-  assert.ok(a.lines.some((l) => l.msg === "export: shutdown before the spool drained; its spans are sent at the next start"));
-  assert.equal(fs.existsSync(path.join(dir, 'lock')), false);
+  test(`${protocol}: a shutdown during an outage leaves the spans in the spool; the next pipeline on it sends them first, once`, async () => {
+    const r = await receiver(protocol === 'grpc' ? 'grpc' : 'http');
+    const dir = path.join(root, `d${dirs++}`);
+    const a = spooledPipeline(r.endpoint, dir, { scheduledDelayMs: 20, shutdownTimeoutMs: 500 }, {}, undefined, protocol);
+    await r.stop();
+    for (let i = 0; i < 300; i++) a.pipeline.enqueue(make(a.encoder, i));
+    await a.pipeline.shutdown();
+    assert.equal(a.pipeline.counters.droppedShutdown, 0);
+    assert.equal(a.pipeline.counters.spooled, 300);
+    assert.equal(a.store.pendingSpans, 300);
+    assert.ok(a.lines.some((l) => l.msg === "export: shutdown before the spool drained; its spans are sent at the next start"));
+    assert.equal(fs.existsSync(path.join(dir, 'lock')), false);
 
-  await r.start();
-  const b = spooledPipeline(r.endpoint, dir, { scheduledDelayMs: 20 });
-  assert.equal(b.store.counters.recoveredSpans, 300);
-  // Nothing new is enqueued: the spool drains by itself.
-  await r.waitForSpans(300, 15_000);
-  for (let i = 300; i < 310; i++) b.pipeline.enqueue(make(b.encoder, i));
-  assert.equal(await b.pipeline.forceFlush(15_000), true);
-  assert.deepEqual(r.spans.map((s) => s.parentSpanId), Array.from({ length: 310 }, (_, i) => spanId(i)));
-  assert.equal(b.pipeline.counters.replayed, 300);
-  await b.pipeline.shutdown();
-  const c = spooledPipeline(r.endpoint, dir);
-  assert.equal(c.store.counters.recoveredSpans, 0, 'acknowledged spans are not sent again');
-});
+    await r.start();
+    const b = spooledPipeline(r.endpoint, dir, { scheduledDelayMs: 20 }, {}, undefined, protocol);
+    assert.equal(b.store.counters.recoveredSpans, 300);
+    // Nothing new is enqueued: the spool drains by itself.
+    await r.waitForSpans(300, 15_000);
+    for (let i = 300; i < 310; i++) b.pipeline.enqueue(make(b.encoder, i));
+    assert.equal(await b.pipeline.forceFlush(15_000), true);
+    assert.deepEqual(r.spans.map((s) => s.parentSpanId), Array.from({ length: 310 }, (_, i) => spanId(i)));
+    assert.equal(b.pipeline.counters.replayed, 300);
+    await b.pipeline.shutdown();
+    const c = spooledPipeline(r.endpoint, dir, {}, {}, undefined, protocol);
+    assert.equal(c.store.counters.recoveredSpans, 0, 'acknowledged spans are not sent again');
+  });
+}
 
 test("the spool's size bound drops the oldest spans first, counted; the rest arrive in order", async () => {
   const r = await receiver();
