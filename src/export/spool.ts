@@ -448,7 +448,10 @@ export class SpanSpool implements PipelineSpool {
       }
       const holder = Number.parseInt(readOr(this.#lockFile, ''), 10);
       if (holder > 0 && holder !== process.pid && alive(holder)) {
-        throw spoolError(`the spool directory ${this.dir} is in use by kspan pid ${holder}`, 'give each kspan its own --spool-dir');
+        throw spoolError(
+          `the spool directory ${this.dir} is in use by kspan pid ${holder}`,
+          `give each kspan its own --spool-dir; if pid ${holder} is not a kspan, remove ${this.#lockFile}`,
+        );
       }
       // Left by a kspan that is gone: take it over.
       fs.rmSync(this.#lockFile, { force: true });

@@ -191,7 +191,10 @@ test('one kspan per directory: a live holder is refused with KSPAN_ERR_SPOOL; a 
   assert.throws(() => open(dir), (err: unknown) => {
     assert.ok(err instanceof KspanError);
     assert.equal(err.code, 'KSPAN_ERR_SPOOL');
-    assert.equal(err.message, `the spool directory ${dir} is in use by kspan pid ${process.ppid} (give each kspan its own --spool-dir)`);
+    assert.equal(
+      err.message,
+      `the spool directory ${dir} is in use by kspan pid ${process.ppid} (give each kspan its own --spool-dir; if pid ${process.ppid} is not a kspan, remove ${path.join(dir, 'lock')})`,
+    );
     return true;
   });
   fs.writeFileSync(path.join(dir, 'lock'), '4194304\n'); // no such pid
