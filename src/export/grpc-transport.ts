@@ -38,6 +38,20 @@ export function grpcChannelOptions(config: Pick<OtlpGrpcConfiguration, 'compress
   };
 }
 
+/** A unary method whose request and response are bytes, serialized elsewhere (both ends of TraceService/Export). */
+export function rawUnaryMethod(path: string): grpc.MethodDefinition<Buffer, Buffer> {
+  const identity = (b: Buffer): Buffer => b;
+  return {
+    path,
+    requestStream: false,
+    responseStream: false,
+    requestSerialize: identity,
+    requestDeserialize: identity,
+    responseSerialize: identity,
+    responseDeserialize: identity,
+  };
+}
+
 type ExportClient = grpc.Client & {
   export(req: Buffer, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res?: Buffer) => void): void;
 };
@@ -61,21 +75,7 @@ export class GrpcExportTransport implements IExporterTransport {
     if (!this.#client) {
       try {
         this.#metadata = this.#config.metadata();
-        const identity = (b: Buffer): Buffer => b;
-        const Client = grpc.makeGenericClientConstructor(
-          {
-            export: {
-              path: this.#path,
-              requestStream: false,
-              responseStream: false,
-              requestSerialize: identity,
-              requestDeserialize: identity,
-              responseSerialize: identity,
-              responseDeserialize: identity,
-            },
-          },
-          this.#service,
-        );
+        const Client = grpc.makeGenericClientConstructor({ export: rawUnaryMethod(this.#path) }, this.#service);
         this.#client = new Client(this.#config.url, this.#config.credentials(), grpcChannelOptions(this.#config)) as unknown as ExportClient;
       } catch (error) {
         return Promise.resolve({ status: 'failure', error: error as Error });

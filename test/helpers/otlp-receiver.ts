@@ -11,6 +11,7 @@
  */
 import http from 'node:http';
 import * as grpc from '@grpc/grpc-js';
+import { rawUnaryMethod } from '../../src/export/grpc-transport.ts';
 import {
   attributesToObject,
   ExportTraceServiceRequestType,
@@ -278,19 +279,8 @@ export class OtlpReceiver {
 
   #startGrpc(port: number): Promise<number> {
     const server = new grpc.Server();
-    const identity = (b: Buffer): Buffer => b;
     server.addService(
-      {
-        Export: {
-          path: TRACE_EXPORT_PATH,
-          requestStream: false,
-          responseStream: false,
-          requestSerialize: identity,
-          requestDeserialize: identity,
-          responseSerialize: identity,
-          responseDeserialize: identity,
-        },
-      },
+      { Export: rawUnaryMethod(TRACE_EXPORT_PATH) },
       {
         Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
           const code = this.#takeFailure();

@@ -14,9 +14,13 @@ export interface PacedTraffic {
   done: Promise<void>;
 }
 
+/** A fresh W3C traceparent (new trace and parent ids). */
+export function traceparent(sampled = true): string {
+  return `00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-${sampled ? '01' : '00'}`;
+}
+
 /** A request of `reqBytes` bytes: a fresh sampled traceparent, padded. */
-export const traceparentRequest = (reqBytes: number) => (): Buffer =>
-  Buffer.from(`00-${randomBytes(16).toString('hex')}-${randomBytes(8).toString('hex')}-01`.padEnd(reqBytes, ' '));
+export const traceparentRequest = (reqBytes: number) => (): Buffer => Buffer.from(traceparent().padEnd(reqBytes, ' '));
 
 /** `request(i)` each time (default: a traceparent request of `reqBytes`); each answer is `respBytes`. */
 export function pacedTraffic(
