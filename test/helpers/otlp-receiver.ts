@@ -161,6 +161,11 @@ function forEachField(buf: Uint8Array, pos: number, end: number, fn: (field: num
 
 const GRPC_TO_HTTP: Record<number, number> = { 14: 503, 4: 504, 8: 429 };
 
+/** A gRPC service of one unary `Export` method at `path` whose messages stay raw bytes (decoded by the handler). */
+export function rawExportService(path: string): grpc.ServiceDefinition {
+  return { Export: rawUnaryMethod(path) };
+}
+
 export class OtlpReceiver {
   readonly protocol: 'grpc' | 'http';
   readonly spans: ReceivedSpan[] = [];
@@ -280,7 +285,7 @@ export class OtlpReceiver {
   #startGrpc(port: number): Promise<number> {
     const server = new grpc.Server();
     server.addService(
-      { Export: rawUnaryMethod(TRACE_EXPORT_PATH) },
+      rawExportService(TRACE_EXPORT_PATH),
       {
         Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
           const code = this.#takeFailure();
