@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { parseBtf } from '../../tools/gen-records/btf.ts';
-import { loadConfig, parseCommandLine, COMMANDS, type Command } from '../../src/core/config.ts';
+import { loadConfig, parseCommandLine, COMMANDS, SETTINGS, type Command } from '../../src/core/config.ts';
 import { KspanError, type ErrorCode } from '../../src/core/errors.ts';
 import { parseElf } from '../../src/elf/elf-file.ts';
 import { decodeProcessContextPayload, parseOtelCtxHeader, threadLocalConfig } from '../../src/context/process-context-format.ts';
@@ -203,9 +203,12 @@ test('configuration: random command lines and environments are accepted or refus
   const argv = fc.array(fc.oneof(fc.constantFrom(...flagWords), values), { maxLength: 10 });
   const envKeys = ['OTEL_EXPORTER_OTLP_ENDPOINT', 'OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'OTEL_EXPORTER_OTLP_PROTOCOL', 'KSPAN_LOG_LEVEL', 'KSPAN_SPOOL', 'KSPAN_SPOOL_DIR', 'KSPAN_SPOOL_MAX_MB'];
   const env = fc.dictionary(fc.constantFrom(...envKeys), values, { maxKeys: 4 });
-  await fuzz(fc.tuple(fc.constantFrom(...commands), argv, env), ['KSPAN_ERR_USAGE'], ([command, args, environment]) => {
+  // The policy file's values as a parser would hand them over: any JSON-like value under any key of the table.
+  const fileKeys = Object.values(SETTINGS).flatMap((spec) => ('fileKey' in spec && spec.fileKey ? [spec.fileKey] : []));
+  const file = fc.option(fc.dictionary(fc.oneof(fc.constantFrom(...fileKeys), fc.string({ maxLength: 12 })), fc.jsonValue({ maxDepth: 2 }), { maxKeys: 4 }), { freq: 2 });
+  await fuzz(fc.tuple(fc.constantFrom(...commands), argv, env, file), ['KSPAN_ERR_USAGE'], ([command, args, environment, values]) => {
     parseCommandLine(command, args);
-    loadConfig(command, { argv: args, env: environment });
+    loadConfig(command, { argv: args, env: environment, ...(values ? { file: { path: 'kspan.yaml', values } } : {}) });
   });
 });
 
