@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
+import { loadConfig } from '../../src/core/config.ts';
 import { planPrograms, PROGRAMS, type KernelHooks } from '../../src/kernel/programs.ts';
 import { encodeKspanSchedEvent, KSPAN_SCHED_EVENT_SIZE, KspanSchedFlag, type KspanSchedEvent } from '../../src/records/abi.generated.ts';
 import { schedEventLine } from '../../src/records/event-json.ts';
@@ -70,6 +71,18 @@ function decoded(e: KspanSchedEvent): SchedRecord | null {
   encodeKspanSchedEvent(e, buf, 0);
   return decodeSchedRecord(buf, 0);
 }
+
+describe('switching the scheduler off', () => {
+  test('--no-sched, or kernel.no_sched in the policy file; on by default, for run, events and record', () => {
+    for (const cmd of ['run', 'events', 'record'] as const) {
+      const argv = ['--pid', '1', ...(cmd === 'record' ? ['-o', '/tmp/x.rec'] : [])];
+      assert.equal(loadConfig(cmd, { argv, env: {} }).noSched, false, cmd);
+      assert.equal(loadConfig(cmd, { argv: [...argv, '--no-sched'], env: {} }).noSched, true, cmd);
+    }
+    const c = loadConfig('run', { argv: ['--pid', '1'], env: {}, file: { path: '/etc/kspan.yaml', values: { kernel: { no_sched: true } } } });
+    assert.deepEqual([c.noSched, c.origins.noSched], [true, { source: 'file', name: '/etc/kspan.yaml: kernel.no_sched' }]);
+  });
+});
 
 describe('scheduler records', () => {
   test('decoded exactly from the ring layout', () => {
