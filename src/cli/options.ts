@@ -73,7 +73,7 @@ export function waitForStop(seconds: number | undefined): StopSignal {
 
 export type TracingConfig = Pick<RunConfig, 'pids' | 'ioHooks' | 'maxSockets' | 'waitForTargets' | 'orphansRatio'> & { unsampled?: boolean };
 
-export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone'>;
+export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone' | 'uprobes'>;
 
 /**
  * The tracing session of run, events and record: the targets checked first
@@ -100,6 +100,7 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
     },
     onTargetsGone: hooks.onTargetsGone,
     onFeatureOff: warnFeatureOff(log),
+    uprobes: hooks.uprobes,
   });
 }
 

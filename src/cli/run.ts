@@ -17,6 +17,8 @@ import { OrphanNotices, type Notice } from '../spans/orphan-notices.ts';
 import { TargetResources } from '../export/target-resources.ts';
 import type { TracingSession } from '../kernel/tracing-session.ts';
 import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { CallSpanBuilder } from '../spans/call-spans.ts';
+import { uprobeSpecs } from '../uprobes/uprobe-spec.ts';
 import { EXIT } from './usage.ts';
 
 export interface AgentHandle {
@@ -67,8 +69,23 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
     correlator: { maxSockets: config.maxSockets },
     logger: log,
   });
+  const calls = new CallSpanBuilder({
+    resourceFor: (pid) => resources.resourceFor(pid),
+    clockOffsetNs: () => clock.offsetNs,
+    probe: (id) => session?.uprobes?.probe(id),
+    orphans: config.orphans,
+  });
   try {
     session = openSession(config, log, {
+      uprobes: {
+        specs: uprobeSpecs(config.uprobePresets, config.uprobes),
+        onCall: (c) => {
+          const span = calls.build(c);
+          if (span) pipeline.pushSpan(span);
+        },
+        onProbeError: (err) => log.warn({ err }, err.message),
+        onNotFound: (spec, pid) => log.warn({ target_pid: pid, uprobe: spec }, `--uprobe ${spec.binary}:${spec.symbol}: no file process ${pid} maps defines it (looked again every check)`),
+      },
       onRecord: (r) => pipeline.push(r),
       onTarget: (t) => {
         resources.set(t.pid, t.process.resource);
@@ -105,7 +122,8 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
       for (const n of notices.atStop(pipeline.correlator.orphanSpansByPid)) tell(n);
       const lost = recordsLost(counters) + stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown;
       const featuresOff = session!.featuresOff.map((f) => f.feature);
-      log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');
+      const uprobes = session!.uprobes ? { ...session!.uprobes.stats, calls: calls.counters } : undefined;
+      log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, uprobes, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');
       return { lost };
     })());
   return { session, pipeline, stop };
