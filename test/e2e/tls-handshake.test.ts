@@ -1,0 +1,98 @@
+/**
+ * The tls preset on the real kernel: a fixture linked with libssl does TLS
+ * handshakes over loopback with a certificate made by openssl at test time, each
+ * side under its own span; the last client insists on verifying the certificate
+ * against an empty trust store, so that handshake fails on both sides. One
+ * `tls.handshake` span per handshake and side, under the right span, with the
+ * result the fixture saw (SSL_connect and SSL_accept call SSL_do_handshake
+ * inside: that inner call is not a second span).
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, test } from 'node:test';
+import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
+import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
+import { ProcessGroup } from '../helpers/processes.ts';
+import { e2eOptions } from '../helpers/require-bpf.ts';
+import { tlsFixturePath } from '../helpers/uprobe-fixtures.ts';
+
+const HANDSHAKES = 4;
+const STATUS_ERROR = 2;
+
+interface Handshake {
+  role: 'client' | 'server';
+  i: number;
+  rc: number;
+  traceId: string;
+  spanId: string;
+}
+
+function handshakes(lines: readonly string[]): Handshake[] {
+  return lines.flatMap((l) => {
+    const m = /^handshake (client|server) (\d+) (-?\d+) ([0-9a-f]{32}) ([0-9a-f]{16})$/.exec(l);
+    return m ? [{ role: m[1] as Handshake['role'], i: Number(m[2]), rc: Number(m[3]), traceId: m[4], spanId: m[5] }] : [];
+  });
+}
+
+describe('tls preset: SSL_connect / SSL_accept → tls.handshake', e2eOptions(), () => {
+  let group: ProcessGroup;
+  let receiver: OtlpReceiver;
+  let dir: string;
+  beforeEach(async () => {
+    group = new ProcessGroup();
+    receiver = new OtlpReceiver({ protocol: 'grpc' });
+    await receiver.start();
+    dir = mkdtempSync(join(tmpdir(), 'kspan-tls-'));
+  });
+  afterEach(async () => {
+    await group.killAll();
+    await receiver.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('one span per handshake and side, under its span, with its result; a failed handshake is an error on both sides', async () => {
+    const cert = join(dir, 'cert.pem');
+    const key = join(dir, 'key.pem');
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
+      '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost'], { stdio: 'ignore' });
+    const fixture = group.start(tlsFixturePath(), [cert, key, String(HANDSHAKES)]);
+    const pid = Number((await fixture.waitLine(/^ready pid (\d+)$/))[1]);
+    const agent = group.start(KSPAN_BIN, ['run', '--pid', String(pid), '--otlp-endpoint', receiver.endpoint, '--uprobe-presets', 'tls']);
+    await agent.waitStderr(/"msg":"tracing"/, 20_000);
+    fixture.send('go');
+    await fixture.waitLine(/^done$/);
+    fixture.send('exit');
+    await fixture.exited;
+    const { code } = await agent.exited;
+    assert.equal(code, 0, agent.stderr.join('\n'));
+
+    const seen = handshakes(fixture.lines);
+    assert.equal(seen.length, 2 * HANDSHAKES);
+    for (const h of seen) assert.equal(h.rc === 1, h.i < HANDSHAKES - 1, `${h.role} ${h.i} returned ${h.rc}`);
+
+    const spans = receiver.spans.filter((s) => s.name === 'tls.handshake');
+    assert.equal(spans.length, 2 * HANDSHAKES, receiver.spans.map((s) => `${s.name} ${s.attributes['code.function.name']}`).join('\n'));
+    for (const h of seen) {
+      const mine = spans.filter((s) => s.parentSpanId === h.spanId);
+      assert.equal(mine.length, 1, `${h.role} ${h.i}`);
+      const [s] = mine;
+      assert.equal(s.traceId, h.traceId);
+      assert.equal(s.attributes['code.function.name'], h.role === 'client' ? 'SSL_connect' : 'SSL_accept');
+      assert.equal(s.attributes['kspan.tls.result'], h.rc);
+      assert.match(String(s.attributes['kspan.uprobe.binary']), /\/libssl\.so\.3$/);
+      if (h.rc === 1) {
+        assert.equal(s.status.code, 0);
+      } else {
+        assert.equal(s.status.code, STATUS_ERROR);
+        assert.equal(s.attributes['error.type'], 'tls_handshake_failed');
+        assert.equal(s.status.message, `${h.role === 'client' ? 'SSL_connect' : 'SSL_accept'} returned ${h.rc}`);
+      }
+    }
+    // The handshake functions were all probed: the inner SSL_do_handshake of each outer call was seen, and not made a span.
+    const stop = agent.stderr.map((l) => JSON.parse(l) as { msg: string; uprobes?: { calls: Record<string, number> } }).find((l) => l.msg === 'stopped');
+    assert.deepEqual(stop?.uprobes?.calls, { spans: 2 * HANDSHAKES, orphans: 0, nested: 2 * HANDSHAKES, unknownProbe: 0 });
+  });
+});
