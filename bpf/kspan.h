@@ -52,7 +52,7 @@ enum kspan_limit {
 	KSPAN_MAX_TLS_MODULE = 4096,        /* highest TLS module id (DTV index) the reader follows */
 	KSPAN_FLUSH_BATCH = 8192,           /* sockets one flush_idle run looks at (the agent runs it again for more) */
 	KSPAN_CTX_ATTRS_MAX = 52,           /* see struct kspan_trace_ctx */
-	KSPAN_CALL_RING_BYTES = 1 << 20,    /* ring buffer of uprobe call records (`calls`) */
+	KSPAN_CALL_RING_BYTES = 4 << 20,    /* ring buffer of uprobe call records (`calls`) */
 	KSPAN_MAX_CALL_THREADS = 4096,      /* threads inside a probed function at once (`call_stacks`) */
 	KSPAN_CALL_DEPTH = 8,               /* probed calls open at once in one thread, nested or recursive */
 	KSPAN_CALL_NAME_MAX = 64,           /* dns: bytes of the queried name kept (NUL included) */
