@@ -11,11 +11,10 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
-import { callsFixturePath } from '../helpers/uprobe-fixtures.ts';
+import { callsFixturePath, runFixtureTraced } from '../helpers/uprobe-fixtures.ts';
 
 const STATUS_ERROR = 2;
 const SPAN_KIND_CLIENT = 3; // OTLP numbering
@@ -62,17 +61,8 @@ describe('dns preset: getaddrinfo → dns.lookup', e2eOptions(), () => {
     const exe = callsFixturePath();
     // The fixture's own mount namespace (private propagation): the host's files stay untouched.
     const script = 'mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/nsswitch.conf && shift 2 && exec "$@"';
-    const fixture = group.start('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, 'sh',
-      join(dir, 'hosts'), join(dir, 'nsswitch.conf'), exe, 'dns', found, missing]);
-    const pid = Number((await fixture.waitLine(/^ready pid (\d+)$/))[1]);
-    const agent = group.start(KSPAN_BIN, ['run', '--pid', String(pid), '--otlp-endpoint', receiver.endpoint, '--uprobe-presets', 'dns']);
-    await agent.waitStderr(/"msg":"tracing"/, 20_000);
-    fixture.send('go');
-    await fixture.waitLine(/^done$/);
-    fixture.send('exit');
-    await fixture.exited;
-    const { code } = await agent.exited;
-    assert.equal(code, 0, agent.stderr.join('\n'));
+    const { fixture, pid } = await runFixtureTraced(group, 'unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, 'sh',
+      join(dir, 'hosts'), join(dir, 'nsswitch.conf'), exe, 'dns', found, missing], ['--otlp-endpoint', receiver.endpoint, '--uprobe-presets', 'dns']);
 
     const seen = lookups(fixture.lines);
     assert.deepEqual(seen.map((l) => [l.name, l.rc, l.addresses]), [[found, 0, 2], [missing, EAI_NONAME, 0]]);

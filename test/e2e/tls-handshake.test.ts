@@ -13,11 +13,10 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
-import { tlsFixturePath } from '../helpers/uprobe-fixtures.ts';
+import { agentStopLog, runFixtureTraced, tlsFixturePath } from '../helpers/uprobe-fixtures.ts';
 
 const HANDSHAKES = 4;
 const STATUS_ERROR = 2;
@@ -58,16 +57,8 @@ describe('tls preset: SSL_connect / SSL_accept → tls.handshake', e2eOptions(),
     const key = join(dir, 'key.pem');
     execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
       '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost'], { stdio: 'ignore' });
-    const fixture = group.start(tlsFixturePath(), [cert, key, String(HANDSHAKES)]);
-    const pid = Number((await fixture.waitLine(/^ready pid (\d+)$/))[1]);
-    const agent = group.start(KSPAN_BIN, ['run', '--pid', String(pid), '--otlp-endpoint', receiver.endpoint, '--uprobe-presets', 'tls']);
-    await agent.waitStderr(/"msg":"tracing"/, 20_000);
-    fixture.send('go');
-    await fixture.waitLine(/^done$/);
-    fixture.send('exit');
-    await fixture.exited;
-    const { code } = await agent.exited;
-    assert.equal(code, 0, agent.stderr.join('\n'));
+    const { fixture, agent } = await runFixtureTraced(group, tlsFixturePath(), [cert, key, String(HANDSHAKES)],
+      ['--otlp-endpoint', receiver.endpoint, '--uprobe-presets', 'tls']);
 
     const seen = handshakes(fixture.lines);
     assert.equal(seen.length, 2 * HANDSHAKES);
@@ -92,7 +83,6 @@ describe('tls preset: SSL_connect / SSL_accept → tls.handshake', e2eOptions(),
       }
     }
     // The handshake functions were all probed: the inner SSL_do_handshake of each outer call was seen, and not made a span.
-    const stop = agent.stderr.map((l) => JSON.parse(l) as { msg: string; uprobes?: { calls: Record<string, number> } }).find((l) => l.msg === 'stopped');
-    assert.deepEqual(stop?.uprobes?.calls, { spans: 2 * HANDSHAKES, orphans: 0, nested: 2 * HANDSHAKES, unknownProbe: 0 });
+    assert.deepEqual(agentStopLog(agent).uprobes?.calls, { spans: 2 * HANDSHAKES, orphans: 0, nested: 2 * HANDSHAKES, unknownProbe: 0 });
   });
 });

@@ -10,35 +10,15 @@ import { basename } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
-import { ProcessGroup, type Proc } from '../helpers/processes.ts';
+import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
-import { scaled } from '../helpers/timeouts.ts';
-import { callsFixturePath, heldUprobeLinks, type HeldLink, publishedContexts, systemLinkIds, tracefsUprobes } from '../helpers/uprobe-fixtures.ts';
+import { until } from '../helpers/traced-server.ts';
+import { agentStopLog, callsFixturePath, heldUprobeLinks, type HeldLink, publishedContexts, systemLinkIds, tracefsUprobes } from '../helpers/uprobe-fixtures.ts';
 
 const PER_THREAD = 25;
 const THREADS = 4;
 const SPAN_KIND_INTERNAL = 1; // OTLP numbering
 const STATUS_ERROR = 2;
-
-interface StopLog {
-  msg: string;
-  kernel?: Record<string, number>;
-  uprobes?: { calls: Record<string, number> };
-}
-
-function stopLog(agent: Proc): StopLog {
-  const l = agent.stderr.filter((x) => x.startsWith('{')).map((x) => JSON.parse(x) as StopLog).find((x) => x.msg === 'stopped');
-  assert.ok(l, `no stop log:\n${agent.stderr.join('\n')}`);
-  return l;
-}
-
-async function until(what: string, check: () => boolean, ms = 15_000): Promise<void> {
-  const end = performance.now() + scaled(ms);
-  while (!check()) {
-    if (performance.now() > end) throw new Error(`timed out waiting until ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 describe('function spans from --uprobe', e2eOptions(), () => {
   let group: ProcessGroup;
@@ -123,7 +103,7 @@ describe('function spans from --uprobe', e2eOptions(), () => {
     assert.equal(blocked.attributes['kspan.incomplete.reason'], 'thread_exit');
     assert.equal(blocked.status.code, STATUS_ERROR);
 
-    const stop = stopLog(agent);
+    const stop = agentStopLog(agent);
     assert.equal(stop.kernel?.KSPAN_C_CALL_UNMATCHED, 0);
     assert.equal(stop.kernel?.KSPAN_C_CALL_TOO_DEEP, 0);
     assert.equal(stop.kernel?.KSPAN_C_CALL_TABLE_FULL, 0);
@@ -155,7 +135,7 @@ describe('function spans from --uprobe', e2eOptions(), () => {
     fixture.send('exit');
     await fixture.exited;
     // The agent notices the exit on its next check (every 2 s) and lets the fixture's binary go.
-    await until('the fixture\'s probes are detached', () => heldUprobeLinks(agent.pid).length === 2);
+    await until(() => (heldUprobeLinks(agent.pid, { names: false }).length === 2 ? true : undefined), 15_000, 'the fixture\'s probes to be detached');
     const after = heldUprobeLinks(agent.pid);
     assert.deepEqual(after.map(what).sort(), ['uprobe libc.so.6 uprobe_cal', 'uretprobe libc.so.6 uprobe_dns']);
     const gone = before.filter((l) => !after.some((a) => a.linkId === l.linkId));

@@ -5,13 +5,16 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import assert from 'node:assert/strict';
 import { buildFixture, INCLUDE_FLAG, THREAD_CTX_HEADER } from './build-fixture.ts';
+import { KSPAN_BIN } from './kspan-cli.ts';
+import type { ProcessGroup, Proc } from './processes.ts';
 
 /** test/fixtures/uprobes/calls.c: threads, recursion, a call that never returns, getaddrinfo. */
 export function callsFixturePath(): string {
   const dir = buildFixture({
     name: 'uprobe-calls',
-    sources: ['test/fixtures/uprobes/calls.c', 'test/fixtures/tls/otel_ctx_writer.c', THREAD_CTX_HEADER],
+    sources: ['test/fixtures/uprobes/calls.c', 'test/fixtures/uprobes/fixture.h', 'test/fixtures/tls/otel_ctx_writer.c', THREAD_CTX_HEADER],
     steps: [
       {
         out: 'calls',
@@ -27,7 +30,7 @@ export function callsFixturePath(): string {
 export function tlsFixturePath(): string {
   const dir = buildFixture({
     name: 'uprobe-tls',
-    sources: ['test/fixtures/uprobes/tls_handshake.c', 'test/fixtures/tls/otel_ctx_writer.c', THREAD_CTX_HEADER],
+    sources: ['test/fixtures/uprobes/tls_handshake.c', 'test/fixtures/uprobes/fixture.h', 'test/fixtures/tls/otel_ctx_writer.c', THREAD_CTX_HEADER],
     steps: [
       {
         out: 'tls_handshake',
@@ -66,8 +69,8 @@ export interface HeldLink {
   cookie: number;
 }
 
-/** The uprobe and uretprobe links `agentPid` holds, oldest first. */
-export function heldUprobeLinks(agentPid: number): HeldLink[] {
+/** The uprobe and uretprobe links `agentPid` holds, oldest first (`names: false`: without asking bpftool the programs' names). */
+export function heldUprobeLinks(agentPid: number, opts: { names?: boolean } = {}): HeldLink[] {
   const links: Omit<HeldLink, 'progName'>[] = [];
   for (const fd of readdirSync(`/proc/${agentPid}/fdinfo`)) {
     let info: string;
@@ -88,7 +91,7 @@ export function heldUprobeLinks(agentPid: number): HeldLink[] {
       cookie: Number(field('cookie')),
     });
   }
-  if (!links.length) return [];
+  if (!links.length || opts.names === false) return links.map((l) => ({ ...l, progName: '' })).sort((a, b) => a.linkId - b.linkId);
   const progs = JSON.parse(execFileSync('bpftool', ['prog', 'show', '--json'], { encoding: 'utf8' })) as { id: number; name?: string }[];
   const names = new Map(progs.map((p) => [p.id, p.name ?? '']));
   return links.map((l) => ({ ...l, progName: names.get(l.progId) ?? '' })).sort((a, b) => a.linkId - b.linkId);
@@ -105,4 +108,36 @@ export function tracefsUprobes(path: string): string[] {
   const file = '/sys/kernel/tracing/uprobe_events';
   if (!existsSync(file)) return [];
   return readFileSync(file, 'utf8').split('\n').filter((l) => l.includes(path));
+}
+
+/** What `kspan run` logs when it stops: the kernel's counters and the function spans' counts. */
+export interface AgentStopLog {
+  msg: string;
+  kernel?: Record<string, number>;
+  uprobes?: { calls: Record<string, number> };
+}
+
+export function agentStopLog(agent: Proc): AgentStopLog {
+  const l = agent.stderr.filter((x) => x.startsWith('{')).map((x) => JSON.parse(x) as AgentStopLog).find((x) => x.msg === 'stopped');
+  assert.ok(l, `no stop log:\n${agent.stderr.join('\n')}`);
+  return l;
+}
+
+/**
+ * Runs a fixture that prints "ready pid P", works on "go" until it prints
+ * "done", and exits on "exit", under `kspan run --pid P AGENT_ARGS`; the agent
+ * stops on its own once the fixture is gone and must exit 0.
+ */
+export async function runFixtureTraced(group: ProcessGroup, cmd: string, args: string[], agentArgs: string[]): Promise<{ fixture: Proc; agent: Proc; pid: number }> {
+  const fixture = group.start(cmd, args);
+  const pid = Number((await fixture.waitLine(/^ready pid (\d+)$/))[1]);
+  const agent = group.start(KSPAN_BIN, ['run', '--pid', String(pid), ...agentArgs]);
+  await agent.waitStderr(/"msg":"tracing"/, 20_000);
+  fixture.send('go');
+  await fixture.waitLine(/^done$/, 60_000);
+  fixture.send('exit');
+  await fixture.exited;
+  const { code } = await agent.exited;
+  assert.equal(code, 0, agent.stderr.join('\n'));
+  return { fixture, agent, pid };
 }
