@@ -120,7 +120,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
       const counters = session!.counters();
       const stats = pipeline.stats();
       for (const n of notices.atStop(pipeline.correlator.orphanSpansByPid)) tell(n);
-      const lost = recordsLost(counters) + stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown;
+      const lost = recordsLost(counters) + (session!.uprobes?.stats.decodeErrors ?? 0) + stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown;
       const featuresOff = session!.featuresOff.map((f) => f.feature);
       const uprobes = session!.uprobes ? { ...session!.uprobes.stats, calls: calls.counters } : undefined;
       log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, uprobes, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');
