@@ -257,7 +257,7 @@ struct kspan_call {
 	__u32 tid;
 	__u32 probe;                /* the agent's probe id (attach cookie) */
 	__u32 outer_probe;          /* probe id of the probed call this one runs inside, 0 when none */
-	__u32 count;                /* dns: distinct addresses in the answer */
+	__u32 count;                /* dns: distinct addresses in the answer; tls: the SSL's first int after a success (the version in OpenSSL 1.1 to 3.1) */
 	__u8 flags;                 /* enum kspan_call_flag */
 	__u8 depth;                 /* probed calls open under this one in the thread */
 	__u8 _pad[2];

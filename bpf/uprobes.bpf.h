@@ -16,6 +16,11 @@
  *   uretprobe uprobe_dns_return   the same for getaddrinfo(), plus the queried name
  *                             (arg 0) and the distinct addresses of the answer
  *                             (*arg 3, a struct addrinfo list); never payload
+ *   uretprobe uprobe_tls_return   the same for SSL_do_handshake/connect/accept,
+ *                             plus, after a success, the first int of the SSL
+ *                             (arg 0): the negotiated version in OpenSSL 1.1
+ *                             and 3.0/3.1 (`ssl_st.version`); the agent keeps
+ *                             it only when it is a TLS version
  *   tp_btf/sched_process_exit, sched_process_exec   the thread itself: calls
  *                             still open are closed, flagged unfinished
  *
@@ -58,6 +63,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct kspan_call_stack);
 } call_stack_zero SEC(".maps");
+
+/* What a return program adds to the record. */
+enum call_kind {
+	CALL_PLAIN,
+	CALL_DNS,
+	CALL_TLS,
+};
 
 #define KSPAN_AF_INET 2
 #define KSPAN_AF_INET6 10
@@ -145,7 +157,7 @@ static __always_inline __u32 dns_addresses(__u64 res_pp)
 }
 
 static __always_inline void call_submit(struct kspan_call_stack *s, __u32 i, __u32 tid, __u64 now, __s64 ret,
-					__u8 flags, bool dns)
+					__u8 flags, enum call_kind kind)
 {
 	struct kspan_call_frame *f = &s->frames[i & (KSPAN_CALL_DEPTH - 1)];
 	if (f->drop) {
@@ -168,11 +180,15 @@ static __always_inline void call_submit(struct kspan_call_stack *s, __u32 i, __u
 	c->flags = flags;
 	c->depth = i;
 	c->ctx = f->ctx;
-	if (dns) {
+	if (kind == CALL_DNS) {
 		if (f->arg0)
 			bpf_probe_read_user_str(c->name, sizeof(c->name), (void *)f->arg0);
 		if (ret == 0)
 			c->count = dns_addresses(f->arg3);
+	} else if (kind == CALL_TLS && (int)ret == 1 && f->arg0) {
+		__s32 version = 0;
+		if (!bpf_probe_read_user(&version, sizeof(version), (void *)f->arg0))
+			c->count = version;
 	}
 	/* Wake the reader only past an eighth of the ring; it also drains on a short timer. */
 	__u64 avail = bpf_ringbuf_query(&calls, BPF_RB_AVAIL_DATA);
@@ -181,7 +197,7 @@ static __always_inline void call_submit(struct kspan_call_stack *s, __u32 i, __u
 	bpf_ringbuf_submit(c, crossed ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
-static __always_inline int call_pop(struct pt_regs *ctx, bool dns)
+static __always_inline int call_pop(struct pt_regs *ctx, enum call_kind kind)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct kspan_call_stack *s = bpf_map_lookup_elem(&call_stacks, &tid);
@@ -198,7 +214,7 @@ static __always_inline int call_pop(struct pt_regs *ctx, bool dns)
 		if (s->frames[(d - 1) & (KSPAN_CALL_DEPTH - 1)].sp >= entry_sp)
 			break;
 		s->depth = d - 1;
-		call_submit(s, d - 1, tid, now, 0, KSPAN_CALL_F_ABANDONED, false);
+		call_submit(s, d - 1, tid, now, 0, KSPAN_CALL_F_ABANDONED, CALL_PLAIN);
 	}
 	__u32 d = s->depth;
 	if (d == 0 || d > KSPAN_CALL_DEPTH) {
@@ -209,20 +225,26 @@ static __always_inline int call_pop(struct pt_regs *ctx, bool dns)
 	if (s->frames[i & (KSPAN_CALL_DEPTH - 1)].sp != entry_sp)
 		return 0; /* the returning call was not kept (counted too deep at its entry) */
 	s->depth = i;
-	call_submit(s, i, tid, now, PT_REGS_RC(ctx), 0, dns);
+	call_submit(s, i, tid, now, PT_REGS_RC(ctx), 0, kind);
 	return 0;
 }
 
 SEC("uretprobe")
 int BPF_KRETPROBE(uprobe_call_return)
 {
-	return call_pop(ctx, false);
+	return call_pop(ctx, CALL_PLAIN);
 }
 
 SEC("uretprobe")
 int BPF_KRETPROBE(uprobe_dns_return)
 {
-	return call_pop(ctx, true);
+	return call_pop(ctx, CALL_DNS);
+}
+
+SEC("uretprobe")
+int BPF_KRETPROBE(uprobe_tls_return)
+{
+	return call_pop(ctx, CALL_TLS);
 }
 
 /* The thread leaves (exit) or its program is replaced (exec): its open calls
@@ -239,7 +261,7 @@ static __always_inline int calls_close_thread(void)
 		if (d == 0 || d > KSPAN_CALL_DEPTH)
 			break;
 		s->depth = d - 1;
-		call_submit(s, d - 1, tid, now, 0, KSPAN_CALL_F_UNFINISHED, false);
+		call_submit(s, d - 1, tid, now, 0, KSPAN_CALL_F_UNFINISHED, CALL_PLAIN);
 	}
 	bpf_map_delete_elem(&call_stacks, &tid);
 	return 0;

@@ -54,6 +54,7 @@ export const FEATURES = {
   'idle-flush': { grade: 'optional', lost: 'closing the last response of a quiet keep-alive connection before its next request or close' },
   uprobes: { grade: 'optional', lost: 'function spans from uprobes: dns.lookup, tls.handshake and --uprobe' },
   'uprobe-dns': { grade: 'optional', lost: 'the queried name and address count of dns.lookup spans (their duration and result stay)' },
+  'uprobe-tls': { grade: 'optional', lost: 'the protocol version of tls.handshake spans (their duration and result stay)' },
 } as const satisfies Record<string, FeatureSpec>;
 export type Feature = keyof typeof FEATURES;
 
@@ -81,6 +82,7 @@ export const PROGRAMS: readonly ProgramSpec[] = [
   { name: 'uprobe_call_entry', section: 'uprobe', feature: 'uprobes', grade: 'optional' },
   { name: 'uprobe_call_return', section: 'uretprobe', feature: 'uprobes', grade: 'optional' },
   { name: 'uprobe_dns_return', section: 'uretprobe', feature: 'uprobe-dns', grade: 'optional' },
+  { name: 'uprobe_tls_return', section: 'uretprobe', feature: 'uprobe-tls', grade: 'optional' },
   { name: 'calls_on_exit', section: 'tp_btf/sched_process_exit', feature: 'uprobes', grade: 'optional', args: 1 },
   { name: 'calls_on_exec', section: 'tp_btf/sched_process_exec', feature: 'uprobes', grade: 'optional', args: 1 },
 ];

@@ -104,7 +104,7 @@ export class TracingSession {
     this.#opts = opts;
     const u = opts.uprobes;
     this.uprobes = u?.specs.length && tracer.plan.load(UPROBE_ENTRY)
-      ? new UprobeTracer({ ...u, object: tracer.object, onDecodeError: opts.onDecodeError, onRingError: opts.onRingError })
+      ? new UprobeTracer({ ...u, object: tracer.object, loaded: (p) => tracer.plan.load(p), onDecodeError: opts.onDecodeError, onRingError: opts.onRingError })
       : null;
     const nodeLayouts = tracer.object.map('node_layouts');
     this.reader = new ThreadContextReader({

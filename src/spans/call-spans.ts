@@ -59,6 +59,9 @@ const EAI: Record<number, string> = {
   [-10]: 'EAI_MEMORY', [-11]: 'EAI_SYSTEM', [-12]: 'EAI_OVERFLOW',
 };
 
+/** TLS versions on the wire (the SSL's `version` in OpenSSL 1.1 to 3.1); anything else is not a version and is left out. */
+const TLS_VERSIONS: Record<number, string> = { 0x0301: '1.0', 0x0302: '1.1', 0x0303: '1.2', 0x0304: '1.3' };
+
 /** getaddrinfo's result as a word: EAI_NONAME, …, or EAI_<n> for a code kspan does not know. */
 export function eaiName(code: number): string {
   return EAI[code] ?? `EAI_${code}`;
@@ -147,6 +150,11 @@ export function describeCall(c: CallRecord, probe: ProbeInfo): { attributes: Att
     }
   } else if (probe.kind === 'tls') {
     a['kspan.tls.result'] = rc;
+    const version = rc === 1 ? TLS_VERSIONS[c.addresses] : undefined;
+    if (version) {
+      a['tls.protocol.name'] = 'tls';
+      a['tls.protocol.version'] = version;
+    }
     if (rc !== 1) {
       a['error.type'] = 'tls_handshake_failed';
       status = { code: STATUS_ERROR, message: `${probe.symbol} returned ${rc}` };

@@ -18,7 +18,7 @@ export interface CallRecord {
   endNs: bigint;
   /** The return value (rax), signed; 0n when the call did not return. */
   ret: bigint;
-  /** dns: distinct addresses of the answer. */
+  /** dns: distinct addresses of the answer; tls: the SSL's first int after a success (its version in OpenSSL 1.1 to 3.1). */
   addresses: number;
   /** dns: the queried name ('' for the others, or when it could not be read). */
   name: string;

@@ -24,11 +24,13 @@ import { binaryMatches, formatUprobeSpec, type UprobeSpec } from './uprobe-spec.
 
 /** The programs of bpf/uprobes.bpf.h. */
 export const UPROBE_ENTRY = 'uprobe_call_entry';
-const RETURN_PROGRAM = { call: 'uprobe_call_return', tls: 'uprobe_call_return', dns: 'uprobe_dns_return' } as const;
+const RETURN_PROGRAM = { call: 'uprobe_call_return', tls: 'uprobe_tls_return', dns: 'uprobe_dns_return' } as const;
 
 export interface UprobeTracerOptions {
   /** kspan.bpf.o, loaded, with the uprobe programs. */
   object: BpfObject;
+  /** Whether a program was loaded (the plan's decision: an optional one may be off). */
+  loaded: (program: string) => boolean;
   specs: readonly UprobeSpec[];
   onCall: (c: CallRecord) => void;
   /** A record the decoder refused (counted). */
@@ -159,8 +161,10 @@ export class UprobeTracer {
     const links: UprobeLink[] = [];
     try {
       const obj = this.#o.object;
+      // A preset's own return program when the kernel took it, else the plain one (duration and result).
+      const ret = this.#o.loaded(RETURN_PROGRAM[spec.kind]) ? RETURN_PROGRAM[spec.kind] : RETURN_PROGRAM.call;
       links.push(obj.attachUprobe(UPROBE_ENTRY, { binaryPath: path, offset, retprobe: false, cookie: probe }));
-      links.push(obj.attachUprobe(RETURN_PROGRAM[spec.kind], { binaryPath: path, offset, retprobe: true, cookie: probe }));
+      links.push(obj.attachUprobe(ret, { binaryPath: path, offset, retprobe: true, cookie: probe }));
     } catch (err) {
       for (const l of links) l.destroy();
       this.#failed.add(key);

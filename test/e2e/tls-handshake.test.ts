@@ -76,7 +76,11 @@ describe('tls preset: SSL_connect / SSL_accept → tls.handshake', e2eOptions(),
       assert.match(String(s.attributes['kspan.uprobe.binary']), /\/libssl\.so\.3$/);
       if (h.rc === 1) {
         assert.equal(s.status.code, 0);
+        // Debian 12's OpenSSL 3.0 negotiates TLS 1.3 with itself.
+        assert.equal(s.attributes['tls.protocol.name'], 'tls');
+        assert.equal(s.attributes['tls.protocol.version'], '1.3');
       } else {
+        assert.equal(s.attributes['tls.protocol.version'], undefined);
         assert.equal(s.status.code, STATUS_ERROR);
         assert.equal(s.attributes['error.type'], 'tls_handshake_failed');
         assert.equal(s.status.message, `${h.role === 'client' ? 'SSL_connect' : 'SSL_accept'} returned ${h.rc}`);

@@ -148,8 +148,13 @@ describe('call spans', () => {
 
   test('tls.handshake: 1 is success, anything else an error with the function\'s return', () => {
     const b = builder();
-    const ok = b.build(dnsRecord({ probe: 2, ret: 1n, name: '' }))!;
+    const ok = b.build(dnsRecord({ probe: 2, ret: 1n, name: '', addresses: 0x0303 }))!;
     assert.deepEqual([ok.name, ok.attributes['kspan.tls.result'], ok.status.code, ok.attributes['dns.question.name']], ['tls.handshake', 1, 0, undefined]);
+    assert.deepEqual([ok.attributes['tls.protocol.name'], ok.attributes['tls.protocol.version']], ['tls', '1.2']);
+    // Not a version (OpenSSL 3.2's SSL starts with a type, BoringSSL's with a pointer): left out.
+    for (const notVersion of [0, 0x80, 0x0305, 0x5566_0304]) {
+      assert.equal(b.build(dnsRecord({ probe: 2, ret: 1n, name: '', addresses: notVersion >>> 0 }))!.attributes['tls.protocol.version'], undefined);
+    }
     const bad = b.build(dnsRecord({ probe: 2, ret: 0xffff_ffffn, name: '' }))!;
     assert.deepEqual(bad.status, { code: 2, message: 'SSL_connect returned -1' });
     assert.equal(bad.attributes['error.type'], 'tls_handshake_failed');
