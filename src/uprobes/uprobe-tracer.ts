@@ -12,8 +12,11 @@
  */
 import { readlinkSync } from 'node:fs';
 import { KspanError } from '../core/errors.ts';
-import { openElfFile, type ElfFile } from '../elf/elf-file.ts';
-import { symbolFileOffset } from '../elf/symbol-offset.ts';
+import { openElfFile, SHN_UNDEF, type ElfFile } from '../elf/elf-file.ts';
+import { fileOffsetOf } from '../elf/symbol-offset.ts';
+
+/** ELF symbol type of a function (STT_FUNC). */
+const STT_FUNC = 2;
 import { mappedFiles, readProcMaps, type MappedFile } from '../context/proc-maps.ts';
 import type { BpfObject, UprobeLink } from '../kernel/bpf-object.ts';
 import { RingBufferReader } from '../kernel/ring-buffer.ts';
@@ -66,8 +69,8 @@ export class UprobeTracer {
   readonly #attachments = new Map<string, Attachment>();
   readonly #byPid = new Map<number, Set<Attachment>>();
   readonly #probes = new Map<number, ProbeInfo>();
-  /** Binaries whose symbols were looked up: `${dev}:${inode}` → symbol → file offset (null: not defined there). */
-  readonly #offsets = new Map<string, Map<string, number | null>>();
+  /** Binaries whose symbols were looked up, `${dev}:${inode}` → the file (null: unreadable) and its function symbols by table. */
+  readonly #binaries = new Map<string, { elf: ElfFile | null; tables: Map<string, Map<string, number>> }>();
   /** Spec × binary pairs that failed to attach (not retried every refresh). */
   readonly #failed = new Set<string>();
   readonly #notFound = new Set<string>();
@@ -155,7 +158,7 @@ export class UprobeTracer {
     if (existing) return existing;
     if (this.#failed.has(key)) return undefined;
     const path = `/proc/${pid}/root${f.path}`;
-    const offset = this.#offset(binKey, path, spec.symbol);
+    const offset = this.#offset(binKey, path, spec);
     if (offset === null) return undefined;
     const probe = this.#nextProbe++;
     const links: UprobeLink[] = [];
@@ -183,32 +186,49 @@ export class UprobeTracer {
     return a;
   }
 
-  /** The file offset of `symbol` in the binary, or null when it does not define it (or cannot be read: reported once). */
-  #offset(binKey: string, path: string, symbol: string): number | null {
-    let syms = this.#offsets.get(binKey);
-    if (!syms) this.#offsets.set(binKey, (syms = new Map()));
-    const known = syms.get(symbol);
-    if (known !== undefined) return known;
-    let off: number | null = null;
-    let elf: ElfFile;
-    try {
-      elf = openElfFile(path);
-    } catch (err) {
-      syms.set(symbol, null);
-      this.stats.probeErrors++;
-      this.#o.onProbeError?.(new KspanError('KSPAN_ERR_UPROBE', `cannot read ${path} to find ${symbol}`, {
-        hint: 'the function makes no spans from this file; is it an ELF file kspan may read?',
-        cause: err,
-      }));
-      return null;
+  /**
+   * The file offset of `symbol` in the binary, or null when it does not define
+   * it (or the file cannot be read: reported once). Each symbol table is read
+   * once per binary: a large executable (Node's is 120 MB, 145 000 symbols) costs
+   * one pass, not one per function. `.symtab` is read for user-defined functions,
+   * and for presets only when the file has no `.dynsym` (a static executable):
+   * what a preset probes is exported where it is linked dynamically.
+   */
+  #offset(binKey: string, path: string, spec: UprobeSpec): number | null {
+    let bin = this.#binaries.get(binKey);
+    if (!bin) {
+      try {
+        bin = { elf: openElfFile(path), tables: new Map() };
+      } catch (err) {
+        bin = { elf: null, tables: new Map() };
+        this.stats.probeErrors++;
+        this.#o.onProbeError?.(new KspanError('KSPAN_ERR_UPROBE', `cannot read ${path} to find ${spec.symbol}`, {
+          hint: 'the functions kspan probes in this file make no spans; is it an ELF file kspan may read?',
+          cause: err,
+        }));
+      }
+      this.#binaries.set(binKey, bin);
     }
-    try {
-      off = symbolFileOffset(elf, symbol);
-    } catch {
-      off = null; // not defined in this file
+    const elf = bin.elf;
+    if (!elf) return null;
+    const dynamic = elf.sections.some((x) => x.name === '.dynsym');
+    const tables: ('.dynsym' | '.symtab')[] = spec.kind === 'call' || !dynamic ? ['.dynsym', '.symtab'] : ['.dynsym'];
+    for (const t of tables) {
+      let names = bin.tables.get(t);
+      if (!names) {
+        names = new Map();
+        for (const sym of elf.symbols(t)) if (sym.shndx !== SHN_UNDEF && sym.type === STT_FUNC && sym.value) names.set(sym.name, sym.value);
+        bin.tables.set(t, names);
+      }
+      const vaddr = names.get(spec.symbol);
+      if (vaddr === undefined) continue;
+      try {
+        return fileOffsetOf(elf, vaddr, `symbol ${spec.symbol}`);
+      } catch {
+        return null;
+      }
     }
-    syms.set(symbol, off);
-    return off;
+    return null;
   }
 
   /** Processes tracked now. */
