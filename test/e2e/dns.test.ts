@@ -7,14 +7,11 @@
  * fixture itself saw, lasting no longer than the fixture measured.
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, test } from 'node:test';
-import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
-import { ProcessGroup } from '../helpers/processes.ts';
+import { describe, test } from 'node:test';
 import { e2eOptions } from '../helpers/require-bpf.ts';
-import { callsFixturePath, runFixtureTraced } from '../helpers/uprobe-fixtures.ts';
+import { callsFixturePath, runFixtureTraced, useTestBed } from '../helpers/uprobe-fixtures.ts';
 
 const STATUS_ERROR = 2;
 const SPAN_KIND_CLIENT = 3; // OTLP numbering
@@ -37,38 +34,25 @@ function lookups(lines: readonly string[]): Lookup[] {
 }
 
 describe('dns preset: getaddrinfo → dns.lookup', e2eOptions(), () => {
-  let group: ProcessGroup;
-  let receiver: OtlpReceiver;
-  let dir: string;
-  beforeEach(async () => {
-    group = new ProcessGroup();
-    receiver = new OtlpReceiver({ protocol: 'grpc' });
-    await receiver.start();
-    dir = mkdtempSync(join(tmpdir(), 'kspan-dns-'));
-  });
-  afterEach(async () => {
-    await group.killAll();
-    await receiver.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const bed = useTestBed();
 
   test('one span per lookup, under the caller\'s span, with the name, result and addresses; a failed one is an error', async () => {
     const found = `kspan-${process.pid}-a.test`;
     const missing = `kspan-${process.pid}-missing.test`;
     // Two addresses for `found` (IPv4 and IPv6); nothing else is consulted.
-    writeFileSync(join(dir, 'hosts'), `10.77.0.1 ${found}\nfd00:77::1 ${found}\n10.77.0.2 other-${found}\n`);
-    writeFileSync(join(dir, 'nsswitch.conf'), 'hosts: files\n');
+    writeFileSync(join(bed.dir, 'hosts'), `10.77.0.1 ${found}\nfd00:77::1 ${found}\n10.77.0.2 other-${found}\n`);
+    writeFileSync(join(bed.dir, 'nsswitch.conf'), 'hosts: files\n');
     const exe = callsFixturePath();
     // The fixture's own mount namespace (private propagation): the host's files stay untouched.
     const script = 'mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/nsswitch.conf && shift 2 && exec "$@"';
-    const { fixture, pid } = await runFixtureTraced(group, 'unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, 'sh',
-      join(dir, 'hosts'), join(dir, 'nsswitch.conf'), exe, 'dns', found, missing], ['--otlp-endpoint', receiver.endpoint, '--uprobe-presets', 'dns']);
+    const { fixture, pid } = await runFixtureTraced(bed.group, 'unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, 'sh',
+      join(bed.dir, 'hosts'), join(bed.dir, 'nsswitch.conf'), exe, 'dns', found, missing], ['--otlp-endpoint', bed.receiver.endpoint, '--uprobe-presets', 'dns']);
 
     const seen = lookups(fixture.lines);
     assert.deepEqual(seen.map((l) => [l.name, l.rc, l.addresses]), [[found, 0, 2], [missing, EAI_NONAME, 0]]);
-    const spans = receiver.spans.filter((s) => s.name === 'dns.lookup');
-    assert.equal(spans.length, 2, receiver.spans.map((s) => s.name).join(' '));
-    assert.equal(receiver.spans.length, 2);
+    const spans = bed.receiver.spans.filter((s) => s.name === 'dns.lookup');
+    assert.equal(spans.length, 2, bed.receiver.spans.map((s) => s.name).join(' '));
+    assert.equal(bed.receiver.spans.length, 2);
     for (const l of seen) {
       const mine = spans.filter((s) => s.parentSpanId === l.spanId);
       assert.equal(mine.length, 1, l.name);

@@ -9,14 +9,10 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, beforeEach, describe, test } from 'node:test';
-import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
-import { ProcessGroup } from '../helpers/processes.ts';
+import { describe, test } from 'node:test';
 import { e2eOptions } from '../helpers/require-bpf.ts';
-import { agentStopLog, runFixtureTraced, tlsFixturePath } from '../helpers/uprobe-fixtures.ts';
+import { agentStopLog, runFixtureTraced, tlsFixturePath, useTestBed } from '../helpers/uprobe-fixtures.ts';
 
 const HANDSHAKES = 4;
 const STATUS_ERROR = 2;
@@ -37,35 +33,22 @@ function handshakes(lines: readonly string[]): Handshake[] {
 }
 
 describe('tls preset: SSL_connect / SSL_accept → tls.handshake', e2eOptions(), () => {
-  let group: ProcessGroup;
-  let receiver: OtlpReceiver;
-  let dir: string;
-  beforeEach(async () => {
-    group = new ProcessGroup();
-    receiver = new OtlpReceiver({ protocol: 'grpc' });
-    await receiver.start();
-    dir = mkdtempSync(join(tmpdir(), 'kspan-tls-'));
-  });
-  afterEach(async () => {
-    await group.killAll();
-    await receiver.stop();
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const bed = useTestBed();
 
   test('one span per handshake and side, under its span, with its result; a failed handshake is an error on both sides', async () => {
-    const cert = join(dir, 'cert.pem');
-    const key = join(dir, 'key.pem');
+    const cert = join(bed.dir, 'cert.pem');
+    const key = join(bed.dir, 'key.pem');
     execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes',
       '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost'], { stdio: 'ignore' });
-    const { fixture, agent } = await runFixtureTraced(group, tlsFixturePath(), [cert, key, String(HANDSHAKES)],
-      ['--otlp-endpoint', receiver.endpoint, '--uprobe-presets', 'tls']);
+    const { fixture, agent } = await runFixtureTraced(bed.group, tlsFixturePath(), [cert, key, String(HANDSHAKES)],
+      ['--otlp-endpoint', bed.receiver.endpoint, '--uprobe-presets', 'tls']);
 
     const seen = handshakes(fixture.lines);
     assert.equal(seen.length, 2 * HANDSHAKES);
     for (const h of seen) assert.equal(h.rc === 1, h.i < HANDSHAKES - 1, `${h.role} ${h.i} returned ${h.rc}`);
 
-    const spans = receiver.spans.filter((s) => s.name === 'tls.handshake');
-    assert.equal(spans.length, 2 * HANDSHAKES, receiver.spans.map((s) => `${s.name} ${s.attributes['code.function.name']}`).join('\n'));
+    const spans = bed.receiver.spans.filter((s) => s.name === 'tls.handshake');
+    assert.equal(spans.length, 2 * HANDSHAKES, bed.receiver.spans.map((s) => `${s.name} ${s.attributes['code.function.name']}`).join('\n'));
     for (const h of seen) {
       const mine = spans.filter((s) => s.parentSpanId === h.spanId);
       assert.equal(mine.length, 1, `${h.role} ${h.i}`);

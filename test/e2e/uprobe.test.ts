@@ -7,13 +7,11 @@
  */
 import assert from 'node:assert/strict';
 import { basename } from 'node:path';
-import { afterEach, beforeEach, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
-import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
-import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { until } from '../helpers/traced-server.ts';
-import { agentStopLog, callsFixturePath, heldUprobeLinks, type HeldLink, publishedContexts, systemLinkIds, tracefsUprobes } from '../helpers/uprobe-fixtures.ts';
+import { agentStopLog, callsFixturePath, heldUprobeLinks, type HeldLink, publishedContexts, systemLinkIds, tracefsUprobes, useTestBed } from '../helpers/uprobe-fixtures.ts';
 
 const PER_THREAD = 25;
 const THREADS = 4;
@@ -21,24 +19,14 @@ const SPAN_KIND_INTERNAL = 1; // OTLP numbering
 const STATUS_ERROR = 2;
 
 describe('function spans from --uprobe', e2eOptions(), () => {
-  let group: ProcessGroup;
-  let receiver: OtlpReceiver;
-  beforeEach(async () => {
-    group = new ProcessGroup();
-    receiver = new OtlpReceiver({ protocol: 'grpc' });
-    await receiver.start();
-  });
-  afterEach(async () => {
-    await group.killAll();
-    await receiver.stop();
-  });
+  const bed = useTestBed();
 
   test('N calls from 4 threads give exactly N spans, each under its thread\'s span; recursion nests; a call open at exit is closed, marked', async () => {
     const exe = callsFixturePath();
-    const fixture = group.start(exe, ['threads', String(PER_THREAD)]);
+    const fixture = bed.group.start(exe, ['threads', String(PER_THREAD)]);
     const pid = Number((await fixture.waitLine(/^ready pid (\d+)$/))[1]);
-    const agent = group.start(KSPAN_BIN, [
-      'run', '--pid', String(pid), '--otlp-endpoint', receiver.endpoint, '--uprobe-presets', 'none',
+    const agent = bed.group.start(KSPAN_BIN, [
+      'run', '--pid', String(pid), '--otlp-endpoint', bed.receiver.endpoint, '--uprobe-presets', 'none',
       '--uprobe', 'calls:kspan_fixture_work:fixture.work',
       '--uprobe', `${exe}:kspan_fixture_recurse`,
       '--uprobe', 'calls:kspan_fixture_block',
@@ -57,7 +45,7 @@ describe('function spans from --uprobe', e2eOptions(), () => {
     assert.equal(code, 0, agent.stderr.join('\n'));
 
     const ctx = publishedContexts(fixture.lines);
-    const spans = receiver.spans;
+    const spans = bed.receiver.spans;
     const byName = (n: string) => spans.filter((s) => s.name === n);
     assert.equal(spans.length, THREADS * PER_THREAD + 3 + 1, spans.map((s) => s.name).join(' '));
 
@@ -117,11 +105,11 @@ describe('function spans from --uprobe', e2eOptions(), () => {
 
   test('a binary\'s probes are detached when no traced process maps it any more; a shared libc stays probed until its last target exits', async () => {
     const exe = callsFixturePath();
-    const fixture = group.start(exe, ['threads', '1']);
+    const fixture = bed.group.start(exe, ['threads', '1']);
     const pid = Number((await fixture.waitLine(/^ready pid (\d+)$/))[1]);
-    const other = group.start('sleep', ['600']); // maps libc, not the fixture
-    const agent = group.start(KSPAN_BIN, [
-      'run', '--pid', String(pid), '--pid', String(other.pid), '--otlp-endpoint', receiver.endpoint,
+    const other = bed.group.start('sleep', ['600']); // maps libc, not the fixture
+    const agent = bed.group.start(KSPAN_BIN, [
+      'run', '--pid', String(pid), '--pid', String(other.pid), '--otlp-endpoint', bed.receiver.endpoint,
       '--uprobe-presets', 'dns', '--uprobe', 'calls:kspan_fixture_work',
     ]);
     await agent.waitStderr(/"msg":"tracing"/, 20_000);
@@ -152,7 +140,7 @@ describe('function spans from --uprobe', e2eOptions(), () => {
     assert.deepEqual(before.filter((l) => left.has(l.linkId)), []);
     assert.deepEqual(tracefsUprobes('libc.so'), []);
     // One call per worker thread, each under its span.
-    const spans = receiver.spans.filter((s) => s.name === 'kspan_fixture_work');
+    const spans = bed.receiver.spans.filter((s) => s.name === 'kspan_fixture_work');
     const workers = publishedContexts(fixture.lines).filter((c) => c.who.startsWith('worker'));
     assert.deepEqual(spans.map((s) => s.parentSpanId).sort(), workers.map((c) => c.spanId).sort());
   });

@@ -3,12 +3,15 @@
  * their lines parsed.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { afterEach, beforeEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { buildFixture, INCLUDE_FLAG, THREAD_CTX_HEADER } from './build-fixture.ts';
 import { KSPAN_BIN } from './kspan-cli.ts';
-import type { ProcessGroup, Proc } from './processes.ts';
+import { OtlpReceiver } from './otlp-receiver.ts';
+import { ProcessGroup, type Proc } from './processes.ts';
 
 /** test/fixtures/uprobes/calls.c: threads, recursion, a call that never returns, getaddrinfo. */
 export function callsFixturePath(): string {
@@ -140,4 +143,28 @@ export async function runFixtureTraced(group: ProcessGroup, cmd: string, args: s
   const { code } = await agent.exited;
   assert.equal(code, 0, agent.stderr.join('\n'));
   return { fixture, agent, pid };
+}
+
+/** What each function-span test gets fresh: its processes (killed after), an OTLP receiver, a scratch directory. */
+export interface TestBed {
+  group: ProcessGroup;
+  receiver: OtlpReceiver;
+  dir: string;
+}
+
+/** Registers the hooks that make and clean up a TestBed around each test of the calling describe(). */
+export function useTestBed(): TestBed {
+  const bed = {} as TestBed;
+  beforeEach(async () => {
+    bed.group = new ProcessGroup();
+    bed.receiver = new OtlpReceiver({ protocol: 'grpc' });
+    await bed.receiver.start();
+    bed.dir = mkdtempSync(join(tmpdir(), 'kspan-uprobes-'));
+  });
+  afterEach(async () => {
+    await bed.group.killAll();
+    await bed.receiver.stop();
+    rmSync(bed.dir, { recursive: true, force: true });
+  });
+  return bed;
 }
