@@ -888,4 +888,5 @@ IO_TRACEPOINTS(readv, KSPAN_EV_RECV)
 IO_TRACEPOINTS(recvfrom, KSPAN_EV_RECV)
 IO_TRACEPOINTS(recvmsg, KSPAN_EV_RECV)
 
+#include "uprobes.bpf.h"
 #include "sched.bpf.h"
