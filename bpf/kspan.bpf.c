@@ -125,10 +125,15 @@ struct {
  * opens an aggregate (or is read at accept/connect), read back into its records.
  * Most targets publish none and never touch it. An evicted entry is counted
  * (KSPAN_C_STATE_EVICTED) and its record goes without the attributes. */
+struct span_key {
+	__u8 trace_id[16];
+	__u8 span_id[8];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, KSPAN_MAX_SPAN_ATTRS);
-	__uint(key_size, 24);
+	__type(key, struct span_key);
 	__type(value, struct kspan_span_attrs);
 } span_attrs SEC(".maps");
 
