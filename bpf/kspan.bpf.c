@@ -371,13 +371,19 @@ static __always_inline void agg_out(struct kspan_agg *dst, const struct kspan_so
 	ctx_from_ref(&dst->ctx, &src->ref);
 }
 
+/* Leaves no aggregate open (`agg.ref` stays: the last syscall's span). */
+static __always_inline void agg_clear(struct kspan_sock *st)
+{
+	st->agg.dir = 0;
+	st->agg.bytes = 0;
+	st->agg.calls = 0;
+}
+
 /* Moves the open aggregate to `dst` and leaves none open. */
 static __always_inline void agg_take(struct kspan_sock_agg *dst, struct kspan_sock *st)
 {
 	*dst = st->agg;
-	st->agg.dir = 0;
-	st->agg.bytes = 0;
-	st->agg.calls = 0;
+	agg_clear(st);
 }
 
 /*
@@ -527,9 +533,7 @@ static __always_inline void agg_flush(struct kspan_sock *st, __u64 cookie)
 {
 	if (st->agg.dir && !st->pend.dir) {
 		agg_submit(st, cookie, &st->agg);
-		st->agg.dir = 0;
-		st->agg.bytes = 0;
-		st->agg.calls = 0;
+		agg_clear(st);
 		tx_leave_agg(st, false);
 		return;
 	}
