@@ -5,7 +5,7 @@
  * aggregate left in the kernel so no byte is missing.
  */
 import { fileURLToPath } from 'node:url';
-import { faultRejectedPrograms } from '../core/config.ts';
+import { faultRejectedPrograms, testRingBytes } from '../core/config.ts';
 import { KspanError, VerifierError, verifierLogLastLine } from '../core/errors.ts';
 import {
   decodeKspanFlushArgs,
@@ -142,6 +142,8 @@ export class TcpTracer {
    * by a signal is retried. Each attempt uses a new object.
    */
   static open(opts: TcpTracerOptions): TcpTracer {
+    const ringBytes = opts.ringBytes ?? testRingBytes();
+    if (ringBytes !== undefined) opts = { ...opts, ringBytes };
     const hooks = opts.hooks ?? kernelHooks();
     const ioPath = chooseIoPath(opts.ioPath, hooks);
     const rejected = new Map<string, string>();
@@ -193,14 +195,17 @@ export class TcpTracer {
 
   /** Traces `pid` (no thread context until setContextLocation). Idempotent. */
   addPid(pid: number): void {
-    this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION, this.#policy));
+    if (this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION, this.#policy))) this.targetStats.found++;
     this.#pids.add(pid);
   }
 
   removePid(pid: number): void {
-    this.#obj.map('targets').delete(pidKey(pid));
+    if (this.#obj.map('targets').delete(pidKey(pid))) this.targetStats.forgotten++;
     this.#pids.delete(pid);
   }
+
+  /** Processes added to the `targets` map since start, and removed from it (self-metrics). */
+  readonly targetStats = { found: 0, forgotten: 0 };
 
   /** Where `pid`'s threads keep their span; false when `pid` is not traced. */
   setContextLocation(pid: number, loc: KspanTlsLoc): boolean {
