@@ -110,6 +110,14 @@ static __always_inline bool ctx_failures_take(struct ctx_failure_counts *c)
 	return failed;
 }
 
+/* The same span: trace_id, span_id, trace_flags and valid (not the attributes). */
+static __always_inline bool sched_ctx_equal(const struct kspan_trace_ctx *a, const struct kspan_trace_ctx *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] &&
+	       *(const __u16 *)&a->trace_flags == *(const __u16 *)&b->trace_flags;
+}
+
 /* Emits the thread's aggregate (or counts it, unsampled). */
 static __always_inline void sched_emit(struct kspan_sched_thread *st, __u8 flags)
 {
@@ -190,7 +198,7 @@ static __always_inline void sched_out(const struct kspan_target *t, struct task_
 	/* The run that ends: since the last switch-out we saw, or since this run's switch-in. */
 	__u64 run = st ? sum - st->sum_out : sum - prev->se.prev_sum_exec_runtime;
 
-	if (st && !ctx_equal(&st->agg.ctx, &cur)) {
+	if (st && !sched_ctx_equal(&st->agg.ctx, &cur)) {
 		__u8 flags = 0;
 		if (!cur.valid) {
 			/* The span ended during this run: the run is its last. */
