@@ -77,6 +77,8 @@ export interface KernelHooks {
   tracepointArgs(name: string): number | undefined;
   /** Whether classic tracepoint `category/name` exists. */
   hasTracepoint(category: string, name: string): boolean;
+  /** Set when classic tracepoints cannot be looked up at all (tracefs not readable): why, and the fix. */
+  tracepointsUnreadable?: string;
 }
 
 export type ProgramDecision =
@@ -111,6 +113,7 @@ function hookMissing(p: ProgramSpec, hooks: KernelHooks): string | undefined {
     if (p.args !== undefined && n < p.args) return `the kernel's ${a} has ${n} argument(s); the program reads ${p.args}`;
     return undefined;
   }
+  if (kind === 'tracepoint' && hooks.tracepointsUnreadable) return hooks.tracepointsUnreadable;
   if (kind === 'tracepoint') return hooks.hasTracepoint(a, b) ? undefined : `the kernel has no tracepoint ${a}:${b}`;
   return undefined;
 }
