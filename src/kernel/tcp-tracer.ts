@@ -255,6 +255,18 @@ export class TcpTracer {
   }
 
 
+  /**
+   * Takes closed sockets out of the idle flush's queue without flushing anything
+   * (every aggregate counts as busy: idle_ns is the whole time since boot).
+   * Commands that never flush idle aggregates (events, record) call this on a
+   * timer; otherwise each socket ever queued would hold its slot until the
+   * queue is full (KSPAN_C_IDLE_QUEUE_FULL).
+   */
+  pruneIdleQueue(): void {
+    // bpf_ktime_get_ns() and process.hrtime are both CLOCK_MONOTONIC: the cutoff is ~0.
+    this.flushIdle(process.hrtime.bigint());
+  }
+
   get ringStats() {
     return this.#ring.stats;
   }
