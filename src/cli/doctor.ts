@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { readElfFile } from '../elf/elf-file.ts';
 import { entryFileOffset } from '../elf/symbol-offset.ts';
 import { HINT_BPFFS, HINT_BTF, HINT_LIBBPF, HINT_TRACEFS, KspanError } from '../core/errors.ts';
-import { Capabilities, loadRefusedHint, tracefsState } from '../kernel/capabilities.ts';
+import { Capabilities, loadRefusedHint, tracefsState } from '../kernel/privileges.ts';
 import { BpfObject } from '../kernel/bpf-object.ts';
 import {
   bpffsMounted,

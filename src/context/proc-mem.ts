@@ -6,7 +6,7 @@
  */
 import { closeSync, openSync, readSync } from 'node:fs';
 import { KspanError } from '../core/errors.ts';
-import { targetReadHint } from '../kernel/capabilities.ts';
+import { targetReadHint } from '../kernel/privileges.ts';
 
 export type ProcMemFailure = 'gone' | 'permission' | 'unmapped';
 

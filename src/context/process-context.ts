@@ -14,7 +14,7 @@ import { basename } from 'node:path';
 import { KspanError } from '../core/errors.ts';
 import { type Mapping, readProcMaps } from './proc-maps.ts';
 import { ProcMemError, procFailure, withProcessMemory } from './proc-mem.ts';
-import { targetReadHint } from '../kernel/capabilities.ts';
+import { targetReadHint } from '../kernel/privileges.ts';
 import {
   OTEL_CTX_HEADER_SIZE,
   OTEL_CTX_SIGNATURE,

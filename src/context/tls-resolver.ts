@@ -13,7 +13,7 @@
  */
 import { readlinkSync } from 'node:fs';
 import { KspanError } from '../core/errors.ts';
-import { targetReadHint } from '../kernel/capabilities.ts';
+import { targetReadHint } from '../kernel/privileges.ts';
 import { ElfFormatError, openElfFile } from '../elf/elf-file.ts';
 import { KspanCtxScheme, KspanDtvLayout, KspanLimit, KspanTlsKind, type KspanTlsLoc } from '../records/abi.generated.ts';
 import { type MappedFile, loadBias, mappedFiles, readProcMaps } from './proc-maps.ts';

@@ -7,7 +7,7 @@
  * VerifierError with the program name and the verifier's log.
  */
 import { existsSync } from 'node:fs';
-import { attachRefusedHint, loadRefusedHint, tracefsState } from './capabilities.ts';
+import { attachRefusedHint, loadRefusedHint, tracefsState } from './privileges.ts';
 import { constants } from 'node:os';
 import {
   errnoError,

@@ -1,15 +1,17 @@
 /**
  * What the running kernel offers, probed at start: BTF, the prototypes of the
  * tp_btf tracepoints kspan uses (their btf_trace_* typedefs in vmlinux BTF),
- * which classic tracepoints exist (tracefs). The program planner
+ * which classic tracepoints exist (tracefs), and what the verifier allows
+ * (src/kernel/program-probes.ts, asked lazily). The program planner
  * (src/kernel/programs.ts) turns these into which programs load, and the I/O
  * path: sock_{send,recv}_length (6.3+) or the syscall-tracepoint fallback.
  */
 import { readFileSync } from 'node:fs';
-import { pathAccess, tracefsState } from './capabilities.ts';
+import { pathAccess, tracefsState } from './privileges.ts';
 import { release } from 'node:os';
 import { BTF_KIND } from '../elf/btf-kind.ts';
 import { libbpf } from './native.ts';
+import { kernelCapabilities } from './program-probes.ts';
 import { PROGRAMS, type KernelHooks } from './programs.ts';
 import { tracepointPrototypes, type TracepointPrototype } from './tracepoint-prototypes.ts';
 
@@ -95,6 +97,7 @@ export function kernelHooks(tracepoints: readonly string[] = PROGRAM_TRACEPOINTS
   return {
     tracepointArgs: (name) => prototypes.get(name)?.length,
     hasTracepoint,
+    can: kernelCapabilities(),
     ...(tracefs.state === 'denied' ? { tracepointsUnreadable: `tracefs is not readable here: ${tracefs.fix}` } : {}),
   };
 }
