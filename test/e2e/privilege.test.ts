@@ -79,7 +79,9 @@ function normalize(r: Run): string[] {
     const k = r.spans.findIndex((s) => s.spanId === e.span_id && s.traceId === e.trace_id);
     return k < 0 ? `unknown ${String(e.span_id)}` : k;
   };
+  // A busy machine retransmits on loopback now and then: not part of the workload.
   return r.lines
+    .filter((e) => e.type !== 'retransmit')
     .map((e) => {
       if (e.type === 'target') {
         return JSON.stringify({ type: e.type, who: who(e.pid), scheme: e.scheme, model: e.model, reason: e.reason ?? null });

@@ -28,8 +28,10 @@ function perfEventFds(pid: number): number {
   }
 }
 
-export async function startRetransmitOracle(group: ProcessGroup, port: number): Promise<RetransmitOracle> {
-  const perf: Proc = group.start('perf', ['stat', '-x,', '-a', '-e', 'tcp:tcp_retransmit_skb', '--filter', `sport == ${port} || dport == ${port}`]);
+/** Counts the retransmits of sockets to or from `port`; `localOnly`: of sockets whose own port it is (a server's accepted sockets). */
+export async function startRetransmitOracle(group: ProcessGroup, port: number, opts: { localOnly?: boolean } = {}): Promise<RetransmitOracle> {
+  const filter = opts.localOnly ? `sport == ${port}` : `sport == ${port} || dport == ${port}`;
+  const perf: Proc = group.start('perf', ['stat', '-x,', '-a', '-e', 'tcp:tcp_retransmit_skb', '--filter', filter]);
   for (let i = 0; perfEventFds(perf.pid) === 0; i++) {
     if (i * 25 > scaled(5_000)) throw new Error(`perf stat did not open its events: ${perf.stderr.join('\n')}`);
     await new Promise((r) => setTimeout(r, 25));
