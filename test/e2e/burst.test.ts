@@ -9,16 +9,14 @@
  * were lost, with the counter, and exits 3.
  */
 import assert from 'node:assert/strict';
-import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { KspanLimit, KSPAN_EVENT_SIZE } from '../../src/records/abi.generated.ts';
-import { buildFixture } from '../helpers/build-fixture.ts';
 import { KSPAN_BIN, parseEventLine } from '../helpers/kspan-cli.ts';
 import { ProcessGroup, type Proc } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
-import { startServer, type Server } from '../helpers/tcp-fixtures.ts';
+import { connLoopPath, startServer, type Server } from '../helpers/tcp-fixtures.ts';
 import { startRetransmitOracle } from '../helpers/retransmit-oracle.ts';
-import { scaled } from '../helpers/timeouts.ts';
+import { scaled, waitFor } from '../helpers/timeouts.ts';
 
 /** Ring records per connection of `k` exchanges: accept, one per exchange (request and response paired), close. */
 const perConn = (k: number) => k + 2;
@@ -36,25 +34,8 @@ function burstLines(entries: number, k: number): number {
   return full * (2 * k + 2) + (rest ? 1 + 2 * (rest - 1) : 0);
 }
 
-async function waitFor(ok: () => boolean, timeoutMs: number, what: string): Promise<void> {
-  const end = Date.now() + scaled(timeoutMs);
-  while (!ok()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 const REQ = 10;
 const RESP = 20;
-
-function connLoopPath(): string {
-  const dir = buildFixture({
-    name: 'conn-loop',
-    sources: ['test/fixtures/tcp/conn_loop.c', 'test/fixtures/tcp/io.h'],
-    steps: [{ out: 'conn_loop', cmd: ['gcc', '-O2', '-Wall', '-Wno-unused-function', '{conn_loop.c}', '-o', 'conn_loop'] }],
-  });
-  return join(dir, 'conn_loop');
-}
 
 /** A traced server for `conns` connections of `k` exchanges, and its client (started, waiting for "go"). */
 async function serverAndClient(group: ProcessGroup, conns: number, k: number): Promise<{ server: Server; client: Proc }> {
@@ -97,7 +78,7 @@ describe('bursts above the ring buffer', e2eOptions(), () => {
     const kept = burstLines(RING_CAPACITY, BURST_K);
     const burstPid = `"pid":${burst.server.proc.pid},`;
     // (A retransmit among them is one line where an exchange is two: a few fewer.)
-    await waitFor(() => kspan.lines.filter((l) => l.includes(burstPid) && !l.startsWith('{"type":"target"')).length >= kept - 16, 30_000, `${kept} burst lines`);
+    await waitFor(() => kspan.lines.filter((l) => l.includes(burstPid) && !l.startsWith('{"type":"target"')).length, (n) => n >= kept - 16, 30_000, `${kept} burst lines`);
     await new Promise((r) => setTimeout(r, scaled(1000))); // the drain's last lines
     later.client.send('go');
     await later.client.waitLine(new RegExp(`^done ${AFTER_CONNS}$`), 30_000);

@@ -15,8 +15,8 @@ import { buildFixture, INCLUDE_FLAG, THREAD_CTX_HEADER } from '../helpers/build-
 import { KSPAN_BIN, parseEventLine, type EventLine } from '../helpers/kspan-cli.ts';
 import { ProcessGroup, type Proc } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
-import { startServer } from '../helpers/tcp-fixtures.ts';
-import { scaled } from '../helpers/timeouts.ts';
+import { connLoopPath, startServer } from '../helpers/tcp-fixtures.ts';
+import { waitFor } from '../helpers/timeouts.ts';
 import { agentMapCounts, agentMaps, heapAfterGc, mapU64Keys, INSPECT_OPTION, inspectorUrl, openFds, rssKiB } from '../helpers/agent-resources.ts';
 
 /**
@@ -31,23 +31,12 @@ const MAPS = ['targets', 'socks', 'io_inflight', 'node_layouts', 'idle_queued'] 
 function churnDir(): string {
   return buildFixture({
     name: 'churn',
-    sources: ['test/fixtures/churn/churn_publisher.c', 'test/fixtures/churn/churn_server.c', 'test/fixtures/tcp/conn_loop.c', 'test/fixtures/tcp/io.h', 'test/fixtures/tls/otel_ctx_writer.c', THREAD_CTX_HEADER],
+    sources: ['test/fixtures/churn/churn_publisher.c', 'test/fixtures/churn/churn_server.c', 'test/fixtures/tcp/io.h', 'test/fixtures/tls/otel_ctx_writer.c', THREAD_CTX_HEADER],
     steps: [
       { out: 'churn_publisher', cmd: ['gcc', '-O2', '-Wall', '-Wno-unused-function', '-rdynamic', INCLUDE_FLAG, `-I${join(import.meta.dirname, '../fixtures/tcp')}`, '{churn_publisher.c}', '{otel_ctx_writer.c}', '-o', 'churn_publisher', '-lpthread'] },
       { out: 'churn_server', cmd: ['gcc', '-O2', '-Wall', '-Wno-unused-function', `-I${join(import.meta.dirname, '../fixtures/tcp')}`, '{churn_server.c}', '-o', 'churn_server'] },
-      { out: 'conn_loop', cmd: ['gcc', '-O2', '-Wall', '-Wno-unused-function', '{conn_loop.c}', '-o', 'conn_loop'] },
     ],
   });
-}
-
-async function waitFor<T>(get: () => T, ok: (v: T) => boolean, timeoutMs: number, what: string): Promise<T> {
-  const end = Date.now() + scaled(timeoutMs);
-  for (;;) {
-    const v = get();
-    if (ok(v)) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(v)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 const events = (p: Proc): EventLine[] => p.lines.filter((l) => l.startsWith('{')).map(parseEventLine);
@@ -77,7 +66,7 @@ describe('churn without leaks', e2eOptions(), () => {
     const kspan = group.start(KSPAN_BIN, ['events', '--pid', String(server.proc.pid)], { env: AGENT_ENV });
     await kspan.waitStderr(/"msg":"tracing"/, 20_000);
     server.proc.send('go');
-    const client = group.start(join(churnDir(), 'conn_loop'), ['--port', String(server.port), '--conns', String(PER_ROUND), '--requests', '1', '--req-bytes', '10', '--resp-bytes', '20']);
+    const client = group.start(connLoopPath(), ['--port', String(server.port), '--conns', String(PER_ROUND), '--requests', '1', '--req-bytes', '10', '--resp-bytes', '20']);
 
     const round = async (k: number) => {
       client.send('go');

@@ -25,7 +25,7 @@ const TCP = join(import.meta.dirname, '../fixtures/tcp');
 function fixtures(): string {
   return buildFixture({
     name: 'hostile',
-    sources: ['test/fixtures/hostile/hostile_target.c', 'test/fixtures/churn/churn_server.c', 'test/fixtures/tcp/io.h', 'test/fixtures/tls/otel_ctx_writer.c', THREAD_CTX_HEADER],
+    sources: ['test/fixtures/hostile/hostile_target.c', 'test/fixtures/process-context/otel_ctx_header.h', 'test/fixtures/churn/churn_server.c', 'test/fixtures/tcp/io.h', 'test/fixtures/tls/otel_ctx_writer.c', THREAD_CTX_HEADER],
     steps: [
       { out: 'hostile_target', cmd: ['gcc', '-O2', '-Wall', '-Wno-unused-function', '-rdynamic', INCLUDE_FLAG, `-I${TCP}`, '{hostile_target.c}', '{otel_ctx_writer.c}', '-o', 'hostile_target'] },
       { out: 'churn_server', cmd: ['gcc', '-O2', '-Wall', '-Wno-unused-function', `-I${TCP}`, '{churn_server.c}', '-o', 'churn_server'] },
