@@ -17,7 +17,7 @@ import { ProcessGroup, type Proc } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { connLoopPath, startServer } from '../helpers/tcp-fixtures.ts';
 import { waitFor } from '../helpers/timeouts.ts';
-import { agentMapCounts, agentMaps, heapAfterGc, mapU64Keys, INSPECT_OPTION, inspectorUrl, openFds, rssKiB } from '../helpers/agent-resources.ts';
+import { agentMapCounts, agentMaps, heapAfterGc, mapU64Keys, INSPECT_OPTION, inspectorUrl, restingFds, rssKiB } from '../helpers/agent-resources.ts';
 
 /**
  * The maps whose entries follow the targets and their sockets. accept_pending is
@@ -78,10 +78,10 @@ describe('churn without leaks', e2eOptions(), () => {
     const settled = () => waitFor(() => agentMapCounts(kspan.pid, MAPS), (m) => m.idle_queued === 0 && m.socks === 0, 30_000, 'the idle queue to empty');
     await round(1);
     const inspector = inspectorUrl(kspan.stderr);
-    const base = { maps: await settled(), fds: openFds(kspan.pid), heap: await heapAfterGc(inspector), rss: rssKiB(kspan.pid) };
+    const base = { maps: await settled(), fds: await restingFds(kspan.pid), heap: await heapAfterGc(inspector), rss: rssKiB(kspan.pid) };
     assert.deepEqual(base.maps, { targets: 1, socks: 0, io_inflight: 0, node_layouts: 0, idle_queued: 0 });
     for (let k = 2; k <= ROUNDS; k++) await round(k);
-    const end = { maps: await settled(), fds: openFds(kspan.pid), heap: await heapAfterGc(inspector), rss: rssKiB(kspan.pid) };
+    const end = { maps: await settled(), fds: await restingFds(kspan.pid), heap: await heapAfterGc(inspector), rss: rssKiB(kspan.pid) };
 
     assert.deepEqual(end.maps, base.maps, 'the maps hold what they held after the first round');
     const accepted = new Set(events(kspan).filter((e) => e.type === 'accept').map((e) => BigInt(e.cookie)));
@@ -134,10 +134,10 @@ describe('churn without leaks', e2eOptions(), () => {
     const firstMaps = await churn(0);
     assert.deepEqual(firstMaps, { targets: PROCS + 2, socks: 0, io_inflight: 0, node_layouts: 0, idle_queued: 0 });
     const inspector = inspectorUrl(kspan.stderr);
-    const base = { fds: openFds(kspan.pid), heap: await heapAfterGc(inspector), rss: rssKiB(kspan.pid) };
+    const base = { fds: await restingFds(kspan.pid), heap: await heapAfterGc(inspector), rss: rssKiB(kspan.pid) };
     const endMaps = await churn(1);
     assert.deepEqual(endMaps, { ...firstMaps, targets: 2 }, 'only the two parents are still targets; no socket state left');
-    assert.equal(openFds(kspan.pid), base.fds, 'open fds');
+    assert.equal(await restingFds(kspan.pid), base.fds, 'open fds');
     const heap = await heapAfterGc(inspector);
     const rss = rssKiB(kspan.pid);
     assert.ok(heap - base.heap <= HEAP_SLACK, `the heap after GC grew ${heap - base.heap} B over the second half (from ${base.heap} B)`);

@@ -58,6 +58,19 @@ export function openFds(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
 }
 
+/**
+ * The agent's resting fd count: the fewest of `samples` looks 50 ms apart (its
+ * target refresh holds a /proc file open for a moment now and then).
+ */
+export async function restingFds(pid: number, samples = 10): Promise<number> {
+  let fewest = Infinity;
+  for (let i = 0; i < samples; i++) {
+    fewest = Math.min(fewest, openFds(pid));
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return fewest;
+}
+
 /** Resident set size in KiB (VmRSS). */
 export function rssKiB(pid: number): number {
   const m = /^VmRSS:\s*(\d+) kB$/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
