@@ -109,6 +109,22 @@ export class BpfMap {
   }
 }
 
+/**
+ * struct bpf_prog_info (uapi): the offsets of the fields read, and the bytes
+ * asked for (up to the end of recursion_misses, Linux 5.12). The kernel fills
+ * as many as the caller gives. test/unit/metrics.test.ts checks them against
+ * the running kernel's BTF.
+ */
+export const BPF_PROG_INFO = { id: 4, runTimeNs: 192, runCnt: 200, recursionMisses: 208, size: 216 } as const;
+const PROG_INFO_SIZE = BPF_PROG_INFO.size;
+
+export interface BpfProgramInfo {
+  id: number;
+  runTimeNs: bigint;
+  runCount: bigint;
+  recursionMisses: bigint;
+}
+
 export class BpfObject {
   readonly path: string;
   readonly #obj: Ptr;
@@ -305,6 +321,31 @@ export class BpfObject {
     for (const name of this.#programs.keys()) {
       if (this.autoload(name) && this.sectionName(name) !== 'syscall') this.attach(name);
     }
+  }
+
+  /**
+   * What the kernel keeps about a loaded program (struct bpf_prog_info): its id,
+   * and the runs the kernel skipped because the program was already running on
+   * that CPU (a softirq interrupting it: the hook fired, the program did not
+   * run). Run time and count are zero unless BPF stats are enabled. Undefined
+   * when the program is not loaded.
+   */
+  programInfo(name: string): BpfProgramInfo | undefined {
+    const fd = libbpf().programFd(this.#program(name));
+    if (fd < 0) return undefined;
+    const info = Buffer.alloc(PROG_INFO_SIZE);
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(PROG_INFO_SIZE);
+    const rc = libbpf().objGetInfoByFd(fd, info, len);
+    if (rc < 0) throw new KspanError('KSPAN_ERR_BPF_OBJECT', `reading BPF program "${name}"'s info failed`, { cause: errnoError('bpf_obj_get_info_by_fd', rc) });
+    const has = (off: number) => len.readUInt32LE(0) >= off + 8;
+    const o = BPF_PROG_INFO;
+    return {
+      id: info.readUInt32LE(o.id),
+      runTimeNs: has(o.runTimeNs) ? info.readBigUInt64LE(o.runTimeNs) : 0n,
+      runCount: has(o.runCnt) ? info.readBigUInt64LE(o.runCnt) : 0n,
+      recursionMisses: has(o.recursionMisses) ? info.readBigUInt64LE(o.recursionMisses) : 0n,
+    };
   }
 
   /**

@@ -73,6 +73,7 @@ function bindLibbpf(lib: ReturnType<typeof koffi.load>) {
       'void *bpf_program__attach_uprobe(void *prog, bool retprobe, int pid, const char *path, size_t offset)',
     ),
     linkDestroy: f<[Ptr], number>('int bpf_link__destroy(void *link)'),
+    enableStats: f<[number], number>('int bpf_enable_stats(int type)'),
     progTestRun: f<[number, unknown], number>('int bpf_prog_test_run_opts(int fd, _Inout_ kspan_bpf_test_run_opts *opts)'),
     mapFd: f<[Ptr], number>('int bpf_map__fd(void *map)'),
     mapSetMaxEntries: f<[Ptr, number], number>('int bpf_map__set_max_entries(void *map, uint32_t n)'),
@@ -90,6 +91,7 @@ function bindLibbpf(lib: ReturnType<typeof koffi.load>) {
     mapNextKey: f<[Ptr, Buffer | null, Buffer, number], number>(
       'int bpf_map__get_next_key(void *map, void *cur, void *next, size_t ksz)',
     ),
+    objGetInfoByFd: f<[number, Buffer, Buffer], number>('int bpf_obj_get_info_by_fd(int fd, void *info, uint32_t *len)'),
     probeBpfHelper: f<[number, number, Ptr | null], number>('int libbpf_probe_bpf_helper(int prog_type, int helper_id, const void *opts)'),
     mapCreate: f<[number, string | null, number, number, number, Ptr | null], number>(
       'int bpf_map_create(int type, const char *name, uint32_t key_size, uint32_t value_size, uint32_t max_entries, const void *opts)',

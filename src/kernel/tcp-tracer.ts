@@ -5,7 +5,7 @@
  * aggregate left in the kernel so no byte is missing.
  */
 import { fileURLToPath } from 'node:url';
-import { faultRejectedPrograms } from '../core/config.ts';
+import { faultRejectedPrograms, testRingBytes } from '../core/config.ts';
 import { KspanError, VerifierError, verifierLogLastLine } from '../core/errors.ts';
 import {
   decodeKspanFlushArgs,
@@ -85,6 +85,12 @@ export type TracerCounters = Record<keyof typeof KspanCounter, number> & {
   /** Ring reader: records whose handler threw, and failed epoll waits (retried). */
   ring_handler_errors: number;
   ring_wait_errors: number;
+  /**
+   * Runs the kernel skipped, by program (only those with some): the hook fired
+   * while the same program was already running on that CPU (a softirq
+   * interrupting it), so whatever that run would have recorded is lost.
+   */
+  skipped_runs: Record<string, number>;
 };
 
 export class TcpTracer {
@@ -133,6 +139,8 @@ export class TcpTracer {
    * by a signal is retried. Each attempt uses a new object.
    */
   static open(opts: TcpTracerOptions): TcpTracer {
+    const ringBytes = opts.ringBytes ?? testRingBytes();
+    if (ringBytes !== undefined) opts = { ...opts, ringBytes };
     const hooks = opts.hooks ?? kernelHooks();
     const ioPath = chooseIoPath(opts.ioPath, hooks);
     const rejected = new Map<string, string>();
@@ -184,14 +192,17 @@ export class TcpTracer {
 
   /** Traces `pid` (no thread context until setContextLocation). Idempotent. */
   addPid(pid: number): void {
-    this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION, this.#policy));
+    if (this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION, this.#policy))) this.targetStats.found++;
     this.#pids.add(pid);
   }
 
   removePid(pid: number): void {
-    this.#obj.map('targets').delete(pidKey(pid));
+    if (this.#obj.map('targets').delete(pidKey(pid))) this.targetStats.forgotten++;
     this.#pids.delete(pid);
   }
+
+  /** Processes added to the `targets` map since start, and removed from it (self-metrics). */
+  readonly targetStats = { found: 0, forgotten: 0 };
 
   /** Where `pid`'s threads keep their span; false when `pid` is not traced. */
   setContextLocation(pid: number, loc: KspanTlsLoc): boolean {
@@ -217,7 +228,7 @@ export class TcpTracer {
     if (this.#finalCounters) return { ...this.#finalCounters, ...ring };
     const map = this.#obj.map('counters');
     const ncpu = libbpf().numPossibleCpus();
-    const out = { ...ring } as TracerCounters;
+    const out = { ...ring, skipped_runs: this.skippedRuns() } as TracerCounters;
     for (const [name, idx] of Object.entries(KspanCounter)) {
       if (name === 'KSPAN_C_MAX') continue;
       if (name === 'KSPAN_C_IDLE_QUEUE_FULL' && this.#flushProgram !== 'flush_idle') {
@@ -232,6 +243,16 @@ export class TcpTracer {
     return out;
   }
 
+  /** Per loaded program, the runs the kernel skipped (recursion misses), when any. */
+  skippedRuns(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const name of this.#obj.programNames) {
+      if (!this.plan.load(name)) continue;
+      const misses = this.#obj.programInfo(name)?.recursionMisses ?? 0n;
+      if (misses > 0n) out[name] = Number(misses);
+    }
+    return out;
+  }
 
   /**
    * Closes send/recv aggregates idle for `idleNs` (the kernel emits them, flagged
