@@ -6,7 +6,8 @@
  * workload: a connection of K request/response exchanges makes K + 2 ring
  * records: its accept, K exchanges, its close), the connections made right
  * after the burst are traced in full, and the end-of-run report says records
- * were lost, with the counter, and exits 3.
+ * were lost, with the counter, and exits 3. Through `kspan run
+ * --metrics-listen`, the Prometheus endpoint says the same loss as the report.
  */
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
@@ -16,6 +17,7 @@ import { ProcessGroup, type Proc } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { connLoopPath, startServer, type Server } from '../helpers/tcp-fixtures.ts';
 import { startRetransmitOracle } from '../helpers/retransmit-oracle.ts';
+import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
 import { scaled, waitFor } from '../helpers/timeouts.ts';
 
 /** Ring records per connection of `k` exchanges: accept, one per exchange (request and response paired), close. */
@@ -37,12 +39,18 @@ function burstLines(entries: number, k: number): number {
 const REQ = 10;
 const RESP = 20;
 
-/** A traced server for `conns` connections of `k` exchanges, and its client (started, waiting for "go"). */
-async function serverAndClient(group: ProcessGroup, conns: number, k: number): Promise<{ server: Server; client: Proc }> {
-  const server = await startServer(group, ['--conns', String(conns), '--requests', String(k), '--req-bytes', String(REQ), '--resp-bytes', String(RESP)]);
+/** A traced server for `conns` connections of `k` exchanges (it accepts `accepts`), and its client (started, waiting for "go"). */
+async function serverAndClient(group: ProcessGroup, conns: number, k: number, accepts = conns): Promise<{ server: Server; client: Proc }> {
+  const server = await startServer(group, ['--conns', String(accepts), '--requests', String(k), '--req-bytes', String(REQ), '--resp-bytes', String(RESP)]);
   server.proc.send('go');
   const client = group.start(connLoopPath(), ['--port', String(server.port), '--conns', String(conns), '--requests', String(k), '--req-bytes', String(REQ), '--resp-bytes', String(RESP)]);
   return { server, client };
+}
+
+/** The value of Prometheus sample `name{…label…}` in an exposition (0 when absent: a counter not yet moved). */
+function sample(text: string, name: string, label: string): number {
+  const m = new RegExp(`^${name}\\{[^}]*${label}[^}]*\\} (\\S+)$`, 'm').exec(text);
+  return m ? Number(m[1]) : 0;
 }
 
 describe('bursts above the ring buffer', e2eOptions(), () => {
@@ -117,5 +125,50 @@ describe('bursts above the ring buffer', e2eOptions(), () => {
     assert.equal(burstEvs.length, burstLines(RING_CAPACITY - burstRetransmits, BURST_K) + burstRetransmits, 'the burst records the ring held, every one');
     const laterRetransmits = evs.filter((e) => e.type === 'retransmit').length;
     assert.equal(read, RING_CAPACITY + AFTER_CONNS * perConn(AFTER_K) + laterRetransmits);
+  });
+
+  test('kspan run --metrics-listen: the metrics say the same loss as the end-of-run report, made − read exactly', async () => {
+    const CONNS = 1000;
+    const K = 30;
+    // One connection more than made: the target stays until the metrics were read.
+    const burst = await serverAndClient(group, CONNS, K, CONNS + 1);
+    const oracle = await startRetransmitOracle(group, burst.server.port, { localOnly: true });
+    const receiver = new OtlpReceiver({ protocol: 'grpc' });
+    await receiver.start();
+    try {
+      const kspan = group.start(KSPAN_BIN, ['run', '--pid', String(burst.server.proc.pid), '--otlp-endpoint', receiver.endpoint, '--metrics-listen', '127.0.0.1:0']);
+      const url = (await kspan.waitStderr(/"metrics":"(http:\/\/127\.0\.0\.1:\d+\/metrics)"/, 20_000))[1];
+      await kspan.waitStderr(/"msg":"tracing"/, 20_000);
+      kspan.child.kill('SIGSTOP');
+      try {
+        burst.client.send('go');
+        await burst.client.waitLine(new RegExp(`^done ${CONNS}$`), 60_000);
+        await burst.server.proc.waitLine(new RegExp(`^served ${CONNS}$`), 30_000);
+      } finally {
+        kspan.child.kill('SIGCONT');
+      }
+      const made = CONNS * perConn(K);
+      // Ring records read: a connection's accept and close, one per exchange (request and response paired), retransmits.
+      const readOf = (text: string) => ['accept', 'close', 'recv', 'retransmit'].reduce((n, t) => n + sample(text, 'kspan_records_total', `kspan_record_type="${t}"`), 0);
+      const lostOf = (text: string) => sample(text, 'kspan_records_dropped_total', 'kspan_drop_reason="ring_full"');
+      let text = '';
+      for (const deadline = Date.now() + scaled(30_000); ;) {
+        text = await (await fetch(url)).text();
+        if (readOf(text) + lostOf(text) >= made) break;
+        if (Date.now() > deadline) assert.fail(`the metrics never accounted for ${made} records:\n${text}`);
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      burst.server.proc.child.kill('SIGTERM');
+      const { code } = await kspan.exited; // the target exited: run stops on its own
+      const retransmits = await oracle.stop();
+      assert.equal(code, 3, kspan.stderr.slice(-2).join('\n'));
+      const last = JSON.parse(kspan.stderr.filter((l) => l.startsWith('{')).at(-1)!);
+      assert.equal(last.msg, 'stopped; data was lost');
+      assert.equal(last.kernel.KSPAN_C_RINGBUF_FULL, lostOf(text), 'the end-of-run report and the metrics say the same loss');
+      assert.equal(made + retransmits - readOf(text), lostOf(text), 'made − read = the counter');
+      assert.ok(lostOf(text) >= made - RING_CAPACITY, `at least what did not fit was lost (${lostOf(text)})`);
+    } finally {
+      await receiver.stop();
+    }
   });
 });
