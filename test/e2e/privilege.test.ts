@@ -19,9 +19,11 @@ import { KSPAN_BIN, parseEventLine, type EventLine } from '../helpers/kspan-cli.
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { parseAppSpan, startClient, startServer, tracedServerPath, type AppSpan } from '../helpers/tcp-fixtures.ts';
+import { TRACING_CAPABILITIES } from '../../src/kernel/privileges.ts';
 
 const NOBODY = 65534;
-const DOCUMENTED = ['bpf', 'perfmon', 'dac_read_search', 'sys_ptrace'];
+/** The documented set (src/kernel/privileges.ts, README), as setpriv names them. */
+const DOCUMENTED = TRACING_CAPABILITIES.map((c) => c.slice('CAP_'.length).toLowerCase());
 
 /** setpriv argv that runs a command as uid/gid 65534 with exactly `caps` (effective, permitted, inheritable, ambient, bounding). */
 function asNobody(caps: string[]): string[] {
