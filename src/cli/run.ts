@@ -7,7 +7,8 @@
  * 3 when records or spans were lost.
  */
 import type { SpanExporter } from '@opentelemetry/sdk-trace';
-import { loadConfig, TUNING, type RunConfig } from '../core/config.ts';
+import { DEFAULT_SPOOL_DIR, loadConfig, TUNING, type RunConfig } from '../core/config.ts';
+import { SpanSpool } from '../export/spool.ts';
 import { KernelClock } from '../kernel/clock.ts';
 import type { Logger } from '../core/logger.ts';
 import { contextAttributes } from '../spans/context-attributes.ts';
@@ -58,6 +59,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
   const keyMaps = new Map<number, readonly string[]>();
   const keyMapFor = (pid: number) => keyMaps.get(pid) ?? session?.reader.target(pid)?.process.threadLocal?.keyMap;
   const notices = new OrphanNotices(config.orphans);
+  const spool = openSpool(config, target.kind === 'otlp' && !opts.exporter, log);
   const tell = (n: Notice | null) => n && log[n.level](n.msg);
   const pipeline = new SpanPipeline({
     resourceFor: (pid) => resources.resourceFor(pid),
@@ -70,6 +72,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
     // the correlator's table has the same bound.
     correlator: { maxSockets: config.maxSockets },
     logger: log,
+    spool,
   });
   try {
     session = openSession(config, log, {
@@ -111,12 +114,30 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
       const counters = session!.counters();
       const stats = pipeline.stats();
       for (const n of notices.atStop(pipeline.correlator.orphanSpansByPid)) tell(n);
-      const lost = recordsLost(counters) + stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown;
+      const spooled = spool && { ...spool.counters, pendingSpans: spool.pendingSpans, dir: spool.dir };
+      const lost =
+        recordsLost(counters) + stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown +
+        stats.export.droppedSpool + (spool?.counters.tornSegments ?? 0);
       const featuresOff = session!.featuresOff.map((f) => f.feature);
-      log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');
+      log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, spool: spooled ?? undefined, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');
       return { lost };
     })());
   return { session, pipeline, stop };
+}
+
+/** The spool, when --spool or --spool-dir asks for one and spans go to OTLP. Throws KSPAN_ERR_SPOOL. */
+function openSpool(config: RunConfig, otlp: boolean, log: Logger): SpanSpool | undefined {
+  if (!config.spool && !config.spoolDir) return undefined;
+  if (!otlp) {
+    log.warn('spool: spans go to the terminal, not to OTLP: nothing is spooled');
+    return undefined;
+  }
+  const spool = new SpanSpool({ dir: config.spoolDir ?? DEFAULT_SPOOL_DIR, maxBytes: config.spoolMaxMb * 1024 * 1024, logger: log });
+  const c = spool.counters;
+  if (c.recoveredSpans || c.tornSegments) {
+    log.info({ spans: c.recoveredSpans, requests: c.recoveredRecords, tornSegments: c.tornSegments, tornBytes: c.tornBytes, dir: spool.dir }, 'spool: spans left by an earlier run are sent first');
+  }
+  return spool;
 }
 
 export async function runCommand(config: RunConfig, log: Logger): Promise<number> {

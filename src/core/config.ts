@@ -151,6 +151,9 @@ function parsePath(raw: string): string {
   return raw;
 }
 
+/** Where --spool keeps spans when no --spool-dir is given. */
+export const DEFAULT_SPOOL_DIR = '/var/lib/kspan/spool';
+
 /** OTLP's registered ports: gRPC and HTTP (what the deployment files use; test/unit/deploy-config.test.ts). */
 export const OTLP_GRPC_PORT = 4317;
 export const OTLP_HTTP_PORT = 4318;
@@ -227,6 +230,20 @@ export const SETTINGS = {
     parse: (raw) => wholeNumber(raw, 1, 3_600_000, 'a time in milliseconds'),
     help: 'close the send/recv aggregates of quiet keep-alive sockets after this long',
   }),
+  spool: toggle({
+    flag: 'spool', env: ['KSPAN_SPOOL'], fileKey: 'export.spool.enabled',
+    help: `keep spans that cannot be sent yet (Collector away, export queue full) on disk, in --spool-dir, and send them oldest first when it returns or kspan restarts`,
+  }),
+  spoolDir: value<string | undefined>({
+    flag: 'spool-dir', arg: 'DIR', env: ['KSPAN_SPOOL_DIR'], fileKey: 'export.spool.dir', default: undefined,
+    defaultText: `off; with --spool, ${DEFAULT_SPOOL_DIR}`, parse: parsePath,
+    help: 'the spool directory (giving it turns the spool on); one kspan per directory',
+  }),
+  spoolMaxMb: value<number>({
+    flag: 'spool-max-mb', arg: 'MB', env: ['KSPAN_SPOOL_MAX_MB'], fileKey: 'export.spool.max_mb', default: 256,
+    parse: (raw) => wholeNumber(raw, 1, 1 << 20, 'a size in MiB'),
+    help: 'the spool stays under this size; the oldest spans are dropped first, counted',
+  }),
   output: value<string | undefined>({
     flag: 'output', short: 'o', arg: 'FILE', default: undefined, parse: parsePath,
     help: 'the recording to write; an existing file is refused unless --force',
@@ -300,7 +317,7 @@ export const COMMANDS = {
   run: {
     summary: "the agent: kernel spans under the targets' own spans, exported over OTLP, or printed as trees when no endpoint is configured",
     usage: 'kspan run --pid PID [--pid PID ...] [options]',
-    settings: [...TRACING, ...EXPORT, 'idleFlushMs', ...METRICS, 'logLevel'],
+    settings: [...TRACING, ...EXPORT, 'idleFlushMs', 'spool', 'spoolDir', 'spoolMaxMb', ...METRICS, 'logLevel'],
     required: ['pids'],
     exit: EXIT_TRACING,
   },
@@ -602,9 +619,16 @@ export const TUNING = {
     maxBatchBytes: 2 * 1024 * 1024,
     /** A partial batch waits at most this long. */
     scheduledDelayMs: 500,
-    /** First retry delay; doubles up to retryMaxMs, ±20 % jitter. */
+    /**
+     * First retry delay; doubles up to retryMaxMs, ±20 % jitter. The cap is low so
+     * that export resumes within seconds of the Collector's return, however long
+     * the outage (a retry against a Collector that is away is one refused connection).
+     */
     retryInitialMs: 250,
-    retryMaxMs: 30_000,
+    retryMaxMs: 2_000,
+    /** grpc-js's reconnect backoff (its own default grows to 120 s), src/export/grpc-transport.ts. */
+    grpcInitialReconnectBackoffMs: 250,
+    grpcMaxReconnectBackoffMs: 1_000,
     /** shutdown() waits this long for the queue to drain. */
     shutdownTimeoutMs: 10_000,
   },

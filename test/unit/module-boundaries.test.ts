@@ -28,6 +28,7 @@ const PURE = [
   'src/export/console-tree.ts',
   'src/export/export-pipeline.ts',
   'src/export/export-request.ts',
+  'src/export/grpc-transport.ts',
   'src/export/proto-writer.ts',
   'src/export/span-encoder.ts',
   'src/kernel/programs.ts',
