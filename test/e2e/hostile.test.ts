@@ -44,7 +44,7 @@ const PROBLEM: Record<Mode, string | RegExp | undefined> = {
   'kernel-payload': 'payload pointer 0xffff888000000000 is not a user address',
   'unmapped-payload': /^process \d+: cannot read 31 bytes at 0x[0-9a-f]+ after 5 attempts$/,
   truncated: /^process \d+: cannot read 31 bytes at 0x[0-9a-f]+ after 5 attempts$/,
-  remapped: 'undecodable payload: illegal tag: field number 0',
+  remapped: 'undecodable payload: undecodable OTEL_CTX payload: illegal tag: field number 0',
   'kernel-switch': undefined,
 };
 
