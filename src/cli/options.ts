@@ -73,7 +73,7 @@ export function waitForStop(seconds: number | undefined): StopSignal {
 
 export type TracingConfig = Pick<RunConfig, 'pids' | 'ioHooks' | 'maxSockets' | 'waitForTargets' | 'orphansRatio'> & { unsampled?: boolean };
 
-export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone'>;
+export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone' | 'uprobes'>;
 
 /**
  * The tracing session of run, events and record: the targets checked first
@@ -100,6 +100,7 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
     },
     onTargetsGone: hooks.onTargetsGone,
     onFeatureOff: warnFeatureOff(log),
+    uprobes: hooks.uprobes,
   });
 }
 
@@ -129,7 +130,8 @@ export function ringErrorLog(log: Pick<Logger, 'warn'>, everyMs = 10_000, now = 
  */
 export function recordsLost(c: TracerCounters): number {
   const skipped = Object.values(c.skipped_runs ?? {}).reduce((a, n) => a + n, 0);
-  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.decode_errors + skipped;
+  // Function calls that made no record (no room for the thread's calls, deeper than kept) are lost too.
+  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.KSPAN_C_CALL_TABLE_FULL + c.KSPAN_C_CALL_TOO_DEEP + c.decode_errors + skipped;
 }
 
 /** Why a command stopped, as its "stopping" line says. */

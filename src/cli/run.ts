@@ -18,6 +18,8 @@ import { OrphanNotices, type Notice } from '../spans/orphan-notices.ts';
 import { TargetResources } from '../export/target-resources.ts';
 import type { TracingSession } from '../kernel/tracing-session.ts';
 import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { CallSpanBuilder } from '../spans/call-spans.ts';
+import { uprobeSpecs } from '../uprobes/uprobe-spec.ts';
 import { AgentMetrics } from '../metrics/metrics-server.ts';
 import { observeAgent, type AgentObserver } from '../metrics/agent-observer.ts';
 import { EXIT } from './usage.ts';
@@ -74,8 +76,23 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
     logger: log,
     spool,
   });
+  const calls = new CallSpanBuilder({
+    resourceFor: (pid) => resources.resourceFor(pid),
+    clockOffsetNs: () => clock.offsetNs,
+    probe: (id) => session?.uprobes?.probe(id),
+    orphans: config.orphans,
+  });
   try {
     session = openSession(config, log, {
+      uprobes: {
+        specs: uprobeSpecs(config.uprobePresets, config.uprobes),
+        onCall: (c) => {
+          const span = calls.build(c);
+          if (span) pipeline.pushSpan(span);
+        },
+        onProbeError: (err) => log.warn({ err }, err.message),
+        onNotFound: (spec, pid) => log.warn({ target_pid: pid, uprobe: spec }, `--uprobe ${spec.binary}:${spec.symbol}: no file process ${pid} maps defines it (looked again every check)`),
+      },
       onRecord: (r) => pipeline.push(r),
       onTarget: (t) => {
         resources.set(t.pid, t.process.resource);
@@ -116,10 +133,11 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
       for (const n of notices.atStop(pipeline.correlator.orphanSpansByPid)) tell(n);
       const spooled = spool && { ...spool.counters, pendingSpans: spool.pendingSpans, dir: spool.dir };
       const lost =
-        recordsLost(counters) + stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown +
-        stats.export.droppedSpool + (spool?.counters.tornSegments ?? 0);
+        recordsLost(counters) + (session!.uprobes?.stats.decodeErrors ?? 0) + stats.export.droppedQueueFull + stats.export.droppedFailed +
+        stats.export.droppedShutdown + stats.export.droppedSpool + (spool?.counters.tornSegments ?? 0);
       const featuresOff = session!.featuresOff.map((f) => f.feature);
-      log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, spool: spooled ?? undefined, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');
+      const uprobes = session!.uprobes ? { ...session!.uprobes.stats, calls: calls.counters } : undefined;
+      log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, spool: spooled ?? undefined, uprobes, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');
       return { lost };
     })());
   return { session, pipeline, stop };

@@ -21,6 +21,7 @@
 import { parseArgs } from 'node:util';
 import { KSPAN_SOCK_SIZE, KspanLimit } from '../records/abi.generated.ts';
 import { KspanError } from './errors.ts';
+import { parseUprobeSpec, PRESETS, UprobeSpecError, type Preset, type UprobeSpec } from '../uprobes/uprobe-spec.ts';
 
 export type Source = 'default' | 'env' | 'file' | 'flag';
 
@@ -146,6 +147,26 @@ function parseFraction(raw: string): number {
   return n;
 }
 
+function parseUprobe(raw: string): UprobeSpec {
+  try {
+    return parseUprobeSpec(raw);
+  } catch (err) {
+    if (err instanceof UprobeSpecError) throw new Invalid(err.message, err.hint);
+    throw err;
+  }
+}
+
+function parsePresets(raw: string): Preset[] {
+  const s = raw.trim();
+  if (s === 'none') return [];
+  const out: Preset[] = [];
+  for (const p of s.split(',').map((x) => x.trim())) {
+    if (!PRESETS.includes(p as Preset)) throw new Invalid(`"${p}" is not a preset`, `give a comma-separated list of ${PRESETS.join(', ')}, or none`);
+    if (!out.includes(p as Preset)) out.push(p as Preset);
+  }
+  return out;
+}
+
 function parsePath(raw: string): string {
   if (!raw) throw new Invalid('empty path', 'give a file name');
   return raw;
@@ -244,6 +265,15 @@ export const SETTINGS = {
     parse: (raw) => wholeNumber(raw, 1, 1 << 20, 'a size in MiB'),
     help: 'the spool stays under this size; the oldest spans are dropped first, counted',
   }),
+  uprobes: list<UprobeSpec>({
+    flag: 'uprobe', arg: 'BINARY_OR_LIB:SYMBOL[:SPAN_NAME]', fileKey: 'uprobes.functions', parse: parseUprobe,
+    help: 'a span for every call of this function in the targets (repeatable): a path, file name or stem (libssl) of the executable or a library, the symbol, and the span name (default: the symbol)',
+  }),
+  uprobePresets: value<Preset[]>({
+    flag: 'uprobe-presets', arg: 'dns,tls|none', fileKey: 'uprobes.presets', default: ['dns', 'tls'], defaultText: 'dns,tls',
+    parse: parsePresets,
+    help: 'built-in function spans: dns (getaddrinfo → dns.lookup), tls (SSL_do_handshake, SSL_connect, SSL_accept → tls.handshake); none for neither',
+  }),
   output: value<string | undefined>({
     flag: 'output', short: 'o', arg: 'FILE', default: undefined, parse: parsePath,
     help: 'the recording to write; an existing file is refused unless --force',
@@ -317,7 +347,7 @@ export const COMMANDS = {
   run: {
     summary: "the agent: kernel spans under the targets' own spans, exported over OTLP, or printed as trees when no endpoint is configured",
     usage: 'kspan run --pid PID [--pid PID ...] [options]',
-    settings: [...TRACING, ...EXPORT, 'idleFlushMs', 'spool', 'spoolDir', 'spoolMaxMb', ...METRICS, 'logLevel'],
+    settings: [...TRACING, ...EXPORT, 'idleFlushMs', 'spool', 'spoolDir', 'spoolMaxMb', 'uprobes', 'uprobePresets', ...METRICS, 'logLevel'],
     required: ['pids'],
     exit: EXIT_TRACING,
   },

@@ -124,6 +124,11 @@ export class SpanPipeline {
     this.correlator.push(record);
   }
 
+  /** A span made outside the correlator (function spans, src/spans/call-spans.ts), to the same export queue. */
+  pushSpan(span: ReadableSpan): void {
+    this.exports.enqueue(this.encoder ? this.encoder.encodeReadable(span) : span);
+  }
+
   processExited(pid: number): void {
     this.correlator.processExited(pid);
   }

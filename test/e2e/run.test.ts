@@ -184,7 +184,7 @@ describe('kspan run', e2eOptions(), () => {
       const events = spans.reduce((a, s) => a + s.events.filter((e) => e.name === 'tcp.retransmit').length, 0);
       const where = spans.filter((s) => s.events.some((e) => e.name === 'tcp.retransmit'))
         .map((s) => `${s.name} ${s.spanId} under ${s.parentSpanId}: ${s.events.filter((e) => e.name === 'tcp.retransmit').length}`);
-      assert.equal(events + skipped, kernelCount, `kspan: ${events} (+${skipped} skipped), perf: ${kernelCount}; agent stop: ${agent.stderr.filter((l) => l.includes('counters') || l.includes('"kernel"')).join('\n')}\n${where.join('\n')}`);
+      assert.equal(events + skipped, kernelCount, `kspan: ${events} (+${skipped} skipped), witness: ${kernelCount}; agent stop: ${agent.stderr.filter((l) => l.includes('counters') || l.includes('"kernel"')).join('\n')}\n${where.join('\n')}`);
       for (const s of spans.filter((x) => x.name === 'tcp.retransmit')) assert.ok(s.events.length >= 1);
       // the server's response retransmits hang under its request spans
       const app = server.lines.map(parseAppSpan).filter((x): x is AppSpan => !!x);

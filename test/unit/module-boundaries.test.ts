@@ -32,6 +32,8 @@ const PURE = [
   'src/export/proto-writer.ts',
   'src/export/span-encoder.ts',
   'src/kernel/programs.ts',
+  'src/uprobes/uprobe-spec.ts',
+  'src/uprobes/call-record.ts',
 ] as const;
 
 /** Packages that reach the kernel, the file system or other processes. */
