@@ -24,6 +24,9 @@ import {
   type KspanAgg,
   type KspanEvent,
   type KspanSock,
+  type KspanSockAgg,
+  KSPAN_SPAN_ATTRS_SIZE,
+  decodeKspanSpanAttrs,
 } from '../records/abi.generated.ts';
 import { BpfObject } from './bpf-object.ts';
 import { chooseIoPath, type IoPath, kernelHooks } from './kernel-features.ts';
@@ -324,14 +327,22 @@ export class TcpTracer {
   /** The open aggregates in the `socks` map, as records. */
   openAggregates(): KernelRecord[] {
     const socks = this.#obj.map('socks');
+    const attrs = this.#obj.map('span_attrs');
+    // The socket table keeps a span's ids; its attribute bytes wait in `span_attrs` (bpf/kspan.h).
+    const withAttrs = (a: KspanSockAgg): KspanAgg => {
+      const ctx = { ...a.ref, attrs_size: 0, attrs: new Uint8Array(KspanLimit.KSPAN_CTX_ATTRS_MAX) };
+      const v = a.ref.valid && a.ref.attrs_size ? attrs.lookup(Buffer.concat([a.ref.trace_id, a.ref.span_id])) : null;
+      if (v) Object.assign(ctx, decodeKspanSpanAttrs(new DataView(v.buffer, v.byteOffset, KSPAN_SPAN_ATTRS_SIZE), 0));
+      return { first_ns: a.first_ns, last_ns: a.last_ns, bytes: a.bytes, tid: a.tid, calls: a.calls, dir: a.dir, flags: a.flags, ctx };
+    };
     const out: KernelRecord[] = [];
     for (const key of socks.keys()) {
       const v = socks.lookup(key);
       if (!v) continue;
       const st = decodeKspanSock(new DataView(v.buffer, v.byteOffset, v.length), 0);
       const cookie = key.readBigUInt64LE(0);
-      if (st.pend.dir) out.push(aggregateRecord(cookie, st, st.pend));
-      if (st.agg.dir) out.push(aggregateRecord(cookie, st, st.agg));
+      if (st.pend.dir) out.push(aggregateRecord(cookie, st, withAttrs(st.pend)));
+      if (st.agg.dir) out.push(aggregateRecord(cookie, st, withAttrs(st.agg)));
     }
     return out;
   }
