@@ -244,7 +244,19 @@ static __always_inline __u64 sock_cookie_btf(struct sock *sk)
 	return c ? c : bpf_get_socket_cookie(sk);
 }
 
-/* Finds or creates the state of a socket seen in syscall context by a target. */
+/*
+ * The role of a socket first seen in send/recv, with no accept or connect seen
+ * (opened before kspan started, or while the accept hook is off): an accepted
+ * socket is a clone of its listener and keeps the listen() backlog; a connected
+ * one never listened.
+ */
+static __always_inline __u8 role_inferred(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_max_ack_backlog) ? KSPAN_F_SERVER : KSPAN_F_CLIENT;
+}
+
+/* Finds or creates the state of a socket seen in syscall context by a target
+ * (role 0: not known from the call, inferred). */
 static __always_inline struct kspan_sock *sock_state_get(const struct kspan_target *t, __u64 cookie,
 							 const struct sock *sk, __u8 role)
 {
@@ -261,7 +273,7 @@ static __always_inline struct kspan_sock *sock_state_get(const struct kspan_targ
 	if (!init)
 		return NULL;
 	__builtin_memset(init, 0, sizeof(*init));
-	init->role = role;
+	init->role = role ? role : role_inferred(sk);
 	init->sflags = (orphan_skip(t, cookie) ? KSPAN_S_ORPHAN_SKIP : 0) |
 		       (t->flags & KSPAN_T_KEEP_UNSAMPLED ? KSPAN_S_KEEP_UNSAMPLED : 0);
 	sock_addr(init, sk);

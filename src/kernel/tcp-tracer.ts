@@ -59,6 +59,9 @@ function targetValue(loc: KspanTlsLoc, policy: TargetPolicy): Buffer {
   return buf;
 }
 
+/** pruneIdleQueue() does nothing this soon after a flushIdle(). */
+const PRUNE_AFTER_FLUSH_MS = 1000;
+
 export const DEFAULT_OBJECT = fileURLToPath(new URL('../../bpf/.output/kspan.bpf.o', import.meta.url));
 
 /** Test-only fault injection (faultRejectedPrograms): these load as socket filters, which the verifier rejects with a real log. */
@@ -118,6 +121,8 @@ export class TcpTracer {
   /** The scheduler programs' ring, when they loaded. */
   readonly #sched: SchedRing | undefined;
   readonly #onSchedRecord: ((r: SchedRecord) => void) | undefined;
+  /** When flushIdle() last ran (performance.now()). */
+  #flushedAt = -Infinity;
 
   private constructor(obj: BpfObject, plan: ProgramPlan, opts: TcpTracerOptions) {
     this.#obj = obj;
@@ -295,6 +300,11 @@ export class TcpTracer {
    * does not hold its last response back.
    */
   flushIdle(idleNs: bigint): number {
+    this.#flushedAt = performance.now();
+    return this.#runFlush(idleNs);
+  }
+
+  #runFlush(idleNs: bigint): number {
     if (this.#stopped || !this.#flushProgram) return 0;
     const args = Buffer.alloc(KSPAN_FLUSH_ARGS_SIZE);
     const view = new DataView(args.buffer, args.byteOffset, args.length);
@@ -310,6 +320,20 @@ export class TcpTracer {
     return flushed;
   }
 
+
+  /**
+   * Takes closed sockets out of the idle flush's queue without flushing anything
+   * (every aggregate counts as busy: idle_ns is the whole time since boot).
+   * Commands that never flush idle aggregates (events, record) call this on a
+   * timer; otherwise each socket ever queued would hold its slot until the
+   * queue is full (KSPAN_C_IDLE_QUEUE_FULL).
+   */
+  pruneIdleQueue(): void {
+    // A command that flushes idle aggregates on a timer (run) empties the queue already.
+    if (performance.now() - this.#flushedAt < PRUNE_AFTER_FLUSH_MS) return;
+    // bpf_ktime_get_ns() and process.hrtime are both CLOCK_MONOTONIC: the cutoff is ~0.
+    this.#runFlush(process.hrtime.bigint());
+  }
 
   get ringStats() {
     return this.#ring.stats;

@@ -178,6 +178,7 @@ export class TracingSession {
 
   /** Re-checks every target: context location, Resource, and whether it still runs. */
   refresh(): void {
+    this.tracer.pruneIdleQueue();
     for (const pid of this.tracer.pids) {
       if (!processRunning(pid)) {
         this.removePid(pid);
