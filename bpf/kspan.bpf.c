@@ -138,10 +138,13 @@ struct {
 	__type(value, struct kspan_sock);
 } sock_scratch SEC(".maps");
 
-/* The traced process `tgid`, or NULL when it is not traced. */
+#include "discovery.bpf.h"
+
+/* The traced process `tgid`, or NULL when it is not traced (or not selected by the policy in force). */
 static __always_inline struct kspan_target *target_of(__u32 tgid)
 {
-	return bpf_map_lookup_elem(&targets, &tgid);
+	struct kspan_target *t = bpf_map_lookup_elem(&targets, &tgid);
+	return t && target_selected(t) ? t : NULL;
 }
 
 static __always_inline struct kspan_target *current_target(void)
@@ -528,8 +531,10 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 		__u64 pid_tgid = bpf_get_current_pid_tgid();
 		__u32 tgid = pid_tgid >> 32;
 		struct kspan_target *t = target_of(tgid);
-		if (!t)
+		if (!t) {
+			discovery_poke(tgid, sk);
 			return 0;
+		}
 		__u64 cookie = bpf_get_socket_cookie((void *)sk);
 		struct kspan_sock *st = sock_state_get(t, cookie, sk, KSPAN_F_CLIENT);
 		if (!st)
@@ -621,8 +626,12 @@ static __always_inline int handle_accept_exit(long ret)
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
 	struct kspan_target *t = target_of(tgid);
-	if (ret < 0 || !t)
+	if (ret < 0)
 		return 0;
+	if (!t) {
+		discovery_poke(tgid, discovery_wants_ports() ? sock_from_fd(ret) : NULL);
+		return 0;
+	}
 	__u64 cookie;
 	struct sock *sk = tcp_sock_from_fd(ret, &cookie);
 	if (!sk)

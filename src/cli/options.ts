@@ -3,7 +3,10 @@
  * with its logging, loss counting, file error wording.
  */
 import { getSystemErrorMessage } from 'node:util';
-import type { RunConfig } from '../core/config.ts';
+import type { RunConfig, SELECTION } from '../core/config.ts';
+import { selectionFromSettings } from '../discovery/selectors.ts';
+import { reloadPolicy } from '../policy/policy-config.ts';
+import { PolicyWatcher } from '../policy/policy-watcher.ts';
 import type { Logger } from '../core/logger.ts';
 import { setLibbpfLogSink } from '../kernel/libbpf-log.ts';
 import type { TracerCounters } from '../kernel/tcp-tracer.ts';
@@ -71,7 +74,9 @@ export function waitForStop(seconds: number | undefined): StopSignal {
   return Object.assign(promise, { end: (why: string) => finish(why), cancel: cleanup });
 }
 
-export type TracingConfig = Pick<RunConfig, 'pids' | 'ioHooks' | 'maxSockets' | 'waitForTargets' | 'orphansRatio'> & { unsampled?: boolean };
+export type TracingConfig = Pick<RunConfig, (typeof SELECTION)[number] | 'config' | 'ioHooks' | 'maxSockets' | 'waitForTargets' | 'orphansRatio'> & {
+  unsampled?: boolean;
+};
 
 export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone'>;
 
@@ -83,8 +88,12 @@ export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' |
  */
 export function openSession(config: TracingConfig, log: Logger, hooks: SessionHooks): TracingSession {
   setLibbpfLogSink((level, line) => log[level === 'warn' ? 'warn' : 'debug']({ libbpf: line }, 'libbpf'));
-  return TracingSession.open({
+  const session = TracingSession.open({
     pids: config.pids,
+    selection: selectionFromSettings(config),
+    discover: config.config !== undefined,
+    onSelect: (pid, why) => log.info({ target_pid: pid, why }, 'target selected'),
+    onDeselect: (pid, why) => log.info({ target_pid: pid, why }, 'target deselected'),
     ioPath: config.ioHooks === 'auto' ? undefined : config.ioHooks,
     maxSockets: config.maxSockets,
     waitForTargets: config.waitForTargets,
@@ -101,6 +110,34 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
     onTargetsGone: hooks.onTargetsGone,
     onFeatureOff: warnFeatureOff(log),
   });
+  const reload = reloadPolicy(config as RunConfig);
+  if (config.config && reload) watchPolicy(config.config, config, reload, session, log);
+  return session;
+}
+
+/** Settings a reload cannot change: they shape what was loaded at start. */
+const AT_START = ['ioHooks', 'maxSockets', 'otlpEndpoint', 'otlpProtocol', 'console', 'orphans', 'idleFlushMs', 'logLevel', 'duration'] as const;
+
+/** Swaps the policy file's selection and sampling in on SIGHUP or a change of the file. */
+function watchPolicy(path: string, initial: TracingConfig, reload: () => TracingConfig, session: TracingSession, log: Logger): void {
+  const watcher = new PolicyWatcher<TracingConfig>({
+    path,
+    reload,
+    log,
+    apply: (next, why) => {
+      const r = session.applyPolicy(selectionFromSettings(next), { keepUnsampled: next.unsampled ?? false, orphanRatio: next.orphansRatio });
+      log.info(
+        { why, file: path, slot: session.discovery?.slot, added: r.added, removed: r.removed, flip_before_ns: String(r.flipBeforeNs), flip_after_ns: String(r.flipAfterNs) },
+        'policy applied',
+      );
+      const before = initial as Record<string, unknown>;
+      const after = next as Record<string, unknown>;
+      const fixed = AT_START.filter((k) => k in after && JSON.stringify(after[k]) !== JSON.stringify(before[k]));
+      if (fixed.length) log.warn({ settings: fixed }, 'these settings changed in the policy file take effect at the next start');
+    },
+  });
+  watcher.start();
+  session.onStop(() => watcher.close());
 }
 
 /**

@@ -15,6 +15,7 @@ import { exportTarget } from '../export/export-pipeline.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
 import { OrphanNotices, type Notice } from '../spans/orphan-notices.ts';
 import { TargetResources } from '../export/target-resources.ts';
+import { containerResource } from '../discovery/process-facts.ts';
 import type { TracingSession } from '../kernel/tracing-session.ts';
 import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
 import { EXIT } from './usage.ts';
@@ -71,7 +72,8 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
     session = openSession(config, log, {
       onRecord: (r) => pipeline.push(r),
       onTarget: (t) => {
-        resources.set(t.pid, t.process.resource);
+        // The cgroup's container.id / k8s.pod.uid, for the Collector's k8sattributes; the target's own Resource wins.
+        resources.set(t.pid, { ...containerResource(t.pid), ...t.process.resource });
         if (t.process.threadLocal) keyMaps.set(t.pid, t.process.threadLocal.keyMap);
         else keyMaps.delete(t.pid);
         log.info({ target_pid: t.pid, scheme: t.scheme ?? 'none', model: t.model, reason: t.reason, service: t.process.resource['service.name'] }, 'target');

@@ -41,6 +41,7 @@ export const FEATURES = {
   'reset-sent': { grade: 'optional', lost: 'resets kspan\'s targets send' },
   'reset-received': { grade: 'optional', lost: 'resets kspan\'s targets receive' },
   accept: { grade: 'optional', lost: 'accept records: the accept-queue wait, and the server role of accepted sockets' },
+  discovery: { grade: 'optional', lost: 'following processes as they exec, fork and exit: --all and the selectors other than --pid, children of targets, exits noticed at once' },
   'idle-flush': { grade: 'optional', lost: 'closing the last response of a quiet keep-alive connection before its next request or close' },
 } as const satisfies Record<string, FeatureSpec>;
 export type Feature = keyof typeof FEATURES;
@@ -65,6 +66,9 @@ export const PROGRAMS: readonly ProgramSpec[] = [
   // Variants without prototypes: the first one the kernel accepts is loaded.
   { name: 'flush_idle', section: 'syscall', feature: 'idle-flush', grade: 'optional' },
   { name: 'flush_idle_walk', section: 'syscall', feature: 'idle-flush', grade: 'optional' },
+  { name: 'on_proc_exec', section: 'tp_btf/sched_process_exec', feature: 'discovery', grade: 'optional', args: 1 },
+  { name: 'on_proc_fork', section: 'tp_btf/sched_process_fork', feature: 'discovery', grade: 'optional', args: 2 },
+  { name: 'on_proc_exit', section: 'tp_btf/sched_process_exit', feature: 'discovery', grade: 'optional', args: 1 },
 ];
 
 export function programSpec(name: string): ProgramSpec | undefined {
