@@ -8,12 +8,12 @@
  * trace context. Children of a selected process are selected too (in the
  * kernel, on fork: bpf/discovery.bpf.h), whatever they match.
  *
- * Kinds: pid; exe (a glob on the executable's path); comm (exact); cmdline (a
+ * Kinds: pid; exe (a glob on the executable's path, minimatch with dot files); comm (exact); cmdline (a
  * regular expression on the arguments joined by spaces); container (an id or a
  * prefix of one, from the cgroup path); cgroup (a path, or one above it); pod
  * uid; port (a local or peer port of one of its TCP sockets).
  */
-import { matchesGlob } from 'node:path';
+import { minimatch } from 'minimatch';
 import type { CgroupInfo } from './cgroup-path.ts';
 
 export interface Criteria {
@@ -116,7 +116,7 @@ function underCgroup(paths: readonly string[], want: string): boolean {
 function kindMatches(c: Criteria, f: ProcessFacts): Map<keyof Criteria, Match> {
   const out = new Map<keyof Criteria, Match>();
   if (c.pids.length) out.set('pids', c.pids.includes(f.pid));
-  if (c.exe.length) out.set('exe', anyOf(c.exe, (g) => known(f.exe, (e) => matchesGlob(e, g))));
+  if (c.exe.length) out.set('exe', anyOf(c.exe, (g) => known(f.exe, (e) => minimatch(e, g, { dot: true }))));
   if (c.comm.length) out.set('comm', anyOf(c.comm, (n) => known(f.comm, (x) => x === n)));
   if (c.cmdline.length) out.set('cmdline', anyOf(c.cmdline, (r) => known(f.cmdline, (x) => regex(r).test(x))));
   if (c.container.length) {
