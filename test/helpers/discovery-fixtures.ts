@@ -54,6 +54,8 @@ export interface Exchange {
   spanId: string;
   /** The pid that answered. */
   pid: number;
+  /** The client's port: the server's records name it as their peer. */
+  localPort: number;
   /** CLOCK_MONOTONIC (as bpf_ktime_get_ns) before connecting and after the answer. */
   startNs: bigint;
   endNs: bigint;
@@ -70,13 +72,17 @@ export function request(port: number): Promise<Exchange> {
     const s = connect({ host: '127.0.0.1', port });
     let got = '';
     s.setEncoding('utf8');
-    s.on('connect', () => s.write(`${traceId} ${spanId}\n`));
+    let localPort = 0;
+    s.on('connect', () => {
+      localPort = s.localPort ?? 0;
+      s.write(`${traceId} ${spanId}\n`);
+    });
     s.on('data', (d) => (got += d));
     s.on('error', reject);
     s.on('close', () => {
       const m = /^ok (\d+)/.exec(got);
       if (!m) return reject(new Error(`no answer from port ${port}: ${JSON.stringify(got)}`));
-      resolve({ traceId, spanId, pid: Number(m[1]), startNs, endNs: process.hrtime.bigint() });
+      resolve({ traceId, spanId, pid: Number(m[1]), localPort, startNs, endNs: process.hrtime.bigint() });
     });
   });
 }
