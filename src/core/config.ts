@@ -177,7 +177,7 @@ function parseContainerId(raw: string): string {
 }
 
 function parseCgroupPath(raw: string): string {
-  if (!raw.startsWith('/')) throw new Invalid('not a cgroup path', 'give the path as /proc/PID/cgroup shows it, e.g. /system.slice/nginx.service');
+  if (!raw.startsWith('/')) throw new Invalid('not a cgroup path', 'give the path as the cgroup file of the process shows it, e.g. /system.slice/nginx.service');
   return raw;
 }
 
@@ -197,7 +197,7 @@ function selectors(prefix: 'select' | 'exclude') {
   const verb = prefix === 'select' ? 'trace' : 'never trace';
   return {
     exe: list<string>({ flag: flag('exe'), arg: 'GLOB', fileKey: `${prefix}.exe`, parse: parseGlob, help: `${verb} processes whose executable path matches this glob (repeatable)` }),
-    comm: list<string>({ flag: flag('comm'), arg: 'NAME', fileKey: `${prefix}.comm`, parse: parseComm, help: `${verb} processes with this command name (/proc/PID/comm)` }),
+    comm: list<string>({ flag: flag('comm'), arg: 'NAME', fileKey: `${prefix}.comm`, parse: parseComm, help: `${verb} processes with this command name (as ps -o comm shows it)` }),
     cmdline: list<string>({ flag: flag('cmdline'), arg: 'REGEX', fileKey: `${prefix}.cmdline`, parse: parseRegex, help: `${verb} processes whose arguments (joined by spaces) match this regular expression` }),
     container: list<string>({ flag: flag('container'), arg: 'ID', fileKey: `${prefix}.container`, parse: parseContainerId, help: `${verb} the processes of this container (its id or a prefix, from the cgroup path)` }),
     cgroup: list<string>({ flag: flag('cgroup'), arg: 'PATH', fileKey: `${prefix}.cgroup`, parse: parseCgroupPath, help: `${verb} the processes in this cgroup or below it` }),

@@ -56,8 +56,8 @@ export function parseProcCgroup(text: string): CgroupInfo {
   const info: CgroupInfo = { path: v2 ?? v1[0] ?? '/', paths };
   for (const p of paths) {
     const ids = idsFromCgroupPath(p);
-    info.containerId ??= ids.containerId;
-    info.podUid ??= ids.podUid;
+    if (ids.containerId && !info.containerId) info.containerId = ids.containerId;
+    if (ids.podUid && !info.podUid) info.podUid = ids.podUid;
   }
   return info;
 }

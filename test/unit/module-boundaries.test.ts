@@ -31,6 +31,8 @@ const PURE = [
   'src/export/proto-writer.ts',
   'src/export/span-encoder.ts',
   'src/kernel/programs.ts',
+  'src/discovery/cgroup-path.ts',
+  'src/discovery/selectors.ts',
 ] as const;
 
 /** Packages that reach the kernel, the file system or other processes. */
