@@ -190,8 +190,10 @@ export class ProcessDiscovery {
   /** Judges a process that is not a target, and acts on the verdict. */
   #consider(pid: number, why: string, portMatched = false): Verdict {
     if (pid === process.pid) return 'unmatched';
-    const v = judge(this.#selection, this.#facts(pid, this.#selection, portMatched));
-    if (v === 'excluded' || v === 'unmatched') this.#ignore(pid);
+    const facts = this.#facts(pid, this.#selection, portMatched);
+    const v = judge(this.#selection, facts);
+    // A process gone before it was looked at is not ruled out: its pid may come back.
+    if ((v === 'excluded' || v === 'unmatched') && facts.comm !== undefined) this.#ignore(pid);
     else if (v === 'selected' || (v === 'needs-context' && this.#publishes(pid))) this.#select(pid, this.slotBit, why);
     return v;
   }
