@@ -99,6 +99,44 @@ static __always_inline struct kspan_discovery *discovery_conf(void)
 	return bpf_map_lookup_elem(&discovery, &zero);
 }
 
+/*
+ * pid and tgid of the current task as the agent sees them: the kernel's own
+ * when the agent runs in the initial pid namespace, else those of the agent's
+ * namespace (0 for a task outside it: never a target).
+ */
+static __always_inline __u64 current_pid_tgid(void)
+{
+	struct kspan_discovery *d = discovery_conf();
+	if (!d || !d->pidns_ino)
+		return bpf_get_current_pid_tgid();
+	struct bpf_pidns_info ns = {};
+	if (bpf_get_ns_current_pid_tgid(d->pidns_dev, d->pidns_ino, &ns, sizeof(ns)))
+		return 0;
+	return (__u64)ns.tgid << 32 | ns.pid;
+}
+
+/* The tgid of another task (a forked child) in the agent's pid namespace, 0 when it is not in it:
+ * the entry of its pid's numbers[] (one per namespace level) whose namespace is the agent's. */
+#define KSPAN_MAX_PIDNS_LEVEL 8
+static __always_inline __u32 task_tgid_seen(struct task_struct *t, const struct kspan_discovery *d)
+{
+	if (!d->pidns_ino)
+		return BPF_CORE_READ(t, tgid);
+	struct pid *pid = BPF_CORE_READ(t, group_leader, thread_pid);
+	if (!pid)
+		return 0;
+	__u32 levels = BPF_CORE_READ(pid, level);
+	for (__u32 i = 0; i < KSPAN_MAX_PIDNS_LEVEL; i++) {
+		if (i > levels)
+			break;
+		struct upid up = {};
+		bpf_probe_read_kernel(&up, sizeof(up), (void *)pid + bpf_core_field_offset(struct pid, numbers) + i * bpf_core_type_size(struct upid));
+		if (up.ns && BPF_CORE_READ(up.ns, ns.inum) == d->pidns_ino)
+			return up.nr;
+	}
+	return 0;
+}
+
 static __always_inline void proc_emit(__u8 type, __u32 pid, __u32 ppid, __u32 map_count)
 {
 	struct kspan_proc_event *e = bpf_ringbuf_reserve(&proc_events, sizeof(*e), 0);
@@ -166,7 +204,9 @@ static __always_inline void discovery_poke(__u32 tgid, const struct sock *sk)
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(on_proc_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	__u32 tgid = p->tgid;
+	__u32 tgid = current_pid_tgid() >> 32; /* p is current */
+	if (!tgid)
+		return 0;
 	bpf_map_delete_elem(&proc_seen, &tgid);
 	struct kspan_target *t = bpf_map_lookup_elem(&targets, &tgid);
 	if (t) {
@@ -184,9 +224,15 @@ int BPF_PROG(on_proc_exec, struct task_struct *p, pid_t old_pid, struct linux_bi
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(on_proc_fork, struct task_struct *parent, struct task_struct *child)
 {
-	__u32 ptgid = parent->tgid, ctgid = child->tgid;
-	if (ptgid == ctgid)
+	if (parent->tgid == child->tgid)
 		return 0; /* a thread */
+	struct kspan_discovery *d = discovery_conf();
+	if (!d)
+		return 0;
+	__u32 ptgid = current_pid_tgid() >> 32; /* parent is current */
+	__u32 ctgid = task_tgid_seen(child, d);
+	if (!ptgid || !ctgid)
+		return 0;
 	struct kspan_proc_seen *seen = bpf_map_lookup_elem(&proc_seen, &ptgid);
 	if (seen && seen->ignore) {
 		struct kspan_proc_seen copy = *seen;
@@ -194,8 +240,7 @@ int BPF_PROG(on_proc_fork, struct task_struct *parent, struct task_struct *child
 		return 0;
 	}
 	struct kspan_target *t = bpf_map_lookup_elem(&targets, &ptgid);
-	struct kspan_discovery *d = discovery_conf();
-	if (!t || !target_selected(t) || !d || !(d->flags & KSPAN_D_FOLLOW_FORK))
+	if (!t || !target_selected(t) || !(d->flags & KSPAN_D_FOLLOW_FORK))
 		return 0;
 	struct kspan_target copy = *t;
 	if (bpf_map_update_elem(&targets, &ctgid, &copy, BPF_NOEXIST)) {
@@ -217,7 +262,9 @@ int BPF_PROG(on_proc_exit, struct task_struct *p)
 {
 	if (BPF_CORE_READ(p, signal, live.counter) != 0)
 		return 0; /* other threads of the process still run */
-	__u32 tgid = p->tgid;
+	__u32 tgid = current_pid_tgid() >> 32; /* p is current */
+	if (!tgid)
+		return 0;
 	bpf_map_delete_elem(&proc_seen, &tgid);
 	if (bpf_map_delete_elem(&targets, &tgid))
 		return 0; /* not a target */

@@ -250,6 +250,11 @@ enum kspan_discovery_flag {
 /* The one entry of the `discovery` array: what the programs do, set by the agent. */
 struct kspan_discovery {
 	__u64 check_interval_ns;    /* a process is sent for CHECK at most this often */
+	/* The agent's pid namespace when it is not the initial one (a sidecar
+	 * sharing its service's): pids in maps and records are that namespace's,
+	 * as the agent sees them in /proc. pidns_ino 0: the initial namespace. */
+	__u64 pidns_dev;
+	__u64 pidns_ino;
 	__u32 flags;                /* enum kspan_discovery_flag */
 	__u32 _pad;
 };

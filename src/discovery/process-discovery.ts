@@ -38,7 +38,7 @@ import {
   KspanProcEventType,
   type KspanProcEvent,
 } from '../records/abi.generated.ts';
-import { forgetPortTables, listPids, readProcessFacts } from './process-facts.ts';
+import { forgetPortTables, listPids, ownPidNamespace, readProcessFacts } from './process-facts.ts';
 import { judge, needsDiscovery, type Selection, type Verdict } from './selectors.ts';
 
 /** Counted for self-metrics; never reset. */
@@ -104,6 +104,11 @@ export class ProcessDiscovery {
   #selection: Selection;
   #slot = 0;
   #watch: boolean;
+  /** The agent's pid namespace, when not the initial one: the kernel reports pids as seen from it. */
+  readonly #pidns = (() => {
+    const ns = ownPidNamespace();
+    return ns.initial ? { dev: 0n, ino: 0n } : ns;
+  })();
 
   constructor(opts: ProcessDiscoveryOptions) {
     this.#opts = opts;
@@ -115,6 +120,13 @@ export class ProcessDiscovery {
       if (len < KSPAN_PROC_EVENT_SIZE) return;
       this.#onEvent(decodeKspanProcEvent(view, off));
     }, { onError: opts.onRingError });
+    // Before any target is added: the pids in the maps are this namespace's.
+    this.#writeConf();
+  }
+
+  /** Whether the agent runs in a pid namespace of its own (a sidecar's): the kernel then reports that namespace's pids. */
+  get ownPidNamespace(): boolean {
+    return this.#pidns.ino !== 0n;
   }
 
   get selection(): Selection {
@@ -333,7 +345,8 @@ export class ProcessDiscovery {
       (this.#opts.followFork === false ? 0 : KspanDiscoveryFlag.KSPAN_D_FOLLOW_FORK) | (this.#watch ? KspanDiscoveryFlag.KSPAN_D_WATCH : 0) | portsFlag;
     const b = Buffer.alloc(KSPAN_DISCOVERY_SIZE);
     const intervalNs = BigInt(this.#opts.checkIntervalMs ?? 1000) * 1_000_000n;
-    encodeKspanDiscovery({ check_interval_ns: intervalNs, flags }, new DataView(b.buffer, b.byteOffset, b.length), 0);
+    const ns = { pidns_dev: this.#pidns.dev, pidns_ino: this.#pidns.ino };
+    encodeKspanDiscovery({ check_interval_ns: intervalNs, flags, ...ns }, new DataView(b.buffer, b.byteOffset, b.length), 0);
     this.#obj.map('discovery').update(u32Key(0), b);
   }
 }

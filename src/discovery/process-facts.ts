@@ -81,3 +81,12 @@ export function containerResource(pid: number): Record<string, string> {
   const info = tryRead(() => parseProcCgroup(readFileSync(`/proc/${pid}/cgroup`, 'utf8')));
   return info ? cgroupResourceAttributes(info) : {};
 }
+
+/** The initial pid namespace's inode number (PROC_PID_INIT_INO): fixed by the kernel. */
+const INIT_PID_NS_INO = 0xeffffffcn;
+
+/** This process's pid namespace (device and inode of /proc/self/ns/pid), and whether it is the initial one. */
+export function ownPidNamespace(): { dev: bigint; ino: bigint; initial: boolean } {
+  const st = statSync('/proc/self/ns/pid', { bigint: true });
+  return { dev: st.dev, ino: st.ino, initial: st.ino === INIT_PID_NS_INO };
+}

@@ -883,25 +883,31 @@ export class KspanProcEventView implements KspanProcEvent {
   }
 }
 
-/** struct kspan_discovery: 16 bytes. */
-export const KSPAN_DISCOVERY_SIZE = 16;
+/** struct kspan_discovery: 32 bytes. */
+export const KSPAN_DISCOVERY_SIZE = 32;
 
 export interface KspanDiscovery {
   check_interval_ns: bigint;
+  pidns_dev: bigint;
+  pidns_ino: bigint;
   flags: number;
 }
 
 export function decodeKspanDiscovery(v: DataView, o: number): KspanDiscovery {
   return {
     check_interval_ns: v.getBigUint64(o + 0, true),
-    flags: v.getUint32(o + 8, true),
+    pidns_dev: v.getBigUint64(o + 8, true),
+    pidns_ino: v.getBigUint64(o + 16, true),
+    flags: v.getUint32(o + 24, true),
   };
 }
 
 /** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
 export function encodeKspanDiscovery(x: KspanDiscovery, v: DataView, o: number): void {
   v.setBigUint64(o + 0, x.check_interval_ns, true);
-  v.setUint32(o + 8, x.flags, true);
+  v.setBigUint64(o + 8, x.pidns_dev, true);
+  v.setBigUint64(o + 16, x.pidns_ino, true);
+  v.setUint32(o + 24, x.flags, true);
 }
 
 /** Zero-copy view of struct kspan_discovery; move it with `at()`. Byte arrays alias the memory. */
@@ -921,9 +927,17 @@ export class KspanDiscoveryView implements KspanDiscovery {
     const v = this.v;
     return v.getBigUint64(this.o + 0, true);
   }
+  get pidns_dev(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 8, true);
+  }
+  get pidns_ino(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 16, true);
+  }
   get flags(): number {
     const v = this.v;
-    return v.getUint32(this.o + 8, true);
+    return v.getUint32(this.o + 24, true);
   }
 }
 
