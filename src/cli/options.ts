@@ -159,9 +159,14 @@ export function ringErrorLog(log: Pick<Logger, 'warn'>, everyMs = 10_000, now = 
   };
 }
 
-/** Records the kernel side lost: ring buffer full, socket table full, refused by the decoder. */
+/**
+ * Records the kernel side lost: ring buffer full, socket table full, refused by
+ * the decoder, and runs of a program the kernel skipped (each may have lost a
+ * record: a retransmit, a reset, a close).
+ */
 export function recordsLost(c: TracerCounters): number {
-  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.decode_errors;
+  const skipped = Object.values(c.skipped_runs ?? {}).reduce((a, n) => a + n, 0);
+  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.decode_errors + skipped;
 }
 
 /** Why a command stopped, as its "stopping" line says. */

@@ -109,6 +109,16 @@ export class BpfMap {
   }
 }
 
+/** struct bpf_prog_info (uapi), up to recursion_misses: run_time_ns at 192, run_cnt at 200, recursion_misses at 208. */
+const PROG_INFO_SIZE = 216;
+
+export interface BpfProgramInfo {
+  id: number;
+  runTimeNs: bigint;
+  runCount: bigint;
+  recursionMisses: bigint;
+}
+
 export class BpfObject {
   readonly path: string;
   readonly #obj: Ptr;
@@ -305,6 +315,30 @@ export class BpfObject {
     for (const name of this.#programs.keys()) {
       if (this.autoload(name) && this.sectionName(name) !== 'syscall') this.attach(name);
     }
+  }
+
+  /**
+   * What the kernel keeps about a loaded program (struct bpf_prog_info): its id,
+   * and the runs the kernel skipped because the program was already running on
+   * that CPU (a softirq interrupting it: the hook fired, the program did not
+   * run). Run time and count are zero unless BPF stats are enabled. Undefined
+   * when the program is not loaded.
+   */
+  programInfo(name: string): BpfProgramInfo | undefined {
+    const fd = libbpf().programFd(this.#program(name));
+    if (fd < 0) return undefined;
+    const info = Buffer.alloc(PROG_INFO_SIZE);
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(PROG_INFO_SIZE);
+    const rc = libbpf().objGetInfoByFd(fd, info, len);
+    if (rc < 0) throw new KspanError('KSPAN_ERR_BPF_OBJECT', `reading BPF program "${name}"'s info failed`, { cause: errnoError('bpf_obj_get_info_by_fd', rc) });
+    const has = (off: number) => len.readUInt32LE(0) >= off + 8;
+    return {
+      id: info.readUInt32LE(4),
+      runTimeNs: has(192) ? info.readBigUInt64LE(192) : 0n,
+      runCount: has(200) ? info.readBigUInt64LE(200) : 0n,
+      recursionMisses: has(208) ? info.readBigUInt64LE(208) : 0n,
+    };
   }
 
   /**

@@ -1,7 +1,8 @@
 /**
  * What the running kernel offers, probed at start: BTF, the prototypes of the
  * tp_btf tracepoints kspan uses (their btf_trace_* typedefs in vmlinux BTF),
- * which classic tracepoints exist (tracefs). The program planner
+ * which classic tracepoints exist (tracefs), and what the verifier allows
+ * (src/kernel/program-probes.ts, asked lazily). The program planner
  * (src/kernel/programs.ts) turns these into which programs load, and the I/O
  * path: sock_{send,recv}_length (6.3+) or the syscall-tracepoint fallback.
  */
@@ -9,6 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { release } from 'node:os';
 import { BTF_KIND } from '../elf/btf-kind.ts';
 import { libbpf } from './native.ts';
+import { kernelCapabilities } from './program-probes.ts';
 import { PROGRAMS, type KernelHooks } from './programs.ts';
 import { tracepointPrototypes, type TracepointPrototype } from './tracepoint-prototypes.ts';
 
@@ -92,6 +94,7 @@ export function kernelHooks(tracepoints: readonly string[] = PROGRAM_TRACEPOINTS
   return {
     tracepointArgs: (name) => prototypes.get(name)?.length,
     hasTracepoint,
+    can: kernelCapabilities(),
   };
 }
 

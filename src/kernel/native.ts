@@ -90,6 +90,14 @@ function bindLibbpf(lib: ReturnType<typeof koffi.load>) {
     mapNextKey: f<[Ptr, Buffer | null, Buffer, number], number>(
       'int bpf_map__get_next_key(void *map, void *cur, void *next, size_t ksz)',
     ),
+    objGetInfoByFd: f<[number, Buffer, Buffer], number>('int bpf_obj_get_info_by_fd(int fd, void *info, uint32_t *len)'),
+    probeBpfHelper: f<[number, number, Ptr | null], number>('int libbpf_probe_bpf_helper(int prog_type, int helper_id, const void *opts)'),
+    mapCreate: f<[number, string | null, number, number, number, Ptr | null], number>(
+      'int bpf_map_create(int type, const char *name, uint32_t key_size, uint32_t value_size, uint32_t max_entries, const void *opts)',
+    ),
+    progLoad: f<[number, string | null, string, Buffer, number, Buffer], number>(
+      'int bpf_prog_load(int type, const char *name, const char *license, const void *insns, size_t insn_cnt, void *opts)',
+    ),
     btfLoadVmlinux: f<[], Ptr>('void *btf__load_vmlinux_btf()'),
     btfFindByNameKind: f<[Ptr, string, number], number>('int btf__find_by_name_kind(void *btf, const char *name, uint32_t kind)'),
     btfFree: f<[Ptr], void>('void btf__free(void *btf)'),

@@ -25,7 +25,17 @@ export interface ProgramSpec {
   readonly args?: number;
   /** Only on this send/recv path. */
   readonly ioPath?: IoPath;
+  /** What the verifier must allow this program, probed before the load (src/kernel/program-probes.ts). */
+  readonly needs?: readonly KernelCapability[];
 }
+
+/**
+ * Verifier rules that changed across kernels, beyond hooks and prototypes:
+ * - bpf_loop: the helper exists (5.17+);
+ * - sleepable_queue_map: a sleepable program may use a queue map (6.1 refuses:
+ *   "Sleepable programs can only use array, hash, and ringbuf maps").
+ */
+export type KernelCapability = 'bpf_loop' | 'sleepable_queue_map';
 
 export interface FeatureSpec {
   readonly grade: Grade;
@@ -63,8 +73,8 @@ export const PROGRAMS: readonly ProgramSpec[] = [
   { name: 'on_receive_reset', section: 'tp_btf/tcp_receive_reset', feature: 'reset-received', grade: 'optional', args: 1 },
   { name: 'on_accept4_exit', section: 'tracepoint/syscalls/sys_exit_accept4', feature: 'accept', grade: 'optional' },
   { name: 'on_accept_exit', section: 'tracepoint/syscalls/sys_exit_accept', feature: 'accept', grade: 'optional' },
-  // Variants without prototypes: the first one the kernel accepts is loaded.
-  { name: 'flush_idle', section: 'syscall', feature: 'idle-flush', grade: 'optional' },
+  // Variants without prototypes: the first whose needs the kernel meets is loaded.
+  { name: 'flush_idle', section: 'syscall', feature: 'idle-flush', grade: 'optional', needs: ['bpf_loop', 'sleepable_queue_map'] },
   { name: 'flush_idle_walk', section: 'syscall', feature: 'idle-flush', grade: 'optional' },
   { name: 'on_proc_exec', section: 'tp_btf/sched_process_exec', feature: 'discovery', grade: 'optional', args: 1 },
   { name: 'on_proc_fork', section: 'tp_btf/sched_process_fork', feature: 'discovery', grade: 'optional', args: 2 },
@@ -81,6 +91,8 @@ export interface KernelHooks {
   tracepointArgs(name: string): number | undefined;
   /** Whether classic tracepoint `category/name` exists. */
   hasTracepoint(category: string, name: string): boolean;
+  /** Whether the verifier allows `cap`; asked only for programs the plan would otherwise load. */
+  can(cap: KernelCapability): boolean;
 }
 
 export type ProgramDecision =
@@ -113,11 +125,16 @@ function hookMissing(p: ProgramSpec, hooks: KernelHooks): string | undefined {
     const n = hooks.tracepointArgs(a);
     if (n === undefined) return `the kernel has no BTF tracepoint ${a}`;
     if (p.args !== undefined && n < p.args) return `the kernel's ${a} has ${n} argument(s); the program reads ${p.args}`;
-    return undefined;
-  }
-  if (kind === 'tracepoint') return hooks.hasTracepoint(a, b) ? undefined : `the kernel has no tracepoint ${a}:${b}`;
+  } else if (kind === 'tracepoint' && !hooks.hasTracepoint(a, b)) return `the kernel has no tracepoint ${a}:${b}`;
+  const lacking = p.needs?.find((cap) => !hooks.can(cap));
+  if (lacking) return `the kernel's verifier does not allow ${CAPABILITY_TEXT[lacking]}`;
   return undefined;
 }
+
+const CAPABILITY_TEXT: Record<KernelCapability, string> = {
+  bpf_loop: 'bpf_loop',
+  sleepable_queue_map: 'a queue map in a sleepable program',
+};
 
 /**
  * Plans the load: for each program, load it or say why not. `rejected` holds
@@ -146,7 +163,7 @@ export function planPrograms(
     let chosen: ProgramSpec | undefined;
     for (const p of ordered) {
       const refused = rejected.get(p.name);
-      const missing = refused === undefined ? hookMissing(p, hooks) : undefined;
+      const missing = refused === undefined && !chosen ? hookMissing(p, hooks) : undefined;
       if (chosen) {
         decisions.set(p.name, { load: false, why: 'other-variant', reason: `${chosen.name} serves ${p.section} here` });
       } else if (refused !== undefined) {

@@ -88,6 +88,12 @@ export type TracerCounters = Record<keyof typeof KspanCounter, number> & {
   /** Ring reader: records whose handler threw, and failed epoll waits (retried). */
   ring_handler_errors: number;
   ring_wait_errors: number;
+  /**
+   * Runs the kernel skipped, by program (only those with some): the hook fired
+   * while the same program was already running on that CPU (a softirq
+   * interrupting it), so whatever that run would have recorded is lost.
+   */
+  skipped_runs: Record<string, number>;
 };
 
 export class TcpTracer {
@@ -254,7 +260,7 @@ export class TcpTracer {
     if (this.#finalCounters) return { ...this.#finalCounters, ...ring };
     const map = this.#obj.map('counters');
     const ncpu = libbpf().numPossibleCpus();
-    const out = { ...ring } as TracerCounters;
+    const out = { ...ring, skipped_runs: this.skippedRuns() } as TracerCounters;
     for (const [name, idx] of Object.entries(KspanCounter)) {
       if (name === 'KSPAN_C_MAX') continue;
       if (name === 'KSPAN_C_IDLE_QUEUE_FULL' && this.#flushProgram !== 'flush_idle') {
@@ -269,6 +275,16 @@ export class TcpTracer {
     return out;
   }
 
+  /** Per loaded program, the runs the kernel skipped (recursion misses), when any. */
+  skippedRuns(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const name of this.#obj.programNames) {
+      if (!this.plan.load(name)) continue;
+      const misses = this.#obj.programInfo(name)?.recursionMisses ?? 0n;
+      if (misses > 0n) out[name] = Number(misses);
+    }
+    return out;
+  }
 
   /**
    * Closes send/recv aggregates idle for `idleNs` (the kernel emits them, flagged

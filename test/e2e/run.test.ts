@@ -167,16 +167,24 @@ describe('kspan run', e2eOptions(), () => {
       await server.waitLine(/^done$/, 60_000);
       await waitSocketsGone(ns, port); // FIN retransmits, socket teardown
       agent.child.kill('SIGTERM');
-      assert.equal((await agent.exited).code, 0);
+      const { code } = await agent.exited;
       const kernelCount = await oracle.stop();
       assert.ok(kernelCount > 0, 'the lossy path produced retransmits');
+      // Now and then the hook fires while on_retransmit already runs on that CPU
+      // (a softirq interrupting it): the kernel skips that run and counts it; kspan
+      // reports it as lost and exits 3.
+      const stopLine = agent.stderr.map((l) => (l.startsWith('{') ? JSON.parse(l) : {})).find((l) => l.kernel);
+      const skipped = (stopLine?.kernel?.skipped_runs?.on_retransmit ?? 0) as number;
+      assert.equal(code, skipped ? 3 : 0, agent.stderr.join('\n'));
 
       const spans = receiver.spans;
       assert.equal(new Set(spans.map((x) => x.spanId)).size, spans.length, 'no span arrived twice');
       // every retransmit is one tcp.retransmit event: on the span that owned the
       // data, or (arriving after that span was exported) on a tcp.retransmit span
       const events = spans.reduce((a, s) => a + s.events.filter((e) => e.name === 'tcp.retransmit').length, 0);
-      assert.equal(events, kernelCount);
+      const where = spans.filter((s) => s.events.some((e) => e.name === 'tcp.retransmit'))
+        .map((s) => `${s.name} ${s.spanId} under ${s.parentSpanId}: ${s.events.filter((e) => e.name === 'tcp.retransmit').length}`);
+      assert.equal(events + skipped, kernelCount, `kspan: ${events} (+${skipped} skipped), perf: ${kernelCount}; agent stop: ${agent.stderr.filter((l) => l.includes('counters') || l.includes('"kernel"')).join('\n')}\n${where.join('\n')}`);
       for (const s of spans.filter((x) => x.name === 'tcp.retransmit')) assert.ok(s.events.length >= 1);
       // the server's response retransmits hang under its request spans
       const app = server.lines.map(parseAppSpan).filter((x): x is AppSpan => !!x);

@@ -72,11 +72,15 @@ describe('sampling in the kernel', e2eOptions(), () => {
     // No record carries an unsampled trace id.
     const unsampledIds = traceIds(sent, (i) => !sampled(i));
     assert.deepEqual(records.filter((e) => unsampledIds.has(e.trace_id as string)), []);
-    // Two aggregates per unsampled exchange (request and response) made no record.
-    assert.equal(stop.counters?.KSPAN_C_UNSAMPLED, 2 * (REQUESTS - SAMPLED));
-    // The connection's totals stay whole.
+    // Two aggregates per unsampled exchange (request and response) made no record,
+    // and neither did a retransmit under an unsampled span (a slow machine, e.g. a
+    // guest under emulation, retransmits on loopback now and then).
     const close = records.filter((e) => e.type === 'close' && e.pid === server.pid);
     assert.equal(close.length, 1);
+    const retransmitRecords = records.filter((e) => e.type === 'retransmit').length;
+    const unsampledRetransmits = (close[0].retransmits as number) - retransmitRecords;
+    assert.equal(stop.counters?.KSPAN_C_UNSAMPLED, 2 * (REQUESTS - SAMPLED) + unsampledRetransmits, `counters ${JSON.stringify(stop.counters)}; records:\n${agent.lines.join('\n')}`);
+    // The connection's totals stay whole.
     assert.equal(close[0].bytes_sent, REQUESTS * RESP);
     assert.equal(close[0].bytes_received, REQUESTS * REQ);
 
@@ -102,7 +106,10 @@ describe('sampling in the kernel', e2eOptions(), () => {
         const children = kernel.filter((s) => s.parentSpanId === a.spanId);
         assert.deepEqual(children.map((s) => [s.name, s.attributes['kspan.bytes']]).sort(), [['tcp.recv', REQ], ['tcp.send', RESP]]);
       }
-      assert.equal(stop.kernel?.KSPAN_C_UNSAMPLED, 2 * (REQUESTS - SAMPLED));
+      // Exact in the events test above, where the close record gives the retransmits
+      // under unsampled spans (counted too); here only the lower bound is known.
+      const unsampled = stop.kernel?.KSPAN_C_UNSAMPLED ?? 0;
+      assert.ok(unsampled >= 2 * (REQUESTS - SAMPLED) && unsampled <= 2 * (REQUESTS - SAMPLED) + 3, `KSPAN_C_UNSAMPLED ${unsampled}`);
     } finally {
       await receiver.stop();
     }
@@ -146,6 +153,8 @@ describe('orphans left in the kernel, whole connections at a time', e2eOptions()
       assert.equal(c.after_dropped, true);
       assert.equal(c.bytes_sent, c.pid === none.server ? none.requests * 700 : none.requests * 50);
     }
-    assert.equal(none.counters.KSPAN_C_ORPHAN_SKIPPED, aggregates + connects);
+    // A retransmit with no context is left out too (a slow machine retransmits on loopback now and then).
+    const retransmits = none.records.filter((e) => e.type === 'close').reduce((n, c) => n + (c.retransmits as number), 0);
+    assert.equal(none.counters.KSPAN_C_ORPHAN_SKIPPED, aggregates + connects + retransmits, `all: ${JSON.stringify(all.records, (_, v) => (typeof v === 'bigint' ? String(v) : v))}\nnone: ${JSON.stringify(none.counters)}`);
   });
 });

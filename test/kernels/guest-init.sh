@@ -71,6 +71,8 @@ if [[ ${DIAG:-1} == 1 ]]; then
   t0=$(date +%s)
   node test/kernels/diag.ts >"$OUT/diag.jsonl" 2>"$OUT/diag.stderr"
   echo "diag exit $? in $(($(date +%s) - t0)) s" >>"$OUT/diag.stderr"
+  # prototypes and verifier capabilities as the planner sees them (test/fixtures/kernels/ format)
+  node tools/capture-prototypes.ts >"$OUT/kernel-fixture.json" 2>>"$OUT/diag.stderr"
   say "diagnostics done in $(($(date +%s) - t0)) s"
   # how long the agent takes to start here (node start-up, imports, the verifier)
   for i in 1 2; do

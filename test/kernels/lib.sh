@@ -306,9 +306,11 @@ boot_vm() {
   # Nehalem all did): the guest notes every core dump and reruns such a file.
   local cpu=${KSPAN_KERNELS_CPU:-max,-pku}
   [[ $ACCEL == kvm ]] && cpu=${KSPAN_KERNELS_CPU:-host}
+  local accel=$ACCEL
+  [[ $ACCEL == tcg ]] && accel="tcg,thread=${KSPAN_KERNELS_TCG_THREAD:-multi}"
   : >"$console"
   local rc=0 vm
-  timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -accel "$ACCEL" -cpu "$cpu" -m 4G -smp 2 \
+  timeout -k 10 "$VM_TIMEOUT" qemu-system-x86_64 -accel "$accel" -cpu "$cpu" -m 4G -smp 2 \
     -nodefaults -no-reboot -display none -monitor none -serial "file:$console" \
     -kernel "$kernel" -initrd "$initrd" \
     -append "console=ttyS0 panic=-1 loglevel=4" \

@@ -11,7 +11,7 @@ import { readElfFile } from '../../src/elf/elf-file.ts';
 
 const STT_FUNC = 2;
 const STB_GLOBAL = 1;
-import { describeOff, FEATURES, planPrograms, PROGRAMS, type KernelHooks } from '../../src/kernel/programs.ts';
+import { describeOff, FEATURES, planPrograms, PROGRAMS, type KernelCapability, type KernelHooks } from '../../src/kernel/programs.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
 
 const FIXTURES = join(REPO_ROOT, 'test/fixtures/kernels');
@@ -19,17 +19,23 @@ const FIXTURES = join(REPO_ROOT, 'test/fixtures/kernels');
 interface KernelFixture {
   release: string;
   tracepoints: Record<string, string[]>;
+  /** What the verifier allowed there (src/kernel/program-probes.ts). */
+  capabilities: Record<KernelCapability, boolean>;
 }
 
 function fixture(name: string): KernelFixture {
   return JSON.parse(readFileSync(join(FIXTURES, name), 'utf8')) as KernelFixture;
 }
 
-/** A kernel as the planner sees it: the captured prototypes; every syscall tracepoint (x86_64). */
-function hooksOf(k: KernelFixture, without: string[] = []): KernelHooks {
+/** A kernel as the planner sees it: the captured prototypes and capabilities; every syscall tracepoint (x86_64). */
+function hooksOf(k: KernelFixture, without: string[] = [], asked: KernelCapability[] = []): KernelHooks {
   return {
     tracepointArgs: (name) => (without.includes(name) ? undefined : k.tracepoints[name]?.length),
     hasTracepoint: (category) => category === 'syscalls',
+    can: (cap) => {
+      asked.push(cap);
+      return k.capabilities[cap];
+    },
   };
 }
 
@@ -46,10 +52,10 @@ test('every program in kspan.bpf.o is in the table, with its section, and nothin
 });
 
 test('captured kernels: each gets the variants its prototypes allow, and loses nothing', () => {
-  const expected: Record<string, { ioPath: string; retransmit: string }> = {
-    '6.1': { ioPath: 'syscalls', retransmit: 'on_retransmit_noerr' },
-    '6.12': { ioPath: 'sock_length', retransmit: 'on_retransmit_noerr' },
-    '6.18': { ioPath: 'sock_length', retransmit: 'on_retransmit' },
+  const expected: Record<string, { ioPath: string; retransmit: string; flush: string }> = {
+    '6.1': { ioPath: 'syscalls', retransmit: 'on_retransmit_noerr', flush: 'flush_idle_walk' },
+    '6.12': { ioPath: 'sock_length', retransmit: 'on_retransmit_noerr', flush: 'flush_idle' },
+    '6.18': { ioPath: 'sock_length', retransmit: 'on_retransmit', flush: 'flush_idle' },
   };
   const files = readdirSync(FIXTURES).filter((f) => f.endsWith('.json'));
   for (const [version, want] of Object.entries(expected)) {
@@ -62,6 +68,9 @@ test('captured kernels: each gets the variants its prototypes allow, and loses n
     assert.deepEqual(plan.off, [], `${version}: ${plan.off.map(describeOff).join('; ')}`);
     const retransmit = PROGRAMS.filter((p) => p.feature === 'retransmit' && plan.load(p.name)).map((p) => p.name);
     assert.deepEqual(retransmit, [want.retransmit], version);
+    // The idle flush is chosen before the load: no refused load, no second object.
+    const flush = PROGRAMS.filter((p) => p.feature === 'idle-flush' && plan.load(p.name)).map((p) => p.name);
+    assert.deepEqual(flush, [want.flush], version);
     // Exactly one send/recv path loads, all of it.
     const io = PROGRAMS.filter((p) => p.feature === 'send-recv');
     assert.deepEqual(io.filter((p) => plan.load(p.name)).map((p) => p.ioPath), io.filter((p) => p.ioPath === ioPath).map(() => ioPath));
@@ -94,7 +103,7 @@ test('a missing essential hook is reported as essential; a prototype too short f
   assert.deepEqual(plan.off.map((f) => [f.feature, f.grade]), [['socket-state', 'essential']]);
   assert.match(plan.off[0].programs[0].reason, /no BTF tracepoint inet_sock_set_state/);
 
-  const short: KernelHooks = { tracepointArgs: (n) => (n === 'tcp_retransmit_skb' ? 1 : k.tracepoints[n]?.length), hasTracepoint: () => true };
+  const short: KernelHooks = { ...hooksOf(k), tracepointArgs: (n) => (n === 'tcp_retransmit_skb' ? 1 : k.tracepoints[n]?.length), hasTracepoint: () => true };
   const p2 = planPrograms(short, 'sock_length');
   assert.deepEqual(p2.off.map((f) => f.feature), ['retransmit']);
   assert.match(p2.off[0].programs[0].reason, /tcp_retransmit_skb has 1 argument\(s\); the program reads 3/);
@@ -105,4 +114,15 @@ test('the send/recv path not in use is no loss', () => {
   assert.deepEqual(plan.off, []);
   assert.equal(plan.load('on_send_length'), false);
   assert.equal(plan.load('on_write_exit'), true);
+});
+
+test('capabilities are asked only for the variant the plan would load', () => {
+  const asked: KernelCapability[] = [];
+  const plan = planPrograms(hooksOf(fixture('6.1.json'), [], asked), 'syscalls');
+  assert.deepEqual(asked, ['bpf_loop', 'sleepable_queue_map']);
+  const d = plan.decisions.get('flush_idle');
+  assert.deepEqual(d, { load: false, why: 'other-variant', reason: 'flush_idle_walk serves syscall here (the kernel\'s verifier does not allow a queue map in a sleepable program)' });
+  const none: KernelCapability[] = [];
+  planPrograms(hooksOf(fixture('6.18.json'), [], none), 'sock_length', new Map([['flush_idle', 'refused']]));
+  assert.deepEqual(none, []);
 });
