@@ -137,6 +137,7 @@ function watchPolicy(path: string, initial: TracingConfig, reload: () => Tracing
     },
   });
   watcher.start();
+  session.policyStats = watcher.stats;
   session.onStop(() => watcher.close());
 }
 
@@ -166,7 +167,9 @@ export function ringErrorLog(log: Pick<Logger, 'warn'>, everyMs = 10_000, now = 
  */
 export function recordsLost(c: TracerCounters): number {
   const skipped = Object.values(c.skipped_runs ?? {}).reduce((a, n) => a + n, 0);
-  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.decode_errors + skipped;
+  // Process events lost, or a child that could not be made a target: targets missed or not freed.
+  const discovery = c.KSPAN_C_PROC_RING_FULL + c.KSPAN_C_FORK_TABLE_FULL;
+  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.decode_errors + skipped + discovery;
 }
 
 /** Why a command stopped, as its "stopping" line says. */

@@ -153,6 +153,9 @@ export class TracingSession {
     return r;
   }
 
+  /** Policy reloads applied and refused (set when a policy file is watched), for the counters. */
+  policyStats: { applied: number; invalid: number } | undefined;
+
   /** Called once at stop (before the programs are detached). */
   onStop(fn: () => void): void {
     this.#closers.push(fn);
@@ -252,8 +255,13 @@ export class TracingSession {
   }
 
   /** Loss and fault counters of the kernel side and of context resolution. */
-  counters(): TracerCounters & { context: ThreadContextReaderStats; discovery?: DiscoveryStats } {
-    return { ...this.tracer.counters(), context: { ...this.reader.stats }, ...(this.discovery ? { discovery: { ...this.discovery.stats } } : {}) };
+  counters(): TracerCounters & { context: ThreadContextReaderStats; discovery?: DiscoveryStats; policy?: { applied: number; invalid: number } } {
+    return {
+      ...this.tracer.counters(),
+      context: { ...this.reader.stats },
+      ...(this.discovery ? { discovery: { ...this.discovery.stats } } : {}),
+      ...(this.policyStats ? { policy: { ...this.policyStats } } : {}),
+    };
   }
 
   /** The features this kernel could not give (switched off, each with what is lost). */

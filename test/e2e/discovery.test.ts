@@ -9,7 +9,7 @@ import { after, describe, test } from 'node:test';
 import { startEvents, stopEvents, type EventLine } from '../helpers/kspan-cli.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
-import { agentMapId, mapPids, preforkDir, request, selectedLine, startPrefork, waitWorkers, type Exchange } from '../helpers/discovery-fixtures.ts';
+import { agentMapId, mapPids, preforkDir, request, selectedLine, startPrefork, waitWorkers, type Exchange, discoveryCounters } from '../helpers/discovery-fixtures.ts';
 
 const records = (evs: EventLine[], pid: number, type: string) => evs.filter((e) => e.pid === pid && e.type === type);
 
@@ -57,9 +57,9 @@ describe('kspan events --all', e2eOptions(), () => {
     assert.equal(records(all, pub.proc.pid, 'accept').length, 3);
     assert.equal(records(all, pub.proc.pid, 'close').length, 3);
     assertTraced(all, traced);
-    const stopped = JSON.parse(events.stderr.find((l) => l.includes('"msg":"stopped"'))!) as { counters: { discovery: Record<string, number> } };
-    assert.equal(stopped.counters.discovery.found, 1);
-    assert.equal(stopped.counters.discovery.forgotten, 1);
+    const counters = discoveryCounters(events.stderr);
+    assert.equal(counters.found, 1);
+    assert.equal(counters.forgotten, 1);
   });
 
   test('forked workers of a target are targets from their fork (in the kernel); exited ones are forgotten and the maps shrink back', async () => {
@@ -96,8 +96,8 @@ describe('kspan events --all', e2eOptions(), () => {
       assert.equal(records(all, w, 'accept').length, exchanges.filter((x) => x.pid === w).length, `worker ${w}: one accept per connection`);
     }
     assert.equal(records(all, srv.proc.pid, 'send').length, 0, 'the parent does no I/O');
-    const stopped = JSON.parse(events.stderr.find((l) => l.includes('"msg":"stopped"'))!) as { counters: { discovery: Record<string, number> } };
-    assert.equal(stopped.counters.discovery.forked, 2);
-    assert.equal(stopped.counters.discovery.forgotten, 3);
+    const counters = discoveryCounters(events.stderr);
+    assert.equal(counters.forked, 2);
+    assert.equal(counters.forgotten, 3);
   });
 });

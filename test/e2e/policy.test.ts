@@ -73,6 +73,9 @@ describe('policy file', e2eOptions(), () => {
 
     assert.deepEqual(heldBpfObjects(agent).progIds, programsBefore, 'no program was reloaded');
     const all = await stopEvents(events); // exit 0: no record lost
+    const stopped = JSON.parse(events.stderr.find((l) => l.includes('"msg":"stopped"'))!) as { counters: { policy: unknown; discovery: { swaps: number } } };
+    assert.deepEqual(stopped.counters.policy, { applied: 1, invalid: 2 });
+    assert.equal(stopped.counters.discovery.swaps, 1);
     const accepts = new Map<string, number>();
     for (const e of all) if (e.type === 'accept') accepts.set(`${e.pid} ${e.peer}`, (accepts.get(`${e.pid} ${e.peer}`) ?? 0) + 1);
     let before = 0;

@@ -13,7 +13,7 @@ import { after, describe, test } from 'node:test';
 import { startEvents, stopEvents, type EventLine } from '../helpers/kspan-cli.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
-import { preforkDir, request, selectedLine, startPrefork, type Server } from '../helpers/discovery-fixtures.ts';
+import { preforkDir, request, selectedLine, startPrefork, type Server, discoveryCounters } from '../helpers/discovery-fixtures.ts';
 
 const V2 = '/sys/fs/cgroup/unified';
 const V1 = '/sys/fs/cgroup/systemd';
@@ -148,9 +148,9 @@ describe('selectors', e2eOptions(), () => {
     await Promise.all([late.proc.exited, other.proc.exited]);
     assert.equal(all.filter((e) => e.type === 'accept' && e.pid === late.proc.pid).length, 2, 'the two connections after the selecting one');
     assert.equal(all.filter((e) => e.pid === other.proc.pid).length, 0);
-    const stopped = JSON.parse(events.stderr.find((l) => l.includes('"msg":"stopped"'))!) as { counters: { discovery: Record<string, number> } };
+    const counters = discoveryCounters(events.stderr);
     // The port is local for the server, and peer for this test's process, which connected to it: both selected.
-    assert.equal(stopped.counters.discovery.found, 2);
+    assert.equal(counters.found, 2);
     assert.equal(selectedLine(process.pid).exec(events.stderr.join('\n'))?.[1], 'check');
   });
 });

@@ -125,3 +125,10 @@ export function mapPids(id: number): number[] {
 export function selectedLine(pid: number): RegExp {
   return new RegExp(`"target_pid":${pid},"why":"([^"]*)","msg":"target selected"`);
 }
+
+/** The discovery counters of the agent's last line ("stopped"). */
+export function discoveryCounters(stderr: readonly string[]): Record<string, number> {
+  const line = stderr.find((l) => l.includes('"msg":"stopped"'));
+  if (!line) throw new Error(`no "stopped" line:\n${stderr.slice(-5).join('\n')}`);
+  return (JSON.parse(line) as { counters: { discovery: Record<string, number> } }).counters.discovery;
+}
