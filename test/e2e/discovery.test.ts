@@ -5,10 +5,13 @@
  * test's build directory, so other publishers on the machine stay out.
  */
 import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import { createServer, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { startEvents, stopEvents, type EventLine } from '../helpers/kspan-cli.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
+import { buildTlsFixtures, startPublisher, TLS_VARIANTS } from '../helpers/tls-fixtures.ts';
 import { agentMapId, mapPids, preforkDir, request, selectedLine, startPrefork, waitWorkers, type Exchange, discoveryCounters } from '../helpers/discovery-fixtures.ts';
 
 const records = (evs: EventLine[], pid: number, type: string) => evs.filter((e) => e.pid === pid && e.type === type);
@@ -60,6 +63,53 @@ describe('kspan events --all', e2eOptions(), () => {
     const counters = discoveryCounters(events.stderr);
     assert.equal(counters.found, 1);
     assert.equal(counters.forgotten, 1);
+  });
+
+  test('a process that dlopens its publishing library after its exec is found at its next connection (CHECK), no polling', async () => {
+    const dir = buildTlsFixtures();
+    const v = TLS_VARIANTS.find((x) => x.name === 'dlopen-general-dynamic')!;
+    // Acks each 4-byte round; the first only once the agent selected the process, so rounds 1.. come after.
+    const sockets: Socket[] = [];
+    let selected: Promise<unknown> = Promise.resolve();
+    const server = createServer((s) => {
+      sockets.push(s);
+      s.on('data', (d) => {
+        for (let i = 0; i < d.length; i += 4) void selected.then(() => s.writable && s.write('k'));
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as { port: number }).port;
+    const events = await startEvents(group, [], ['--all', '--exe', `${dir}/${v.exe}`]);
+    let child: ChildProcess | undefined;
+    const starting = startPublisher(dir, v, { threads: 1, connect: port, rounds: 4, loadOnStdin: true, onSpawn: (c) => (child = c) });
+    starting.catch(() => {});
+    try {
+      // Its exec is judged first (it does not publish yet); then the library comes.
+      await new Promise((r) => setTimeout(r, 2000));
+      child!.stdin!.write('l');
+      const pub = await starting;
+      selected = events.waitStderr(selectedLine(pub.pid), 20_000);
+      pub.go();
+      await pub.waitLine(/^done 0$/, 20_000);
+      assert.equal((await events.waitStderr(selectedLine(pub.pid), 10_000))[1], 'check');
+      await new Promise((r) => setTimeout(r, 300));
+      const all = await stopEvents(events);
+      const target = all.find((e) => e.type === 'target' && e.pid === pub.pid)!;
+      assert.deepEqual([target.scheme, target.model], ['otel_thread_ctx_v1', v.model]);
+      const t = pub.threads[0];
+      const spanOf = (round: number) => t.spanId.slice(0, 14) + ((parseInt(t.spanId.slice(14), 16) + round) & 0xff).toString(16).padStart(2, '0');
+      for (let round = 1; round < 4; round++) {
+        const send = all.filter((e) => e.type === 'send' && e.pid === pub.pid && e.span_id === spanOf(round));
+        assert.equal(send.length, 1, `round ${round}: one send under its span`);
+        assert.equal(send[0].trace_id, t.traceId);
+        assert.equal(send[0].bytes, 4);
+      }
+      await pub.stop();
+    } finally {
+      child?.kill('SIGKILL');
+      for (const s of sockets) s.destroy();
+      server.close();
+    }
   });
 
   test('forked workers of a target are targets from their fork (in the kernel); exited ones are forgotten and the maps shrink back', async () => {
