@@ -156,11 +156,16 @@ export class ProcessDiscovery {
     if (this.#watch) this.#scan();
   }
 
+  /** Stops reading and unmaps the ring; idempotent (a second call must not touch the unmapped ring). */
   async stop(): Promise<void> {
+    if (this.#stopped) return;
+    this.#stopped = true;
     await this.#ring.stop();
     this.#ring.drain();
     this.#ring.close();
   }
+
+  #stopped = false;
 
   #writeConf(): void {
     this.#writeConfFlags(this.#selection.include.ports.length ? KspanDiscoveryFlag.KSPAN_D_PORTS * this.slotBit : 0);
@@ -187,11 +192,11 @@ export class ProcessDiscovery {
     return readProcessFacts(pid, { ports, portMatched });
   }
 
-  /** Whether the process publishes a context kspan can read now. */
+  /** Whether the process publishes now: a thread context kspan can read (OTEP 4947, the Node scheme), or an OTEL_CTX mapping (OTEP 4719). */
   #publishes(pid: number): boolean {
     try {
       const t = this.#probe.track(pid);
-      return !!t?.loc;
+      return !!t?.loc || t?.process.mappingAddress !== undefined;
     } catch {
       return false;
     } finally {

@@ -125,7 +125,9 @@ export class TracingSession {
         watch: opts.discover,
         track: (pid) => this.#track(pid),
         untrack: (pid) => this.reader.untrack(pid),
-        onExit: (pid) => this.#exited(pid),
+        // Told on the next refresh tick: the process's sockets close (and their records
+        // arrive) after its exit tracepoint, and spans still need its key map until then.
+        onExit: (pid) => this.#exitsSeen.add(pid),
         onSelect: (pid, why) => {
           this.#gone.clear();
           opts.onSelect?.(pid, why);
@@ -216,8 +218,13 @@ export class TracingSession {
     this.#timer.unref();
   }
 
+  /** Targets whose exit the kernel reported (their state already freed), to tell on the next refresh. */
+  readonly #exitsSeen = new Set<number>();
+
   /** Re-checks every target: context location, Resource, and whether it still runs. */
   refresh(): void {
+    for (const pid of this.#exitsSeen) this.#exited(pid);
+    this.#exitsSeen.clear();
     for (const pid of this.tracer.pids) {
       if (!processRunning(pid)) {
         this.removePid(pid);
@@ -227,14 +234,15 @@ export class TracingSession {
       }
       this.#track(pid);
     }
+    // Every target gone: the command is told on this timer (a kernel EXIT freed their state at once).
+    const waiting = this.#opts.waitForTargets || this.discovering;
+    if (!this.tracer.pids.length && this.#gone.size && !waiting && !this.#lingerTimer) this.#lingerThenReport();
   }
 
-  /** A target exited (its entries are gone): told, and the command told once none is left. */
+  /** A target exited (its entries are gone): told at once. */
   #exited(pid: number): void {
     this.#gone.add(pid);
     this.#opts.onTargetExit?.(pid);
-    const waiting = this.#opts.waitForTargets || this.discovering;
-    if (!this.tracer.pids.length && this.#gone.size && !waiting && !this.#lingerTimer) this.#lingerThenReport();
   }
 
   /** Waits (bounded) for the kernel's socket table to empty, then reports every target gone, once. */
