@@ -18,6 +18,8 @@ import { TargetResources } from '../export/target-resources.ts';
 import { containerResource } from '../discovery/process-facts.ts';
 import type { TracingSession } from '../kernel/tracing-session.ts';
 import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { AgentMetrics } from '../metrics/metrics-server.ts';
+import { observeAgent, type AgentObserver } from '../metrics/agent-observer.ts';
 import { EXIT } from './usage.ts';
 
 export interface AgentHandle {
@@ -32,6 +34,8 @@ export interface AgentExtras {
   exporter?: SpanExporter;
   /** Every target has exited and its sockets closed: the caller should stop the agent. */
   onTargetsGone?: () => void;
+  /** Self-metrics (--metrics-listen, --metrics-otlp-endpoint); the agent shuts them down when it stops. */
+  metrics?: AgentMetrics;
 }
 
 /** An embedding caller's options: the targets, and flag values checked like the command line's. */
@@ -87,8 +91,10 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
     });
   } catch (err) {
     void pipeline.shutdown();
+    void opts.metrics?.shutdown();
     throw err;
   }
+  const observer: AgentObserver | undefined = opts.metrics && observeAgent(opts.metrics, { session, pipeline, orphans: config.orphans }, log);
   session.start();
   const idleNs = BigInt(config.idleFlushMs) * 1_000_000n;
   const idleTimer = setInterval(() => session!.tracer.flushIdle(idleNs), TUNING.idleFlushTickMs);
@@ -100,8 +106,10 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
     (stopping ??= (async () => {
       clearInterval(idleTimer);
       clearInterval(clockTimer);
+      observer?.beforeStop();
       await session!.stop((r) => pipeline.push(r));
       await pipeline.shutdown();
+      await observer?.close();
       const counters = session!.counters();
       const stats = pipeline.stats();
       for (const n of notices.atStop(pipeline.correlator.orphanSpansByPid)) tell(n);
@@ -119,7 +127,11 @@ export async function runCommand(config: RunConfig, log: Logger): Promise<number
   const stop = waitForStop(config.duration);
   let agent: AgentHandle;
   try {
-    agent = startAgent({ ...config, onTargetsGone: () => stop.end(TARGETS_GONE) }, log);
+    // Bound before the kernel is touched: a port in use fails the start.
+    const metrics = config.metricsListen || config.metricsOtlpEndpoint
+      ? await AgentMetrics.start({ listen: config.metricsListen, otlpEndpoint: config.metricsOtlpEndpoint, otlpIntervalMs: config.metricsOtlpIntervalMs, log })
+      : undefined;
+    agent = startAgent({ ...config, metrics, onTargetsGone: () => stop.end(TARGETS_GONE) }, log);
   } catch (err) {
     stop.cancel();
     throw err;

@@ -209,6 +209,30 @@ function selectors(prefix: 'select' | 'exclude') {
 const INCLUDE = selectors('select');
 const EXCLUDE = selectors('exclude');
 
+/** OTLP's registered ports: gRPC and HTTP (what the deployment files use; test/unit/deploy-config.test.ts). */
+export const OTLP_GRPC_PORT = 4317;
+export const OTLP_HTTP_PORT = 4318;
+
+/** The self-metrics port (Prometheus' registered default for OpenTelemetry exporters). */
+export const METRICS_DEFAULT_PORT = 9464;
+
+/** Where the metrics endpoint listens: `PORT` (on 127.0.0.1), `HOST:PORT` or `[IPv6]:PORT`; port 0 picks a free one. */
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+export function parseListen(raw: string): ListenAddress {
+  const hint = `give PORT (on 127.0.0.1), HOST:PORT or [IPv6]:PORT, e.g. ${METRICS_DEFAULT_PORT} or 0.0.0.0:${METRICS_DEFAULT_PORT}`;
+  const s = raw.trim();
+  const m = /^(?:(\[[0-9a-f:.]+\]|[a-z0-9._-]+):)?(\d{1,5})$/i.exec(s);
+  if (!m) throw new Invalid('not a listen address', hint);
+  const port = Number(m[2]);
+  if (port > 65535) throw new Invalid('not a port', hint);
+  const host = m[1] ? m[1].replace(/^\[|\]$/g, '') : '127.0.0.1';
+  return { host, port };
+}
+
 export const SETTINGS = {
   pids: list<number>({
     flag: 'pid', arg: 'PID', fileKey: 'select.pid', parse: parsePid,
@@ -249,7 +273,7 @@ export const SETTINGS = {
   otlpEndpoint: value<string | undefined>({
     flag: 'otlp-endpoint', arg: 'URL', env: ['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT', 'OTEL_EXPORTER_OTLP_ENDPOINT'],
     fileKey: 'export.endpoint', default: undefined, defaultText: 'none: trees on the terminal', parse: parseEndpoint,
-    help: 'where spans go over OTLP (http://host:4317 for gRPC)',
+    help: `where spans go over OTLP (http://host:${OTLP_GRPC_PORT} for gRPC)`,
   }),
   otlpProtocol: value<OtlpProtocol>({
     flag: 'otlp-protocol', arg: 'grpc|http/protobuf', env: ['OTEL_EXPORTER_OTLP_TRACES_PROTOCOL', 'OTEL_EXPORTER_OTLP_PROTOCOL'],
@@ -313,6 +337,21 @@ export const SETTINGS = {
     flag: 'spans-out', arg: 'FILE', default: undefined, parse: parsePath,
     help: 'also write every span as JSON lines to FILE',
   }),
+  metricsListen: value<ListenAddress | undefined>({
+    flag: 'metrics-listen', arg: 'ADDR', env: ['KSPAN_METRICS_LISTEN'], fileKey: 'metrics.listen', default: undefined,
+    defaultText: `off; PORT alone means 127.0.0.1:PORT (e.g. ${METRICS_DEFAULT_PORT})`, parse: parseListen,
+    help: "serve kspan's own metrics (docs/METRICS.md) for Prometheus at http://ADDR/metrics",
+  }),
+  metricsOtlpEndpoint: value<string | undefined>({
+    flag: 'metrics-otlp-endpoint', arg: 'URL', env: ['OTEL_EXPORTER_OTLP_METRICS_ENDPOINT'], fileKey: 'metrics.otlp_endpoint',
+    default: undefined, defaultText: 'off', parse: parseEndpoint,
+    help: `also push kspan's own metrics over OTLP gRPC to this endpoint (http://host:${OTLP_GRPC_PORT})`,
+  }),
+  metricsOtlpIntervalMs: value<number>({
+    flag: 'metrics-otlp-interval-ms', arg: 'MS', env: ['OTEL_METRIC_EXPORT_INTERVAL'], fileKey: 'metrics.otlp_interval_ms', default: 60_000,
+    parse: (raw) => wholeNumber(raw, 100, 3_600_000, 'a time in milliseconds'),
+    help: 'how often metrics are pushed over OTLP',
+  }),
   logLevel: value<LogLevel>({
     flag: 'log-level', arg: 'LEVEL', env: ['KSPAN_LOG_LEVEL'], fileKey: 'log.level', default: 'info',
     parse: oneOf(LOG_LEVELS, 'a log level'), help: 'log threshold; logs are JSON lines on stderr',
@@ -345,13 +384,14 @@ const NO_TARGET = 'no target: give --pid PID, --all, or a selector (--exe, --com
 
 const TRACING = [...SELECTION, 'config', 'duration', 'ioHooks', 'maxSockets', 'waitForTargets', 'orphansRatio'] as const;
 const EXPORT = ['otlpEndpoint', 'otlpProtocol', 'console', 'orphans'] as const;
+const METRICS = ['metricsListen', 'metricsOtlpEndpoint', 'metricsOtlpIntervalMs'] as const;
 const EXIT_TRACING = '0 stopped (signal, --duration, or every target exited), 1 error, 2 usage error, 3 stopped but data was lost';
 
 export const COMMANDS = {
   run: {
     summary: "the agent: kernel spans under the targets' own spans, exported over OTLP, or printed as trees when no endpoint is configured",
     usage: 'kspan run (--pid PID | --all | SELECTOR ...) [--exclude-... ...] [--config FILE] [options]',
-    settings: [...TRACING, ...EXPORT, 'idleFlushMs', 'logLevel'],
+    settings: [...TRACING, ...EXPORT, 'idleFlushMs', ...METRICS, 'logLevel'],
     requireOne: { keys: INCLUDES, missing: NO_TARGET },
     exit: EXIT_TRACING,
   },
@@ -615,6 +655,21 @@ export function loadSettings<K extends SettingKey>(
  */
 export function faultRejectedPrograms(env: Readonly<Record<string, string | undefined>> = process.env): ReadonlySet<string> {
   return new Set((env.KSPAN_FAULT_REJECT_PROGRAMS ?? '').split(',').map((s) => s.trim()).filter(Boolean));
+}
+
+/**
+ * Test-only, not a setting (not in --help): the ring buffer's size in bytes from
+ * KSPAN_TEST_RING_BYTES (a power of two, at least a page), so a test can
+ * overflow a tiny ring and count exactly what was lost.
+ */
+export function testRingBytes(env: Readonly<Record<string, string | undefined>> = process.env): number | undefined {
+  const raw = env.KSPAN_TEST_RING_BYTES?.trim();
+  if (!raw) return undefined;
+  const n = Number(raw);
+  if (!Number.isInteger(n) || n < 4096 || (n & (n - 1)) !== 0) {
+    throw new KspanError('KSPAN_ERR_USAGE', `KSPAN_TEST_RING_BYTES=${raw}: not a power of two of at least 4096`, { hint: 'unset KSPAN_TEST_RING_BYTES' });
+  }
+  return n;
 }
 
 /** Internal tunables: fixed today, one place each. */

@@ -25,7 +25,8 @@ export type ErrorCode =
   | 'KSPAN_ERR_KERNEL'
   | 'KSPAN_ERR_RECORD_DECODE'
   | 'KSPAN_ERR_BTF'
-  | 'KSPAN_ERR_POLICY';
+  | 'KSPAN_ERR_POLICY'
+  | 'KSPAN_ERR_METRICS';
 
 export interface KspanErrorOptions {
   /** What the user should do about it. */

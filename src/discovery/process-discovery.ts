@@ -265,7 +265,7 @@ export class ProcessDiscovery {
       }
       case KspanProcEventType.KSPAN_P_EXIT: {
         if (!this.#isTarget(ev.pid)) return;
-        this.#tracer.removePid(ev.pid);
+        this.#tracer.forgetPid(ev.pid);
         this.#opts.untrack(ev.pid);
         this.stats.forgotten++;
         this.#opts.onExit?.(ev.pid);

@@ -109,8 +109,14 @@ export class BpfMap {
   }
 }
 
-/** struct bpf_prog_info (uapi), up to recursion_misses: run_time_ns at 192, run_cnt at 200, recursion_misses at 208. */
-const PROG_INFO_SIZE = 216;
+/**
+ * struct bpf_prog_info (uapi): the offsets of the fields read, and the bytes
+ * asked for (up to the end of recursion_misses, Linux 5.12). The kernel fills
+ * as many as the caller gives. test/unit/metrics.test.ts checks them against
+ * the running kernel's BTF.
+ */
+export const BPF_PROG_INFO = { id: 4, runTimeNs: 192, runCnt: 200, recursionMisses: 208, size: 216 } as const;
+const PROG_INFO_SIZE = BPF_PROG_INFO.size;
 
 export interface BpfProgramInfo {
   id: number;
@@ -333,11 +339,12 @@ export class BpfObject {
     const rc = libbpf().objGetInfoByFd(fd, info, len);
     if (rc < 0) throw new KspanError('KSPAN_ERR_BPF_OBJECT', `reading BPF program "${name}"'s info failed`, { cause: errnoError('bpf_obj_get_info_by_fd', rc) });
     const has = (off: number) => len.readUInt32LE(0) >= off + 8;
+    const o = BPF_PROG_INFO;
     return {
-      id: info.readUInt32LE(4),
-      runTimeNs: has(192) ? info.readBigUInt64LE(192) : 0n,
-      runCount: has(200) ? info.readBigUInt64LE(200) : 0n,
-      recursionMisses: has(208) ? info.readBigUInt64LE(208) : 0n,
+      id: info.readUInt32LE(o.id),
+      runTimeNs: has(o.runTimeNs) ? info.readBigUInt64LE(o.runTimeNs) : 0n,
+      runCount: has(o.runCnt) ? info.readBigUInt64LE(o.runCnt) : 0n,
+      recursionMisses: has(o.recursionMisses) ? info.readBigUInt64LE(o.recursionMisses) : 0n,
     };
   }
 

@@ -73,6 +73,7 @@ function bindLibbpf(lib: ReturnType<typeof koffi.load>) {
       'void *bpf_program__attach_uprobe(void *prog, bool retprobe, int pid, const char *path, size_t offset)',
     ),
     linkDestroy: f<[Ptr], number>('int bpf_link__destroy(void *link)'),
+    enableStats: f<[number], number>('int bpf_enable_stats(int type)'),
     progTestRun: f<[number, unknown], number>('int bpf_prog_test_run_opts(int fd, _Inout_ kspan_bpf_test_run_opts *opts)'),
     mapFd: f<[Ptr], number>('int bpf_map__fd(void *map)'),
     mapSetMaxEntries: f<[Ptr, number], number>('int bpf_map__set_max_entries(void *map, uint32_t n)'),

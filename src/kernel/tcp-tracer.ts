@@ -5,7 +5,7 @@
  * aggregate left in the kernel so no byte is missing.
  */
 import { fileURLToPath } from 'node:url';
-import { faultRejectedPrograms } from '../core/config.ts';
+import { faultRejectedPrograms, testRingBytes } from '../core/config.ts';
 import { KspanError, VerifierError, verifierLogLastLine } from '../core/errors.ts';
 import {
   decodeKspanFlushArgs,
@@ -144,6 +144,8 @@ export class TcpTracer {
    * by a signal is retried. Each attempt uses a new object.
    */
   static open(opts: TcpTracerOptions): TcpTracer {
+    const ringBytes = opts.ringBytes ?? testRingBytes();
+    if (ringBytes !== undefined) opts = { ...opts, ringBytes };
     const hooks = opts.hooks ?? kernelHooks();
     const ioPath = chooseIoPath(opts.ioPath, hooks);
     const rejected = new Map<string, string>();
@@ -195,9 +197,8 @@ export class TcpTracer {
 
   /** Traces `pid` (no thread context until setContextLocation), in the selection slots `sel`. Idempotent. */
   addPid(pid: number, sel = SEL_BOTH): void {
-    if (!this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION, this.#policy, sel))) {
-      this.setSelection(pid, sel);
-    }
+    if (this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION, this.#policy, sel))) this.targetStats.found++;
+    else this.setSelection(pid, sel);
     this.#entries.set(pid, { sel, loc: this.#entries.get(pid)?.loc ?? NO_LOCATION });
     this.#pids.add(pid);
   }
@@ -208,10 +209,19 @@ export class TcpTracer {
     this.#entries.set(pid, { sel, loc });
     this.#pids.add(pid);
     this.#obj.map('targets').update(pidKey(pid), targetValue(loc, this.#policy, sel));
+    this.targetStats.found++;
+  }
+
+  /** A target whose entry the kernel deleted itself (its process exited): forgotten here too. */
+  forgetPid(pid: number): void {
+    this.#obj.map('targets').delete(pidKey(pid));
+    this.#pids.delete(pid);
+    this.#entries.delete(pid);
+    this.targetStats.forgotten++;
   }
 
   removePid(pid: number): void {
-    this.#obj.map('targets').delete(pidKey(pid));
+    if (this.#obj.map('targets').delete(pidKey(pid))) this.targetStats.forgotten++;
     this.#pids.delete(pid);
     this.#entries.delete(pid);
   }
@@ -233,6 +243,9 @@ export class TcpTracer {
     this.#policy = policy;
     for (const [pid, e] of this.#entries) this.#obj.map('targets').replace(pidKey(pid), targetValue(e.loc, policy, e.sel));
   }
+
+  /** Processes added to the `targets` map since start, and removed from it (self-metrics). */
+  readonly targetStats = { found: 0, forgotten: 0 };
 
   /** Where `pid`'s threads keep their span; false when `pid` is not traced. */
   setContextLocation(pid: number, loc: KspanTlsLoc): boolean {

@@ -160,6 +160,22 @@ function forEachField(buf: Uint8Array, pos: number, end: number, fn: (field: num
 
 const GRPC_TO_HTTP: Record<number, number> = { 14: 503, 4: 504, 8: 429 };
 
+/** A gRPC service of one unary `Export` method at `path` whose messages stay raw bytes (decoded by the handler). */
+export function rawExportService(path: string): grpc.ServiceDefinition {
+  const identity = (b: Buffer): Buffer => b;
+  return {
+    Export: {
+      path,
+      requestStream: false,
+      responseStream: false,
+      requestSerialize: identity,
+      requestDeserialize: identity,
+      responseSerialize: identity,
+      responseDeserialize: identity,
+    },
+  };
+}
+
 export class OtlpReceiver {
   readonly protocol: 'grpc' | 'http';
   readonly spans: ReceivedSpan[] = [];
@@ -278,19 +294,8 @@ export class OtlpReceiver {
 
   #startGrpc(port: number): Promise<number> {
     const server = new grpc.Server();
-    const identity = (b: Buffer): Buffer => b;
     server.addService(
-      {
-        Export: {
-          path: TRACE_EXPORT_PATH,
-          requestStream: false,
-          responseStream: false,
-          requestSerialize: identity,
-          requestDeserialize: identity,
-          responseSerialize: identity,
-          responseDeserialize: identity,
-        },
-      },
+      rawExportService(TRACE_EXPORT_PATH),
       {
         Export: (call: grpc.ServerUnaryCall<Buffer, Buffer>, callback: grpc.sendUnaryData<Buffer>) => {
           const code = this.#takeFailure();
