@@ -16,7 +16,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import koffi from 'koffi';
-import { BpfObject } from '../src/kernel/bpf-object.ts';
+import { BpfObject, type UprobeLink } from '../src/kernel/bpf-object.ts';
 import { buildFixture, INCLUDE_FLAG, REPO_ROOT, THREAD_CTX_HEADER } from '../test/helpers/build-fixture.ts';
 import { KSPAN_BIN } from '../test/helpers/kspan-cli.ts';
 import type { Proc, ProcessGroup } from '../test/helpers/processes.ts';
@@ -382,6 +382,12 @@ export class Floor {
 
   attach(): void {
     this.#obj.attachAll();
+  }
+
+  /** The floor's uprobe and uretprobe on `offset` of `path` (bench/uprobe-cost.ts). */
+  attachUprobes(path: string, offset: number): UprobeLink[] {
+    return [false, true].map((retprobe) =>
+      this.#obj.attachUprobe(retprobe ? 'floor_uretprobe' : 'floor_uprobe', { binaryPath: path, offset, retprobe, cookie: 0 }));
   }
 
   detach(): void {

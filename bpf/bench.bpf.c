@@ -86,6 +86,20 @@ static long fill_one(__u64 i, void *ctx)
 	return 0;
 }
 
+/* The floor of a function probe: the same pid check and counter on entry and
+ * return, attached by bench/uprobe-cost.ts where kspan's uprobes would be. */
+SEC("uprobe")
+int floor_uprobe(void *ctx)
+{
+	return floor_hit();
+}
+
+SEC("uretprobe")
+int floor_uretprobe(void *ctx)
+{
+	return floor_hit();
+}
+
 SEC("tracepoint/syscalls/sys_enter_getppid")
 int fill_ring(void *ctx)
 {

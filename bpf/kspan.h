@@ -55,6 +55,10 @@ enum kspan_limit {
 	KSPAN_MAX_PROC_SEEN = 16384,        /* processes not traced whose last CHECK is remembered (`proc_seen`, LRU) */
 	KSPAN_PROC_RING_BYTES = 256 << 10,  /* the `proc_events` ring */
 	KSPAN_MAX_SEL_PORTS = 1024,         /* ports of --port selectors (`sel_ports`) */
+	KSPAN_CALL_RING_BYTES = 4 << 20,    /* ring buffer of uprobe call records (`calls`) */
+	KSPAN_MAX_CALL_THREADS = 4096,      /* threads inside a probed function at once (`call_stacks`) */
+	KSPAN_CALL_DEPTH = 8,               /* probed calls open at once in one thread, nested or recursive */
+	KSPAN_CALL_NAME_MAX = 64,           /* dns: bytes of the queried name kept (NUL included) */
 };
 
 /* Indexes into the per-CPU `counters` map (counters.bpf.h): every loss is counted. */
@@ -70,9 +74,12 @@ enum kspan_counter {
 	KSPAN_C_UNSAMPLED = 8,      /* a record not made: its context is not sampled (an exchange, a connect, a retransmit, a reset) */
 	KSPAN_C_ORPHAN_SKIPPED = 9, /* a record not made: no context, on a connection --orphans-ratio left out */
 	KSPAN_C_IDLE_QUEUE_FULL = 10,/* an open aggregate the idle flush will not see (its queue was full): it waits for the socket's next call or close */
-	KSPAN_C_PROC_RING_FULL = 11,/* a process event (exec, fork, exit, check) was lost: the ring was full */
-	KSPAN_C_FORK_TABLE_FULL = 12,/* a target's child could not be made a target: the targets map was full */
-	KSPAN_C_MAX = 13,
+	KSPAN_C_CALL_TABLE_FULL = 11,/* uprobe: no room for a thread's open calls: the call makes no record */
+	KSPAN_C_CALL_TOO_DEEP = 12, /* uprobe: more than KSPAN_CALL_DEPTH probed calls open in a thread: the deeper ones make no record */
+	KSPAN_C_CALL_UNMATCHED = 13,/* uprobe: a return with no open call of its own (the agent attached mid-call) */
+	KSPAN_C_PROC_RING_FULL = 14,/* a process event (exec, fork, exit, check) was lost: the ring was full */
+	KSPAN_C_FORK_TABLE_FULL = 15,/* a target's child could not be made a target: the targets map was full */
+	KSPAN_C_MAX = 16,
 };
 
 /* Bits of kspan_target.flags: per-target choices the agent makes. */
@@ -264,6 +271,49 @@ struct kspan_proc_seen {
 	__u64 checked_ns;           /* when it was last sent for CHECK */
 	__u32 map_count;            /* its VMA count then */
 	__u32 ignore;               /* 1: the agent ruled it out until it execs (no CHECK) */
+};
+
+/* uprobe calls (bpf/uprobes.bpf.h): one record per call of a probed function,
+ * in their own ring buffer (`calls`). */
+enum kspan_call_flag {
+	KSPAN_CALL_F_UNFINISHED = 1, /* the thread exited or exec'ed inside the call: closed then */
+	KSPAN_CALL_F_ABANDONED = 2,  /* the call never returned (longjmp, unwinding): closed when a caller returned */
+};
+
+/* One probed call open in a thread (its entry seen, its return not yet). */
+struct kspan_call_frame {
+	__u64 start_ns;
+	__u64 sp;                   /* stack pointer at entry: its return has sp + 8 */
+	__u64 arg0;                 /* first argument (dns: the name) */
+	__u64 arg3;                 /* fourth argument (dns: struct addrinfo **res) */
+	__u32 probe;                /* the attach cookie: the agent's probe id */
+	__u8 drop;                  /* the context is not sampled: no record */
+	__u8 _pad[3];
+	struct kspan_trace_ctx ctx; /* the span active in the thread at entry */
+};
+
+/* Value of `call_stacks` (tid → the thread's open probed calls, innermost last). */
+struct kspan_call_stack {
+	__u32 depth;                /* frames in use */
+	__u32 pid;
+	struct kspan_call_frame frames[KSPAN_CALL_DEPTH];
+};
+
+/* A ring-buffer record of the `calls` ring: one call of a probed function. */
+struct kspan_call {
+	__u64 start_ns;             /* CLOCK_MONOTONIC: entry */
+	__u64 end_ns;               /* return (or when the agent's hooks closed it: flags) */
+	__s64 ret;                  /* the return value (rax); 0 when unfinished */
+	__u32 pid;
+	__u32 tid;
+	__u32 probe;                /* the agent's probe id (attach cookie) */
+	__u32 outer_probe;          /* probe id of the probed call this one runs inside, 0 when none */
+	__u32 count;                /* dns: distinct addresses in the answer; tls: the SSL's first int after a success (the version in OpenSSL 1.1 to 3.1) */
+	__u8 flags;                 /* enum kspan_call_flag */
+	__u8 depth;                 /* probed calls open under this one in the thread */
+	__u8 _pad[2];
+	__u8 name[KSPAN_CALL_NAME_MAX]; /* dns: the queried name, NUL-terminated; else empty */
+	struct kspan_trace_ctx ctx; /* the span active in the thread at entry, or valid = 0 */
 };
 
 #endif

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 NODE_VERSION=24.21.0
-APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iptables gcc libc6-dev make musl-tools wrk linux-perf)
+APT_PACKAGES=(clang llvm libbpf-dev libbpf1 bpftool iproute2 iptables gcc libc6-dev make musl-tools wrk linux-perf libssl-dev openssl util-linux)
 
 log() { printf 'setup: %s\n' "$*" >&2; }
 

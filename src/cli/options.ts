@@ -78,7 +78,7 @@ export type TracingConfig = Pick<RunConfig, (typeof SELECTION)[number] | 'config
   unsampled?: boolean;
 };
 
-export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone'>;
+export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone' | 'uprobes'>;
 
 /**
  * The tracing session of run, events and record: the targets checked first
@@ -109,6 +109,7 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
     },
     onTargetsGone: hooks.onTargetsGone,
     onFeatureOff: warnFeatureOff(log),
+    uprobes: hooks.uprobes,
   });
   const reload = reloadPolicy(config as RunConfig);
   if (config.config && reload) watchPolicy(config.config, config, reload, session, log);
@@ -167,9 +168,10 @@ export function ringErrorLog(log: Pick<Logger, 'warn'>, everyMs = 10_000, now = 
  */
 export function recordsLost(c: TracerCounters): number {
   const skipped = Object.values(c.skipped_runs ?? {}).reduce((a, n) => a + n, 0);
-  // Process events lost, or a child that could not be made a target: targets missed or not freed.
+  // Function calls that made no record (no room for the thread's calls, deeper than kept) are lost too;
+  // so are process events, and a child that could not be made a target (targets missed or not freed).
   const discovery = c.KSPAN_C_PROC_RING_FULL + c.KSPAN_C_FORK_TABLE_FULL;
-  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.decode_errors + skipped + discovery;
+  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.KSPAN_C_CALL_TABLE_FULL + c.KSPAN_C_CALL_TOO_DEEP + c.decode_errors + skipped + discovery;
 }
 
 /** Why a command stopped, as its "stopping" line says. */

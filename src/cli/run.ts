@@ -7,7 +7,8 @@
  * 3 when records or spans were lost.
  */
 import type { SpanExporter } from '@opentelemetry/sdk-trace';
-import { loadConfig, TUNING, type RunConfig } from '../core/config.ts';
+import { DEFAULT_SPOOL_DIR, loadConfig, TUNING, type RunConfig } from '../core/config.ts';
+import { SpanSpool } from '../export/spool.ts';
 import { KernelClock } from '../kernel/clock.ts';
 import type { Logger } from '../core/logger.ts';
 import { contextAttributes } from '../spans/context-attributes.ts';
@@ -18,6 +19,8 @@ import { TargetResources } from '../export/target-resources.ts';
 import { containerResource } from '../discovery/process-facts.ts';
 import type { TracingSession } from '../kernel/tracing-session.ts';
 import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { CallSpanBuilder } from '../spans/call-spans.ts';
+import { uprobeSpecs } from '../uprobes/uprobe-spec.ts';
 import { AgentMetrics } from '../metrics/metrics-server.ts';
 import { observeAgent, type AgentObserver } from '../metrics/agent-observer.ts';
 import { EXIT } from './usage.ts';
@@ -59,6 +62,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
   const keyMaps = new Map<number, readonly string[]>();
   const keyMapFor = (pid: number) => keyMaps.get(pid) ?? session?.reader.target(pid)?.process.threadLocal?.keyMap;
   const notices = new OrphanNotices(config.orphans);
+  const spool = openSpool(config, target.kind === 'otlp' && !opts.exporter, log);
   const tell = (n: Notice | null) => n && log[n.level](n.msg);
   const pipeline = new SpanPipeline({
     resourceFor: (pid) => resources.resourceFor(pid),
@@ -71,9 +75,25 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
     // the correlator's table has the same bound.
     correlator: { maxSockets: config.maxSockets },
     logger: log,
+    spool,
+  });
+  const calls = new CallSpanBuilder({
+    resourceFor: (pid) => resources.resourceFor(pid),
+    clockOffsetNs: () => clock.offsetNs,
+    probe: (id) => session?.uprobes?.probe(id),
+    orphans: config.orphans,
   });
   try {
     session = openSession(config, log, {
+      uprobes: {
+        specs: uprobeSpecs(config.uprobePresets, config.uprobes),
+        onCall: (c) => {
+          const span = calls.build(c);
+          if (span) pipeline.pushSpan(span);
+        },
+        onProbeError: (err) => log.warn({ err }, err.message),
+        onNotFound: (spec, pid) => log.warn({ target_pid: pid, uprobe: spec }, `--uprobe ${spec.binary}:${spec.symbol}: no file process ${pid} maps defines it (looked again every check)`),
+      },
       onRecord: (r) => pipeline.push(r),
       onTarget: (t) => {
         // The cgroup's container.id / k8s.pod.uid, for the Collector's k8sattributes; the target's own Resource wins.
@@ -113,12 +133,31 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
       const counters = session!.counters();
       const stats = pipeline.stats();
       for (const n of notices.atStop(pipeline.correlator.orphanSpansByPid)) tell(n);
-      const lost = recordsLost(counters) + stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown;
+      const spooled = spool && { ...spool.counters, pendingSpans: spool.pendingSpans, dir: spool.dir };
+      const lost =
+        recordsLost(counters) + (session!.uprobes?.stats.decodeErrors ?? 0) + stats.export.droppedQueueFull + stats.export.droppedFailed +
+        stats.export.droppedShutdown + stats.export.droppedSpool + (spool?.counters.tornSegments ?? 0);
       const featuresOff = session!.featuresOff.map((f) => f.feature);
-      log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');
+      const uprobes = session!.uprobes ? { ...session!.uprobes.stats, calls: calls.counters } : undefined;
+      log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, spool: spooled ?? undefined, uprobes, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');
       return { lost };
     })());
   return { session, pipeline, stop };
+}
+
+/** The spool, when --spool or --spool-dir asks for one and spans go to OTLP. Throws KSPAN_ERR_SPOOL. */
+function openSpool(config: RunConfig, otlp: boolean, log: Logger): SpanSpool | undefined {
+  if (!config.spool && !config.spoolDir) return undefined;
+  if (!otlp) {
+    log.warn('spool: spans go to the terminal, not to OTLP: nothing is spooled');
+    return undefined;
+  }
+  const spool = new SpanSpool({ dir: config.spoolDir ?? DEFAULT_SPOOL_DIR, maxBytes: config.spoolMaxMb * 1024 * 1024, logger: log });
+  const c = spool.counters;
+  if (c.recoveredSpans || c.tornSegments) {
+    log.info({ spans: c.recoveredSpans, requests: c.recoveredRecords, tornSegments: c.tornSegments, tornBytes: c.tornBytes, dir: spool.dir }, 'spool: spans left by an earlier run are sent first');
+  }
+  return spool;
 }
 
 export async function runCommand(config: RunConfig, log: Logger): Promise<number> {

@@ -5,6 +5,7 @@
  * when there is none (environment, cgroup). Pure: process-context.ts reads the
  * bytes from /proc and hands them here.
  */
+import { KspanError } from '../core/errors.ts';
 import {
   type AttrValue,
   type PlainKeyValue,
@@ -111,7 +112,7 @@ export function decodeProcessContextPayload(bytes: Uint8Array): { resource: Reso
       const res = ResourceType.toObject(ResourceType.decode(bytes), TO_OBJECT) as { attributes?: PlainKeyValue[] };
       return { resource: attributesToObject(res.attributes), attributes: {} };
     } catch {
-      throw err;
+      throw new KspanError('KSPAN_ERR_PROCESS_CONTEXT', `undecodable OTEL_CTX payload: ${(err as Error).message}`, { cause: err });
     }
   }
 }

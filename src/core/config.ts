@@ -21,6 +21,7 @@
 import { parseArgs } from 'node:util';
 import { KSPAN_SOCK_SIZE, KspanLimit } from '../records/abi.generated.ts';
 import { KspanError } from './errors.ts';
+import { parseUprobeSpec, PRESETS, UprobeSpecError, type Preset, type UprobeSpec } from '../uprobes/uprobe-spec.ts';
 
 export type Source = 'default' | 'env' | 'file' | 'flag';
 
@@ -146,6 +147,26 @@ function parseFraction(raw: string): number {
   return n;
 }
 
+function parseUprobe(raw: string): UprobeSpec {
+  try {
+    return parseUprobeSpec(raw);
+  } catch (err) {
+    if (err instanceof UprobeSpecError) throw new Invalid(err.message, err.hint);
+    throw err;
+  }
+}
+
+function parsePresets(raw: string): Preset[] {
+  const s = raw.trim();
+  if (s === 'none') return [];
+  const out: Preset[] = [];
+  for (const p of s.split(',').map((x) => x.trim())) {
+    if (!PRESETS.includes(p as Preset)) throw new Invalid(`"${p}" is not a preset`, `give a comma-separated list of ${PRESETS.join(', ')}, or none`);
+    if (!out.includes(p as Preset)) out.push(p as Preset);
+  }
+  return out;
+}
+
 function parsePath(raw: string): string {
   if (!raw) throw new Invalid('empty path', 'give a file name');
   return raw;
@@ -208,6 +229,8 @@ function selectors(prefix: 'select' | 'exclude') {
 
 const INCLUDE = selectors('select');
 const EXCLUDE = selectors('exclude');
+/** Where --spool keeps spans when no --spool-dir is given. */
+export const DEFAULT_SPOOL_DIR = '/var/lib/kspan/spool';
 
 /** OTLP's registered ports: gRPC and HTTP (what the deployment files use; test/unit/deploy-config.test.ts). */
 export const OTLP_GRPC_PORT = 4317;
@@ -308,6 +331,29 @@ export const SETTINGS = {
     parse: (raw) => wholeNumber(raw, 1, 3_600_000, 'a time in milliseconds'),
     help: 'close the send/recv aggregates of quiet keep-alive sockets after this long',
   }),
+  spool: toggle({
+    flag: 'spool', env: ['KSPAN_SPOOL'], fileKey: 'export.spool.enabled',
+    help: `keep spans that cannot be sent yet (Collector away, export queue full) on disk, in --spool-dir, and send them oldest first when it returns or kspan restarts`,
+  }),
+  spoolDir: value<string | undefined>({
+    flag: 'spool-dir', arg: 'DIR', env: ['KSPAN_SPOOL_DIR'], fileKey: 'export.spool.dir', default: undefined,
+    defaultText: `off; with --spool, ${DEFAULT_SPOOL_DIR}`, parse: parsePath,
+    help: 'the spool directory (giving it turns the spool on); one kspan per directory',
+  }),
+  spoolMaxMb: value<number>({
+    flag: 'spool-max-mb', arg: 'MB', env: ['KSPAN_SPOOL_MAX_MB'], fileKey: 'export.spool.max_mb', default: 256,
+    parse: (raw) => wholeNumber(raw, 1, 1 << 20, 'a size in MiB'),
+    help: 'the spool stays under this size; the oldest spans are dropped first, counted',
+  }),
+  uprobes: list<UprobeSpec>({
+    flag: 'uprobe', arg: 'BINARY_OR_LIB:SYMBOL[:SPAN_NAME]', fileKey: 'uprobes.functions', parse: parseUprobe,
+    help: 'a span for every call of this function in the targets (repeatable): a path, file name or stem (libssl) of the executable or a library, the symbol, and the span name (default: the symbol)',
+  }),
+  uprobePresets: value<Preset[]>({
+    flag: 'uprobe-presets', arg: 'dns,tls|none', fileKey: 'uprobes.presets', default: ['dns', 'tls'], defaultText: 'dns,tls',
+    parse: parsePresets,
+    help: 'built-in function spans: dns (getaddrinfo → dns.lookup), tls (SSL_do_handshake, SSL_connect, SSL_accept → tls.handshake); none for neither',
+  }),
   output: value<string | undefined>({
     flag: 'output', short: 'o', arg: 'FILE', default: undefined, parse: parsePath,
     help: 'the recording to write; an existing file is refused unless --force',
@@ -391,7 +437,7 @@ export const COMMANDS = {
   run: {
     summary: "the agent: kernel spans under the targets' own spans, exported over OTLP, or printed as trees when no endpoint is configured",
     usage: 'kspan run (--pid PID | --all | SELECTOR ...) [--exclude-... ...] [--config FILE] [options]',
-    settings: [...TRACING, ...EXPORT, 'idleFlushMs', ...METRICS, 'logLevel'],
+    settings: [...TRACING, ...EXPORT, 'idleFlushMs', 'spool', 'spoolDir', 'spoolMaxMb', 'uprobes', 'uprobePresets', ...METRICS, 'logLevel'],
     requireOne: { keys: INCLUDES, missing: NO_TARGET },
     exit: EXIT_TRACING,
   },
@@ -699,9 +745,16 @@ export const TUNING = {
     maxBatchBytes: 2 * 1024 * 1024,
     /** A partial batch waits at most this long. */
     scheduledDelayMs: 500,
-    /** First retry delay; doubles up to retryMaxMs, ±20 % jitter. */
+    /**
+     * First retry delay; doubles up to retryMaxMs, ±20 % jitter. The cap is low so
+     * that export resumes within seconds of the Collector's return, however long
+     * the outage (a retry against a Collector that is away is one refused connection).
+     */
     retryInitialMs: 250,
-    retryMaxMs: 30_000,
+    retryMaxMs: 2_000,
+    /** grpc-js's reconnect backoff (its own default grows to 120 s), src/export/grpc-transport.ts. */
+    grpcInitialReconnectBackoffMs: 250,
+    grpcMaxReconnectBackoffMs: 1_000,
     /** shutdown() waits this long for the queue to drain. */
     shutdownTimeoutMs: 10_000,
   },

@@ -26,6 +26,8 @@ export type ErrorCode =
   | 'KSPAN_ERR_RECORD_DECODE'
   | 'KSPAN_ERR_BTF'
   | 'KSPAN_ERR_POLICY'
+  | 'KSPAN_ERR_SPOOL'
+  | 'KSPAN_ERR_UPROBE'
   | 'KSPAN_ERR_METRICS';
 
 export interface KspanErrorOptions {

@@ -16,17 +16,26 @@
  *   retried with exponential backoff until it goes through or the pipeline shuts
  *   down: the gRPC exporter does not retry by itself.
  * - forceFlush() and shutdown() drain the queue.
+ * - With a spool (src/export/spool.ts): a batch that fails with a retryable error
+ *   goes to disk, and so does everything made while the Collector is away
+ *   (every scheduledDelayMs) and whatever would overflow the queue; one spooled
+ *   request at a time probes the Collector (backoff capped at retryMaxMs). Once
+ *   one is acknowledged, the spool drains oldest first, alternating with live
+ *   batches so that new spans keep flowing. A shutdown that cannot drain leaves
+ *   the rest in the spool for the next start instead of dropping it.
  */
 import { OTLPTraceExporter as OtlpGrpcTraceExporter } from '@opentelemetry/exporter-trace-otlp-grpc';
 import { OTLPTraceExporter as OtlpProtoTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import type { ExportResult } from '@opentelemetry/core';
-import { OTLPExporterBase } from '@opentelemetry/otlp-exporter-base';
+import { createOtlpNetworkExportDelegate, OTLPExporterBase } from '@opentelemetry/otlp-exporter-base';
 import { convertLegacyHttpOptions, createOtlpHttpExportDelegate } from '@opentelemetry/otlp-exporter-base/node-http';
-import { convertLegacyOtlpGrpcOptions, createOtlpGrpcExportDelegate } from '@opentelemetry/otlp-grpc-exporter-base';
+import { convertLegacyOtlpGrpcOptions, createOtlpGrpcExporterMetrics } from '@opentelemetry/otlp-grpc-exporter-base';
+import { ProtobufTraceSerializer, type IExporterMetricsHelper, type ISerializer, type IExportTraceServiceResponse } from '@opentelemetry/otlp-transformer';
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
 import { pino, type Logger } from 'pino';
 import { loadSettings, TUNING, type Origin, type OtlpProtocol, type RawValues } from '../core/config.ts';
 import { EncodedSpanMetricsHelper, encodedSpanSerializer } from './export-request.ts';
+import { GrpcExportTransport } from './grpc-transport.ts';
 import type { EncodedSpan } from './span-encoder.ts';
 
 export type { OtlpProtocol };
@@ -111,37 +120,55 @@ export function createOtlpExporter(target: Extract<ExportTarget, { kind: 'otlp' 
 const GRPC_TRACE_SERVICE = 'TraceExportService';
 const GRPC_TRACE_EXPORT_PATH = '/opentelemetry.proto.collector.trace.v1.TraceService/Export';
 
+/** kspan's OTLP exporters for one target: encoded spans, and spooled requests sent as they are. */
+export interface EncodedOtlpExporters {
+  encoded: BatchExporter<EncodedSpan>;
+  /** Shares the encoded exporter's connection (gRPC) and configuration. */
+  spooled: BatchExporter<SpooledBatch>;
+}
+
+/** Spooled requests are already ExportTraceServiceRequests: sent as they are. */
+const SPOOLED_SERIALIZER: ISerializer<SpooledBatch[], IExportTraceServiceResponse> = {
+  serializeRequest: (batches) => (batches.length === 1 ? batches[0].request : Buffer.concat(batches.map((b) => b.request))),
+  deserializeResponse: (data) => ProtobufTraceSerializer.deserializeResponse(data),
+};
+const SpooledMetricsHelper: IExporterMetricsHelper<SpooledBatch[]> = { name: 'span', countItems: (b: SpooledBatch[]) => b.reduce((n, x) => n + x.spans, 0) };
+
 /**
- * The OTLP exporter for spans kspan encoded itself (src/export/span-encoder.ts):
- * the same export delegates, transports and configuration as
- * @opentelemetry/exporter-trace-otlp-grpc and -proto (OTEL_EXPORTER_OTLP_*
- * headers, TLS, compression, timeout; OTLP/HTTP's own retries), with our
- * serializer in place of the transformer's.
+ * The OTLP exporters for spans kspan encoded itself (src/export/span-encoder.ts):
+ * the same configuration as @opentelemetry/exporter-trace-otlp-grpc and -proto
+ * (OTEL_EXPORTER_OTLP_* headers, TLS, compression, timeout; OTLP/HTTP's own
+ * retries) and their export delegates, with our serializer in place of the
+ * transformer's; over gRPC, our transport (src/export/grpc-transport.ts: bounded
+ * reconnect backoff).
  */
+export function createEncodedOtlpExporters(
+  target: Extract<ExportTarget, { kind: 'otlp' }>,
+  options: OtlpExporterOptions = {},
+): EncodedOtlpExporters {
+  const config = { url: exporterUrl(target), timeoutMillis: options.timeoutMs };
+  if (target.protocol === 'grpc') {
+    const grpc = convertLegacyOtlpGrpcOptions(config, 'TRACES');
+    const transport = new GrpcExportTransport(grpc, GRPC_TRACE_SERVICE, GRPC_TRACE_EXPORT_PATH);
+    const metrics = <I>(helper: IExporterMetricsHelper<I>) => createOtlpGrpcExporterMetrics('otlp_grpc_span_exporter', helper, grpc.url, undefined);
+    return {
+      encoded: new OTLPExporterBase(createOtlpNetworkExportDelegate(grpc, encodedSpanSerializer(true), metrics(EncodedSpanMetricsHelper), transport)),
+      spooled: new OTLPExporterBase(createOtlpNetworkExportDelegate(grpc, SPOOLED_SERIALIZER, metrics(SpooledMetricsHelper), transport)),
+    };
+  }
+  const http = () => convertLegacyHttpOptions(config, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' });
+  return {
+    encoded: new OTLPExporterBase(createOtlpHttpExportDelegate(http(), encodedSpanSerializer(false), 'otlp_http_span_exporter', EncodedSpanMetricsHelper, undefined)),
+    spooled: new OTLPExporterBase(createOtlpHttpExportDelegate(http(), SPOOLED_SERIALIZER, 'otlp_http_span_exporter', SpooledMetricsHelper, undefined)),
+  };
+}
+
+/** The OTLP exporter of encoded spans (createEncodedOtlpExporters' `encoded`). */
 export function createEncodedOtlpExporter(
   target: Extract<ExportTarget, { kind: 'otlp' }>,
   options: OtlpExporterOptions = {},
 ): BatchExporter<EncodedSpan> {
-  const config = { url: exporterUrl(target), timeoutMillis: options.timeoutMs };
-  const delegate =
-    target.protocol === 'grpc'
-      ? createOtlpGrpcExportDelegate(
-          convertLegacyOtlpGrpcOptions(config, 'TRACES'),
-          encodedSpanSerializer(true),
-          'otlp_grpc_span_exporter',
-          EncodedSpanMetricsHelper,
-          undefined,
-          GRPC_TRACE_SERVICE,
-          GRPC_TRACE_EXPORT_PATH,
-        )
-      : createOtlpHttpExportDelegate(
-          convertLegacyHttpOptions(config, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' }),
-          encodedSpanSerializer(false),
-          'otlp_http_span_exporter',
-          EncodedSpanMetricsHelper,
-          undefined,
-        );
-  return new OTLPExporterBase<EncodedSpan[]>(delegate);
+  return createEncodedOtlpExporters(target, options).encoded;
 }
 
 /** Counts a batch's bytes as the pipeline builds it. */
@@ -167,6 +194,41 @@ export interface ExportPipelineOptions<T = ReadableSpan> {
   retryInitialMs?: number;
   retryMaxMs?: number;
   shutdownTimeoutMs?: number;
+  /** Where spans wait while they cannot be sent (see the top of this file). */
+  spool?: SpoolBinding<T>;
+}
+
+/** One spooled request, as the pipeline sends it (src/export/spool.ts). */
+export interface SpooledBatch {
+  /** An ExportTraceServiceRequest, sent as it is. */
+  readonly request: Buffer;
+  readonly spans: number;
+  /** Where it lies in the spool: for acknowledgement. */
+  readonly segment: number;
+  readonly index: number;
+}
+
+/** What the pipeline needs of the on-disk spool (SpanSpool, src/export/spool.ts: this module stays pure). */
+export interface SpanSpool {
+  readonly dir: string;
+  readonly pendingRecords: number;
+  readonly pendingSpans: number;
+  readonly counters: { readonly writeFailedSpans: number; readonly droppedSpans: number };
+  /** False (counted by the spool) when it could not be written. */
+  append(request: Uint8Array, spans: number): boolean;
+  /** The oldest request not yet acknowledged; the same one until done(). */
+  next(): SpooledBatch | null;
+  done(batch: SpooledBatch, delivered: boolean): void;
+  close(): void;
+}
+
+/** The spool a pipeline writes to and drains. */
+export interface SpoolBinding<T> {
+  store: SpanSpool;
+  /** A batch as the request bytes the spool keeps (what `exporter` would send). */
+  encode: (batch: T[]) => Uint8Array;
+  /** Sends spooled requests as they are, to the same Collector as the pipeline's exporter. */
+  exporter: BatchExporter<SpooledBatch>;
 }
 
 export interface ExportCounters {
@@ -185,6 +247,12 @@ export interface ExportCounters {
   /** Export calls that failed (each retry counts). */
   exportFailures: number;
   retries: number;
+  /** Spans written to the spool (Collector away, queue full, or left at shutdown). */
+  spooled: number;
+  /** Spooled spans the receiver acknowledged (those of an earlier run included). */
+  replayed: number;
+  /** Spans the spool could not keep: dropped oldest first at its size bound, or not written (I/O error). */
+  droppedSpool: number;
 }
 
 const RETRYABLE_GRPC = new Set([1, 4, 8, 10, 11, 14, 15]); // CANCELLED … UNAVAILABLE, DATA_LOSS
@@ -234,6 +302,9 @@ export class ExportPipeline<T = ReadableSpan> {
     batches: 0,
     exportFailures: 0,
     retries: 0,
+    spooled: 0,
+    replayed: 0,
+    droppedSpool: 0,
   };
 
   readonly #exporter: BatchExporter<T>;
@@ -260,6 +331,15 @@ export class ExportPipeline<T = ReadableSpan> {
   #roomWaiters: { limit: number; resolve: () => void }[] = [];
   #closed = false;
   #dropLog = { lastAt: 0, sinceLast: 0 };
+  readonly #spool: SpoolBinding<T> | null;
+  /** The spooled request being sent. */
+  #inFlightSpool: SpooledBatch | null = null;
+  /** The Collector is away: spans go to the spool, and one probe at a time tests it. */
+  #outage = false;
+  #outageSince = 0;
+  #probeDue = false;
+  /** The last request sent came from the spool: the next one is live, if any is ready. */
+  #lastFromSpool = false;
 
   constructor(options: ExportPipelineOptions<T>) {
     this.#exporter = options.exporter;
@@ -274,6 +354,14 @@ export class ExportPipeline<T = ReadableSpan> {
     this.#retryInitialMs = options.retryInitialMs ?? d.retryInitialMs;
     this.#retryMaxMs = options.retryMaxMs ?? d.retryMaxMs;
     this.#shutdownTimeoutMs = options.shutdownTimeoutMs ?? d.shutdownTimeoutMs;
+    this.#spool = options.spool ?? null;
+    // What an earlier run left in the spool goes out without waiting for new spans.
+    if (this.#spool?.store.pendingRecords) setImmediate(() => this.#pump(true));
+  }
+
+  /** The spool's counters (dropped, torn, recovered), when there is one. */
+  get spool(): SpanSpool | null {
+    return this.#spool?.store ?? null;
   }
 
   /** Spans held at most (queued and in flight). */
@@ -293,6 +381,7 @@ export class ExportPipeline<T = ReadableSpan> {
 
   /** Queues a span; false (counted, logged) when the queue is full or closed. */
   enqueue(span: T): boolean {
+    if (this.#spool && !this.#closed && this.held >= this.#maxQueue) this.#spill();
     if (this.#closed || this.held >= this.#maxQueue) {
       this.counters.droppedQueueFull++;
       this.#logDrop();
@@ -332,7 +421,7 @@ export class ExportPipeline<T = ReadableSpan> {
    */
   forceFlush(timeoutMs = Infinity): Promise<boolean> {
     const target = this.counters.enqueued;
-    if (this.#settled >= target) return Promise.resolve(true);
+    if (this.#flushed(target)) return Promise.resolve(true);
     return new Promise((resolve) => {
       let timer: NodeJS.Timeout | null = null;
       const waiter = {
@@ -365,7 +454,22 @@ export class ExportPipeline<T = ReadableSpan> {
     if (this.#timer) clearTimeout(this.#timer);
     if (this.#retryTimer) clearTimeout(this.#retryTimer);
     this.#timer = this.#retryTimer = null;
-    if (!drained) {
+    // A spooled request still in flight stays in the spool (sent again at the next start if it did arrive).
+    this.#inFlightSpool = null;
+    if (!drained && this.#spool) {
+      // Kept for the next start: the batch in flight (it may yet arrive, and then twice), then the queue.
+      if (this.#inFlight) {
+        this.#queue = [...this.#inFlight, ...this.#queue.slice(this.#head)];
+        this.#head = 0;
+        this.#inFlight = null;
+      }
+      const before = this.counters.spooled;
+      this.#spill();
+      this.#log.warn(
+        { spooled: this.counters.spooled - before, pending: this.#spool.store.pendingSpans, dir: this.#spool.store.dir },
+        'export: shutdown before the spool drained; its spans are sent at the next start',
+      );
+    } else if (!drained) {
       const left = this.held;
       this.counters.droppedShutdown += left;
       this.#log.error(
@@ -382,21 +486,51 @@ export class ExportPipeline<T = ReadableSpan> {
     }
     try {
       await this.#exporter.shutdown();
+      await this.#spool?.exporter.shutdown();
     } catch (err) {
       this.#log.warn({ err }, 'export: exporter shutdown failed');
     }
+    this.#spool?.store.close();
   }
 
   #pump(force = false): void {
-    if (this.#inFlight || this.#closed) return;
-    const queued = this.#queue.length - this.#head;
+    if (this.#inFlight || this.#inFlightSpool || this.#closed) return;
+    let queued = this.#queue.length - this.#head;
+    const sp = this.#spool;
+    if (sp && this.#outage) {
+      // The Collector is away: spans wait on disk, not in memory, and only a probe goes out.
+      if (queued > 0 && (force || queued >= this.#maxBatch)) {
+        this.#spill();
+        queued = 0;
+      }
+      if (!this.#probeDue) return;
+    }
+    if (sp && sp.store.pendingRecords > 0) {
+      const liveReady = queued > 0 && (force || queued >= this.#maxBatch || this.#waiters.length > 0);
+      if (!liveReady || this.#lastFromSpool === false) {
+        const batch = sp.store.next();
+        if (batch) {
+          this.#probeDue = false;
+          this.#sendSpooled(batch);
+          return;
+        }
+      }
+    }
     if (queued === 0) return;
     if (!force && queued < this.#maxBatch && !this.#waiters.length) return;
+    this.#probeDue = false;
+    const batch = this.#takeBatch();
+    this.#inFlight = batch;
+    if (!this.#outage) this.#attempt = 0;
+    this.#send(batch);
+  }
+
+  /** The next batch from the queue, within the span and byte bounds (at least one span). */
+  #takeBatch(): T[] {
     if (this.#timer) {
       clearTimeout(this.#timer);
       this.#timer = null;
     }
-    // Take a batch within the span and byte bounds (at least one span).
     let end = this.#head;
     let bytes = 0;
     const limit = Math.min(this.#queue.length, this.#head + this.#maxBatch);
@@ -413,9 +547,103 @@ export class ExportPipeline<T = ReadableSpan> {
       this.#queue = this.#queue.slice(this.#head);
       this.#head = 0;
     }
-    this.#inFlight = batch;
+    return batch;
+  }
+
+  /** Writes every queued span to the spool, in batches as they would be sent. */
+  #spill(): void {
+    while (this.#queue.length > this.#head) this.#toSpool(this.#takeBatch());
+  }
+
+  /** One batch to the spool; it leaves the queue either way (a failed write is counted). */
+  #toSpool(batch: T[]): void {
+    const sp = this.#spool!;
+    if (sp.store.append(sp.encode(batch), batch.length)) this.counters.spooled += batch.length;
+    // The spool's own count: spans it could not write, and older ones it dropped to make room.
+    this.counters.droppedSpool = sp.store.counters.writeFailedSpans + sp.store.counters.droppedSpans;
+    this.#account(batch);
+  }
+
+  #sendSpooled(batch: SpooledBatch): void {
+    this.#inFlightSpool = batch;
+    let called = false;
+    const done = (result: ExportResult) => {
+      if (called) return;
+      called = true;
+      setImmediate(() => this.#onSpooledResult(batch, result));
+    };
+    try {
+      this.#spool!.exporter.export([batch], done);
+    } catch (err) {
+      done({ code: 1, error: err as Error });
+    }
+  }
+
+  #onSpooledResult(batch: SpooledBatch, result: ExportResult): void {
+    if (this.#inFlightSpool !== batch) return;
+    this.#inFlightSpool = null;
+    const c = this.counters;
+    const store = this.#spool!.store;
+    if (result.code === 0) {
+      store.done(batch, true);
+      c.batches++;
+      c.replayed += batch.spans;
+      this.#recovered(batch.spans);
+      this.#lastFromSpool = true;
+      this.#continue();
+      return;
+    }
+    c.exportFailures++;
+    if (!isRetryableExportError(result.error)) {
+      store.done(batch, false);
+      c.droppedFailed += batch.spans;
+      this.#log.error({ err: result.error, spans: batch.spans }, 'export: non-retryable error, spooled batch dropped');
+      this.#continue();
+      return;
+    }
+    // Left in the spool: the next probe sends it again.
+    this.#enterOutage(result.error);
+    this.#continue();
+  }
+
+  /** A request went through: leave the outage. */
+  #recovered(spans: number): void {
+    if (this.#attempt > 0 || this.#outage) {
+      const fields: Record<string, unknown> = { retries: this.#attempt, spans };
+      if (this.#outage) {
+        // Everything made while the Collector was away goes out oldest first, through the spool;
+        // what is made from now on flows alongside.
+        this.#spill();
+        fields.outageMs = Date.now() - this.#outageSince;
+        fields.spooled = this.#spool!.store.pendingSpans;
+      }
+      this.#log.info(fields, 'export: recovered');
+    }
+    this.#outage = false;
     this.#attempt = 0;
-    this.#send(batch);
+    if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    this.#retryTimer = null;
+  }
+
+  /** The Collector did not answer: spool from now on, and probe it with backoff. */
+  #enterOutage(err: unknown): void {
+    const base = Math.min(this.#retryMaxMs, this.#retryInitialMs * 2 ** Math.min(this.#attempt, 30));
+    const delay = Math.round(base * (0.8 + Math.random() * 0.4));
+    const fields = { err: errSummary(err), attempt: this.#attempt + 1, retryInMs: delay, spooled: this.#spool!.store.pendingSpans };
+    if (!this.#outage) {
+      this.#outage = true;
+      this.#outageSince = Date.now();
+      this.#log.warn({ ...fields, dir: this.#spool!.store.dir }, 'export failed; spans go to the spool until the Collector answers');
+    } else this.#log.debug(fields, 'export failed again, retrying');
+    this.#attempt++;
+    this.counters.retries++;
+    if (this.#retryTimer) clearTimeout(this.#retryTimer);
+    this.#retryTimer = setTimeout(() => {
+      this.#retryTimer = null;
+      this.#probeDue = true;
+      this.#pump(true);
+    }, delay);
+    if (!this.#waiters.length) this.#retryTimer.unref();
   }
 
   #send(batch: T[]): void {
@@ -439,9 +667,10 @@ export class ExportPipeline<T = ReadableSpan> {
     if (this.#inFlight !== batch) return; // dropped by shutdown meanwhile
     const c = this.counters;
     if (result.code === 0) {
-      if (this.#attempt > 0) this.#log.info({ retries: this.#attempt, spans: batch.length }, 'export: recovered');
+      this.#recovered(batch.length);
       c.batches++;
       c.exported += batch.length;
+      this.#lastFromSpool = false;
       this.#settle(batch);
       return;
     }
@@ -451,6 +680,13 @@ export class ExportPipeline<T = ReadableSpan> {
       c.droppedFailed += batch.length;
       this.#log.error({ err, spans: batch.length }, 'export: non-retryable error, batch dropped');
       this.#settle(batch);
+      return;
+    }
+    if (this.#spool) {
+      this.#inFlight = null;
+      this.#toSpool(batch);
+      this.#enterOutage(err);
+      this.#continue();
       return;
     }
     const base = Math.min(this.#retryMaxMs, this.#retryInitialMs * 2 ** Math.min(this.#attempt, 30));
@@ -468,15 +704,36 @@ export class ExportPipeline<T = ReadableSpan> {
   }
 
   #settle(batch: T[]): void {
-    if (this.#release) for (const s of batch) this.#release(s);
     this.#inFlight = null;
+    this.#account(batch);
+    this.#continue();
+  }
+
+  /** Spans that left the queue (exported, dropped or spooled): released, counted for flush waiters. */
+  #account(batch: T[]): void {
+    if (this.#release) for (const s of batch) this.#release(s);
     this.#settled += batch.length;
-    if (this.#waiters.length) {
-      const done = this.#waiters.filter((w) => this.#settled >= w.target);
-      this.#waiters = this.#waiters.filter((w) => this.#settled < w.target);
-      for (const w of done) w.resolve();
-    }
-    this.#pump(this.#waiters.length > 0 || this.#roomWaiters.length > 0);
+    this.#wakeFlushWaiters();
+  }
+
+  /** Everything enqueued up to `target` has left the queue, and the spool is empty. */
+  #flushed(target: number): boolean {
+    if (this.#settled < target) return false;
+    return !this.#spool || (this.#spool.store.pendingRecords === 0 && !this.#inFlightSpool);
+  }
+
+  #wakeFlushWaiters(): void {
+    if (!this.#waiters.length) return;
+    const done = this.#waiters.filter((w) => this.#flushed(w.target));
+    this.#waiters = this.#waiters.filter((w) => !this.#flushed(w.target));
+    for (const w of done) w.resolve();
+  }
+
+  /** After a request settled: the next one, room for waiting producers, the timer for a partial batch. */
+  #continue(): void {
+    this.#wakeFlushWaiters();
+    const spoolPending = (this.#spool?.store.pendingRecords ?? 0) > 0 && !this.#outage;
+    this.#pump(this.#waiters.length > 0 || this.#roomWaiters.length > 0 || spoolPending);
     if (this.#roomWaiters.length) {
       const held = this.held;
       const ready = this.#roomWaiters.filter((w) => held <= w.limit);

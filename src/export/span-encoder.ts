@@ -15,6 +15,7 @@
 import type { Attributes, SpanStatus } from '@opentelemetry/api';
 import type { InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
+import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import type { TraceContext } from '../records/kernel-record.ts';
 import type { KernelSpan } from '../spans/kernel-span.ts';
 import {
@@ -33,6 +34,7 @@ import {
   type SpanBuilderOptions,
 } from '../spans/span-builder.ts';
 import { IdSource } from '../spans/span-ids.ts';
+import { hrTimeToNs } from '../spans/hr-time.ts';
 import {
   ProtoWriter,
   tag,
@@ -354,6 +356,65 @@ export class KernelSpanEncoder implements AttributeSink {
     const span = new EncodedSpan(target, chunk, w.base, w.pos - w.base);
     w.base = w.pos;
     return span;
+  }
+
+  /**
+   * A span SpanBuilder-like code already made (function spans: src/spans/call-spans.ts),
+   * encoded as the transformer would: ids, parent, name, kind, times, attributes,
+   * status, flags. No events or links (they have none).
+   */
+  encodeReadable(span: ReadableSpan): EncodedSpan {
+    const target = this.targetFor(span.resource as Resource);
+    const w = this.#w;
+    w.base = w.pos;
+    w.ensure(64);
+    const buf = w.buf;
+    buf[w.pos++] = SCOPE_SPANS_SPAN;
+    const frame = w.begin(2);
+    const ctx = span.spanContext();
+    const parent = span.parentSpanContext;
+    w.ensure(40);
+    w.buf[w.pos++] = SPAN_TRACE_ID;
+    w.buf[w.pos++] = 16;
+    hexInto(w.buf, w.pos, ctx.traceId, 16);
+    w.pos += 16;
+    w.buf[w.pos++] = SPAN_SPAN_ID;
+    w.buf[w.pos++] = 8;
+    hexInto(w.buf, w.pos, ctx.spanId, 8);
+    w.pos += 8;
+    if (parent) {
+      w.ensure(10);
+      w.buf[w.pos++] = SPAN_PARENT_SPAN_ID;
+      w.buf[w.pos++] = 8;
+      hexInto(w.buf, w.pos, parent.spanId, 8);
+      w.pos += 8;
+    }
+    w.byte(SPAN_NAME);
+    w.string(span.name);
+    w.byte(SPAN_KIND);
+    w.byte(span.kind + 1); // OTLP counts UNSPECIFIED as 0
+    this.#setOffset(0n);
+    w.byte(SPAN_START);
+    this.#time(hrTimeToNs(span.startTime));
+    w.byte(SPAN_END);
+    this.#time(hrTimeToNs(span.endTime));
+    writeKeyValues(w, 9, span.attributes);
+    w.ensure(6);
+    w.buf[w.pos++] = SPAN_DROPPED_ATTRIBUTES;
+    w.buf[w.pos++] = 0;
+    w.buf[w.pos++] = SPAN_DROPPED_EVENTS;
+    w.buf[w.pos++] = 0;
+    w.buf[w.pos++] = SPAN_DROPPED_LINKS;
+    w.buf[w.pos++] = 0;
+    writeStatusField(w, span.status);
+    w.tag(16, WIRE_FIXED32);
+    w.fixed32((ctx.traceFlags & 0xff) | FLAGS_HAS_IS_REMOTE | (parent?.isRemote ? FLAGS_IS_REMOTE : 0));
+    w.end(frame, 2);
+    const chunk = this.#chunk;
+    chunk.held++;
+    const out = new EncodedSpan(target, chunk, w.base, w.pos - w.base);
+    w.base = w.pos;
+    return out;
   }
 
   /** The parent's trace and span id as bytes in #parentBytes; the spans of one request share a parent, so the last is kept. */

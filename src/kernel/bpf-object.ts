@@ -16,7 +16,7 @@ import {
   KspanError,
   VerifierError,
 } from '../core/errors.ts';
-import { BpfTestRunOpts, errno, libbpf, withSignalsBlocked } from './native.ts';
+import { BpfTestRunOpts, BpfUprobeOpts, errno, libbpf, withSignalsBlocked } from './native.ts';
 import { captureLibbpfLog } from './libbpf-log.ts';
 
 type Ptr = bigint;
@@ -27,6 +27,11 @@ export interface AttachOptions {
   binaryPath?: string;
   offset?: number;
   retprobe?: boolean;
+}
+
+/** One attached uprobe; destroy() detaches it (idempotent). */
+export interface UprobeLink {
+  destroy(): void;
 }
 
 const VERIFIER_LOG_SIZE = 4 << 20;
@@ -295,6 +300,32 @@ export class BpfObject {
     this.#links.push({ name, ptr: link });
   }
 
+  /**
+   * Attaches uprobe program `name` to `offset` in `binaryPath` (every process
+   * mapping it, or `pid`), with `cookie` for bpf_get_attach_cookie(). The link
+   * is the caller's to destroy; close() destroys any left.
+   */
+  attachUprobe(name: string, o: { binaryPath: string; offset: number; retprobe: boolean; cookie: number; pid?: number }): UprobeLink {
+    if (!this.#loaded) throw new KspanError('KSPAN_ERR_ATTACH', `attach "${name}" before load()`);
+    const lib = libbpf();
+    const opts = { sz: BpfUprobeOpts.size, ref_ctr_offset: 0, bpf_cookie: BigInt(o.cookie), retprobe: o.retprobe, func_name: null };
+    const log = captureLibbpfLog();
+    const ptr = lib.programAttachUprobeOpts(this.#program(name), o.pid ?? -1, o.binaryPath, o.offset, opts);
+    const err = errno();
+    const lines = log.stop();
+    if (!ptr) throw this.#attachError(name, err, lines);
+    const entry = { name, ptr };
+    this.#links.push(entry);
+    return {
+      destroy: () => {
+        const i = this.#links.indexOf(entry);
+        if (i < 0) return;
+        this.#links.splice(i, 1);
+        lib.linkDestroy(ptr);
+      },
+    };
+  }
+
   #attachError(name: string, err: number, libbpfLog: string[]): KspanError {
     const section = this.sectionName(name);
     const cause = errnoError('bpf_program__attach', err);
@@ -316,10 +347,11 @@ export class BpfObject {
     return new KspanError('KSPAN_ERR_ATTACH', `cannot attach "${name}" (${section})`, { cause, details });
   }
 
-  /** Attaches every program that is set to load (syscall programs are run, not attached). */
+  /** Attaches every program that is set to load (syscall programs are run, not attached; uprobes need a binary). */
   attachAll(): void {
     for (const name of this.#programs.keys()) {
-      if (this.autoload(name) && this.sectionName(name) !== 'syscall') this.attach(name);
+      const section = this.sectionName(name);
+      if (this.autoload(name) && section !== 'syscall' && section !== 'uprobe' && section !== 'uretprobe') this.attach(name);
     }
   }
 

@@ -44,6 +44,15 @@ export const BpfTestRunOpts = koffi.struct('kspan_bpf_test_run_opts', {
   batch_size: 'uint32_t',
 });
 
+/** libbpf's struct bpf_uprobe_opts (libbpf.h, libbpf 1.1). */
+export const BpfUprobeOpts = koffi.struct('kspan_bpf_uprobe_opts', {
+  sz: 'size_t',
+  ref_ctr_offset: 'size_t',
+  bpf_cookie: 'uint64_t',
+  retprobe: 'bool',
+  func_name: 'const char *',
+});
+
 export const EpollEvent = koffi.pack('kspan_epoll_event', { events: 'uint32_t', data: 'uint64_t' });
 
 let libbpfHandle: ReturnType<typeof koffi.load> | undefined;
@@ -71,6 +80,9 @@ function bindLibbpf(lib: ReturnType<typeof koffi.load>) {
     programAttach: f<[Ptr], Ptr>('void *bpf_program__attach(void *prog)'),
     programAttachUprobe: f<[Ptr, boolean, number, string, number], Ptr>(
       'void *bpf_program__attach_uprobe(void *prog, bool retprobe, int pid, const char *path, size_t offset)',
+    ),
+    programAttachUprobeOpts: f<[Ptr, number, string, number, unknown], Ptr>(
+      'void *bpf_program__attach_uprobe_opts(void *prog, int pid, const char *path, size_t offset, const kspan_bpf_uprobe_opts *opts)',
     ),
     linkDestroy: f<[Ptr], number>('int bpf_link__destroy(void *link)'),
     enableStats: f<[number], number>('int bpf_enable_stats(int type)'),

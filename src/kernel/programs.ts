@@ -14,7 +14,7 @@ export type Grade = 'essential' | 'optional';
 
 export interface ProgramSpec {
   readonly name: string;
-  /** libbpf section: `tp_btf/<tracepoint>`, `tracepoint/<category>/<name>`, or `syscall`. */
+  /** libbpf section: `tp_btf/<tracepoint>`, `tracepoint/<category>/<name>`, `syscall`, or `uprobe`/`uretprobe` (attached per binary by src/uprobes/). */
   readonly section: string;
   /** Programs that together give one thing; variants of one hook share a feature. */
   readonly feature: string;
@@ -53,6 +53,9 @@ export const FEATURES = {
   accept: { grade: 'optional', lost: 'accept records: the accept-queue wait, and the server role of accepted sockets' },
   discovery: { grade: 'optional', lost: 'following processes as they exec, fork and exit: --all and the selectors other than --pid, children of targets, exits noticed at once' },
   'idle-flush': { grade: 'optional', lost: 'closing the last response of a quiet keep-alive connection before its next request or close' },
+  uprobes: { grade: 'optional', lost: 'function spans from uprobes: dns.lookup, tls.handshake and --uprobe' },
+  'uprobe-dns': { grade: 'optional', lost: 'the queried name and address count of dns.lookup spans (their duration and result stay)' },
+  'uprobe-tls': { grade: 'optional', lost: 'the protocol version of tls.handshake spans (their duration and result stay)' },
 } as const satisfies Record<string, FeatureSpec>;
 export type Feature = keyof typeof FEATURES;
 
@@ -79,6 +82,13 @@ export const PROGRAMS: readonly ProgramSpec[] = [
   { name: 'on_proc_exec', section: 'tp_btf/sched_process_exec', feature: 'discovery', grade: 'optional', args: 1 },
   { name: 'on_proc_fork', section: 'tp_btf/sched_process_fork', feature: 'discovery', grade: 'optional', args: 2 },
   { name: 'on_proc_exit', section: 'tp_btf/sched_process_exit', feature: 'discovery', grade: 'optional', args: 1 },
+  // Function spans (bpf/uprobes.bpf.h): the uprobes are attached by src/uprobes/, per binary.
+  { name: 'uprobe_call_entry', section: 'uprobe', feature: 'uprobes', grade: 'optional' },
+  { name: 'uprobe_call_return', section: 'uretprobe', feature: 'uprobes', grade: 'optional' },
+  { name: 'uprobe_dns_return', section: 'uretprobe', feature: 'uprobe-dns', grade: 'optional' },
+  { name: 'uprobe_tls_return', section: 'uretprobe', feature: 'uprobe-tls', grade: 'optional' },
+  { name: 'calls_on_exit', section: 'tp_btf/sched_process_exit', feature: 'uprobes', grade: 'optional', args: 1 },
+  { name: 'calls_on_exec', section: 'tp_btf/sched_process_exec', feature: 'uprobes', grade: 'optional', args: 1 },
 ];
 
 export function programSpec(name: string): ProgramSpec | undefined {

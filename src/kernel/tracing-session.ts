@@ -27,6 +27,7 @@ import type { FeatureOff } from './programs.ts';
 import { TcpTracer, type TargetPolicy, type TracerCounters } from './tcp-tracer.ts';
 import { ProcessDiscovery, type DiscoveryStats } from '../discovery/process-discovery.ts';
 import { NO_CRITERIA, needsDiscovery, type Selection } from '../discovery/selectors.ts';
+import { UPROBE_ENTRY, UprobeTracer, type UprobeTracerOptions } from '../uprobes/uprobe-tracer.ts';
 
 export interface TracingSessionOptions {
   /** Processes traced from the start; each must be running (KSPAN_ERR_TARGET otherwise). */
@@ -63,6 +64,8 @@ export interface TracingSessionOptions {
   onDeselect?: (pid: number, why: string) => void;
   /** Find targets by the selection even when it is only --pid (a policy file may add selectors later). */
   discover?: boolean;
+  /** Function spans (src/uprobes/): what to probe in every target, and where calls and problems go. */
+  uprobes?: Pick<UprobeTracerOptions, 'specs' | 'onCall' | 'onProbeError' | 'onNotFound'>;
 }
 
 /** False once `pid` has exited: no such process, or a zombie nobody reaped yet. */
@@ -96,6 +99,8 @@ export function assertTargetsRunning(pids: readonly number[]): void {
 export class TracingSession {
   readonly tracer: TcpTracer;
   readonly reader: ThreadContextReader;
+  /** Function spans; null when none are asked for or the kernel refused the programs (feature `uprobes` off). */
+  readonly uprobes: UprobeTracer | null;
   readonly #opts: TracingSessionOptions;
   #timer: NodeJS.Timeout | undefined;
   /** Targets that exited, while no target is left. */
@@ -108,6 +113,10 @@ export class TracingSession {
   private constructor(tracer: TcpTracer, opts: TracingSessionOptions) {
     this.tracer = tracer;
     this.#opts = opts;
+    const u = opts.uprobes;
+    this.uprobes = u?.specs.length && tracer.plan.load(UPROBE_ENTRY)
+      ? new UprobeTracer({ ...u, object: tracer.object, loaded: (p) => tracer.plan.load(p), onDecodeError: opts.onDecodeError, onRingError: opts.onRingError })
+      : null;
     const nodeLayouts = tracer.object.map('node_layouts');
     this.reader = new ThreadContextReader({
       setLocation: (pid, loc) => tracer.setContextLocation(pid, loc),
@@ -201,6 +210,7 @@ export class TracingSession {
   removePid(pid: number): void {
     this.tracer.removePid(pid);
     this.reader.untrack(pid);
+    this.uprobes?.untrack(pid);
   }
 
   #track(pid: number): void {
@@ -209,11 +219,20 @@ export class TracingSession {
     } catch (err) {
       this.#opts.onTargetError?.(pid, err);
     }
+    try {
+      this.uprobes?.track(pid);
+    } catch (err) {
+      this.#opts.uprobes?.onProbeError?.(new KspanError('KSPAN_ERR_UPROBE', `cannot look for probed functions in process ${pid}`, {
+        hint: 'its function spans are missing until the next check',
+        cause: err,
+      }));
+    }
   }
 
   start(): void {
     this.tracer.start();
     this.discovery?.start();
+    this.uprobes?.start();
     this.#timer = setInterval(() => this.refresh(), this.#opts.refreshMs ?? TUNING.targetRefreshMs);
     this.#timer.unref();
   }
@@ -283,6 +302,7 @@ export class TracingSession {
     this.#goneReported = true;
     for (const fn of this.#closers.splice(0)) fn();
     await this.discovery?.stop();
+    await this.uprobes?.stop();
     await this.tracer.stop(onRecord);
   }
 }

@@ -87,6 +87,7 @@ const SPAN_DROPS: [reason: string, read: (s: AgentSnapshot) => number][] = [
   ['queue_full', (s) => s.spans.export.droppedQueueFull],
   ['export_failed', (s) => s.spans.export.droppedFailed],
   ['shutdown', (s) => s.spans.export.droppedShutdown],
+  ['spool_full', (s) => s.spans.export.droppedSpool],
 ];
 
 const RECORD_TYPES = ['accept', 'connect', 'send', 'recv', 'retransmit', 'reset', 'close'] as const;
@@ -144,7 +145,8 @@ export const METRICS: readonly MetricSpec[] = [
     attributes: { [DROP_REASON]: SPAN_DROPS.map(([r]) => r) },
     description:
       'Kernel spans not exported, by cause: unsampled (parent not sampled), no_context (no parent, without --orphans), queue_full ' +
-      '(export queue full), export_failed (non-retryable export error), shutdown (still queued when the stop deadline passed).',
+      '(export queue full), export_failed (non-retryable export error), shutdown (still queued when the stop deadline passed), ' +
+      'spool_full (--spool: dropped oldest first at --spool-max-mb, or not written).',
     read: (s) => SPAN_DROPS.map(([reason, f]) => [f(s), { [DROP_REASON]: reason }]),
   },
   {

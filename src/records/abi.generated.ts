@@ -35,9 +35,12 @@ export const KspanCounter = {
   KSPAN_C_UNSAMPLED: 8,
   KSPAN_C_ORPHAN_SKIPPED: 9,
   KSPAN_C_IDLE_QUEUE_FULL: 10,
-  KSPAN_C_PROC_RING_FULL: 11,
-  KSPAN_C_FORK_TABLE_FULL: 12,
-  KSPAN_C_MAX: 13,
+  KSPAN_C_CALL_TABLE_FULL: 11,
+  KSPAN_C_CALL_TOO_DEEP: 12,
+  KSPAN_C_CALL_UNMATCHED: 13,
+  KSPAN_C_PROC_RING_FULL: 14,
+  KSPAN_C_FORK_TABLE_FULL: 15,
+  KSPAN_C_MAX: 16,
 } as const;
 
 export const KspanTlsKind = {
@@ -69,6 +72,10 @@ export const KspanLimit = {
   KSPAN_MAX_PROC_SEEN: 16384,
   KSPAN_PROC_RING_BYTES: 262144,
   KSPAN_MAX_SEL_PORTS: 1024,
+  KSPAN_CALL_RING_BYTES: 4194304,
+  KSPAN_MAX_CALL_THREADS: 4096,
+  KSPAN_CALL_DEPTH: 8,
+  KSPAN_CALL_NAME_MAX: 64,
 } as const;
 
 export const KspanTargetFlag = {
@@ -80,6 +87,11 @@ export const KspanSockFlag = {
   KSPAN_S_KEEP_UNSAMPLED: 2,
   KSPAN_S_DROPPED: 4,
   KSPAN_S_QUEUED: 8,
+} as const;
+
+export const KspanCallFlag = {
+  KSPAN_CALL_F_UNFINISHED: 1,
+  KSPAN_CALL_F_ABANDONED: 2,
 } as const;
 
 export const KspanProcEventType = {
@@ -815,6 +827,120 @@ export class KspanFlushArgsView implements KspanFlushArgs {
   get more(): bigint {
     const v = this.v;
     return v.getBigUint64(this.o + 16, true);
+  }
+}
+
+/** struct kspan_call: 192 bytes. */
+export const KSPAN_CALL_SIZE = 192;
+
+export interface KspanCall {
+  start_ns: bigint;
+  end_ns: bigint;
+  ret: bigint;
+  pid: number;
+  tid: number;
+  probe: number;
+  outer_probe: number;
+  count: number;
+  flags: number;
+  depth: number;
+  name: Uint8Array;
+  ctx: KspanTraceCtx;
+}
+
+export function decodeKspanCall(v: DataView, o: number): KspanCall {
+  return {
+    start_ns: v.getBigUint64(o + 0, true),
+    end_ns: v.getBigUint64(o + 8, true),
+    ret: v.getBigInt64(o + 16, true),
+    pid: v.getUint32(o + 24, true),
+    tid: v.getUint32(o + 28, true),
+    probe: v.getUint32(o + 32, true),
+    outer_probe: v.getUint32(o + 36, true),
+    count: v.getUint32(o + 40, true),
+    flags: v.getUint8(o + 44),
+    depth: v.getUint8(o + 45),
+    name: new Uint8Array(v.buffer, v.byteOffset + o + 48, 64).slice(),
+    ctx: decodeKspanTraceCtx(v, o + 112),
+  };
+}
+
+/** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
+export function encodeKspanCall(x: KspanCall, v: DataView, o: number): void {
+  v.setBigUint64(o + 0, x.start_ns, true);
+  v.setBigUint64(o + 8, x.end_ns, true);
+  v.setBigInt64(o + 16, x.ret, true);
+  v.setUint32(o + 24, x.pid, true);
+  v.setUint32(o + 28, x.tid, true);
+  v.setUint32(o + 32, x.probe, true);
+  v.setUint32(o + 36, x.outer_probe, true);
+  v.setUint32(o + 40, x.count, true);
+  v.setUint8(o + 44, x.flags);
+  v.setUint8(o + 45, x.depth);
+  new Uint8Array(v.buffer, v.byteOffset + o + 48, 64).set(x.name.subarray(0, 64));
+  encodeKspanTraceCtx(x.ctx, v, o + 112);
+}
+
+/** Zero-copy view of struct kspan_call; move it with `at()`. Byte arrays alias the memory. */
+export class KspanCallView implements KspanCall {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get start_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 0, true);
+  }
+  get end_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 8, true);
+  }
+  get ret(): bigint {
+    const v = this.v;
+    return v.getBigInt64(this.o + 16, true);
+  }
+  get pid(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 24, true);
+  }
+  get tid(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 28, true);
+  }
+  get probe(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 32, true);
+  }
+  get outer_probe(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 36, true);
+  }
+  get count(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 40, true);
+  }
+  get flags(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 44);
+  }
+  get depth(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 45);
+  }
+  get name(): Uint8Array {
+    const v = this.v;
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 48, 64);
+  }
+  get ctx(): KspanTraceCtxView {
+    const v = this.v;
+    return new KspanTraceCtxView(v, this.o + 112);
   }
 }
 

@@ -6,6 +6,7 @@ import {
   KspanEventFlag as F,
   KspanEventView,
   KspanEventType as T,
+  KSPAN_EVENT_SIZE,
   type KspanAgg,
   type KspanEvent,
   type KspanTraceCtx,
@@ -32,6 +33,9 @@ const event = new KspanEventView(new DataView(new ArrayBuffer(0)), 0);
  * Reads the ring memory in place (a view), copying only what the record keeps.
  */
 export function decodeRecords(view: DataView, offset: number, emit: (r: KernelRecord) => void): void {
+  if (!(offset >= 0 && view.byteLength - offset >= KSPAN_EVENT_SIZE)) {
+    throw new RecordDecodeError(`record at ${offset} of ${view.byteLength} bytes is shorter than a kspan_event (${KSPAN_EVENT_SIZE})`);
+  }
   const e = event.at(view, offset);
   const prev = e.prev;
   if (prev.dir) emit(fromEvent(e, prev));

@@ -245,7 +245,7 @@ function parseHeader(v: unknown): RecordFileHeader {
   }
   const header: RecordFileHeader = {
     kernelRelease: String(h.kernel_release ?? ''),
-    clockOffsetNs: BigInt(h.clock_offset_ns ?? 0),
+    clockOffsetNs: bigintField(h.clock_offset_ns ?? 0, 'the header', 'clock_offset_ns'),
     startedAt: String(h.started_at ?? ''),
   };
   if (Array.isArray(h.pids)) header.pids = h.pids.map(Number);
@@ -261,8 +261,15 @@ function toRecord(v: unknown, n: number): KernelRecord {
   if (!r || typeof r !== 'object' || !RECORD_TYPES.has(r.type)) {
     throw new KspanError('KSPAN_ERR_RECORD_FILE', `record ${n} is not a kernel record`);
   }
-  if (typeof r.tsNs !== 'bigint') r.tsNs = BigInt(r.tsNs as unknown as number);
-  if (typeof r.startNs !== 'bigint') r.startNs = BigInt((r.startNs as unknown as number) ?? 0);
-  if (typeof r.cookie !== 'bigint') r.cookie = BigInt(r.cookie as unknown as number);
+  if (typeof r.tsNs !== 'bigint') r.tsNs = bigintField(r.tsNs, `record ${n}`, 'tsNs');
+  if (typeof r.startNs !== 'bigint') r.startNs = bigintField(r.startNs ?? 0, `record ${n}`, 'startNs');
+  if (typeof r.cookie !== 'bigint') r.cookie = bigintField(r.cookie, `record ${n}`, 'cookie');
   return r;
+}
+
+/** A 64-bit field a foreign writer may have narrowed to a number or a string; anything else is refused. */
+function bigintField(v: unknown, where: string, name: string): bigint {
+  if (typeof v === 'bigint') return v;
+  if ((typeof v === 'number' && Number.isSafeInteger(v)) || (typeof v === 'string' && /^-?\d{1,20}$/.test(v))) return BigInt(v);
+  throw new KspanError('KSPAN_ERR_RECORD_FILE', `${where}: ${name} is not an integer`);
 }

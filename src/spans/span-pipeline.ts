@@ -15,15 +15,16 @@ import type { Logger } from 'pino';
 import { TUNING } from '../core/config.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import { ConsoleTreeExporter } from '../export/console-tree.ts';
-import { EncodedSpanSizer } from '../export/export-request.ts';
+import { encodeExportRequest, EncodedSpanSizer } from '../export/export-request.ts';
 import {
-  createEncodedOtlpExporter,
+  createEncodedOtlpExporters,
   ExportPipeline,
   resolveExportTarget,
   type BatchExporter,
   type ExportCounters,
   type ExportPipelineOptions,
   type ExportTarget,
+  type SpanSpool,
 } from '../export/export-pipeline.ts';
 import { KernelSpanEncoder, type EncodedSpan } from '../export/span-encoder.ts';
 import type { KernelSpan } from './kernel-span.ts';
@@ -48,7 +49,9 @@ export interface SpanPipelineOptions {
   /** Live: how often held spans and idle sockets are checked. Default TUNING.correlatorTickMs. */
   tickMs?: number;
   correlator?: Partial<Omit<SocketCorrelatorOptions, 'emit' | 'orphans' | 'clock'>>;
-  export?: Partial<Omit<ExportPipelineOptions, 'exporter' | 'sizer' | 'logger'>>;
+  export?: Partial<Omit<ExportPipelineOptions, 'exporter' | 'sizer' | 'logger' | 'spool'>>;
+  /** OTLP only: where spans wait while they cannot be sent (src/export/spool.ts). */
+  spool?: SpanSpool;
 }
 
 /** What the export queue holds: OTLP bytes, or ReadableSpans for the console or a caller's exporter. */
@@ -89,9 +92,11 @@ export class SpanPipeline {
       const encoder = new KernelSpanEncoder(spanModel);
       this.encoder = encoder;
       this.#make = (k) => encoder.encode(k);
+      const exporters = createEncodedOtlpExporters(target, { timeoutMs: options.exportTimeoutMs });
       this.exports = new ExportPipeline<EncodedSpan>({
         ...options.export,
-        exporter: createEncodedOtlpExporter(target, { timeoutMs: options.exportTimeoutMs }),
+        exporter: exporters.encoded,
+        spool: options.spool && { store: options.spool, encode: (batch) => encodeExportRequest(batch), exporter: exporters.spooled },
         sizer: new EncodedSpanSizer(),
         release: (s) => encoder.release(s),
         logger: options.logger,
@@ -117,6 +122,11 @@ export class SpanPipeline {
 
   push(record: KernelRecord): void {
     this.correlator.push(record);
+  }
+
+  /** A span made outside the correlator (function spans, src/spans/call-spans.ts), to the same export queue. */
+  pushSpan(span: ReadableSpan): void {
+    this.exports.enqueue(this.encoder ? this.encoder.encodeReadable(span) : span);
   }
 
   processExited(pid: number): void {

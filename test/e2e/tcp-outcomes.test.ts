@@ -99,7 +99,7 @@ describe('connect outcomes, resets, retransmits', e2eOptions(), () => {
       '--req-bytes', String(o.req), '--resp-bytes', String(o.resp)], ns.server);
     const client = startClient(group, ['--addr', ns.serverAddr, '--port', String(server.port), '--requests',
       String(o.requests), '--req-bytes', String(o.req), '--resp-bytes', String(o.resp)], ns.client);
-    // The oracle: perf counting the same tracepoint for this server port.
+    // The oracle: a tp_btf witness on the same tracepoint for this server port.
     const oracle = await startRetransmitOracle(group, server.port);
     const events = await startEvents(group, [server.proc.pid, client.pid]);
     server.proc.send('go');

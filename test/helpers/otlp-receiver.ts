@@ -11,6 +11,7 @@
  */
 import http from 'node:http';
 import * as grpc from '@grpc/grpc-js';
+import { rawUnaryMethod } from '../../src/export/grpc-transport.ts';
 import {
   attributesToObject,
   ExportTraceServiceRequestType,
@@ -162,18 +163,7 @@ const GRPC_TO_HTTP: Record<number, number> = { 14: 503, 4: 504, 8: 429 };
 
 /** A gRPC service of one unary `Export` method at `path` whose messages stay raw bytes (decoded by the handler). */
 export function rawExportService(path: string): grpc.ServiceDefinition {
-  const identity = (b: Buffer): Buffer => b;
-  return {
-    Export: {
-      path,
-      requestStream: false,
-      responseStream: false,
-      requestSerialize: identity,
-      requestDeserialize: identity,
-      responseSerialize: identity,
-      responseDeserialize: identity,
-    },
-  };
+  return { Export: rawUnaryMethod(path) };
 }
 
 export class OtlpReceiver {

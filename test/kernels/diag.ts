@@ -71,7 +71,7 @@ function loadAlone(path: string, name: string): Record<string, unknown> {
       } else {
         out.attach = 'n/a (syscall program)';
       }
-    } else if (section.startsWith('uprobe')) {
+    } else if (section.startsWith('uprobe') || section.startsWith('uretprobe')) {
       out.attach = 'n/a (uprobe: needs a binary)';
     } else {
       try {

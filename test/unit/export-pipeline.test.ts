@@ -18,6 +18,7 @@ import {
 import { SocketCorrelator } from '../../src/spans/socket-correlator.ts';
 import { SpanBuilder } from '../../src/spans/span-builder.ts';
 import { ctx, FakeSocket, kernelSpan } from '../helpers/kernel-records.ts';
+import { queueOutage } from '../helpers/collector-outage.ts';
 import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
 
 const OFFSET = 1_767_225_600_000_000_000n;
@@ -116,29 +117,17 @@ for (const protocol of ['grpc', 'http'] as const) {
 
     test('collector outage: nothing within the queue bound is lost; the excess is counted and logged', async () => {
       const { receiver, pipeline, lines } = await setup(protocol, { maxQueueSize: 40, maxBatchSize: 8 });
-      await receiver.stop();
-      const sent: string[] = [];
-      let accepted = 0;
-      for (let i = 0; i < 55; i++) {
-        const s = builder.build(kernelSpan({ parent: ctx(0x500 + i), bytes: i }));
-        if (pipeline.enqueue(s)) {
-          accepted++;
-          sent.push(s.spanContext().spanId);
-        }
-      }
-      assert.equal(accepted, 40);
-      assert.equal(pipeline.counters.droppedQueueFull, 15);
-      assert.ok(lines.some((l) => l.msg === 'export queue full: spans dropped'), 'overflow is logged');
-      // Let a few exports fail while the receiver is away.
-      await waitFor(() => pipeline.counters.exportFailures >= 2, 10_000);
-      await receiver.start();
-      assert.equal(await pipeline.forceFlush(30_000), true);
-      assert.deepEqual(receiver.spans.map((s) => s.spanId).sort(), sent.sort());
-      assert.equal(pipeline.counters.exported, 40);
-      assert.equal(pipeline.counters.droppedFailed, 0);
-      assert.ok(pipeline.counters.retries >= 2);
-      assert.ok(lines.some((l) => l.msg === 'export failed, retrying'));
-      assert.ok(lines.some((l) => l.msg === 'export: recovered'));
+      await queueOutage({
+        receiver,
+        pipeline,
+        lines,
+        offered: 55,
+        make: (i) => {
+          const span = builder.build(kernelSpan({ parent: ctx(0x500 + i), bytes: i }));
+          return { span, id: span.spanContext().spanId };
+        },
+        receivedId: (s) => s.spanId,
+      });
     });
 
     test('UNAVAILABLE answers are retried until the batch goes through', async () => {
@@ -260,11 +249,3 @@ describe('configuration', () => {
     assert.equal(isRetryableExportError(new Error('Export failed with retryable status')), true); // HTTP exporter, its own retries spent
   });
 });
-
-async function waitFor(cond: () => boolean, timeoutMs: number): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}

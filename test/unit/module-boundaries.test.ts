@@ -28,11 +28,14 @@ const PURE = [
   'src/export/console-tree.ts',
   'src/export/export-pipeline.ts',
   'src/export/export-request.ts',
+  'src/export/grpc-transport.ts',
   'src/export/proto-writer.ts',
   'src/export/span-encoder.ts',
   'src/kernel/programs.ts',
   'src/discovery/cgroup-path.ts',
   'src/discovery/selectors.ts',
+  'src/uprobes/uprobe-spec.ts',
+  'src/uprobes/call-record.ts',
 ] as const;
 
 /** Packages that reach the kernel, the file system or other processes. */

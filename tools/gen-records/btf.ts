@@ -79,6 +79,8 @@ export function parseBtf(bytes: Uint8Array): Btf {
     const kflag = info >>> 31;
     const t = blank(types.length, kind, str(nameOff));
     p += 12;
+    // What follows the common header must lie within the type section too.
+    if (p + trailingBytes(kind, vlen) > end) throw new BtfFormatError(`truncated type ${t.id}`);
     switch (kind) {
       case BTF_KIND.INT: {
         const enc = dv.getUint32(p, true);
@@ -169,13 +171,39 @@ export function parseBtf(bytes: Uint8Array): Btf {
     }
     throw new BtfFormatError(`cannot resolve type ${id}`);
   };
-  const sizeOf = (id: number): number => {
+  const sizeOf = (id: number, depth = 0): number => {
     const t = resolve(id);
-    if (t.kind === BTF_KIND.ARRAY) return sizeOf(t.elemType) * t.nelems;
+    if (t.kind === BTF_KIND.ARRAY) {
+      // An array of itself (a malformed section) would recurse forever.
+      if (depth >= 32) throw new BtfFormatError(`arrays nested too deep at type ${id}`);
+      return sizeOf(t.elemType, depth + 1) * t.nelems;
+    }
     if (t.kind === BTF_KIND.PTR) return 8;
     return t.size;
   };
   return { types, byName: (name, kind) => index.get(`${kind}:${name}`), resolve, sizeOf };
+}
+
+/** Bytes a type's record has after its 12-byte common header. */
+function trailingBytes(kind: number, vlen: number): number {
+  switch (kind) {
+    case BTF_KIND.INT:
+    case BTF_KIND.VAR:
+    case BTF_KIND.DECL_TAG:
+      return 4;
+    case BTF_KIND.ARRAY:
+      return 12;
+    case BTF_KIND.STRUCT:
+    case BTF_KIND.UNION:
+    case BTF_KIND.ENUM64:
+    case BTF_KIND.DATASEC:
+      return 12 * vlen;
+    case BTF_KIND.ENUM:
+    case BTF_KIND.FUNC_PROTO:
+      return 8 * vlen;
+    default:
+      return 0;
+  }
 }
 
 function blank(id: number, kind: number, name: string): BtfType {
