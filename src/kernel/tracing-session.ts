@@ -133,7 +133,10 @@ export class TracingSession {
         selection,
         watch: opts.discover,
         track: (pid) => this.#track(pid),
-        untrack: (pid) => this.reader.untrack(pid),
+        untrack: (pid) => {
+          this.reader.untrack(pid);
+          this.uprobes?.untrack(pid);
+        },
         // Told on the next refresh tick: the process's sockets close (and their records
         // arrive) after its exit tracepoint, and spans still need its key map until then.
         onExit: (pid) => this.#exitsSeen.add(pid),
