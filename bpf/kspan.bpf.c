@@ -59,6 +59,10 @@ char LICENSE[] SEC("license") = "GPL";
 /* Force the record types into BTF so the generator can see them. */
 struct kspan_event *unused_event __attribute__((unused));
 struct kspan_sock *unused_sock __attribute__((unused));
+struct kspan_sock_agg *unused_sock_agg __attribute__((unused));
+struct kspan_span_ref *unused_span_ref __attribute__((unused));
+struct kspan_span_attrs *unused_span_attrs __attribute__((unused));
+enum kspan_tx_at *unused_tx_at __attribute__((unused));
 struct kspan_agg *unused_agg __attribute__((unused));
 struct kspan_flush_args *unused_flush_args __attribute__((unused));
 enum kspan_event_type *unused_type __attribute__((unused));
@@ -87,6 +91,12 @@ struct {
 	__type(value, struct kspan_target);
 } targets SEC(".maps");
 
+/* The socket table (192 B a socket, preallocated). When full, a new socket gets
+ * no state: its records are lost and counted (KSPAN_C_SOCK_TABLE_FULL). Sockets
+ * already traced are never evicted for it, so no open aggregate disappears
+ * unseen: an LRU would drop one silently (its evictions cannot be counted).
+ * Preallocated, not BPF_F_NO_PREALLOC: before 6.1 a run-time allocated hash map
+ * in a tracepoint program makes the kernel WARN (the syscall fallback's case). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, KSPAN_MAX_SOCKETS);
@@ -101,6 +111,40 @@ struct {
 	__type(key, __u64);
 	__type(value, __u64);
 } accept_pending SEC(".maps");
+
+/* Active opens: when connect() sent the SYN, until the handshake ends (KSPAN_S_CONNECTING). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, KSPAN_MAX_CONNECT_PENDING);
+	__type(key, __u64);
+	__type(value, __u64);
+} connect_pending SEC(".maps");
+
+/* The attributes of spans the socket table refers to, keyed by trace and span id
+ * (struct kspan_span_ref's first 24 bytes): written when a span with attributes
+ * opens an aggregate (or is read at accept/connect), read back into its records.
+ * Most targets publish none and never touch it. An evicted entry is counted
+ * (KSPAN_C_STATE_EVICTED) and its record goes without the attributes. */
+struct span_key {
+	__u8 trace_id[16];
+	__u8 span_id[8];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, KSPAN_MAX_SPAN_ATTRS);
+	__type(key, struct span_key);
+	__type(value, struct kspan_span_attrs);
+} span_attrs SEC(".maps");
+
+/* The context that last sent on a socket, when neither of its slots still holds
+ * it (kspan_sock.tx_at == KSPAN_TX_SPILL): three spans at once on one socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, KSPAN_MAX_TX_SPILL);
+	__type(key, __u64);
+	__type(value, struct kspan_span_ref);
+} tx_spill SEC(".maps");
 
 /* Fallback path: the fd of a socket syscall in flight, per thread. */
 struct io_args {
@@ -203,7 +247,19 @@ static __always_inline __u64 sock_cookie_btf(struct sock *sk)
 	return c ? c : bpf_get_socket_cookie(sk);
 }
 
-/* Finds or creates the state of a socket seen in syscall context by a target. */
+/*
+ * The role of a socket first seen in send/recv, with no accept or connect seen
+ * (opened before kspan started, or while the accept hook is off): an accepted
+ * socket is a clone of its listener and keeps the listen() backlog; a connected
+ * one never listened.
+ */
+static __always_inline __u8 role_inferred(const struct sock *sk)
+{
+	return BPF_CORE_READ(sk, sk_max_ack_backlog) ? KSPAN_F_SERVER : KSPAN_F_CLIENT;
+}
+
+/* Finds or creates the state of a socket seen in syscall context by a target
+ * (role 0: not known from the call, inferred). */
 static __always_inline struct kspan_sock *sock_state_get(const struct kspan_target *t, __u64 cookie,
 							 const struct sock *sk, __u8 role)
 {
@@ -220,7 +276,7 @@ static __always_inline struct kspan_sock *sock_state_get(const struct kspan_targ
 	if (!init)
 		return NULL;
 	__builtin_memset(init, 0, sizeof(*init));
-	init->role = role;
+	init->role = role ? role : role_inferred(sk);
 	init->sflags = (orphan_skip(t, cookie) ? KSPAN_S_ORPHAN_SKIP : 0) |
 		       (t->flags & KSPAN_T_KEEP_UNSAMPLED ? KSPAN_S_KEEP_UNSAMPLED : 0);
 	sock_addr(init, sk);
@@ -258,13 +314,91 @@ static __always_inline struct kspan_event *reserve(void)
 	return e;
 }
 
-/* Moves the open aggregate to `dst` and leaves none open. */
-static __always_inline void agg_take(struct kspan_agg *dst, struct kspan_sock *st)
+/* Keeps a context's head in the socket table's form, and its attribute bytes (if
+ * any) in `span_attrs`, where ctx_from_ref() finds them. */
+static __always_inline void ref_keep(struct kspan_span_ref *dst, const struct kspan_trace_ctx *ctx)
 {
-	*dst = st->agg;
+	__builtin_memcpy(dst, ctx, sizeof(*dst));
+	if (ctx->valid && ctx->attrs_size)
+		bpf_map_update_elem(&span_attrs, ctx, &ctx->attrs_size, BPF_ANY);
+}
+
+/* A record's context from a kept span: the head, then the attribute bytes. `dst`
+ * is zeroed (a reserved record). */
+static __always_inline void ctx_from_ref(struct kspan_trace_ctx *dst, const struct kspan_span_ref *ref)
+{
+	__builtin_memcpy(dst, ref, sizeof(*ref));
+	if (!ref->valid || !ref->attrs_size)
+		return;
+	struct kspan_span_attrs *a = bpf_map_lookup_elem(&span_attrs, ref);
+	if (!a) {
+		dst->attrs_size = 0;
+		count(KSPAN_C_STATE_EVICTED);
+		return;
+	}
+	__builtin_memcpy(&dst->attrs_size, a, sizeof(*a));
+}
+
+static __always_inline bool ref_equal(const struct kspan_span_ref *a, const struct kspan_span_ref *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	/* trace_id, span_id, trace_flags and valid: the span's identity. */
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] &&
+	       *(const __u16 *)&a->trace_flags == *(const __u16 *)&b->trace_flags;
+}
+
+/* The context that last sent on the socket (retransmits), or NULL. */
+static __always_inline const struct kspan_span_ref *tx_ref(struct kspan_sock *st, __u64 cookie)
+{
+	switch (st->tx_at) {
+	case KSPAN_TX_AGG:
+		return &st->agg.ref;
+	case KSPAN_TX_PEND:
+		return &st->pend.ref;
+	case KSPAN_TX_SPILL: {
+		struct kspan_span_ref *r = bpf_map_lookup_elem(&tx_spill, &cookie);
+		if (!r)
+			count(KSPAN_C_STATE_EVICTED);
+		return r;
+	}
+	}
+	return NULL;
+}
+
+/* The slot `slot` that holds the last sender is about to take another span: the
+ * sender moves to `tx_spill` (rare: a third span on the socket at once). */
+static __always_inline void tx_spill_from(struct kspan_sock *st, __u64 cookie, const struct kspan_span_ref *slot)
+{
+	bpf_map_update_elem(&tx_spill, &cookie, slot, BPF_ANY);
+	st->tx_at = KSPAN_TX_SPILL;
+}
+
+/* The record form of a kept aggregate. */
+static __always_inline void agg_out(struct kspan_agg *dst, const struct kspan_sock_agg *src)
+{
+	dst->first_ns = src->first_ns;
+	dst->last_ns = src->last_ns;
+	dst->bytes = src->bytes;
+	dst->tid = src->tid;
+	dst->calls = src->calls;
+	dst->dir = src->dir;
+	dst->flags = src->flags;
+	ctx_from_ref(&dst->ctx, &src->ref);
+}
+
+/* Leaves no aggregate open (`agg.ref` stays: the last syscall's span). */
+static __always_inline void agg_clear(struct kspan_sock *st)
+{
 	st->agg.dir = 0;
 	st->agg.bytes = 0;
 	st->agg.calls = 0;
+}
+
+/* Moves the open aggregate to `dst` and leaves none open. */
+static __always_inline void agg_take(struct kspan_sock_agg *dst, struct kspan_sock *st)
+{
+	*dst = st->agg;
+	agg_clear(st);
 }
 
 /*
@@ -298,17 +432,17 @@ static __always_inline void agg_count_dropped(bool unsampled)
  * one: that is the request its unsampled response answers (the correlator would
  * give it to the same span).
  */
-static __always_inline void agg_submit(struct kspan_sock *st, __u64 cookie, struct kspan_agg *main)
+static __always_inline void agg_submit(struct kspan_sock *st, __u64 cookie, struct kspan_sock_agg *main)
 {
 	bool has_prev = st->pend.dir && &st->pend != main;
 	bool drop_main = main->flags & KSPAN_F_DROP;
-	bool drop_prev = has_prev && ((st->pend.flags & KSPAN_F_DROP) || (drop_main && !st->pend.ctx.valid));
-	struct kspan_agg *out = main;
+	bool drop_prev = has_prev && ((st->pend.flags & KSPAN_F_DROP) || (drop_main && !st->pend.ref.valid));
+	struct kspan_sock_agg *out = main;
 
 	if (drop_main)
-		agg_count_dropped(main->ctx.valid);
+		agg_count_dropped(main->ref.valid);
 	if (drop_prev)
-		agg_count_dropped(main->ctx.valid || st->pend.ctx.valid);
+		agg_count_dropped(main->ref.valid || st->pend.ref.valid);
 	/* The record's first aggregate says when one before it stayed in the
 	 * kernel: the correlator then knows the connection's first exchange (the
 	 * one its accept belongs to) was not sampled. */
@@ -331,9 +465,9 @@ static __always_inline void agg_submit(struct kspan_sock *st, __u64 cookie, stru
 		e->bytes = out->bytes;
 		e->calls = out->calls;
 		e->flags |= out->flags;
-		e->ctx = out->ctx;
+		ctx_from_ref(&e->ctx, &out->ref);
 		if (has_prev && !drop_prev) {
-			e->prev = st->pend;
+			agg_out(&e->prev, &st->pend);
 			e->prev.flags |= after_drop;
 		} else {
 			e->flags |= after_drop;
@@ -358,10 +492,10 @@ static __always_inline __u8 agg_drop_flag(const struct kspan_target *t, const st
  * stays in the kernel, counted when it does: its context is not sampled, or it
  * has none on a connection --orphans-ratio leaves out. The socket's state holds
  * the target's choices, so softirq hooks can decide too. */
-static __always_inline bool record_skip(const struct kspan_sock *st, const struct kspan_trace_ctx *ctx,
+static __always_inline bool record_skip(const struct kspan_sock *st, const struct kspan_span_ref *ctx,
 				       bool orphans_apply)
 {
-	if (!ctx->valid) {
+	if (!ctx || !ctx->valid) {
 		if (!orphans_apply || !(st->sflags & KSPAN_S_ORPHAN_SKIP))
 			return false;
 		count(KSPAN_C_ORPHAN_SKIPPED);
@@ -373,14 +507,30 @@ static __always_inline bool record_skip(const struct kspan_sock *st, const struc
 	return true;
 }
 
+/* The open aggregate just closed (it went out, or into `pend`): `agg.ref` will
+ * take the next span, so a last sender there moves to `pend.ref`, a copy when the
+ * aggregate went out (`pend` is free then). */
+static __always_inline void tx_leave_agg(struct kspan_sock *st, bool copied)
+{
+	if (st->tx_at != KSPAN_TX_AGG)
+		return;
+	if (!copied)
+		st->pend.ref = st->agg.ref;
+	st->tx_at = KSPAN_TX_PEND;
+}
+
 /* Closes the open send/recv aggregate. The first of a pair waits in `pend`; the
- * second goes out with it in one record. */
-static __always_inline void agg_close(struct kspan_sock *st, __u64 cookie)
+ * second goes out with it in one record. `sending`: a send follows at once (it
+ * becomes the last sender, so the one before need not be kept). */
+static __always_inline void agg_close(struct kspan_sock *st, __u64 cookie, bool sending)
 {
 	if (!st->agg.dir)
 		return;
 	if (!st->pend.dir) {
+		if (st->tx_at == KSPAN_TX_PEND && !sending && !ref_equal(&st->pend.ref, &st->agg.ref))
+			tx_spill_from(st, cookie, &st->pend.ref);
 		agg_take(&st->pend, st);
+		tx_leave_agg(st, true);
 		return;
 	}
 	__u32 zero = 0;
@@ -389,24 +539,29 @@ static __always_inline void agg_close(struct kspan_sock *st, __u64 cookie)
 		return;
 	agg_take(&tmp->pend, st);
 	agg_submit(st, cookie, &tmp->pend);
+	tx_leave_agg(st, false);
 }
 
-/* Socket closing: emits whatever is open or pending. */
+/* Socket closing or idle: emits whatever is open or pending. An open aggregate
+ * with nothing pending goes out alone, from its slot. */
 static __always_inline void agg_flush(struct kspan_sock *st, __u64 cookie)
 {
-	agg_close(st, cookie);
+	if (st->agg.dir && !st->pend.dir) {
+		agg_submit(st, cookie, &st->agg);
+		agg_clear(st);
+		tx_leave_agg(st, false);
+		return;
+	}
+	agg_close(st, cookie, false);
 	if (st->pend.dir)
 		agg_submit(st, cookie, &st->pend);
 }
 
-static __always_inline bool ctx_equal(const struct kspan_trace_ctx *a,
-				      const struct kspan_trace_ctx *b)
+/* Whether a context read now is the kept span (identity only: the attributes
+ * are not part of it, an aggregate keeps its first call's). */
+static __always_inline bool ctx_equal_ref(const struct kspan_trace_ctx *a, const struct kspan_span_ref *b)
 {
-	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
-	/* trace_id, span_id, trace_flags and valid: the span's identity. The
-	 * attributes are not part of it (an aggregate keeps its first call's). */
-	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] &&
-	       *(const __u16 *)&a->trace_flags == *(const __u16 *)&b->trace_flags;
+	return ref_equal((const struct kspan_span_ref *)a, b);
 }
 
 /* Puts a socket whose aggregate just opened in the idle flush's queue, once. */
@@ -423,6 +578,21 @@ static __always_inline void idle_watch(struct kspan_sock *st, __u64 cookie)
 	__u64 *queued = bpf_map_lookup_elem(&idle_queued, &zero);
 	if (queued)
 		__sync_fetch_and_add(queued, 1);
+}
+
+/* accept() and connect(): the calling thread's span (with its attributes)
+ * becomes the socket's last context, in `agg.ref` (no aggregate is open yet on a
+ * new socket; if one is, its span stays). */
+static __always_inline void sock_last_read(struct kspan_sock *st, __u64 cookie,
+					   const struct kspan_target *t, __u32 tgid)
+{
+	struct kspan_trace_ctx cur;
+	read_thread_ctx(tgid, &t->loc, &cur);
+	if (st->agg.dir)
+		return;
+	if (st->tx_at == KSPAN_TX_AGG && !ctx_equal_ref(&cur, &st->agg.ref))
+		tx_spill_from(st, cookie, &st->agg.ref);
+	ref_keep(&st->agg.ref, &cur);
 }
 
 /* One send or recv by a target thread, in syscall context. The caller checked
@@ -443,7 +613,7 @@ static __always_inline void account_io(const struct kspan_target *t, const struc
 	__u64 rec = read_thread_ctx_head(tgid, &t->loc, &cur, &attrs_size);
 
 	__u64 now = bpf_ktime_get_ns();
-	if (st->agg.dir == dir && dir == KSPAN_EV_SEND && st->agg.ctx.valid && !ctx_equal(&st->agg.ctx, &cur)) {
+	if (st->agg.dir == dir && dir == KSPAN_EV_SEND && st->agg.ref.valid && !ctx_equal_ref(&cur, &st->agg.ref)) {
 		/* Sockets outlive the moment of context (docs/ARCHITECTURE.md): a
 		 * runtime flushes what the socket could not take at once later, from
 		 * its event loop, where no span or another request's span is active.
@@ -451,24 +621,28 @@ static __always_inline void account_io(const struct kspan_target *t, const struc
 		 * socket a different context with no request read in between is not
 		 * believed either (a response answers the request before it): the
 		 * bytes stay with the response, and the mismatch is counted. */
-		if (!cur.valid) {
-			cur = st->agg.ctx;
-			rec = 0;
-		} else if (st->role == KSPAN_F_SERVER) {
-			count(KSPAN_C_CTX_SUSPECT);
-			cur = st->agg.ctx;
+		if (!cur.valid || st->role == KSPAN_F_SERVER) {
+			if (cur.valid)
+				count(KSPAN_C_CTX_SUSPECT);
+			/* the open aggregate's span: its ids are what cur is compared with below */
+			__builtin_memcpy(&cur, &st->agg.ref, sizeof(st->agg.ref));
+			cur.attrs_size = 0;
 			rec = 0;
 		}
 	}
-	if (st->agg.dir && (st->agg.dir != dir || !ctx_equal(&st->agg.ctx, &cur)))
-		agg_close(st, cookie);
+	if (st->agg.dir && (st->agg.dir != dir || !ctx_equal_ref(&cur, &st->agg.ref)))
+		agg_close(st, cookie, dir == KSPAN_EV_SEND);
 	if (!st->agg.dir) {
+		/* agg.ref takes this span: a last sender still there (only after an
+		 * accept or connect wrote it) must not be lost. */
+		if (st->tx_at == KSPAN_TX_AGG && dir != KSPAN_EV_SEND && !ctx_equal_ref(&cur, &st->agg.ref))
+			tx_spill_from(st, cookie, &st->agg.ref);
 		st->agg.dir = dir;
 		st->agg.first_ns = now;
 		st->agg.tid = tid;
 		st->agg.flags = path_flag | agg_drop_flag(t, st, &cur);
-		st->agg.ctx = cur;
-		read_thread_ctx_attrs(rec, attrs_size, &st->agg.ctx);
+		read_thread_ctx_attrs(rec, attrs_size, &cur);
+		ref_keep(&st->agg.ref, &cur);
 		idle_watch(st, cookie);
 	}
 	st->agg.bytes += bytes;
@@ -476,12 +650,9 @@ static __always_inline void account_io(const struct kspan_target *t, const struc
 	st->agg.last_ns = now;
 	st->pid = tgid;
 	st->tid = tid;
-	/* Copied only when the span changed: most calls continue the same one. */
-	if (!ctx_equal(&st->last_ctx, &cur))
-		st->last_ctx = cur;
+	/* agg.ref is now this call's span: the last syscall's, and the last sender's on a send. */
 	if (dir == KSPAN_EV_SEND) {
-		if (!ctx_equal(&st->tx_ctx, &cur))
-			st->tx_ctx = cur;
+		st->tx_at = KSPAN_TX_AGG;
 		st->total_sent += bytes;
 	} else {
 		st->total_received += bytes;
@@ -539,10 +710,12 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 		struct kspan_sock *st = sock_state_get(t, cookie, sk, KSPAN_F_CLIENT);
 		if (!st)
 			return 0;
-		st->syn_sent_ns = bpf_ktime_get_ns();
+		__u64 now = bpf_ktime_get_ns();
+		bpf_map_update_elem(&connect_pending, &cookie, &now, BPF_ANY);
+		st->sflags |= KSPAN_S_CONNECTING;
 		st->pid = tgid;
 		st->tid = (__u32)pid_tgid;
-		read_thread_ctx(tgid, &t->loc, &st->last_ctx);
+		sock_last_read(st, cookie, t, tgid);
 		return 0;
 	}
 
@@ -552,19 +725,25 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 	 * out, reset, aborted). Softirq or syscall: use the state, not current. */
 	__u64 cookie = bpf_get_socket_cookie((void *)sk);
 	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
-	if (!st || !st->syn_sent_ns)
+	if (!st || !(st->sflags & KSPAN_S_CONNECTING))
 		return 0;
-	sock_addr(st, sk);
-	if (record_skip(st, &st->last_ctx, true)) {
-		st->syn_sent_ns = 0;
+	st->sflags &= ~KSPAN_S_CONNECTING;
+	__u64 *sent = bpf_map_lookup_elem(&connect_pending, &cookie);
+	__u64 syn_sent_ns = sent ? *sent : 0;
+	bpf_map_delete_elem(&connect_pending, &cookie);
+	if (!syn_sent_ns) {
+		count(KSPAN_C_STATE_EVICTED);
 		return 0;
 	}
+	sock_addr(st, sk);
+	if (record_skip(st, &st->agg.ref, true))
+		return 0;
 	struct kspan_event *e = reserve();
 	if (!e)
 		return 0;
 	fill_common(e, st, cookie, KSPAN_EV_CONNECT);
 	e->ts_ns = bpf_ktime_get_ns();
-	e->start_ns = st->syn_sent_ns;
+	e->start_ns = syn_sent_ns;
 	e->tcp_state = newstate;
 	if (newstate != TCP_ESTABLISHED) {
 		int err = BPF_CORE_READ(sk, sk_err);
@@ -572,9 +751,8 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 			err = BPF_CORE_READ(sk, sk_err_soft);
 		e->error = err ? err : 103; /* ECONNABORTED: closed before it connected */
 	}
-	e->ctx = st->last_ctx;
+	ctx_from_ref(&e->ctx, &st->agg.ref);
 	submit(e);
-	st->syn_sent_ns = 0;
 	return 0;
 }
 
@@ -641,11 +819,11 @@ static __always_inline int handle_accept_exit(long ret)
 		return 0;
 	st->pid = tgid;
 	st->tid = (__u32)pid_tgid;
-	read_thread_ctx(tgid, &t->loc, &st->last_ctx);
+	sock_last_read(st, cookie, t, tgid);
 	/* No context at accept() is the rule, not an orphan: the accept of a
 	 * connection whose exchanges stay in the kernel is dropped by the agent,
 	 * told by the close's KSPAN_F_AFTER_DROP. */
-	if (record_skip(st, &st->last_ctx, false)) {
+	if (record_skip(st, &st->agg.ref, false)) {
 		bpf_map_delete_elem(&accept_pending, &cookie);
 		return 0;
 	}
@@ -660,7 +838,7 @@ static __always_inline int handle_accept_exit(long ret)
 		e->start_ns = *est;
 		bpf_map_delete_elem(&accept_pending, &cookie);
 	}
-	e->ctx = st->last_ctx;
+	ctx_from_ref(&e->ctx, &st->agg.ref);
 	submit(e);
 	return 0;
 }
@@ -686,7 +864,7 @@ static __always_inline int emit_sock_event(const struct sock *sk, __u8 type, __u
 	if (!st)
 		return 0;
 	/* Retransmitted data belongs to whoever sent last; a reset to the last user. */
-	struct kspan_trace_ctx *ctx = type == KSPAN_EV_RETRANSMIT ? &st->tx_ctx : &st->last_ctx;
+	const struct kspan_span_ref *ctx = type == KSPAN_EV_RETRANSMIT ? tx_ref(st, cookie) : &st->agg.ref;
 	if (record_skip(st, ctx, true))
 		return 0;
 	struct kspan_event *e = reserve();
@@ -697,7 +875,8 @@ static __always_inline int emit_sock_event(const struct sock *sk, __u8 type, __u
 	e->flags |= flags;
 	e->error = err;
 	e->tcp_state = BPF_CORE_READ(sk, __sk_common.skc_state);
-	e->ctx = *ctx;
+	if (ctx)
+		ctx_from_ref(&e->ctx, ctx);
 	submit(e);
 	return 0;
 }
@@ -754,12 +933,16 @@ int BPF_PROG(on_destroy_sock, struct sock *sk)
 		e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
 		/* A close always goes out (it ends the connection); an unsampled
 		 * context's ids do not go with it. */
-		if (!st->last_ctx.valid || (st->last_ctx.trace_flags & 1) || (st->sflags & KSPAN_S_KEEP_UNSAMPLED))
-			e->ctx = st->last_ctx;
+		if (!st->agg.ref.valid || (st->agg.ref.trace_flags & 1) || (st->sflags & KSPAN_S_KEEP_UNSAMPLED))
+			ctx_from_ref(&e->ctx, &st->agg.ref);
 		if (st->sflags & KSPAN_S_DROPPED)
 			e->flags |= KSPAN_F_AFTER_DROP;
 		submit(e);
 	}
+	if (st->tx_at == KSPAN_TX_SPILL)
+		bpf_map_delete_elem(&tx_spill, &cookie);
+	if (st->sflags & KSPAN_S_CONNECTING)
+		bpf_map_delete_elem(&connect_pending, &cookie);
 	bpf_map_delete_elem(&socks, &cookie);
 	return 0;
 }

@@ -38,6 +38,17 @@ enum kspan_sock_flag {
 	KSPAN_S_KEEP_UNSAMPLED = 2, /* the owner's KSPAN_T_KEEP_UNSAMPLED, for the softirq hooks */
 	KSPAN_S_DROPPED = 4,        /* an aggregate stayed in the kernel since the last record */
 	KSPAN_S_QUEUED = 8,         /* the socket is in the idle flush's queue */
+	KSPAN_S_CONNECTING = 16,    /* connect() sent the SYN: its time waits in `connect_pending` */
+};
+
+/* Where a socket keeps the context that last sent (kspan_sock.tx_at): the span
+ * that owns the data in flight, for retransmits. Mostly the open aggregate or the
+ * one before it; `tx_spill` only when both slots hold other spans. */
+enum kspan_tx_at {
+	KSPAN_TX_NONE = 0,          /* nothing sent yet */
+	KSPAN_TX_AGG = 1,           /* agg.ref */
+	KSPAN_TX_PEND = 2,          /* pend.ref (also after pend went out: the slot keeps it) */
+	KSPAN_TX_SPILL = 3,         /* the `tx_spill` map, keyed by cookie */
 };
 
 /* Sizes and limits, one place for both sides: the maps are declared with them,
@@ -59,6 +70,9 @@ enum kspan_limit {
 	KSPAN_MAX_CALL_THREADS = 4096,      /* threads inside a probed function at once (`call_stacks`) */
 	KSPAN_CALL_DEPTH = 8,               /* probed calls open at once in one thread, nested or recursive */
 	KSPAN_CALL_NAME_MAX = 64,           /* dns: bytes of the queried name kept (NUL included) */
+	KSPAN_MAX_SPAN_ATTRS = 16384,       /* spans whose attributes the socket table refers to (`span_attrs`, LRU) */
+	KSPAN_MAX_TX_SPILL = 4096,          /* sockets whose last sender is out of their slots (`tx_spill`, LRU) */
+	KSPAN_MAX_CONNECT_PENDING = 16384,  /* connects waiting for their handshake (`connect_pending`, LRU) */
 };
 
 /* Indexes into the per-CPU `counters` map (counters.bpf.h): every loss is counted. */
@@ -77,9 +91,11 @@ enum kspan_counter {
 	KSPAN_C_CALL_TABLE_FULL = 11,/* uprobe: no room for a thread's open calls: the call makes no record */
 	KSPAN_C_CALL_TOO_DEEP = 12, /* uprobe: more than KSPAN_CALL_DEPTH probed calls open in a thread: the deeper ones make no record */
 	KSPAN_C_CALL_UNMATCHED = 13,/* uprobe: a return with no open call of its own (the agent attached mid-call) */
-	KSPAN_C_PROC_RING_FULL = 14,/* a process event (exec, fork, exit, check) was lost: the ring was full */
-	KSPAN_C_FORK_TABLE_FULL = 15,/* a target's child could not be made a target: the targets map was full */
-	KSPAN_C_MAX = 16,
+	KSPAN_C_STATE_EVICTED = 14, /* state kept out of the socket table was evicted before its record (a span's
+	                             * attributes, a socket's last sender, a connect's start): the record went without it */
+	KSPAN_C_PROC_RING_FULL = 15,/* a process event (exec, fork, exit, check) was lost: the ring was full */
+	KSPAN_C_FORK_TABLE_FULL = 16,/* a target's child could not be made a target: the targets map was full */
+	KSPAN_C_MAX = 17,
 };
 
 /* Bits of kspan_target.flags: per-target choices the agent makes. */
@@ -90,7 +106,7 @@ enum kspan_target_flag {
 /* The span a thread had active, copied from its TLS (OTEP 4947 record header and
  * the head of its attributes, {key u8, len u8, val[len]}...). KSPAN_CTX_ATTRS_MAX
  * = 52 attribute bytes fill it to 80 bytes with no padding. It sits in every
- * record twice and in every socket's state four times, so each byte here costs six. */
+ * record twice; the socket table keeps its head only (struct kspan_span_ref). */
 struct kspan_trace_ctx {
 	__u8 trace_id[16];
 	__u8 span_id[8];
@@ -151,9 +167,46 @@ struct kspan_flush_args {
 	__u64 more;                 /* out: 1 when sockets are left for another run (more than KSPAN_FLUSH_BATCH) */
 };
 
-/* Per-socket state, keyed by cookie in the `socks` map. */
+/* A span as the socket table keeps it: the head of a kspan_trace_ctx (same
+ * layout, so the first 28 bytes copy either way), without the attribute bytes.
+ * Those wait in `span_attrs`, keyed by the ids (the first 24 bytes), only when
+ * attrs_size > 0, and go back into the record when it is made. */
+struct kspan_span_ref {
+	__u8 trace_id[16];
+	__u8 span_id[8];
+	__u8 trace_flags;
+	__u8 valid;                 /* 1 when a context was read, 0 when none */
+	__u16 attrs_size;           /* the record's attrs_size (0: no attributes) */
+};
+
+/* Value of `span_attrs`: what struct kspan_trace_ctx holds after its ids. */
+struct kspan_span_attrs {
+	__u16 attrs_size;
+	__u8 attrs[KSPAN_CTX_ATTRS_MAX];
+};
+
+/* A send/recv aggregate in the socket table: struct kspan_agg with its context
+ * by reference. 64 bytes. */
+struct kspan_sock_agg {
+	struct kspan_span_ref ref;
+	__u8 dir;                   /* 0 none, KSPAN_EV_SEND or KSPAN_EV_RECV */
+	__u8 flags;                 /* KSPAN_F_FALLBACK_IO, KSPAN_F_DROP, KSPAN_F_IDLE */
+	__u8 _pad[2];
+	__u32 tid;
+	__u32 calls;
+	__u64 first_ns;
+	__u64 last_ns;
+	__u64 bytes;
+};
+
+/*
+ * Per-socket state, keyed by cookie in the `socks` map: 192 bytes, 65 536 of
+ * them preallocated by default. One span per slot: the open aggregate's `agg.ref`
+ * is also the context of the socket's last syscall (reset and close records;
+ * accept and connect write it before any aggregate), and the context that last
+ * sent is found through `tx_at`. A connect's SYN time waits in `connect_pending`.
+ */
 struct kspan_sock {
-	__u64 syn_sent_ns;          /* active open: when connect() sent the SYN */
 	__u64 total_sent;           /* bytes sent / received through syscalls while traced */
 	__u64 total_received;
 	__u32 pid;                  /* owner: last thread that used the socket in a syscall */
@@ -163,13 +216,11 @@ struct kspan_sock {
 	__u16 lport;
 	__u16 rport;
 	__u8 sflags;                /* enum kspan_sock_flag */
-	__u8 _pad;
+	__u8 tx_at;                 /* enum kspan_tx_at */
 	__u8 laddr[16];
 	__u8 raddr[16];
-	struct kspan_agg agg;           /* the open aggregate (dir 0: none) */
-	struct kspan_trace_ctx tx_ctx;  /* context that last sent: owns data in flight */
-	struct kspan_trace_ctx last_ctx;/* context of the last syscall on the socket */
-	struct kspan_agg pend;          /* closed aggregate waiting for its pair */
+	struct kspan_sock_agg agg;  /* the open aggregate (dir 0: none) */
+	struct kspan_sock_agg pend; /* closed aggregate waiting for its pair */
 };
 
 /* Where a target's thread-context pointer lives (in its `targets` entry). Resolved in userspace from the ELF and /proc/PID/{maps,mem}. */

@@ -4,18 +4,18 @@
  * program from bpf/.output/probe.bpf.o, then kspan's own object is loaded with
  * the I/O path this kernel gets. Exit 0 only when kspan can run.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { readElfFile } from '../elf/elf-file.ts';
 import { entryFileOffset } from '../elf/symbol-offset.ts';
-import { HINT_BPFFS, HINT_BTF, HINT_LIBBPF, HINT_PRIVILEGE, HINT_TRACEFS, KspanError } from '../core/errors.ts';
+import { HINT_BPFFS, HINT_BTF, HINT_LIBBPF, HINT_TRACEFS, KspanError } from '../core/errors.ts';
+import { Capabilities, loadRefusedHint, tracefsState } from '../kernel/privileges.ts';
 import { BpfObject } from '../kernel/bpf-object.ts';
 import {
   bpffsMounted,
   chooseIoPath,
   hasVmlinuxBtf,
   kernelRelease,
-  tracefsMounted,
 } from '../kernel/kernel-features.ts';
 import { libbpf } from '../kernel/native.ts';
 import { TcpTracer } from '../kernel/tcp-tracer.ts';
@@ -32,17 +32,6 @@ export interface Check {
 }
 
 const PROBE_OBJECT = fileURLToPath(new URL('../../bpf/.output/probe.bpf.o', import.meta.url));
-const CAP_PERFMON = 38n;
-const CAP_BPF = 39n;
-const CAP_SYS_PTRACE = 19n;
-const CAP_SYS_ADMIN = 21n;
-
-function capabilities(): bigint {
-  const m = /CapEff:\s*([0-9a-f]+)/.exec(readFileSync('/proc/self/status', 'utf8'));
-  return m ? BigInt(`0x${m[1]}`) : 0n;
-}
-
-const has = (caps: bigint, bit: bigint) => (caps >> bit) & 1n;
 
 function errorText(err: unknown): string {
   if (err instanceof KspanError) {
@@ -81,19 +70,19 @@ export function runDoctor(): Check[] {
   add('btf', btf ? 'ok' : 'fail', btf ? '/sys/kernel/btf/vmlinux present' : 'no /sys/kernel/btf/vmlinux', HINT_BTF);
 
   // Capabilities, not the uid: root without capabilities (a container, setpriv)
-  // cannot load BPF either.
-  const caps = capabilities();
-  const admin = has(caps, CAP_SYS_ADMIN) === 1n;
-  const privOk = admin || (has(caps, CAP_BPF) === 1n && has(caps, CAP_PERFMON) === 1n);
-  add('privileges', privOk ? 'ok' : 'fail',
-    `uid ${process.geteuid?.()}, CAP_SYS_ADMIN=${has(caps, CAP_SYS_ADMIN)} CAP_BPF=${has(caps, CAP_BPF)} CAP_PERFMON=${has(caps, CAP_PERFMON)}`,
-    HINT_PRIVILEGE);
-  const ptrace = has(caps, CAP_SYS_PTRACE) === 1n;
-  add('ptrace', ptrace ? 'ok' : 'warn', ptrace ? 'can read other processes\' /proc/PID/mem' : 'no CAP_SYS_PTRACE',
-    'grant CAP_SYS_PTRACE to read trace context from processes of other users');
+  // cannot load BPF either, and a user holding them can.
+  const caps = new Capabilities();
+  const privOk = caps.canLoadBpf();
+  add('privileges', privOk ? 'ok' : 'fail', `${caps.describe()}${privOk ? ': may load and attach BPF' : ''}`, loadRefusedHint(caps));
+  const ptrace = caps.has('CAP_SYS_PTRACE') || caps.has('CAP_SYS_ADMIN');
+  add('ptrace', ptrace ? 'ok' : 'warn', ptrace ? 'can read other users\' /proc/PID/mem (trace context)' : 'no CAP_SYS_PTRACE: the trace context of other users\' processes cannot be read',
+    'grant CAP_SYS_PTRACE');
+  const dacRead = caps.has('CAP_DAC_READ_SEARCH') || caps.has('CAP_DAC_OVERRIDE');
+  add('file-read', dacRead ? 'ok' : 'warn', dacRead ? 'can read any file (tracefs, the targets\' ELF files)' : 'no CAP_DAC_READ_SEARCH: files not readable by this uid (tracefs, a target\'s ELF files) are out of reach',
+    'grant CAP_DAC_READ_SEARCH');
 
-  const tfs = tracefsMounted();
-  add('tracefs', tfs ? 'ok' : 'fail', tfs ? 'mounted at /sys/kernel/tracing' : 'not mounted', HINT_TRACEFS);
+  const tfs = tracefsState(caps);
+  add('tracefs', tfs.state === 'ok' ? 'ok' : 'fail', tfs.detail, tfs.fix);
   const bfs = bpffsMounted();
   add('bpffs', bfs ? 'ok' : 'warn', bfs ? 'mounted at /sys/fs/bpf' : 'not mounted (only needed for pinning)', HINT_BPFFS);
 
@@ -117,13 +106,19 @@ export function runDoctor(): Check[] {
     const r = probeProgram(program, attach);
     add(name, r === 'ok' ? 'ok' : 'fail', r === 'ok' ? `loaded and attached ${program}` : errorText(r), fix);
   };
-  hook('hook:tracepoint', 'probe_tracepoint', HINT_TRACEFS);
+  hook('hook:tracepoint', 'probe_tracepoint', tfs.fix ?? HINT_TRACEFS);
   hook('hook:tp_btf+socket_cookie', 'probe_tp_btf_cookie', HINT_FLOOR);
   const belowFloor = checks.at(-1)?.status === 'fail';
   hook('hook:ringbuf', 'probe_ringbuf', 'kspan needs the BPF ring buffer (Linux 5.8+)');
   hook('hook:thread_pointer', 'probe_thread_pointer', 'CO-RE read of task->thread.fsbase failed: the kernel BTF lacks it');
+  // kspan's agent attaches no uprobe: a refusal is worth knowing, not a failure.
   hook('hook:uprobe', 'probe_uprobe', 'uprobes need CONFIG_UPROBES and tracefs/perf events', (o) =>
     o.attach('probe_uprobe', { binaryPath: process.execPath, offset: entryFileOffset(readElfFile(process.execPath)), pid: process.pid }));
+  const uprobe = checks.at(-1)!;
+  if (uprobe.status === 'fail') {
+    uprobe.status = 'warn';
+    uprobe.fix = 'nothing to do: kspan\'s agent attaches no uprobe';
+  }
 
   const ioPath = chooseIoPath();
   add('io-path', 'ok', ioPath === 'sock_length'
@@ -143,7 +138,8 @@ export function runDoctor(): Check[] {
     for (const [feature, spec] of Object.entries(FEATURES)) {
       const off = t.plan.off.find((f) => f.feature === feature);
       const loaded = PROGRAMS.filter((p) => p.feature === feature && t.plan.load(p.name)).map((p) => p.name);
-      if (off) add(`feature:${feature}`, 'warn', describeOff(off), `without it kspan runs on; lost: ${spec.lost}`);
+      const tracefsFix = off && tfs.state !== 'ok' && off.programs.some((p) => p.reason.includes('tracefs')) ? `${tfs.fix}; ` : '';
+      if (off) add(`feature:${feature}`, 'warn', describeOff(off), `${tracefsFix}without it kspan runs on; lost: ${spec.lost}`);
       else add(`feature:${feature}`, 'ok', `${loaded.length > 3 ? `${loaded.length} programs` : loaded.join(', ')} loaded and attached`);
     }
     add('kspan-programs', 'ok', `kspan.bpf.o loaded and attached (${t.ioPath})`);

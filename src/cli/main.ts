@@ -12,6 +12,10 @@ import { createLogger } from '../core/logger.ts';
 import { KSPAN_VERSION } from '../core/version.ts';
 import { EXIT, helpText, usageText } from './usage.ts';
 
+// bin/kspan's malloc settings are for this process only (they are read at its start).
+for (const name of (process.env.KSPAN_LAUNCHER_ENV ?? '').split(' ')) if (name) delete process.env[name];
+delete process.env.KSPAN_LAUNCHER_ENV;
+
 const isCommand = (s: string | undefined): s is Command => !!s && Object.hasOwn(COMMANDS, s);
 
 /** What to do, for errors raised without a hint of their own (docs/ERRORS.md). */

@@ -5,7 +5,8 @@
  * mapped"; an address outside user space is refused before any read.
  */
 import { closeSync, openSync, readSync } from 'node:fs';
-import { KspanError, HINT_PRIVILEGE } from '../core/errors.ts';
+import { KspanError } from '../core/errors.ts';
+import { targetReadHint } from '../kernel/privileges.ts';
 
 export type ProcMemFailure = 'gone' | 'permission' | 'unmapped';
 
@@ -16,7 +17,7 @@ export class ProcMemError extends KspanError {
   readonly reason: ProcMemFailure;
   constructor(pid: number, reason: ProcMemFailure, message: string, cause?: unknown) {
     super('KSPAN_ERR_TARGET', `process ${pid}: ${message}`, {
-      hint: reason === 'permission' ? HINT_PRIVILEGE : undefined,
+      hint: reason === 'permission' ? targetReadHint(`/proc/${pid}/mem`) : undefined,
       cause,
       details: { pid, reason },
     });

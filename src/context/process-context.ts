@@ -14,6 +14,7 @@ import { basename } from 'node:path';
 import { KspanError } from '../core/errors.ts';
 import { type Mapping, readProcMaps } from './proc-maps.ts';
 import { ProcMemError, procFailure, withProcessMemory } from './proc-mem.ts';
+import { targetReadHint } from '../kernel/privileges.ts';
 import {
   OTEL_CTX_HEADER_SIZE,
   OTEL_CTX_SIGNATURE,
@@ -193,7 +194,7 @@ function processError(pid: number, err: unknown): Error {
       'KSPAN_ERR_PROCESS_CONTEXT',
       reason === 'gone' ? `process ${pid} exited` : `cannot read process ${pid}'s /proc files`,
       {
-        hint: reason === 'permission' ? 'run as root, or grant CAP_SYS_PTRACE' : undefined,
+        hint: reason === 'permission' ? targetReadHint((err as NodeJS.ErrnoException)?.path) : undefined,
         cause: err,
         details: { pid, reason },
       },

@@ -186,7 +186,8 @@ export class ThreadContextReader {
       if (err.reason === 'gone') throw err;
       if (err.reason === 'not-ready') this.stats.notReady++;
       else this.stats.failed++;
-      return { ...base, scheme, reason: `${err.reason}: ${err.message}` };
+      // Unread, the scheme is unknown: only the process context can name it.
+      return { ...base, scheme: published ? scheme : null, reason: `${err.reason}: ${err.message}` };
     }
     if (!res) return { ...base, scheme: null, reason: 'not-publishing' };
     const described = { ...base, scheme, model: res.model, dynamic: res.dynamic };

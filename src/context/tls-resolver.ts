@@ -12,7 +12,8 @@
  * maps the same libc and most map the same executable.
  */
 import { readlinkSync } from 'node:fs';
-import { KspanError, HINT_PRIVILEGE } from '../core/errors.ts';
+import { KspanError } from '../core/errors.ts';
+import { targetReadHint } from '../kernel/privileges.ts';
 import { ElfFormatError, openElfFile } from '../elf/elf-file.ts';
 import { KspanCtxScheme, KspanDtvLayout, KspanLimit, KspanTlsKind, type KspanTlsLoc } from '../records/abi.generated.ts';
 import { type MappedFile, loadBias, mappedFiles, readProcMaps } from './proc-maps.ts';
@@ -258,7 +259,8 @@ function procError(pid: number, err: unknown): Error {
   const reason = err instanceof ProcMemError ? err.reason : procFailure(err);
   if (reason === 'gone') return new TlsResolveError(pid, 'gone', 'the process exited', { cause: err });
   if (reason === 'permission') {
-    return new TlsResolveError(pid, 'permission', 'cannot read its /proc files', { hint: HINT_PRIVILEGE, cause: err });
+    const path = err instanceof ProcMemError ? `/proc/${pid}/mem` : (err as NodeJS.ErrnoException)?.path;
+    return new TlsResolveError(pid, 'permission', `cannot read ${path ?? 'its /proc files'}`, { hint: targetReadHint(path), cause: err });
   }
   return err instanceof Error ? err : new Error(String(err));
 }

@@ -7,11 +7,11 @@
  * VerifierError with the program name and the verifier's log.
  */
 import { existsSync } from 'node:fs';
+import { attachRefusedHint, loadRefusedHint, tracefsState } from './privileges.ts';
 import { constants } from 'node:os';
 import {
   errnoError,
   HINT_BTF,
-  HINT_PRIVILEGE,
   HINT_TRACEFS,
   KspanError,
   VerifierError,
@@ -257,7 +257,7 @@ export class BpfObject {
     }
     if (-rc === EPERM || -rc === EACCES) {
       return new KspanError('KSPAN_ERR_PRIVILEGE', 'the kernel refused to load BPF programs', {
-        hint: HINT_PRIVILEGE,
+        hint: loadRefusedHint(),
         cause,
         details,
       });
@@ -332,12 +332,12 @@ export class BpfObject {
     const details = { program: name, section, libbpfLog };
     if (err === EPERM || err === EACCES) {
       return new KspanError('KSPAN_ERR_PRIVILEGE', `not allowed to attach "${name}" (${section})`, {
-        hint: HINT_PRIVILEGE,
+        hint: attachRefusedHint(section),
         cause,
         details,
       });
     }
-    if (section.startsWith('tracepoint/') && !existsSync('/sys/kernel/tracing/events')) {
+    if (section.startsWith('tracepoint/') && tracefsState().state === 'not-mounted') {
       return new KspanError('KSPAN_ERR_TRACEFS', `cannot attach tracepoint "${section}": tracefs is not mounted`, {
         hint: HINT_TRACEFS,
         cause,

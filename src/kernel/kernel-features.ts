@@ -6,7 +6,8 @@
  * (src/kernel/programs.ts) turns these into which programs load, and the I/O
  * path: sock_{send,recv}_length (6.3+) or the syscall-tracepoint fallback.
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { pathAccess, tracefsState } from './privileges.ts';
 import { release } from 'node:os';
 import { BTF_KIND } from '../elf/btf-kind.ts';
 import { libbpf } from './native.ts';
@@ -31,11 +32,12 @@ export function kernelVersion(rel = release()): [number, number] {
 }
 
 export function hasVmlinuxBtf(): boolean {
-  return existsSync(VMLINUX_BTF);
+  return pathAccess(VMLINUX_BTF) === 'ok';
 }
 
+/** Whether tracefs's events can be read here (stat, not access(2): capabilities count). */
 export function tracefsMounted(): boolean {
-  return existsSync(`${TRACEFS}/events`);
+  return pathAccess(`${TRACEFS}/events`) === 'ok';
 }
 
 export function bpffsMounted(): boolean {
@@ -81,7 +83,7 @@ export function hasBtfTracepoint(name: string): boolean {
 }
 
 export function hasTracepoint(category: string, name: string): boolean {
-  return existsSync(`${TRACEFS}/events/${category}/${name}`);
+  return pathAccess(`${TRACEFS}/events/${category}/${name}`) === 'ok';
 }
 
 /**
@@ -91,10 +93,12 @@ export function hasTracepoint(category: string, name: string): boolean {
  */
 export function kernelHooks(tracepoints: readonly string[] = PROGRAM_TRACEPOINTS): KernelHooks {
   const prototypes = withVmlinuxBtf((btf) => tracepointPrototypes(btf, tracepoints)) ?? new Map<string, TracepointPrototype>();
+  const tracefs = tracefsState();
   return {
     tracepointArgs: (name) => prototypes.get(name)?.length,
     hasTracepoint,
     can: kernelCapabilities(),
+    ...(tracefs.state === 'denied' ? { tracepointsUnreadable: `tracefs is not readable here: ${tracefs.fix}` } : {}),
   };
 }
 

@@ -101,6 +101,8 @@ export interface KernelHooks {
   tracepointArgs(name: string): number | undefined;
   /** Whether classic tracepoint `category/name` exists. */
   hasTracepoint(category: string, name: string): boolean;
+  /** Set when classic tracepoints cannot be looked up at all (tracefs not readable): why, and the fix. */
+  tracepointsUnreadable?: string;
   /** Whether the verifier allows `cap`; asked only for programs the plan would otherwise load. */
   can(cap: KernelCapability): boolean;
 }
@@ -135,7 +137,8 @@ function hookMissing(p: ProgramSpec, hooks: KernelHooks): string | undefined {
     const n = hooks.tracepointArgs(a);
     if (n === undefined) return `the kernel has no BTF tracepoint ${a}`;
     if (p.args !== undefined && n < p.args) return `the kernel's ${a} has ${n} argument(s); the program reads ${p.args}`;
-  } else if (kind === 'tracepoint' && !hooks.hasTracepoint(a, b)) return `the kernel has no tracepoint ${a}:${b}`;
+  } else if (kind === 'tracepoint' && hooks.tracepointsUnreadable) return hooks.tracepointsUnreadable;
+  else if (kind === 'tracepoint' && !hooks.hasTracepoint(a, b)) return `the kernel has no tracepoint ${a}:${b}`;
   const lacking = p.needs?.find((cap) => !hooks.can(cap));
   if (lacking) return `the kernel's verifier does not allow ${CAPABILITY_TEXT[lacking]}`;
   return undefined;

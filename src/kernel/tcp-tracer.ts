@@ -24,6 +24,9 @@ import {
   type KspanAgg,
   type KspanEvent,
   type KspanSock,
+  type KspanSockAgg,
+  KSPAN_SPAN_ATTRS_SIZE,
+  decodeKspanSpanAttrs,
 } from '../records/abi.generated.ts';
 import { BpfObject } from './bpf-object.ts';
 import { chooseIoPath, type IoPath, kernelHooks } from './kernel-features.ts';
@@ -56,6 +59,9 @@ function targetValue(loc: KspanTlsLoc, policy: TargetPolicy, sel = SEL_BOTH): Bu
   encodeKspanTarget({ loc, orphan_keep: orphanKeep, flags, sel }, new DataView(buf.buffer, buf.byteOffset, buf.length), 0);
   return buf;
 }
+
+/** pruneIdleQueue() does nothing this soon after a flushIdle(). */
+const PRUNE_AFTER_FLUSH_MS = 1000;
 
 export const DEFAULT_OBJECT = fileURLToPath(new URL('../../bpf/.output/kspan.bpf.o', import.meta.url));
 
@@ -111,6 +117,8 @@ export class TcpTracer {
   /** The idle-flush variant that loaded, if any. */
   readonly #flushProgram: string | undefined;
   #finalCounters: TracerCounters | undefined;
+  /** When flushIdle() last ran (performance.now()). */
+  #flushedAt = -Infinity;
 
   private constructor(obj: BpfObject, plan: ProgramPlan, opts: TcpTracerOptions) {
     this.#obj = obj;
@@ -305,6 +313,11 @@ export class TcpTracer {
    * does not hold its last response back.
    */
   flushIdle(idleNs: bigint): number {
+    this.#flushedAt = performance.now();
+    return this.#runFlush(idleNs);
+  }
+
+  #runFlush(idleNs: bigint): number {
     if (this.#stopped || !this.#flushProgram) return 0;
     const args = Buffer.alloc(KSPAN_FLUSH_ARGS_SIZE);
     const view = new DataView(args.buffer, args.byteOffset, args.length);
@@ -320,6 +333,20 @@ export class TcpTracer {
     return flushed;
   }
 
+
+  /**
+   * Takes closed sockets out of the idle flush's queue without flushing anything
+   * (every aggregate counts as busy: idle_ns is the whole time since boot).
+   * Commands that never flush idle aggregates (events, record) call this on a
+   * timer; otherwise each socket ever queued would hold its slot until the
+   * queue is full (KSPAN_C_IDLE_QUEUE_FULL).
+   */
+  pruneIdleQueue(): void {
+    // A command that flushes idle aggregates on a timer (run) empties the queue already.
+    if (performance.now() - this.#flushedAt < PRUNE_AFTER_FLUSH_MS) return;
+    // bpf_ktime_get_ns() and process.hrtime are both CLOCK_MONOTONIC: the cutoff is ~0.
+    this.#runFlush(process.hrtime.bigint());
+  }
 
   get ringStats() {
     return this.#ring.stats;
@@ -345,14 +372,22 @@ export class TcpTracer {
   /** The open aggregates in the `socks` map, as records. */
   openAggregates(): KernelRecord[] {
     const socks = this.#obj.map('socks');
+    const attrs = this.#obj.map('span_attrs');
+    // The socket table keeps a span's ids; its attribute bytes wait in `span_attrs` (bpf/kspan.h).
+    const withAttrs = (a: KspanSockAgg): KspanAgg => {
+      const ctx = { ...a.ref, attrs_size: 0, attrs: new Uint8Array(KspanLimit.KSPAN_CTX_ATTRS_MAX) };
+      const v = a.ref.valid && a.ref.attrs_size ? attrs.lookup(Buffer.concat([a.ref.trace_id, a.ref.span_id])) : null;
+      if (v) Object.assign(ctx, decodeKspanSpanAttrs(new DataView(v.buffer, v.byteOffset, KSPAN_SPAN_ATTRS_SIZE), 0));
+      return { first_ns: a.first_ns, last_ns: a.last_ns, bytes: a.bytes, tid: a.tid, calls: a.calls, dir: a.dir, flags: a.flags, ctx };
+    };
     const out: KernelRecord[] = [];
     for (const key of socks.keys()) {
       const v = socks.lookup(key);
       if (!v) continue;
       const st = decodeKspanSock(new DataView(v.buffer, v.byteOffset, v.length), 0);
       const cookie = key.readBigUInt64LE(0);
-      if (st.pend.dir) out.push(aggregateRecord(cookie, st, st.pend));
-      if (st.agg.dir) out.push(aggregateRecord(cookie, st, st.agg));
+      if (st.pend.dir) out.push(aggregateRecord(cookie, st, withAttrs(st.pend)));
+      if (st.agg.dir) out.push(aggregateRecord(cookie, st, withAttrs(st.agg)));
     }
     return out;
   }

@@ -247,6 +247,7 @@ export class TracingSession {
   refresh(): void {
     for (const pid of this.#exitsSeen) this.#exited(pid);
     this.#exitsSeen.clear();
+    this.tracer.pruneIdleQueue();
     for (const pid of this.tracer.pids) {
       if (!processRunning(pid)) {
         this.removePid(pid);

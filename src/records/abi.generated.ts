@@ -38,9 +38,10 @@ export const KspanCounter = {
   KSPAN_C_CALL_TABLE_FULL: 11,
   KSPAN_C_CALL_TOO_DEEP: 12,
   KSPAN_C_CALL_UNMATCHED: 13,
-  KSPAN_C_PROC_RING_FULL: 14,
-  KSPAN_C_FORK_TABLE_FULL: 15,
-  KSPAN_C_MAX: 16,
+  KSPAN_C_STATE_EVICTED: 14,
+  KSPAN_C_PROC_RING_FULL: 15,
+  KSPAN_C_FORK_TABLE_FULL: 16,
+  KSPAN_C_MAX: 17,
 } as const;
 
 export const KspanTlsKind = {
@@ -76,6 +77,9 @@ export const KspanLimit = {
   KSPAN_MAX_CALL_THREADS: 4096,
   KSPAN_CALL_DEPTH: 8,
   KSPAN_CALL_NAME_MAX: 64,
+  KSPAN_MAX_SPAN_ATTRS: 16384,
+  KSPAN_MAX_TX_SPILL: 4096,
+  KSPAN_MAX_CONNECT_PENDING: 16384,
 } as const;
 
 export const KspanTargetFlag = {
@@ -87,6 +91,14 @@ export const KspanSockFlag = {
   KSPAN_S_KEEP_UNSAMPLED: 2,
   KSPAN_S_DROPPED: 4,
   KSPAN_S_QUEUED: 8,
+  KSPAN_S_CONNECTING: 16,
+} as const;
+
+export const KspanTxAt = {
+  KSPAN_TX_NONE: 0,
+  KSPAN_TX_AGG: 1,
+  KSPAN_TX_PEND: 2,
+  KSPAN_TX_SPILL: 3,
 } as const;
 
 export const KspanCallFlag = {
@@ -449,11 +461,205 @@ export class KspanEventView implements KspanEvent {
   }
 }
 
-/** struct kspan_sock: 472 bytes. */
-export const KSPAN_SOCK_SIZE = 472;
+/** struct kspan_span_ref: 28 bytes. */
+export const KSPAN_SPAN_REF_SIZE = 28;
+
+export interface KspanSpanRef {
+  trace_id: Uint8Array;
+  span_id: Uint8Array;
+  trace_flags: number;
+  valid: number;
+  attrs_size: number;
+}
+
+export function decodeKspanSpanRef(v: DataView, o: number): KspanSpanRef {
+  return {
+    trace_id: new Uint8Array(v.buffer, v.byteOffset + o + 0, 16).slice(),
+    span_id: new Uint8Array(v.buffer, v.byteOffset + o + 16, 8).slice(),
+    trace_flags: v.getUint8(o + 24),
+    valid: v.getUint8(o + 25),
+    attrs_size: v.getUint16(o + 26, true),
+  };
+}
+
+/** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
+export function encodeKspanSpanRef(x: KspanSpanRef, v: DataView, o: number): void {
+  new Uint8Array(v.buffer, v.byteOffset + o + 0, 16).set(x.trace_id.subarray(0, 16));
+  new Uint8Array(v.buffer, v.byteOffset + o + 16, 8).set(x.span_id.subarray(0, 8));
+  v.setUint8(o + 24, x.trace_flags);
+  v.setUint8(o + 25, x.valid);
+  v.setUint16(o + 26, x.attrs_size, true);
+}
+
+/** Zero-copy view of struct kspan_span_ref; move it with `at()`. Byte arrays alias the memory. */
+export class KspanSpanRefView implements KspanSpanRef {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get trace_id(): Uint8Array {
+    const v = this.v;
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 0, 16);
+  }
+  get span_id(): Uint8Array {
+    const v = this.v;
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 16, 8);
+  }
+  get trace_flags(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 24);
+  }
+  get valid(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 25);
+  }
+  get attrs_size(): number {
+    const v = this.v;
+    return v.getUint16(this.o + 26, true);
+  }
+}
+
+/** struct kspan_span_attrs: 54 bytes. */
+export const KSPAN_SPAN_ATTRS_SIZE = 54;
+
+export interface KspanSpanAttrs {
+  attrs_size: number;
+  attrs: Uint8Array;
+}
+
+export function decodeKspanSpanAttrs(v: DataView, o: number): KspanSpanAttrs {
+  return {
+    attrs_size: v.getUint16(o + 0, true),
+    attrs: new Uint8Array(v.buffer, v.byteOffset + o + 2, 52).slice(),
+  };
+}
+
+/** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
+export function encodeKspanSpanAttrs(x: KspanSpanAttrs, v: DataView, o: number): void {
+  v.setUint16(o + 0, x.attrs_size, true);
+  new Uint8Array(v.buffer, v.byteOffset + o + 2, 52).set(x.attrs.subarray(0, 52));
+}
+
+/** Zero-copy view of struct kspan_span_attrs; move it with `at()`. Byte arrays alias the memory. */
+export class KspanSpanAttrsView implements KspanSpanAttrs {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get attrs_size(): number {
+    const v = this.v;
+    return v.getUint16(this.o + 0, true);
+  }
+  get attrs(): Uint8Array {
+    const v = this.v;
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 2, 52);
+  }
+}
+
+/** struct kspan_sock_agg: 64 bytes. */
+export const KSPAN_SOCK_AGG_SIZE = 64;
+
+export interface KspanSockAgg {
+  ref: KspanSpanRef;
+  dir: number;
+  flags: number;
+  tid: number;
+  calls: number;
+  first_ns: bigint;
+  last_ns: bigint;
+  bytes: bigint;
+}
+
+export function decodeKspanSockAgg(v: DataView, o: number): KspanSockAgg {
+  return {
+    ref: decodeKspanSpanRef(v, o + 0),
+    dir: v.getUint8(o + 28),
+    flags: v.getUint8(o + 29),
+    tid: v.getUint32(o + 32, true),
+    calls: v.getUint32(o + 36, true),
+    first_ns: v.getBigUint64(o + 40, true),
+    last_ns: v.getBigUint64(o + 48, true),
+    bytes: v.getBigUint64(o + 56, true),
+  };
+}
+
+/** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
+export function encodeKspanSockAgg(x: KspanSockAgg, v: DataView, o: number): void {
+  encodeKspanSpanRef(x.ref, v, o + 0);
+  v.setUint8(o + 28, x.dir);
+  v.setUint8(o + 29, x.flags);
+  v.setUint32(o + 32, x.tid, true);
+  v.setUint32(o + 36, x.calls, true);
+  v.setBigUint64(o + 40, x.first_ns, true);
+  v.setBigUint64(o + 48, x.last_ns, true);
+  v.setBigUint64(o + 56, x.bytes, true);
+}
+
+/** Zero-copy view of struct kspan_sock_agg; move it with `at()`. Byte arrays alias the memory. */
+export class KspanSockAggView implements KspanSockAgg {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get ref(): KspanSpanRefView {
+    const v = this.v;
+    return new KspanSpanRefView(v, this.o + 0);
+  }
+  get dir(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 28);
+  }
+  get flags(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 29);
+  }
+  get tid(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 32, true);
+  }
+  get calls(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 36, true);
+  }
+  get first_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 40, true);
+  }
+  get last_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 48, true);
+  }
+  get bytes(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 56, true);
+  }
+}
+
+/** struct kspan_sock: 192 bytes. */
+export const KSPAN_SOCK_SIZE = 192;
 
 export interface KspanSock {
-  syn_sent_ns: bigint;
   total_sent: bigint;
   total_received: bigint;
   pid: number;
@@ -463,53 +669,48 @@ export interface KspanSock {
   lport: number;
   rport: number;
   sflags: number;
+  tx_at: number;
   laddr: Uint8Array;
   raddr: Uint8Array;
-  agg: KspanAgg;
-  tx_ctx: KspanTraceCtx;
-  last_ctx: KspanTraceCtx;
-  pend: KspanAgg;
+  agg: KspanSockAgg;
+  pend: KspanSockAgg;
 }
 
 export function decodeKspanSock(v: DataView, o: number): KspanSock {
   return {
-    syn_sent_ns: v.getBigUint64(o + 0, true),
-    total_sent: v.getBigUint64(o + 8, true),
-    total_received: v.getBigUint64(o + 16, true),
-    pid: v.getUint32(o + 24, true),
-    tid: v.getUint32(o + 28, true),
-    family: v.getUint8(o + 32),
-    role: v.getUint8(o + 33),
-    lport: v.getUint16(o + 34, true),
-    rport: v.getUint16(o + 36, true),
-    sflags: v.getUint8(o + 38),
-    laddr: new Uint8Array(v.buffer, v.byteOffset + o + 40, 16).slice(),
-    raddr: new Uint8Array(v.buffer, v.byteOffset + o + 56, 16).slice(),
-    agg: decodeKspanAgg(v, o + 72),
-    tx_ctx: decodeKspanTraceCtx(v, o + 192),
-    last_ctx: decodeKspanTraceCtx(v, o + 272),
-    pend: decodeKspanAgg(v, o + 352),
+    total_sent: v.getBigUint64(o + 0, true),
+    total_received: v.getBigUint64(o + 8, true),
+    pid: v.getUint32(o + 16, true),
+    tid: v.getUint32(o + 20, true),
+    family: v.getUint8(o + 24),
+    role: v.getUint8(o + 25),
+    lport: v.getUint16(o + 26, true),
+    rport: v.getUint16(o + 28, true),
+    sflags: v.getUint8(o + 30),
+    tx_at: v.getUint8(o + 31),
+    laddr: new Uint8Array(v.buffer, v.byteOffset + o + 32, 16).slice(),
+    raddr: new Uint8Array(v.buffer, v.byteOffset + o + 48, 16).slice(),
+    agg: decodeKspanSockAgg(v, o + 64),
+    pend: decodeKspanSockAgg(v, o + 128),
   };
 }
 
 /** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
 export function encodeKspanSock(x: KspanSock, v: DataView, o: number): void {
-  v.setBigUint64(o + 0, x.syn_sent_ns, true);
-  v.setBigUint64(o + 8, x.total_sent, true);
-  v.setBigUint64(o + 16, x.total_received, true);
-  v.setUint32(o + 24, x.pid, true);
-  v.setUint32(o + 28, x.tid, true);
-  v.setUint8(o + 32, x.family);
-  v.setUint8(o + 33, x.role);
-  v.setUint16(o + 34, x.lport, true);
-  v.setUint16(o + 36, x.rport, true);
-  v.setUint8(o + 38, x.sflags);
-  new Uint8Array(v.buffer, v.byteOffset + o + 40, 16).set(x.laddr.subarray(0, 16));
-  new Uint8Array(v.buffer, v.byteOffset + o + 56, 16).set(x.raddr.subarray(0, 16));
-  encodeKspanAgg(x.agg, v, o + 72);
-  encodeKspanTraceCtx(x.tx_ctx, v, o + 192);
-  encodeKspanTraceCtx(x.last_ctx, v, o + 272);
-  encodeKspanAgg(x.pend, v, o + 352);
+  v.setBigUint64(o + 0, x.total_sent, true);
+  v.setBigUint64(o + 8, x.total_received, true);
+  v.setUint32(o + 16, x.pid, true);
+  v.setUint32(o + 20, x.tid, true);
+  v.setUint8(o + 24, x.family);
+  v.setUint8(o + 25, x.role);
+  v.setUint16(o + 26, x.lport, true);
+  v.setUint16(o + 28, x.rport, true);
+  v.setUint8(o + 30, x.sflags);
+  v.setUint8(o + 31, x.tx_at);
+  new Uint8Array(v.buffer, v.byteOffset + o + 32, 16).set(x.laddr.subarray(0, 16));
+  new Uint8Array(v.buffer, v.byteOffset + o + 48, 16).set(x.raddr.subarray(0, 16));
+  encodeKspanSockAgg(x.agg, v, o + 64);
+  encodeKspanSockAgg(x.pend, v, o + 128);
 }
 
 /** Zero-copy view of struct kspan_sock; move it with `at()`. Byte arrays alias the memory. */
@@ -525,69 +726,61 @@ export class KspanSockView implements KspanSock {
     this.o = o;
     return this;
   }
-  get syn_sent_ns(): bigint {
+  get total_sent(): bigint {
     const v = this.v;
     return v.getBigUint64(this.o + 0, true);
   }
-  get total_sent(): bigint {
+  get total_received(): bigint {
     const v = this.v;
     return v.getBigUint64(this.o + 8, true);
   }
-  get total_received(): bigint {
-    const v = this.v;
-    return v.getBigUint64(this.o + 16, true);
-  }
   get pid(): number {
     const v = this.v;
-    return v.getUint32(this.o + 24, true);
+    return v.getUint32(this.o + 16, true);
   }
   get tid(): number {
     const v = this.v;
-    return v.getUint32(this.o + 28, true);
+    return v.getUint32(this.o + 20, true);
   }
   get family(): number {
     const v = this.v;
-    return v.getUint8(this.o + 32);
+    return v.getUint8(this.o + 24);
   }
   get role(): number {
     const v = this.v;
-    return v.getUint8(this.o + 33);
+    return v.getUint8(this.o + 25);
   }
   get lport(): number {
     const v = this.v;
-    return v.getUint16(this.o + 34, true);
+    return v.getUint16(this.o + 26, true);
   }
   get rport(): number {
     const v = this.v;
-    return v.getUint16(this.o + 36, true);
+    return v.getUint16(this.o + 28, true);
   }
   get sflags(): number {
     const v = this.v;
-    return v.getUint8(this.o + 38);
+    return v.getUint8(this.o + 30);
+  }
+  get tx_at(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 31);
   }
   get laddr(): Uint8Array {
     const v = this.v;
-    return new Uint8Array(v.buffer, v.byteOffset + this.o + 40, 16);
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 32, 16);
   }
   get raddr(): Uint8Array {
     const v = this.v;
-    return new Uint8Array(v.buffer, v.byteOffset + this.o + 56, 16);
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 48, 16);
   }
-  get agg(): KspanAggView {
+  get agg(): KspanSockAggView {
     const v = this.v;
-    return new KspanAggView(v, this.o + 72);
+    return new KspanSockAggView(v, this.o + 64);
   }
-  get tx_ctx(): KspanTraceCtxView {
+  get pend(): KspanSockAggView {
     const v = this.v;
-    return new KspanTraceCtxView(v, this.o + 192);
-  }
-  get last_ctx(): KspanTraceCtxView {
-    const v = this.v;
-    return new KspanTraceCtxView(v, this.o + 272);
-  }
-  get pend(): KspanAggView {
-    const v = this.v;
-    return new KspanAggView(v, this.o + 352);
+    return new KspanSockAggView(v, this.o + 128);
   }
 }
 

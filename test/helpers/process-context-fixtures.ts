@@ -9,7 +9,7 @@ function build(): string {
   const cc = ['gcc', '-O2', '-g', '-Wall', '-Werror', '-pthread', '{otel_ctx_publisher.c}'];
   return buildFixture({
     name: 'process-context',
-    sources: ['test/fixtures/process-context/otel_ctx_publisher.c', 'test/fixtures/tls/otel_ctx_writer.c'],
+    sources: ['test/fixtures/process-context/otel_ctx_publisher.c', 'test/fixtures/process-context/otel_ctx_header.h', 'test/fixtures/tls/otel_ctx_writer.c'],
     steps: [
       { out: 'otel_ctx_publisher', cmd: [...cc, '-o', 'otel_ctx_publisher'] },
       {

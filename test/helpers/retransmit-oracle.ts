@@ -25,7 +25,8 @@ export interface RetransmitOracle {
 
 const PROGRAM = 'witness_retransmit';
 
-export async function startRetransmitOracle(_group: ProcessGroup, port: number): Promise<RetransmitOracle> {
+/** Counts for sockets to or from `port`; `localOnly`: only those whose own port it is (a server's accepted sockets). */
+export async function startRetransmitOracle(_group: ProcessGroup, port: number, opts: { localOnly?: boolean } = {}): Promise<RetransmitOracle> {
   const obj = BpfObject.open(join(REPO_ROOT, 'bpf/.output/retransmit-witness.bpf.o'));
   try {
     obj.load();
@@ -33,6 +34,11 @@ export async function startRetransmitOracle(_group: ProcessGroup, port: number):
     const value = Buffer.alloc(4);
     value.writeUInt32LE(port);
     obj.map('witness_port').update(key, value);
+    if (opts.localOnly) {
+      key.writeUInt32LE(1);
+      value.writeUInt32LE(1);
+      obj.map('witness_port').update(key, value);
+    }
     obj.attachAll();
   } catch (err) {
     obj.close();

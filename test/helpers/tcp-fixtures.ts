@@ -17,6 +17,18 @@ export function tcpFixtureDir(): string {
   return dir;
 }
 
+let connLoopDir: string | undefined;
+
+/** test/fixtures/tcp/conn_loop.c: rounds of many short connections, one after another (bursts, churn). */
+export function connLoopPath(): string {
+  connLoopDir ??= buildFixture({
+    name: 'conn-loop',
+    sources: ['test/fixtures/tcp/conn_loop.c', 'test/fixtures/tcp/io.h'],
+    steps: [{ out: 'conn_loop', cmd: ['gcc', '-O2', '-Wall', '-Wno-unused-function', '{conn_loop.c}', '-o', 'conn_loop'] }],
+  });
+  return join(connLoopDir, 'conn_loop');
+}
+
 export interface Server {
   proc: Proc;
   port: number;

@@ -10,3 +10,14 @@ export const TIMEOUT_SCALE = Number.isFinite(raw) && raw > 0 ? raw : 1;
 export function scaled(ms: number): number {
   return Math.round(ms * TIMEOUT_SCALE);
 }
+
+/** Polls `get` every 100 ms until `ok` holds for its value (returned); fails after the scaled timeout with the last value. */
+export async function waitFor<T>(get: () => T, ok: (v: T) => boolean, timeoutMs: number, what: string): Promise<T> {
+  const end = Date.now() + scaled(timeoutMs);
+  for (;;) {
+    const v = get();
+    if (ok(v)) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(v)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

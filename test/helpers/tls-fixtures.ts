@@ -227,6 +227,16 @@ export function startPublisher(
 }
 
 /** The "sockets outlive the moment of context" fixture (test/fixtures/tls/ctx_flush.c); returns the binary. */
+/** test/fixtures/tls/ctx_tx_spill.c: four spans on one socket before its data is acknowledged. */
+export function buildTxSpillFixture(): string {
+  const dir = buildFixture({
+    name: 'tls-tx-spill',
+    sources: [WRITER, `${SRC}/ctx_tx_spill.c`, THREAD_CTX_HEADER],
+    steps: [{ out: 'ctx_tx_spill', cmd: ['gcc', ...CFLAGS, '{ctx_tx_spill.c}', '{otel_ctx_writer.c}', '-ftls-model=local-exec', EXPORT, '-o', 'ctx_tx_spill'] }],
+  });
+  return join(dir, 'ctx_tx_spill');
+}
+
 export function buildCtxFlushFixture(): string {
   const dir = buildFixture({
     name: 'tls-flush',

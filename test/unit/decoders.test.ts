@@ -35,6 +35,19 @@ test('BTF layout of struct kspan_event as the C compiler laid it out', () => {
   assert.equal(KSPAN_TLS_LOC_SIZE, 24);
 });
 
+test('the socket table keeps 192 bytes a socket, its spans as the head of a kspan_trace_ctx', () => {
+  const btf = parseBtf(parseElf(readFileSync(OBJECT)).section('.BTF')!);
+  assert.equal(btf.byName('kspan_sock', BTF_KIND.STRUCT)!.size, 192);
+  const ref = btf.byName('kspan_span_ref', BTF_KIND.STRUCT)!;
+  const ctx = btf.byName('kspan_trace_ctx', BTF_KIND.STRUCT)!;
+  assert.equal(ref.size, 28);
+  // The BPF side copies the first 28 bytes either way, and keys `span_attrs` by the first 24.
+  for (const m of ref.members) {
+    assert.deepEqual(ctx.members.find((c) => c.name === m.name)?.bitOffset, m.bitOffset, m.name);
+  }
+  assert.equal(ctx.members.find((c) => c.name === 'attrs')!.bitOffset / 8, 28);
+});
+
 test('decode(encode(x)) round-trips every field, including 64-bit values beyond 2^53', () => {
   const ev: KspanEvent = {
     ts_ns: 0xfedcba9876543210n, start_ns: 1n, cookie: 2n ** 63n + 5n, bytes: 123456789n,
