@@ -6,9 +6,11 @@
  * - node: bench/agent.ts (a Node 24 service with kspan/publisher);
  * - pipeline: bench/pipeline.ts --json, in a child process (its own core);
  * - memory: bench/memory.ts (agent RSS at 1×, 4×, 16× the connections, a
- *   sustained 100 % run, 10 000 open connections; the socket table's kernel memory).
+ *   sustained 100 % run, 10 000 open connections; the socket table's kernel memory);
+ * - sched: bench/sched-cost.ts (the scheduler programs' ns per context switch,
+ *   untraced and traced, against a trivial counter on sched_switch).
  *
- *   node bench/bench.ts [--quick] [--json] [--only native,node,pipeline,memory]
+ *   node bench/bench.ts [--quick] [--json] [--only native,node,pipeline,memory,sched]
  *                       [--seconds S] [--rounds N]
  *
  * Progress goes to stderr; the table to stdout (with --json: one JSON document,
@@ -28,9 +30,10 @@ import { nodeBench } from './agent.ts';
 import { enableBpfStats } from './harness.ts';
 import { memoryBench } from './memory.ts';
 import { nativeBench } from './native.ts';
+import { schedCostBench } from './sched-cost.ts';
 import type { ProgCost, sumCounters } from './rounds.ts';
 
-const SECTIONS = ['native', 'node', 'pipeline', 'memory'] as const;
+const SECTIONS = ['native', 'node', 'pipeline', 'memory', 'sched'] as const;
 type Section = (typeof SECTIONS)[number];
 
 const { values: args } = parseArgs({
@@ -52,6 +55,7 @@ const plan = {
   native: { seconds, rounds, connections: 16 },
   node: { seconds, rounds: q ? 1 : Math.max(1, rounds - 2), pacedConnections: 110, saturatedConnections: 8 },
   pipeline: q ? ['--requests', '30000', '--rounds', '1'] : ['--requests', '100000', '--rounds', '3'],
+  sched: { roundsPerRun: q ? 50_000 : 200_000, runs: q ? 1 : 3 },
   memory: { seconds: q ? 3 : 15, base: 16, sustainedConnections: 200, sustainedSeconds: q ? 10 : 60, holdConnections: 10_000 },
 };
 
@@ -242,6 +246,18 @@ function memoryRows(m: MemoryR) {
   row({ measure: `agent RSS steady (peak), sustained run`, value: `${mb(s.rssSteady)} (${mb(s.rssMax)})`, target: '≤ 150 MB', met: s.rssSteady <= 150e6 });
 }
 
+type SchedR = Awaited<ReturnType<typeof schedCostBench>>;
+
+function schedRows(r: SchedR) {
+  const s = r.summary;
+  section(`scheduler programs (bench/sched-cost.ts: ${int(2 * plan.sched.roundsPerRun)} switches per run between two threads on one CPU, ${r.runs.length} runs)`);
+  row({ measure: 'floor: trivial counter on sched_switch', value: `${int(s.floorNsPerRun)} ns per switch` });
+  row({ measure: 'kspan, untraced switch (every other switch on the machine)', value: `${int(s.untracedNsPerRun)} ns`, vsFloor: `${fix(s.untracedNsPerRun / s.floorNsPerRun)} ×`, target: '≤ 2 × floor', met: s.untracedNsPerRun <= 2 * s.floorNsPerRun });
+  row({ measure: 'kspan, traced switch, span held', value: `${int(s.heldNsPerSwitch)} ns`, vsFloor: `${fix(s.heldNsPerSwitch / s.floorNsPerRun)} ×` });
+  row({ measure: 'kspan, traced switch, span changing (a record each)', value: `${int(s.changeNsPerSwitch)} ns; ${fix(s.recordsPerSwitch, 3)} records/switch delivered, ${fix(s.lostPerSwitch, 3)} lost (ring full)`, vsFloor: `${fix(s.changeNsPerSwitch / s.floorNsPerRun)} ×` });
+  row({ measure: 'kspan sched_wakeup, untraced', value: `${int(s.wakeupNsPerRun)} ns per wakeup` });
+}
+
 function table(): string {
   const head = ['measure', 'value', '× untraced', '× floor', 'target', 'met'];
   const cells = rows.map((r) => [r.measure, r.value, r.vsUntraced ?? '', r.vsFloor ?? '', r.target ?? '', r.met === undefined ? '' : r.met ? 'yes' : 'NO']);
@@ -328,6 +344,7 @@ async function main() {
       },
       pipelineRows,
     );
+    await run('sched', () => schedCostBench({ ...plan.sched, log }), schedRows);
     await run('memory', () => memoryBench({ ...plan.memory, log }), memoryRows);
   } finally {
     stats.close();

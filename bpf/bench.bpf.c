@@ -110,3 +110,25 @@ int fill_ring(void *ctx)
 	bpf_loop(cfg->count, fill_one, NULL, 0);
 	return 0;
 }
+
+/*
+ * sched_floor_switch: the floor of the scheduler programs' cost (bench/sched-cost.ts),
+ * the trivial counter on the same hook: a per-CPU counter, nothing else. (Not
+ * `floor_*`: the HTTP benchmarks' floor loads those.)
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} sched_floor_hits SEC(".maps");
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(sched_floor_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	__u32 k = 0;
+	__u64 *v = bpf_map_lookup_elem(&sched_floor_hits, &k);
+	if (v)
+		*v += 1;
+	return 0;
+}

@@ -1081,3 +1081,4 @@ IO_TRACEPOINTS(recvfrom, KSPAN_EV_RECV)
 IO_TRACEPOINTS(recvmsg, KSPAN_EV_RECV)
 
 #include "uprobes.bpf.h"
+#include "sched.bpf.h"

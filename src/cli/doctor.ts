@@ -133,7 +133,7 @@ export function runDoctor(): Check[] {
     return checks;
   }
   try {
-    const t = TcpTracer.open({ onRecord: () => {} });
+    const t = TcpTracer.open({ onRecord: () => {}, onSchedRecord: () => {} });
     void t.stop();
     for (const [feature, spec] of Object.entries(FEATURES)) {
       const off = t.plan.off.find((f) => f.feature === feature);

@@ -9,7 +9,8 @@ import type { Logger } from '../core/logger.ts';
 import { KernelClock } from '../kernel/clock.ts';
 import type { TracingSession } from '../kernel/tracing-session.ts';
 import { targetEvent } from '../context/thread-context-reader.ts';
-import { eventLine } from '../records/event-json.ts';
+import { eventLine, schedEventLine } from '../records/event-json.ts';
+import type { SchedRecord } from '../records/sched-record.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
 import { EXIT } from './usage.ts';
@@ -26,12 +27,17 @@ export async function eventsCommand(config: EventsConfig, log: Logger): Promise<
     out.push(eventLine(r, clock.offsetNs, r.context?.attributes && session?.reader.target(r.pid)?.process.threadLocal?.keyMap));
     if (out.length >= 256) flushOut();
   };
+  const printSched = (r: SchedRecord) => {
+    out.push(schedEventLine(r, clock.offsetNs, r.context.attributes && session?.reader.target(r.pid)?.process.threadLocal?.keyMap));
+    if (out.length >= 256) flushOut();
+  };
   // Signal handlers go in before "tracing" is announced: a SIGINT right after it
   // must still flush.
   const stop = waitForStop(config.duration);
   try {
     session = openSession(config, log, {
       onRecord: print,
+      onSchedRecord: printSched,
       onTarget: (t) => {
         out.push(JSON.stringify(targetEvent(t)));
         flushOut();
@@ -44,7 +50,7 @@ export async function eventsCommand(config: EventsConfig, log: Logger): Promise<
   }
   session.start();
   const flushTimer = setInterval(flushOut, 50);
-  log.info({ target_pids: config.pids, ioPath: session.ioPath, featuresOff: session.featuresOff.map((f) => f.feature) }, 'tracing');
+  log.info({ target_pids: config.pids, ioPath: session.ioPath, sched: session.tracer.sched, featuresOff: session.featuresOff.map((f) => f.feature) }, 'tracing');
 
   const why = await stop;
   log.info({ why }, 'stopping');

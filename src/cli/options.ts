@@ -76,9 +76,10 @@ export function waitForStop(seconds: number | undefined): StopSignal {
 
 export type TracingConfig = Pick<RunConfig, (typeof SELECTION)[number] | 'config' | 'ioHooks' | 'maxSockets' | 'waitForTargets' | 'orphansRatio'> & {
   unsampled?: boolean;
+  noSched?: boolean;
 };
 
-export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone' | 'uprobes'>;
+export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onSchedRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone' | 'uprobes'>;
 
 /**
  * The tracing session of run, events and record: the targets checked first
@@ -99,6 +100,7 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
     waitForTargets: config.waitForTargets,
     policy: { keepUnsampled: config.unsampled ?? false, orphanRatio: config.orphansRatio },
     onRecord: hooks.onRecord,
+    onSchedRecord: config.noSched ? undefined : hooks.onSchedRecord,
     onTarget: hooks.onTarget,
     onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
     onRingError: ringErrorLog(log),
@@ -171,7 +173,7 @@ export function recordsLost(c: TracerCounters): number {
   // Function calls that made no record (no room for the thread's calls, deeper than kept) are lost too;
   // so are process events, and a child that could not be made a target (targets missed or not freed).
   const discovery = c.KSPAN_C_PROC_RING_FULL + c.KSPAN_C_FORK_TABLE_FULL;
-  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.KSPAN_C_CALL_TABLE_FULL + c.KSPAN_C_CALL_TOO_DEEP + c.decode_errors + skipped + discovery;
+  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.KSPAN_C_CALL_TABLE_FULL + c.KSPAN_C_CALL_TOO_DEEP + c.KSPAN_C_SCHED_TABLE_FULL + c.decode_errors + skipped + discovery;
 }
 
 /** Why a command stopped, as its "stopping" line says. */

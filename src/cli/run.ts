@@ -95,6 +95,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
         onNotFound: (spec, pid) => log.warn({ target_pid: pid, uprobe: spec }, `--uprobe ${spec.binary}:${spec.symbol}: no file process ${pid} maps defines it (looked again every check)`),
       },
       onRecord: (r) => pipeline.push(r),
+      onSchedRecord: (r) => pipeline.pushSched(r),
       onTarget: (t) => {
         // The cgroup's container.id / k8s.pod.uid, for the Collector's k8sattributes; the target's own Resource wins.
         resources.set(t.pid, { ...containerResource(t.pid), ...t.process.resource });

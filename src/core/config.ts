@@ -316,6 +316,10 @@ export const SETTINGS = {
     flag: 'unsampled', fileKey: 'kernel.unsampled',
     help: 'also print records whose context is not sampled (by default they stay in the kernel, counted in KSPAN_C_UNSAMPLED, as kspan run needs none of them)',
   }),
+  noSched: toggle({
+    flag: 'no-sched', fileKey: 'kernel.no_sched',
+    help: 'leave out the scheduler programs (thread.sched spans: on-CPU, blocked and run-queue time per span); sched_switch then costs nothing',
+  }),
   ioHooks: value<IoHooks>({
     flag: 'io-hooks', arg: 'auto|sock_length|syscalls', fileKey: 'kernel.io_hooks', default: 'auto',
     parse: oneOf<IoHooks>(['auto', 'sock_length', 'syscalls'], 'an I/O hook set'),
@@ -428,7 +432,7 @@ export const SELECTION = [
 const INCLUDES = ['pids', 'all', 'exe', 'comm', 'cmdline', 'container', 'cgroup', 'k8sPodUid', 'port'] as const;
 const NO_TARGET = 'no target: give --pid PID, --all, or a selector (--exe, --comm, --cmdline, --container, --cgroup, --k8s-pod-uid, --port)';
 
-const TRACING = [...SELECTION, 'config', 'duration', 'ioHooks', 'maxSockets', 'waitForTargets', 'orphansRatio'] as const;
+const TRACING = [...SELECTION, 'config', 'duration', 'ioHooks', 'maxSockets', 'waitForTargets', 'orphansRatio', 'noSched'] as const;
 const EXPORT = ['otlpEndpoint', 'otlpProtocol', 'console', 'orphans'] as const;
 const METRICS = ['metricsListen', 'metricsOtlpEndpoint', 'metricsOtlpIntervalMs'] as const;
 const EXIT_TRACING = '0 stopped (signal, --duration, or every target exited), 1 error, 2 usage error, 3 stopped but data was lost';

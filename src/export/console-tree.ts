@@ -179,7 +179,9 @@ export function treeRowLines(rows: readonly TreeRow[]): string[][] {
     for (const e of r.events) {
       const state = e.attributes['kspan.tcp.state'];
       const dir = e.attributes['kspan.reset.direction'];
-      lines.push(cut(`${r.sub}   • ${e.name} +${ms(e.sinceNs)}${state ? ` ${String(state)}` : ''}${dir ? ` ${String(dir)}` : ''}`, MAX_COLUMNS));
+      const off = e.attributes['kspan.sched.off_cpu_ns'];
+      const why = off === undefined ? '' : ` ${ms(BigInt(Number(off)))} ${String(e.attributes['kspan.sched.off_cpu.reason'])} ${String(e.attributes['kspan.sched.syscall'] ?? '')}`.trimEnd();
+      lines.push(cut(`${r.sub}   • ${e.name} +${ms(e.sinceNs)}${state ? ` ${String(state)}` : ''}${dir ? ` ${String(dir)}` : ''}${why}`, MAX_COLUMNS));
     }
     return lines;
   });
@@ -195,6 +197,11 @@ export function kernelSpanDetails(name: string, a: Record<string, unknown>): str
   if (a['kspan.accept_queue_ns'] !== undefined) parts.push(`accept queue ${ms(BigInt(Number(a['kspan.accept_queue_ns'])))}`);
   if (a['kspan.wait_ns'] !== undefined) parts.push(`first byte after ${ms(BigInt(Number(a['kspan.wait_ns'])))}`);
   if (a['kspan.retransmits']) parts.push(`retransmits ${String(a['kspan.retransmits'])}`);
+  if (name === 'thread.sched') {
+    const t = (k: string) => ms(BigInt(Number(a[`kspan.sched.${k}`])));
+    parts.push(`on CPU ${t('on_cpu_ns')}  blocked ${t('blocked_ns')}  run queue ${t('runqueue_ns')}`);
+    parts.push(`switches ${String(a['kspan.sched.voluntary_switches'])}+${String(a['kspan.sched.involuntary_switches'])} preempted`);
+  }
   if (name === 'tcp.accept' || name === 'tcp.connect' || name === 'tcp.exchange') {
     const peer = hostPort(a['network.peer.address'], a['network.peer.port']);
     const local = hostPort(a['network.local.address'], a['network.local.port']);

@@ -21,6 +21,7 @@ import type { KernelSpan } from '../spans/kernel-span.ts';
 import {
   describeEventAttributes,
   describeOwnAttributes,
+  describeSchedAttributes,
   describeSocketAttributes,
   KERNEL_ATTRIBUTE_KEYS,
   KSPAN_SCOPE,
@@ -316,8 +317,12 @@ export class KernelSpanEncoder implements AttributeSink {
       // An extra key replaces or reorders a kernel one: encode the merged object, as the builder makes it.
       writeKeyValues(w, 9, Object.assign(spanAttributes(k), extra));
     } else {
-      w.raw(this.#socketBlock(k));
-      describeOwnAttributes(k, this);
+      if (k.sched) {
+        describeSchedAttributes(k, this);
+      } else {
+        w.raw(this.#socketBlock(k));
+        describeOwnAttributes(k, this);
+      }
       if (extra) writeKeyValues(w, 9, extra);
     }
     w.ensure(2);

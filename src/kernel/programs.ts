@@ -39,6 +39,8 @@ export type KernelCapability = 'bpf_loop' | 'sleepable_queue_map';
 
 export interface FeatureSpec {
   readonly grade: Grade;
+  /** Its programs work only together: when one cannot load, none does. */
+  readonly whole?: boolean;
   /** What is missing from kspan's output while the feature is off. */
   readonly lost: string;
 }
@@ -56,6 +58,7 @@ export const FEATURES = {
   uprobes: { grade: 'optional', lost: 'function spans from uprobes: dns.lookup, tls.handshake and --uprobe' },
   'uprobe-dns': { grade: 'optional', lost: 'the queried name and address count of dns.lookup spans (their duration and result stay)' },
   'uprobe-tls': { grade: 'optional', lost: 'the protocol version of tls.handshake spans (their duration and result stay)' },
+  sched: { grade: 'optional', whole: true, lost: 'thread.sched spans: on-CPU, blocked and run-queue time per span' },
 } as const satisfies Record<string, FeatureSpec>;
 export type Feature = keyof typeof FEATURES;
 
@@ -89,6 +92,10 @@ export const PROGRAMS: readonly ProgramSpec[] = [
   { name: 'uprobe_tls_return', section: 'uretprobe', feature: 'uprobe-tls', grade: 'optional' },
   { name: 'calls_on_exit', section: 'tp_btf/sched_process_exit', feature: 'uprobes', grade: 'optional', args: 1 },
   { name: 'calls_on_exec', section: 'tp_btf/sched_process_exec', feature: 'uprobes', grade: 'optional', args: 1 },
+  // bpf/sched.bpf.h: one feature, all three or none.
+  { name: 'on_sched_switch', section: 'tp_btf/sched_switch', feature: 'sched', grade: 'optional', args: 4 },
+  { name: 'on_sched_wakeup', section: 'tp_btf/sched_wakeup', feature: 'sched', grade: 'optional', args: 1 },
+  { name: 'on_sched_wakeup_new', section: 'tp_btf/sched_wakeup_new', feature: 'sched', grade: 'optional', args: 1 },
 ];
 
 export function programSpec(name: string): ProgramSpec | undefined {
@@ -109,8 +116,8 @@ export interface KernelHooks {
 
 export type ProgramDecision =
   | { load: true }
-  /** Not wanted here: the other I/O path, or a variant for another prototype. No loss. */
-  | { load: false; why: 'other-path' | 'other-variant'; reason: string }
+  /** Not wanted here: the other I/O path, a variant for another prototype, or a feature switched off by the user. No loss. */
+  | { load: false; why: 'other-path' | 'other-variant' | 'disabled'; reason: string }
   /** Wanted, but the kernel lacks the hook or refused the program: a loss. */
   | { load: false; why: 'missing' | 'rejected'; reason: string };
 
@@ -159,10 +166,15 @@ export function planPrograms(
   ioPath: IoPath,
   rejected: ReadonlyMap<string, string> = new Map(),
   programs: readonly ProgramSpec[] = PROGRAMS,
+  disabled: ReadonlySet<string> = new Set(),
 ): ProgramPlan {
   const decisions = new Map<string, ProgramDecision>();
   const bySection = new Map<string, ProgramSpec[]>();
   for (const p of programs) {
+    if (disabled.has(p.feature)) {
+      decisions.set(p.name, { load: false, why: 'disabled', reason: `${p.feature} switched off` });
+      continue;
+    }
     if (p.ioPath && p.ioPath !== ioPath) {
       decisions.set(p.name, { load: false, why: 'other-path', reason: `send/recv path ${p.ioPath} not in use (${ioPath})` });
       continue;
@@ -198,10 +210,23 @@ export function planPrograms(
       }
     }
   }
+  // A feature whose programs work only together loses all of them with one.
+  for (const [feature, spec] of Object.entries(FEATURES) as [Feature, FeatureSpec][]) {
+    if (!spec.whole) continue;
+    const own = programs.filter((p) => p.feature === feature);
+    const lost = own.find((p) => {
+      const d = decisions.get(p.name);
+      return d && !d.load && (d.why === 'missing' || d.why === 'rejected');
+    });
+    if (!lost) continue;
+    for (const p of own) {
+      if (decisions.get(p.name)?.load) decisions.set(p.name, { load: false, why: 'rejected', reason: `goes with ${lost.name}, which cannot load` });
+    }
+  }
   const offByFeature = new Map<Feature, FeatureOff>();
   for (const p of programs) {
     const d = decisions.get(p.name)!;
-    if (d.load || d.why === 'other-path' || d.why === 'other-variant') continue;
+    if (d.load || d.why === 'other-path' || d.why === 'other-variant' || d.why === 'disabled') continue;
     const feature = p.feature as Feature;
     let off = offByFeature.get(feature);
     if (!off) {

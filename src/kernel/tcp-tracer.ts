@@ -30,12 +30,14 @@ import {
 } from '../records/abi.generated.ts';
 import { BpfObject } from './bpf-object.ts';
 import { chooseIoPath, type IoPath, kernelHooks } from './kernel-features.ts';
-import { describeOff, planPrograms, programSpec, type FeatureOff, type KernelHooks, type ProgramPlan } from './programs.ts';
+import { describeOff, planPrograms, programSpec, PROGRAMS, type FeatureOff, type KernelHooks, type ProgramPlan } from './programs.ts';
 import { libbpf } from './native.ts';
 import { RingBufferReader } from './ring-buffer.ts';
 import { pidKey, u32Key } from './map-keys.ts';
 import { decodeRecords, fromEvent } from '../records/decoder.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
+import type { SchedRecord } from '../records/sched-record.ts';
+import { SchedRing } from './sched-ring.ts';
 
 const NO_LOCATION: KspanTlsLoc = { offset: 0n, module: 0n, kind: KspanTlsKind.KSPAN_TLS_NONE, scheme: 0, dtv_layout: 0 };
 
@@ -83,6 +85,10 @@ export interface TcpTracerOptions {
   /** Told once per optional feature the kernel could not give (switched off; kspan runs on). */
   onFeatureOff?: (off: FeatureOff) => void;
   onRecord: (r: KernelRecord) => void;
+  /** Scheduler records (bpf/sched.bpf.h); without it, or with noSched, the scheduler programs are not loaded. */
+  onSchedRecord?: (r: SchedRecord) => void;
+  /** Leave the scheduler programs out (`--no-sched`). */
+  noSched?: boolean;
   /** A record the decoder refused (counted, never silent). */
   onDecodeError?: (err: unknown) => void;
   /** The ring reader's own failures (a failed epoll_wait, a throwing handler): counted, then told here. */
@@ -117,6 +123,9 @@ export class TcpTracer {
   /** The idle-flush variant that loaded, if any. */
   readonly #flushProgram: string | undefined;
   #finalCounters: TracerCounters | undefined;
+  /** The scheduler programs' ring, when they loaded. */
+  readonly #sched: SchedRing | undefined;
+  readonly #onSchedRecord: ((r: SchedRecord) => void) | undefined;
   /** When flushIdle() last ran (performance.now()). */
   #flushedAt = -Infinity;
 
@@ -141,6 +150,17 @@ export class TcpTracer {
         opts.onDecodeError?.(err);
       }
     }, { onError: opts.onRingError });
+    this.#onSchedRecord = opts.onSchedRecord;
+    if (plan.load('on_sched_switch') && opts.onSchedRecord) {
+      this.#sched = new SchedRing(obj, {
+        onRecord: opts.onSchedRecord,
+        onDecodeError: (err) => {
+          this.#decodeErrors++;
+          opts.onDecodeError?.(err);
+        },
+        onRingError: opts.onRingError,
+      });
+    }
   }
 
   /**
@@ -158,8 +178,9 @@ export class TcpTracer {
     const ioPath = chooseIoPath(opts.ioPath, hooks);
     const rejected = new Map<string, string>();
     const faulty = faultRejectedPrograms();
+    const disabled = new Set<string>(opts.noSched || !opts.onSchedRecord ? ['sched'] : []);
     for (let interrupted = 0; ;) {
-      const plan = planPrograms(hooks, ioPath, rejected);
+      const plan = planPrograms(hooks, ioPath, rejected, PROGRAMS, disabled);
       const essential = plan.off.find((f) => f.grade === 'essential');
       if (essential) throw missingEssential(essential, ioPath, opts.ioPath !== undefined);
       try {
@@ -189,6 +210,11 @@ export class TcpTracer {
       if (opts.maxSockets !== undefined) obj.setMaxEntries('socks', opts.maxSockets);
       // The idle flush's queue holds each socket once; only the queued variant reads it.
       obj.setMaxEntries('idle_queue', plan.load('flush_idle') ? (opts.maxSockets ?? KspanLimit.KSPAN_MAX_SOCKETS) : 1);
+      if (!plan.load('on_sched_switch')) {
+        // Unused: the smallest maps the kernel takes.
+        obj.setMaxEntries('sched_threads', 1);
+        obj.setMaxEntries('sched_events', 4096);
+      }
       obj.load();
       obj.attachAll();
       return new TcpTracer(obj, plan, opts);
@@ -201,6 +227,12 @@ export class TcpTracer {
   /** Starts delivering records (epoll wake-ups; never blocks the event loop). */
   start(): void {
     this.#ring.start();
+    this.#sched?.start();
+  }
+
+  /** Whether the scheduler programs run (thread.sched spans). */
+  get sched(): boolean {
+    return this.#sched !== undefined;
   }
 
   /** Traces `pid` (no thread context until setContextLocation), in the selection slots `sel`. Idempotent. */
@@ -360,10 +392,16 @@ export class TcpTracer {
     if (this.#stopped) return;
     this.#stopped = true;
     await this.#ring.stop();
+    await this.#sched?.stop();
     this.#obj.detachAll();
     this.#ring.drain();
     const emit = onRecord ?? (() => {});
     for (const rec of this.openAggregates()) emit(rec);
+    if (this.#sched) {
+      this.#sched.drain();
+      for (const rec of this.#sched.openAggregates()) this.#onSchedRecord?.(rec);
+      this.#sched.close();
+    }
     this.#finalCounters = this.counters();
     this.#ring.close();
     this.#obj.close();

@@ -23,6 +23,7 @@ import { TUNING } from '../core/config.ts';
 import { KspanError } from '../core/errors.ts';
 import type { IoPath } from './kernel-features.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
+import type { SchedRecord } from '../records/sched-record.ts';
 import type { FeatureOff } from './programs.ts';
 import { TcpTracer, type TargetPolicy, type TracerCounters } from './tcp-tracer.ts';
 import { ProcessDiscovery, type DiscoveryStats } from '../discovery/process-discovery.ts';
@@ -34,6 +35,8 @@ export interface TracingSessionOptions {
   pids?: readonly number[];
   ioPath?: IoPath;
   onRecord: (r: KernelRecord) => void;
+  /** Scheduler records (thread.sched); without it the scheduler programs are not loaded. */
+  onSchedRecord?: (r: SchedRecord) => void;
   /** Called once per target and again when its description changes. */
   onTarget?: (t: TargetContext) => void;
   onDecodeError?: (err: unknown) => void;
@@ -188,6 +191,7 @@ export class TracingSession {
     const tracer = TcpTracer.open({
       ioPath: opts.ioPath,
       onRecord: opts.onRecord,
+      onSchedRecord: opts.onSchedRecord,
       onDecodeError: opts.onDecodeError,
       onRingError: opts.onRingError,
       maxSockets: opts.maxSockets,

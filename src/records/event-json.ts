@@ -7,6 +7,7 @@
 import { decodeRecordAttributes } from '../context/record-attributes.ts';
 import { errnoName } from '../core/errors.ts';
 import { connectErrorName, formatEndpoint, tcpStateName, type KernelRecord } from './kernel-record.ts';
+import { syscallName, type SchedRecord } from './sched-record.ts';
 
 /** Marks a bigint to be written as a bare JSON integer. */
 const EXACT = '\u0000exact:';
@@ -67,4 +68,34 @@ export function eventObject(r: KernelRecord, clockOffsetNs: bigint, keyMap?: rea
 
 export function eventLine(r: KernelRecord, clockOffsetNs: bigint, keyMap?: readonly string[]): string {
   return JSON.stringify(eventObject(r, clockOffsetNs, keyMap)).replace(/"\\u0000exact:(-?\d+)"/g, '$1');
+}
+
+/** A scheduler record (type `sched`, src/records/sched-record.ts) as one `kspan events` line. */
+export function schedEventLine(r: SchedRecord, clockOffsetNs: bigint, keyMap?: readonly string[]): string {
+  const o: Record<string, unknown> = {
+    type: r.type,
+    ts_ns: EXACT + (r.endNs + clockOffsetNs).toString(),
+    start_ts_ns: EXACT + (r.startNs + clockOffsetNs).toString(),
+    pid: r.pid,
+    tid: r.tid,
+    trace_id: r.context.traceId,
+    span_id: r.context.spanId,
+    trace_flags: r.context.traceFlags,
+  };
+  if (r.context.attributes) o.attributes = decodeRecordAttributes(r.context.attributes, keyMap ?? []).attributes;
+  o.on_cpu_ns = Number(r.onCpuNs);
+  o.blocked_ns = Number(r.blockedNs);
+  o.runq_ns = Number(r.runqNs);
+  o.voluntary = r.voluntary;
+  o.involuntary = r.involuntary;
+  o.migrations = r.migrations;
+  o.max_off_cpu_ns = Number(r.maxOffNs);
+  if (r.maxOffNs) {
+    o.max_off_cpu_ts_ns = EXACT + (r.maxOffStartNs + clockOffsetNs).toString();
+    o.max_off_cpu_reason = r.maxOffBlocked ? 'blocked' : 'runqueue';
+    o.max_off_cpu_syscall = syscallName(r.maxOffSyscall);
+  }
+  if (r.flushed) o.flushed = true;
+  if (r.exited) o.exited = true;
+  return JSON.stringify(o).replace(/"\\u0000exact:(-?\d+)"/g, '$1');
 }

@@ -15,9 +15,11 @@ export type KernelSpanName =
   /** Standalone: a reset with no span left to carry it. */
   | 'tcp.reset'
   /** With `orphans`: the root of one request/response exchange whose spans had no context. */
-  | 'tcp.exchange';
+  | 'tcp.exchange'
+  /** Scheduler time of one thread under its span (src/spans/sched-spans.ts); no socket. */
+  | 'thread.sched';
 
-export type KernelEventName = 'tcp.retransmit' | 'tcp.reset';
+export type KernelEventName = 'tcp.retransmit' | 'tcp.reset' | 'thread.off_cpu';
 
 export interface KernelSpanEvent {
   name: KernelEventName;
@@ -28,6 +30,18 @@ export interface KernelSpanEvent {
   resetSent: boolean;
   /** tcp.retransmit: the kernel's err for the retransmission (0 = sent). */
   errno: number;
+  /** thread.off_cpu: how long the thread was off its CPU, whether it blocked (else waited to run), the syscall it was in. */
+  offCpu?: { ns: number; blocked: boolean; syscall: string | null };
+}
+
+/** thread.sched: what the scheduler did to one thread while it served the span. */
+export interface SchedFigures {
+  onCpuNs: number;
+  blockedNs: number;
+  runqNs: number;
+  voluntary: number;
+  involuntary: number;
+  migrations: number;
 }
 
 /** Why a span was ended by the agent rather than by what the kernel saw. */
@@ -64,6 +78,8 @@ export interface KernelSpan extends SocketIdentity {
   incomplete: IncompleteReason | null;
   /** send/recv counted by the syscall-tracepoint fallback (kernels < 6.3). */
   fallback: boolean;
+  /** thread.sched only (its socket fields are empty); null for the TCP spans. */
+  sched: SchedFigures | null;
 }
 
 /** What a new span is given: what it is about, its times and its parent. */
@@ -96,5 +112,6 @@ export function newKernelSpan(s: SpanSubject): KernelSpan {
     errorType: null,
     incomplete: null,
     fallback: false,
+    sched: null,
   };
 }

@@ -175,6 +175,15 @@ export const KERNEL_ATTRIBUTE_KEYS = [
   'kspan.tcp.state',
   'kspan.reset.direction',
   'kspan.errno',
+  'kspan.sched.on_cpu_ns',
+  'kspan.sched.blocked_ns',
+  'kspan.sched.runqueue_ns',
+  'kspan.sched.voluntary_switches',
+  'kspan.sched.involuntary_switches',
+  'kspan.sched.migrations',
+  'kspan.sched.off_cpu_ns',
+  'kspan.sched.off_cpu.reason',
+  'kspan.sched.syscall',
 ] as const;
 
 export type KernelAttributeKey = (typeof KERNEL_ATTRIBUTE_KEYS)[number];
@@ -199,8 +208,29 @@ export interface AttributeSink {
  * First those of the socket, then the span's own.
  */
 export function describeSpanAttributes(k: KernelSpan, out: AttributeSink): void {
+  if (k.sched) {
+    describeSchedAttributes(k, out);
+    return;
+  }
   describeSocketAttributes(k, out);
   describeOwnAttributes(k, out);
+}
+
+/** A thread.sched span's attributes (it has no socket): the process, the thread, the scheduler's figures. */
+export function describeSchedAttributes(k: KernelSpan, out: AttributeSink): void {
+  const s = k.sched!;
+  out.number(K['process.pid'], k.pid);
+  out.number(K['thread.id'], k.tid);
+  out.number(K['kspan.sched.on_cpu_ns'], s.onCpuNs);
+  out.number(K['kspan.sched.blocked_ns'], s.blockedNs);
+  out.number(K['kspan.sched.runqueue_ns'], s.runqNs);
+  out.number(K['kspan.sched.voluntary_switches'], s.voluntary);
+  out.number(K['kspan.sched.involuntary_switches'], s.involuntary);
+  out.number(K['kspan.sched.migrations'], s.migrations);
+  if (k.incomplete) {
+    out.bool(K['kspan.incomplete'], true);
+    out.string(K['kspan.incomplete.reason'], k.incomplete);
+  }
 }
 
 /**
@@ -269,6 +299,12 @@ export function describeOwnAttributes(k: KernelSpan, out: AttributeSink): void {
 
 /** The attributes of a retransmit or reset event. */
 export function describeEventAttributes(e: KernelSpanEvent, out: AttributeSink): void {
+  if (e.offCpu) {
+    out.number(K['kspan.sched.off_cpu_ns'], e.offCpu.ns);
+    out.string(K['kspan.sched.off_cpu.reason'], e.offCpu.blocked ? 'blocked' : 'runqueue');
+    if (e.offCpu.syscall) out.string(K['kspan.sched.syscall'], e.offCpu.syscall);
+    return;
+  }
   out.string(K['kspan.tcp.state'], tcpStateName(e.tcpState));
   if (e.name === 'tcp.reset') out.string(K['kspan.reset.direction'], e.resetSent ? 'sent' : 'received');
   if (e.errno) out.number(K['kspan.errno'], e.errno);

@@ -30,6 +30,8 @@ import { KernelSpanEncoder, type EncodedSpan } from '../export/span-encoder.ts';
 import type { KernelSpan } from './kernel-span.ts';
 import { SocketCorrelator, type CorrelatorCounters, type SocketCorrelatorOptions } from './socket-correlator.ts';
 import { SpanBuilder } from './span-builder.ts';
+import type { SchedRecord } from '../records/sched-record.ts';
+import { SchedSpans, type SchedSpanCounters } from './sched-spans.ts';
 
 export interface SpanPipelineOptions {
   /** The target's Resource, one object per pid. */
@@ -59,6 +61,8 @@ type ExportItem = EncodedSpan | ReadableSpan;
 
 export interface SpanPipelineStats {
   correlator: CorrelatorCounters;
+  /** thread.sched spans from scheduler records. */
+  sched: SchedSpanCounters;
   export: ExportCounters;
   /** Sockets with state in the correlator. */
   sockets: number;
@@ -68,6 +72,7 @@ export interface SpanPipelineStats {
 
 export class SpanPipeline {
   readonly correlator: SocketCorrelator;
+  readonly sched: SchedSpans;
   readonly exports: ExportPipeline<ExportItem>;
   readonly target: ExportTarget | null;
   /** The direct OTLP encoder, when spans go to an OTLP endpoint; null when they are ReadableSpans. */
@@ -114,6 +119,7 @@ export class SpanPipeline {
       clock: this.#mode === 'replay' ? 'records' : undefined,
       emit: (k) => this.#emit(k),
     });
+    this.sched = new SchedSpans((k) => this.#emit(k));
     if (this.#mode === 'live') {
       this.#timer = setInterval(() => this.correlator.tick(), options.tickMs ?? TUNING.correlatorTickMs);
       this.#timer.unref();
@@ -122,6 +128,11 @@ export class SpanPipeline {
 
   push(record: KernelRecord): void {
     this.correlator.push(record);
+  }
+
+  /** A scheduler record: its thread.sched span goes straight to export. */
+  pushSched(record: SchedRecord): void {
+    this.sched.push(record);
   }
 
   /** A span made outside the correlator (function spans, src/spans/call-spans.ts), to the same export queue. */
@@ -153,6 +164,7 @@ export class SpanPipeline {
   stats(): SpanPipelineStats {
     return {
       correlator: this.correlator.counters,
+      sched: this.sched.counters,
       export: this.exports.counters,
       sockets: this.correlator.socketCount,
       held: this.exports.held,

@@ -86,7 +86,7 @@ describe('kspan CLI on the kernel', e2eOptions(), () => {
   }
 
   test('run: the last target exits → a warning, then run ends by itself, everything exported, exit 0', async () => {
-    const { server, agent, app } = await tracedExchange(3, ['run', '--otlp-endpoint', receiver.endpoint]);
+    const { server, agent, app } = await tracedExchange(3, ['run', '--no-sched', '--otlp-endpoint', receiver.endpoint]);
     const { code } = await exitsWithin(agent, 15_000);
     assert.equal(code, 0, agent.stderr.join('\n'));
     // 3 × (recv + send) + the accept, each under its request's span

@@ -123,7 +123,7 @@ describe('kspan run --metrics-listen', e2eOptions(), () => {
       const port = Number((await server.waitLine(/^port (\d+)$/))[1]);
       // A second target that outlives the server, so the agent keeps running after the server exits.
       const idle = group.start('sleep', ['600']);
-      const { agent, url } = await startAgent(group, ['--pid', String(server.pid), '--pid', String(idle.pid), '--otlp-endpoint', receiver.endpoint]);
+      const { agent, url } = await startAgent(group, ['--no-sched', '--pid', String(server.pid), '--pid', String(idle.pid), '--otlp-endpoint', receiver.endpoint]);
 
       const before = await scrape(url);
       assert.equal(value(before, 'kspan_targets'), 2);

@@ -45,7 +45,7 @@ describe('Collector outage under steady load', e2eOptions(), () => {
     });
     const port = Number((await server.waitLine(/^port (\d+)$/))[1]);
     const spool = join(dir, 'spool');
-    const agent = group.start(KSPAN_BIN, ['run', '--pid', String(server.pid), '--otlp-endpoint', receiver.endpoint, '--spool-dir', spool]);
+    const agent = group.start(KSPAN_BIN, ['run', '--no-sched', '--pid', String(server.pid), '--otlp-endpoint', receiver.endpoint, '--spool-dir', spool]);
     await agent.waitStderr(/"msg":"tracing"/, 30_000);
     server.send('go');
     const load = pacedTraffic(port, REQUESTS, REQ, RESP, INTERVAL_MS);

@@ -48,7 +48,7 @@ describe('kspan run', e2eOptions(), () => {
     const port = Number((await server.waitLine(/^port (\d+)$/))[1]);
     const agent = group.start(KSPAN_BIN, agentArgs
       ? [...agentArgs, '--pid', String(server.pid)]
-      : ['run', '--pid', String(server.pid), '--otlp-endpoint', receiver.endpoint]);
+      : ['run', '--no-sched', '--pid', String(server.pid), '--otlp-endpoint', receiver.endpoint]);
     await agent.waitStderr(/"msg":"(tracing|recording)"/, 20_000);
     server.send('go');
     const sent = await drive(port, requests, REQ, RESP);

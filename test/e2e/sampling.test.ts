@@ -95,7 +95,7 @@ describe('sampling in the kernel', e2eOptions(), () => {
     const receiver = new OtlpReceiver({ protocol: 'grpc' });
     await receiver.start();
     try {
-      const { app, sent, stop } = await workload(['run', '--otlp-endpoint', receiver.endpoint]);
+      const { app, sent, stop } = await workload(['run', '--no-sched', '--otlp-endpoint', receiver.endpoint]);
       const want = traceIds(sent, sampled);
       const spans = await receiver.waitForSpans(2 * SAMPLED);
       await new Promise((r) => setTimeout(r, 200));

@@ -61,7 +61,7 @@ describe('SIGKILL while spooling, then a restart', e2eOptions(), () => {
       env: { ...process.env, OTEL_SERVICE_NAME: `spool-${process.pid}` },
     });
     const port = Number((await server.waitLine(/^port (\d+)$/))[1]);
-    const first = group.start(KSPAN_BIN, ['run', '--pid', String(server.pid), '--otlp-endpoint', endpoint, '--spool-dir', spool]);
+    const first = group.start(KSPAN_BIN, ['run', '--no-sched', '--pid', String(server.pid), '--otlp-endpoint', endpoint, '--spool-dir', spool]);
     await first.waitStderr(/"msg":"tracing"/, 30_000);
     server.send('go');
     await pacedTraffic(port, REQUESTS, REQ, RESP, 10).done;

@@ -26,7 +26,7 @@ describe('function spans from --uprobe', e2eOptions(), () => {
     const fixture = bed.group.start(exe, ['threads', String(PER_THREAD)]);
     const pid = Number((await fixture.waitLine(/^ready pid (\d+)$/))[1]);
     const agent = bed.group.start(KSPAN_BIN, [
-      'run', '--pid', String(pid), '--otlp-endpoint', bed.receiver.endpoint, '--uprobe-presets', 'none',
+      'run', '--no-sched', '--pid', String(pid), '--otlp-endpoint', bed.receiver.endpoint, '--uprobe-presets', 'none',
       '--uprobe', 'calls:kspan_fixture_work:fixture.work',
       '--uprobe', `${exe}:kspan_fixture_recurse`,
       '--uprobe', 'calls:kspan_fixture_block',
@@ -109,7 +109,7 @@ describe('function spans from --uprobe', e2eOptions(), () => {
     const pid = Number((await fixture.waitLine(/^ready pid (\d+)$/))[1]);
     const other = bed.group.start('sleep', ['600']); // maps libc, not the fixture
     const agent = bed.group.start(KSPAN_BIN, [
-      'run', '--pid', String(pid), '--pid', String(other.pid), '--otlp-endpoint', bed.receiver.endpoint,
+      'run', '--no-sched', '--pid', String(pid), '--pid', String(other.pid), '--otlp-endpoint', bed.receiver.endpoint,
       '--uprobe-presets', 'dns', '--uprobe', 'calls:kspan_fixture_work',
     ]);
     await agent.waitStderr(/"msg":"tracing"/, 20_000);

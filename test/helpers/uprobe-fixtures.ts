@@ -128,13 +128,13 @@ export function agentStopLog(agent: Proc): AgentStopLog {
 
 /**
  * Runs a fixture that prints "ready pid P", works on "go" until it prints
- * "done", and exits on "exit", under `kspan run --pid P AGENT_ARGS`; the agent
+ * "done", and exits on "exit", under `kspan run --no-sched --pid P AGENT_ARGS` (function spans alone); the agent
  * stops on its own once the fixture is gone and must exit 0.
  */
 export async function runFixtureTraced(group: ProcessGroup, cmd: string, args: string[], agentArgs: string[]): Promise<{ fixture: Proc; agent: Proc; pid: number }> {
   const fixture = group.start(cmd, args);
   const pid = Number((await fixture.waitLine(/^ready pid (\d+)$/))[1]);
-  const agent = group.start(KSPAN_BIN, ['run', '--pid', String(pid), ...agentArgs]);
+  const agent = group.start(KSPAN_BIN, ['run', '--no-sched', '--pid', String(pid), ...agentArgs]);
   await agent.waitStderr(/"msg":"tracing"/, 20_000);
   fixture.send('go');
   await fixture.waitLine(/^done$/, 60_000);

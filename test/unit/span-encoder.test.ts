@@ -179,6 +179,26 @@ describe('KernelSpanEncoder: the same request as the OTel transformer', () => {
     );
   });
 
+  test('thread.sched spans (no socket attributes) with a thread.off_cpu event, next to TCP spans', () => {
+    const sched = (pid: number, over: Partial<KernelSpan> = {}): KernelSpan => ({
+      ...kernelSpan({ name: 'thread.sched', pid, tid: pid + 1, cookie: 0n, bytes: 0, calls: 0, srttUs: null }),
+      sched: { onCpuNs: 150_000_000, blockedNs: 2 ** 40, runqNs: 0, voluntary: 3, involuntary: 70_000, migrations: 1 },
+      ...over,
+    });
+    const off = (blocked: boolean, syscall: string | null): KernelSpanEvent => ({
+      name: 'thread.off_cpu', tsNs: 5_000_000_100n, tcpState: 0, resetSent: false, errno: 0, offCpu: { ns: 60_000_000, blocked, syscall },
+    });
+    assertSameEncoding(
+      [
+        sched(4242, { events: [off(true, 'clock_nanosleep')] }),
+        ...correlated().slice(0, 2),
+        sched(7, { events: [off(false, null)], incomplete: 'flushed' }),
+        sched(9),
+      ],
+      { clockOffsetNs: OFFSET, resourceFor, extraAttributes: (k) => (k.pid === 4242 ? { 'app.route': '/x' } : undefined) },
+    );
+  });
+
   test('every batch size, so that targets start and end anywhere in a batch', () => {
     const spans = [...correlated(), ...corners()];
     for (const batch of [1, 2, 3, 7]) assertSameEncoding(spans, { clockOffsetNs: OFFSET, resourceFor }, batch);

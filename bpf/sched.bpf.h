@@ -1,0 +1,326 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Scheduler time per span: how long each target thread ran, blocked and waited
+ * in the run queue while it served a span. Included from kspan.bpf.c.
+ *
+ * Hooks (tp_btf, no kprobes):
+ *   sched_switch      on the CPU that switches, `current` still the outgoing task
+ *                     (prev): its TLS is readable, but no page fault can be
+ *                     served there, so a context read of a page not resident
+ *                     fails (counted: KSPAN_C_SCHED_CTX_FAILED; so is a record
+ *                     caught mid-update, the thread preempted in its writer);
+ *                     the thread then keeps the span it had. Switch-out of
+ *                     prev, switch-in of next.
+ *   sched_wakeup      any context (the waker's): a blocked thread becomes runnable.
+ *   sched_wakeup_new  a new thread: state left by a dead thread with its tid is closed.
+ *
+ * At a target thread's switch-out its span S is read from TLS. The run that
+ * ends goes to S (on-CPU: the delta of se.sum_exec_runtime, what schedstat
+ * reports), and so does the off-CPU interval that follows: blocked (switched
+ * out not runnable, until its wakeup) and run-queue wait (from the wakeup, or
+ * from a preemption, until the switch-in). A (thread, span) aggregate is
+ * emitted as one `sched_events` record when the thread next switches out under
+ * another span or none, or exits; when it switches out under none, the run that
+ * ended goes to the closing span (the span ended during it). Threads that switch
+ * out with no span keep no state and make no record; unsampled spans keep state
+ * but aggregate nothing and make no record (KSPAN_C_SCHED_UNSAMPLED, once each).
+ *
+ * The untraced path, what every other switch on the machine pays: one `targets`
+ * lookup (prev's process) and one `sched_threads` lookup (next's thread).
+ */
+#ifndef KSPAN_SCHED_BPF_H
+#define KSPAN_SCHED_BPF_H
+
+#include "sched.h"
+#include "counters.bpf.h"
+#include "thread_ctx.bpf.h"
+
+#define KSPAN_PF_EXITING 0x00000004
+
+struct kspan_sched_event *unused_sched_event __attribute__((unused));
+struct kspan_sched_thread *unused_sched_thread __attribute__((unused));
+enum kspan_sched_flag *unused_sched_flag __attribute__((unused));
+enum kspan_sched_limit *unused_sched_limit __attribute__((unused));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, KSPAN_SCHED_RING_BYTES);
+} sched_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KSPAN_MAX_SCHED_THREADS);
+	__type(key, __u32);
+	__type(value, struct kspan_sched_thread);
+} sched_threads SEC(".maps");
+
+/* A new thread's zeroed state (too large for the stack next to a context). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kspan_sched_thread);
+} sched_scratch SEC(".maps");
+
+/*
+ * The context reader counts its failures (fault, torn, mid-update) in the
+ * counters of the TCP hooks' reads. The scheduler's reads are told from "no
+ * span" by those counters moving, and counted in KSPAN_C_SCHED_CTX_FAILED
+ * instead: the reader's counts are put back (per CPU, and nothing else runs on
+ * this CPU inside sched_switch).
+ */
+struct ctx_failure_counts {
+	__u64 *fault, *torn, *invalid;
+	__u64 fault0, torn0, invalid0;
+};
+
+static __always_inline __u64 *counter_slot(__u32 idx)
+{
+	return bpf_map_lookup_elem(&counters, &idx);
+}
+
+static __always_inline void ctx_failures_save(struct ctx_failure_counts *c)
+{
+	c->fault = counter_slot(KSPAN_C_CTX_FAULT);
+	c->torn = counter_slot(KSPAN_C_CTX_TORN);
+	c->invalid = counter_slot(KSPAN_C_CTX_INVALID);
+	c->fault0 = c->fault ? *c->fault : 0;
+	c->torn0 = c->torn ? *c->torn : 0;
+	c->invalid0 = c->invalid ? *c->invalid : 0;
+}
+
+/* Whether the read since the save failed; its counts are moved to KSPAN_C_SCHED_CTX_FAILED. */
+static __always_inline bool ctx_failures_take(struct ctx_failure_counts *c)
+{
+	bool failed = false;
+	if (c->fault && *c->fault != c->fault0) {
+		*c->fault = c->fault0;
+		failed = true;
+	}
+	if (c->torn && *c->torn != c->torn0) {
+		*c->torn = c->torn0;
+		failed = true;
+	}
+	if (c->invalid && *c->invalid != c->invalid0) {
+		*c->invalid = c->invalid0;
+		failed = true;
+	}
+	if (failed)
+		count(KSPAN_C_SCHED_CTX_FAILED);
+	return failed;
+}
+
+/* The same span: trace_id, span_id, trace_flags and valid (not the attributes). */
+static __always_inline bool sched_ctx_equal(const struct kspan_trace_ctx *a, const struct kspan_trace_ctx *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] &&
+	       *(const __u16 *)&a->trace_flags == *(const __u16 *)&b->trace_flags;
+}
+
+/* Emits the thread's aggregate (or counts it, unsampled). */
+static __always_inline void sched_emit(struct kspan_sched_thread *st, __u8 flags)
+{
+	if (st->drop) {
+		count(KSPAN_C_SCHED_UNSAMPLED);
+		return;
+	}
+	struct kspan_sched_event *e = bpf_ringbuf_reserve(&sched_events, sizeof(*e), 0);
+	if (!e) {
+		count(KSPAN_C_RINGBUF_FULL);
+		return;
+	}
+	*e = st->agg;
+	e->flags |= flags;
+	/* Wake the agent only when the ring is an eighth full; it drains on a timer otherwise. */
+	__u64 avail = bpf_ringbuf_query(&sched_events, BPF_RB_AVAIL_DATA);
+	__u64 mark = bpf_ringbuf_query(&sched_events, BPF_RB_RING_SIZE) / 8;
+	bool crossed = avail >= mark && avail < mark + sizeof(*e) + 8;
+	bpf_ringbuf_submit(e, crossed ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+}
+
+/* Starts a new aggregate for span `cur` (read from record `rec`), whose first run began at `start`. */
+static __always_inline void sched_open(struct kspan_sched_thread *st, const struct kspan_target *t,
+				       const struct kspan_trace_ctx *cur, __u64 rec, __u16 attrs_size,
+				       __u32 tgid, __u32 tid, __u64 start)
+{
+	__builtin_memset(&st->agg, 0, sizeof(st->agg));
+	st->agg.ctx = *cur;
+	st->agg.pid = tgid;
+	st->agg.tid = tid;
+	st->agg.start_ns = start;
+	st->agg.max_off_syscall = -1;
+	st->drop = !(cur->trace_flags & 1) && !(t->flags & KSPAN_T_KEEP_UNSAMPLED);
+	if (!st->drop)
+		read_thread_ctx_attrs(rec, attrs_size, &st->agg.ctx);
+}
+
+/* The syscall a task is in (-1: none, e.g. preempted in user space). */
+static __always_inline __s32 task_syscall(struct task_struct *task)
+{
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	if (!regs)
+		return -1;
+	return (__s32)BPF_CORE_READ(regs, orig_ax);
+}
+
+/* prev, a target's thread, leaves its CPU. */
+static __always_inline void sched_out(const struct kspan_target *t, struct task_struct *prev, bool preempt,
+				      unsigned int prev_state, __u64 now)
+{
+	__u32 tid = prev->pid, tgid = prev->tgid;
+	struct kspan_sched_thread *st = bpf_map_lookup_elem(&sched_threads, &tid);
+
+	if (prev->flags & KSPAN_PF_EXITING) {
+		/* Its memory may be gone already: no context read; what it had goes out. */
+		if (st) {
+			st->agg.end_ns = now;
+			sched_emit(st, KSPAN_SF_EXITED);
+			bpf_map_delete_elem(&sched_threads, &tid);
+		}
+		return;
+	}
+
+	struct kspan_trace_ctx cur;
+	__u16 attrs_size;
+	struct ctx_failure_counts fc;
+	ctx_failures_save(&fc);
+	__u64 rec = read_thread_ctx_head(tgid, &t->loc, &cur, &attrs_size);
+	if (ctx_failures_take(&fc)) {
+		/* Not "no span": the thread keeps the one it had (none: nothing to keep). */
+		if (!st)
+			return;
+		cur = st->agg.ctx;
+		rec = 0;
+	}
+
+	__u64 sum = prev->se.sum_exec_runtime;
+	/* The run that ends: since the last switch-out we saw, or since this run's switch-in. */
+	__u64 run = st ? sum - st->sum_out : sum - prev->se.prev_sum_exec_runtime;
+
+	if (st && !sched_ctx_equal(&st->agg.ctx, &cur)) {
+		__u8 flags = 0;
+		if (!cur.valid) {
+			/* The span ended during this run: the run is its last. */
+			if (!st->drop)
+				st->agg.on_cpu_ns += run;
+			st->agg.end_ns = now;
+			flags = KSPAN_SF_TAIL;
+		} else {
+			st->agg.end_ns = st->in_ns ? st->in_ns : now;
+		}
+		sched_emit(st, flags);
+		if (!cur.valid) {
+			bpf_map_delete_elem(&sched_threads, &tid);
+			return;
+		}
+		sched_open(st, t, &cur, rec, attrs_size, tgid, tid, now - run);
+	} else if (!st) {
+		if (!cur.valid)
+			return; /* no span: no state, no record */
+		__u32 zero = 0;
+		struct kspan_sched_thread *init = bpf_map_lookup_elem(&sched_scratch, &zero);
+		if (!init)
+			return;
+		__builtin_memset(init, 0, sizeof(*init));
+		if (bpf_map_update_elem(&sched_threads, &tid, init, BPF_NOEXIST) &&
+		    !bpf_map_lookup_elem(&sched_threads, &tid)) {
+			count(KSPAN_C_SCHED_TABLE_FULL);
+			return;
+		}
+		st = bpf_map_lookup_elem(&sched_threads, &tid);
+		if (!st)
+			return;
+		sched_open(st, t, &cur, rec, attrs_size, tgid, tid, now - run);
+	}
+
+	/* Voluntary as the kernel counts nvcsw: not a preemption, and a sleeping state. */
+	bool voluntary = !preempt && prev_state != 0;
+	if (!st->drop) {
+		st->agg.on_cpu_ns += run;
+		if (voluntary)
+			st->agg.voluntary++;
+		else
+			st->agg.involuntary++;
+		st->syscall = task_syscall(prev);
+	}
+	st->sum_out = sum;
+	st->out_ns = now;
+	st->wake_ns = 0;
+	st->blocked = voluntary;
+	st->cpu = bpf_get_smp_processor_id();
+}
+
+/* next, a thread that switched out under a span, gets a CPU again. */
+static __always_inline void sched_in(struct kspan_sched_thread *st, __u64 now)
+{
+	__u64 out = st->out_ns;
+	if (!out || st->drop) {
+		st->out_ns = 0;
+		return;
+	}
+	__u64 off = now - out;
+	/* A blocking switch-out with no wakeup seen stayed runnable (a signal was pending): all run-queue. */
+	if (st->blocked && st->wake_ns >= out && st->wake_ns <= now) {
+		st->agg.blocked_ns += st->wake_ns - out;
+		st->agg.runq_ns += now - st->wake_ns;
+	} else {
+		st->agg.runq_ns += off;
+	}
+	if (bpf_get_smp_processor_id() != st->cpu)
+		st->agg.migrations++;
+	if (off > st->agg.max_off_ns) {
+		st->agg.max_off_ns = off;
+		st->agg.max_off_start_ns = out;
+		st->agg.max_off_syscall = st->syscall;
+		if (st->blocked && st->wake_ns >= out)
+			st->agg.flags |= KSPAN_SF_MAX_OFF_BLOCKED;
+		else
+			st->agg.flags &= ~KSPAN_SF_MAX_OFF_BLOCKED;
+	}
+	st->in_ns = now;
+	st->out_ns = 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	__u64 now = 0;
+	struct kspan_target *t = target_of(prev->tgid);
+	if (t) {
+		now = bpf_ktime_get_ns();
+		sched_out(t, prev, preempt, prev_state, now);
+	}
+	__u32 ntid = next->pid;
+	struct kspan_sched_thread *st = bpf_map_lookup_elem(&sched_threads, &ntid);
+	if (st)
+		sched_in(st, now ? now : bpf_ktime_get_ns());
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(on_sched_wakeup, struct task_struct *p)
+{
+	__u32 tid = p->pid;
+	struct kspan_sched_thread *st = bpf_map_lookup_elem(&sched_threads, &tid);
+	if (st && st->out_ns && st->blocked && !st->wake_ns)
+		st->wake_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(on_sched_wakeup_new, struct task_struct *p)
+{
+	/* A tid is reused: what a dead thread left (its exit unseen) goes out first. */
+	__u32 tid = p->pid;
+	struct kspan_sched_thread *st = bpf_map_lookup_elem(&sched_threads, &tid);
+	if (st) {
+		st->agg.end_ns = st->in_ns ? st->in_ns : st->out_ns;
+		sched_emit(st, KSPAN_SF_EXITED);
+		bpf_map_delete_elem(&sched_threads, &tid);
+	}
+	return 0;
+}
+
+#endif
