@@ -182,15 +182,18 @@ struct {
 	__type(value, struct kspan_sock);
 } sock_scratch SEC(".maps");
 
-/* The traced process `tgid`, or NULL when it is not traced. */
+#include "discovery.bpf.h"
+
+/* The traced process `tgid`, or NULL when it is not traced (or not selected by the policy in force). */
 static __always_inline struct kspan_target *target_of(__u32 tgid)
 {
-	return bpf_map_lookup_elem(&targets, &tgid);
+	struct kspan_target *t = bpf_map_lookup_elem(&targets, &tgid);
+	return t && target_selected(t) ? t : NULL;
 }
 
 static __always_inline struct kspan_target *current_target(void)
 {
-	return target_of(bpf_get_current_pid_tgid() >> 32);
+	return target_of(current_pid_tgid() >> 32);
 }
 
 /* Reads family, ports and addresses of a socket into the state. */
@@ -598,7 +601,7 @@ static __always_inline void sock_last_read(struct kspan_sock *st, __u64 cookie,
 static __always_inline void account_io(const struct kspan_target *t, const struct sock *sk, __u64 cookie,
 				       __u8 dir, __u64 bytes, __u8 path_flag)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 pid_tgid = current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
 	struct kspan_trace_ctx cur;
 
@@ -696,11 +699,13 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 
 	if (newstate == TCP_SYN_SENT) {
 		/* connect() in syscall context: the caller is the owner. */
-		__u64 pid_tgid = bpf_get_current_pid_tgid();
+		__u64 pid_tgid = current_pid_tgid();
 		__u32 tgid = pid_tgid >> 32;
 		struct kspan_target *t = target_of(tgid);
-		if (!t)
+		if (!t) {
+			discovery_poke(tgid, sk);
 			return 0;
+		}
 		__u64 cookie = bpf_get_socket_cookie((void *)sk);
 		struct kspan_sock *st = sock_state_get(t, cookie, sk, KSPAN_F_CLIENT);
 		if (!st)
@@ -796,11 +801,15 @@ static __always_inline struct sock *tcp_sock_from_fd(__u64 fd, __u64 *cookie)
 
 static __always_inline int handle_accept_exit(long ret)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 pid_tgid = current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32;
 	struct kspan_target *t = target_of(tgid);
-	if (ret < 0 || !t)
+	if (ret < 0)
 		return 0;
+	if (!t) {
+		discovery_poke(tgid, discovery_wants_ports() ? sock_from_fd(ret) : NULL);
+		return 0;
+	}
 	__u64 cookie;
 	struct sock *sk = tcp_sock_from_fd(ret, &cookie);
 	if (!sk)
@@ -1022,7 +1031,7 @@ int flush_idle_walk(struct kspan_flush_args *args)
 
 static __always_inline int io_enter(__u64 fd, __u8 dir)
 {
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 pid_tgid = current_pid_tgid();
 	if (!target_of(pid_tgid >> 32))
 		return 0;
 	__u32 tid = (__u32)pid_tgid;
@@ -1033,7 +1042,7 @@ static __always_inline int io_enter(__u64 fd, __u8 dir)
 
 static __always_inline int io_exit(long ret)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)current_pid_tgid();
 	struct io_args *a = bpf_map_lookup_elem(&io_inflight, &tid);
 	if (!a)
 		return 0;

@@ -63,6 +63,9 @@ enum kspan_limit {
 	KSPAN_MAX_TLS_MODULE = 4096,        /* highest TLS module id (DTV index) the reader follows */
 	KSPAN_FLUSH_BATCH = 8192,           /* sockets one flush_idle run looks at (the agent runs it again for more) */
 	KSPAN_CTX_ATTRS_MAX = 52,           /* see struct kspan_trace_ctx */
+	KSPAN_MAX_PROC_SEEN = 16384,        /* processes not traced whose last CHECK is remembered (`proc_seen`, LRU) */
+	KSPAN_PROC_RING_BYTES = 256 << 10,  /* the `proc_events` ring */
+	KSPAN_MAX_SEL_PORTS = 1024,         /* ports of --port selectors (`sel_ports`) */
 	KSPAN_CALL_RING_BYTES = 4 << 20,    /* ring buffer of uprobe call records (`calls`) */
 	KSPAN_MAX_CALL_THREADS = 4096,      /* threads inside a probed function at once (`call_stacks`) */
 	KSPAN_CALL_DEPTH = 8,               /* probed calls open at once in one thread, nested or recursive */
@@ -93,7 +96,9 @@ enum kspan_counter {
 	KSPAN_C_SCHED_CTX_FAILED = 15,/* scheduler: the span could not be read at a switch-out (a page not resident: no fault can be served there; or caught mid-update): the thread keeps the span it had (not in KSPAN_C_CTX_*, which count the TCP hooks' reads) */
 	KSPAN_C_SCHED_TABLE_FULL = 16,/* scheduler: no room for a thread's state (`sched_threads`): its time under the span is lost */
 	KSPAN_C_SCHED_UNSAMPLED = 17,/* scheduler: a (thread, span) aggregate not made: the span is not sampled */
-	KSPAN_C_MAX = 18,
+	KSPAN_C_PROC_RING_FULL = 18,/* a process event (exec, fork, exit, check) was lost: the ring was full */
+	KSPAN_C_FORK_TABLE_FULL = 19,/* a target's child could not be made a target: the targets map was full */
+	KSPAN_C_MAX = 20,
 };
 
 /* Bits of kspan_target.flags: per-target choices the agent makes. */
@@ -257,7 +262,8 @@ struct kspan_target {
 	 * or left out whole, so a kept one is complete. */
 	__u32 orphan_keep;
 	__u8 flags;                 /* enum kspan_target_flag */
-	__u8 _pad[3];
+	__u8 sel;                   /* selection slots this target is selected in (bit 0, bit 1): see discovery.bpf.h */
+	__u8 _pad[2];
 };
 
 /* How to walk a Node.js target's V8 heap from its otel_thread_ctx_nodejs_v1 TLS
@@ -274,6 +280,51 @@ struct kspan_node_layout {
 	__u16 native_field_offset;  /* G1 only: second hop; 0 otherwise */
 	__u8 generation;            /* 1, 2 or 3 */
 	__u8 _pad[7];
+};
+
+/* ---- discovery (discovery.bpf.h): processes as they exec, fork and exit ---- */
+
+enum kspan_proc_event_type {
+	KSPAN_P_EXEC = 1,           /* a process exec'ed: the agent looks at it (a target's location was cleared) */
+	KSPAN_P_FORK = 2,           /* a target forked: the child is a target already (same location) */
+	KSPAN_P_EXIT = 3,           /* a target's last thread exited: its entries were deleted */
+	KSPAN_P_CHECK = 4,          /* a process not traced opened a connection, its mappings changed since the agent looked */
+};
+
+/* One record of the `proc_events` ring. */
+struct kspan_proc_event {
+	__u64 ts_ns;                /* CLOCK_MONOTONIC */
+	__u32 pid;                  /* tgid */
+	__u32 ppid;                 /* FORK: the parent's tgid */
+	__u32 map_count;            /* CHECK: the process's VMA count when it was sent */
+	__u8 type;                  /* enum kspan_proc_event_type */
+	__u8 _pad[3];
+};
+
+enum kspan_discovery_flag {
+	KSPAN_D_FOLLOW_FORK = 1,    /* children of targets become targets on fork */
+	KSPAN_D_WATCH = 2,          /* exec and CHECK records go to the agent (selectors, --all) */
+	KSPAN_D_PORTS = 4,          /* slot 0 selects by port: CHECK only for connections whose local or peer
+	                             * port is in `sel_ports` for the slot in force (KSPAN_D_PORTS << 1: slot 1) */
+};
+
+/* The one entry of the `discovery` array: what the programs do, set by the agent. */
+struct kspan_discovery {
+	__u64 check_interval_ns;    /* a process is sent for CHECK at most this often */
+	/* The agent's pid namespace when it is not the initial one (a sidecar
+	 * sharing its service's): pids in maps and records are that namespace's,
+	 * as the agent sees them in /proc. pidns_ino 0: the initial namespace. */
+	__u64 pidns_dev;
+	__u64 pidns_ino;
+	__u32 flags;                /* enum kspan_discovery_flag */
+	__u32 _pad;
+};
+
+/* `proc_seen` (LRU, tgid): what the agent last saw of a process not traced. */
+struct kspan_proc_seen {
+	__u64 checked_ns;           /* when it was last sent for CHECK */
+	__u32 map_count;            /* its VMA count then */
+	__u32 ignore;               /* 1: the agent ruled it out until it execs (no CHECK) */
 };
 
 /* uprobe calls (bpf/uprobes.bpf.h): one record per call of a probed function,

@@ -95,7 +95,7 @@ static __always_inline struct kspan_call_stack *call_stack_get(__u32 tid, __u32 
 SEC("uprobe")
 int BPF_KPROBE(uprobe_call_entry)
 {
-	__u64 id = bpf_get_current_pid_tgid();
+	__u64 id = current_pid_tgid();
 	__u32 tgid = id >> 32, tid = (__u32)id;
 	struct kspan_target *t = target_of(tgid);
 	if (!t)
@@ -199,7 +199,7 @@ static __always_inline void call_submit(struct kspan_call_stack *s, __u32 i, __u
 
 static __always_inline int call_pop(struct pt_regs *ctx, enum call_kind kind)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)current_pid_tgid();
 	struct kspan_call_stack *s = bpf_map_lookup_elem(&call_stacks, &tid);
 	if (!s)
 		return 0;
@@ -251,7 +251,7 @@ int BPF_KRETPROBE(uprobe_tls_return)
  * will never return; each is closed now, flagged unfinished. */
 static __always_inline int calls_close_thread(void)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)current_pid_tgid();
 	struct kspan_call_stack *s = bpf_map_lookup_elem(&call_stacks, &tid);
 	if (!s)
 		return 0;

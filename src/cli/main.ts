@@ -6,6 +6,7 @@
  * are in options.ts EXIT (usage 2, other errors 1, data lost 3).
  */
 import { COMMANDS, loadConfig, wantsHelp, type Command } from '../core/config.ts';
+import { loadCommandConfig } from '../policy/policy-config.ts';
 import { KspanError, type ErrorCode } from '../core/errors.ts';
 import { createLogger } from '../core/logger.ts';
 import { KSPAN_VERSION } from '../core/version.ts';
@@ -33,6 +34,7 @@ const DEFAULT_HINTS: Partial<Record<ErrorCode, string>> = {
   KSPAN_ERR_TARGET: 'check the pid; CAP_SYS_PTRACE for other users\' processes',
   KSPAN_ERR_RECORD_FILE: 'give a file written by kspan record -o FILE',
   KSPAN_ERR_EXPORT: 'check --otlp-endpoint and the OTEL_EXPORTER_OTLP_* variables',
+  KSPAN_ERR_POLICY: 'fix the policy file at the line named',
 };
 
 /** `kspan: CODE: message (hint)`: the hint the error carries, else its code's. */
@@ -68,17 +70,17 @@ async function main(argv: string[]): Promise<number> {
       return doctorExitCode(checks);
     }
     case 'events': {
-      const config = loadConfig('events', { argv: rest });
+      const config = loadCommandConfig('events', rest);
       const { eventsCommand } = await import('./events.ts');
       return eventsCommand(config, createLogger(config.logLevel));
     }
     case 'run': {
-      const config = loadConfig('run', { argv: rest });
+      const config = loadCommandConfig('run', rest);
       const { runCommand } = await import('./run.ts');
       return runCommand(config, createLogger(config.logLevel));
     }
     case 'record': {
-      const config = loadConfig('record', { argv: rest });
+      const config = loadCommandConfig('record', rest);
       const { recordCommand } = await import('./record.ts');
       return recordCommand(config, createLogger(config.logLevel));
     }
@@ -104,7 +106,7 @@ main(process.argv.slice(2)).then(
       process.stderr.write(`${errorLine(err)}\n`);
       if (err.cause instanceof Error) process.stderr.write(`  cause: ${err.cause.message}\n`);
       if ('log' in err && typeof err.log === 'string') process.stderr.write(`  verifier log:\n${err.log}\n`);
-      process.exitCode = err.code === 'KSPAN_ERR_USAGE' ? EXIT.usage : EXIT.error;
+      process.exitCode = err.code === 'KSPAN_ERR_USAGE' || err.code === 'KSPAN_ERR_POLICY' ? EXIT.usage : EXIT.error;
     } else {
       process.stderr.write(`kspan: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
       process.exitCode = EXIT.error;

@@ -3,7 +3,10 @@
  * with its logging, loss counting, file error wording.
  */
 import { getSystemErrorMessage } from 'node:util';
-import type { RunConfig } from '../core/config.ts';
+import type { RunConfig, SELECTION } from '../core/config.ts';
+import { selectionFromSettings } from '../discovery/selectors.ts';
+import { reloadPolicy } from '../policy/policy-config.ts';
+import { PolicyWatcher } from '../policy/policy-watcher.ts';
 import type { Logger } from '../core/logger.ts';
 import { setLibbpfLogSink } from '../kernel/libbpf-log.ts';
 import type { TracerCounters } from '../kernel/tcp-tracer.ts';
@@ -71,7 +74,10 @@ export function waitForStop(seconds: number | undefined): StopSignal {
   return Object.assign(promise, { end: (why: string) => finish(why), cancel: cleanup });
 }
 
-export type TracingConfig = Pick<RunConfig, 'pids' | 'ioHooks' | 'maxSockets' | 'waitForTargets' | 'orphansRatio'> & { unsampled?: boolean; noSched?: boolean };
+export type TracingConfig = Pick<RunConfig, (typeof SELECTION)[number] | 'config' | 'ioHooks' | 'maxSockets' | 'waitForTargets' | 'orphansRatio'> & {
+  unsampled?: boolean;
+  noSched?: boolean;
+};
 
 export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onSchedRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone' | 'uprobes'>;
 
@@ -83,8 +89,12 @@ export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onSchedReco
  */
 export function openSession(config: TracingConfig, log: Logger, hooks: SessionHooks): TracingSession {
   setLibbpfLogSink((level, line) => log[level === 'warn' ? 'warn' : 'debug']({ libbpf: line }, 'libbpf'));
-  return TracingSession.open({
+  const session = TracingSession.open({
     pids: config.pids,
+    selection: selectionFromSettings(config),
+    discover: config.config !== undefined,
+    onSelect: (pid, why) => log.info({ target_pid: pid, why }, 'target selected'),
+    onDeselect: (pid, why) => log.info({ target_pid: pid, why }, 'target deselected'),
     ioPath: config.ioHooks === 'auto' ? undefined : config.ioHooks,
     maxSockets: config.maxSockets,
     waitForTargets: config.waitForTargets,
@@ -103,6 +113,35 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
     onFeatureOff: warnFeatureOff(log),
     uprobes: hooks.uprobes,
   });
+  const reload = reloadPolicy(config as RunConfig);
+  if (config.config && reload) watchPolicy(config.config, config, reload, session, log);
+  return session;
+}
+
+/** Settings a reload cannot change: they shape what was loaded at start. */
+const AT_START = ['ioHooks', 'maxSockets', 'otlpEndpoint', 'otlpProtocol', 'console', 'orphans', 'idleFlushMs', 'logLevel', 'duration'] as const;
+
+/** Swaps the policy file's selection and sampling in on SIGHUP or a change of the file. */
+function watchPolicy(path: string, initial: TracingConfig, reload: () => TracingConfig, session: TracingSession, log: Logger): void {
+  const watcher = new PolicyWatcher<TracingConfig>({
+    path,
+    reload,
+    log,
+    apply: (next, why) => {
+      const r = session.applyPolicy(selectionFromSettings(next), { keepUnsampled: next.unsampled ?? false, orphanRatio: next.orphansRatio });
+      log.info(
+        { why, file: path, slot: session.discovery?.slot, added: r.added, removed: r.removed, flip_before_ns: String(r.flipBeforeNs), flip_after_ns: String(r.flipAfterNs) },
+        'policy applied',
+      );
+      const before = initial as Record<string, unknown>;
+      const after = next as Record<string, unknown>;
+      const fixed = AT_START.filter((k) => k in after && JSON.stringify(after[k]) !== JSON.stringify(before[k]));
+      if (fixed.length) log.warn({ settings: fixed }, 'these settings changed in the policy file take effect at the next start');
+    },
+  });
+  watcher.start();
+  session.policyStats = watcher.stats;
+  session.onStop(() => watcher.close());
 }
 
 /**
@@ -131,8 +170,10 @@ export function ringErrorLog(log: Pick<Logger, 'warn'>, everyMs = 10_000, now = 
  */
 export function recordsLost(c: TracerCounters): number {
   const skipped = Object.values(c.skipped_runs ?? {}).reduce((a, n) => a + n, 0);
-  // Function calls that made no record (no room for the thread's calls, deeper than kept) are lost too.
-  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.KSPAN_C_CALL_TABLE_FULL + c.KSPAN_C_CALL_TOO_DEEP + c.KSPAN_C_SCHED_TABLE_FULL + c.decode_errors + skipped;
+  // Function calls that made no record (no room for the thread's calls, deeper than kept) are lost too;
+  // so are process events, and a child that could not be made a target (targets missed or not freed).
+  const discovery = c.KSPAN_C_PROC_RING_FULL + c.KSPAN_C_FORK_TABLE_FULL;
+  return c.KSPAN_C_RINGBUF_FULL + c.KSPAN_C_SOCK_TABLE_FULL + c.KSPAN_C_CALL_TABLE_FULL + c.KSPAN_C_CALL_TOO_DEEP + c.KSPAN_C_SCHED_TABLE_FULL + c.decode_errors + skipped + discovery;
 }
 
 /** Why a command stopped, as its "stopping" line says. */

@@ -16,6 +16,7 @@ import { exportTarget } from '../export/export-pipeline.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
 import { OrphanNotices, type Notice } from '../spans/orphan-notices.ts';
 import { TargetResources } from '../export/target-resources.ts';
+import { containerResource } from '../discovery/process-facts.ts';
 import type { TracingSession } from '../kernel/tracing-session.ts';
 import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
 import { CallSpanBuilder } from '../spans/call-spans.ts';
@@ -96,7 +97,8 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
       onRecord: (r) => pipeline.push(r),
       onSchedRecord: (r) => pipeline.pushSched(r),
       onTarget: (t) => {
-        resources.set(t.pid, t.process.resource);
+        // The cgroup's container.id / k8s.pod.uid, for the Collector's k8sattributes; the target's own Resource wins.
+        resources.set(t.pid, { ...containerResource(t.pid), ...t.process.resource });
         if (t.process.threadLocal) keyMaps.set(t.pid, t.process.threadLocal.keyMap);
         else keyMaps.delete(t.pid);
         log.info({ target_pid: t.pid, scheme: t.scheme ?? 'none', model: t.model, reason: t.reason, service: t.process.resource['service.name'] }, 'target');

@@ -172,6 +172,63 @@ function parsePath(raw: string): string {
   return raw;
 }
 
+function parseGlob(raw: string): string {
+  if (!raw.trim()) throw new Invalid('empty pattern', 'give a path glob, e.g. /usr/sbin/* or **/httpd');
+  return raw.trim();
+}
+
+function parseComm(raw: string): string {
+  if (!raw || raw.length > 15) throw new Invalid('not a command name', 'give the name as ps -o comm shows it (at most 15 characters)');
+  return raw;
+}
+
+function parseRegex(raw: string): string {
+  try {
+    new RegExp(raw);
+  } catch (err) {
+    throw new Invalid(`not a regular expression (${(err as Error).message})`, 'give a JavaScript regular expression, e.g. "--port[= ]8080"');
+  }
+  return raw;
+}
+
+function parseContainerId(raw: string): string {
+  const s = raw.trim().toLowerCase();
+  if (!/^[0-9a-f]{1,64}$/.test(s)) throw new Invalid('not a container id', 'give the id (or its first characters) as docker ps or crictl ps shows it');
+  return s;
+}
+
+function parseCgroupPath(raw: string): string {
+  if (!raw.startsWith('/')) throw new Invalid('not a cgroup path', 'give the path as the cgroup file of the process shows it, e.g. /system.slice/nginx.service');
+  return raw;
+}
+
+function parsePodUid(raw: string): string {
+  const s = raw.trim().toLowerCase().replaceAll('_', '-');
+  if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(s)) {
+    throw new Invalid('not a pod uid', 'give the uid as kubectl get pod -o jsonpath={.metadata.uid} shows it');
+  }
+  return s;
+}
+
+const parsePort = (raw: string) => wholeNumber(raw, 1, 65535, 'a port');
+
+/** The selectors, included (`--exe`) and excluded (`--exclude-exe`), with their policy file keys (`select.exe`, `exclude.exe`). */
+function selectors(prefix: 'select' | 'exclude') {
+  const flag = (name: string) => (prefix === 'select' ? name : `exclude-${name}`);
+  const verb = prefix === 'select' ? 'trace' : 'never trace';
+  return {
+    exe: list<string>({ flag: flag('exe'), arg: 'GLOB', fileKey: `${prefix}.exe`, parse: parseGlob, help: `${verb} processes whose executable path matches this glob (repeatable)` }),
+    comm: list<string>({ flag: flag('comm'), arg: 'NAME', fileKey: `${prefix}.comm`, parse: parseComm, help: `${verb} processes with this command name (as ps -o comm shows it)` }),
+    cmdline: list<string>({ flag: flag('cmdline'), arg: 'REGEX', fileKey: `${prefix}.cmdline`, parse: parseRegex, help: `${verb} processes whose arguments (joined by spaces) match this regular expression` }),
+    container: list<string>({ flag: flag('container'), arg: 'ID', fileKey: `${prefix}.container`, parse: parseContainerId, help: `${verb} the processes of this container (its id or a prefix, from the cgroup path)` }),
+    cgroup: list<string>({ flag: flag('cgroup'), arg: 'PATH', fileKey: `${prefix}.cgroup`, parse: parseCgroupPath, help: `${verb} the processes in this cgroup or below it` }),
+    k8sPodUid: list<string>({ flag: flag('k8s-pod-uid'), arg: 'UID', fileKey: `${prefix}.k8s_pod_uid`, parse: parsePodUid, help: `${verb} the processes of this Kubernetes pod (from the cgroup path)` }),
+    port: list<number>({ flag: flag('port'), arg: 'N', fileKey: `${prefix}.port`, parse: parsePort, help: `${verb} processes with a TCP connection on this local or peer port` }),
+  };
+}
+
+const INCLUDE = selectors('select');
+const EXCLUDE = selectors('exclude');
 /** Where --spool keeps spans when no --spool-dir is given. */
 export const DEFAULT_SPOOL_DIR = '/var/lib/kspan/spool';
 
@@ -201,9 +258,32 @@ export function parseListen(raw: string): ListenAddress {
 
 export const SETTINGS = {
   pids: list<number>({
-    flag: 'pid', arg: 'PID', fileKey: 'targets.pids', parse: parsePid,
+    flag: 'pid', arg: 'PID', fileKey: 'select.pid', parse: parsePid,
     help: 'a process to trace (repeatable); it must be running when kspan starts',
     missing: 'no target: give --pid PID (repeatable)',
+  }),
+  all: toggle({
+    flag: 'all', fileKey: 'select.all',
+    help: 'node-agent mode: trace every process that publishes trace context (OTEP 4947, OTEL_CTX, the Node.js scheme), as processes start, fork and exit; the selectors narrow it',
+  }),
+  exe: INCLUDE.exe,
+  comm: INCLUDE.comm,
+  cmdline: INCLUDE.cmdline,
+  container: INCLUDE.container,
+  cgroup: INCLUDE.cgroup,
+  k8sPodUid: INCLUDE.k8sPodUid,
+  port: INCLUDE.port,
+  excludePid: list<number>({ flag: 'exclude-pid', arg: 'PID', fileKey: 'exclude.pid', parse: parsePid, help: 'never trace this process' }),
+  excludeExe: EXCLUDE.exe,
+  excludeComm: EXCLUDE.comm,
+  excludeCmdline: EXCLUDE.cmdline,
+  excludeContainer: EXCLUDE.container,
+  excludeCgroup: EXCLUDE.cgroup,
+  excludeK8sPodUid: EXCLUDE.k8sPodUid,
+  excludePort: EXCLUDE.port,
+  config: value<string | undefined>({
+    flag: 'config', arg: 'FILE', default: undefined, parse: parsePath,
+    help: 'a policy file (YAML): selection, orphans, sampling, export; on SIGHUP or when the file changes, the selection and sampling are swapped in without reloading a program (an invalid file keeps the policy in force)',
   }),
   waitForTargets: value<boolean>({
     default: false, parse: parseBoolean,
@@ -338,11 +418,21 @@ interface CommandSpec {
   required?: readonly SettingKey[];
   /** This command's own default (and help line) for a setting. */
   overrides?: Partial<Record<SettingKey, { default?: unknown; defaultText?: string; help?: string }>>;
+  /** At least one of these must have a value (a switch: be on). */
+  requireOne?: { keys: readonly SettingKey[]; missing: string };
   /** Exit statuses, for help. */
   exit: string;
 }
 
-const TRACING = ['pids', 'duration', 'ioHooks', 'maxSockets', 'waitForTargets', 'orphansRatio', 'noSched'] as const;
+/** Every selector: any one of them (or --all, or --pid) names targets. */
+export const SELECTION = [
+  'pids', 'all', 'exe', 'comm', 'cmdline', 'container', 'cgroup', 'k8sPodUid', 'port',
+  'excludePid', 'excludeExe', 'excludeComm', 'excludeCmdline', 'excludeContainer', 'excludeCgroup', 'excludeK8sPodUid', 'excludePort',
+] as const;
+const INCLUDES = ['pids', 'all', 'exe', 'comm', 'cmdline', 'container', 'cgroup', 'k8sPodUid', 'port'] as const;
+const NO_TARGET = 'no target: give --pid PID, --all, or a selector (--exe, --comm, --cmdline, --container, --cgroup, --k8s-pod-uid, --port)';
+
+const TRACING = [...SELECTION, 'config', 'duration', 'ioHooks', 'maxSockets', 'waitForTargets', 'orphansRatio', 'noSched'] as const;
 const EXPORT = ['otlpEndpoint', 'otlpProtocol', 'console', 'orphans'] as const;
 const METRICS = ['metricsListen', 'metricsOtlpEndpoint', 'metricsOtlpIntervalMs'] as const;
 const EXIT_TRACING = '0 stopped (signal, --duration, or every target exited), 1 error, 2 usage error, 3 stopped but data was lost';
@@ -350,23 +440,24 @@ const EXIT_TRACING = '0 stopped (signal, --duration, or every target exited), 1 
 export const COMMANDS = {
   run: {
     summary: "the agent: kernel spans under the targets' own spans, exported over OTLP, or printed as trees when no endpoint is configured",
-    usage: 'kspan run --pid PID [--pid PID ...] [options]',
+    usage: 'kspan run (--pid PID | --all | SELECTOR ...) [--exclude-... ...] [--config FILE] [options]',
     settings: [...TRACING, ...EXPORT, 'idleFlushMs', 'spool', 'spoolDir', 'spoolMaxMb', 'uprobes', 'uprobePresets', ...METRICS, 'logLevel'],
-    required: ['pids'],
+    requireOne: { keys: INCLUDES, missing: NO_TARGET },
     exit: EXIT_TRACING,
   },
   events: {
     summary: 'every kernel record of the targets as one JSON object per line on stdout',
-    usage: 'kspan events --pid PID [--pid PID ...] [options]',
+    usage: 'kspan events (--pid PID | --all | SELECTOR ...) [options]',
     settings: [...TRACING, 'unsampled', 'logLevel'],
-    required: ['pids'],
+    requireOne: { keys: INCLUDES, missing: NO_TARGET },
     exit: EXIT_TRACING,
   },
   record: {
     summary: 'the kernel records of the targets to a file, for kspan replay',
-    usage: 'kspan record --pid PID [--pid PID ...] -o FILE [options]',
+    usage: 'kspan record (--pid PID | --all | SELECTOR ...) -o FILE [options]',
     settings: [...TRACING, 'unsampled', 'output', 'force', 'logLevel'],
-    required: ['pids', 'output'],
+    required: ['output'],
+    requireOne: { keys: INCLUDES, missing: NO_TARGET },
     exit: EXIT_TRACING,
   },
   replay: {
@@ -423,7 +514,7 @@ export interface ConfigSources {
   /** Default: process.env. */
   env?: Readonly<Record<string, string | undefined>>;
   /** The policy file, parsed: its values by dotted key. */
-  file?: { path: string; values: Readonly<Record<string, unknown>> };
+  file?: { path: string; values: Readonly<Record<string, unknown>>; lineOf?: (key: string) => number | undefined };
 }
 
 /** A setting as one command has it. */
@@ -566,7 +657,8 @@ function resolve(entries: readonly Entry[], sources: ConfigSources, flags: RawVa
       origin = { source: 'flag', name: flagName(s) };
       v = typeof flag === 'boolean' ? flag : check(s, origin, typeof flag === 'string' ? [flag] : flag);
     } else if (fromFile !== undefined && fromFile !== null) {
-      origin = { source: 'file', name: `${sources.file!.path}: ${s.fileKey}` };
+      const line = sources.file!.lineOf?.(s.fileKey!);
+      origin = { source: 'file', name: `${sources.file!.path}${line ? `:${line}` : ''}: ${s.fileKey}` };
       v = check(s, origin, (Array.isArray(fromFile) ? fromFile : [fromFile]).map(String));
     } else if (envName) {
       const raw = env[envName]!.trim();
@@ -589,6 +681,10 @@ function resolve(entries: readonly Entry[], sources: ConfigSources, flags: RawVa
 export function loadConfig<C extends Command>(command: C, sources: ConfigSources = {}): CommandConfig<C> {
   const flags = sources.argv ? { ...sources.flags, ...parseCommandLine(command, sources.argv) } : (sources.flags ?? {});
   const c = resolve(commandSettings(command), sources, flags, `kspan ${command} --help lists the options`);
+  const one = (COMMANDS[command] as CommandSpec).requireOne;
+  if (one && !one.keys.some((k) => (Array.isArray(c[k]) ? (c[k] as unknown[]).length > 0 : !!c[k]))) {
+    throw new KspanError('KSPAN_ERR_USAGE', one.missing, { hint: `kspan ${command} --help lists the options` });
+  }
   return { ...c, command } as unknown as CommandConfig<C>;
 }
 

@@ -53,6 +53,7 @@ export const FEATURES = {
   'reset-sent': { grade: 'optional', lost: 'resets kspan\'s targets send' },
   'reset-received': { grade: 'optional', lost: 'resets kspan\'s targets receive' },
   accept: { grade: 'optional', lost: 'accept records: the accept-queue wait, and the server role of accepted sockets' },
+  discovery: { grade: 'optional', lost: 'following processes as they exec, fork and exit: --all and the selectors other than --pid, children of targets, exits noticed at once' },
   'idle-flush': { grade: 'optional', lost: 'closing the last response of a quiet keep-alive connection before its next request or close' },
   uprobes: { grade: 'optional', lost: 'function spans from uprobes: dns.lookup, tls.handshake and --uprobe' },
   'uprobe-dns': { grade: 'optional', lost: 'the queried name and address count of dns.lookup spans (their duration and result stay)' },
@@ -81,6 +82,9 @@ export const PROGRAMS: readonly ProgramSpec[] = [
   // Variants without prototypes: the first whose needs the kernel meets is loaded.
   { name: 'flush_idle', section: 'syscall', feature: 'idle-flush', grade: 'optional', needs: ['bpf_loop', 'sleepable_queue_map'] },
   { name: 'flush_idle_walk', section: 'syscall', feature: 'idle-flush', grade: 'optional' },
+  { name: 'on_proc_exec', section: 'tp_btf/sched_process_exec', feature: 'discovery', grade: 'optional', args: 1 },
+  { name: 'on_proc_fork', section: 'tp_btf/sched_process_fork', feature: 'discovery', grade: 'optional', args: 2 },
+  { name: 'on_proc_exit', section: 'tp_btf/sched_process_exit', feature: 'discovery', grade: 'optional', args: 1 },
   // Function spans (bpf/uprobes.bpf.h): the uprobes are attached by src/uprobes/, per binary.
   { name: 'uprobe_call_entry', section: 'uprobe', feature: 'uprobes', grade: 'optional' },
   { name: 'uprobe_call_return', section: 'uretprobe', feature: 'uprobes', grade: 'optional' },

@@ -50,12 +50,15 @@ export interface TargetPolicy {
   orphanRatio?: number;
 }
 
-function targetValue(loc: KspanTlsLoc, policy: TargetPolicy): Buffer {
+/** A target selected in both selection slots (bpf/discovery.bpf.h): whatever the policy in force. */
+export const SEL_BOTH = 3;
+
+function targetValue(loc: KspanTlsLoc, policy: TargetPolicy, sel = SEL_BOTH): Buffer {
   const buf = Buffer.alloc(KSPAN_TARGET_SIZE);
   const ratio = policy.orphanRatio ?? 1;
   const orphanKeep = ratio >= 1 ? 0xffffffff : Math.max(0, Math.floor(ratio * 2 ** 32));
   const flags = policy.keepUnsampled ? KspanTargetFlag.KSPAN_T_KEEP_UNSAMPLED : 0;
-  encodeKspanTarget({ loc, orphan_keep: orphanKeep, flags }, new DataView(buf.buffer, buf.byteOffset, buf.length), 0);
+  encodeKspanTarget({ loc, orphan_keep: orphanKeep, flags, sel }, new DataView(buf.buffer, buf.byteOffset, buf.length), 0);
   return buf;
 }
 
@@ -112,7 +115,9 @@ export class TcpTracer {
   readonly #obj: BpfObject;
   readonly #ring: RingBufferReader;
   readonly #pids = new Set<number>();
-  readonly #policy: TargetPolicy;
+  #policy: TargetPolicy;
+  /** Per target: its selection slots and the location last given (for rewriting its entry). */
+  readonly #entries = new Map<number, { sel: number; loc: KspanTlsLoc }>();
   #decodeErrors = 0;
   #stopped = false;
   /** The idle-flush variant that loaded, if any. */
@@ -230,15 +235,53 @@ export class TcpTracer {
     return this.#sched !== undefined;
   }
 
-  /** Traces `pid` (no thread context until setContextLocation). Idempotent. */
-  addPid(pid: number): void {
-    if (this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION, this.#policy))) this.targetStats.found++;
+  /** Traces `pid` (no thread context until setContextLocation), in the selection slots `sel`. Idempotent. */
+  addPid(pid: number, sel = SEL_BOTH): void {
+    if (this.#obj.map('targets').insert(pidKey(pid), targetValue(NO_LOCATION, this.#policy, sel))) this.targetStats.found++;
+    else this.setSelection(pid, sel);
+    this.#entries.set(pid, { sel, loc: this.#entries.get(pid)?.loc ?? NO_LOCATION });
     this.#pids.add(pid);
+  }
+
+  /** A target the kernel made itself (`parent`'s child, on fork): known from now on, with the parent's location. */
+  adoptPid(pid: number, sel: number, parent: number): void {
+    const loc = this.#entries.get(parent)?.loc ?? NO_LOCATION;
+    this.#entries.set(pid, { sel, loc });
+    this.#pids.add(pid);
+    this.#obj.map('targets').update(pidKey(pid), targetValue(loc, this.#policy, sel));
+    this.targetStats.found++;
+  }
+
+  /** A target whose entry the kernel deleted itself (its process exited): forgotten here too. */
+  forgetPid(pid: number): void {
+    this.#obj.map('targets').delete(pidKey(pid));
+    this.#pids.delete(pid);
+    this.#entries.delete(pid);
+    this.targetStats.forgotten++;
   }
 
   removePid(pid: number): void {
     if (this.#obj.map('targets').delete(pidKey(pid))) this.targetStats.forgotten++;
     this.#pids.delete(pid);
+    this.#entries.delete(pid);
+  }
+
+  /** The selection slots of `pid`'s entry (bpf/discovery.bpf.h); false when it is not traced. */
+  setSelection(pid: number, sel: number): boolean {
+    const e = this.#entries.get(pid) ?? { sel, loc: NO_LOCATION };
+    e.sel = sel;
+    this.#entries.set(pid, e);
+    return this.#obj.map('targets').replace(pidKey(pid), targetValue(e.loc, this.#policy, sel));
+  }
+
+  selectionOf(pid: number): number | undefined {
+    return this.#entries.get(pid)?.sel;
+  }
+
+  /** New sampling and orphan choices, written into every target's entry (each entry changes at once). */
+  setPolicy(policy: TargetPolicy): void {
+    this.#policy = policy;
+    for (const [pid, e] of this.#entries) this.#obj.map('targets').replace(pidKey(pid), targetValue(e.loc, policy, e.sel));
   }
 
   /** Processes added to the `targets` map since start, and removed from it (self-metrics). */
@@ -246,11 +289,13 @@ export class TcpTracer {
 
   /** Where `pid`'s threads keep their span; false when `pid` is not traced. */
   setContextLocation(pid: number, loc: KspanTlsLoc): boolean {
-    return this.#obj.map('targets').replace(pidKey(pid), targetValue(loc, this.#policy));
+    const e = this.#entries.get(pid);
+    if (e) e.loc = loc;
+    return this.#obj.map('targets').replace(pidKey(pid), targetValue(loc, this.#policy, e?.sel));
   }
 
   clearContextLocation(pid: number): void {
-    this.#obj.map('targets').replace(pidKey(pid), targetValue(NO_LOCATION, this.#policy));
+    this.setContextLocation(pid, NO_LOCATION);
   }
 
   get pids(): number[] {

@@ -26,6 +26,8 @@ import type { KernelRecord } from '../records/kernel-record.ts';
 import type { SchedRecord } from '../records/sched-record.ts';
 import type { FeatureOff } from './programs.ts';
 import { TcpTracer, type TargetPolicy, type TracerCounters } from './tcp-tracer.ts';
+import { ProcessDiscovery, type DiscoveryStats } from '../discovery/process-discovery.ts';
+import { NO_CRITERIA, needsDiscovery, type Selection } from '../discovery/selectors.ts';
 import { UPROBE_ENTRY, UprobeTracer, type UprobeTracerOptions } from '../uprobes/uprobe-tracer.ts';
 
 export interface TracingSessionOptions {
@@ -58,6 +60,13 @@ export interface TracingSessionOptions {
   policy?: TargetPolicy;
   /** See TcpTracerOptions.onFeatureOff: an optional feature this kernel cannot give. */
   onFeatureOff?: (off: FeatureOff) => void;
+  /** Which processes to trace beyond `pids`: --all and the selectors (src/discovery/); implies waitForTargets. */
+  selection?: Selection;
+  /** A process became a target (selected, or a target's child), or stopped being one (deselected). */
+  onSelect?: (pid: number, why: string) => void;
+  onDeselect?: (pid: number, why: string) => void;
+  /** Find targets by the selection even when it is only --pid (a policy file may add selectors later). */
+  discover?: boolean;
   /** Function spans (src/uprobes/): what to probe in every target, and where calls and problems go. */
   uprobes?: Pick<UprobeTracerOptions, 'specs' | 'onCall' | 'onProbeError' | 'onNotFound'>;
 }
@@ -101,6 +110,8 @@ export class TracingSession {
   readonly #gone = new Set<number>();
   #lingerTimer: NodeJS.Timeout | undefined;
   #goneReported = false;
+  /** Processes followed as they exec, fork and exit; absent when the kernel lacks the sched_process tracepoints. */
+  readonly discovery: ProcessDiscovery | undefined;
 
   private constructor(tracer: TcpTracer, opts: TracingSessionOptions) {
     this.tracer = tracer;
@@ -117,6 +128,61 @@ export class TracingSession {
       deleteNodeLayout: (pid) => void nodeLayouts.delete(pidKey(pid)),
       onTarget: opts.onTarget,
     });
+    const selection = opts.selection ?? { all: false, include: { ...NO_CRITERIA, pids: opts.pids ?? [] }, exclude: NO_CRITERIA };
+    if (tracer.plan.load('on_proc_exec') && tracer.plan.load('on_proc_fork') && tracer.plan.load('on_proc_exit')) {
+      this.discovery = new ProcessDiscovery({
+        object: tracer.object,
+        tracer,
+        selection,
+        watch: opts.discover,
+        track: (pid) => this.#track(pid),
+        untrack: (pid) => {
+          this.reader.untrack(pid);
+          this.uprobes?.untrack(pid);
+        },
+        // Told on the next refresh tick: the process's sockets close (and their records
+        // arrive) after its exit tracepoint, and spans still need its key map until then.
+        onExit: (pid) => this.#exitsSeen.add(pid),
+        onSelect: (pid, why) => {
+          this.#gone.clear();
+          opts.onSelect?.(pid, why);
+        },
+        onDeselect: opts.onDeselect,
+        onRingError: opts.onRingError,
+      });
+    } else if (needsDiscovery(selection) || opts.discover) {
+      tracer.stop().catch(() => {});
+      throw new KspanError('KSPAN_ERR_KERNEL', '--all and the selectors other than --pid need the sched_process_exec/fork/exit BTF tracepoints, which this kernel refused', {
+        hint: 'select processes with --pid; `kspan doctor` shows the features this kernel has',
+      });
+    }
+  }
+
+  /**
+   * Puts a new selection and sampling policy in force without reloading a
+   * program: the selection through the slots of bpf/discovery.bpf.h (never
+   * both policies, never neither), then each target's sampling choices.
+   */
+  applyPolicy(selection: Selection, policy: TargetPolicy): ReturnType<ProcessDiscovery['swap']> {
+    if (!this.discovery) throw new KspanError('KSPAN_ERR_KERNEL', 'a policy swap needs the discovery programs, which this kernel refused');
+    const r = this.discovery.swap(selection);
+    this.tracer.setPolicy(policy);
+    return r;
+  }
+
+  /** Policy reloads applied and refused (set when a policy file is watched), for the counters. */
+  policyStats: { applied: number; invalid: number } | undefined;
+
+  /** Called once at stop (before the programs are detached). */
+  onStop(fn: () => void): void {
+    this.#closers.push(fn);
+  }
+
+  readonly #closers: (() => void)[] = [];
+
+  /** Whether targets are found by selectors (not only the --pid list): then kspan waits for targets to come. */
+  get discovering(): boolean {
+    return !!this.discovery?.watching;
   }
 
   /** Checks the targets, then loads and attaches the programs and starts tracing `pids` (records flow after start()). */
@@ -133,7 +199,8 @@ export class TracingSession {
       onFeatureOff: opts.onFeatureOff,
     });
     const session = new TracingSession(tracer, opts);
-    for (const pid of opts.pids ?? []) session.addPid(pid);
+    // With selectors, the --pid list is one of them: the scan at start judges it.
+    if (!session.discovering) for (const pid of opts.pids ?? []) session.addPid(pid);
     return session;
   }
 
@@ -171,24 +238,38 @@ export class TracingSession {
 
   start(): void {
     this.tracer.start();
+    this.discovery?.start();
     this.uprobes?.start();
     this.#timer = setInterval(() => this.refresh(), this.#opts.refreshMs ?? TUNING.targetRefreshMs);
     this.#timer.unref();
   }
 
+  /** Targets whose exit the kernel reported (their state already freed), to tell on the next refresh. */
+  readonly #exitsSeen = new Set<number>();
+
   /** Re-checks every target: context location, Resource, and whether it still runs. */
   refresh(): void {
+    for (const pid of this.#exitsSeen) this.#exited(pid);
+    this.#exitsSeen.clear();
     this.tracer.pruneIdleQueue();
     for (const pid of this.tracer.pids) {
       if (!processRunning(pid)) {
         this.removePid(pid);
-        this.#gone.add(pid);
-        this.#opts.onTargetExit?.(pid);
+        if (this.discovery) this.discovery.stats.forgotten++;
+        this.#exited(pid);
         continue;
       }
       this.#track(pid);
     }
-    if (!this.tracer.pids.length && this.#gone.size && !this.#opts.waitForTargets && !this.#lingerTimer) this.#lingerThenReport();
+    // Every target gone: the command is told on this timer (a kernel EXIT freed their state at once).
+    const waiting = this.#opts.waitForTargets || this.discovering;
+    if (!this.tracer.pids.length && this.#gone.size && !waiting && !this.#lingerTimer) this.#lingerThenReport();
+  }
+
+  /** A target exited (its entries are gone): told at once. */
+  #exited(pid: number): void {
+    this.#gone.add(pid);
+    this.#opts.onTargetExit?.(pid);
   }
 
   /** Waits (bounded) for the kernel's socket table to empty, then reports every target gone, once. */
@@ -209,8 +290,13 @@ export class TracingSession {
   }
 
   /** Loss and fault counters of the kernel side and of context resolution. */
-  counters(): TracerCounters & { context: ThreadContextReaderStats } {
-    return { ...this.tracer.counters(), context: { ...this.reader.stats } };
+  counters(): TracerCounters & { context: ThreadContextReaderStats; discovery?: DiscoveryStats; policy?: { applied: number; invalid: number } } {
+    return {
+      ...this.tracer.counters(),
+      context: { ...this.reader.stats },
+      ...(this.discovery ? { discovery: { ...this.discovery.stats } } : {}),
+      ...(this.policyStats ? { policy: { ...this.policyStats } } : {}),
+    };
   }
 
   /** The features this kernel could not give (switched off, each with what is lost). */
@@ -222,6 +308,8 @@ export class TracingSession {
     if (this.#timer) clearInterval(this.#timer);
     if (this.#lingerTimer) clearTimeout(this.#lingerTimer);
     this.#goneReported = true;
+    for (const fn of this.#closers.splice(0)) fn();
+    await this.discovery?.stop();
     await this.uprobes?.stop();
     await this.tracer.stop(onRecord);
   }

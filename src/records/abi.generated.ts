@@ -42,7 +42,9 @@ export const KspanCounter = {
   KSPAN_C_SCHED_CTX_FAILED: 15,
   KSPAN_C_SCHED_TABLE_FULL: 16,
   KSPAN_C_SCHED_UNSAMPLED: 17,
-  KSPAN_C_MAX: 18,
+  KSPAN_C_PROC_RING_FULL: 18,
+  KSPAN_C_FORK_TABLE_FULL: 19,
+  KSPAN_C_MAX: 20,
 } as const;
 
 export const KspanTlsKind = {
@@ -71,6 +73,9 @@ export const KspanLimit = {
   KSPAN_MAX_TLS_MODULE: 4096,
   KSPAN_FLUSH_BATCH: 8192,
   KSPAN_CTX_ATTRS_MAX: 52,
+  KSPAN_MAX_PROC_SEEN: 16384,
+  KSPAN_PROC_RING_BYTES: 262144,
+  KSPAN_MAX_SEL_PORTS: 1024,
   KSPAN_CALL_RING_BYTES: 4194304,
   KSPAN_MAX_CALL_THREADS: 4096,
   KSPAN_CALL_DEPTH: 8,
@@ -114,6 +119,19 @@ export const KspanSchedFlag = {
 export const KspanSchedLimit = {
   KSPAN_SCHED_RING_BYTES: 1048576,
   KSPAN_MAX_SCHED_THREADS: 16384,
+} as const;
+
+export const KspanProcEventType = {
+  KSPAN_P_EXEC: 1,
+  KSPAN_P_FORK: 2,
+  KSPAN_P_EXIT: 3,
+  KSPAN_P_CHECK: 4,
+} as const;
+
+export const KspanDiscoveryFlag = {
+  KSPAN_D_FOLLOW_FORK: 1,
+  KSPAN_D_WATCH: 2,
+  KSPAN_D_PORTS: 4,
 } as const;
 
 /** struct kspan_trace_ctx: 80 bytes. */
@@ -853,6 +871,7 @@ export interface KspanTarget {
   loc: KspanTlsLoc;
   orphan_keep: number;
   flags: number;
+  sel: number;
 }
 
 export function decodeKspanTarget(v: DataView, o: number): KspanTarget {
@@ -860,6 +879,7 @@ export function decodeKspanTarget(v: DataView, o: number): KspanTarget {
     loc: decodeKspanTlsLoc(v, o + 0),
     orphan_keep: v.getUint32(o + 24, true),
     flags: v.getUint8(o + 28),
+    sel: v.getUint8(o + 29),
   };
 }
 
@@ -868,6 +888,7 @@ export function encodeKspanTarget(x: KspanTarget, v: DataView, o: number): void 
   encodeKspanTlsLoc(x.loc, v, o + 0);
   v.setUint32(o + 24, x.orphan_keep, true);
   v.setUint8(o + 28, x.flags);
+  v.setUint8(o + 29, x.sel);
 }
 
 /** Zero-copy view of struct kspan_target; move it with `at()`. Byte arrays alias the memory. */
@@ -894,6 +915,10 @@ export class KspanTargetView implements KspanTarget {
   get flags(): number {
     const v = this.v;
     return v.getUint8(this.o + 28);
+  }
+  get sel(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 29);
   }
 }
 
@@ -1352,5 +1377,179 @@ export class KspanSchedThreadView implements KspanSchedThread {
   get drop(): number {
     const v = this.v;
     return v.getUint8(this.o + 209);
+  }
+}
+
+/** struct kspan_proc_event: 24 bytes. */
+export const KSPAN_PROC_EVENT_SIZE = 24;
+
+export interface KspanProcEvent {
+  ts_ns: bigint;
+  pid: number;
+  ppid: number;
+  map_count: number;
+  type: number;
+}
+
+export function decodeKspanProcEvent(v: DataView, o: number): KspanProcEvent {
+  return {
+    ts_ns: v.getBigUint64(o + 0, true),
+    pid: v.getUint32(o + 8, true),
+    ppid: v.getUint32(o + 12, true),
+    map_count: v.getUint32(o + 16, true),
+    type: v.getUint8(o + 20),
+  };
+}
+
+/** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
+export function encodeKspanProcEvent(x: KspanProcEvent, v: DataView, o: number): void {
+  v.setBigUint64(o + 0, x.ts_ns, true);
+  v.setUint32(o + 8, x.pid, true);
+  v.setUint32(o + 12, x.ppid, true);
+  v.setUint32(o + 16, x.map_count, true);
+  v.setUint8(o + 20, x.type);
+}
+
+/** Zero-copy view of struct kspan_proc_event; move it with `at()`. Byte arrays alias the memory. */
+export class KspanProcEventView implements KspanProcEvent {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get ts_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 0, true);
+  }
+  get pid(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 8, true);
+  }
+  get ppid(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 12, true);
+  }
+  get map_count(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 16, true);
+  }
+  get type(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 20);
+  }
+}
+
+/** struct kspan_discovery: 32 bytes. */
+export const KSPAN_DISCOVERY_SIZE = 32;
+
+export interface KspanDiscovery {
+  check_interval_ns: bigint;
+  pidns_dev: bigint;
+  pidns_ino: bigint;
+  flags: number;
+}
+
+export function decodeKspanDiscovery(v: DataView, o: number): KspanDiscovery {
+  return {
+    check_interval_ns: v.getBigUint64(o + 0, true),
+    pidns_dev: v.getBigUint64(o + 8, true),
+    pidns_ino: v.getBigUint64(o + 16, true),
+    flags: v.getUint32(o + 24, true),
+  };
+}
+
+/** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
+export function encodeKspanDiscovery(x: KspanDiscovery, v: DataView, o: number): void {
+  v.setBigUint64(o + 0, x.check_interval_ns, true);
+  v.setBigUint64(o + 8, x.pidns_dev, true);
+  v.setBigUint64(o + 16, x.pidns_ino, true);
+  v.setUint32(o + 24, x.flags, true);
+}
+
+/** Zero-copy view of struct kspan_discovery; move it with `at()`. Byte arrays alias the memory. */
+export class KspanDiscoveryView implements KspanDiscovery {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get check_interval_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 0, true);
+  }
+  get pidns_dev(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 8, true);
+  }
+  get pidns_ino(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 16, true);
+  }
+  get flags(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 24, true);
+  }
+}
+
+/** struct kspan_proc_seen: 16 bytes. */
+export const KSPAN_PROC_SEEN_SIZE = 16;
+
+export interface KspanProcSeen {
+  checked_ns: bigint;
+  map_count: number;
+  ignore: number;
+}
+
+export function decodeKspanProcSeen(v: DataView, o: number): KspanProcSeen {
+  return {
+    checked_ns: v.getBigUint64(o + 0, true),
+    map_count: v.getUint32(o + 8, true),
+    ignore: v.getUint32(o + 12, true),
+  };
+}
+
+/** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
+export function encodeKspanProcSeen(x: KspanProcSeen, v: DataView, o: number): void {
+  v.setBigUint64(o + 0, x.checked_ns, true);
+  v.setUint32(o + 8, x.map_count, true);
+  v.setUint32(o + 12, x.ignore, true);
+}
+
+/** Zero-copy view of struct kspan_proc_seen; move it with `at()`. Byte arrays alias the memory. */
+export class KspanProcSeenView implements KspanProcSeen {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get checked_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 0, true);
+  }
+  get map_count(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 8, true);
+  }
+  get ignore(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 12, true);
   }
 }

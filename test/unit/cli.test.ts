@@ -78,7 +78,7 @@ describe('usage errors: one KSPAN_ERR_USAGE line, exit 2', () => {
   test('unknown commands and options, missing arguments', () => {
     fails(['frob'], 2, 'kspan: KSPAN_ERR_USAGE: unknown command "frob" (kspan --help lists the commands)');
     fails(['run', '--pid', '1', '--bogus'], 2, 'kspan: KSPAN_ERR_USAGE: unknown option --bogus (kspan run --help lists the options)');
-    fails(['run'], 2, 'kspan: KSPAN_ERR_USAGE: no target: give --pid PID (repeatable) (kspan run --help lists the options)');
+    fails(['run'], 2, 'kspan: KSPAN_ERR_USAGE: no target: give --pid PID, --all, or a selector (--exe, --comm, --cmdline, --container, --cgroup, --k8s-pod-uid, --port) (kspan run --help lists the options)');
     fails(['doctor', '--jsn'], 2, 'kspan: KSPAN_ERR_USAGE: unknown option --jsn (kspan doctor --help lists the options)');
     fails(['demo', '--loss', '2'], 2, 'kspan: KSPAN_ERR_USAGE: --loss 2: not a fraction (give a number from 0 up to (not including) 1, e.g. 0.05)');
   });

@@ -83,7 +83,7 @@ describe('layers: default < environment < policy file < command line', () => {
 
 describe('every check, naming where the value came from', () => {
   test('--pid', () => {
-    usage(() => run([]), 'no target: give --pid PID (repeatable) (kspan run --help lists the options)');
+    usage(() => run([]), 'no target: give --pid PID, --all, or a selector (--exe, --comm, --cmdline, --container, --cgroup, --k8s-pod-uid, --port) (kspan run --help lists the options)');
     usage(() => run(['--pid', 'abc']), '--pid abc: not a process id (give the pid of a running process, from 1 to 4194304)');
     usage(() => run(['--pid', '0']), '--pid 0: not a process id (give the pid of a running process, from 1 to 4194304)');
     usage(() => run(['--pid', '-3']), '--pid -3: not a process id (give the pid of a running process, from 1 to 4194304)');

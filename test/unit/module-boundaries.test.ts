@@ -32,6 +32,8 @@ const PURE = [
   'src/export/proto-writer.ts',
   'src/export/span-encoder.ts',
   'src/kernel/programs.ts',
+  'src/discovery/cgroup-path.ts',
+  'src/discovery/selectors.ts',
   'src/uprobes/uprobe-spec.ts',
   'src/uprobes/call-record.ts',
 ] as const;
