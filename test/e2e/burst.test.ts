@@ -70,7 +70,7 @@ describe('bursts above the ring buffer', e2eOptions(), () => {
     // A busy machine retransmits on loopback now and then (tail loss probes): each
     // retransmit of a traced socket makes a record too, so they are counted as made.
     const oracles = await Promise.all([burst, later].map((x) => startRetransmitOracle(group, x.server.port, { localOnly: true })));
-    const kspan = group.start(KSPAN_BIN, ['events', '--pid', String(burst.server.proc.pid), '--pid', String(later.server.proc.pid)]);
+    const kspan = group.start(KSPAN_BIN, ['events', '--no-sched', '--pid', String(burst.server.proc.pid), '--pid', String(later.server.proc.pid)]);
     await kspan.waitStderr(/"msg":"tracing"/, 20_000);
 
     kspan.child.kill('SIGSTOP');
@@ -136,7 +136,7 @@ describe('bursts above the ring buffer', e2eOptions(), () => {
     const receiver = new OtlpReceiver({ protocol: 'grpc' });
     await receiver.start();
     try {
-      const kspan = group.start(KSPAN_BIN, ['run', '--pid', String(burst.server.proc.pid), '--otlp-endpoint', receiver.endpoint, '--metrics-listen', '127.0.0.1:0']);
+      const kspan = group.start(KSPAN_BIN, ['run', '--no-sched', '--pid', String(burst.server.proc.pid), '--otlp-endpoint', receiver.endpoint, '--metrics-listen', '127.0.0.1:0']);
       const url = (await kspan.waitStderr(/"metrics":"(http:\/\/127\.0\.0\.1:\d+\/metrics)"/, 20_000))[1];
       await kspan.waitStderr(/"msg":"tracing"/, 20_000);
       kspan.child.kill('SIGSTOP');

@@ -63,7 +63,7 @@ describe('churn without leaks', e2eOptions(), () => {
     const total = ROUNDS * PER_ROUND;
     // One connection more than made: the server stays (a target) until the test ends it.
     const server = await startServer(group, ['--conns', String(total + 1), '--requests', '1', '--req-bytes', '10', '--resp-bytes', '20']);
-    const kspan = group.start(KSPAN_BIN, ['events', '--pid', String(server.proc.pid)], { env: AGENT_ENV });
+    const kspan = group.start(KSPAN_BIN, ['events', '--no-sched', '--pid', String(server.proc.pid)], { env: AGENT_ENV });
     await kspan.waitStderr(/"msg":"tracing"/, 20_000);
     server.proc.send('go');
     const client = group.start(connLoopPath(), ['--port', String(server.port), '--conns', String(PER_ROUND), '--requests', '1', '--req-bytes', '10', '--resp-bytes', '20']);
@@ -119,7 +119,7 @@ describe('churn without leaks', e2eOptions(), () => {
       pubs.push({ proc, children });
     }
     const pids = pubs.flatMap((p) => [p.proc.pid, ...p.children]);
-    const kspan = group.start(KSPAN_BIN, ['events', ...pids.flatMap((p) => ['--pid', String(p)])], { env: AGENT_ENV });
+    const kspan = group.start(KSPAN_BIN, ['events', '--no-sched', ...pids.flatMap((p) => ['--pid', String(p)])], { env: AGENT_ENV });
     await kspan.waitStderr(/"msg":"tracing"/, 60_000);
     assert.deepEqual(agentMapCounts(kspan.pid, MAPS), { targets: 2 * PROCS + 2, socks: 0, io_inflight: 0, node_layouts: 0, idle_queued: 0 });
 

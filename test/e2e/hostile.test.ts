@@ -74,7 +74,7 @@ describe('hostile targets', e2eOptions(), () => {
       await proc.waitLine(/^ready pid \d+$/);
       targets.push({ mode, id: i + 1, proc });
     }
-    const kspan = group.start(KSPAN_BIN, ['events', ...targets.flatMap((t) => ['--pid', String(t.proc.pid)])]);
+    const kspan = group.start(KSPAN_BIN, ['events', '--no-sched', ...targets.flatMap((t) => ['--pid', String(t.proc.pid)])]);
     await kspan.waitStderr(/"msg":"tracing"/, 20_000);
     for (const t of targets) t.proc.send('go');
     for (const t of targets) await t.proc.waitLine(/^done$/, 30_000);

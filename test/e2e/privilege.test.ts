@@ -51,7 +51,7 @@ async function runWorkload(group: ProcessGroup, prefix: string[], tracedBin = tr
   const traced = group.start(tracedBin, ['--requests', String(REQUESTS), '--req-bytes', '100', '--resp-bytes', '300']);
   const tport = Number((await traced.waitLine(/^port (\d+)$/))[1]);
   const plain = await startServer(group, ['--requests', '1', '--req-bytes', '10', '--resp-bytes', '20']);
-  const argv = [...prefix, KSPAN_BIN, 'events', '--pid', String(traced.pid), '--pid', String(plain.proc.pid)];
+  const argv = [...prefix, KSPAN_BIN, 'events', '--no-sched', '--pid', String(traced.pid), '--pid', String(plain.proc.pid)];
   const kspan = group.start(argv[0], argv.slice(1));
   await kspan.waitStderr(/"msg":"tracing"/, 20_000);
   traced.send('go');

@@ -35,7 +35,7 @@ describe('restart: connections older than kspan', e2eOptions(), () => {
     const lport = Number((await client.waitLine(/^connected (\d+)$/))[1]);
 
     // kspan starts now, on both ends of the established connection.
-    const kspan = group.start(KSPAN_BIN, ['events', '--pid', String(server.pid), '--pid', String(client.pid)]);
+    const kspan = group.start(KSPAN_BIN, ['events', '--no-sched', '--pid', String(server.pid), '--pid', String(client.pid)]);
     await kspan.waitStderr(/"msg":"tracing"/, 20_000);
     client.send('go');
     await client.waitLine(/^done$/, 20_000);
@@ -84,7 +84,7 @@ describe('restart: connections older than kspan', e2eOptions(), () => {
       const client = startClient(group, ['--port', String(port), '--requests', String(REQUESTS), '--req-bytes', String(REQ), '--resp-bytes', String(RESP), '--traceparent', '--wait']);
       client.send('connect');
       await client.waitLine(/^connected \d+$/);
-      const kspan = group.start(KSPAN_BIN, ['run', '--pid', String(server.pid), '--otlp-endpoint', receiver.endpoint]);
+      const kspan = group.start(KSPAN_BIN, ['run', '--no-sched', '--pid', String(server.pid), '--otlp-endpoint', receiver.endpoint]);
       await kspan.waitStderr(/"msg":"tracing"/, 20_000);
       client.send('go');
       await client.waitLine(/^done$/, 20_000);
