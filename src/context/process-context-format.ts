@@ -171,17 +171,3 @@ export function parseResourceAttributesEnv(value: string): ResourceAttributes {
   }
   return out;
 }
-
-/**
- * The container id from /proc/PID/cgroup: the last 64-hex-digit id in a cgroup
- * path (docker-<id>.scope, /docker/<id>, cri-containerd-<id>.scope, crio-<id>,
- * /kubepods/.../<id>). Undefined outside containers.
- */
-export function containerIdFromCgroup(text: string): string | undefined {
-  for (const line of text.split('\n')) {
-    const path = line.split(':').slice(2).join(':');
-    const ids = path.match(/[0-9a-f]{64}/g);
-    if (ids) return ids[ids.length - 1];
-  }
-  return undefined;
-}

@@ -20,7 +20,6 @@ import {
   OTEL_CTX_SIGNATURE,
   type ProcessContextInfo,
   type ResourceAttributes,
-  containerIdFromCgroup,
   decodeProcessContextPayload,
   findOtelCtxMapping,
   parseEnviron,
@@ -28,6 +27,7 @@ import {
   parseResourceAttributesEnv,
   threadLocalConfig,
 } from './process-context-format.ts';
+import { parseProcCgroup } from '../discovery/cgroup-path.ts';
 
 export interface ReadProcessContextOptions {
   /** host.name to report (default: this machine's hostname). */
@@ -60,7 +60,7 @@ export function readProcessContext(pid: number, opts: ReadProcessContextOptions 
   };
   if (exePath) detected['process.executable.path'] = exePath;
   const cgroup = readOptional(`/proc/${pid}/cgroup`);
-  const containerId = cgroup ? containerIdFromCgroup(cgroup) : undefined;
+  const containerId = cgroup ? parseProcCgroup(cgroup).containerId : undefined;
   if (containerId) detected['container.id'] = containerId;
 
   let problem: string | undefined;

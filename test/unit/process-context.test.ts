@@ -2,7 +2,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  containerIdFromCgroup,
   decodeProcessContextPayload,
   findOtelCtxMapping,
   parseEnviron,
@@ -10,6 +9,7 @@ import {
   parseResourceAttributesEnv,
   threadLocalConfig,
 } from '../../src/context/process-context-format.ts';
+import { parseProcCgroup } from '../../src/discovery/cgroup-path.ts';
 import { parseProcMaps } from '../../src/context/proc-maps.ts';
 import { ProcessContextType } from '../../src/proto/otlp.ts';
 
@@ -93,7 +93,8 @@ test('environment: environ parsing and OTEL_RESOURCE_ATTRIBUTES', () => {
   assert.deepEqual(parseResourceAttributesEnv(' a = 1 ,b=hello%20world,bad,=x,c=%zz'), { a: '1', b: 'hello world', c: '%zz' });
 });
 
-test('container id from cgroup v1 and v2 paths', () => {
+test('container id from cgroup v1 and v2 paths (the Resource reader uses the selectors\' parser)', () => {
+  const containerIdFromCgroup = (text: string) => parseProcCgroup(text).containerId;
   const id = 'a'.repeat(8) + '0123456789abcdef'.repeat(3) + 'b'.repeat(8);
   assert.equal(id.length, 64);
   assert.equal(containerIdFromCgroup(`0::/system.slice/docker-${id}.scope\n`), id);
