@@ -226,21 +226,21 @@ export function startPublisher(
   });
 }
 
-/** The "sockets outlive the moment of context" fixture (test/fixtures/tls/ctx_flush.c); returns the binary. */
 /** test/fixtures/tls/ctx_tx_spill.c: four spans on one socket before its data is acknowledged. */
 export function buildTxSpillFixture(): string {
   const dir = buildFixture({
     name: 'tls-tx-spill',
-    sources: [WRITER, `${SRC}/ctx_tx_spill.c`, THREAD_CTX_HEADER],
+    sources: [WRITER, `${SRC}/ctx_tx_spill.c`, `${SRC}/fixture_ctx.h`, THREAD_CTX_HEADER],
     steps: [{ out: 'ctx_tx_spill', cmd: ['gcc', ...CFLAGS, '{ctx_tx_spill.c}', '{otel_ctx_writer.c}', '-ftls-model=local-exec', EXPORT, '-o', 'ctx_tx_spill'] }],
   });
   return join(dir, 'ctx_tx_spill');
 }
 
+/** The "sockets outlive the moment of context" fixture (test/fixtures/tls/ctx_flush.c); returns the binary. */
 export function buildCtxFlushFixture(): string {
   const dir = buildFixture({
     name: 'tls-flush',
-    sources: [WRITER, `${SRC}/ctx_flush.c`, THREAD_CTX_HEADER],
+    sources: [WRITER, `${SRC}/ctx_flush.c`, `${SRC}/fixture_ctx.h`, THREAD_CTX_HEADER],
     steps: [{ out: 'ctx_flush', cmd: ['gcc', ...CFLAGS, '{ctx_flush.c}', '{otel_ctx_writer.c}', '-ftls-model=local-exec', EXPORT, '-o', 'ctx_flush'] }],
   });
   return join(dir, 'ctx_flush');
