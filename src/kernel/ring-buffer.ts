@@ -121,8 +121,9 @@ export class RingBufferReader {
     return new KspanError('KSPAN_ERR_RINGBUF', `ring buffer: ${call} failed`, { cause: errnoError(call, err) });
   }
 
-  /** Reads every committed record now. Returns how many were delivered. */
+  /** Reads every committed record now. Returns how many were delivered (none once closed: the ring is unmapped). */
   drain(): number {
+    if (this.#closed) return 0;
     let cons = Number(this.#consPos[0]);
     const data = this.#data;
     const mask = this.#mask;

@@ -66,6 +66,8 @@ describe('ring buffer reader', e2eOptions(), () => {
       assert.equal(reader.stats.handlerErrors, 1);
       assert.equal(reader.stats.waitErrors, 0);
       assert.deepEqual(errors.map((e) => (e as Error).message), ['record 2 refused']);
+      reader.close();
+      assert.equal(reader.drain(), 0, 'a closed reader reads nothing (its ring is unmapped)');
     } finally {
       reader?.close();
       obj.close();
