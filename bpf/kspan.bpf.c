@@ -533,6 +533,17 @@ static __always_inline void agg_close(struct kspan_sock *st, __u64 cookie, bool 
 		tx_leave_agg(st, true);
 		return;
 	}
+	if ((st->agg.flags & KSPAN_F_DROP) && ((st->pend.flags & KSPAN_F_DROP) || !st->pend.ref.valid)) {
+		/* The pair stays in the kernel (an unsampled response and its
+		 * request): what agg_submit() would do, with nothing to copy. */
+		agg_count_dropped(st->agg.ref.valid);
+		agg_count_dropped(st->agg.ref.valid || st->pend.ref.valid);
+		st->sflags |= KSPAN_S_DROPPED;
+		st->pend.dir = 0;
+		agg_clear(st);
+		tx_leave_agg(st, false);
+		return;
+	}
 	__u32 zero = 0;
 	struct kspan_sock *tmp = bpf_map_lookup_elem(&sock_scratch, &zero);
 	if (!tmp)
