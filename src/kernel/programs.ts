@@ -108,6 +108,12 @@ export function programSpec(name: string): ProgramSpec | undefined {
   return PROGRAMS.find((p) => p.name === name);
 }
 
+/** Whether another program of the table serves the same hook for the same feature (a variant to try when this one is refused). */
+export function hasOtherVariant(name: string, programs: readonly ProgramSpec[] = PROGRAMS): boolean {
+  const p = programs.find((x) => x.name === name);
+  return !!p && programs.some((x) => x !== p && x.section === p.section && x.feature === p.feature && x.ioPath === p.ioPath);
+}
+
 /** What the running kernel offers to the programs. */
 export interface KernelHooks {
   /** Argument count of BTF tracepoint `name`; undefined when the kernel lacks it. */

@@ -11,7 +11,7 @@ import { readElfFile } from '../../src/elf/elf-file.ts';
 
 const STT_FUNC = 2;
 const STB_GLOBAL = 1;
-import { describeOff, FEATURES, planPrograms, PROGRAMS, type KernelCapability, type KernelHooks } from '../../src/kernel/programs.ts';
+import { describeOff, FEATURES, hasOtherVariant, planPrograms, PROGRAMS, type KernelCapability, type KernelHooks } from '../../src/kernel/programs.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
 
 const FIXTURES = join(REPO_ROOT, 'test/fixtures/kernels');
@@ -154,4 +154,13 @@ test('the fallback reads the fd at the exit alone where bpf_task_pt_regs is allo
   assert.equal(refused.load('paired_write_exit'), true);
   assert.equal(refused.load('on_write_enter'), true);
   assert.equal(refused.load('on_read_enter'), false);
+});
+
+test('a refused essential program has a variant to give way to only where its hook has another program', () => {
+  assert.equal(hasOtherVariant('on_read_exit'), true);
+  assert.equal(hasOtherVariant('paired_read_exit'), true);
+  assert.equal(hasOtherVariant('on_read_enter'), false);
+  assert.equal(hasOtherVariant('on_send_length'), false);
+  assert.equal(hasOtherVariant('on_destroy_sock'), false);
+  assert.equal(hasOtherVariant('no_such_program'), false);
 });
