@@ -679,35 +679,33 @@ static __always_inline void account_io(const struct kspan_target *t, __u64 pid_t
 	}
 }
 
-SEC("tp_btf/sock_send_length")
-int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
+/* A send or recv of `ret` bytes on a trusted tp_btf socket: the pid first (a
+ * process not traced leaves here), then the TCP check and the socket's state. */
+static __always_inline void sock_length(struct sock *sk, int ret, __u8 dir)
 {
-	if (ret <= 0)
-		return 0;
 	__u64 pid_tgid = current_pid_tgid();
 	struct kspan_target *t = target_of(pid_tgid >> 32);
 	if (!t || !is_tcp_sock_btf(sk))
-		return 0;
+		return;
 	__u64 cookie = sock_cookie_btf(sk);
 	struct kspan_sock *st = sock_state_get(t, cookie, sk, 0);
 	if (st)
-		account_io(t, pid_tgid, st, cookie, KSPAN_EV_SEND, ret, 0);
+		account_io(t, pid_tgid, st, cookie, dir, ret, 0);
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
+{
+	if (ret > 0)
+		sock_length(sk, ret, KSPAN_EV_SEND);
 	return 0;
 }
 
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(on_recv_length, struct sock *sk, int ret, int flags)
 {
-	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)))
-		return 0;
-	__u64 pid_tgid = current_pid_tgid();
-	struct kspan_target *t = target_of(pid_tgid >> 32);
-	if (!t || !is_tcp_sock_btf(sk))
-		return 0;
-	__u64 cookie = sock_cookie_btf(sk);
-	struct kspan_sock *st = sock_state_get(t, cookie, sk, 0);
-	if (st)
-		account_io(t, pid_tgid, st, cookie, KSPAN_EV_RECV, ret, 0);
+	if (ret > 0 && !(flags & (MSG_PEEK | MSG_ERRQUEUE)))
+		sock_length(sk, ret, KSPAN_EV_RECV);
 	return 0;
 }
 
