@@ -1085,6 +1085,8 @@ static __always_inline void io_done(const struct kspan_target *t, __u64 pid_tgid
 		st = sock_state_get(t, cookie, sk, 0);
 		if (!st)
 			return;
+	} else if (!st->lport) {
+		sock_addr(st, sk); /* as sock_state_get() does for a socket it finds */
 	}
 	account_io(t, pid_tgid, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
 }
