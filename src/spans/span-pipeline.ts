@@ -30,7 +30,8 @@ import { KernelSpanEncoder, type EncodedSpan } from '../export/span-encoder.ts';
 import type { KernelSpan } from './kernel-span.ts';
 import { SocketCorrelator, type CorrelatorCounters, type SocketCorrelatorOptions } from './socket-correlator.ts';
 import { SpanBuilder } from './span-builder.ts';
-import type { SchedRecord } from '../records/sched-record.ts';
+import type { SchedRingRecord } from '../records/sched-record.ts';
+import { readKernelSymbols, type KernelSymbols } from './kallsyms-file.ts';
 import { SchedSpans, type SchedSpanCounters } from './sched-spans.ts';
 
 export interface SpanPipelineOptions {
@@ -119,7 +120,10 @@ export class SpanPipeline {
       clock: this.#mode === 'replay' ? 'records' : undefined,
       emit: (k) => this.#emit(k),
     });
-    this.sched = new SchedSpans((k) => this.#emit(k));
+    let symbols: KernelSymbols | null | undefined;
+    this.sched = new SchedSpans((k) => this.#emit(k), {
+      symbols: () => (symbols === undefined ? (symbols = readKernelSymbols(options.logger)) : symbols),
+    });
     if (this.#mode === 'live') {
       this.#timer = setInterval(() => this.correlator.tick(), options.tickMs ?? TUNING.correlatorTickMs);
       this.#timer.unref();
@@ -131,7 +135,7 @@ export class SpanPipeline {
   }
 
   /** A scheduler record: its thread.sched span goes straight to export. */
-  pushSched(record: SchedRecord): void {
+  pushSched(record: SchedRingRecord): void {
     this.sched.push(record);
   }
 
@@ -157,6 +161,7 @@ export class SpanPipeline {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
     this.correlator.flush('shutdown');
+    this.sched.flush();
     await this.#drainBacklog();
     await this.exports.shutdown();
   }

@@ -40,6 +40,8 @@ export interface JobReport {
   end: ThreadSample;
   /** contend: the busy sibling thread (it runs with no span). */
   siblingTid: number;
+  /** sleeps, pipe: the worker's wait channel as the kernel's /proc/PID/task/TID/wchan gave it while it blocked; null: not read. */
+  wchan: string | null;
 }
 
 export interface SchedFixture {
@@ -47,7 +49,7 @@ export interface SchedFixture {
   pid: number;
   workerTid: number;
   /** Runs one job and waits for its report. `ids` null: no span. */
-  run(kind: 'spin' | 'sleep' | 'contend' | 'fault', ms: number, ids: { traceId: string; spanId: string; sampled: boolean } | null): Promise<JobReport>;
+  run(kind: 'spin' | 'sleep' | 'contend' | 'fault' | 'sleeps' | 'pipe', ms: number, ids: { traceId: string; spanId: string; sampled: boolean } | null, count?: number): Promise<JobReport>;
 }
 
 export async function startSchedFixture(group: ProcessGroup): Promise<SchedFixture> {
@@ -58,15 +60,15 @@ export async function startSchedFixture(group: ProcessGroup): Promise<SchedFixtu
     proc,
     pid: proc.pid,
     workerTid,
-    async run(kind, ms, ids) {
-      proc.send(ids ? `${kind} ${ms} ${ids.traceId} ${ids.spanId} ${ids.sampled ? 1 : 0}` : `${kind} ${ms} - - 1`);
+    async run(kind, ms, ids, count = 1) {
+      proc.send(ids ? `${kind} ${ms} ${ids.traceId} ${ids.spanId} ${ids.sampled ? 1 : 0} ${count}` : `${kind} ${ms} - - 1 ${count}`);
       const nth = ++done;
       // The nth report (lines are never reused).
       await waitCount(proc, nth, 60_000);
       const f = proc.lines.filter((l) => l.startsWith('done '))[nth - 1].split(' ');
       const n = f.slice(2).map(Number);
       const sample = (o: number): ThreadSample => ({ onCpuNs: n[o], runqNs: n[o + 1], timeslices: n[o + 2], voluntary: n[o + 3], involuntary: n[o + 4], t: n[o + 5] });
-      return { kind: f[1], tid: n[0], start: sample(1), end: sample(7), siblingTid: n[13] };
+      return { kind: f[1], tid: n[0], start: sample(1), end: sample(7), siblingTid: n[13], wchan: f[16] === '-' ? null : f[16] };
     },
   };
 }
