@@ -46,19 +46,25 @@ export interface JobReport {
 
 export interface SchedFixture {
   proc: Proc;
+  /** As the host sees it (the process started; with a `prefix`, the prefix's). */
   pid: number;
+  /** As the fixture's own pid namespace sees it (workerTid too). */
+  nsPid: number;
   workerTid: number;
   /** Runs one job and waits for its report. `ids` null: no span. */
   run(kind: 'spin' | 'sleep' | 'contend' | 'fault' | 'sleeps' | 'pipe', ms: number, ids: { traceId: string; spanId: string; sampled: boolean } | null, count?: number): Promise<JobReport>;
 }
 
-export async function startSchedFixture(group: ProcessGroup): Promise<SchedFixture> {
-  const proc = group.start(schedFixturePath(), []);
-  const workerTid = Number((await proc.waitLine(/^ready (\d+)$/))[1]);
+/** `prefix`: a command that runs the fixture (e.g. nsenter into a pid namespace). */
+export async function startSchedFixture(group: ProcessGroup, prefix: string[] = []): Promise<SchedFixture> {
+  const proc = prefix.length ? group.start(prefix[0], [...prefix.slice(1), schedFixturePath()]) : group.start(schedFixturePath(), []);
+  const ready = await proc.waitLine(/^ready (\d+) (\d+)$/);
+  const workerTid = Number(ready[1]);
   let done = 0;
   return {
     proc,
     pid: proc.pid,
+    nsPid: Number(ready[2]),
     workerTid,
     async run(kind, ms, ids, count = 1) {
       proc.send(ids ? `${kind} ${ms} ${ids.traceId} ${ids.spanId} ${ids.sampled ? 1 : 0} ${count}` : `${kind} ${ms} - - 1 ${count}`);
