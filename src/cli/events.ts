@@ -11,7 +11,7 @@ import type { TracingSession } from '../kernel/tracing-session.ts';
 import { targetEvent } from '../context/thread-context-reader.ts';
 import { eventLine, offCpuEventLine, schedEventLine } from '../records/event-json.ts';
 import type { SchedRingRecord } from '../records/sched-record.ts';
-import { readKernelSymbols, type KernelSymbols } from '../spans/kallsyms-file.ts';
+import { onceKernelSymbols } from '../kernel/kallsyms-file.ts';
 import { OFF_CPU_STACK_FRAMES } from '../spans/sched-spans.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
@@ -29,11 +29,11 @@ export async function eventsCommand(config: EventsConfig, log: Logger): Promise<
     out.push(eventLine(r, clock.offsetNs, r.context?.attributes && session?.reader.target(r.pid)?.process.threadLocal?.keyMap));
     if (out.length >= 256) flushOut();
   };
-  let symbols: KernelSymbols | null | undefined;
+  const symbols = onceKernelSymbols(log);
   const printSched = (r: SchedRingRecord) => {
     if (r.type === 'off_cpu') {
-      if (r.stack.length && symbols === undefined) symbols = readKernelSymbols(log);
-      out.push(offCpuEventLine(r, clock.offsetNs, r.stack.length && symbols ? symbols.describe(r.stack, OFF_CPU_STACK_FRAMES) : undefined));
+      const table = r.stack.length ? symbols() : null;
+      out.push(offCpuEventLine(r, clock.offsetNs, table ? table.describe(r.stack, OFF_CPU_STACK_FRAMES) : undefined));
     } else out.push(schedEventLine(r, clock.offsetNs, r.context.attributes && session?.reader.target(r.pid)?.process.threadLocal?.keyMap));
     if (out.length >= 256) flushOut();
   };

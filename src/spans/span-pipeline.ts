@@ -31,7 +31,7 @@ import type { KernelSpan } from './kernel-span.ts';
 import { SocketCorrelator, type CorrelatorCounters, type SocketCorrelatorOptions } from './socket-correlator.ts';
 import { SpanBuilder } from './span-builder.ts';
 import type { SchedRingRecord } from '../records/sched-record.ts';
-import { readKernelSymbols, type KernelSymbols } from './kallsyms-file.ts';
+import type { KernelSymbols } from './kallsyms.ts';
 import { SchedSpans, type SchedSpanCounters } from './sched-spans.ts';
 
 export interface SpanPipelineOptions {
@@ -47,6 +47,8 @@ export interface SpanPipelineOptions {
   orphans?: boolean;
   extraAttributes?: (span: KernelSpan) => Attributes | undefined;
   logger?: Logger;
+  /** The kernel's symbols, to name blocked stacks (thread.off_cpu events); asked for at the first one. */
+  kernelSymbols?: () => KernelSymbols | null;
   /** 'live' (default): the correlator runs on the monotonic clock and ticks on a timer. 'replay': record time, backpressure. */
   mode?: 'live' | 'replay';
   /** Live: how often held spans and idle sockets are checked. Default TUNING.correlatorTickMs. */
@@ -120,10 +122,7 @@ export class SpanPipeline {
       clock: this.#mode === 'replay' ? 'records' : undefined,
       emit: (k) => this.#emit(k),
     });
-    let symbols: KernelSymbols | null | undefined;
-    this.sched = new SchedSpans((k) => this.#emit(k), {
-      symbols: () => (symbols === undefined ? (symbols = readKernelSymbols(options.logger)) : symbols),
-    });
+    this.sched = new SchedSpans((k) => this.#emit(k), { symbols: options.kernelSymbols });
     if (this.#mode === 'live') {
       this.#timer = setInterval(() => this.correlator.tick(), options.tickMs ?? TUNING.correlatorTickMs);
       this.#timer.unref();

@@ -1,7 +1,7 @@
-/** /proc/kallsyms read into a KernelSymbols table (src/spans/kallsyms.ts), once per caller. */
+/** /proc/kallsyms read into a KernelSymbols table (src/spans/kallsyms.ts, the pure parser). */
 import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
-import { KernelSymbols } from './kallsyms.ts';
+import { KernelSymbols } from '../spans/kallsyms.ts';
 
 export type { KernelSymbols };
 
@@ -24,4 +24,10 @@ export function readKernelSymbols(log: Logger | undefined, path = '/proc/kallsym
   }
   log?.debug({ path, symbols: table.size }, 'kernel symbols read');
   return table;
+}
+
+/** readKernelSymbols, on the first call only. */
+export function onceKernelSymbols(log: Logger | undefined): () => KernelSymbols | null {
+  let table: KernelSymbols | null | undefined;
+  return () => (table === undefined ? (table = readKernelSymbols(log)) : table);
 }
