@@ -96,7 +96,7 @@ describe('sidecar: a pid namespace shared with the service', e2eOptions(), () =>
     assert.deepEqual([sched[0].attributes['process.pid'], sched[0].attributes['thread.id']], [fx.nsPid, fx.workerTid]);
     assert.equal(job.tid, fx.workerTid);
     assert.equal(sched[0].attributes['kspan.sched.voluntary_switches'], 1);
-    const off = sched[0].events.filter((e) => e.attributes['kspan.sched.off_cpu.kind'] === 'blocked');
+    const off = sched[0].events.filter((e) => e.attributes['kspan.sched.off_cpu.kind'] === 'blocked' && e.attributes['kspan.sched.syscall'] === 'clock_nanosleep');
     assert.equal(off.length, 1);
     assert.equal(off[0].attributes['kspan.sched.wchan'], job.wchan);
     fx.proc.child.stdin!.end();

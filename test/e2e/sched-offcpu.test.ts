@@ -7,11 +7,12 @@
  *    fixture reads it halfway), duration between the sleep and the span's wall
  *    time, inside the span;
  *  - a read of an empty pipe written after 100 ms: the same, in `read`;
- *  - 6 sleeps of 10 ms: exactly 6 blocked events; 40: exactly the cap (32), and
- *    the other 8 counted on the span;
- *  - 10 sleeps of 1 ms (below the threshold): no event.
- * The sleeps run SCHED_FIFO, so no run-queue wait reaches the threshold and the
- * counts are exact on a busy machine.
+ *  - 6 sleeps of 10 ms: exactly 6 blocked events in clock_nanosleep; 40: exactly
+ *    the cap (32) as events, and the rest (at least 8) counted on the span;
+ *  - 10 sleeps of 1 ms (below the threshold): no event in clock_nanosleep.
+ * The sleeps run SCHED_FIFO; still, on a busy machine (a guest's stolen time)
+ * a run-queue wait can reach the threshold and be an event of its own, so the
+ * counts are of the sleeps' events (kind, syscall and wait channel).
  * And through `kspan events` with the stack-taking wakeup program refused: the
  * variant without stacks loads, blocked records come with no stack.
  */
@@ -87,34 +88,41 @@ describe('thread.off_cpu events through kspan run', e2eOptions(), () => {
     });
   }
 
+  // The sleeps: blocked in clock_nanosleep at the sleep job's wait channel (anything else that
+  // blocked the thread 5 ms, as a page fault on a slow emulated disk can, is an event of its own).
+  const sleeps = (s: ReceivedSpan) =>
+    blocked(s).filter((e) => e.attributes['kspan.sched.syscall'] === 'clock_nanosleep' && e.attributes['kspan.sched.wchan'] === jobs.sleep.wchan);
+
   test('6 sleeps of 10 ms: exactly 6 blocked events, in order, nothing dropped', () => {
     const s = sched(3);
-    const b = blocked(s);
+    const b = sleeps(s);
     assert.equal(b.length, 6, show(s.events));
-    assert.equal(s.events.length, 6, 'SCHED_FIFO: no run-queue wait of 5 ms');
-    for (const e of b) {
-      assert.ok(Number(e.attributes['kspan.sched.off_cpu.duration_ns']) >= 10 * MS);
-      assert.equal(e.attributes['kspan.sched.wchan'], jobs.six.wchan);
-    }
+    for (const e of b) assert.ok(Number(e.attributes['kspan.sched.off_cpu.duration_ns']) >= 10 * MS);
     assert.deepEqual(b.map((e) => e.timeUnixNano), b.map((e) => e.timeUnixNano).sort((x, y) => (x < y ? -1 : 1)));
     assert.equal(s.attributes['kspan.sched.off_cpu.events_dropped'], undefined);
   });
 
   test('40 sleeps: the cap (32) as events, the other 8 counted on the span and in the counters', () => {
     const s = sched(4);
-    assert.equal(s.attributes['kspan.sched.voluntary_switches'], 40);
-    assert.equal(blocked(s).length, 32, show(s.events));
+    const voluntary = Number(s.attributes['kspan.sched.voluntary_switches']);
+    assert.ok(voluntary >= 40, `${voluntary} voluntary switches`);
+    assert.equal(sleeps(s).length, 32, show(s.events));
     assert.equal(s.events.length, 32);
-    assert.equal(s.attributes['kspan.sched.off_cpu.events_dropped'], 8);
-    assert.equal(stopped.spans.sched.offCpuEventsDropped, 8);
-    assert.equal(stopped.spans.sched.offCpuEvents, 1 + 1 + 6 + 32);
+    // Each sleep is an interval of at least 5 ms: 40 of them, 32 with an event.
+    // A busy machine adds run-queue waits of 5 ms and more (each switch-out: at most a block and a wait).
+    const dropped = Number(s.attributes['kspan.sched.off_cpu.events_dropped']);
+    const switches = voluntary + Number(s.attributes['kspan.sched.involuntary_switches']);
+    assert.ok(dropped >= 8 && dropped + 32 <= 2 * switches, `${dropped} dropped, ${switches} switches`);
+    assert.equal(stopped.spans.sched.offCpuEventsDropped, dropped);
+    assert.equal(stopped.spans.sched.offCpuEvents, spans.reduce((n, x) => n + x.events.length, 0));
     assert.equal(stopped.spans.sched.offCpuOrphans, 0);
   });
 
   test('10 sleeps of 1 ms, below the 5 ms threshold: no event', () => {
     const s = sched(5);
-    assert.equal(s.attributes['kspan.sched.voluntary_switches'], 10);
-    assert.deepEqual(s.events, []);
+    assert.ok(Number(s.attributes['kspan.sched.voluntary_switches']) >= 10);
+    assert.deepEqual(sleeps(s), []);
+    assert.deepEqual(s.events.filter((e) => e.attributes['kspan.sched.syscall'] === 'clock_nanosleep'), []);
     assert.equal(s.attributes['kspan.sched.off_cpu.events_dropped'], undefined);
     assert.equal(s.attributes['process.pid'], fxPid);
   });
@@ -130,13 +138,15 @@ describe('thread.off_cpu records when the kernel refuses the stack-taking wakeup
     await events.waitLine(/"type":"target"/, 20_000);
     await fx.run('sleeps', 30, { traceId: TRACE, spanId: span(9), sampled: true }, 1);
     const lines = await stopEvents(events);
-    const off = lines.filter((l) => l.type === 'off_cpu' && l.span_id === span(9) && l.kind === 'blocked');
+    const all = lines.filter((l) => l.type === 'off_cpu' && l.span_id === span(9));
+    const off = all.filter((l) => l.kind === 'blocked' && l.syscall === 'clock_nanosleep');
     assert.equal(off.length, 1, show(lines));
-    assert.deepEqual([off[0].stack, 'wchan' in off[0], off[0].syscall, off[0].tid], [[], false, 'clock_nanosleep', fx.workerTid]);
+    for (const l of all) assert.deepEqual([l.stack, 'wchan' in l, l.tid], [[], false, fx.workerTid]);
     assert.ok(Number(off[0].duration_ns) >= 30 * MS);
     const agg = lines.filter((l) => l.type === 'sched' && l.span_id === span(9));
     assert.equal(agg.length, 1);
-    assert.equal(agg[0].off_cpu_events, 1);
+    // Every interval the aggregate counted came as a record (1 ms threshold: run-queue waits of a busy machine too).
+    assert.equal(agg[0].off_cpu_events, all.length);
     const tracing = events.stderr.map((l) => JSON.parse(l)).find((l) => l.msg === 'tracing');
     assert.deepEqual([tracing.sched, tracing.featuresOff], [true, []]);
   });

@@ -179,10 +179,12 @@ describe('thread.sched through kspan run', e2eOptions(), () => {
     for (const a of ['on_cpu_ns', 'runqueue_ns', 'involuntary_switches', 'migrations']) assert.equal(typeof k.attributes[`kspan.sched.${a}`], 'number', a);
     const blockedEvents = k.events.filter((e) => e.attributes['kspan.sched.off_cpu.kind'] === 'blocked');
     assert.equal(blockedEvents.length, 1, JSON.stringify(k.events, (_, v) => (typeof v === 'bigint' ? String(v) : v)));
-    assert.equal(k.events[0].name, 'thread.off_cpu');
-    assert.equal(k.events[0].attributes['kspan.sched.off_cpu.kind'], 'blocked');
-    assert.equal(k.events[0].attributes['kspan.sched.syscall'], 'clock_nanosleep');
-    assert.ok(k.startTimeUnixNano <= k.events[0].timeUnixNano && k.events[0].timeUnixNano <= k.endTimeUnixNano);
+    // (A busy machine may add run-queue waits of 1 ms or more as events of their own.)
+    const ev = blockedEvents[0];
+    assert.equal(ev.name, 'thread.off_cpu');
+    assert.equal(ev.attributes['kspan.sched.syscall'], 'clock_nanosleep');
+    assert.ok(Number(ev.attributes['kspan.sched.off_cpu.duration_ns']) >= 80 * MS);
+    assert.ok(k.startTimeUnixNano <= ev.timeUnixNano && ev.timeUnixNano <= k.endTimeUnixNano);
 
     // The same work with --no-sched: the scheduler programs are not even loaded.
     const before = receiver.spans.length;
