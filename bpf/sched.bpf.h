@@ -25,8 +25,16 @@
  * out with no span keep no state and make no record; unsampled spans keep state
  * but aggregate nothing and make no record (KSPAN_C_SCHED_UNSAMPLED, once each).
  *
- * The untraced path, what every other switch on the machine pays: one `targets`
- * lookup (prev's process) and one `sched_threads` lookup (next's thread).
+ * Off-CPU intervals of at least `sched_conf.off_event_ns` are counted in the
+ * aggregate and, the first KSPAN_SCHED_MAX_OFF_EVENTS of it, each made into a
+ * kspan_sched_off record ahead of the aggregate: a blocked one at its wakeup,
+ * with the woken task's kernel stack (on_sched_wakeup_nostack: without), a
+ * run-queue wait at the switch-in.
+ *
+ * The untraced path, what every other switch on the machine pays: one
+ * `discovery` lookup (whether the agent is in a pid namespace of its own: then
+ * prev's pid as that namespace sees it), one `targets` lookup (prev's process)
+ * and one `sched_threads` lookup (next's thread).
  */
 #ifndef KSPAN_SCHED_BPF_H
 #define KSPAN_SCHED_BPF_H
