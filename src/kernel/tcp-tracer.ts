@@ -30,7 +30,7 @@ import {
 } from '../records/abi.generated.ts';
 import { BpfObject } from './bpf-object.ts';
 import { chooseIoPath, type IoPath, kernelHooks } from './kernel-features.ts';
-import { describeOff, planPrograms, programSpec, PROGRAMS, type FeatureOff, type KernelHooks, type ProgramPlan } from './programs.ts';
+import { describeOff, hasOtherVariant, planPrograms, programSpec, PROGRAMS, type FeatureOff, type KernelHooks, type ProgramPlan } from './programs.ts';
 import { libbpf } from './native.ts';
 import { RingBufferReader } from './ring-buffer.ts';
 import { pidKey, u32Key } from './map-keys.ts';
@@ -170,7 +170,8 @@ export class TcpTracer {
    * picks each hook's variant from the kernel's tracepoint prototypes. When the
    * kernel still refuses a program of an optional feature, that feature is
    * switched off (onFeatureOff) and the load starts again without it; a refused
-   * essential program stops kspan with the verifier's log. A load interrupted
+   * essential program gives way to its hook's next variant, or, with none left,
+   * stops kspan with the verifier's log. A load interrupted
    * by a signal is retried. Each attempt uses a new object.
    */
   static open(opts: TcpTracerOptions): TcpTracer {
@@ -192,7 +193,9 @@ export class TcpTracer {
       } catch (err) {
         if (err instanceof KspanError && err.code === 'KSPAN_ERR_BPF_INTERRUPTED' && ++interrupted < 5) continue;
         const refusal = programRefusal(err);
-        if (!refusal || programSpec(refusal.program)?.grade !== 'optional' || rejected.has(refusal.program)) {
+        // An optional program is switched off; an essential one gives way to its hook's next variant, if it has one.
+        const retry = refusal && !rejected.has(refusal.program) && (programSpec(refusal.program)?.grade === 'optional' || hasOtherVariant(refusal.program));
+        if (!retry) {
           throw floorError(err) ?? err;
         }
         rejected.set(refusal.program, refusal.reason);
