@@ -749,7 +749,7 @@ export const TUNING = {
     /** Spans held at most, queued and in flight. */
     maxQueueSize: 16384,
     /** Spans per export at most. */
-    maxBatchSize: 1024,
+    maxBatchSize: 2048,
     /** Encoded bytes per export at most: exact for OTLP, estimated for other exporters (the Collector's gRPC limit is 4 MiB). */
     maxBatchBytes: 2 * 1024 * 1024,
     /** A partial batch waits at most this long. */

@@ -176,6 +176,8 @@ export class SpanPipeline {
   }
 
   #emit(k: KernelSpan): void {
+    // Live, a span the full queue would refuse is counted without being made.
+    if (this.#mode === 'live' && this.exports.dropIfFull()) return;
     const span = this.#make(k);
     if (this.#mode === 'replay' && (this.#backlog.length || this.exports.held >= this.exports.maxQueueSize)) {
       this.#backlog.push(span);
