@@ -114,9 +114,9 @@ describe('thread.off_cpu events through kspan run', e2eOptions(), () => {
     assert.equal(sleeps(s).length + s.events.filter((e) => e.attributes['kspan.sched.off_cpu.kind'] === 'runqueue').length, 32, show(s.events));
     // Each sleep is an interval of at least 5 ms: 40 of them, 32 with an event, the rest counted.
     // A busy machine adds run-queue waits of 5 ms and more (each switch-out: at most a block and a wait);
-    // under load it can also leave a switch-out without its program run (counted as the program's
-    // skipped runs), and that sleep makes no interval: so at least one, not exactly 8, over the cap.
-    // The exact excess is the unit tests' (test/unit/sched-offcpu.test.ts).
+    // and about one sleep in 200 makes no interval at all (neither its blocked time nor an event is
+    // in the aggregate; no program run is skipped; a known gap, not yet explained): so at least one,
+    // not exactly 8, over the cap. The exact excess is the unit tests' (test/unit/sched-offcpu.test.ts).
     const dropped = Number(s.attributes['kspan.sched.off_cpu.events_dropped']);
     const switches = voluntary + Number(s.attributes['kspan.sched.involuntary_switches']);
     assert.ok(dropped >= 1 && dropped + 32 <= 2 * switches, `${dropped} dropped, ${switches} switches`);
