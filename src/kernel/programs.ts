@@ -95,6 +95,8 @@ export const PROGRAMS: readonly ProgramSpec[] = [
   // bpf/sched.bpf.h: one feature, all three or none.
   { name: 'on_sched_switch', section: 'tp_btf/sched_switch', feature: 'sched', grade: 'optional', args: 4 },
   { name: 'on_sched_wakeup', section: 'tp_btf/sched_wakeup', feature: 'sched', grade: 'optional', args: 1 },
+  // Refused (no bpf_get_task_stack for tp_btf): thread.off_cpu events without the kernel stack and wchan.
+  { name: 'on_sched_wakeup_nostack', section: 'tp_btf/sched_wakeup', feature: 'sched', grade: 'optional', args: 1 },
   { name: 'on_sched_wakeup_new', section: 'tp_btf/sched_wakeup_new', feature: 'sched', grade: 'optional', args: 1 },
 ];
 

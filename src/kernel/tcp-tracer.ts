@@ -36,7 +36,7 @@ import { RingBufferReader } from './ring-buffer.ts';
 import { pidKey, u32Key } from './map-keys.ts';
 import { decodeRecords, fromEvent } from '../records/decoder.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
-import type { SchedRecord } from '../records/sched-record.ts';
+import { OFF_CPU_EVENT_NS, type SchedRingRecord } from '../records/sched-record.ts';
 import { SchedRing } from './sched-ring.ts';
 
 const NO_LOCATION: KspanTlsLoc = { offset: 0n, module: 0n, kind: KspanTlsKind.KSPAN_TLS_NONE, scheme: 0, dtv_layout: 0 };
@@ -86,7 +86,9 @@ export interface TcpTracerOptions {
   onFeatureOff?: (off: FeatureOff) => void;
   onRecord: (r: KernelRecord) => void;
   /** Scheduler records (bpf/sched.bpf.h); without it, or with noSched, the scheduler programs are not loaded. */
-  onSchedRecord?: (r: SchedRecord) => void;
+  onSchedRecord?: (r: SchedRingRecord) => void;
+  /** Shortest off-CPU interval that makes an OffCpuRecord (default OFF_CPU_EVENT_NS; 0: none). */
+  offCpuEventNs?: bigint;
   /** Leave the scheduler programs out (`--no-sched`). */
   noSched?: boolean;
   /** A record the decoder refused (counted, never silent). */
@@ -125,7 +127,7 @@ export class TcpTracer {
   #finalCounters: TracerCounters | undefined;
   /** The scheduler programs' ring, when they loaded. */
   readonly #sched: SchedRing | undefined;
-  readonly #onSchedRecord: ((r: SchedRecord) => void) | undefined;
+  readonly #onSchedRecord: ((r: SchedRingRecord) => void) | undefined;
   /** When flushIdle() last ran (performance.now()). */
   #flushedAt = -Infinity;
 
@@ -216,6 +218,7 @@ export class TcpTracer {
         obj.setMaxEntries('sched_events', 4096);
       }
       obj.load();
+      if (plan.load('on_sched_switch')) SchedRing.configure(obj, opts.offCpuEventNs ?? OFF_CPU_EVENT_NS);
       obj.attachAll();
       return new TcpTracer(obj, plan, opts);
     } catch (err) {
