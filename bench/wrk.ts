@@ -27,7 +27,7 @@ function toMs(value: string, unit: string): number {
 }
 
 function latencyMs(out: string, pct: string): number {
-  const m = new RegExp(`^\\s+${pct}%\\s+([\\d.]+)(us|ms|s)$`, 'm').exec(out);
+  const m = new RegExp(`^\\s+${pct}%\\s+([\\d.]+)(us|ms|s)\\s*$`, 'm').exec(out);
   if (!m) throw new Error(`no ${pct}% latency in wrk output:\n${out}`);
   return toMs(m[1], m[2]);
 }

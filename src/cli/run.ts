@@ -21,7 +21,7 @@ import type { TracingSession } from '../kernel/tracing-session.ts';
 import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
 import { CallSpanBuilder } from '../spans/call-spans.ts';
 import { uprobeSpecs } from '../uprobes/uprobe-spec.ts';
-import { AgentMetrics } from '../metrics/metrics-server.ts';
+import type { AgentMetrics } from '../metrics/metrics-server.ts';
 import { observeAgent, type AgentObserver } from '../metrics/agent-observer.ts';
 import { EXIT } from './usage.ts';
 import { onceKernelSymbols } from '../kernel/kallsyms-file.ts';
@@ -171,7 +171,7 @@ export async function runCommand(config: RunConfig, log: Logger): Promise<number
   try {
     // Bound before the kernel is touched: a port in use fails the start.
     const metrics = config.metricsListen || config.metricsOtlpEndpoint
-      ? await AgentMetrics.start({ listen: config.metricsListen, otlpEndpoint: config.metricsOtlpEndpoint, otlpIntervalMs: config.metricsOtlpIntervalMs, log })
+      ? await (await import('../metrics/metrics-server.ts')).AgentMetrics.start({ listen: config.metricsListen, otlpEndpoint: config.metricsOtlpEndpoint, otlpIntervalMs: config.metricsOtlpIntervalMs, log })
       : undefined;
     agent = startAgent({ ...config, metrics, onTargetsGone: () => stop.end(TARGETS_GONE) }, log);
   } catch (err) {

@@ -7,7 +7,13 @@
  */
 import { type Command, type CommandConfig, loadConfig, parseCommandLine } from '../core/config.ts';
 import { KspanError } from '../core/errors.ts';
-import { readPolicyFile } from './policy-file.ts';
+import { createRequire } from 'node:module';
+import type * as PolicyFile from './policy-file.ts';
+
+// The YAML parser and the schema library load only when a policy file is given
+// (they are a large part of the agent's code memory otherwise; BENCHMARKS.md).
+const requireHere = createRequire(import.meta.url);
+const readPolicyFile = (path: string) => (requireHere('./policy-file.ts') as typeof PolicyFile).readPolicyFile(path);
 
 const reloaders = new WeakMap<object, () => CommandConfig<Command>>();
 

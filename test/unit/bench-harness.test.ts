@@ -26,6 +26,11 @@ test('parseWrk: requests, rate, mean and percentile latencies in ms', () => {
   assert.deepEqual(parseWrk(WRK), { requests: 220022, rps: 73237.13, meanMs: 0.31722, p50ms: 0.115, p99ms: 7.43 });
 });
 
+test('parseWrk: a latency in whole seconds, which wrk prints with a trailing space', () => {
+  const slow = WRK.replace('     99%    7.43ms\n', '     99%    1.13s \n');
+  assert.equal(parseWrk(slow).p99ms, 1130);
+});
+
 test('parseWrk: a run with socket errors or non-2xx answers is refused', () => {
   const errors = WRK.replace('Requests/sec', '  Socket errors: connect 0, read 3, write 0, timeout 0\nRequests/sec');
   assert.throws(() => parseWrk(errors), /^Error: wrk failed:/);
