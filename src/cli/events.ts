@@ -12,7 +12,7 @@ import { targetEvent } from '../context/thread-context-reader.ts';
 import { eventLine, schedEventLine } from '../records/event-json.ts';
 import type { SchedRecord } from '../records/sched-record.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
-import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { logStartup, openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
 import { EXIT } from './usage.ts';
 
 export async function eventsCommand(config: EventsConfig, log: Logger): Promise<number> {
@@ -49,6 +49,7 @@ export async function eventsCommand(config: EventsConfig, log: Logger): Promise<
     throw err;
   }
   session.start();
+  logStartup(log, session);
   const flushTimer = setInterval(flushOut, 50);
   log.info({ target_pids: config.pids, ioPath: session.ioPath, sched: session.tracer.sched, featuresOff: session.featuresOff.map((f) => f.feature) }, 'tracing');
 
