@@ -94,7 +94,7 @@ export function logStartup(log: Logger, session: TracingSession): void {
 }
 
 export function openSession(config: TracingConfig, log: Logger, hooks: SessionHooks): TracingSession {
-  setLibbpfLogSink((level, line) => log[level === 'warn' ? 'warn' : 'debug']({ libbpf: line }, 'libbpf'));
+  setLibbpfLogSink((level, line) => log[level === 'warn' ? 'warn' : 'debug']({ libbpf: line }, 'libbpf'), { debug: log.isLevelEnabled('debug') });
   const session = TracingSession.open({
     pids: config.pids,
     selection: selectionFromSettings(config),
