@@ -47,7 +47,7 @@ TESTS=(
   test/e2e/sched.test.ts                    # thread.sched: on-CPU, blocked, run-queue vs schedstat; refusal degrades
   test/e2e/uprobe.test.ts                   # --uprobe: exact spans from 4 threads, nesting, open at exit; detach per binary
   test/e2e/dns.test.ts                      # dns preset: getaddrinfo spans, names, results, address counts
-  'test/e2e/discovery.test.ts::publisher started after|forked workers' # --all: exec and fork found in the kernel
+  'test/e2e/discovery.test.ts::publisher.started.after|forked.workers' # --all: exec and fork found in the kernel
   test/e2e/discovery-sidecar.test.ts        # a shared pid namespace: --exe/--container, namespace pids
 )
 # ---------------------------------------------------------------------------
