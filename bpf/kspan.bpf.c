@@ -1064,11 +1064,6 @@ static __always_inline int io_exit(long ret)
 	int on_##name##_enter(struct trace_event_raw_sys_enter *ctx)              \
 	{                                                                         \
 		return io_enter(ctx->args[0], dir);                               \
-	}                                                                         \
-	SEC("tracepoint/syscalls/sys_exit_" #name)                                \
-	int on_##name##_exit(struct trace_event_raw_sys_exit *ctx)                \
-	{                                                                         \
-		return io_exit(ctx->ret);                                         \
 	}
 
 IO_TRACEPOINTS(write, KSPAN_EV_SEND)
@@ -1079,6 +1074,16 @@ IO_TRACEPOINTS(read, KSPAN_EV_RECV)
 IO_TRACEPOINTS(readv, KSPAN_EV_RECV)
 IO_TRACEPOINTS(recvfrom, KSPAN_EV_RECV)
 IO_TRACEPOINTS(recvmsg, KSPAN_EV_RECV)
+
+/* Every one of those syscalls' exits: one program, as the exits are alike (the
+ * enter kept the fd and the direction). The verifier checks it once instead of
+ * eight times (most of the load's time where this path is used); the agent
+ * attaches it to each sys_exit tracepoint (ProgramSpec.alsoAttach). */
+SEC("tracepoint/syscalls/sys_exit_write")
+int on_io_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return io_exit(ctx->ret);
+}
 
 #include "uprobes.bpf.h"
 #include "sched.bpf.h"

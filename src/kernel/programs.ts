@@ -27,6 +27,8 @@ export interface ProgramSpec {
   readonly ioPath?: IoPath;
   /** What the verifier must allow this program, probed before the load (src/kernel/program-probes.ts). */
   readonly needs?: readonly KernelCapability[];
+  /** Classic tracepoints (`category/name`) the one loaded program is attached to as well as its section's: verified once, run on each. */
+  readonly alsoAttach?: readonly string[];
 }
 
 /**
@@ -68,10 +70,13 @@ export const PROGRAMS: readonly ProgramSpec[] = [
   { name: 'on_set_state', section: 'tp_btf/inet_sock_set_state', feature: 'socket-state', grade: 'essential', args: 3 },
   { name: 'on_send_length', section: 'tp_btf/sock_send_length', feature: 'send-recv', grade: 'essential', args: 3, ioPath: 'sock_length' },
   { name: 'on_recv_length', section: 'tp_btf/sock_recv_length', feature: 'send-recv', grade: 'essential', args: 3, ioPath: 'sock_length' },
-  ...SYSCALL_IO.flatMap((sc): ProgramSpec[] => [
-    { name: `on_${sc}_enter`, section: `tracepoint/syscalls/sys_enter_${sc}`, feature: 'send-recv', grade: 'essential', ioPath: 'syscalls' },
-    { name: `on_${sc}_exit`, section: `tracepoint/syscalls/sys_exit_${sc}`, feature: 'send-recv', grade: 'essential', ioPath: 'syscalls' },
-  ]),
+  ...SYSCALL_IO.map((sc): ProgramSpec => (
+    { name: `on_${sc}_enter`, section: `tracepoint/syscalls/sys_enter_${sc}`, feature: 'send-recv', grade: 'essential', ioPath: 'syscalls' }
+  )),
+  {
+    name: 'on_io_exit', section: 'tracepoint/syscalls/sys_exit_write', feature: 'send-recv', grade: 'essential', ioPath: 'syscalls',
+    alsoAttach: SYSCALL_IO.slice(1).map((sc) => `syscalls/sys_exit_${sc}`),
+  },
   { name: 'on_destroy_sock', section: 'tp_btf/tcp_destroy_sock', feature: 'close', grade: 'essential', args: 1 },
   { name: 'on_retransmit', section: 'tp_btf/tcp_retransmit_skb', feature: 'retransmit', grade: 'optional', args: 3 },
   { name: 'on_retransmit_noerr', section: 'tp_btf/tcp_retransmit_skb', feature: 'retransmit', grade: 'optional', args: 2 },
@@ -146,6 +151,8 @@ function hookMissing(p: ProgramSpec, hooks: KernelHooks): string | undefined {
     if (p.args !== undefined && n < p.args) return `the kernel's ${a} has ${n} argument(s); the program reads ${p.args}`;
   } else if (kind === 'tracepoint' && hooks.tracepointsUnreadable) return hooks.tracepointsUnreadable;
   else if (kind === 'tracepoint' && !hooks.hasTracepoint(a, b)) return `the kernel has no tracepoint ${a}:${b}`;
+  const more = p.alsoAttach?.find((tp) => !hooks.hasTracepoint(...(tp.split('/') as [string, string])));
+  if (more) return `the kernel has no tracepoint ${more.replace('/', ':')}`;
   const lacking = p.needs?.find((cap) => !hooks.can(cap));
   if (lacking) return `the kernel's verifier does not allow ${CAPABILITY_TEXT[lacking]}`;
   return undefined;

@@ -225,7 +225,10 @@ export class TcpTracer {
         obj.setMaxEntries('sched_events', 4096);
       }
       timed('verifier_load', () => obj.load());
-      timed('attach', () => obj.attachAll());
+      timed('attach', () => {
+        obj.attachAll();
+        for (const p of PROGRAMS) for (const tp of plan.load(p.name) ? (p.alsoAttach ?? []) : []) obj.attachTracepoint(p.name, tp);
+      });
       return new TcpTracer(obj, plan, opts);
     } catch (err) {
       obj.close();

@@ -115,7 +115,7 @@ test('the send/recv path not in use is no loss', () => {
   const plan = planPrograms(hooksOf(fixture('6.18.json')), 'syscalls');
   assert.deepEqual(plan.off, []);
   assert.equal(plan.load('on_send_length'), false);
-  assert.equal(plan.load('on_write_exit'), true);
+  assert.equal(plan.load('on_io_exit'), true);
 });
 
 test('capabilities are asked only for the variant the plan would load', () => {
