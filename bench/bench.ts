@@ -27,7 +27,7 @@ import { promisify } from 'node:util';
 import { parseArgs } from 'node:util';
 import { REPO_ROOT } from '../test/helpers/build-fixture.ts';
 import { nodeBench } from './agent.ts';
-import { enableBpfStats } from './harness.ts';
+import { agentNodeRuntime, enableBpfStats } from './harness.ts';
 import { memoryBench } from './memory.ts';
 import { nativeBench } from './native.ts';
 import { schedCostBench } from './sched-cost.ts';
@@ -271,9 +271,12 @@ function table(): string {
 async function runPipeline(): Promise<PipelineR> {
   let stdout: string;
   try {
-    ({ stdout } = await promisify(execFile)(process.execPath, ['--expose-gc', join(REPO_ROOT, 'bench/pipeline.ts'), '--json', ...plan.pipeline], {
+    // Under the agent's own V8 flags and malloc settings (bin/kspan).
+    const agent = agentNodeRuntime();
+    ({ stdout } = await promisify(execFile)(process.execPath, ['--expose-gc', ...agent.flags, join(REPO_ROOT, 'bench/pipeline.ts'), '--json', ...plan.pipeline], {
       encoding: 'utf8',
       maxBuffer: 1 << 20,
+      env: { ...process.env, ...agent.env },
     }));
   } catch (err) {
     // It exits 1 when a round lost spans, after printing its figures: those are the result.

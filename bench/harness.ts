@@ -259,6 +259,20 @@ export async function startReceiver(group: ProcessGroup): Promise<Receiver> {
   return { proc, endpoint: `http://127.0.0.1:${port}`, count };
 }
 
+/**
+ * How bin/kspan runs the agent's Node: its V8 flags (the exec line) and the malloc
+ * variables it sets. bench/pipeline.ts runs under the same, so that it measures the
+ * collector and allocator the agent has.
+ */
+export function agentNodeRuntime(launcher = readFileSync(KSPAN_BIN, 'utf8')): { flags: string[]; env: Record<string, string> } {
+  const exec = launcher.split('\n').find((l) => l.startsWith('exec "$node_bin"'));
+  const vars = launcher.match(/^for kv in ([^;]+); do$/m);
+  if (!exec || !vars) throw new Error(`${KSPAN_BIN}: no exec line or malloc variables to read the agent's runtime from`);
+  const flags = exec.split(/\s+/).filter((t) => t.startsWith('--') && !t.startsWith('--disable-warning'));
+  const env = Object.fromEntries(vars[1].trim().split(/\s+/).map((kv) => kv.split('=') as [string, string]));
+  return { flags, env };
+}
+
 /** The JSON line `kspan run` logs at stop: every counter of the run. */
 export interface AgentExitLog {
   kernel: Record<string, number | Record<string, number>>;

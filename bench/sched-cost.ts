@@ -15,6 +15,11 @@
  * A traced switch's cost is (T − u × (R − S)) / S: T and R the program's run time
  * and runs, u the untraced ns per run of the same round, S = 2 × rounds the
  * workload's switches (other tasks' switches meanwhile take the untraced path).
+ * Then a traced long block: the sched fixture (test/fixtures/sched/sched_jobs.c)
+ * sleeps 2 ms N times, each under its own span (≥ the 1 ms event threshold: each wakeup
+ * takes the kernel stack and makes a kspan_sched_off record), interleaved with
+ * the same job under an unsampled span (no stack, no record); the cost of the
+ * stack and the record is the difference of sched_wakeup's run time, over N.
  *
  *   node bench/sched-cost.ts [--rounds-per-run 200000] [--runs 3] [--json]
  */
@@ -24,6 +29,7 @@ import { BpfObject } from '../src/kernel/bpf-object.ts';
 import { TracingSession } from '../src/kernel/tracing-session.ts';
 import { buildFixture, INCLUDE_FLAG, REPO_ROOT, THREAD_CTX_HEADER } from '../test/helpers/build-fixture.ts';
 import { ProcessGroup } from '../test/helpers/processes.ts';
+import { startSchedFixture } from '../test/helpers/sched-fixture.ts';
 import { enableBpfStats, median, progNames, progStats, type ProgStat } from './harness.ts';
 
 export interface SchedCostOptions {
@@ -44,6 +50,14 @@ export interface SchedCostRun {
   switchesPerSecond: number;
 }
 
+export interface LongBlockCost {
+  blocks: number;
+  /** sched_wakeup ns for a traced wakeup after ≥ the threshold blocked: the stack and the record. */
+  wakeupNsPerLongBlock: number;
+  /** kspan_sched_off records received per block. */
+  recordsPerBlock: number;
+}
+
 function pingpong(): string {
   const dir = buildFixture({
     name: 'bench-sched',
@@ -55,15 +69,19 @@ function pingpong(): string {
 
 const delta = (a: ProgStat | undefined, b: ProgStat | undefined) => ({ ns: (b?.runNs ?? 0) - (a?.runNs ?? 0), runs: (b?.runs ?? 0) - (a?.runs ?? 0) });
 
-export async function schedCostBench(o: SchedCostOptions): Promise<{ runs: SchedCostRun[]; summary: Record<keyof SchedCostRun, number> }> {
+export async function schedCostBench(o: SchedCostOptions): Promise<{ runs: SchedCostRun[]; summary: Record<keyof SchedCostRun, number>; longBlock: LongBlockCost }> {
   const stats = enableBpfStats();
   const group = new ProcessGroup();
   const before = new Set(progStats('self').keys());
   let records = 0;
-  const session = TracingSession.open({ pids: [], waitForTargets: true, onRecord: () => {}, onSchedRecord: () => records++ });
+  let offRecords = 0;
+  const session = TracingSession.open({
+    pids: [], waitForTargets: true, onRecord: () => {}, onSchedRecord: (r) => (r.type === 'off_cpu' ? offRecords++ : records++),
+  });
   session.start();
   const floorObj = BpfObject.open(join(REPO_ROOT, 'bpf/.output/bench.bpf.o'));
   const out: SchedCostRun[] = [];
+  let longBlock: LongBlockCost | undefined;
   try {
     for (const p of floorObj.programNames) floorObj.setAutoload(p, p === 'sched_floor_switch');
     floorObj.load();
@@ -74,7 +92,7 @@ export async function schedCostBench(o: SchedCostOptions): Promise<{ runs: Sched
     const idOf = (name: string) => ids.find((id) => names.get(id) === name || names.get(id) === name.slice(0, 15));
     const floorId = idOf('sched_floor_switch');
     const switchId = idOf('on_sched_switch');
-    const wakeupIds = ids.filter((id) => names.get(id) === 'on_sched_wakeup');
+    const wakeupIds = ids.filter((id) => names.get(id) === 'on_sched_wakeup' || names.get(id) === 'on_sched_wakeup_nostack');
     if (floorId === undefined || switchId === undefined) throw new Error(`programs not found: ${JSON.stringify([...names])}`);
 
     const bin = pingpong();
@@ -119,6 +137,31 @@ export async function schedCostBench(o: SchedCostOptions): Promise<{ runs: Sched
         `traced ${r.heldNsPerSwitch.toFixed(0)} ns/switch held, ${r.changeNsPerSwitch.toFixed(0)} changing (${r.recordsPerSwitch.toFixed(3)} records/switch delivered, ${r.lostPerSwitch.toFixed(3)} lost: ring full), wakeup ${r.wakeupNsPerRun.toFixed(0)} ns/run`);
       out.push(r);
     }
+
+    // A traced long block: N sleeps of 2 ms, each under its own span, interleaved with
+    // the same job under an unsampled span (the wakeup finds the thread, takes no stack,
+    // makes no record): the difference of sched_wakeup's run time is the stack and the record.
+    const N = 200;
+    const fx = await startSchedFixture(group);
+    session.addPid(fx.pid);
+    await new Promise((r) => setTimeout(r, 200));
+    const o0 = offRecords;
+    const jobs: { sampled: boolean; ns: number; runs: number }[] = [];
+    const wakeStat = (st: Map<number, ProgStat>) => wakeupIds.map((id) => st.get(id)).reduce((a, b) => ((b?.runs ?? 0) > (a?.runs ?? 0) ? b : a), undefined as ProgStat | undefined);
+    for (let i = 0; i < 2 * N; i++) {
+      const sampled = i % 2 === 0;
+      const a = wakeStat(progStats('self'));
+      await fx.run('sleeps', 2, { traceId: '6b'.repeat(16), spanId: (i + 1).toString(16).padStart(16, '0'), sampled }, 1);
+      jobs.push({ sampled, ...delta(a, wakeStat(progStats('self'))) });
+    }
+    session.removePid(fx.pid);
+    // Every other wakeup on the machine in a job's window runs the program too: per job, take
+    // away its runs at the median ns per run of the unsampled jobs, then compare the medians.
+    const perRun = median(jobs.filter((j) => !j.sampled && j.runs).map((j) => j.ns / j.runs));
+    const rest = (sampled: boolean) => median(jobs.filter((j) => j.sampled === sampled).map((j) => j.ns - perRun * (j.runs - 1)));
+    longBlock = { blocks: N, wakeupNsPerLongBlock: rest(true) - rest(false), recordsPerBlock: (offRecords - o0) / N };
+    o.log(`long block: ${N} sleeps of 2 ms (one span each) against ${N} unsampled: sched_wakeup +${longBlock.wakeupNsPerLongBlock.toFixed(0)} ns per traced long-block wakeup ` +
+      `(median per job after ${perRun.toFixed(0)} ns per other run: ${rest(true).toFixed(0)} vs ${rest(false).toFixed(0)} ns), ${longBlock.recordsPerBlock.toFixed(3)} off-CPU records per block`);
   } finally {
     floorObj.close();
     await session.stop();
@@ -127,7 +170,7 @@ export async function schedCostBench(o: SchedCostOptions): Promise<{ runs: Sched
   }
   const keys = Object.keys(out[0]) as (keyof SchedCostRun)[];
   const summary = Object.fromEntries(keys.map((k) => [k, median(out.map((r) => r[k]))])) as Record<keyof SchedCostRun, number>;
-  return { runs: out, summary };
+  return { runs: out, summary, longBlock: longBlock! };
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
@@ -143,4 +186,5 @@ if (import.meta.url === `file://${process.argv[1]}`) {
   console.log(`kspan, traced, span change ${s.changeNsPerSwitch.toFixed(0)} ns per switch (${(s.changeNsPerSwitch / s.floorNsPerRun).toFixed(2)} × floor), ${s.recordsPerSwitch.toFixed(3)} records per switch delivered, ${s.lostPerSwitch.toFixed(3)} lost (ring full)`);
   console.log(`kspan sched_wakeup         ${s.wakeupNsPerRun.toFixed(0)} ns per wakeup (untraced)`);
   console.log(`switch rate, untraced run  ${s.switchesPerSecond.toFixed(0)} /s`);
+  console.log(`kspan sched_wakeup, traced long block (stack + record) ${r.longBlock.wakeupNsPerLongBlock.toFixed(0)} ns per wakeup, ${r.longBlock.recordsPerBlock.toFixed(3)} records per block`);
 }

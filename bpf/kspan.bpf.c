@@ -533,6 +533,17 @@ static __always_inline void agg_close(struct kspan_sock *st, __u64 cookie, bool 
 		tx_leave_agg(st, true);
 		return;
 	}
+	if ((st->agg.flags & KSPAN_F_DROP) && ((st->pend.flags & KSPAN_F_DROP) || !st->pend.ref.valid)) {
+		/* The pair stays in the kernel (an unsampled response and its
+		 * request): what agg_submit() would do, with nothing to copy. */
+		agg_count_dropped(st->agg.ref.valid);
+		agg_count_dropped(st->agg.ref.valid || st->pend.ref.valid);
+		st->sflags |= KSPAN_S_DROPPED;
+		st->pend.dir = 0;
+		agg_clear(st);
+		tx_leave_agg(st, false);
+		return;
+	}
 	__u32 zero = 0;
 	struct kspan_sock *tmp = bpf_map_lookup_elem(&sock_scratch, &zero);
 	if (!tmp)
@@ -598,21 +609,16 @@ static __always_inline void sock_last_read(struct kspan_sock *st, __u64 cookie,
 /* One send or recv by a target thread, in syscall context. The caller checked
  * that the thread belongs to a target (first, before any other work: these hooks
  * fire for every socket call on the machine). */
-static __always_inline void account_io(const struct kspan_target *t, const struct sock *sk, __u64 cookie,
-				       __u8 dir, __u64 bytes, __u8 path_flag)
+static __always_inline void account_io(const struct kspan_target *t, __u64 pid_tgid, struct kspan_sock *st,
+				       __u64 cookie, __u8 dir, __u64 bytes, __u8 path_flag)
 {
-	__u64 pid_tgid = current_pid_tgid();
 	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
 	struct kspan_trace_ctx cur;
 
-	struct kspan_sock *st = sock_state_get(t, cookie, sk, 0);
-	if (!st)
-		return;
 	/* The header only: the attributes are read when an aggregate opens. */
 	__u16 attrs_size;
 	__u64 rec = read_thread_ctx_head(tgid, &t->loc, &cur, &attrs_size);
 
-	__u64 now = bpf_ktime_get_ns();
 	if (st->agg.dir == dir && dir == KSPAN_EV_SEND && st->agg.ref.valid && !ctx_equal_ref(&cur, &st->agg.ref)) {
 		/* Sockets outlive the moment of context (docs/ARCHITECTURE.md): a
 		 * runtime flushes what the socket could not take at once later, from
@@ -630,24 +636,38 @@ static __always_inline void account_io(const struct kspan_target *t, const struc
 			rec = 0;
 		}
 	}
-	if (st->agg.dir && (st->agg.dir != dir || !ctx_equal_ref(&cur, &st->agg.ref)))
+	bool closed = false;
+	if (st->agg.dir && (st->agg.dir != dir || !ctx_equal_ref(&cur, &st->agg.ref))) {
 		agg_close(st, cookie, dir == KSPAN_EV_SEND);
+		closed = true;
+	}
 	if (!st->agg.dir) {
 		/* agg.ref takes this span: a last sender still there (only after an
 		 * accept or connect wrote it) must not be lost. */
 		if (st->tx_at == KSPAN_TX_AGG && dir != KSPAN_EV_SEND && !ctx_equal_ref(&cur, &st->agg.ref))
 			tx_spill_from(st, cookie, &st->agg.ref);
+		__u8 drop = agg_drop_flag(t, st, &cur);
 		st->agg.dir = dir;
-		st->agg.first_ns = now;
 		st->agg.tid = tid;
-		st->agg.flags = path_flag | agg_drop_flag(t, st, &cur);
-		read_thread_ctx_attrs(rec, attrs_size, &cur);
+		st->agg.flags = path_flag | drop;
+		/* An aggregate that stays in the kernel needs no attributes, and no
+		 * clock read to open: its times go nowhere but the idle flush, which
+		 * sees the last call of the aggregate this call just closed (one
+		 * that was open until now). Otherwise the clock is read. */
+		__u64 now = drop && closed ? st->agg.last_ns : 0;
+		if (!now)
+			now = bpf_ktime_get_ns();
+		st->agg.first_ns = now;
+		st->agg.last_ns = now;
+		if (!drop)
+			read_thread_ctx_attrs(rec, attrs_size, &cur);
 		ref_keep(&st->agg.ref, &cur);
 		idle_watch(st, cookie);
+	} else {
+		st->agg.last_ns = bpf_ktime_get_ns();
 	}
 	st->agg.bytes += bytes;
 	st->agg.calls += 1;
-	st->agg.last_ns = now;
 	st->pid = tgid;
 	st->tid = tid;
 	/* agg.ref is now this call's span: the last syscall's, and the last sender's on a send. */
@@ -659,23 +679,33 @@ static __always_inline void account_io(const struct kspan_target *t, const struc
 	}
 }
 
+/* A send or recv of `ret` bytes on a trusted tp_btf socket: the pid first (a
+ * process not traced leaves here), then the TCP check and the socket's state. */
+static __always_inline void sock_length(struct sock *sk, int ret, __u8 dir)
+{
+	__u64 pid_tgid = current_pid_tgid();
+	struct kspan_target *t = target_of(pid_tgid >> 32);
+	if (!t || !is_tcp_sock_btf(sk))
+		return;
+	__u64 cookie = sock_cookie_btf(sk);
+	struct kspan_sock *st = sock_state_get(t, cookie, sk, 0);
+	if (st)
+		account_io(t, pid_tgid, st, cookie, dir, ret, 0);
+}
+
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(on_send_length, struct sock *sk, int ret, int flags)
 {
-	struct kspan_target *t;
-	if (ret <= 0 || !(t = current_target()) || !is_tcp_sock_btf(sk))
-		return 0;
-	account_io(t, sk, sock_cookie_btf(sk), KSPAN_EV_SEND, ret, 0);
+	if (ret > 0)
+		sock_length(sk, ret, KSPAN_EV_SEND);
 	return 0;
 }
 
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(on_recv_length, struct sock *sk, int ret, int flags)
 {
-	struct kspan_target *t;
-	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)) || !(t = current_target()) || !is_tcp_sock_btf(sk))
-		return 0;
-	account_io(t, sk, sock_cookie_btf(sk), KSPAN_EV_RECV, ret, 0);
+	if (ret > 0 && !(flags & (MSG_PEEK | MSG_ERRQUEUE)))
+		sock_length(sk, ret, KSPAN_EV_RECV);
 	return 0;
 }
 
@@ -758,15 +788,23 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 
 /* ---- accept(): the socket from the returned fd ---- */
 
+/*
+ * The fd's socket, cheaply: the task's fd table by direct loads from the
+ * trusted current task, one helper read for the fd's file, then the file's
+ * mode and socket. The TCP check is the caller's (the send/recv fallback
+ * skips it for a socket already in the table: only TCP sockets get there).
+ */
 static __always_inline struct sock *sock_from_fd(__u64 fd)
 {
 	struct task_struct *task = bpf_get_current_task_btf();
-	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
-	unsigned int max = BPF_CORE_READ(task, files, fdt, max_fds);
-	struct file *f = NULL;
-
-	if (fd >= max)
+	struct files_struct *files = task->files;
+	if (!files)
 		return NULL;
+	struct fdtable *fdt = files->fdt;
+	if (!fdt || fd >= fdt->max_fds)
+		return NULL;
+	struct file **fds = fdt->fd;
+	struct file *f = NULL;
 	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
 		return NULL;
 	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
@@ -1029,6 +1067,53 @@ int flush_idle_walk(struct kspan_flush_args *args)
 
 /* ---- fallback: syscall tracepoints for kernels without sock_{send,recv}_length ---- */
 
+/* One read or write of a target's fd that returned `ret` bytes: find the socket, then account it. */
+static __always_inline void io_done(const struct kspan_target *t, __u64 pid_tgid, __u64 fd, __u8 dir, long ret)
+{
+	struct sock *sk = sock_from_fd(fd);
+	if (!sk)
+		return;
+	__u64 cookie = sock_cookie_read(sk);
+	struct kspan_sock *st = cookie ? bpf_map_lookup_elem(&socks, &cookie) : NULL;
+	if (!st) {
+		if (!is_tcp_sock(sk))
+			return;
+		if (!cookie) {
+			count(KSPAN_C_NO_COOKIE);
+			return;
+		}
+		st = sock_state_get(t, cookie, sk, 0);
+		if (!st)
+			return;
+	} else if (!st->lport) {
+		sock_addr(st, sk); /* as sock_state_get() does for a socket it finds */
+	}
+	account_io(t, pid_tgid, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
+}
+
+/*
+ * At a syscall's exit the task's saved registers still hold its arguments
+ * (x86_64: the fd in rdi; the syscall tracepoints never fire for 32-bit
+ * compat calls), so one program per call does the work: no entry hook, no
+ * map to pair entry and exit. bpf_task_pt_regs() is 5.15+: older kernels
+ * get the paired programs below.
+ */
+static __always_inline int io_exit_regs(long ret, __u8 dir)
+{
+	if (ret <= 0)
+		return 0;
+	__u64 pid_tgid = current_pid_tgid();
+	struct kspan_target *t = target_of(pid_tgid >> 32);
+	if (!t)
+		return 0;
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	if (!regs)
+		return 0;
+	io_done(t, pid_tgid, regs->di, dir, ret);
+	return 0;
+}
+
+/* Kernels without bpf_task_pt_regs: the entry keeps the fd per thread for the exit. */
 static __always_inline int io_enter(__u64 fd, __u8 dir)
 {
 	__u64 pid_tgid = current_pid_tgid();
@@ -1040,9 +1125,10 @@ static __always_inline int io_enter(__u64 fd, __u8 dir)
 	return 0;
 }
 
-static __always_inline int io_exit(long ret)
+static __always_inline int io_exit_paired(long ret)
 {
-	__u32 tid = (__u32)current_pid_tgid();
+	__u64 pid_tgid = current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
 	struct io_args *a = bpf_map_lookup_elem(&io_inflight, &tid);
 	if (!a)
 		return 0;
@@ -1050,20 +1136,27 @@ static __always_inline int io_exit(long ret)
 	__u8 dir = a->dir;
 	bpf_map_delete_elem(&io_inflight, &tid);
 	struct kspan_target *t;
-	if (ret <= 0 || !(t = current_target()))
+	if (ret <= 0 || !(t = target_of(pid_tgid >> 32)))
 		return 0;
-	__u64 cookie;
-	struct sock *sk = tcp_sock_from_fd(fd, &cookie);
-	if (sk)
-		account_io(t, sk, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
+	io_done(t, pid_tgid, fd, dir, ret);
 	return 0;
 }
 
 #define IO_TRACEPOINTS(name, dir)                                                 \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                                \
+	int on_##name##_exit(struct trace_event_raw_sys_exit *ctx)                \
+	{                                                                         \
+		return io_exit_regs(ctx->ret, dir);                               \
+	}                                                                         \
 	SEC("tracepoint/syscalls/sys_enter_" #name)                               \
 	int on_##name##_enter(struct trace_event_raw_sys_enter *ctx)              \
 	{                                                                         \
 		return io_enter(ctx->args[0], dir);                               \
+	}                                                                         \
+	SEC("tracepoint/syscalls/sys_exit_" #name)                                \
+	int paired_##name##_exit(struct trace_event_raw_sys_exit *ctx)            \
+	{                                                                         \
+		return io_exit_paired(ctx->ret);                                  \
 	}
 
 IO_TRACEPOINTS(write, KSPAN_EV_SEND)
@@ -1074,16 +1167,6 @@ IO_TRACEPOINTS(read, KSPAN_EV_RECV)
 IO_TRACEPOINTS(readv, KSPAN_EV_RECV)
 IO_TRACEPOINTS(recvfrom, KSPAN_EV_RECV)
 IO_TRACEPOINTS(recvmsg, KSPAN_EV_RECV)
-
-/* Every one of those syscalls' exits: one program, as the exits are alike (the
- * enter kept the fd and the direction). The verifier checks it once instead of
- * eight times (most of the load's time where this path is used); the agent
- * attaches it to each sys_exit tracepoint (ProgramSpec.alsoAttach). */
-SEC("tracepoint/syscalls/sys_exit_write")
-int on_io_exit(struct trace_event_raw_sys_exit *ctx)
-{
-	return io_exit(ctx->ret);
-}
 
 #include "uprobes.bpf.h"
 #include "sched.bpf.h"

@@ -25,8 +25,16 @@
  * out with no span keep no state and make no record; unsampled spans keep state
  * but aggregate nothing and make no record (KSPAN_C_SCHED_UNSAMPLED, once each).
  *
- * The untraced path, what every other switch on the machine pays: one `targets`
- * lookup (prev's process) and one `sched_threads` lookup (next's thread).
+ * Off-CPU intervals of at least `sched_conf.off_event_ns` are counted in the
+ * aggregate and, the first KSPAN_SCHED_MAX_OFF_EVENTS of it, each made into a
+ * kspan_sched_off record ahead of the aggregate: a blocked one at its wakeup,
+ * with the woken task's kernel stack (on_sched_wakeup_nostack: without), a
+ * run-queue wait at the switch-in.
+ *
+ * The untraced path, what every other switch on the machine pays: one
+ * `discovery` lookup (whether the agent is in a pid namespace of its own: then
+ * prev's pid as that namespace sees it), one `targets` lookup (prev's process)
+ * and one `sched_threads` lookup (next's thread).
  */
 #ifndef KSPAN_SCHED_BPF_H
 #define KSPAN_SCHED_BPF_H
@@ -41,6 +49,16 @@ struct kspan_sched_event *unused_sched_event __attribute__((unused));
 struct kspan_sched_thread *unused_sched_thread __attribute__((unused));
 enum kspan_sched_flag *unused_sched_flag __attribute__((unused));
 enum kspan_sched_limit *unused_sched_limit __attribute__((unused));
+struct kspan_sched_off *unused_sched_off __attribute__((unused));
+struct kspan_sched_conf *unused_sched_conf __attribute__((unused));
+enum kspan_sched_off_kind *unused_sched_off_kind __attribute__((unused));
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct kspan_sched_conf);
+} sched_conf SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -139,6 +157,54 @@ static __always_inline void sched_emit(struct kspan_sched_thread *st, __u8 flags
 	bpf_ringbuf_submit(e, crossed ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
+/* The threshold of off-CPU records (0: none). */
+static __always_inline __u64 sched_off_event_ns(void)
+{
+	__u32 zero = 0;
+	struct kspan_sched_conf *c = bpf_map_lookup_elem(&sched_conf, &zero);
+	return c ? c->off_event_ns : 0;
+}
+
+/*
+ * An off-CPU interval of at least the threshold: counted in the aggregate, and
+ * a kspan_sched_off record for the first KSPAN_SCHED_MAX_OFF_EVENTS. `task`
+ * (blocked intervals, at the wakeup: the task cannot run yet, its stack is
+ * still the blocked one) is whose kernel stack to take; NULL for none.
+ */
+static __always_inline void sched_off_emit(struct kspan_sched_thread *st, __u8 kind, __u64 start, __u64 dur,
+					   struct task_struct *task)
+{
+	__u64 min = sched_off_event_ns();
+	if (!min || dur < min)
+		return;
+	if (st->agg.off_events++ >= KSPAN_SCHED_MAX_OFF_EVENTS)
+		return; /* counted in the aggregate: the agent reports the excess */
+	struct kspan_sched_off *e = bpf_ringbuf_reserve(&sched_events, sizeof(*e), 0);
+	if (!e) {
+		count(KSPAN_C_RINGBUF_FULL);
+		return;
+	}
+	e->start_ns = start;
+	e->duration_ns = dur;
+	__builtin_memcpy(e->trace_id, st->agg.ctx.trace_id, sizeof(e->trace_id));
+	__builtin_memcpy(e->span_id, st->agg.ctx.span_id, sizeof(e->span_id));
+	e->pid = st->agg.pid;
+	e->tid = st->agg.tid;
+	e->syscall = st->syscall;
+	e->kind = kind;
+	e->frames = 0;
+	e->_pad[0] = e->_pad[1] = 0;
+	long n = task ? bpf_get_task_stack(task, e->stack, sizeof(e->stack), 0) : 0;
+	if (n > 0)
+		e->frames = n / sizeof(__u64);
+	/* What the helper did not fill goes out zeroed (the ring's memory is not cleared). */
+	__u64 *frame = (__u64 *)e->stack;
+	for (int i = 0; i < KSPAN_SCHED_STACK_DEPTH; i++)
+		if (i >= e->frames)
+			frame[i] = 0;
+	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+}
+
 /* Starts a new aggregate for span `cur` (read from record `rec`), whose first run began at `start`. */
 static __always_inline void sched_open(struct kspan_sched_thread *st, const struct kspan_target *t,
 				       const struct kspan_trace_ctx *cur, __u64 rec, __u16 attrs_size,
@@ -165,10 +231,12 @@ static __always_inline __s32 task_syscall(struct task_struct *task)
 }
 
 /* prev, a target's thread, leaves its CPU. */
-static __always_inline void sched_out(const struct kspan_target *t, struct task_struct *prev, bool preempt,
-				      unsigned int prev_state, __u64 now)
+static __always_inline void sched_out(const struct kspan_target *t, struct task_struct *prev, __u64 seen,
+				      bool preempt, unsigned int prev_state, __u64 now)
 {
-	__u32 tid = prev->pid, tgid = prev->tgid;
+	/* `sched_threads` is keyed by the kernel's tid (what sched_in and the wakeups have);
+	 * the records carry pid and tid as the agent sees them (`seen`). */
+	__u32 tid = prev->pid, tgid = seen >> 32, seen_tid = (__u32)seen;
 	struct kspan_sched_thread *st = bpf_map_lookup_elem(&sched_threads, &tid);
 
 	if (prev->flags & KSPAN_PF_EXITING) {
@@ -214,7 +282,7 @@ static __always_inline void sched_out(const struct kspan_target *t, struct task_
 			bpf_map_delete_elem(&sched_threads, &tid);
 			return;
 		}
-		sched_open(st, t, &cur, rec, attrs_size, tgid, tid, now - run);
+		sched_open(st, t, &cur, rec, attrs_size, tgid, seen_tid, now - run);
 	} else if (!st) {
 		if (!cur.valid)
 			return; /* no span: no state, no record */
@@ -231,7 +299,7 @@ static __always_inline void sched_out(const struct kspan_target *t, struct task_
 		st = bpf_map_lookup_elem(&sched_threads, &tid);
 		if (!st)
 			return;
-		sched_open(st, t, &cur, rec, attrs_size, tgid, tid, now - run);
+		sched_open(st, t, &cur, rec, attrs_size, tgid, seen_tid, now - run);
 	}
 
 	/* Voluntary as the kernel counts nvcsw: not a preemption, and a sleeping state. */
@@ -261,12 +329,13 @@ static __always_inline void sched_in(struct kspan_sched_thread *st, __u64 now)
 	}
 	__u64 off = now - out;
 	/* A blocking switch-out with no wakeup seen stayed runnable (a signal was pending): all run-queue. */
+	__u64 runnable = out;
 	if (st->blocked && st->wake_ns >= out && st->wake_ns <= now) {
 		st->agg.blocked_ns += st->wake_ns - out;
-		st->agg.runq_ns += now - st->wake_ns;
-	} else {
-		st->agg.runq_ns += off;
+		runnable = st->wake_ns;
 	}
+	st->agg.runq_ns += now - runnable;
+	sched_off_emit(st, KSPAN_OFF_RUNQUEUE, runnable, now - runnable, NULL);
 	if (bpf_get_smp_processor_id() != st->cpu)
 		st->agg.migrations++;
 	if (off > st->agg.max_off_ns) {
@@ -287,10 +356,13 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	     unsigned int prev_state)
 {
 	__u64 now = 0;
-	struct kspan_target *t = target_of(prev->tgid);
+	/* prev is current: its pid and tgid as the agent sees them (a sidecar's own pid namespace). */
+	struct kspan_discovery *d = discovery_conf();
+	__u64 seen = !d || !d->pidns_ino ? (__u64)prev->tgid << 32 | (__u32)prev->pid : current_pid_tgid();
+	struct kspan_target *t = seen ? target_of(seen >> 32) : NULL;
 	if (t) {
 		now = bpf_ktime_get_ns();
-		sched_out(t, prev, preempt, prev_state, now);
+		sched_out(t, prev, seen, preempt, prev_state, now);
 	}
 	__u32 ntid = next->pid;
 	struct kspan_sched_thread *st = bpf_map_lookup_elem(&sched_threads, &ntid);
@@ -299,13 +371,31 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	return 0;
 }
 
-SEC("tp_btf/sched_wakeup")
-int BPF_PROG(on_sched_wakeup, struct task_struct *p)
+/* p, blocked, becomes runnable: a long block makes a record, with p's stack when `stack`. */
+static __always_inline void sched_wakeup(struct task_struct *p, bool stack)
 {
 	__u32 tid = p->pid;
 	struct kspan_sched_thread *st = bpf_map_lookup_elem(&sched_threads, &tid);
-	if (st && st->out_ns && st->blocked && !st->wake_ns)
-		st->wake_ns = bpf_ktime_get_ns();
+	if (!st || !st->out_ns || !st->blocked || st->wake_ns)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+	st->wake_ns = now;
+	if (!st->drop && now > st->out_ns)
+		sched_off_emit(st, KSPAN_OFF_BLOCKED, st->out_ns, now - st->out_ns, stack ? p : NULL);
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(on_sched_wakeup, struct task_struct *p)
+{
+	sched_wakeup(p, true);
+	return 0;
+}
+
+/* The same without bpf_get_task_stack, for a kernel that refuses it to tp_btf: records with no stack. */
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(on_sched_wakeup_nostack, struct task_struct *p)
+{
+	sched_wakeup(p, false);
 	return 0;
 }
 

@@ -17,10 +17,10 @@
  *           block for every thread at dlopen time.
  * Then the pointer, then the record header: trace_id[16] span_id[8] valid u8
  * trace_flags u8 attrs_size u16, then the first min(attrs_size,
- * KSPAN_CTX_ATTRS_MAX) bytes of the attributes. `valid` is read before the ids,
- * again after them, and (when there are attributes) after those; a change means
- * a torn read. (The pointer is not re-read: in a syscall
- * hook the writer thread is in the kernel and cannot swap it.)
+ * KSPAN_CTX_ATTRS_MAX) bytes of the attributes. The header is copied once,
+ * `valid` with it (the writer thread is in the kernel, or off its CPU, and
+ * cannot change it under us: one helper call, not two); when there are
+ * attributes, `valid` is read again after them, and a change means a torn read.
  *
  * Outcomes and counters (enum kspan_counter): no location, NULL pointer,
  * unallocated DTV block → no context, not counted (the thread has no span);
@@ -117,21 +117,16 @@ static __always_inline __u64 read_thread_ctx_head(__u32 tgid, const struct kspan
 	if (!rec)
 		return 0; /* no active span */
 
-	/* valid before the ids, then the ids with valid again after them (the copy
-	 * runs in address order, and valid sits after the ids). */
-	__u8 valid_before = 0;
+	/* One copy of the header, valid with it: the only writer is this thread,
+	 * which is in the kernel (or off its CPU) while we read, so the copy is a
+	 * snapshot; a writer caught mid-update left valid at 0. */
 	struct otel_thread_ctx_head head;
-	if (bpf_probe_read_user(&valid_before, 1, (void *)(rec + KSPAN_RECORD_VALID_OFF)) ||
-	    bpf_probe_read_user(&head, sizeof(head), (void *)rec)) {
+	if (bpf_probe_read_user(&head, sizeof(head), (void *)rec)) {
 		count(KSPAN_C_CTX_FAULT);
 		return 0;
 	}
-	if (valid_before != 1) {
-		count(KSPAN_C_CTX_INVALID);
-		return 0;
-	}
 	if (head.valid != 1) {
-		count(KSPAN_C_CTX_TORN);
+		count(KSPAN_C_CTX_INVALID);
 		return 0;
 	}
 	__builtin_memcpy(out->trace_id, head.trace_id, sizeof(out->trace_id));

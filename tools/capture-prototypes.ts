@@ -13,7 +13,7 @@ import { kernelCapabilities } from '../src/kernel/program-probes.ts';
 import type { KernelCapability } from '../src/kernel/programs.ts';
 
 const [btfPath, rel] = process.argv.slice(2);
-const CAPABILITIES: KernelCapability[] = ['bpf_loop', 'sleepable_queue_map'];
+const CAPABILITIES: KernelCapability[] = ['bpf_loop', 'sleepable_queue_map', 'task_pt_regs'];
 const names = [...PROGRAM_TRACEPOINTS, 'sched_switch', 'sched_wakeup', 'sched_wakeup_new', 'sched_process_exec', 'sched_process_fork', 'sched_process_exit'];
 const prototypes = readTracepointPrototypes(names, btfPath ?? VMLINUX_BTF);
 const out = {

@@ -9,8 +9,10 @@ import type { Logger } from '../core/logger.ts';
 import { KernelClock } from '../kernel/clock.ts';
 import type { TracingSession } from '../kernel/tracing-session.ts';
 import { targetEvent } from '../context/thread-context-reader.ts';
-import { eventLine, schedEventLine } from '../records/event-json.ts';
-import type { SchedRecord } from '../records/sched-record.ts';
+import { eventLine, offCpuEventLine, schedEventLine } from '../records/event-json.ts';
+import type { SchedRingRecord } from '../records/sched-record.ts';
+import { onceKernelSymbols } from '../kernel/kallsyms-file.ts';
+import { OFF_CPU_STACK_FRAMES } from '../spans/sched-spans.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import { logStartup, openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
 import { EXIT } from './usage.ts';
@@ -27,8 +29,12 @@ export async function eventsCommand(config: EventsConfig, log: Logger): Promise<
     out.push(eventLine(r, clock.offsetNs, r.context?.attributes && session?.reader.target(r.pid)?.process.threadLocal?.keyMap));
     if (out.length >= 256) flushOut();
   };
-  const printSched = (r: SchedRecord) => {
-    out.push(schedEventLine(r, clock.offsetNs, r.context.attributes && session?.reader.target(r.pid)?.process.threadLocal?.keyMap));
+  const symbols = onceKernelSymbols(log);
+  const printSched = (r: SchedRingRecord) => {
+    if (r.type === 'off_cpu') {
+      const table = r.stack.length ? symbols() : null;
+      out.push(offCpuEventLine(r, clock.offsetNs, table ? table.describe(r.stack, OFF_CPU_STACK_FRAMES) : undefined));
+    } else out.push(schedEventLine(r, clock.offsetNs, r.context.attributes && session?.reader.target(r.pid)?.process.threadLocal?.keyMap));
     if (out.length >= 256) flushOut();
   };
   // Signal handlers go in before "tracing" is announced: a SIGINT right after it

@@ -78,6 +78,7 @@ export function waitForStop(seconds: number | undefined): StopSignal {
 export type TracingConfig = Pick<RunConfig, (typeof SELECTION)[number] | 'config' | 'ioHooks' | 'maxSockets' | 'waitForTargets' | 'orphansRatio'> & {
   unsampled?: boolean;
   noSched?: boolean;
+  offCpuEventMs?: number;
 };
 
 export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onSchedRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone' | 'uprobes'>;
@@ -107,6 +108,7 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
     policy: { keepUnsampled: config.unsampled ?? false, orphanRatio: config.orphansRatio },
     onRecord: hooks.onRecord,
     onSchedRecord: config.noSched ? undefined : hooks.onSchedRecord,
+    offCpuEventNs: config.offCpuEventMs === undefined ? undefined : BigInt(config.offCpuEventMs) * 1_000_000n,
     onTarget: hooks.onTarget,
     onDecodeError: (err) => log.error({ err }, 'record dropped: decode failed'),
     onRingError: ringErrorLog(log),

@@ -24,6 +24,7 @@ import { uprobeSpecs } from '../uprobes/uprobe-spec.ts';
 import { AgentMetrics } from '../metrics/metrics-server.ts';
 import { observeAgent, type AgentObserver } from '../metrics/agent-observer.ts';
 import { EXIT } from './usage.ts';
+import { onceKernelSymbols } from '../kernel/kallsyms-file.ts';
 
 export interface AgentHandle {
   session: TracingSession;
@@ -76,6 +77,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
     correlator: { maxSockets: config.maxSockets },
     logger: log,
     spool,
+    kernelSymbols: onceKernelSymbols(log),
   });
   const calls = new CallSpanBuilder({
     resourceFor: (pid) => resources.resourceFor(pid),

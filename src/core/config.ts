@@ -320,6 +320,11 @@ export const SETTINGS = {
     flag: 'no-sched', fileKey: 'kernel.no_sched',
     help: 'leave out the scheduler programs (thread.sched spans: on-CPU, blocked and run-queue time per span); sched_switch then costs nothing',
   }),
+  offCpuEventMs: value<number>({
+    flag: 'off-cpu-event-ms', arg: 'MS', fileKey: 'kernel.off_cpu_event_ms', default: 1,
+    parse: (raw) => wholeNumber(raw, 0, 3_600_000, 'a time in milliseconds'),
+    help: 'an off-CPU interval (blocked, or waiting to run) at least this long becomes a thread.off_cpu event on its thread.sched span, a blocked one with its wait channel and kernel stack (at most 32 per span, the rest counted); 0: none',
+  }),
   ioHooks: value<IoHooks>({
     flag: 'io-hooks', arg: 'auto|sock_length|syscalls', fileKey: 'kernel.io_hooks', default: 'auto',
     parse: oneOf<IoHooks>(['auto', 'sock_length', 'syscalls'], 'an I/O hook set'),
@@ -432,7 +437,7 @@ export const SELECTION = [
 const INCLUDES = ['pids', 'all', 'exe', 'comm', 'cmdline', 'container', 'cgroup', 'k8sPodUid', 'port'] as const;
 const NO_TARGET = 'no target: give --pid PID, --all, or a selector (--exe, --comm, --cmdline, --container, --cgroup, --k8s-pod-uid, --port)';
 
-const TRACING = [...SELECTION, 'config', 'duration', 'ioHooks', 'maxSockets', 'waitForTargets', 'orphansRatio', 'noSched'] as const;
+const TRACING = [...SELECTION, 'config', 'duration', 'ioHooks', 'maxSockets', 'waitForTargets', 'orphansRatio', 'noSched', 'offCpuEventMs'] as const;
 const EXPORT = ['otlpEndpoint', 'otlpProtocol', 'console', 'orphans'] as const;
 const METRICS = ['metricsListen', 'metricsOtlpEndpoint', 'metricsOtlpIntervalMs'] as const;
 const EXIT_TRACING = '0 stopped (signal, --duration, or every target exited), 1 error, 2 usage error, 3 stopped but data was lost';
@@ -744,7 +749,7 @@ export const TUNING = {
     /** Spans held at most, queued and in flight. */
     maxQueueSize: 16384,
     /** Spans per export at most. */
-    maxBatchSize: 1024,
+    maxBatchSize: 2048,
     /** Encoded bytes per export at most: exact for OTLP, estimated for other exporters (the Collector's gRPC limit is 4 MiB). */
     maxBatchBytes: 2 * 1024 * 1024,
     /** A partial batch waits at most this long. */

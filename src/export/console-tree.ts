@@ -179,8 +179,8 @@ export function treeRowLines(rows: readonly TreeRow[]): string[][] {
     for (const e of r.events) {
       const state = e.attributes['kspan.tcp.state'];
       const dir = e.attributes['kspan.reset.direction'];
-      const off = e.attributes['kspan.sched.off_cpu_ns'];
-      const why = off === undefined ? '' : ` ${ms(BigInt(Number(off)))} ${String(e.attributes['kspan.sched.off_cpu.reason'])} ${String(e.attributes['kspan.sched.syscall'] ?? '')}`.trimEnd();
+      const off = e.attributes['kspan.sched.off_cpu.duration_ns'];
+      const why = off === undefined ? '' : ['', ms(BigInt(Number(off))), ...['kspan.sched.off_cpu.kind', 'kspan.sched.syscall', 'kspan.sched.wchan'].flatMap((a) => (e.attributes[a] === undefined ? [] : [String(e.attributes[a])]))].join(' ');
       lines.push(cut(`${r.sub}   • ${e.name} +${ms(e.sinceNs)}${state ? ` ${String(state)}` : ''}${dir ? ` ${String(dir)}` : ''}${why}`, MAX_COLUMNS));
     }
     return lines;

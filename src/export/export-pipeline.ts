@@ -379,6 +379,19 @@ export class ExportPipeline<T = ReadableSpan> {
     return this.#closed;
   }
 
+  /**
+   * Whether a span offered now would be dropped (the queue full with no spool to
+   * take the overflow, or closed); if so it is counted and logged as enqueue()
+   * counts it. A producer asks before making a span (encoding it) that would only
+   * be thrown away: at saturation that CPU goes to the export instead.
+   */
+  dropIfFull(): boolean {
+    if (!this.#closed && (this.#spool || this.held < this.#maxQueue)) return false;
+    this.counters.droppedQueueFull++;
+    this.#logDrop();
+    return true;
+  }
+
   /** Queues a span; false (counted, logged) when the queue is full or closed. */
   enqueue(span: T): boolean {
     if (this.#spool && !this.#closed && this.held >= this.#maxQueue) this.#spill();

@@ -518,6 +518,17 @@ export class KernelSpanEncoder implements AttributeSink {
     w.end(kv);
   }
 
+  strings(key: number, value: readonly string[]): void {
+    const w = this.#w;
+    w.byte(this.#attrTag);
+    const kv = w.begin();
+    w.raw(KEY_PREFIX[key]);
+    const any = w.begin();
+    writeAnyValue(w, value);
+    w.end(any);
+    w.end(kv);
+  }
+
   bool(key: number, value: boolean): void {
     const w = this.#w;
     const kp = KEY_PREFIX[key];

@@ -302,18 +302,6 @@ export class BpfObject {
     this.#links.push({ name, ptr: link });
   }
 
-  /** Attaches tracepoint program `name` to classic tracepoint `category/tpName` as well (one program, several tracepoints). */
-  attachTracepoint(name: string, tracepoint: string): void {
-    if (!this.#loaded) throw new KspanError('KSPAN_ERR_ATTACH', `attach "${name}" before load()`);
-    const [category, tpName] = tracepoint.split('/');
-    const log = captureLibbpfLog();
-    const link = libbpf().programAttachTracepoint(this.#program(name), category, tpName);
-    const err = errno();
-    const lines = log.stop();
-    if (!link) throw this.#attachError(name, err, lines, `tracepoint/${tracepoint}`);
-    this.#links.push({ name, ptr: link });
-  }
-
   /**
    * Attaches uprobe program `name` to `offset` in `binaryPath` (every process
    * mapping it, or `pid`), with `cookie` for bpf_get_attach_cookie(). The link
@@ -340,7 +328,8 @@ export class BpfObject {
     };
   }
 
-  #attachError(name: string, err: number, libbpfLog: string[], section = this.sectionName(name)): KspanError {
+  #attachError(name: string, err: number, libbpfLog: string[]): KspanError {
+    const section = this.sectionName(name);
     const cause = errnoError('bpf_program__attach', err);
     const details = { program: name, section, libbpfLog };
     if (err === EPERM || err === EACCES) {

@@ -78,7 +78,6 @@ function bindLibbpf(lib: ReturnType<typeof koffi.load>) {
     programSetLogBuf: f<[Ptr, Buffer, number], number>('int bpf_program__set_log_buf(void *prog, void *buf, size_t size)'),
     programFd: f<[Ptr], number>('int bpf_program__fd(void *prog)'),
     programAttach: f<[Ptr], Ptr>('void *bpf_program__attach(void *prog)'),
-    programAttachTracepoint: f<[Ptr, string, string], Ptr>('void *bpf_program__attach_tracepoint(void *prog, const char *category, const char *name)'),
     programAttachUprobe: f<[Ptr, boolean, number, string, number], Ptr>(
       'void *bpf_program__attach_uprobe(void *prog, bool retprobe, int pid, const char *path, size_t offset)',
     ),

@@ -59,9 +59,18 @@ function syscallBpfLoop(): boolean {
   return libbpf().probeBpfHelper(BPF_PROG_TYPE_SYSCALL, BPF_FUNC_loop, null) === 1;
 }
 
+const BPF_PROG_TYPE_TRACEPOINT = 5;
+const BPF_FUNC_task_pt_regs = 175;
+
+/** Whether a tracepoint program may call bpf_task_pt_regs (5.15+): the fallback's exit reads the fd from the saved registers. */
+function tracepointTaskPtRegs(): boolean {
+  return libbpf().probeBpfHelper(BPF_PROG_TYPE_TRACEPOINT, BPF_FUNC_task_pt_regs, null) === 1;
+}
+
 const PROBES: Record<KernelCapability, () => boolean> = {
   bpf_loop: syscallBpfLoop,
   sleepable_queue_map: sleepableQueueMap,
+  task_pt_regs: tracepointTaskPtRegs,
 };
 
 /** Asks the running kernel, once per capability per process. */

@@ -27,17 +27,18 @@ export interface ProgramSpec {
   readonly ioPath?: IoPath;
   /** What the verifier must allow this program, probed before the load (src/kernel/program-probes.ts). */
   readonly needs?: readonly KernelCapability[];
-  /** Classic tracepoints (`category/name`) the one loaded program is attached to as well as its section's: verified once, run on each. */
-  readonly alsoAttach?: readonly string[];
+  /** Loaded only together with this program (its partner on another hook), never without it. */
+  readonly with?: string;
 }
 
 /**
  * Verifier rules that changed across kernels, beyond hooks and prototypes:
  * - bpf_loop: the helper exists (5.17+);
  * - sleepable_queue_map: a sleepable program may use a queue map (6.1 refuses:
- *   "Sleepable programs can only use array, hash, and ringbuf maps").
+ *   "Sleepable programs can only use array, hash, and ringbuf maps");
+ * - task_pt_regs: a tracepoint program may call bpf_task_pt_regs (5.15+).
  */
-export type KernelCapability = 'bpf_loop' | 'sleepable_queue_map';
+export type KernelCapability = 'bpf_loop' | 'sleepable_queue_map' | 'task_pt_regs';
 
 export interface FeatureSpec {
   readonly grade: Grade;
@@ -70,13 +71,13 @@ export const PROGRAMS: readonly ProgramSpec[] = [
   { name: 'on_set_state', section: 'tp_btf/inet_sock_set_state', feature: 'socket-state', grade: 'essential', args: 3 },
   { name: 'on_send_length', section: 'tp_btf/sock_send_length', feature: 'send-recv', grade: 'essential', args: 3, ioPath: 'sock_length' },
   { name: 'on_recv_length', section: 'tp_btf/sock_recv_length', feature: 'send-recv', grade: 'essential', args: 3, ioPath: 'sock_length' },
-  ...SYSCALL_IO.map((sc): ProgramSpec => (
-    { name: `on_${sc}_enter`, section: `tracepoint/syscalls/sys_enter_${sc}`, feature: 'send-recv', grade: 'essential', ioPath: 'syscalls' }
-  )),
-  {
-    name: 'on_io_exit', section: 'tracepoint/syscalls/sys_exit_write', feature: 'send-recv', grade: 'essential', ioPath: 'syscalls',
-    alsoAttach: SYSCALL_IO.slice(1).map((sc) => `syscalls/sys_exit_${sc}`),
-  },
+  // The fallback: one program at each syscall's exit, the fd from the saved registers; where
+  // bpf_task_pt_regs is missing (before 5.15), an entry program keeps the fd for a paired exit.
+  ...SYSCALL_IO.flatMap((sc): ProgramSpec[] => [
+    { name: `on_${sc}_exit`, section: `tracepoint/syscalls/sys_exit_${sc}`, feature: 'send-recv', grade: 'essential', ioPath: 'syscalls', needs: ['task_pt_regs'] },
+    { name: `paired_${sc}_exit`, section: `tracepoint/syscalls/sys_exit_${sc}`, feature: 'send-recv', grade: 'essential', ioPath: 'syscalls' },
+    { name: `on_${sc}_enter`, section: `tracepoint/syscalls/sys_enter_${sc}`, feature: 'send-recv', grade: 'essential', ioPath: 'syscalls', with: `paired_${sc}_exit` },
+  ]),
   { name: 'on_destroy_sock', section: 'tp_btf/tcp_destroy_sock', feature: 'close', grade: 'essential', args: 1 },
   { name: 'on_retransmit', section: 'tp_btf/tcp_retransmit_skb', feature: 'retransmit', grade: 'optional', args: 3 },
   { name: 'on_retransmit_noerr', section: 'tp_btf/tcp_retransmit_skb', feature: 'retransmit', grade: 'optional', args: 2 },
@@ -100,11 +101,19 @@ export const PROGRAMS: readonly ProgramSpec[] = [
   // bpf/sched.bpf.h: one feature, all three or none.
   { name: 'on_sched_switch', section: 'tp_btf/sched_switch', feature: 'sched', grade: 'optional', args: 4 },
   { name: 'on_sched_wakeup', section: 'tp_btf/sched_wakeup', feature: 'sched', grade: 'optional', args: 1 },
+  // Refused (no bpf_get_task_stack for tp_btf): thread.off_cpu events without the kernel stack and wchan.
+  { name: 'on_sched_wakeup_nostack', section: 'tp_btf/sched_wakeup', feature: 'sched', grade: 'optional', args: 1 },
   { name: 'on_sched_wakeup_new', section: 'tp_btf/sched_wakeup_new', feature: 'sched', grade: 'optional', args: 1 },
 ];
 
 export function programSpec(name: string): ProgramSpec | undefined {
   return PROGRAMS.find((p) => p.name === name);
+}
+
+/** Whether another program of the table serves the same hook for the same feature (a variant to try when this one is refused). */
+export function hasOtherVariant(name: string, programs: readonly ProgramSpec[] = PROGRAMS): boolean {
+  const p = programs.find((x) => x.name === name);
+  return !!p && programs.some((x) => x !== p && x.section === p.section && x.feature === p.feature && x.ioPath === p.ioPath);
 }
 
 /** What the running kernel offers to the programs. */
@@ -151,8 +160,6 @@ function hookMissing(p: ProgramSpec, hooks: KernelHooks): string | undefined {
     if (p.args !== undefined && n < p.args) return `the kernel's ${a} has ${n} argument(s); the program reads ${p.args}`;
   } else if (kind === 'tracepoint' && hooks.tracepointsUnreadable) return hooks.tracepointsUnreadable;
   else if (kind === 'tracepoint' && !hooks.hasTracepoint(a, b)) return `the kernel has no tracepoint ${a}:${b}`;
-  const more = p.alsoAttach?.find((tp) => !hooks.hasTracepoint(...(tp.split('/') as [string, string])));
-  if (more) return `the kernel has no tracepoint ${more.replace('/', ':')}`;
   const lacking = p.needs?.find((cap) => !hooks.can(cap));
   if (lacking) return `the kernel's verifier does not allow ${CAPABILITY_TEXT[lacking]}`;
   return undefined;
@@ -161,6 +168,7 @@ function hookMissing(p: ProgramSpec, hooks: KernelHooks): string | undefined {
 const CAPABILITY_TEXT: Record<KernelCapability, string> = {
   bpf_loop: 'bpf_loop',
   sleepable_queue_map: 'a queue map in a sleepable program',
+  task_pt_regs: 'bpf_task_pt_regs in a tracepoint program',
 };
 
 /**
@@ -216,6 +224,11 @@ export function planPrograms(
         }
       }
     }
+  }
+  // A program that goes with a partner follows the partner's decision.
+  for (const p of programs) {
+    if (!p.with || !decisions.get(p.name)?.load) continue;
+    if (!decisions.get(p.with)?.load) decisions.set(p.name, { load: false, why: 'other-variant', reason: `goes with ${p.with}, not loaded here` });
   }
   // A feature whose programs work only together loses all of them with one.
   for (const [feature, spec] of Object.entries(FEATURES) as [Feature, FeatureSpec][]) {

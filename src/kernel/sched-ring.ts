@@ -4,13 +4,13 @@
  * and at shutdown the (thread, span) aggregates still open in `sched_threads`,
  * delivered flagged `flushed`.
  */
-import { decodeKspanSchedThread, KspanSchedFlag, KspanSchedLimit } from '../records/abi.generated.ts';
-import { decodeSchedRecord, fromSchedEvent, type SchedRecord } from '../records/sched-record.ts';
+import { decodeKspanSchedThread, KSPAN_SCHED_CONF_SIZE, encodeKspanSchedConf, KspanSchedFlag, KspanSchedLimit } from '../records/abi.generated.ts';
+import { decodeSchedRecord, fromSchedEvent, type SchedRecord, type SchedRingRecord } from '../records/sched-record.ts';
 import type { BpfObject } from './bpf-object.ts';
 import { RingBufferReader } from './ring-buffer.ts';
 
 export interface SchedRingOptions {
-  onRecord: (r: SchedRecord) => void;
+  onRecord: (r: SchedRingRecord) => void;
   /** A record the decoder refused (counted by the caller). */
   onDecodeError: (err: unknown) => void;
   onRingError?: (err: unknown) => void;
@@ -25,9 +25,9 @@ export class SchedRing {
     this.#ring = new RingBufferReader(
       obj.map('sched_events').fd,
       KspanSchedLimit.KSPAN_SCHED_RING_BYTES,
-      (view, off) => {
+      (view, off, len) => {
         try {
-          const r = decodeSchedRecord(view, off);
+          const r = decodeSchedRecord(view, off, len);
           if (r) opts.onRecord(r);
         } catch (err) {
           opts.onDecodeError(err);
@@ -39,6 +39,14 @@ export class SchedRing {
 
   start(): void {
     this.#ring.start();
+  }
+
+  /** Sets the shortest off-CPU interval that makes an OffCpuRecord (0: none); before the programs attach. */
+  static configure(obj: BpfObject, offEventNs: bigint): void {
+    const b = Buffer.alloc(KSPAN_SCHED_CONF_SIZE);
+    encodeKspanSchedConf({ off_event_ns: offEventNs }, new DataView(b.buffer, b.byteOffset, b.length), 0);
+    const key = Buffer.alloc(4);
+    obj.map('sched_conf').update(key, b);
   }
 
   /** Stops waiting; call drain() after the programs are detached. */

@@ -31,14 +31,14 @@ import {
 } from '../records/abi.generated.ts';
 import { BpfObject } from './bpf-object.ts';
 import { chooseIoPath, type IoPath, kernelHooks } from './kernel-features.ts';
-import { describeOff, planPrograms, programSpec, PROGRAMS, type Feature, type FeatureOff, type KernelHooks, type ProgramPlan } from './programs.ts';
+import { describeOff, hasOtherVariant, planPrograms, programSpec, PROGRAMS, type Feature, type FeatureOff, type KernelHooks, type ProgramPlan } from './programs.ts';
 import type { CallKind } from '../uprobes/uprobe-spec.ts';
 import { libbpf } from './native.ts';
 import { RingBufferReader } from './ring-buffer.ts';
 import { pidKey, u32Key } from './map-keys.ts';
 import { decodeRecords, fromEvent } from '../records/decoder.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
-import type { SchedRecord } from '../records/sched-record.ts';
+import { OFF_CPU_EVENT_NS, type SchedRingRecord } from '../records/sched-record.ts';
 import { SchedRing } from './sched-ring.ts';
 
 const NO_LOCATION: KspanTlsLoc = { offset: 0n, module: 0n, kind: KspanTlsKind.KSPAN_TLS_NONE, scheme: 0, dtv_layout: 0 };
@@ -88,7 +88,9 @@ export interface TcpTracerOptions {
   onFeatureOff?: (off: FeatureOff) => void;
   onRecord: (r: KernelRecord) => void;
   /** Scheduler records (bpf/sched.bpf.h); without it, or with noSched, the scheduler programs are not loaded. */
-  onSchedRecord?: (r: SchedRecord) => void;
+  onSchedRecord?: (r: SchedRingRecord) => void;
+  /** Shortest off-CPU interval that makes an OffCpuRecord (default OFF_CPU_EVENT_NS; 0: none). */
+  offCpuEventNs?: bigint;
   /** Leave the scheduler programs out (`--no-sched`). */
   noSched?: boolean;
   /**
@@ -133,7 +135,7 @@ export class TcpTracer {
   #finalCounters: TracerCounters | undefined;
   /** The scheduler programs' ring, when they loaded. */
   readonly #sched: SchedRing | undefined;
-  readonly #onSchedRecord: ((r: SchedRecord) => void) | undefined;
+  readonly #onSchedRecord: ((r: SchedRingRecord) => void) | undefined;
   /** When flushIdle() last ran (performance.now()). */
   #flushedAt = -Infinity;
 
@@ -176,7 +178,8 @@ export class TcpTracer {
    * picks each hook's variant from the kernel's tracepoint prototypes. When the
    * kernel still refuses a program of an optional feature, that feature is
    * switched off (onFeatureOff) and the load starts again without it; a refused
-   * essential program stops kspan with the verifier's log. A load interrupted
+   * essential program gives way to its hook's next variant, or, with none left,
+   * stops kspan with the verifier's log. A load interrupted
    * by a signal is retried. Each attempt uses a new object.
    */
   static open(opts: TcpTracerOptions): TcpTracer {
@@ -199,7 +202,9 @@ export class TcpTracer {
       } catch (err) {
         if (err instanceof KspanError && err.code === 'KSPAN_ERR_BPF_INTERRUPTED' && ++interrupted < 5) continue;
         const refusal = programRefusal(err);
-        if (!refusal || programSpec(refusal.program)?.grade !== 'optional' || rejected.has(refusal.program)) {
+        // An optional program is switched off; an essential one gives way to its hook's next variant, if it has one.
+        const retry = refusal && !rejected.has(refusal.program) && (programSpec(refusal.program)?.grade === 'optional' || hasOtherVariant(refusal.program));
+        if (!retry) {
           throw floorError(err) ?? err;
         }
         rejected.set(refusal.program, refusal.reason);
@@ -225,10 +230,8 @@ export class TcpTracer {
         obj.setMaxEntries('sched_events', 4096);
       }
       timed('verifier_load', () => obj.load());
-      timed('attach', () => {
-        obj.attachAll();
-        for (const p of PROGRAMS) for (const tp of plan.load(p.name) ? (p.alsoAttach ?? []) : []) obj.attachTracepoint(p.name, tp);
-      });
+      if (plan.load('on_sched_switch')) SchedRing.configure(obj, opts.offCpuEventNs ?? OFF_CPU_EVENT_NS);
+      timed('attach', () => obj.attachAll());
       return new TcpTracer(obj, plan, opts);
     } catch (err) {
       obj.close();

@@ -24,7 +24,7 @@ import { KspanError } from '../core/errors.ts';
 import { timed } from '../core/startup-timing.ts';
 import type { IoPath } from './kernel-features.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
-import type { SchedRecord } from '../records/sched-record.ts';
+import type { SchedRingRecord } from '../records/sched-record.ts';
 import type { FeatureOff } from './programs.ts';
 import { TcpTracer, type TargetPolicy, type TracerCounters } from './tcp-tracer.ts';
 import { ProcessDiscovery, type DiscoveryStats } from '../discovery/process-discovery.ts';
@@ -37,7 +37,9 @@ export interface TracingSessionOptions {
   ioPath?: IoPath;
   onRecord: (r: KernelRecord) => void;
   /** Scheduler records (thread.sched); without it the scheduler programs are not loaded. */
-  onSchedRecord?: (r: SchedRecord) => void;
+  onSchedRecord?: (r: SchedRingRecord) => void;
+  /** Shortest off-CPU interval that makes an OffCpuRecord (default 1 ms; 0: none). */
+  offCpuEventNs?: bigint;
   /** Called once per target and again when its description changes. */
   onTarget?: (t: TargetContext) => void;
   onDecodeError?: (err: unknown) => void;
@@ -193,6 +195,7 @@ export class TracingSession {
       ioPath: opts.ioPath,
       onRecord: opts.onRecord,
       onSchedRecord: opts.onSchedRecord,
+      offCpuEventNs: opts.offCpuEventNs,
       onDecodeError: opts.onDecodeError,
       onRingError: opts.onRingError,
       maxSockets: opts.maxSockets,

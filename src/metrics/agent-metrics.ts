@@ -136,6 +136,19 @@ export const METRICS: readonly MetricSpec[] = [
     },
   },
   {
+    name: 'kspan.sched.off_cpu.events', instrument: 'counter', unit: '{event}',
+    attributes: { 'kspan.sched.off_cpu.outcome': ['on_span', 'dropped', 'orphaned'] },
+    description:
+      'Off-CPU intervals at least --off-cpu-event-ms long, by outcome: on_span (a thread.off_cpu event), dropped (over the 32 per ' +
+      'thread.sched span, or their record lost; also kspan.sched.off_cpu.events_dropped on the span), orphaned (their span\'s ' +
+      'scheduler record never came).',
+    read: (s) => [
+      [s.spans.sched.offCpuEvents, { 'kspan.sched.off_cpu.outcome': 'on_span' }],
+      [s.spans.sched.offCpuEventsDropped, { 'kspan.sched.off_cpu.outcome': 'dropped' }],
+      [s.spans.sched.offCpuOrphans, { 'kspan.sched.off_cpu.outcome': 'orphaned' }],
+    ],
+  },
+  {
     name: 'kspan.spans.exported', instrument: 'counter', unit: '{span}',
     description: 'Kernel spans the OTLP receiver (or the console) acknowledged.',
     read: (s) => [[s.spans.export.exported]],

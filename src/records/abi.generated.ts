@@ -119,6 +119,13 @@ export const KspanSchedFlag = {
 export const KspanSchedLimit = {
   KSPAN_SCHED_RING_BYTES: 1048576,
   KSPAN_MAX_SCHED_THREADS: 16384,
+  KSPAN_SCHED_STACK_DEPTH: 12,
+  KSPAN_SCHED_MAX_OFF_EVENTS: 32,
+} as const;
+
+export const KspanSchedOffKind = {
+  KSPAN_OFF_BLOCKED: 1,
+  KSPAN_OFF_RUNQUEUE: 2,
 } as const;
 
 export const KspanProcEventType = {
@@ -1170,6 +1177,7 @@ export interface KspanSchedEvent {
   migrations: number;
   max_off_syscall: number;
   flags: number;
+  off_events: number;
   ctx: KspanTraceCtx;
 }
 
@@ -1189,6 +1197,7 @@ export function decodeKspanSchedEvent(v: DataView, o: number): KspanSchedEvent {
     migrations: v.getUint32(o + 72, true),
     max_off_syscall: v.getInt32(o + 76, true),
     flags: v.getUint8(o + 80),
+    off_events: v.getUint32(o + 84, true),
     ctx: decodeKspanTraceCtx(v, o + 88),
   };
 }
@@ -1209,6 +1218,7 @@ export function encodeKspanSchedEvent(x: KspanSchedEvent, v: DataView, o: number
   v.setUint32(o + 72, x.migrations, true);
   v.setInt32(o + 76, x.max_off_syscall, true);
   v.setUint8(o + 80, x.flags);
+  v.setUint32(o + 84, x.off_events, true);
   encodeKspanTraceCtx(x.ctx, v, o + 88);
 }
 
@@ -1280,6 +1290,10 @@ export class KspanSchedEventView implements KspanSchedEvent {
   get flags(): number {
     const v = this.v;
     return v.getUint8(this.o + 80);
+  }
+  get off_events(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 84, true);
   }
   get ctx(): KspanTraceCtxView {
     const v = this.v;
@@ -1377,6 +1391,143 @@ export class KspanSchedThreadView implements KspanSchedThread {
   get drop(): number {
     const v = this.v;
     return v.getUint8(this.o + 209);
+  }
+}
+
+/** struct kspan_sched_off: 152 bytes. */
+export const KSPAN_SCHED_OFF_SIZE = 152;
+
+export interface KspanSchedOff {
+  start_ns: bigint;
+  duration_ns: bigint;
+  stack: Uint8Array;
+  trace_id: Uint8Array;
+  span_id: Uint8Array;
+  pid: number;
+  tid: number;
+  syscall: number;
+  kind: number;
+  frames: number;
+}
+
+export function decodeKspanSchedOff(v: DataView, o: number): KspanSchedOff {
+  return {
+    start_ns: v.getBigUint64(o + 0, true),
+    duration_ns: v.getBigUint64(o + 8, true),
+    stack: new Uint8Array(v.buffer, v.byteOffset + o + 16, 96).slice(),
+    trace_id: new Uint8Array(v.buffer, v.byteOffset + o + 112, 16).slice(),
+    span_id: new Uint8Array(v.buffer, v.byteOffset + o + 128, 8).slice(),
+    pid: v.getUint32(o + 136, true),
+    tid: v.getUint32(o + 140, true),
+    syscall: v.getInt32(o + 144, true),
+    kind: v.getUint8(o + 148),
+    frames: v.getUint8(o + 149),
+  };
+}
+
+/** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
+export function encodeKspanSchedOff(x: KspanSchedOff, v: DataView, o: number): void {
+  v.setBigUint64(o + 0, x.start_ns, true);
+  v.setBigUint64(o + 8, x.duration_ns, true);
+  new Uint8Array(v.buffer, v.byteOffset + o + 16, 96).set(x.stack.subarray(0, 96));
+  new Uint8Array(v.buffer, v.byteOffset + o + 112, 16).set(x.trace_id.subarray(0, 16));
+  new Uint8Array(v.buffer, v.byteOffset + o + 128, 8).set(x.span_id.subarray(0, 8));
+  v.setUint32(o + 136, x.pid, true);
+  v.setUint32(o + 140, x.tid, true);
+  v.setInt32(o + 144, x.syscall, true);
+  v.setUint8(o + 148, x.kind);
+  v.setUint8(o + 149, x.frames);
+}
+
+/** Zero-copy view of struct kspan_sched_off; move it with `at()`. Byte arrays alias the memory. */
+export class KspanSchedOffView implements KspanSchedOff {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get start_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 0, true);
+  }
+  get duration_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 8, true);
+  }
+  get stack(): Uint8Array {
+    const v = this.v;
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 16, 96);
+  }
+  get trace_id(): Uint8Array {
+    const v = this.v;
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 112, 16);
+  }
+  get span_id(): Uint8Array {
+    const v = this.v;
+    return new Uint8Array(v.buffer, v.byteOffset + this.o + 128, 8);
+  }
+  get pid(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 136, true);
+  }
+  get tid(): number {
+    const v = this.v;
+    return v.getUint32(this.o + 140, true);
+  }
+  get syscall(): number {
+    const v = this.v;
+    return v.getInt32(this.o + 144, true);
+  }
+  get kind(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 148);
+  }
+  get frames(): number {
+    const v = this.v;
+    return v.getUint8(this.o + 149);
+  }
+}
+
+/** struct kspan_sched_conf: 8 bytes. */
+export const KSPAN_SCHED_CONF_SIZE = 8;
+
+export interface KspanSchedConf {
+  off_event_ns: bigint;
+}
+
+export function decodeKspanSchedConf(v: DataView, o: number): KspanSchedConf {
+  return {
+    off_event_ns: v.getBigUint64(o + 0, true),
+  };
+}
+
+/** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
+export function encodeKspanSchedConf(x: KspanSchedConf, v: DataView, o: number): void {
+  v.setBigUint64(o + 0, x.off_event_ns, true);
+}
+
+/** Zero-copy view of struct kspan_sched_conf; move it with `at()`. Byte arrays alias the memory. */
+export class KspanSchedConfView implements KspanSchedConf {
+  v: DataView;
+  o: number;
+  constructor(v: DataView, o: number) {
+    this.v = v;
+    this.o = o;
+  }
+  at(v: DataView, o: number): this {
+    this.v = v;
+    this.o = o;
+    return this;
+  }
+  get off_event_ns(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 0, true);
   }
 }
 

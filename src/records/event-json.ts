@@ -7,7 +7,7 @@
 import { decodeRecordAttributes } from '../context/record-attributes.ts';
 import { errnoName } from '../core/errors.ts';
 import { connectErrorName, formatEndpoint, tcpStateName, type KernelRecord } from './kernel-record.ts';
-import { syscallName, type SchedRecord } from './sched-record.ts';
+import { syscallName, type OffCpuRecord, type SchedRecord } from './sched-record.ts';
 
 /** Marks a bigint to be written as a bare JSON integer. */
 const EXACT = '\u0000exact:';
@@ -95,7 +95,31 @@ export function schedEventLine(r: SchedRecord, clockOffsetNs: bigint, keyMap?: r
     o.max_off_cpu_reason = r.maxOffBlocked ? 'blocked' : 'runqueue';
     o.max_off_cpu_syscall = syscallName(r.maxOffSyscall);
   }
+  o.off_cpu_events = r.offEvents;
   if (r.flushed) o.flushed = true;
   if (r.exited) o.exited = true;
+  return JSON.stringify(o).replace(/"\\u0000exact:(-?\d+)"/g, '$1');
+}
+
+/**
+ * An off-CPU interval record (type `off_cpu`) as one `kspan events` line: the
+ * raw kernel stack as hex addresses, and its wait channel and frames when
+ * `named` (src/spans/kallsyms.ts) could name them.
+ */
+export function offCpuEventLine(r: OffCpuRecord, clockOffsetNs: bigint, named?: { wchan: string | null; frames: string[] }): string {
+  const o: Record<string, unknown> = {
+    type: r.type,
+    ts_ns: EXACT + (r.startNs + clockOffsetNs).toString(),
+    pid: r.pid,
+    tid: r.tid,
+    trace_id: r.traceId,
+    span_id: r.spanId,
+    kind: r.kind,
+    duration_ns: Number(r.durationNs),
+    syscall: syscallName(r.syscall),
+    stack: r.stack.map((a) => `0x${a.toString(16)}`),
+  };
+  if (named?.wchan) o.wchan = named.wchan;
+  if (named?.frames.length) o.kernel_stack = named.frames;
   return JSON.stringify(o).replace(/"\\u0000exact:(-?\d+)"/g, '$1');
 }

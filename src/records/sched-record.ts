@@ -4,8 +4,11 @@
  * `kspan events` (type "sched"), made into `thread.sched` spans (src/spans/sched-spans.ts).
  * Pure.
  */
-import { decodeKspanSchedEvent, KspanSchedFlag as SF, type KspanSchedEvent } from './abi.generated.ts';
-import { traceContext } from './decoder.ts';
+import {
+  decodeKspanSchedEvent, decodeKspanSchedOff, KSPAN_SCHED_EVENT_SIZE, KSPAN_SCHED_OFF_SIZE, KspanSchedFlag as SF,
+  KspanSchedOffKind, type KspanSchedEvent, type KspanSchedOff,
+} from './abi.generated.ts';
+import { hex, traceContext } from './decoder.ts';
 import type { TraceContext } from './kernel-record.ts';
 
 export interface SchedRecord {
@@ -35,7 +38,38 @@ export interface SchedRecord {
   exited: boolean;
   /** Closed by a switch-out with no span: the last run counted is the one in which the span ended. */
   tail: boolean;
+  /** Off-CPU intervals at least the event threshold long; an OffCpuRecord came ahead for each of the first KSPAN_SCHED_MAX_OFF_EVENTS. */
+  offEvents: number;
 }
+
+/**
+ * One off-CPU interval of a (thread, span) at least the event threshold long,
+ * ahead of that (thread, span)'s SchedRecord on the same ring. A blocked one
+ * carries the kernel stack it blocked in (raw return addresses, the
+ * scheduler's frames included; symbolized by src/spans/kallsyms.ts).
+ */
+export interface OffCpuRecord {
+  type: 'off_cpu';
+  pid: number;
+  tid: number;
+  /** The span, as in its SchedRecord's context. */
+  traceId: string;
+  spanId: string;
+  kind: 'blocked' | 'runqueue';
+  /** CLOCK_MONOTONIC ns: the switch-out (blocked, preempted) or the wakeup (waiting to run after a block). */
+  startNs: bigint;
+  durationNs: bigint;
+  /** The syscall the thread was in at the switch-out, -1: none. */
+  syscall: number;
+  /** Kernel return addresses, innermost first (empty: a runqueue interval, or no stack taken). */
+  stack: bigint[];
+}
+
+/** Default shortest off-CPU interval that makes an OffCpuRecord (a `thread.off_cpu` event): 1 ms. */
+export const OFF_CPU_EVENT_NS = 1_000_000n;
+
+/** What the `sched_events` ring carries. */
+export type SchedRingRecord = SchedRecord | OffCpuRecord;
 
 /** A SchedRecord from a decoded record, or null when it carries no span (never made by the kernel). */
 export function fromSchedEvent(e: KspanSchedEvent, extraFlags = 0): SchedRecord | null {
@@ -62,11 +96,36 @@ export function fromSchedEvent(e: KspanSchedEvent, extraFlags = 0): SchedRecord 
     flushed: (flags & SF.KSPAN_SF_FLUSHED) !== 0,
     exited: (flags & SF.KSPAN_SF_EXITED) !== 0,
     tail: (flags & SF.KSPAN_SF_TAIL) !== 0,
+    offEvents: e.off_events,
   };
 }
 
-/** One ring-buffer payload → a SchedRecord (null: no span). */
-export function decodeSchedRecord(view: DataView, offset: number): SchedRecord | null {
+/** An OffCpuRecord from a decoded record. */
+export function fromSchedOff(e: KspanSchedOff): OffCpuRecord {
+  const stack: bigint[] = [];
+  const v = new DataView(e.stack.buffer, e.stack.byteOffset, e.stack.byteLength);
+  for (let i = 0; i < e.frames && i * 8 < e.stack.byteLength; i++) stack.push(v.getBigUint64(i * 8, true));
+  return {
+    type: 'off_cpu',
+    pid: e.pid,
+    tid: e.tid,
+    traceId: hex(e.trace_id),
+    spanId: hex(e.span_id),
+    kind: e.kind === KspanSchedOffKind.KSPAN_OFF_BLOCKED ? 'blocked' : 'runqueue',
+    startNs: e.start_ns,
+    durationNs: e.duration_ns,
+    syscall: e.syscall,
+    stack,
+  };
+}
+
+/**
+ * One ring-buffer payload → a SchedRecord (null: no span) or an OffCpuRecord,
+ * told apart by their sizes.
+ */
+export function decodeSchedRecord(view: DataView, offset: number, length = KSPAN_SCHED_EVENT_SIZE): SchedRingRecord | null {
+  if (length === KSPAN_SCHED_OFF_SIZE) return fromSchedOff(decodeKspanSchedOff(view, offset));
+  if (length !== KSPAN_SCHED_EVENT_SIZE) throw new Error(`sched_events: a ${length}-byte record is neither kspan_sched_event nor kspan_sched_off`);
   return fromSchedEvent(decodeKspanSchedEvent(view, offset));
 }
 

@@ -30,8 +30,9 @@ export interface KernelSpanEvent {
   resetSent: boolean;
   /** tcp.retransmit: the kernel's err for the retransmission (0 = sent). */
   errno: number;
-  /** thread.off_cpu: how long the thread was off its CPU, whether it blocked (else waited to run), the syscall it was in. */
-  offCpu?: { ns: number; blocked: boolean; syscall: string | null };
+  /** thread.off_cpu: how long the thread was off its CPU, whether it blocked (else waited to run), the syscall it was in,
+   * and for a blocked interval what it blocked in: the wait channel and the kernel frames from it outwards (when known). */
+  offCpu?: { ns: number; blocked: boolean; syscall: string | null; wchan?: string | null; stack?: readonly string[] };
 }
 
 /** thread.sched: what the scheduler did to one thread while it served the span. */
@@ -42,6 +43,8 @@ export interface SchedFigures {
   voluntary: number;
   involuntary: number;
   migrations: number;
+  /** Off-CPU intervals at least the event threshold long that have no thread.off_cpu event (over the cap, or lost on the way). */
+  offCpuEventsDropped?: number;
 }
 
 /** Why a span was ended by the agent rather than by what the kernel saw. */

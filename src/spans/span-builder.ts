@@ -181,9 +181,12 @@ export const KERNEL_ATTRIBUTE_KEYS = [
   'kspan.sched.voluntary_switches',
   'kspan.sched.involuntary_switches',
   'kspan.sched.migrations',
-  'kspan.sched.off_cpu_ns',
-  'kspan.sched.off_cpu.reason',
+  'kspan.sched.off_cpu.duration_ns',
+  'kspan.sched.off_cpu.kind',
   'kspan.sched.syscall',
+  'kspan.sched.wchan',
+  'kspan.sched.kernel_stack',
+  'kspan.sched.off_cpu.events_dropped',
 ] as const;
 
 export type KernelAttributeKey = (typeof KERNEL_ATTRIBUTE_KEYS)[number];
@@ -200,6 +203,7 @@ export interface AttributeSink {
   string(key: number, value: string): void;
   number(key: number, value: number): void;
   bool(key: number, value: boolean): void;
+  strings(key: number, value: readonly string[]): void;
 }
 
 /**
@@ -227,6 +231,7 @@ export function describeSchedAttributes(k: KernelSpan, out: AttributeSink): void
   out.number(K['kspan.sched.voluntary_switches'], s.voluntary);
   out.number(K['kspan.sched.involuntary_switches'], s.involuntary);
   out.number(K['kspan.sched.migrations'], s.migrations);
+  if (s.offCpuEventsDropped) out.number(K['kspan.sched.off_cpu.events_dropped'], s.offCpuEventsDropped);
   if (k.incomplete) {
     out.bool(K['kspan.incomplete'], true);
     out.string(K['kspan.incomplete.reason'], k.incomplete);
@@ -300,9 +305,11 @@ export function describeOwnAttributes(k: KernelSpan, out: AttributeSink): void {
 /** The attributes of a retransmit or reset event. */
 export function describeEventAttributes(e: KernelSpanEvent, out: AttributeSink): void {
   if (e.offCpu) {
-    out.number(K['kspan.sched.off_cpu_ns'], e.offCpu.ns);
-    out.string(K['kspan.sched.off_cpu.reason'], e.offCpu.blocked ? 'blocked' : 'runqueue');
+    out.string(K['kspan.sched.off_cpu.kind'], e.offCpu.blocked ? 'blocked' : 'runqueue');
+    out.number(K['kspan.sched.off_cpu.duration_ns'], e.offCpu.ns);
     if (e.offCpu.syscall) out.string(K['kspan.sched.syscall'], e.offCpu.syscall);
+    if (e.offCpu.wchan) out.string(K['kspan.sched.wchan'], e.offCpu.wchan);
+    if (e.offCpu.stack?.length) out.strings(K['kspan.sched.kernel_stack'], e.offCpu.stack);
     return;
   }
   out.string(K['kspan.tcp.state'], tcpStateName(e.tcpState));
@@ -341,6 +348,10 @@ class AttributesObjectSink implements AttributeSink {
 
   bool(key: number, value: boolean): void {
     this.attributes[KERNEL_ATTRIBUTE_KEYS[key]] = value;
+  }
+
+  strings(key: number, value: readonly string[]): void {
+    this.attributes[KERNEL_ATTRIBUTE_KEYS[key]] = [...value];
   }
 }
 

@@ -30,7 +30,8 @@ import { KernelSpanEncoder, type EncodedSpan } from '../export/span-encoder.ts';
 import type { KernelSpan } from './kernel-span.ts';
 import { SocketCorrelator, type CorrelatorCounters, type SocketCorrelatorOptions } from './socket-correlator.ts';
 import { SpanBuilder } from './span-builder.ts';
-import type { SchedRecord } from '../records/sched-record.ts';
+import type { SchedRingRecord } from '../records/sched-record.ts';
+import type { KernelSymbols } from './kallsyms.ts';
 import { SchedSpans, type SchedSpanCounters } from './sched-spans.ts';
 
 export interface SpanPipelineOptions {
@@ -46,6 +47,8 @@ export interface SpanPipelineOptions {
   orphans?: boolean;
   extraAttributes?: (span: KernelSpan) => Attributes | undefined;
   logger?: Logger;
+  /** The kernel's symbols, to name blocked stacks (thread.off_cpu events); asked for at the first one. */
+  kernelSymbols?: () => KernelSymbols | null;
   /** 'live' (default): the correlator runs on the monotonic clock and ticks on a timer. 'replay': record time, backpressure. */
   mode?: 'live' | 'replay';
   /** Live: how often held spans and idle sockets are checked. Default TUNING.correlatorTickMs. */
@@ -119,7 +122,7 @@ export class SpanPipeline {
       clock: this.#mode === 'replay' ? 'records' : undefined,
       emit: (k) => this.#emit(k),
     });
-    this.sched = new SchedSpans((k) => this.#emit(k));
+    this.sched = new SchedSpans((k) => this.#emit(k), { symbols: options.kernelSymbols });
     if (this.#mode === 'live') {
       this.#timer = setInterval(() => this.correlator.tick(), options.tickMs ?? TUNING.correlatorTickMs);
       this.#timer.unref();
@@ -131,7 +134,7 @@ export class SpanPipeline {
   }
 
   /** A scheduler record: its thread.sched span goes straight to export. */
-  pushSched(record: SchedRecord): void {
+  pushSched(record: SchedRingRecord): void {
     this.sched.push(record);
   }
 
@@ -157,6 +160,7 @@ export class SpanPipeline {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
     this.correlator.flush('shutdown');
+    this.sched.flush();
     await this.#drainBacklog();
     await this.exports.shutdown();
   }
@@ -172,6 +176,8 @@ export class SpanPipeline {
   }
 
   #emit(k: KernelSpan): void {
+    // Live, a span the full queue would refuse is counted without being made.
+    if (this.#mode === 'live' && this.exports.dropIfFull()) return;
     const span = this.#make(k);
     if (this.#mode === 'replay' && (this.#backlog.length || this.exports.held >= this.exports.maxQueueSize)) {
       this.#backlog.push(span);

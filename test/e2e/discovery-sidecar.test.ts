@@ -6,6 +6,8 @@
  * containerd names a container's), exporting over OTLP. The pids in the spans
  * are the namespace's (what the service itself sees), the Resource carries
  * container.id, and the kernel spans hang under the service's own spans.
+ * The scheduler programs too: a target in the namespace gets its thread.sched
+ * span (namespace pid and tid) under its span.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -17,6 +19,7 @@ import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
 import { ProcessGroup, type Proc } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { preforkDir, request, type Exchange } from '../helpers/discovery-fixtures.ts';
+import { startSchedFixture } from '../helpers/sched-fixture.ts';
 
 /** The first child of `pid` (nsenter and unshare fork the program they run). */
 async function childOf(pid: number): Promise<number> {
@@ -52,7 +55,7 @@ describe('sidecar: a pid namespace shared with the service', e2eOptions(), () =>
     }
   });
 
-  test('kspan in the namespace selects the service by --exe and by --container; namespace pids, container.id, parentage', async () => {
+  test('kspan in the namespace selects the service by --exe and by --container; namespace pids, container.id, parentage; thread.sched by namespace pid', async () => {
     await receiver.start();
     const pod = group.start('unshare', ['--pid', '--fork', '--mount-proc', 'sleep', '600']);
     pause = await childOf(pod.pid); // pid 1 of the namespace
@@ -77,6 +80,27 @@ describe('sidecar: a pid namespace shared with the service', e2eOptions(), () =>
       assert.equal(code, 0, agent.stderr.join('\n'));
       return { agent, exchanges };
     };
+
+    // Scheduler time of a target in the namespace: found by its namespace pid at sched_switch.
+    const fx = await startSchedFixture(group, ['nsenter', '-t', String(pause), '-p', '-m']);
+    assert.notEqual(fx.nsPid, await childOf(fx.pid), 'the fixture sees another pid than the host');
+    const agent = inPod(KSPAN_BIN, ['run', '--pid', String(fx.nsPid), '--otlp-endpoint', receiver.endpoint]);
+    await agent.waitStderr(/"msg":"tracing"/, 20_000);
+    const traceId = randomBytes(16).toString('hex');
+    const job = await fx.run('sleeps', 50, { traceId, spanId: 'a1'.repeat(8), sampled: true }, 1);
+    process.kill(await childOf(agent.pid), 'SIGTERM');
+    assert.equal((await agent.exited).code, 0, agent.stderr.join('\n'));
+    const sched = receiver.spans.filter((s) => s.name === 'thread.sched' && s.traceId === traceId);
+    assert.equal(sched.length, 1, `one thread.sched span: ${agent.stderr.join('\n')}`);
+    assert.equal(sched[0].parentSpanId, 'a1'.repeat(8));
+    assert.deepEqual([sched[0].attributes['process.pid'], sched[0].attributes['thread.id']], [fx.nsPid, fx.workerTid]);
+    assert.equal(job.tid, fx.workerTid);
+    assert.equal(sched[0].attributes['kspan.sched.voluntary_switches'], 1);
+    const off = sched[0].events.filter((e) => e.attributes['kspan.sched.off_cpu.kind'] === 'blocked' && e.attributes['kspan.sched.syscall'] === 'clock_nanosleep');
+    assert.equal(off.length, 1);
+    assert.equal(off[0].attributes['kspan.sched.wchan'], job.wchan);
+    fx.proc.child.stdin!.end();
+    await fx.proc.exited;
 
     for (const selector of [['--exe', '**/pub_server'], ['--container', containerId.slice(0, 12)]]) {
       const { agent, exchanges } = await runAgent(selector);

@@ -118,6 +118,17 @@ describe('kspan events', e2eOptions(), () => {
     });
   }
 
+  test('keep-alive exchange on the paired syscall programs (kernels without bpf_task_pt_regs): the same exact bytes', async () => {
+    // The exit-only programs refused, as a 5.12–5.14 verifier would: each syscall's entry keeps the fd for its paired exit.
+    const exits = ['write', 'writev', 'sendto', 'sendmsg', 'read', 'readv', 'recvfrom', 'recvmsg'].map((sc) => `on_${sc}_exit`);
+    const o = { requests: 4, req: 222, resp: 33_333 };
+    const r = await exchange({ ...o, ioHooks: 'syscalls', env: { KSPAN_FAULT_REJECT_PROGRAMS: exits.join(',') } });
+    checkConnection(r, o);
+    for (const e of r.evs.filter((x) => x.type === 'send' || x.type === 'recv')) assert.equal(e.io_path, 'syscalls');
+    const logs = r.stderr.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { msg: string; featuresOff?: string[] });
+    assert.deepEqual(logs.find((l) => l.msg === 'tracing')?.featuresOff, []);
+  });
+
   test('IPv6 loopback', async () => {
     const o = { requests: 2, req: 64, resp: 4096 };
     const r = await exchange({ ...o, v6: true });

@@ -177,11 +177,14 @@ describe('thread.sched through kspan run', e2eOptions(), () => {
     assert.ok(blocked >= 80 * MS && blocked <= job.end.t - job.start.t, `blocked ${blocked} ns: at least the sleep, at most the span's wall time`);
     assert.equal(k.attributes['kspan.sched.voluntary_switches'], 1);
     for (const a of ['on_cpu_ns', 'runqueue_ns', 'involuntary_switches', 'migrations']) assert.equal(typeof k.attributes[`kspan.sched.${a}`], 'number', a);
-    assert.equal(k.events.length, 1);
-    assert.equal(k.events[0].name, 'thread.off_cpu');
-    assert.equal(k.events[0].attributes['kspan.sched.off_cpu.reason'], 'blocked');
-    assert.equal(k.events[0].attributes['kspan.sched.syscall'], 'clock_nanosleep');
-    assert.ok(k.startTimeUnixNano <= k.events[0].timeUnixNano && k.events[0].timeUnixNano <= k.endTimeUnixNano);
+    const blockedEvents = k.events.filter((e) => e.attributes['kspan.sched.off_cpu.kind'] === 'blocked');
+    assert.equal(blockedEvents.length, 1, JSON.stringify(k.events, (_, v) => (typeof v === 'bigint' ? String(v) : v)));
+    // (A busy machine may add run-queue waits of 1 ms or more as events of their own.)
+    const ev = blockedEvents[0];
+    assert.equal(ev.name, 'thread.off_cpu');
+    assert.equal(ev.attributes['kspan.sched.syscall'], 'clock_nanosleep');
+    assert.ok(Number(ev.attributes['kspan.sched.off_cpu.duration_ns']) >= 79 * MS, 'the sleep, less what ran between its start and the switch-out');
+    assert.ok(k.startTimeUnixNano <= ev.timeUnixNano && ev.timeUnixNano <= k.endTimeUnixNano);
 
     // The same work with --no-sched: the scheduler programs are not even loaded.
     const before = receiver.spans.length;
@@ -202,7 +205,7 @@ describe('thread.sched when the kernel refuses a scheduler program', e2eOptions(
 
   test('the whole feature is switched off with a warning naming what is lost; kspan events runs on', async () => {
     const fx = await startSchedFixture(group);
-    const events = await startEvents(group, [fx.pid], [], { KSPAN_FAULT_REJECT_PROGRAMS: 'on_sched_wakeup' });
+    const events = await startEvents(group, [fx.pid], [], { KSPAN_FAULT_REJECT_PROGRAMS: 'on_sched_wakeup_new' });
     await events.waitLine(/"type":"target"/, 20_000);
     await fx.run('sleep', 20, { traceId: TRACE, spanId: span(11), sampled: true });
     const lines = await stopEvents(events);

@@ -40,33 +40,41 @@ export interface JobReport {
   end: ThreadSample;
   /** contend: the busy sibling thread (it runs with no span). */
   siblingTid: number;
+  /** sleeps, pipe: the worker's wait channel as the kernel's /proc/PID/task/TID/wchan gave it while it blocked; null: not read. */
+  wchan: string | null;
 }
 
 export interface SchedFixture {
   proc: Proc;
+  /** As the host sees it (the process started; with a `prefix`, the prefix's). */
   pid: number;
+  /** As the fixture's own pid namespace sees it (workerTid too). */
+  nsPid: number;
   workerTid: number;
   /** Runs one job and waits for its report. `ids` null: no span. */
-  run(kind: 'spin' | 'sleep' | 'contend' | 'fault', ms: number, ids: { traceId: string; spanId: string; sampled: boolean } | null): Promise<JobReport>;
+  run(kind: 'spin' | 'sleep' | 'contend' | 'fault' | 'sleeps' | 'pipe', ms: number, ids: { traceId: string; spanId: string; sampled: boolean } | null, count?: number): Promise<JobReport>;
 }
 
-export async function startSchedFixture(group: ProcessGroup): Promise<SchedFixture> {
-  const proc = group.start(schedFixturePath(), []);
-  const workerTid = Number((await proc.waitLine(/^ready (\d+)$/))[1]);
+/** `prefix`: a command that runs the fixture (e.g. nsenter into a pid namespace). */
+export async function startSchedFixture(group: ProcessGroup, prefix: string[] = []): Promise<SchedFixture> {
+  const proc = prefix.length ? group.start(prefix[0], [...prefix.slice(1), schedFixturePath()]) : group.start(schedFixturePath(), []);
+  const ready = await proc.waitLine(/^ready (\d+) (\d+)$/);
+  const workerTid = Number(ready[1]);
   let done = 0;
   return {
     proc,
     pid: proc.pid,
+    nsPid: Number(ready[2]),
     workerTid,
-    async run(kind, ms, ids) {
-      proc.send(ids ? `${kind} ${ms} ${ids.traceId} ${ids.spanId} ${ids.sampled ? 1 : 0}` : `${kind} ${ms} - - 1`);
+    async run(kind, ms, ids, count = 1) {
+      proc.send(ids ? `${kind} ${ms} ${ids.traceId} ${ids.spanId} ${ids.sampled ? 1 : 0} ${count}` : `${kind} ${ms} - - 1 ${count}`);
       const nth = ++done;
       // The nth report (lines are never reused).
       await waitCount(proc, nth, 60_000);
       const f = proc.lines.filter((l) => l.startsWith('done '))[nth - 1].split(' ');
       const n = f.slice(2).map(Number);
       const sample = (o: number): ThreadSample => ({ onCpuNs: n[o], runqNs: n[o + 1], timeslices: n[o + 2], voluntary: n[o + 3], involuntary: n[o + 4], t: n[o + 5] });
-      return { kind: f[1], tid: n[0], start: sample(1), end: sample(7), siblingTid: n[13] };
+      return { kind: f[1], tid: n[0], start: sample(1), end: sample(7), siblingTid: n[13], wchan: f[16] === '-' ? null : f[16] };
     },
   };
 }

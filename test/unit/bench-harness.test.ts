@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { agentCounters, type AgentExitLog } from '../../bench/harness.ts';
+import { agentCounters, agentNodeRuntime, type AgentExitLog } from '../../bench/harness.ts';
 import { parseWrk } from '../../bench/wrk.ts';
 
 const WRK = `Running 3s test @ http://127.0.0.1:36893/
@@ -56,4 +56,12 @@ test('agentCounters: made, exported, dropped, lost by cause, from the exit log',
     kernel: undefined,
   });
   assert.equal(c.kernel, line.kernel);
+});
+
+test("agentNodeRuntime: the pipeline bench runs under bin/kspan's own V8 flags and malloc variables", () => {
+  assert.deepEqual(agentNodeRuntime(), {
+    flags: ['--max-semi-space-size=8'],
+    env: { MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '131072', MALLOC_TRIM_THRESHOLD_: '131072' },
+  });
+  assert.throws(() => agentNodeRuntime('#!/bin/bash\nexec node x.ts\n'), /no exec line or malloc variables/);
 });

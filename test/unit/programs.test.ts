@@ -11,7 +11,7 @@ import { readElfFile } from '../../src/elf/elf-file.ts';
 
 const STT_FUNC = 2;
 const STB_GLOBAL = 1;
-import { describeOff, FEATURES, planPrograms, PROGRAMS, type KernelCapability, type KernelHooks } from '../../src/kernel/programs.ts';
+import { describeOff, FEATURES, hasOtherVariant, planPrograms, PROGRAMS, type KernelCapability, type KernelHooks } from '../../src/kernel/programs.ts';
 import { unaskedUprobeFeatures } from '../../src/kernel/tcp-tracer.ts';
 import type { CallKind } from '../../src/uprobes/uprobe-spec.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
@@ -73,9 +73,10 @@ test('captured kernels: each gets the variants its prototypes allow, and loses n
     // The idle flush is chosen before the load: no refused load, no second object.
     const flush = PROGRAMS.filter((p) => p.feature === 'idle-flush' && plan.load(p.name)).map((p) => p.name);
     assert.deepEqual(flush, [want.flush], version);
-    // Exactly one send/recv path loads, all of it.
+    // Exactly one send/recv path loads, all of it (the fallback: its exit-only programs, bpf_task_pt_regs being there).
     const io = PROGRAMS.filter((p) => p.feature === 'send-recv');
-    assert.deepEqual(io.filter((p) => plan.load(p.name)).map((p) => p.ioPath), io.filter((p) => p.ioPath === ioPath).map(() => ioPath));
+    const wanted = io.filter((p) => p.ioPath === ioPath && !p.name.startsWith('paired_') && !p.with);
+    assert.deepEqual(io.filter((p) => plan.load(p.name)).map((p) => p.name), wanted.map((p) => p.name), version);
   }
 });
 
@@ -115,13 +116,13 @@ test('the send/recv path not in use is no loss', () => {
   const plan = planPrograms(hooksOf(fixture('6.18.json')), 'syscalls');
   assert.deepEqual(plan.off, []);
   assert.equal(plan.load('on_send_length'), false);
-  assert.equal(plan.load('on_io_exit'), true);
+  assert.equal(plan.load('on_write_exit'), true);
 });
 
 test('capabilities are asked only for the variant the plan would load', () => {
   const asked: KernelCapability[] = [];
   const plan = planPrograms(hooksOf(fixture('6.1.json'), [], asked), 'syscalls');
-  assert.deepEqual(asked, ['bpf_loop', 'sleepable_queue_map']);
+  assert.deepEqual(asked, [...Array(8).fill('task_pt_regs'), 'bpf_loop', 'sleepable_queue_map']);
   const d = plan.decisions.get('flush_idle');
   assert.deepEqual(d, { load: false, why: 'other-variant', reason: 'flush_idle_walk serves syscall here (the kernel\'s verifier does not allow a queue map in a sleepable program)' });
   const none: KernelCapability[] = [];
@@ -141,4 +142,41 @@ test('uprobe programs load only for the function spans asked for; leaving them o
   assert.deepEqual(loaded(['dns']), ['uprobe_call_entry', 'uprobe_call_return', 'uprobe_dns_return', 'calls_on_exit', 'calls_on_exec']);
   assert.deepEqual(loaded(['dns', 'tls', 'call']), uprobePrograms);
   assert.deepEqual(loaded(undefined), uprobePrograms);
+});
+
+test('the fallback reads the fd at the exit alone where bpf_task_pt_regs is allowed, and pairs entry and exit where not', () => {
+  const k = fixture('6.1.json');
+  const withRegs = planPrograms(hooksOf(k), 'syscalls');
+  assert.deepEqual(withRegs.off, []);
+  assert.equal(withRegs.load('on_read_exit'), true);
+  assert.equal(withRegs.load('paired_read_exit'), false);
+  assert.deepEqual(withRegs.decisions.get('on_read_enter'), { load: false, why: 'other-variant', reason: 'goes with paired_read_exit, not loaded here' });
+
+  const old: KernelHooks = { ...hooksOf(k), can: (cap) => cap !== 'task_pt_regs' && k.capabilities[cap] };
+  const paired = planPrograms(old, 'syscalls');
+  assert.deepEqual(paired.off, []);
+  for (const sc of ['write', 'writev', 'sendto', 'sendmsg', 'read', 'readv', 'recvfrom', 'recvmsg']) {
+    assert.equal(paired.load(`on_${sc}_exit`), false, sc);
+    assert.equal(paired.load(`paired_${sc}_exit`), true, sc);
+    assert.equal(paired.load(`on_${sc}_enter`), true, sc);
+  }
+  assert.deepEqual(paired.decisions.get('on_read_exit'), {
+    load: false, why: 'other-variant', reason: 'paired_read_exit serves tracepoint/syscalls/sys_exit_read here (the kernel\'s verifier does not allow bpf_task_pt_regs in a tracepoint program)',
+  });
+
+  // The exit-only program refused at load: the next plan pairs that syscall's programs.
+  const refused = planPrograms(hooksOf(k), 'syscalls', new Map([['on_write_exit', 'verifier said no']]));
+  assert.deepEqual(refused.off, []);
+  assert.equal(refused.load('paired_write_exit'), true);
+  assert.equal(refused.load('on_write_enter'), true);
+  assert.equal(refused.load('on_read_enter'), false);
+});
+
+test('a refused essential program has a variant to give way to only where its hook has another program', () => {
+  assert.equal(hasOtherVariant('on_read_exit'), true);
+  assert.equal(hasOtherVariant('paired_read_exit'), true);
+  assert.equal(hasOtherVariant('on_read_enter'), false);
+  assert.equal(hasOtherVariant('on_send_length'), false);
+  assert.equal(hasOtherVariant('on_destroy_sock'), false);
+  assert.equal(hasOtherVariant('no_such_program'), false);
 });

@@ -190,7 +190,7 @@ describe('KernelSpanEncoder: the same request as the OTel transformer', () => {
     });
     assertSameEncoding(
       [
-        sched(4242, { events: [off(true, 'clock_nanosleep')] }),
+        sched(4242, { events: [off(true, 'clock_nanosleep'), { ...off(true, 'read'), offCpu: { ns: 7, blocked: true, syscall: 'read', wchan: 'pipe_read', stack: ['pipe_read', 'vfs_read', 'ksys_read'] } }] }),
         ...correlated().slice(0, 2),
         sched(7, { events: [off(false, null)], incomplete: 'flushed' }),
         sched(9),
@@ -334,7 +334,7 @@ describe('KernelSpanEncoder: the same request as the OTel transformer', () => {
           return v && typeof v === 'object' ? spy(v, `${name}.`) : v;
         },
       });
-    const sink = { string() {}, number() {}, bool() {} };
+    const sink = { string() {}, number() {}, bool() {}, strings() {} };
     for (const k of [kernelSpan(), kernelSpan({ role: 'client', family: 6 })]) describeSocketAttributes(spy(k, ''), sink);
     const compared = ['cookie', 'pid', 'role', 'family', 'peer', 'local', 'peer.address', 'peer.port', 'local.address', 'local.port'];
     assert.deepEqual([...read].filter((f) => !compared.includes(f)), []);

@@ -77,3 +77,47 @@ test('live: spans print as trees on the console exporter; shutdown ends open spa
   assert.equal(pipeline.stats().correlator.incompleteSpans, 1);
   assert.equal(pipeline.stats().export.exported, 3); // recv + send under A, the open read under B
 });
+
+test('live, the export queue full: a span the queue would refuse is counted as dropped without being encoded', async () => {
+  const receiver = new OtlpReceiver();
+  after(() => receiver.stop());
+  await receiver.start();
+  receiver.failWith(14); // UNAVAILABLE: the first batch stays in flight, retried, until the receiver answers again
+  const pipeline = new SpanPipeline({
+    resourceFor: () => resourceFromAttributes({ 'service.name': 'full' }),
+    clockOffsetNs: 0n,
+    target: { kind: 'otlp', protocol: 'grpc', endpoint: receiver.endpoint },
+    logger: pino({ level: 'silent' }),
+    tickMs: 10,
+    export: { maxQueueSize: 4, maxBatchSize: 2, scheduledDelayMs: 5, retryInitialMs: 20, retryMaxMs: 20 },
+  });
+  const encoder = pipeline.encoder!;
+  const encoded: string[] = [];
+  const encode = encoder.encode.bind(encoder);
+  encoder.encode = (k) => {
+    encoded.push(k.parent!.spanId);
+    return encode(k);
+  };
+  const s = new FakeSocket({ cookie: 7n, role: 'server', pid: 78 });
+  // Five exchanges: ten spans (a recv and a send each) into a queue of four.
+  for (let i = 0; i < 5; i++) {
+    const t = 10_000 + i * 1_000;
+    pipeline.push(s.recv(ctx(0x200 + i), 10 + i, 1, t, t + 10));
+    pipeline.push(s.send(ctx(0x200 + i), 20 + i, 1, t + 100, t + 110));
+  }
+  pipeline.push(s.close(20_000));
+  const mid = pipeline.stats().export;
+  assert.equal(mid.enqueued, 4);
+  assert.equal(mid.droppedQueueFull, 6);
+  assert.deepEqual(encoded, [ctx(0x200).spanId, ctx(0x200).spanId, ctx(0x201).spanId, ctx(0x201).spanId], 'only the queued spans were encoded');
+  receiver.failWith(null);
+  await pipeline.shutdown();
+  const st = pipeline.stats();
+  assert.equal(st.correlator.spans, 10);
+  assert.equal(st.export.exported, 4);
+  assert.equal(st.export.droppedQueueFull, 6);
+  assert.deepEqual(
+    receiver.spans.map((x) => `${x.name} ${x.parentSpanId} ${x.attributes['kspan.bytes']}`).sort(),
+    [`tcp.recv ${ctx(0x200).spanId} 10`, `tcp.recv ${ctx(0x201).spanId} 11`, `tcp.send ${ctx(0x200).spanId} 20`, `tcp.send ${ctx(0x201).spanId} 21`],
+  );
+});
