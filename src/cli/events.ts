@@ -14,7 +14,7 @@ import type { SchedRingRecord } from '../records/sched-record.ts';
 import { onceKernelSymbols } from '../kernel/kallsyms-file.ts';
 import { OFF_CPU_STACK_FRAMES } from '../spans/sched-spans.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
-import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { logStartup, openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
 import { EXIT } from './usage.ts';
 
 export async function eventsCommand(config: EventsConfig, log: Logger): Promise<number> {
@@ -55,6 +55,7 @@ export async function eventsCommand(config: EventsConfig, log: Logger): Promise<
     throw err;
   }
   session.start();
+  logStartup(log, session);
   const flushTimer = setInterval(flushOut, 50);
   log.info({ target_pids: config.pids, ioPath: session.ioPath, sched: session.tracer.sched, featuresOff: session.featuresOff.map((f) => f.feature) }, 'tracing');
 

@@ -8,6 +8,7 @@ import { selectionFromSettings } from '../discovery/selectors.ts';
 import { reloadPolicy } from '../policy/policy-config.ts';
 import { PolicyWatcher } from '../policy/policy-watcher.ts';
 import type { Logger } from '../core/logger.ts';
+import { startupTimings } from '../core/startup-timing.ts';
 import { setLibbpfLogSink } from '../kernel/libbpf-log.ts';
 import type { TracerCounters } from '../kernel/tcp-tracer.ts';
 import { TracingSession, type TracingSessionOptions } from '../kernel/tracing-session.ts';
@@ -88,8 +89,13 @@ export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onSchedReco
  * features the kernel cannot give, refused records, unreadable contexts and
  * exited targets logged.
  */
+/** Debug: how long each start-up phase took, and what each loaded program cost the verifier. */
+export function logStartup(log: Logger, session: TracingSession): void {
+  if (log.isLevelEnabled('debug')) log.debug({ ms: startupTimings(), verified_insns: session.tracer.verifiedInsns() }, 'start-up');
+}
+
 export function openSession(config: TracingConfig, log: Logger, hooks: SessionHooks): TracingSession {
-  setLibbpfLogSink((level, line) => log[level === 'warn' ? 'warn' : 'debug']({ libbpf: line }, 'libbpf'));
+  setLibbpfLogSink((level, line) => log[level === 'warn' ? 'warn' : 'debug']({ libbpf: line }, 'libbpf'), { debug: log.isLevelEnabled('debug') });
   const session = TracingSession.open({
     pids: config.pids,
     selection: selectionFromSettings(config),

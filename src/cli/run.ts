@@ -18,7 +18,7 @@ import { OrphanNotices, type Notice } from '../spans/orphan-notices.ts';
 import { TargetResources } from '../export/target-resources.ts';
 import { containerResource } from '../discovery/process-facts.ts';
 import type { TracingSession } from '../kernel/tracing-session.ts';
-import { openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { logStartup, openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
 import { CallSpanBuilder } from '../spans/call-spans.ts';
 import { uprobeSpecs } from '../uprobes/uprobe-spec.ts';
 import type { AgentMetrics } from '../metrics/metrics-server.ts';
@@ -119,6 +119,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
   }
   const observer: AgentObserver | undefined = opts.metrics && observeAgent(opts.metrics, { session, pipeline, orphans: config.orphans }, log);
   session.start();
+  logStartup(log, session);
   const idleNs = BigInt(config.idleFlushMs) * 1_000_000n;
   const idleTimer = setInterval(() => session!.tracer.flushIdle(idleNs), TUNING.idleFlushTickMs);
   const clockTimer = setInterval(() => clock.refresh(), TUNING.clockRefreshMs);

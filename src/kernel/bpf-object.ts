@@ -120,7 +120,7 @@ export class BpfMap {
  * as many as the caller gives. test/unit/metrics.test.ts checks them against
  * the running kernel's BTF.
  */
-export const BPF_PROG_INFO = { id: 4, runTimeNs: 192, runCnt: 200, recursionMisses: 208, size: 216 } as const;
+export const BPF_PROG_INFO = { id: 4, runTimeNs: 192, runCnt: 200, recursionMisses: 208, verifiedInsns: 216, size: 224 } as const;
 const PROG_INFO_SIZE = BPF_PROG_INFO.size;
 
 export interface BpfProgramInfo {
@@ -128,6 +128,8 @@ export interface BpfProgramInfo {
   runTimeNs: bigint;
   runCount: bigint;
   recursionMisses: bigint;
+  /** Instructions the verifier processed to accept the program (its `insns processed`; 5.16+, else 0). */
+  verifiedInsns: number;
 }
 
 export class BpfObject {
@@ -377,6 +379,7 @@ export class BpfObject {
       runTimeNs: has(o.runTimeNs) ? info.readBigUInt64LE(o.runTimeNs) : 0n,
       runCount: has(o.runCnt) ? info.readBigUInt64LE(o.runCnt) : 0n,
       recursionMisses: has(o.recursionMisses) ? info.readBigUInt64LE(o.recursionMisses) : 0n,
+      verifiedInsns: len.readUInt32LE(0) >= o.verifiedInsns + 4 ? info.readUInt32LE(o.verifiedInsns) : 0,
     };
   }
 

@@ -7,6 +7,7 @@
 import { fileURLToPath } from 'node:url';
 import { faultRejectedPrograms, testRingBytes } from '../core/config.ts';
 import { KspanError, VerifierError, verifierLogLastLine } from '../core/errors.ts';
+import { timed } from '../core/startup-timing.ts';
 import {
   decodeKspanFlushArgs,
   encodeKspanTarget,
@@ -30,7 +31,8 @@ import {
 } from '../records/abi.generated.ts';
 import { BpfObject } from './bpf-object.ts';
 import { chooseIoPath, type IoPath, kernelHooks } from './kernel-features.ts';
-import { describeOff, hasOtherVariant, planPrograms, programSpec, PROGRAMS, type FeatureOff, type KernelHooks, type ProgramPlan } from './programs.ts';
+import { describeOff, hasOtherVariant, planPrograms, programSpec, PROGRAMS, type Feature, type FeatureOff, type KernelHooks, type ProgramPlan } from './programs.ts';
+import type { CallKind } from '../uprobes/uprobe-spec.ts';
 import { libbpf } from './native.ts';
 import { RingBufferReader } from './ring-buffer.ts';
 import { pidKey, u32Key } from './map-keys.ts';
@@ -91,6 +93,12 @@ export interface TcpTracerOptions {
   offCpuEventNs?: bigint;
   /** Leave the scheduler programs out (`--no-sched`). */
   noSched?: boolean;
+  /**
+   * The kinds of function spans asked for (src/uprobes/): the uprobe programs of
+   * kinds not asked for are not loaded, and none when the list is empty (they are
+   * a third of the verifier's work at start). Undefined: all of them load.
+   */
+  uprobeKinds?: readonly CallKind[];
   /** A record the decoder refused (counted, never silent). */
   onDecodeError?: (err: unknown) => void;
   /** The ring reader's own failures (a failed epoll_wait, a throwing handler): counted, then told here. */
@@ -177,13 +185,14 @@ export class TcpTracer {
   static open(opts: TcpTracerOptions): TcpTracer {
     const ringBytes = opts.ringBytes ?? testRingBytes();
     if (ringBytes !== undefined) opts = { ...opts, ringBytes };
-    const hooks = opts.hooks ?? kernelHooks();
+    const hooks = opts.hooks ?? timed('kernel_hooks', () => kernelHooks());
     const ioPath = chooseIoPath(opts.ioPath, hooks);
     const rejected = new Map<string, string>();
     const faulty = faultRejectedPrograms();
     const disabled = new Set<string>(opts.noSched || !opts.onSchedRecord ? ['sched'] : []);
+    for (const f of unaskedUprobeFeatures(opts.uprobeKinds)) disabled.add(f);
     for (let interrupted = 0; ;) {
-      const plan = planPrograms(hooks, ioPath, rejected, PROGRAMS, disabled);
+      const plan = timed('plan', () => planPrograms(hooks, ioPath, rejected, PROGRAMS, disabled));
       const essential = plan.off.find((f) => f.grade === 'essential');
       if (essential) throw missingEssential(essential, ioPath, opts.ioPath !== undefined);
       try {
@@ -204,7 +213,7 @@ export class TcpTracer {
   }
 
   static #openOnce(opts: TcpTracerOptions, plan: ProgramPlan, faulty: ReadonlySet<string>): TcpTracer {
-    const obj = BpfObject.open(opts.objectPath ?? DEFAULT_OBJECT);
+    const obj = timed('object_open', () => BpfObject.open(opts.objectPath ?? DEFAULT_OBJECT));
     try {
       for (const name of obj.programNames) {
         if (!programSpec(name)) throw new KspanError('KSPAN_ERR_BPF_OBJECT', `program "${name}" of ${obj.path} is not in kspan's program table`);
@@ -220,9 +229,9 @@ export class TcpTracer {
         obj.setMaxEntries('sched_threads', 1);
         obj.setMaxEntries('sched_events', 4096);
       }
-      obj.load();
+      timed('verifier_load', () => obj.load());
       if (plan.load('on_sched_switch')) SchedRing.configure(obj, opts.offCpuEventNs ?? OFF_CPU_EVENT_NS);
-      obj.attachAll();
+      timed('attach', () => obj.attachAll());
       return new TcpTracer(obj, plan, opts);
     } catch (err) {
       obj.close();
@@ -345,6 +354,15 @@ export class TcpTracer {
     return out;
   }
 
+  /** Per loaded program, the instructions the verifier processed to accept it (the load's cost; 0 before 5.16). */
+  verifiedInsns(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const name of this.#obj.programNames) {
+      if (this.plan.load(name)) out[name] = this.#obj.programInfo(name)?.verifiedInsns ?? 0;
+    }
+    return out;
+  }
+
   /**
    * Closes send/recv aggregates idle for `idleNs` (the kernel emits them, flagged
    * idle). Returns how many. Call it on a timer so a quiet keep-alive connection
@@ -447,6 +465,13 @@ function aggregateRecord(cookie: bigint, st: KspanSock, agg: KspanAgg): KernelRe
     laddr: st.laddr, raddr: st.raddr, ctx: agg.ctx, prev: none,
   };
   return fromEvent(socket, agg);
+}
+
+/** The uprobe features whose programs nobody asked for: all of them without function spans, else the presets' own return programs not asked for. */
+export function unaskedUprobeFeatures(kinds: readonly CallKind[] | undefined): Feature[] {
+  if (!kinds) return [];
+  if (!kinds.length) return ['uprobes', 'uprobe-dns', 'uprobe-tls'];
+  return (['dns', 'tls'] as const).filter((k) => !kinds.includes(k)).map((k): Feature => `uprobe-${k}`);
 }
 
 /** The program a load or attach failure names, and why, in one line. */

@@ -21,6 +21,7 @@ import { pidKey } from './map-keys.ts';
 import { encodeNodeLayoutValue } from '../context/nodejs/node-layout.ts';
 import { TUNING } from '../core/config.ts';
 import { KspanError } from '../core/errors.ts';
+import { timed } from '../core/startup-timing.ts';
 import type { IoPath } from './kernel-features.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import type { SchedRingRecord } from '../records/sched-record.ts';
@@ -200,10 +201,11 @@ export class TracingSession {
       maxSockets: opts.maxSockets,
       policy: opts.policy,
       onFeatureOff: opts.onFeatureOff,
+      uprobeKinds: opts.uprobes?.specs.map((s) => s.kind) ?? [],
     });
     const session = new TracingSession(tracer, opts);
     // With selectors, the --pid list is one of them: the scan at start judges it.
-    if (!session.discovering) for (const pid of opts.pids ?? []) session.addPid(pid);
+    if (!session.discovering) timed('targets', () => { for (const pid of opts.pids ?? []) session.addPid(pid); });
     return session;
   }
 
@@ -241,7 +243,7 @@ export class TracingSession {
 
   start(): void {
     this.tracer.start();
-    this.discovery?.start();
+    timed('targets', () => this.discovery?.start());
     this.uprobes?.start();
     this.#timer = setInterval(() => this.refresh(), this.#opts.refreshMs ?? TUNING.targetRefreshMs);
     this.#timer.unref();

@@ -35,7 +35,8 @@ describe('function spans from --uprobe', e2eOptions(), () => {
     // One entry and one return probe per function, in the one binary.
     const links = heldUprobeLinks(agent.pid);
     assert.deepEqual(links.map((l) => `${l.eventType} ${l.path}`).sort(), [...Array(3).fill(`uprobe /proc/${pid}/root${exe}`), ...Array(3).fill(`uretprobe /proc/${pid}/root${exe}`)]);
-    assert.deepEqual(new Set(links.map((l) => l.cookie)).size, 3, 'one probe id per function, shared by its entry and return');
+    // The cookie is in the link's fdinfo on newer kernels only (not on 6.1 or 6.12): asserted where the kernel tells it.
+    if (links.every((l) => l.cookie !== undefined)) assert.deepEqual(new Set(links.map((l) => l.cookie)).size, 3, 'one probe id per function, shared by its entry and return');
 
     fixture.send('go');
     await fixture.waitLine(/^blocked$/);

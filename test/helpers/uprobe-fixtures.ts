@@ -69,12 +69,20 @@ export interface HeldLink {
   /** The probed file, as the agent named it (/proc/PID/root/...). */
   path: string;
   offset: number;
-  cookie: number;
+  /** The attach cookie; undefined where the kernel does not report a perf link's details (before 6.x: see heldUprobeLinks). */
+  cookie: number | undefined;
+}
+
+/** `bpftool perf show`: the perf events of `pid` with a BPF program (BPF_TASK_FD_QUERY, every kernel kspan runs on). */
+function perfEvents(pid: number): Map<number, { fd_type: string; filename?: string; offset?: number; prog_id: number }> {
+  const all = JSON.parse(execFileSync('bpftool', ['perf', 'show', '--json'], { encoding: 'utf8' })) as { pid: number; fd: number; fd_type: string; filename?: string; offset?: number; prog_id: number }[];
+  return new Map(all.filter((e) => e.pid === pid).map((e) => [e.fd, e]));
 }
 
 /** The uprobe and uretprobe links `agentPid` holds, oldest first (`names: false`: without asking bpftool the programs' names). */
 export function heldUprobeLinks(agentPid: number, opts: { names?: boolean } = {}): HeldLink[] {
   const links: Omit<HeldLink, 'progName'>[] = [];
+  let perf: ReturnType<typeof perfEvents> | undefined;
   for (const fd of readdirSync(`/proc/${agentPid}/fdinfo`)) {
     let info: string;
     try {
@@ -83,15 +91,29 @@ export function heldUprobeLinks(agentPid: number, opts: { names?: boolean } = {}
       continue; // closed meanwhile
     }
     const field = (k: string) => new RegExp(`^${k}:\\s*(.*)$`, 'm').exec(info)?.[1]?.trim();
-    const eventType = field('event_type');
-    if (field('link_type') !== 'perf' || (eventType !== 'uprobe' && eventType !== 'uretprobe')) continue;
+    if (field('link_type') !== 'perf') continue;
+    let eventType = field('event_type');
+    let path = field('name') ?? '';
+    let offset = Number(field('offset'));
+    const cookie = field('cookie');
+    if (eventType === undefined) {
+      // A kernel whose fdinfo tells only the link and its program (6.1, 6.12): the
+      // event is the perf event fd libbpf opened just before the link's (fd − 1).
+      perf ??= perfEvents(agentPid);
+      const ev = perf.get(Number(fd) - 1);
+      if (!ev || ev.prog_id !== Number(field('prog_id'))) continue;
+      eventType = ev.fd_type;
+      path = ev.filename ?? '';
+      offset = ev.offset ?? NaN;
+    }
+    if (eventType !== 'uprobe' && eventType !== 'uretprobe') continue;
     links.push({
       linkId: Number(field('link_id')),
       progId: Number(field('prog_id')),
       eventType,
-      path: field('name') ?? '',
-      offset: Number(field('offset')),
-      cookie: Number(field('cookie')),
+      path,
+      offset,
+      cookie: cookie === undefined ? undefined : Number(cookie),
     });
   }
   if (!links.length || opts.names === false) return links.map((l) => ({ ...l, progName: '' })).sort((a, b) => a.linkId - b.linkId);

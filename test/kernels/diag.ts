@@ -48,8 +48,12 @@ function loadAlone(path: string, name: string): Record<string, unknown> {
   try {
     for (const p of obj.programNames) obj.setAutoload(p, p === name);
     try {
+      const t0 = performance.now();
       obj.load();
       out.load = 'ok';
+      // the object's maps are created in this time too (a few ms): compare programs with each other
+      out.load_ms = Math.round(performance.now() - t0);
+      out.verified_insns = obj.programInfo(name)?.verifiedInsns;
     } catch (err) {
       out.load = 'fail';
       Object.assign(out, describeError(err, name));

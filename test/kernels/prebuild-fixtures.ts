@@ -6,7 +6,13 @@
  */
 import { tcpFixtureDir, tracedServerPath } from '../helpers/tcp-fixtures.ts';
 import { buildTlsFixtures } from '../helpers/tls-fixtures.ts';
+import { schedFixturePath } from '../helpers/sched-fixture.ts';
+import { callsFixturePath } from '../helpers/uprobe-fixtures.ts';
+import { preforkDir } from '../helpers/discovery-fixtures.ts';
 
 tcpFixtureDir();
 tracedServerPath();
 buildTlsFixtures();
+schedFixturePath();
+callsFixturePath();
+preforkDir();

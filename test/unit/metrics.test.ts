@@ -256,5 +256,6 @@ test("bpf_prog_info: the offsets read are the running kernel's (BTF)", () => {
   assert.equal(bitsOf('run_time_ns') / 8, BPF_PROG_INFO.runTimeNs);
   assert.equal(bitsOf('run_cnt') / 8, BPF_PROG_INFO.runCnt);
   assert.equal(bitsOf('recursion_misses') / 8, BPF_PROG_INFO.recursionMisses);
-  assert.equal(BPF_PROG_INFO.size, BPF_PROG_INFO.recursionMisses + 8);
+  assert.equal(BPF_PROG_INFO.verifiedInsns, BPF_PROG_INFO.recursionMisses + 8);
+  assert.equal(BPF_PROG_INFO.size, BPF_PROG_INFO.verifiedInsns + 8);
 });

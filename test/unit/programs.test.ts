@@ -12,6 +12,8 @@ import { readElfFile } from '../../src/elf/elf-file.ts';
 const STT_FUNC = 2;
 const STB_GLOBAL = 1;
 import { describeOff, FEATURES, hasOtherVariant, planPrograms, PROGRAMS, type KernelCapability, type KernelHooks } from '../../src/kernel/programs.ts';
+import { unaskedUprobeFeatures } from '../../src/kernel/tcp-tracer.ts';
+import type { CallKind } from '../../src/uprobes/uprobe-spec.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
 
 const FIXTURES = join(REPO_ROOT, 'test/fixtures/kernels');
@@ -126,6 +128,20 @@ test('capabilities are asked only for the variant the plan would load', () => {
   const none: KernelCapability[] = [];
   planPrograms(hooksOf(fixture('6.18.json'), [], none), 'sock_length', new Map([['flush_idle', 'refused']]));
   assert.deepEqual(none, []);
+});
+
+test('uprobe programs load only for the function spans asked for; leaving them out is no loss', () => {
+  const uprobePrograms = PROGRAMS.filter((p) => p.feature.startsWith('uprobe')).map((p) => p.name);
+  const loaded = (kinds: readonly CallKind[] | undefined) => {
+    const plan = planPrograms(hooksOf(fixture('6.1.json')), 'syscalls', new Map(), PROGRAMS, new Set(unaskedUprobeFeatures(kinds)));
+    assert.deepEqual(plan.off, []);
+    return uprobePrograms.filter((n) => plan.load(n));
+  };
+  assert.deepEqual(loaded([]), []);
+  assert.deepEqual(loaded(['call']), ['uprobe_call_entry', 'uprobe_call_return', 'calls_on_exit', 'calls_on_exec']);
+  assert.deepEqual(loaded(['dns']), ['uprobe_call_entry', 'uprobe_call_return', 'uprobe_dns_return', 'calls_on_exit', 'calls_on_exec']);
+  assert.deepEqual(loaded(['dns', 'tls', 'call']), uprobePrograms);
+  assert.deepEqual(loaded(undefined), uprobePrograms);
 });
 
 test('the fallback reads the fd at the exit alone where bpf_task_pt_regs is allowed, and pairs entry and exit where not', () => {
