@@ -98,7 +98,8 @@ enum kspan_counter {
 	KSPAN_C_SCHED_UNSAMPLED = 17,/* scheduler: a (thread, span) aggregate not made: the span is not sampled */
 	KSPAN_C_PROC_RING_FULL = 18,/* a process event (exec, fork, exit, check) was lost: the ring was full */
 	KSPAN_C_FORK_TABLE_FULL = 19,/* a target's child could not be made a target: the targets map was full */
-	KSPAN_C_MAX = 20,
+	KSPAN_C_SCHED_IN_UNSEEN = 20,/* scheduler: a target thread switched out again with neither its switch-in nor (blocked) its wakeup seen by the programs (the kernel did not run them): the interval was closed at that switch-out from the thread's own accounting, its blocked record with no stack */
+	KSPAN_C_MAX = 21,
 };
 
 /* Bits of kspan_target.flags: per-target choices the agent makes. */

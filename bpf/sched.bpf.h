@@ -230,6 +230,75 @@ static __always_inline __s32 task_syscall(struct task_struct *task)
 	return (__s32)BPF_CORE_READ(regs, orig_ax);
 }
 
+/* next, a thread that switched out under a span, gets a CPU again. */
+static __always_inline void sched_in(struct kspan_sched_thread *st, __u64 now)
+{
+	__u64 out = st->out_ns;
+	if (!out || st->drop) {
+		st->out_ns = 0;
+		return;
+	}
+	__u64 off = now - out;
+	/* A blocking switch-out with no wakeup seen stayed runnable (a signal was pending): all run-queue. */
+	__u64 runnable = out;
+	if (st->blocked && st->wake_ns >= out && st->wake_ns <= now) {
+		st->agg.blocked_ns += st->wake_ns - out;
+		runnable = st->wake_ns;
+	}
+	st->agg.runq_ns += now - runnable;
+	sched_off_emit(st, KSPAN_OFF_RUNQUEUE, runnable, now - runnable, NULL);
+	if (bpf_get_smp_processor_id() != st->cpu)
+		st->agg.migrations++;
+	if (off > st->agg.max_off_ns) {
+		st->agg.max_off_ns = off;
+		st->agg.max_off_start_ns = out;
+		st->agg.max_off_syscall = st->syscall;
+		if (st->blocked && st->wake_ns >= out)
+			st->agg.flags |= KSPAN_SF_MAX_OFF_BLOCKED;
+		else
+			st->agg.flags &= ~KSPAN_SF_MAX_OFF_BLOCKED;
+	}
+	st->in_ns = now;
+	st->out_ns = 0;
+}
+
+/* The kernel's run-queue wait of a task so far (sched_info.run_delay; 0 without CONFIG_SCHED_INFO). */
+static __always_inline __u64 task_run_delay(struct task_struct *task)
+{
+	if (!bpf_core_field_exists(task->sched_info))
+		return 0;
+	return task->sched_info.run_delay;
+}
+
+/*
+ * prev switches out while the interval after its last switch-out is still open:
+ * the kernel ran this program for neither the switch-in that ended it nor, when
+ * it blocked, the wakeup (on 6.18, about one sleep in 200 under load: the task's
+ * own switch-in and voluntary-switch counts moved, the programs' runs for it did
+ * not, and no recursion miss was counted). The interval is closed here from the
+ * thread's own accounting: it ended `run` (the on-CPU time since, one run on
+ * this CPU) before now; of it, the run-queue wait is what sched_info.run_delay
+ * grew by, the rest blocked (its record with no stack: the one blocked then is
+ * gone). Counted: KSPAN_C_SCHED_IN_UNSEEN.
+ */
+static __always_inline void sched_in_unseen(struct kspan_sched_thread *st, struct task_struct *prev, __u64 run,
+					    __u64 now)
+{
+	count(KSPAN_C_SCHED_IN_UNSEEN);
+	__u64 out = st->out_ns;
+	__u64 in = now > run ? now - run : now;
+	if (in < out)
+		in = out;
+	if (st->blocked && !st->drop && !st->wake_ns) {
+		__u64 delay = task_run_delay(prev) - st->run_delay;
+		__u64 wake = delay < in - out ? in - delay : out;
+		st->wake_ns = wake;
+		if (wake > out)
+			sched_off_emit(st, KSPAN_OFF_BLOCKED, out, wake - out, NULL);
+	}
+	sched_in(st, in);
+}
+
 /* prev, a target's thread, leaves its CPU. */
 static __always_inline void sched_out(const struct kspan_target *t, struct task_struct *prev, __u64 seen,
 				      bool preempt, unsigned int prev_state, __u64 now)
@@ -265,6 +334,8 @@ static __always_inline void sched_out(const struct kspan_target *t, struct task_
 	__u64 sum = prev->se.sum_exec_runtime;
 	/* The run that ends: since the last switch-out we saw, or since this run's switch-in. */
 	__u64 run = st ? sum - st->sum_out : sum - prev->se.prev_sum_exec_runtime;
+	if (st && st->out_ns)
+		sched_in_unseen(st, prev, run, now); /* its switch-in was not seen: the interval goes to the span it had */
 
 	if (st && !sched_ctx_equal(&st->agg.ctx, &cur)) {
 		__u8 flags = 0;
@@ -313,42 +384,11 @@ static __always_inline void sched_out(const struct kspan_target *t, struct task_
 		st->syscall = task_syscall(prev);
 	}
 	st->sum_out = sum;
+	st->run_delay = task_run_delay(prev);
 	st->out_ns = now;
 	st->wake_ns = 0;
 	st->blocked = voluntary;
 	st->cpu = bpf_get_smp_processor_id();
-}
-
-/* next, a thread that switched out under a span, gets a CPU again. */
-static __always_inline void sched_in(struct kspan_sched_thread *st, __u64 now)
-{
-	__u64 out = st->out_ns;
-	if (!out || st->drop) {
-		st->out_ns = 0;
-		return;
-	}
-	__u64 off = now - out;
-	/* A blocking switch-out with no wakeup seen stayed runnable (a signal was pending): all run-queue. */
-	__u64 runnable = out;
-	if (st->blocked && st->wake_ns >= out && st->wake_ns <= now) {
-		st->agg.blocked_ns += st->wake_ns - out;
-		runnable = st->wake_ns;
-	}
-	st->agg.runq_ns += now - runnable;
-	sched_off_emit(st, KSPAN_OFF_RUNQUEUE, runnable, now - runnable, NULL);
-	if (bpf_get_smp_processor_id() != st->cpu)
-		st->agg.migrations++;
-	if (off > st->agg.max_off_ns) {
-		st->agg.max_off_ns = off;
-		st->agg.max_off_start_ns = out;
-		st->agg.max_off_syscall = st->syscall;
-		if (st->blocked && st->wake_ns >= out)
-			st->agg.flags |= KSPAN_SF_MAX_OFF_BLOCKED;
-		else
-			st->agg.flags &= ~KSPAN_SF_MAX_OFF_BLOCKED;
-	}
-	st->in_ns = now;
-	st->out_ns = 0;
 }
 
 SEC("tp_btf/sched_switch")

@@ -95,6 +95,7 @@ struct kspan_sched_thread {
 	__u8 blocked;               /* the last switch-out blocked */
 	__u8 drop;                  /* the span is not sampled: nothing is aggregated, no record */
 	__u8 _pad[6];
+	__u64 run_delay;            /* sched_info.run_delay (the kernel's run-queue wait so far) at the last switch-out */
 };
 
 #endif

@@ -44,7 +44,8 @@ export const KspanCounter = {
   KSPAN_C_SCHED_UNSAMPLED: 17,
   KSPAN_C_PROC_RING_FULL: 18,
   KSPAN_C_FORK_TABLE_FULL: 19,
-  KSPAN_C_MAX: 20,
+  KSPAN_C_SCHED_IN_UNSEEN: 20,
+  KSPAN_C_MAX: 21,
 } as const;
 
 export const KspanTlsKind = {
@@ -1301,8 +1302,8 @@ export class KspanSchedEventView implements KspanSchedEvent {
   }
 }
 
-/** struct kspan_sched_thread: 216 bytes. */
-export const KSPAN_SCHED_THREAD_SIZE = 216;
+/** struct kspan_sched_thread: 224 bytes. */
+export const KSPAN_SCHED_THREAD_SIZE = 224;
 
 export interface KspanSchedThread {
   agg: KspanSchedEvent;
@@ -1314,6 +1315,7 @@ export interface KspanSchedThread {
   cpu: number;
   blocked: number;
   drop: number;
+  run_delay: bigint;
 }
 
 export function decodeKspanSchedThread(v: DataView, o: number): KspanSchedThread {
@@ -1327,6 +1329,7 @@ export function decodeKspanSchedThread(v: DataView, o: number): KspanSchedThread
     cpu: v.getUint32(o + 204, true),
     blocked: v.getUint8(o + 208),
     drop: v.getUint8(o + 209),
+    run_delay: v.getBigUint64(o + 216, true),
   };
 }
 
@@ -1341,6 +1344,7 @@ export function encodeKspanSchedThread(x: KspanSchedThread, v: DataView, o: numb
   v.setUint32(o + 204, x.cpu, true);
   v.setUint8(o + 208, x.blocked);
   v.setUint8(o + 209, x.drop);
+  v.setBigUint64(o + 216, x.run_delay, true);
 }
 
 /** Zero-copy view of struct kspan_sched_thread; move it with `at()`. Byte arrays alias the memory. */
@@ -1391,6 +1395,10 @@ export class KspanSchedThreadView implements KspanSchedThread {
   get drop(): number {
     const v = this.v;
     return v.getUint8(this.o + 209);
+  }
+  get run_delay(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 216, true);
   }
 }
 

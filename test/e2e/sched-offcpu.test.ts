@@ -8,7 +8,7 @@
  *    time, inside the span;
  *  - a read of an empty pipe written after 100 ms: the same, in `read`;
  *  - 6 sleeps of 10 ms: exactly 6 blocked events in clock_nanosleep; 40: exactly
- *    the cap (32) as events, and the rest (at least 8) counted on the span;
+ *    the cap (32) as events, and the rest (8, and any run-queue wait of 5 ms) counted on the span;
  *  - 10 sleeps of 1 ms (below the threshold): no event in clock_nanosleep.
  * The sleeps run SCHED_FIFO; still, on a busy machine (a guest's stolen time)
  * a run-queue wait can reach the threshold and be an event of its own, so the
@@ -92,9 +92,15 @@ describe('thread.off_cpu events through kspan run', e2eOptions(), () => {
   }
 
   // The sleeps: blocked in clock_nanosleep at the sleep job's wait channel (anything else that
-  // blocked the thread 5 ms, as a page fault on a slow emulated disk can, is an event of its own).
+  // blocked the thread 5 ms, as a page fault on a slow emulated disk can, is an event of its own);
+  // or with no wait channel: an interval whose wakeup and switch-in the kernel ran no program for,
+  // closed at the next switch-out with no stack (bpf/sched.bpf.h sched_in_unseen).
   const sleeps = (s: ReceivedSpan) =>
-    blocked(s).filter((e) => e.attributes['kspan.sched.syscall'] === 'clock_nanosleep' && e.attributes['kspan.sched.wchan'] === jobs.sleep.wchan);
+    blocked(s).filter(
+      (e) =>
+        e.attributes['kspan.sched.syscall'] === 'clock_nanosleep' &&
+        (e.attributes['kspan.sched.wchan'] === jobs.sleep.wchan || e.attributes['kspan.sched.wchan'] === undefined),
+    );
 
   test('6 sleeps of 10 ms: exactly 6 blocked events, in order, nothing dropped', () => {
     const s = sched(3);
@@ -112,14 +118,13 @@ describe('thread.off_cpu events through kspan run', e2eOptions(), () => {
     assert.equal(s.events.length, 32, show(s.events));
     // The sleeps, and whatever run-queue wait of 5 ms a busy machine added: nothing else.
     assert.equal(sleeps(s).length + s.events.filter((e) => e.attributes['kspan.sched.off_cpu.kind'] === 'runqueue').length, 32, show(s.events));
-    // Each sleep is an interval of at least 5 ms: 40 of them, 32 with an event, the rest counted.
-    // A busy machine adds run-queue waits of 5 ms and more (each switch-out: at most a block and a wait);
-    // and about one sleep in 200 makes no interval at all (neither its blocked time nor an event is
-    // in the aggregate; no program run is skipped; a known gap, not yet explained): so at least one,
-    // not exactly 8, over the cap. The exact excess is the unit tests' (test/unit/sched-offcpu.test.ts).
+    // Each sleep is one blocked interval of at least 5 ms: 40 of them, 32 with an event, 8 counted
+    // (one missing would leave 7: test/e2e/sched-offcpu-gap.test.ts). A busy machine may add
+    // run-queue waits of 5 ms and more (each switch: at most one), counted with them.
     const dropped = Number(s.attributes['kspan.sched.off_cpu.events_dropped']);
+    const runq = s.events.length - sleeps(s).length;
     const switches = voluntary + Number(s.attributes['kspan.sched.involuntary_switches']);
-    assert.ok(dropped >= 1 && dropped + 32 <= 2 * switches, `${dropped} dropped, ${switches} switches`);
+    assert.ok(dropped >= 8 && dropped - 8 + runq <= switches, `${dropped} dropped, ${runq} run-queue events, ${switches} switches`);
     assert.equal(stopped.spans.sched.offCpuEventsDropped, dropped);
     assert.equal(stopped.spans.sched.offCpuEvents, spans.reduce((n, x) => n + x.events.length, 0));
     assert.equal(stopped.spans.sched.offCpuOrphans, 0);
