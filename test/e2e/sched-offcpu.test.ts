@@ -37,6 +37,7 @@ describe('thread.off_cpu events through kspan run', e2eOptions(), () => {
   const jobs: Record<string, JobReport> = {};
   let spans: ReceivedSpan[] = [];
   let stopped: { spans: { sched: Record<string, number> } };
+  let stoppedKernel: Record<string, unknown> = {};
   let fxPid = 0;
 
   before(async () => {
@@ -55,6 +56,7 @@ describe('thread.off_cpu events through kspan run', e2eOptions(), () => {
     assert.equal((await agent.exited).code, 0, agent.stderr.join('\n'));
     spans = receiver.spans.filter((s) => s.name === 'thread.sched');
     stopped = JSON.parse(agent.stderr.find((l) => /"msg":"stopped"/.test(l))!);
+    stoppedKernel = (stopped as unknown as { kernel: Record<string, unknown> }).kernel;
   });
   after(async () => {
     await group.killAll();
@@ -77,11 +79,18 @@ describe('thread.off_cpu events through kspan run', e2eOptions(), () => {
       assert.equal(b.length, 1, show(s.events));
       const e = b[0];
       assert.equal(e.name, 'thread.off_cpu');
-      assert.equal(e.attributes['kspan.sched.wchan'], job.wchan);
       assert.equal(e.attributes['kspan.sched.syscall'], syscall);
-      const stack = e.attributes['kspan.sched.kernel_stack'] as string[];
-      assert.ok(Array.isArray(stack) && stack.length >= 2 && stack.length <= 8, show(stack));
-      assert.equal(stack[0], job.wchan, 'the stack starts at the wait channel');
+      if (e.attributes['kspan.sched.wchan'] === undefined) {
+        // An interval whose wakeup and switch-in the kernel ran no program for (rare, under load):
+        // closed at the next switch-out with no stack, and counted; never silently.
+        assert.equal(e.attributes['kspan.sched.kernel_stack'], undefined, show(e));
+        assert.ok(Number(stoppedKernel.KSPAN_C_SCHED_IN_UNSEEN) >= 1, `a stackless event with no unseen switch-in counted: ${show(stoppedKernel)}`);
+      } else {
+        assert.equal(e.attributes['kspan.sched.wchan'], job.wchan);
+        const stack = e.attributes['kspan.sched.kernel_stack'] as string[];
+        assert.ok(Array.isArray(stack) && stack.length >= 2 && stack.length <= 8, show(stack));
+        assert.equal(stack[0], job.wchan, 'the stack starts at the wait channel');
+      }
       const d = Number(e.attributes['kspan.sched.off_cpu.duration_ns']);
       // The wait the fixture asked for, less what the thread ran between starting it (the timer's
       // expiry is set then) and leaving its CPU (LATE: 1 ms, scaled on emulated kernels); at most the span.
