@@ -25,7 +25,7 @@ import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import { pino } from 'pino';
 import type { KernelRecord } from '../src/records/kernel-record.ts';
 import { createEncodedOtlpExporter, createOtlpExporter, ExportPipeline } from '../src/export/export-pipeline.ts';
-import { EncodedSpanSizer, encodedSpanSerializer } from '../src/export/export-request.ts';
+import { EncodedSpanSizer, encodedSpanSerializer, RequestBuffers } from '../src/export/export-request.ts';
 import { KernelSpanEncoder, type EncodedSpan } from '../src/export/span-encoder.ts';
 import type { KernelSpan } from '../src/spans/kernel-span.ts';
 import { SocketCorrelator } from '../src/spans/socket-correlator.ts';
@@ -278,12 +278,15 @@ async function round(workload: Workload, receivers: Record<Protocol, Receiver>, 
   // The new path without the transport: encode, assemble each 2048-span request, release.
   gc();
   const encoder = new KernelSpanEncoder({ clockOffsetNs: OFFSET, resourceFor: () => resource });
-  const serializer = encodedSpanSerializer(true);
+  const buffers = new RequestBuffers();
+  const serializer = encodedSpanSerializer(buffers);
   const encode = measure(() => {
     let bytes = 0;
     let batch: EncodedSpan[] = [];
     const flush = () => {
-      bytes += serializer.serializeRequest(batch)!.length;
+      const request = serializer.serializeRequest(batch)!;
+      bytes += request.length;
+      buffers.give(request);
       for (const s of batch) encoder.release(s);
       batch = [];
     };

@@ -34,7 +34,7 @@ import { ProtobufTraceSerializer, type IExporterMetricsHelper, type ISerializer,
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
 import { pino, type Logger } from 'pino';
 import { loadSettings, TUNING, type Origin, type OtlpProtocol, type RawValues } from '../core/config.ts';
-import { EncodedSpanMetricsHelper, encodedSpanSerializer } from './export-request.ts';
+import { EncodedSpanMetricsHelper, encodedSpanSerializer, RequestBuffers } from './export-request.ts';
 import { GrpcExportTransport } from './grpc-transport.ts';
 import type { EncodedSpan } from './span-encoder.ts';
 
@@ -149,16 +149,17 @@ export function createEncodedOtlpExporters(
   const config = { url: exporterUrl(target), timeoutMillis: options.timeoutMs };
   if (target.protocol === 'grpc') {
     const grpc = convertLegacyOtlpGrpcOptions(config, 'TRACES');
-    const transport = new GrpcExportTransport(grpc, GRPC_TRACE_SERVICE, GRPC_TRACE_EXPORT_PATH);
+    const buffers = new RequestBuffers();
+    const transport = new GrpcExportTransport(grpc, GRPC_TRACE_SERVICE, GRPC_TRACE_EXPORT_PATH, buffers);
     const metrics = <I>(helper: IExporterMetricsHelper<I>) => createOtlpGrpcExporterMetrics('otlp_grpc_span_exporter', helper, grpc.url, undefined);
     return {
-      encoded: new OTLPExporterBase(createOtlpNetworkExportDelegate(grpc, encodedSpanSerializer(true), metrics(EncodedSpanMetricsHelper), transport)),
+      encoded: new OTLPExporterBase(createOtlpNetworkExportDelegate(grpc, encodedSpanSerializer(buffers), metrics(EncodedSpanMetricsHelper), transport)),
       spooled: new OTLPExporterBase(createOtlpNetworkExportDelegate(grpc, SPOOLED_SERIALIZER, metrics(SpooledMetricsHelper), transport)),
     };
   }
   const http = () => convertLegacyHttpOptions(config, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' });
   return {
-    encoded: new OTLPExporterBase(createOtlpHttpExportDelegate(http(), encodedSpanSerializer(false), 'otlp_http_span_exporter', EncodedSpanMetricsHelper, undefined)),
+    encoded: new OTLPExporterBase(createOtlpHttpExportDelegate(http(), encodedSpanSerializer(), 'otlp_http_span_exporter', EncodedSpanMetricsHelper, undefined)),
     spooled: new OTLPExporterBase(createOtlpHttpExportDelegate(http(), SPOOLED_SERIALIZER, 'otlp_http_span_exporter', SpooledMetricsHelper, undefined)),
   };
 }

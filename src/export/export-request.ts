@@ -148,20 +148,71 @@ export class EncodedSpanSizer implements BatchSizer<EncodedSpan> {
 }
 
 /**
- * The serializer the OTLP export delegates call: our request bytes, their
- * response decoding. `reuseBuffer`: every request is written into the same
- * growing buffer, for a transport that copies the request before send() returns
- * (the gRPC transport does: Buffer.from(data)); OTLP/HTTP keeps the request for
- * its own retries and gets a new buffer each time.
+ * Request buffers lent to a transport and given back when its call is over, so
+ * that a steady export writes every request into one of the same two or three
+ * buffers: no megabyte allocation per request (each one external memory that
+ * moves V8 towards a full collection), and no copy in the transport. A buffer
+ * is lent until `give` (the transport calls it once the call has completed,
+ * when the gRPC library has framed its own copy of the message); while lent it
+ * is never handed out again. Pure.
  */
-export function encodedSpanSerializer(reuseBuffer: boolean): ISerializer<EncodedSpan[], IExportTraceServiceResponse> {
-  let scratch: Buffer | null = null;
-  const alloc = reuseBuffer
-    ? (size: number): Buffer => {
-        if (!scratch || scratch.length < size) scratch = Buffer.allocUnsafeSlow(Math.max(size, 2 * (scratch?.length ?? 0), 64 * 1024));
-        return scratch;
+export class RequestBuffers {
+  readonly #free: Buffer[] = [];
+  readonly #lent = new Set<ArrayBufferLike>();
+  readonly #keep: number;
+
+  /** `keep`: free buffers kept for reuse (more are left to the collector). */
+  constructor(keep = 2) {
+    this.#keep = keep;
+  }
+
+  /** A buffer of at least `size` bytes, lent until `give`. */
+  take(size: number): Buffer {
+    let buf: Buffer | undefined;
+    for (let i = 0; i < this.#free.length; i++) {
+      if (this.#free[i].length >= size) {
+        buf = this.#free[i];
+        this.#free.splice(i, 1);
+        break;
       }
-    : Buffer.allocUnsafe;
+    }
+    if (!buf) {
+      // None fits: one that is too small goes, so that the pool follows the requests' size.
+      this.#free.shift();
+      // Room to grow: the next request of a similar size fits without another allocation.
+      buf = Buffer.allocUnsafeSlow(Math.max(64 * 1024, size + (size >> 3)));
+    }
+    this.#lent.add(buf.buffer);
+    return buf;
+  }
+
+  /** Whether `data` lies in a buffer lent by this pool (and not yet given back). */
+  owns(data: Uint8Array): boolean {
+    return this.#lent.has(data.buffer);
+  }
+
+  /** Gives back the lent buffer `data` lies in; false (and nothing done) for any other bytes. */
+  give(data: Uint8Array): boolean {
+    if (!this.#lent.delete(data.buffer)) return false;
+    if (this.#free.length < this.#keep) this.#free.push(Buffer.from(data.buffer as ArrayBuffer));
+    return true;
+  }
+
+  /** Buffers lent and not given back. */
+  get lent(): number {
+    return this.#lent.size;
+  }
+}
+
+/**
+ * The serializer the OTLP export delegates call: our request bytes, their
+ * response decoding. With `buffers`, each request is written into a buffer lent
+ * from it, for a transport that gives the buffer back when its call is over (the
+ * gRPC transport does); without, into a new buffer each time (OTLP/HTTP keeps the
+ * request for its own retries).
+ */
+export function encodedSpanSerializer(buffers?: RequestBuffers): ISerializer<EncodedSpan[], IExportTraceServiceResponse> {
+  const alloc = buffers ? (size: number): Buffer => buffers.take(size) : Buffer.allocUnsafe;
   return {
     serializeRequest: (spans) => encodeExportRequest(spans, alloc),
     deserializeResponse: (data) => ProtobufTraceSerializer.deserializeResponse(data),

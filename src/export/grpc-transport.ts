@@ -18,6 +18,7 @@ import * as grpc from '@grpc/grpc-js';
 import type { ExportResponse, IExporterTransport } from '@opentelemetry/otlp-exporter-base';
 import type { convertLegacyOtlpGrpcOptions } from '@opentelemetry/otlp-grpc-exporter-base';
 import { TUNING } from '../core/config.ts';
+import type { RequestBuffers } from './export-request.ts';
 import { KSPAN_VERSION as VERSION } from '../core/version.ts';
 
 /** The gRPC exporter's configuration (OTEL_EXPORTER_OTLP_* applied). */
@@ -60,33 +61,44 @@ export class GrpcExportTransport implements IExporterTransport {
   readonly #config: OtlpGrpcConfiguration;
   readonly #path: string;
   readonly #service: string;
+  readonly #buffers: RequestBuffers | undefined;
   #client: ExportClient | null = null;
   #metadata: grpc.Metadata | null = null;
 
-  constructor(config: OtlpGrpcConfiguration, service: string, path: string) {
+  /**
+   * `buffers`: the pool the serializer writes requests into. A request in one of
+   * its buffers is sent as it is and the buffer given back once the call is over
+   * (grpc-js frames a copy of the message before it writes; after the call's
+   * callback nothing of it is read again); any other bytes are copied first.
+   */
+  constructor(config: OtlpGrpcConfiguration, service: string, path: string, buffers?: RequestBuffers) {
     this.#config = config;
     this.#service = service;
     this.#path = path;
+    this.#buffers = buffers;
   }
 
   send(data: Uint8Array, timeoutMillis: number): Promise<ExportResponse> {
-    // The serializer may reuse its buffer for the next request: copy now.
-    const request = Buffer.from(data);
+    const pooled = this.#buffers?.owns(data) ?? false;
+    const request = pooled ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : Buffer.from(data);
+    const done = (r: ExportResponse): ExportResponse => {
+      if (pooled) this.#buffers!.give(data);
+      return r;
+    };
     if (!this.#client) {
       try {
         this.#metadata = this.#config.metadata();
         const Client = grpc.makeGenericClientConstructor({ export: rawUnaryMethod(this.#path) }, this.#service);
         this.#client = new Client(this.#config.url, this.#config.credentials(), grpcChannelOptions(this.#config)) as unknown as ExportClient;
       } catch (error) {
-        return Promise.resolve({ status: 'failure', error: error as Error });
+        return Promise.resolve(done({ status: 'failure', error: error as Error }));
       }
     }
     const client = this.#client;
     const metadata = this.#metadata!;
     return new Promise((resolve) => {
       client.export(request, metadata, { deadline: Date.now() + timeoutMillis }, (err, response) => {
-        if (err) resolve({ status: 'failure', error: err });
-        else resolve({ status: 'success', data: response });
+        resolve(done(err ? { status: 'failure', error: err } : { status: 'success', data: response }));
       });
     });
   }

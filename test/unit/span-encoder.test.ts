@@ -16,7 +16,7 @@ import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
 import { resourceFromAttributes, type Resource } from '@opentelemetry/resources';
 import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import protobuf from 'protobufjs';
-import { encodeExportRequest, EncodedSpanSizer, encodedSpanSerializer } from '../../src/export/export-request.ts';
+import { encodeExportRequest, EncodedSpanSizer, encodedSpanSerializer, RequestBuffers } from '../../src/export/export-request.ts';
 import { ProtoWriter } from '../../src/export/proto-writer.ts';
 import { KernelSpanEncoder, writeStatusField, type EncodedSpan } from '../../src/export/span-encoder.ts';
 import { ExportTraceServiceRequestType } from '../../src/proto/otlp.ts';
@@ -415,19 +415,48 @@ describe('request assembly and the arena', () => {
     assert.ok(ours.equals(Buffer.from(ProtobufTraceSerializer.serializeRequest([...built.slice(37, 40), ...built.slice(40)])!)));
   });
 
-  test('the gRPC serializer reuses its buffer; the HTTP one makes a new request each time', () => {
+  test('the gRPC serializer writes into lent buffers and reuses one once it is given back; the HTTP one makes a new request each time', () => {
     const encoder = new KernelSpanEncoder({ clockOffsetNs: OFFSET, resourceFor });
     const spans = corners().map((k) => encoder.encode(k));
-    const reuse = encodedSpanSerializer(true);
-    const a = reuse.serializeRequest(spans.slice(0, 5))!;
-    const b = reuse.serializeRequest(spans.slice(5))!;
-    assert.ok(a.buffer === b.buffer && a.byteOffset === b.byteOffset, 'one buffer, overwritten');
-    const fresh = encodedSpanSerializer(false);
-    const c = fresh.serializeRequest(spans.slice(0, 5))!;
-    const expected = Buffer.from(c);
+    const buffers = new RequestBuffers();
+    const pooled = encodedSpanSerializer(buffers);
+    const a = pooled.serializeRequest(spans.slice(0, 5))!;
+    const aBytes = Buffer.from(a);
+    assert.ok(buffers.owns(a) && buffers.lent === 1);
+    // While `a` is lent (its call not over), the next request gets another buffer and `a` stays intact.
+    const b = pooled.serializeRequest(spans.slice(5))!;
+    assert.notEqual(a.buffer, b.buffer);
+    assert.ok(Buffer.from(a).equals(aBytes), 'a lent request is not overwritten');
+    assert.ok(Buffer.from(b).equals(encodeExportRequest(spans.slice(5))));
+    assert.equal(buffers.lent, 2);
+    assert.equal(buffers.give(a), true);
+    assert.equal(buffers.give(a), false, 'given back once');
+    assert.equal(buffers.give(Buffer.from(aBytes)), false, 'bytes the pool did not lend');
+    // Given back, its buffer is the next request's.
+    const c = pooled.serializeRequest(spans.slice(0, 5))!;
+    assert.equal(c.buffer, a.buffer);
+    assert.ok(Buffer.from(c).equals(aBytes));
+    assert.equal(buffers.lent, 2);
+    const fresh = encodedSpanSerializer();
+    const d = fresh.serializeRequest(spans.slice(0, 5))!;
+    const expected = Buffer.from(d);
     fresh.serializeRequest(spans.slice(5));
-    assert.ok(Buffer.from(c).equals(expected), 'a request kept for a retry is not overwritten');
-    assert.ok(Buffer.from(c).equals(encodeExportRequest(spans.slice(0, 5))));
+    assert.ok(Buffer.from(d).equals(expected), 'a request kept for a retry is not overwritten');
+    assert.ok(Buffer.from(d).equals(encodeExportRequest(spans.slice(0, 5))));
+  });
+
+  test('request buffers: a request larger than every free buffer gets a new one, and a too-small free buffer is let go', () => {
+    const buffers = new RequestBuffers(2);
+    const small = buffers.take(100);
+    assert.equal(small.length, 64 * 1024);
+    buffers.give(small);
+    const big = buffers.take(200_000);
+    assert.ok(big.length >= 200_000 && big.buffer !== small.buffer);
+    buffers.give(big);
+    // The small one went when the big one was made: two takes of the big size reuse the big buffer once.
+    assert.equal(buffers.take(150_000).buffer, big.buffer);
+    assert.notEqual(buffers.take(150_000).buffer, small.buffer);
+    assert.equal(buffers.lent, 2);
   });
 });
 
