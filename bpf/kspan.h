@@ -66,7 +66,7 @@ enum kspan_limit {
 	KSPAN_MAX_PROC_SEEN = 16384,        /* processes not traced whose last CHECK is remembered (`proc_seen`, LRU) */
 	KSPAN_PROC_RING_BYTES = 256 << 10,  /* the `proc_events` ring */
 	KSPAN_MAX_SEL_PORTS = 1024,         /* ports of --port selectors (`sel_ports`) */
-	KSPAN_CALL_RING_BYTES = 1 << 20,    /* ring buffer of uprobe call records (`calls`); its mapping counts twice in RSS */
+	KSPAN_CALL_RING_BYTES = 1 << 20,    /* ring buffer of uprobe call records (`calls`); its mapping counts in the agent's RSS */
 	KSPAN_MAX_CALL_THREADS = 4096,      /* threads inside a probed function at once (`call_stacks`) */
 	KSPAN_CALL_DEPTH = 8,               /* probed calls open at once in one thread, nested or recursive */
 	KSPAN_CALL_NAME_MAX = 64,           /* dns: bytes of the queried name kept (NUL included) */

@@ -1,8 +1,11 @@
 /**
  * Zero-copy reader of a BPF ring buffer map. The map is mmap'ed once (consumer
- * page read-write, producer page and data read-only; the kernel maps the data
- * twice, so a record that wraps is contiguous) and read through koffi views: no
- * FFI call per record. Wake-ups come from epoll_wait on the map fd, run on the
+ * page read-write, producer page and data read-only) and read through koffi
+ * views: no FFI call per record. The kernel would map the data pages twice in a
+ * row, so that a record wrapping past the end reads as one; the reader maps them
+ * once (each page would otherwise count twice in the agent's RSS: 4 MiB more for
+ * the 4 MiB `events` ring) and copies the rare wrapping record into a scratch
+ * buffer instead. Wake-ups come from epoll_wait on the map fd, run on the
  * thread pool (koffi async), so the event loop never blocks; after each wake-up
  * everything available is drained in one batch.
  *
@@ -44,6 +47,8 @@ export interface RingBufferStats {
   handlerErrors: number;
   /** epoll_wait calls that failed (retried after the idle interval). */
   waitErrors: number;
+  /** Records that wrapped past the ring's end, read through the scratch copy. */
+  wrapped: number;
 }
 
 export interface RingBufferOptions {
@@ -64,6 +69,10 @@ export class RingBufferReader {
   readonly #consPos: BigUint64Array;
   readonly #prodPos: BigUint64Array;
   readonly #data: DataView;
+  readonly #bytes: Uint8Array;
+  /** A wrapping record's two parts, joined (grown as needed). */
+  #scratch = new Uint8Array(512);
+  #scratchView = new DataView(this.#scratch.buffer);
   readonly #epfd: number;
   readonly #events = Buffer.alloc(12 * 4);
   readonly #handler: RecordHandler;
@@ -72,7 +81,7 @@ export class RingBufferReader {
   #waiting = false;
   #closed = false;
   #stopped: (() => void) | undefined;
-  readonly stats: RingBufferStats = { records: 0, discarded: 0, wakeups: 0, batches: 0, handlerErrors: 0, waitErrors: 0 };
+  readonly stats: RingBufferStats = { records: 0, discarded: 0, wakeups: 0, batches: 0, handlerErrors: 0, waitErrors: 0, wrapped: 0 };
 
   /** `size` is the ring's max_entries (a power of two, multiple of the page size). */
   constructor(mapFd: number, size: number, handler: RecordHandler, opts: RingBufferOptions = {}) {
@@ -83,7 +92,7 @@ export class RingBufferReader {
     this.#onError = opts.onError ?? warnOnce();
     this.#pageSize = c.sysconf(SC_PAGESIZE);
     const ps = this.#pageSize;
-    this.#prodLen = ps + 2 * size;
+    this.#prodLen = ps + size;
 
     // A failure half-way must not leave the mappings (they pin the ring's pages) or the epoll fd behind.
     let cons = 0n;
@@ -108,7 +117,9 @@ export class RingBufferReader {
     this.#epfd = epfd;
     this.#consPos = new BigUint64Array(koffi.view(cons, 8));
     this.#prodPos = new BigUint64Array(koffi.view(prod, 8));
-    this.#data = new DataView(koffi.view(prod, this.#prodLen), ps, 2 * size);
+    const mapped = koffi.view(prod, this.#prodLen);
+    this.#data = new DataView(mapped, ps, size);
+    this.#bytes = new Uint8Array(mapped, ps, size);
   }
 
   #map(len: number, prot: number, off: number, what: string): bigint {
@@ -139,7 +150,10 @@ export class RingBufferReader {
         if (len & DISCARD) this.stats.discarded++;
         else {
           try {
-            handler(data, off + HDR, payload);
+            // Records are 8-byte aligned, so a header never wraps; a payload may.
+            const at = (off + HDR) & mask;
+            if (at + payload <= mask + 1) handler(data, at, payload);
+            else handler(this.#joined(at, payload), 0, payload);
             n++;
           } catch (err) {
             this.stats.handlerErrors++;
@@ -160,6 +174,19 @@ export class RingBufferReader {
       this.stats.batches++;
     }
     return n;
+  }
+
+  /** The payload of `length` bytes at `at` that wraps past the ring's end, copied whole into the scratch buffer. */
+  #joined(at: number, length: number): DataView {
+    if (this.#scratch.length < length) {
+      this.#scratch = new Uint8Array(Math.max(length, 2 * this.#scratch.length));
+      this.#scratchView = new DataView(this.#scratch.buffer);
+    }
+    const head = this.#size - at;
+    this.#scratch.set(this.#bytes.subarray(at, this.#size), 0);
+    this.#scratch.set(this.#bytes.subarray(0, length - head), head);
+    this.stats.wrapped++;
+    return this.#scratchView;
   }
 
   /**

@@ -74,6 +74,34 @@ describe('ring buffer reader', e2eOptions(), () => {
     }
   });
 
+  test('a record that wraps past the end of the ring (mapped once) is read whole, exactly, through the scratch copy', () => {
+    // 312-byte records take 320 bytes with their header: the 820th starts 64 bytes
+    // before the end of a 256 KiB ring, its header fits and its payload wraps.
+    const perFill = 600;
+    const { obj, ringFd, fill } = openRingFiller(perFill, RING);
+    const got: { cookie: bigint; bytes: number }[] = [];
+    let reader: RingBufferReader | undefined;
+    try {
+      reader = new RingBufferReader(ringFd, RING, (view, off) => decodeRecords(view, off, (r) => got.push({ cookie: r.cookie, bytes: r.bytes })));
+      fill();
+      assert.equal(reader.drain(), perFill);
+      assert.equal(reader.stats.wrapped, 0);
+      fill();
+      assert.equal(reader.drain(), perFill);
+      assert.equal(reader.stats.wrapped, 1, 'exactly one record wrapped');
+      const want = [...Array.from({ length: perFill }, (_, i) => i), ...Array.from({ length: perFill }, (_, i) => i)].map((i) => ({ cookie: BigInt(i + 1), bytes: 100 + i }));
+      assert.deepEqual(got, want);
+      // The data pages are mapped once: the producer page and RING bytes, not 2 × RING.
+      const maps = readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('anon_inode:bpf-map'));
+      const sizes = maps.map((l) => l.split(' ')[0].split('-').map((h) => parseInt(h, 16))).map(([a, b]) => b - a);
+      assert.ok(sizes.includes(4096 + RING), `a mapping of one page + ${RING} bytes among ${sizes.join(', ')}`);
+      assert.ok(!sizes.includes(4096 + 2 * RING), 'no mapping of the data twice');
+    } finally {
+      reader?.close();
+      obj.close();
+    }
+  });
+
   test('a failing epoll_wait is counted and retried after the idle interval, not in a loop; stop() still returns', async () => {
     const { obj, ringFd, fill } = openRingFiller(3, RING);
     const dir = mkdtempSync(join(tmpdir(), 'kspan-ring-'));
