@@ -35,6 +35,8 @@ export interface NodeOptions {
   rounds: number;
   pacedConnections: number;
   saturatedConnections: number;
+  /** Ctx.warmupSeconds (bench/rounds.ts): default 2. */
+  warmupSeconds?: number;
   log: (line: string) => void;
 }
 
@@ -62,6 +64,7 @@ function summarize(samples: Record<string, Sample[]>, load: (typeof LOADS)[numbe
       bpfNsPerReq: spread(kspan.map((x) => x.bpf!.nsPerReq)),
       bpfRatioToFloor: pairedRatio(kspan, floor, (x) => x.bpf!.nsPerReq),
       agentCpuMsPer1000Req: spread(kspan.map((x) => x.agent!.cpuMsPer1000Req)),
+      warmupCpuMsPer1000Req: median(kspan.map((x) => x.agent!.warmupCpuMsPer1000Req)),
       agentCores: median(kspan.map((x) => (x.agent!.cpuMsPer1000Req * x.rps) / 1e6)),
       progs: progMedians(kspan),
       counters,
@@ -97,7 +100,7 @@ export async function nodeBench(opts: NodeOptions) {
     };
     await wrkAsync([...wrkArgs.saturated, '-d2s'], `http://127.0.0.1:${server.port}/ids`); // warm up (JIT, sockets)
     const modes: Mode[] = LOADS.flatMap((load) => SIDES.map((kind): Mode => ({ key: `${load} ${kind}`, kind, wrkArgs: wrkArgs[load] })));
-    const samples = await runRounds({ group, server, receiver, floor, path: '/ids', log: opts.log }, modes, opts.rounds, opts.seconds, 'node');
+    const samples = await runRounds({ group, server, receiver, floor, path: '/ids', log: opts.log, warmupSeconds: opts.warmupSeconds }, modes, opts.rounds, opts.seconds, 'node');
     return {
       node: process.version,
       seconds: opts.seconds,

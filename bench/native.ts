@@ -17,6 +17,8 @@ export interface NativeOptions {
   seconds: number;
   rounds: number;
   connections: number;
+  /** Ctx.warmupSeconds (bench/rounds.ts): default 2. */
+  warmupSeconds?: number;
   log: (line: string) => void;
 }
 
@@ -55,6 +57,7 @@ export function summarizeNative(samples: Record<string, Sample[]>) {
     }
     if (s[0].agent) {
       out.agentCpuMsPer1000Req = spread(s.map((x) => x.agent!.cpuMsPer1000Req));
+      out.warmupCpuMsPer1000Req = median(s.map((x) => x.agent!.warmupCpuMsPer1000Req));
       out.progs = progMedians(s);
       out.counters = sumCounters(s);
       out.rssIdle = median(s.map((x) => x.agent!.rssIdle));
@@ -76,7 +79,7 @@ export async function nativeBench(opts: NativeOptions) {
     const receiver = await startReceiver(group);
     await wrkAsync(['-t1', `-c${opts.connections}`, '-d1s', '-s', TRACEPARENT_LUA], `http://127.0.0.1:${server.port}/`, ['10']); // warm-up
     const modes = nativeModes(opts.connections);
-    const samples = await runRounds({ group, server, receiver, floor, log: opts.log }, modes, opts.rounds, opts.seconds, 'native');
+    const samples = await runRounds({ group, server, receiver, floor, log: opts.log, warmupSeconds: opts.warmupSeconds }, modes, opts.rounds, opts.seconds, 'native');
     return { connections: opts.connections, seconds: opts.seconds, rounds: opts.rounds, summary: summarizeNative(samples), samples };
   } finally {
     floor.close();
