@@ -146,6 +146,7 @@ export const c = {
   epollCreate1: cf<[number], number>('int epoll_create1(int flags)'),
   epollCtl: cf<[number, number, number, unknown], number>('int epoll_ctl(int epfd, int op, int fd, kspan_epoll_event *ev)'),
   epollWait: cf<[number, Buffer, number, number], number>('int epoll_wait(int epfd, void *events, int max, int timeout)'),
+  eventfd: cf<[number, number], number>('int eventfd(unsigned int initval, int flags)'),
   clockGettime: cf<[number, Buffer], number>('int clock_gettime(int clk, void *ts)'),
   vsnprintf: cf<[Buffer, number, Ptr, Ptr], number>('int vsnprintf(void *buf, size_t n, void *fmt, void *ap)'),
   getpid: cf<[], number>('int getpid()'),
@@ -178,6 +179,9 @@ export const MAP_SHARED = 1;
 export const MAP_FAILED = 0xffffffffffffffffn;
 export const EPOLLIN = 1;
 export const EPOLL_CTL_ADD = 1;
+export const EPOLL_CTL_DEL = 2;
+export const EFD_NONBLOCK = 0o4000;
+export const EFD_CLOEXEC = 0o2000000;
 export const CLOCK_REALTIME = 0;
 export const CLOCK_MONOTONIC = 1;
 export const SC_PAGESIZE = 30;

@@ -5,9 +5,12 @@
  * row, so that a record wrapping past the end reads as one; the reader maps them
  * once (each page would otherwise count twice in the agent's RSS: 4 MiB more for
  * the 4 MiB `events` ring) and copies the rare wrapping record into a scratch
- * buffer instead. Wake-ups come from epoll_wait on the map fd, run on the
- * thread pool (koffi async), so the event loop never blocks; after each wake-up
- * everything available is drained in one batch.
+ * buffer instead. Wake-ups come from one epoll_wait for every running reader of
+ * the process (RingPoller), run on the thread pool (koffi async), so the event
+ * loop never blocks and the agent's four rings hold one of libuv's four
+ * thread-pool threads, not all of them (which left file, DNS and zlib work
+ * waiting for a ring's idle interval); after each wake-up every running reader
+ * drains everything available in one batch.
  *
  * Record header (kernel/bpf/ringbuf.c): u32 len with BUSY (bit 31) and DISCARD
  * (bit 30), u32 page offset; payload follows, records are 8-byte aligned.
@@ -16,11 +19,15 @@
  * exception): a handler that throws costs its record, a failed wait is retried
  * after `idleMs`; both are counted in `stats` and reported through `onError`.
  */
+import { readSync, writeSync } from 'node:fs';
 import { constants } from 'node:os';
 import { KspanError, errnoError } from '../core/errors.ts';
 import {
   c,
+  EFD_CLOEXEC,
+  EFD_NONBLOCK,
   EPOLL_CTL_ADD,
+  EPOLL_CTL_DEL,
   EPOLLIN,
   errno,
   koffi,
@@ -73,14 +80,10 @@ export class RingBufferReader {
   /** A wrapping record's two parts, joined (grown as needed). */
   #scratch = new Uint8Array(512);
   #scratchView = new DataView(this.#scratch.buffer);
-  readonly #epfd: number;
-  readonly #events = Buffer.alloc(12 * 4);
   readonly #handler: RecordHandler;
   readonly #onError: (err: unknown) => void;
   #running = false;
-  #waiting = false;
   #closed = false;
-  #stopped: (() => void) | undefined;
   readonly stats: RingBufferStats = { records: 0, discarded: 0, wakeups: 0, batches: 0, handlerErrors: 0, waitErrors: 0, wrapped: 0 };
 
   /** `size` is the ring's max_entries (a power of two, multiple of the page size). */
@@ -97,24 +100,17 @@ export class RingBufferReader {
     // A failure half-way must not leave the mappings (they pin the ring's pages) or the epoll fd behind.
     let cons = 0n;
     let prod = 0n;
-    let epfd = -1;
     try {
       cons = this.#map(ps, PROT_READ | PROT_WRITE, 0, 'consumer page');
       prod = this.#map(this.#prodLen, PROT_READ, ps, 'producer page and data');
-      epfd = c.epollCreate1(0);
-      if (epfd < 0) throw this.#error('epoll_create1', errno());
-      if (c.epollCtl(epfd, EPOLL_CTL_ADD, mapFd, { events: EPOLLIN, data: 0n }) < 0) {
-        throw this.#error('epoll_ctl', errno());
-      }
+      poller.register(mapFd);
     } catch (err) {
-      if (epfd >= 0) c.close(epfd);
       if (prod) c.munmap(prod, this.#prodLen);
       if (cons) c.munmap(cons, ps);
       throw err;
     }
     this.#consPtr = cons;
     this.#prodPtr = prod;
-    this.#epfd = epfd;
     this.#consPos = new BigUint64Array(koffi.view(cons, 8));
     this.#prodPos = new BigUint64Array(koffi.view(prod, 8));
     const mapped = koffi.view(prod, this.#prodLen);
@@ -124,13 +120,10 @@ export class RingBufferReader {
 
   #map(len: number, prot: number, off: number, what: string): bigint {
     const p = c.mmap(null, len, prot, MAP_SHARED, this.#fd, off);
-    if (!p || p === MAP_FAILED) throw this.#error(`mmap of the ring buffer's ${what}`, errno());
+    if (!p || p === MAP_FAILED) throw ringError(`mmap of the ring buffer's ${what}`, errno());
     return p;
   }
 
-  #error(call: string, err: number): KspanError {
-    return new KspanError('KSPAN_ERR_RINGBUF', `ring buffer: ${call} failed`, { cause: errnoError(call, err) });
-  }
 
   /** Reads every committed record now. Returns how many were delivered (none once closed: the ring is unmapped). */
   drain(): number {
@@ -190,44 +183,23 @@ export class RingBufferReader {
   }
 
   /**
-   * Starts draining on every epoll wake-up and at least every `idleMs`. The BPF
-   * side only wakes the reader when the ring fills up (an eighth of it), so
-   * `idleMs` bounds the latency at low rates.
+   * Starts draining on every wake-up and at least every `idleMs` (the shared
+   * wait's interval is the shortest of its running readers'). The BPF side only
+   * wakes the reader when the ring fills up (an eighth of it), so `idleMs` bounds
+   * the latency at low rates.
    */
   start(idleMs = 20): void {
     if (this.#running || this.#closed) return;
     this.#running = true;
     this.drain();
-    this.#wait(idleMs);
-  }
-
-  #wait(idleMs: number): void {
-    if (!this.#running) {
-      this.#stopped?.();
-      return;
-    }
-    this.#waiting = true;
-    c.epollWait.async(this.#epfd, this.#events, 4, idleMs, (err, rc) => {
-      const waitErrno = errno();
-      this.#waiting = false;
-      let failed = false;
-      try {
-        if (err) throw err;
-        if (rc < 0 && waitErrno !== EINTR) throw this.#error('epoll_wait', waitErrno);
-        if (rc > 0) this.stats.wakeups++;
-      } catch (error) {
-        failed = true;
+    poller.run(this.#fd, {
+      idleMs,
+      woken: () => this.stats.wakeups++,
+      drain: () => this.drain(),
+      failed: (err) => {
         this.stats.waitErrors++;
-        this.#report(error);
-      }
-      // Wake-ups or not, the ring is drained every idle interval; a wait that
-      // keeps failing is retried after one, not in a loop.
-      const next = () => {
-        if (this.#running) this.drain();
-        this.#wait(idleMs);
-      };
-      if (failed) setTimeout(next, idleMs);
-      else next();
+        this.#report(err);
+      },
     });
   }
 
@@ -240,11 +212,11 @@ export class RingBufferReader {
     }
   }
 
-  /** Stops waiting (resolves once the pending epoll_wait returned), then drains once more. */
+  /** Stops draining on wake-ups, then drains once more. */
   async stop(): Promise<void> {
     if (!this.#running) return;
     this.#running = false;
-    if (this.#waiting) await new Promise<void>((r) => (this.#stopped = r));
+    poller.halt(this.#fd);
     this.drain();
   }
 
@@ -252,15 +224,156 @@ export class RingBufferReader {
     if (this.#closed) return;
     this.#running = false;
     this.#closed = true;
+    poller.halt(this.#fd);
+    poller.unregister(this.#fd);
     c.munmap(this.#prodPtr, this.#prodLen);
     c.munmap(this.#consPtr, this.#pageSize);
-    c.close(this.#epfd);
   }
 
   get size(): number {
     return this.#size;
   }
 }
+
+function ringError(call: string, err: number): KspanError {
+  return new KspanError('KSPAN_ERR_RINGBUF', `ring buffer: ${call} failed`, { cause: errnoError(call, err) });
+}
+
+/** The epoll data of the poller's eventfd (ring fds are the others' data). */
+const KICK = 0xffff_ffffn;
+
+/** What the shared wait does for one running reader. */
+interface Running {
+  idleMs: number;
+  /** Its ring's fd was among the ready ones. */
+  woken: () => void;
+  drain: () => void;
+  failed: (err: unknown) => void;
+}
+
+/**
+ * One epoll instance for every ring of the process, and at most one epoll_wait
+ * in flight on the thread pool. A reader's map fd is registered while the reader
+ * exists (so a ring that epoll cannot watch fails its reader's constructor) and
+ * drained while it runs. After each wait, ready or timed out, every running
+ * reader drains: a drain of an empty ring is two loads. A reader that starts
+ * with a shorter idle interval than the wait in flight ends that wait early
+ * through an eventfd in the same epoll set. The epoll fd and the eventfd are
+ * closed when the last reader is, and made again by the next.
+ */
+class RingPoller {
+  #epfd = -1;
+  #kickFd = -1;
+  #registered = 0;
+  readonly #running = new Map<number, Running>();
+  #waiting = false;
+  /** The timeout of the wait in flight. */
+  #waitMs = 0;
+  readonly #events = Buffer.alloc(12 * 8);
+  readonly #one = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
+  readonly #drained = Buffer.alloc(8);
+
+  register(fd: number): void {
+    if (this.#epfd < 0) {
+      const epfd = c.epollCreate1(0);
+      if (epfd < 0) throw ringError('epoll_create1', errno());
+      const kick = c.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+      if (kick < 0 || c.epollCtl(epfd, EPOLL_CTL_ADD, kick, { events: EPOLLIN, data: KICK }) < 0) {
+        const err = ringError(kick < 0 ? 'eventfd' : 'epoll_ctl', errno());
+        if (kick >= 0) c.close(kick);
+        c.close(epfd);
+        throw err;
+      }
+      this.#epfd = epfd;
+      this.#kickFd = kick;
+    }
+    if (c.epollCtl(this.#epfd, EPOLL_CTL_ADD, fd, { events: EPOLLIN, data: BigInt(fd) }) < 0) {
+      const err = ringError('epoll_ctl', errno());
+      this.#closeIfUnused();
+      throw err;
+    }
+    this.#registered++;
+  }
+
+  unregister(fd: number): void {
+    // A failure (the fd gone already) leaves nothing to undo: the count is what matters.
+    c.epollCtl(this.#epfd, EPOLL_CTL_DEL, fd, { events: 0, data: 0n });
+    this.#registered--;
+    this.#closeIfUnused();
+  }
+
+  /** No reader left and no wait in flight (a thread-pool thread may be inside epoll_wait on it). */
+  #closeIfUnused(): void {
+    if (this.#registered > 0 || this.#waiting || this.#epfd < 0) return;
+    c.close(this.#epfd);
+    c.close(this.#kickFd);
+    this.#epfd = -1;
+    this.#kickFd = -1;
+  }
+
+  run(fd: number, r: Running): void {
+    this.#running.set(fd, r);
+    if (!this.#waiting) this.#wait();
+    else if (r.idleMs < this.#waitMs) writeSync(this.#kickFd, this.#one); // the next wait gets the shorter interval
+  }
+
+  /** Resets the eventfd (non-blocking: nothing to read is fine). */
+  #unkick(): void {
+    try {
+      readSync(this.#kickFd, this.#drained);
+    } catch {
+      // EAGAIN: already reset
+    }
+  }
+
+  halt(fd: number): void {
+    // The last reader stopped: end the wait in flight now, not after its interval.
+    if (this.#running.delete(fd) && !this.#running.size && this.#waiting) writeSync(this.#kickFd, this.#one);
+  }
+
+  #idleMs(): number {
+    let ms = Infinity;
+    for (const r of this.#running.values()) ms = Math.min(ms, r.idleMs);
+    return ms;
+  }
+
+  #wait(): void {
+    if (!this.#running.size) {
+      this.#closeIfUnused();
+      return;
+    }
+    const idleMs = this.#idleMs();
+    this.#waiting = true;
+    this.#waitMs = idleMs;
+    c.epollWait.async(this.#epfd, this.#events, 8, idleMs, (err, rc) => {
+      const waitErrno = errno();
+      this.#waiting = false;
+      let failure: unknown = null;
+      try {
+        if (err) throw err;
+        if (rc < 0 && waitErrno !== EINTR) throw ringError('epoll_wait', waitErrno);
+      } catch (error) {
+        failure = error;
+      }
+      for (let i = 0; i < rc; i++) {
+        const data = this.#events.readBigUInt64LE(i * 12 + 4);
+        if (data === KICK) this.#unkick();
+        else this.#running.get(Number(data))?.woken();
+      }
+      if (failure) for (const r of this.#running.values()) r.failed(failure);
+      // Wake-ups or not, the rings are drained every idle interval; a wait that
+      // keeps failing is retried after one, not in a loop.
+      const next = () => {
+        for (const r of this.#running.values()) r.drain();
+        if (!this.#waiting) this.#wait();
+      };
+      if (failure) setTimeout(next, idleMs);
+      else next();
+    });
+  }
+}
+
+const poller = new RingPoller();
 
 /** The default error report: one process warning per reader, then only the counts in `stats`. */
 function warnOnce(): (err: unknown) => void {

@@ -27,6 +27,17 @@ async function until(check: () => boolean, ms = 3000): Promise<void> {
   }
 }
 
+/** The epoll instance of this process that watches `fd` (its fdinfo lists a `tfd:` line per watched fd). */
+function epollWatching(fd: number): number | undefined {
+  return epollFds().find((ep) => {
+    try {
+      return new RegExp(`^tfd:\\s+${fd}\\s`, 'm').test(readFileSync(`/proc/self/fdinfo/${ep}`, 'utf8'));
+    } catch {
+      return false;
+    }
+  });
+}
+
 /** fds of this process that are epoll instances. */
 function epollFds(): number[] {
   return readdirSync('/proc/self/fd')
@@ -102,6 +113,31 @@ describe('ring buffer reader', e2eOptions(), () => {
     }
   });
 
+  test('running readers share one epoll instance and one wait; a reader with a shorter idle interval ends a longer wait early', async () => {
+    const a = openRingFiller(3, RING);
+    const b = openRingFiller(4, RING);
+    const got = { a: [] as bigint[], b: [] as bigint[] };
+    const readers: RingBufferReader[] = [];
+    try {
+      readers.push(new RingBufferReader(a.ringFd, RING, (view, off) => decodeRecords(view, off, (r) => got.a.push(r.cookie))));
+      readers.push(new RingBufferReader(b.ringFd, RING, (view, off) => decodeRecords(view, off, (r) => got.b.push(r.cookie))));
+      const epfd = epollWatching(a.ringFd);
+      assert.ok(epfd !== undefined);
+      assert.equal(epollWatching(b.ringFd), epfd, 'both rings in one epoll instance');
+      // The first waits up to a minute; the second's 20 ms interval must not wait for that.
+      readers[0].start(60_000);
+      readers[1].start(20);
+      a.fill(); // one getppid(): both fillers' programs run, each writes its ring
+      await until(() => got.a.length === 3 && got.b.length === 4);
+      assert.deepEqual(got, { a: [1n, 2n, 3n], b: [1n, 2n, 3n, 4n] });
+      await Promise.all(readers.map((r) => r.stop()));
+    } finally {
+      for (const r of readers) r.close();
+      a.obj.close();
+      b.obj.close();
+    }
+  });
+
   test('a failing epoll_wait is counted and retried after the idle interval, not in a loop; stop() still returns', async () => {
     const { obj, ringFd, fill } = openRingFiller(3, RING);
     const dir = mkdtempSync(join(tmpdir(), 'kspan-ring-'));
@@ -109,12 +145,12 @@ describe('ring buffer reader', e2eOptions(), () => {
     const cookies: bigint[] = [];
     let reader: RingBufferReader | undefined;
     try {
-      const before = new Set(epollFds());
       reader = new RingBufferReader(ringFd, RING, (view, off) => decodeRecords(view, off, (r) => cookies.push(r.cookie)), {
         onError: (err) => errors.push(err),
       });
-      const [epfd] = epollFds().filter((fd) => !before.has(fd));
-      assert.ok(epfd !== undefined, 'the reader made an epoll fd');
+      // The process's one epoll instance for its rings (src/kernel/ring-buffer.ts, RingPoller).
+      const epfd = epollWatching(ringFd);
+      assert.ok(epfd !== undefined, 'an epoll instance watches the ring');
       // Put a plain file where the reader's epoll fd was: every epoll_wait on it is EINVAL.
       const file = openSync(join(dir, 'not-epoll'), 'w');
       assert.equal(dup2(file, epfd), epfd);
