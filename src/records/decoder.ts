@@ -52,6 +52,8 @@ export function fromEvent(e: KspanEvent, agg?: KspanAgg): KernelRecord {
   if (!type) throw new RecordDecodeError(`unknown record type ${typeNum}`);
   const v6 = e.family === AF_INET6;
   const flags = agg ? (e.flags & (F.KSPAN_F_SERVER | F.KSPAN_F_CLIENT | F.KSPAN_F_FLUSHED)) | agg.flags : e.flags;
+  const ends = endpointsOf(e, v6);
+  if (typeNum === T.KSPAN_EV_CLOSE) socketEndpoints.delete(e.cookie);
   return {
     type,
     tsNs: agg ? agg.last_ns : e.ts_ns,
@@ -60,8 +62,8 @@ export function fromEvent(e: KspanEvent, agg?: KspanAgg): KernelRecord {
     pid: e.pid,
     tid: agg ? agg.tid : e.tid,
     family: v6 ? 6 : 4,
-    local: endpoint(e.laddr, e.lport, v6),
-    peer: endpoint(e.raddr, e.rport, v6),
+    local: ends.local,
+    peer: ends.peer,
     role: flags & F.KSPAN_F_SERVER ? 'server' : flags & F.KSPAN_F_CLIENT ? 'client' : null,
     context: traceContext(agg ? agg.ctx : e.ctx),
     bytes: Number(agg ? agg.bytes : e.bytes),
@@ -81,7 +83,8 @@ export function fromEvent(e: KspanEvent, agg?: KspanAgg): KernelRecord {
 
 export function traceContext(ctx: KspanTraceCtx): TraceContext | null {
   if (ctx.valid !== 1) return null;
-  const c: TraceContext = { traceId: hex(ctx.trace_id), spanId: hex(ctx.span_id), traceFlags: ctx.trace_flags };
+  const ids = idStrings(ctx.trace_id, ctx.span_id);
+  const c: TraceContext = { traceId: ids.traceId, spanId: ids.spanId, traceFlags: ctx.trace_flags };
   const size = ctx.attrs_size;
   if (size) {
     // A copy: the view aliases ring-buffer memory that is about to be reused.
@@ -92,16 +95,71 @@ export function traceContext(ctx: KspanTraceCtx): TraceContext | null {
   return c;
 }
 
-const HEX: string[] = Array.from({ length: 256 }, (_, i) => i.toString(16).padStart(2, '0'));
+/**
+ * The last ids decoded, as bytes and as hex: the records of one request carry the
+ * same span (a send, its aggregate's successor, the request's recv), so the
+ * strings are made once per span, not once per record.
+ */
+const lastIds = { bytes: new Uint8Array(24), traceId: '', spanId: '' };
 
+function idStrings(traceId: Uint8Array, spanId: Uint8Array): { traceId: string; spanId: string } {
+  const last = lastIds.bytes;
+  let same = lastIds.traceId !== '';
+  for (let i = 0; same && i < 16; i++) same = last[i] === traceId[i];
+  for (let i = 0; same && i < 8; i++) same = last[16 + i] === spanId[i];
+  if (!same) {
+    last.set(traceId, 0);
+    last.set(spanId, 16);
+    lastIds.traceId = hex(traceId);
+    lastIds.spanId = hex(spanId);
+  }
+  return lastIds;
+}
+
+/** Lowercase hex of `b`: one flat string (string concatenation made one intermediate string per byte). */
 export function hex(b: Uint8Array): string {
-  let s = '';
-  for (let i = 0; i < b.length; i++) s += HEX[b[i]];
-  return s;
+  return Buffer.from(b.buffer, b.byteOffset, b.length).toString('hex');
 }
 
 export function endpoint(addr: Uint8Array, port: number, v6: boolean): Endpoint {
   return { address: v6 ? ipv6(addr) : `${addr[0]}.${addr[1]}.${addr[2]}.${addr[3]}`, port };
+}
+
+interface SocketEndpoints {
+  localKey: number;
+  peerKey: number;
+  local: Endpoint;
+  peer: Endpoint;
+}
+
+/**
+ * The endpoints of a socket's last record, by cookie: its records name the same
+ * two again and again, so their strings are made once per socket. IPv4 only (a
+ * v6 address does not fit a number key). Per socket, not per address: the
+ * encoder caches a socket's attribute bytes by its peer object. Bounded: emptied
+ * when full. An endpoint is never changed once made.
+ */
+const socketEndpoints = new Map<bigint, SocketEndpoints>();
+const SOCKET_ENDPOINTS_MAX = 16_384;
+
+const v4Key = (a: Uint8Array, port: number) => (a[0] * 0x1000000 + ((a[1] << 16) | (a[2] << 8) | a[3])) * 0x10000 + port;
+
+function endpointsOf(e: KspanEvent, v6: boolean): SocketEndpoints {
+  if (v6) {
+    const local = endpoint(e.laddr, e.lport, true);
+    const peer = endpoint(e.raddr, e.rport, true);
+    return { localKey: -1, peerKey: -1, local, peer };
+  }
+  const laddr = e.laddr;
+  const raddr = e.raddr;
+  const localKey = v4Key(laddr, e.lport);
+  const peerKey = v4Key(raddr, e.rport);
+  let s = socketEndpoints.get(e.cookie);
+  if (s && s.localKey === localKey && s.peerKey === peerKey) return s;
+  if (!s && socketEndpoints.size >= SOCKET_ENDPOINTS_MAX) socketEndpoints.clear();
+  s = { localKey, peerKey, local: endpoint(laddr, e.lport, false), peer: endpoint(raddr, e.rport, false) };
+  socketEndpoints.set(e.cookie, s);
+  return s;
 }
 
 /** RFC 5952 text, with IPv4-mapped addresses as ::ffff:a.b.c.d. */

@@ -13,6 +13,8 @@ import {
   type KspanEvent,
 } from '../../src/records/abi.generated.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
+import { decodeRecords } from '../../src/records/decoder.ts';
+import type { KernelRecord } from '../../src/records/kernel-record.ts';
 
 const OBJECT = join(REPO_ROOT, 'bpf/.output/kspan.bpf.o');
 
@@ -66,4 +68,43 @@ test('decode(encode(x)) round-trips every field, including 64-bit values beyond 
   const buf = new DataView(new ArrayBuffer(KSPAN_EVENT_SIZE + 8));
   encodeKspanEvent(ev, buf, 8);
   assert.deepEqual(decodeKspanEvent(buf, 8), ev);
+});
+
+test('decodeRecords: the ids and endpoints a record repeats are the same values, and a changed one is decoded anew', () => {
+  const ctxOf = (t: number, sp: number) => ({
+    trace_id: new Uint8Array(16).fill(t), span_id: new Uint8Array(8).fill(sp), trace_flags: 1, valid: 1, attrs_size: 0, attrs: new Uint8Array(52),
+  });
+  const noPrev = { first_ns: 0n, last_ns: 0n, bytes: 0n, tid: 0, calls: 0, dir: 0, flags: 0, ctx: { ...ctxOf(0, 0), valid: 0 } };
+  const ev = (cookie: bigint, lport: number, raddr: number[], rport: number, t: number, sp: number): KspanEvent => ({
+    ts_ns: 5n, start_ns: 1n, cookie, bytes: 10n, bytes_sent: 0n, bytes_received: 0n, pid: 7, tid: 8, calls: 1, retransmits: 0, srtt_us: 0,
+    error: 0, type: 3, family: 2, flags: 1, tcp_state: 1, lport, rport,
+    laddr: Uint8Array.from([127, 0, 0, 1, ...new Array(12).fill(0)]), raddr: Uint8Array.from([...raddr, ...new Array(12).fill(0)]),
+    ctx: ctxOf(t, sp), prev: noPrev,
+  });
+  const decode = (e: KspanEvent): KernelRecord => {
+    const buf = new DataView(new ArrayBuffer(KSPAN_EVENT_SIZE));
+    encodeKspanEvent(e, buf, 0);
+    const out: KernelRecord[] = [];
+    decodeRecords(buf, 0, (r) => out.push(r));
+    assert.equal(out.length, 1);
+    return out[0];
+  };
+  const a = decode(ev(100n, 8080, [10, 0, 0, 2], 40000, 0xab, 0xcd));
+  const b = decode(ev(100n, 8080, [10, 0, 0, 2], 40000, 0xab, 0xcd));
+  assert.deepEqual(a.local, { address: '127.0.0.1', port: 8080 });
+  assert.deepEqual(a.peer, { address: '10.0.0.2', port: 40000 });
+  assert.equal(a.context!.traceId, 'ab'.repeat(16));
+  assert.equal(a.context!.spanId, 'cd'.repeat(8));
+  assert.equal(b.peer, a.peer, 'the same socket and endpoint: the same object');
+  // Another socket with the same peer gets its own objects (the encoder caches a socket's bytes by its peer object).
+  const other = decode(ev(101n, 8080, [10, 0, 0, 2], 40000, 0xab, 0xcd));
+  assert.notEqual(other.peer, a.peer);
+  assert.deepEqual(other.peer, a.peer);
+  // A changed peer port, address or span on the same socket is decoded anew, exactly.
+  assert.deepEqual(decode(ev(100n, 8080, [10, 0, 0, 2], 40001, 0xab, 0xcd)).peer, { address: '10.0.0.2', port: 40001 });
+  assert.deepEqual(decode(ev(100n, 8080, [10, 0, 0, 3], 40001, 0xab, 0xcd)).peer, { address: '10.0.0.3', port: 40001 });
+  const c = decode(ev(100n, 8080, [10, 0, 0, 3], 40001, 0xab, 0xce)).context!;
+  assert.deepEqual([c.traceId, c.spanId], ['ab'.repeat(16), 'ce'.repeat(8)]);
+  const d = decode(ev(100n, 8080, [10, 0, 0, 3], 40001, 0xac, 0xce)).context!;
+  assert.deepEqual([d.traceId, d.spanId], ['ac'.repeat(16), 'ce'.repeat(8)]);
 });
