@@ -170,9 +170,15 @@ interface PendingAccept {
   ctx: TraceContext | null;
 }
 
+/**
+ * A held send in the deadline queue. Once done it lets go of its span and socket:
+ * a done entry stays queued until the entries before it are done or due (up to
+ * `lingerNs` behind an idle connection's last send), and would otherwise keep
+ * every span it held alive into the old generation.
+ */
 interface Lingering {
-  state: SocketState;
-  span: KernelSpan;
+  state: SocketState | null;
+  span: KernelSpan | null;
   key: string;
   deadline: bigint;
   done: boolean;
@@ -476,7 +482,7 @@ export class SocketCorrelator {
     const key = contextKey(r.context);
     const lg = st.lingering;
     if (lg && lg.key === key) {
-      addEvent(lg.span, ev);
+      addEvent(lg.span!, ev);
       return;
     }
     if (!this.#reserveEvent(st)) return;
@@ -716,9 +722,12 @@ export class SocketCorrelator {
     const lg = st.lingering;
     if (!lg) return;
     st.lingering = null;
+    const span = lg.span!;
     lg.done = true;
-    if (lg.span.srttUs === null) lg.span.srttUs = st.srttUs;
-    this.#finish(lg.span);
+    lg.span = null;
+    lg.state = null;
+    if (span.srttUs === null) span.srttUs = st.srttUs;
+    this.#finish(span);
   }
 
   #expire(now: bigint): void {
@@ -739,7 +748,7 @@ export class SocketCorrelator {
       const lg = q[this.#lingerHead];
       if (now !== null && lg.deadline > now && !lg.done) break;
       this.#lingerHead++;
-      if (!lg.done) this.#endLinger(lg.state);
+      if (!lg.done) this.#endLinger(lg.state!);
     }
     if (this.#lingerHead > 1024 && this.#lingerHead * 2 > q.length) {
       this.#lingerQueue = q.slice(this.#lingerHead);
