@@ -383,3 +383,7 @@ async function main() {
 }
 
 await main();
+// Done: leave now. A section that failed can leave a handle open (a wait, a
+// socket, a child's pipe) that would keep the process alive after the table;
+// every child also ends when this process does (bench/harness.ts).
+process.exit();
