@@ -171,17 +171,17 @@ interface PendingAccept {
 }
 
 /**
- * A held send in the deadline queue. Once done it lets go of its span and socket:
- * a done entry stays queued until the entries before it are done or due (up to
- * `lingerNs` behind an idle connection's last send), and would otherwise keep
- * every span it held alive into the old generation.
+ * A held send in the deadline queue. Once done it lets go of its span and socket
+ * (both null: that is what done means): a done entry stays queued until the
+ * entries before it are done or due (up to `lingerNs` behind an idle
+ * connection's last send), and would otherwise keep every span it held alive
+ * into the old generation.
  */
 interface Lingering {
   state: SocketState | null;
   span: KernelSpan | null;
   key: string;
   deadline: bigint;
-  done: boolean;
 }
 
 /** A request/response exchange whose spans have no context (rules E1-E3). */
@@ -418,7 +418,7 @@ export class SocketCorrelator {
       this.#finish(span);
       return;
     }
-    const lg: Lingering = { state: st, span, key, deadline: now + this.#lingerNs, done: false };
+    const lg: Lingering = { state: st, span, key, deadline: now + this.#lingerNs };
     st.lingering = lg;
     this.#lingerQueue.push(lg);
   }
@@ -723,7 +723,6 @@ export class SocketCorrelator {
     if (!lg) return;
     st.lingering = null;
     const span = lg.span!;
-    lg.done = true;
     lg.span = null;
     lg.state = null;
     if (span.srttUs === null) span.srttUs = st.srttUs;
@@ -746,9 +745,9 @@ export class SocketCorrelator {
     const q = this.#lingerQueue;
     while (this.#lingerHead < q.length) {
       const lg = q[this.#lingerHead];
-      if (now !== null && lg.deadline > now && !lg.done) break;
+      if (now !== null && lg.deadline > now && lg.state) break;
       this.#lingerHead++;
-      if (!lg.done) this.#endLinger(lg.state!);
+      if (lg.state) this.#endLinger(lg.state);
     }
     if (this.#lingerHead > 1024 && this.#lingerHead * 2 > q.length) {
       this.#lingerQueue = q.slice(this.#lingerHead);
