@@ -136,7 +136,7 @@ export async function measure(ctx: Ctx, mode: Mode, seconds: number, round: numb
   try {
     await sleep(300); // the first target scan and the first idle flush are not the load
     const rssIdle = rssBytes(agent.pid);
-    const warm = await warmUp(ctx, mode, agent.pid);
+    const warm = await warmUp(ctx, mode, url, agent.pid);
     const names = progNames([...progStats(agent.pid).keys()]);
     const rss = new RssSampler(agent.pid);
     const before = progStats(agent.pid);
@@ -174,10 +174,9 @@ export async function measure(ctx: Ctx, mode: Mode, seconds: number, round: numb
 }
 
 /** The warm-up run of a kspan round (Ctx.warmupSeconds), until the agent has caught up with it. */
-async function warmUp(ctx: Ctx, mode: Mode, agentPid: number): Promise<{ cpuMsPer1000Req: number; requests: number }> {
+async function warmUp(ctx: Ctx, mode: Mode, url: string, agentPid: number): Promise<{ cpuMsPer1000Req: number; requests: number }> {
   const seconds = ctx.warmupSeconds ?? 2;
   if (seconds <= 0) return { cpuMsPer1000Req: 0, requests: 0 };
-  const url = `http://127.0.0.1:${ctx.server.port}${ctx.path ?? '/'}`;
   const cpu0 = cpuSeconds(agentPid);
   const r = await wrkAsync([...mode.wrkArgs, `-d${seconds}s`], url, mode.scriptArgs);
   const cpu = (await settledCpu(agentPid)) - cpu0;

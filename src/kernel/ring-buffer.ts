@@ -124,7 +124,6 @@ export class RingBufferReader {
     return p;
   }
 
-
   /** Reads every committed record now. Returns how many were delivered (none once closed: the ring is unmapped). */
   drain(): number {
     if (this.#closed) return 0;
