@@ -180,7 +180,8 @@ interface PendingAccept {
 interface Lingering {
   state: SocketState | null;
   span: KernelSpan | null;
-  key: string;
+  /** The span's context: later retransmits in it are its events. */
+  ctx: TraceContext | null;
   deadline: bigint;
 }
 
@@ -215,12 +216,14 @@ class SocketState {
   local: Endpoint = { address: '', port: 0 };
   peer: Endpoint = { address: '', port: 0 };
   lastSeenNs = 0n;
+  /** The correlator's idle-check period in which the socket was last moved to the end of the recency order. */
+  epoch = -1;
   pendingAccept: PendingAccept | null = null;
   pendingRequest: PendingRequest | null = null;
   /** Server: the context of the last response on this socket (stale for reads). */
-  answeredKey: string | null = null;
+  answered: TraceContext | null = null;
   /** Client: the last send, for the next recv's parent and start. */
-  lastSend: { ctx: TraceContext | null; key: string; endNs: bigint; used: boolean } | null = null;
+  lastSend: { ctx: TraceContext | null; endNs: bigint; used: boolean } | null = null;
   lingering: Lingering | null = null;
   pendingEvents: Map<string, PendingEvents> | null = null;
   pendingEventCount = 0;
@@ -236,8 +239,15 @@ class SocketState {
   }
 }
 
+/** A context as a Map key (pending events): its ids, or '' for none. */
 export function contextKey(ctx: TraceContext | null): string {
   return ctx ? ctx.traceId + ctx.spanId : '';
+}
+
+/** contextKey(a) === contextKey(b), without making either key (the flags do not count). */
+export function sameContext(a: TraceContext | null, b: TraceContext | null): boolean {
+  if (a === b) return true;
+  return a !== null && b !== null && a.spanId === b.spanId && a.traceId === b.traceId;
 }
 
 export class SocketCorrelator {
@@ -269,8 +279,13 @@ export class SocketCorrelator {
   /** The exchange each context-less span belongs to, until it is finished. */
   readonly #exchangeOf = new WeakMap<KernelSpan, Exchange>();
   readonly #orphansByPid = new Map<number, number>();
-  /** Insertion order = recency order: a touched socket is moved to the end. */
+  /**
+   * Insertion order = recency order, to the idle check's period: a socket is
+   * moved to the end when first touched after an idle check (see #touch).
+   */
   readonly #sockets = new Map<bigint, SocketState>();
+  /** Idle checks so far: a socket touched since the last one is not moved again. */
+  #epoch = 0;
   /** Lingering sends in deadline order (deadlines come from a monotonic clock). */
   #lingerQueue: Lingering[] = [];
   #lingerHead = 0;
@@ -387,7 +402,7 @@ export class SocketCorrelator {
       st.synEvents = null;
       st.synCtx = null;
     }
-    this.#attachPending(st, contextKey(r.context), span, false);
+    this.#attachPending(st, r.context, span, false);
     this.#finish(span);
   }
 
@@ -400,10 +415,9 @@ export class SocketCorrelator {
 
   #onSend(st: SocketState, r: KernelRecord, now: bigint): void {
     this.#dropAcceptOfDropped(st, r);
-    const key = contextKey(r.context);
     if (st.role === 'server') {
       if (st.pendingRequest || st.pendingAccept) this.#resolveRequest(st, r.context, null, false);
-      if (r.context) st.answeredKey = key;
+      if (r.context) st.answered = r.context;
     }
     // Built before the held send ends: a send that continues it joins its exchange (E3).
     const span = this.#span(st, 'tcp.send', r.context, r.startNs, r.tsNs, r.tid, r.pid);
@@ -412,13 +426,13 @@ export class SocketCorrelator {
     span.calls = r.calls;
     span.fallback = r.fallback;
     if (r.flushed) span.incomplete = 'flushed';
-    this.#attachPending(st, key, span, true);
-    if (st.role === 'client') st.lastSend = { ctx: r.context, key, endNs: r.tsNs, used: false };
+    this.#attachPending(st, r.context, span, true);
+    if (st.role === 'client') st.lastSend = { ctx: r.context, endNs: r.tsNs, used: false };
     if (this.#lingerNs <= 0n || r.flushed) {
       this.#finish(span);
       return;
     }
-    const lg: Lingering = { state: st, span, key, deadline: now + this.#lingerNs };
+    const lg: Lingering = { state: st, span, ctx: r.context, deadline: now + this.#lingerNs };
     st.lingering = lg;
     this.#lingerQueue.push(lg);
   }
@@ -449,15 +463,14 @@ export class SocketCorrelator {
       p.calls += r.calls;
       p.fallback ||= r.fallback;
       p.flushed ||= r.flushed;
-      if (r.context && contextKey(r.context) !== st.answeredKey) p.ownCtx = r.context;
+      if (r.context && !sameContext(r.context, st.answered)) p.ownCtx = r.context;
       return;
     }
     const ls = st.lastSend;
     const parent = r.context ?? ls?.ctx ?? null;
-    const key = contextKey(parent);
     let start = r.startNs;
     let wait: bigint | null = null;
-    if (ls && !ls.used && ls.key === key && ls.endNs <= r.startNs) {
+    if (ls && !ls.used && sameContext(ls.ctx, parent) && ls.endNs <= r.startNs) {
       wait = r.startNs - ls.endNs;
       start = ls.endNs;
       ls.used = true;
@@ -468,7 +481,7 @@ export class SocketCorrelator {
     span.waitNs = wait;
     span.fallback = r.fallback;
     if (r.flushed) span.incomplete = 'flushed';
-    this.#attachPending(st, key, span, false);
+    this.#attachPending(st, parent, span, false);
     this.#finish(span);
   }
 
@@ -479,13 +492,13 @@ export class SocketCorrelator {
       st.synCtx ??= r.context;
       return;
     }
-    const key = contextKey(r.context);
     const lg = st.lingering;
-    if (lg && lg.key === key) {
+    if (lg && sameContext(lg.ctx, r.context)) {
       addEvent(lg.span!, ev);
       return;
     }
     if (!this.#reserveEvent(st)) return;
+    const key = contextKey(r.context);
     st.pendingEvents ??= new Map();
     let pe = st.pendingEvents.get(key);
     if (!pe) st.pendingEvents.set(key, (pe = { ctx: r.context, events: [] }));
@@ -516,12 +529,11 @@ export class SocketCorrelator {
     st.pendingRequest = null;
     st.pendingAccept = null;
     const parent = responder ?? p?.ownCtx ?? a?.ctx ?? null;
-    const key = contextKey(parent);
     if (a) {
       const span = this.#span(st, 'tcp.accept', parent, a.startNs, a.endNs, a.tid, a.pid);
       span.acceptQueueNs = a.queueNs;
       if (incomplete && !p) span.incomplete = incomplete;
-      if (attachEvents && !p) this.#attachPending(st, key, span, false);
+      if (attachEvents && !p) this.#attachPending(st, parent, span, false);
       this.#finish(span);
     }
     if (p) {
@@ -530,14 +542,16 @@ export class SocketCorrelator {
       span.calls = p.calls;
       span.fallback = p.fallback;
       span.incomplete = incomplete ?? (p.flushed ? 'flushed' : null);
-      if (attachEvents) this.#attachPending(st, key, span, false);
+      if (attachEvents) this.#attachPending(st, parent, span, false);
       this.#finish(span);
     }
   }
 
-  /** Moves the events waiting for `key` onto `span` (retransmits only onto a send). */
-  #attachPending(st: SocketState, key: string, span: KernelSpan, takeRetransmits: boolean): void {
-    const pe = st.pendingEvents?.get(key);
+  /** Moves the events waiting for `ctx` onto `span` (retransmits only onto a send). */
+  #attachPending(st: SocketState, ctx: TraceContext | null, span: KernelSpan, takeRetransmits: boolean): void {
+    if (!st.pendingEvents) return;
+    const key = contextKey(ctx);
+    const pe = st.pendingEvents.get(key);
     if (!pe) return;
     const keep: KernelSpanEvent[] = [];
     for (const ev of pe.events) {
@@ -546,7 +560,7 @@ export class SocketCorrelator {
     }
     st.pendingEventCount -= pe.events.length - keep.length;
     if (keep.length) pe.events = keep;
-    else st.pendingEvents!.delete(key);
+    else if (st.pendingEvents.delete(key) && st.pendingEvents.size === 0) st.pendingEvents = null;
   }
 
   #reserveEvent(st: SocketState): boolean {
@@ -657,7 +671,14 @@ export class SocketCorrelator {
   #touch(r: KernelRecord, now: bigint): SocketState {
     let st = this.#sockets.get(r.cookie);
     if (st) {
-      this.#sockets.delete(r.cookie);
+      // Moved once per idle-check period, not on every record: the order is then
+      // recency to within that period (idle checks run at most 1 s apart while
+      // records come), which is all eviction and the idle check need, and the Map
+      // is not made to delete and insert on every record.
+      if (st.epoch !== this.#epoch) {
+        this.#sockets.delete(r.cookie);
+        this.#sockets.set(r.cookie, st);
+      }
     } else {
       if (this.#sockets.size >= this.#maxSockets) {
         const oldest = this.#sockets.values().next().value!;
@@ -665,8 +686,9 @@ export class SocketCorrelator {
         this.#evict(oldest, 'evicted');
       }
       st = new SocketState(r.cookie);
+      this.#sockets.set(r.cookie, st);
     }
-    this.#sockets.set(r.cookie, st);
+    st.epoch = this.#epoch;
     st.lastSeenNs = now;
     if (r.pid) st.pid = r.pid;
     if (r.local.port || r.peer.port) {
@@ -732,12 +754,15 @@ export class SocketCorrelator {
   #expire(now: bigint): void {
     this.#drainLinger(now);
     if (now < this.#nextIdleCheckNs) return;
-    // Idle sockets sit at the front of the recency order.
+    // Idle sockets sit at the front of the recency order. Within one period the
+    // order is that of first touch, so a socket idle for long enough can sit
+    // behind one touched later in its period: it goes at the next check.
     for (const st of this.#sockets.values()) {
       if (st.lastSeenNs + this.#idleNs > now) break;
       this.counters.evictedIdle++;
       this.#evict(st, 'idle');
     }
+    this.#epoch++;
     this.#nextIdleCheckNs = now + 1_000_000_000n;
   }
 

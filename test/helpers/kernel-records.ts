@@ -6,14 +6,21 @@
 import type { KernelRecord, RecordType, TraceContext } from '../../src/records/kernel-record.ts';
 import { newKernelSpan, type KernelSpan } from '../../src/spans/kernel-span.ts';
 
-/** A context whose ids are derived from n: trace 0…0n, span 0…0n (hex). */
+/**
+ * A context whose ids are derived from n: trace 0…0n, span 0…0n (hex). The ids
+ * are flat strings made from bytes, as the decoder makes them (hex() in
+ * src/records/decoder.ts): padStart's strings are ropes, which the encoder reads
+ * much more slowly, so benchmarks on them would measure what the agent never sees.
+ */
 export function ctx(n: number, sampled = true): TraceContext {
   return {
-    traceId: n.toString(16).padStart(32, '0'),
-    spanId: (0x1000 + n).toString(16).padStart(16, '0'),
+    traceId: hex(n.toString(16).padStart(32, '0')),
+    spanId: hex((0x1000 + n).toString(16).padStart(16, '0')),
     traceFlags: sampled ? 1 : 0,
   };
 }
+
+const hex = (s: string): string => Buffer.from(s, 'hex').toString('hex');
 
 export function record(type: RecordType, fields: Partial<KernelRecord> = {}): KernelRecord {
   return {

@@ -501,6 +501,30 @@ describe('bounded memory and ends', () => {
     assert.equal(c.socketCount, 2);
   });
 
+  test('recency is kept to the idle-check period: a socket moves back once per period, not on every record', () => {
+    let now = 10n;
+    const s1 = new FakeSocket({ cookie: 70n, role: 'server' });
+    const s2 = new FakeSocket({ cookie: 71n, role: 'server' });
+    const s3 = new FakeSocket({ cookie: 72n, role: 'server' });
+    const s4 = new FakeSocket({ cookie: 73n, role: 'server' });
+    const spans: KernelSpan[] = [];
+    const c = new SocketCorrelator({ emit: (x) => spans.push(x), clock: () => now, maxSockets: 2 });
+    c.push(s1.recv(A, 1, 1, 1, 1)); // the first record runs an idle check: a new period begins after it
+    c.push(s2.recv(B, 2, 1, 2, 2));
+    c.push(s1.recv(A, 3, 1, 3, 3)); // s1's first touch in this period: moved behind s2
+    c.push(s3.recv(C, 4, 1, 4, 4)); // full: s2 goes
+    assert.deepEqual(spans.map((x) => x.cookie), [71n]);
+    c.push(s1.recv(A, 5, 1, 5, 5)); // touched again in the same period: stays in front of s3
+    c.push(s4.recv(X, 6, 1, 6, 6)); // full: s1 goes, although s3 was touched less recently
+    assert.deepEqual(spans.map((x) => x.cookie), [71n, 70n]);
+    now += 1_000_000_000n;
+    c.tick(); // the next idle check: a new period
+    c.push(s3.recv(C, 7, 1, 7, 7)); // s3 moves behind s4
+    c.push(s1.recv(A, 8, 1, 8, 8)); // full: s4 goes
+    assert.deepEqual(spans.map((x) => x.cookie), [71n, 70n, 73n]);
+    assert.equal(c.counters.evictedLru, 3);
+  });
+
   test('idle sockets are evicted on tick', () => {
     let now = 0n;
     const s = new FakeSocket({ cookie: 63n, role: 'server' });
