@@ -144,6 +144,15 @@ export const KspanDiscoveryFlag = {
 
 /** struct kspan_trace_ctx: 80 bytes. */
 export const KSPAN_TRACE_CTX_SIZE = 80;
+/** Byte offsets of struct kspan_trace_ctx's fields, for reading one in place without a view's getter. */
+export const KspanTraceCtxOffset = {
+  trace_id: 0,
+  span_id: 16,
+  trace_flags: 24,
+  valid: 25,
+  attrs_size: 26,
+  attrs: 28,
+} as const;
 
 export interface KspanTraceCtx {
   trace_id: Uint8Array;
@@ -175,7 +184,10 @@ export function encodeKspanTraceCtx(x: KspanTraceCtx, v: DataView, o: number): v
   new Uint8Array(v.buffer, v.byteOffset + o + 28, 52).set(x.attrs.subarray(0, 52));
 }
 
-/** Zero-copy view of struct kspan_trace_ctx; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_trace_ctx; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanTraceCtxView implements KspanTraceCtx {
   v: DataView;
   o: number;
@@ -216,6 +228,17 @@ export class KspanTraceCtxView implements KspanTraceCtx {
 
 /** struct kspan_agg: 120 bytes. */
 export const KSPAN_AGG_SIZE = 120;
+/** Byte offsets of struct kspan_agg's fields, for reading one in place without a view's getter. */
+export const KspanAggOffset = {
+  first_ns: 0,
+  last_ns: 8,
+  bytes: 16,
+  tid: 24,
+  calls: 28,
+  dir: 32,
+  flags: 33,
+  ctx: 40,
+} as const;
 
 export interface KspanAgg {
   first_ns: bigint;
@@ -253,10 +276,14 @@ export function encodeKspanAgg(x: KspanAgg, v: DataView, o: number): void {
   encodeKspanTraceCtx(x.ctx, v, o + 40);
 }
 
-/** Zero-copy view of struct kspan_agg; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_agg; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanAggView implements KspanAgg {
   v: DataView;
   o: number;
+  #ctx: KspanTraceCtxView | undefined;
   constructor(v: DataView, o: number) {
     this.v = v;
     this.o = o;
@@ -296,12 +323,37 @@ export class KspanAggView implements KspanAgg {
   }
   get ctx(): KspanTraceCtxView {
     const v = this.v;
-    return new KspanTraceCtxView(v, this.o + 40);
+    return (this.#ctx ??= new KspanTraceCtxView(v, 0)).at(v, this.o + 40);
   }
 }
 
 /** struct kspan_event: 312 bytes. */
 export const KSPAN_EVENT_SIZE = 312;
+/** Byte offsets of struct kspan_event's fields, for reading one in place without a view's getter. */
+export const KspanEventOffset = {
+  ts_ns: 0,
+  start_ns: 8,
+  cookie: 16,
+  bytes: 24,
+  bytes_sent: 32,
+  bytes_received: 40,
+  pid: 48,
+  tid: 52,
+  calls: 56,
+  retransmits: 60,
+  srtt_us: 64,
+  error: 68,
+  type: 72,
+  family: 73,
+  flags: 74,
+  tcp_state: 75,
+  lport: 76,
+  rport: 78,
+  laddr: 80,
+  raddr: 96,
+  ctx: 112,
+  prev: 192,
+} as const;
 
 export interface KspanEvent {
   ts_ns: bigint;
@@ -381,10 +433,15 @@ export function encodeKspanEvent(x: KspanEvent, v: DataView, o: number): void {
   encodeKspanAgg(x.prev, v, o + 192);
 }
 
-/** Zero-copy view of struct kspan_event; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_event; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanEventView implements KspanEvent {
   v: DataView;
   o: number;
+  #ctx: KspanTraceCtxView | undefined;
+  #prev: KspanAggView | undefined;
   constructor(v: DataView, o: number) {
     this.v = v;
     this.o = o;
@@ -476,16 +533,24 @@ export class KspanEventView implements KspanEvent {
   }
   get ctx(): KspanTraceCtxView {
     const v = this.v;
-    return new KspanTraceCtxView(v, this.o + 112);
+    return (this.#ctx ??= new KspanTraceCtxView(v, 0)).at(v, this.o + 112);
   }
   get prev(): KspanAggView {
     const v = this.v;
-    return new KspanAggView(v, this.o + 192);
+    return (this.#prev ??= new KspanAggView(v, 0)).at(v, this.o + 192);
   }
 }
 
 /** struct kspan_span_ref: 28 bytes. */
 export const KSPAN_SPAN_REF_SIZE = 28;
+/** Byte offsets of struct kspan_span_ref's fields, for reading one in place without a view's getter. */
+export const KspanSpanRefOffset = {
+  trace_id: 0,
+  span_id: 16,
+  trace_flags: 24,
+  valid: 25,
+  attrs_size: 26,
+} as const;
 
 export interface KspanSpanRef {
   trace_id: Uint8Array;
@@ -514,7 +579,10 @@ export function encodeKspanSpanRef(x: KspanSpanRef, v: DataView, o: number): voi
   v.setUint16(o + 26, x.attrs_size, true);
 }
 
-/** Zero-copy view of struct kspan_span_ref; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_span_ref; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanSpanRefView implements KspanSpanRef {
   v: DataView;
   o: number;
@@ -551,6 +619,11 @@ export class KspanSpanRefView implements KspanSpanRef {
 
 /** struct kspan_span_attrs: 54 bytes. */
 export const KSPAN_SPAN_ATTRS_SIZE = 54;
+/** Byte offsets of struct kspan_span_attrs's fields, for reading one in place without a view's getter. */
+export const KspanSpanAttrsOffset = {
+  attrs_size: 0,
+  attrs: 2,
+} as const;
 
 export interface KspanSpanAttrs {
   attrs_size: number;
@@ -570,7 +643,10 @@ export function encodeKspanSpanAttrs(x: KspanSpanAttrs, v: DataView, o: number):
   new Uint8Array(v.buffer, v.byteOffset + o + 2, 52).set(x.attrs.subarray(0, 52));
 }
 
-/** Zero-copy view of struct kspan_span_attrs; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_span_attrs; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanSpanAttrsView implements KspanSpanAttrs {
   v: DataView;
   o: number;
@@ -595,6 +671,17 @@ export class KspanSpanAttrsView implements KspanSpanAttrs {
 
 /** struct kspan_sock_agg: 64 bytes. */
 export const KSPAN_SOCK_AGG_SIZE = 64;
+/** Byte offsets of struct kspan_sock_agg's fields, for reading one in place without a view's getter. */
+export const KspanSockAggOffset = {
+  ref: 0,
+  dir: 28,
+  flags: 29,
+  tid: 32,
+  calls: 36,
+  first_ns: 40,
+  last_ns: 48,
+  bytes: 56,
+} as const;
 
 export interface KspanSockAgg {
   ref: KspanSpanRef;
@@ -632,10 +719,14 @@ export function encodeKspanSockAgg(x: KspanSockAgg, v: DataView, o: number): voi
   v.setBigUint64(o + 56, x.bytes, true);
 }
 
-/** Zero-copy view of struct kspan_sock_agg; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_sock_agg; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanSockAggView implements KspanSockAgg {
   v: DataView;
   o: number;
+  #ref: KspanSpanRefView | undefined;
   constructor(v: DataView, o: number) {
     this.v = v;
     this.o = o;
@@ -647,7 +738,7 @@ export class KspanSockAggView implements KspanSockAgg {
   }
   get ref(): KspanSpanRefView {
     const v = this.v;
-    return new KspanSpanRefView(v, this.o + 0);
+    return (this.#ref ??= new KspanSpanRefView(v, 0)).at(v, this.o + 0);
   }
   get dir(): number {
     const v = this.v;
@@ -681,6 +772,23 @@ export class KspanSockAggView implements KspanSockAgg {
 
 /** struct kspan_sock: 192 bytes. */
 export const KSPAN_SOCK_SIZE = 192;
+/** Byte offsets of struct kspan_sock's fields, for reading one in place without a view's getter. */
+export const KspanSockOffset = {
+  total_sent: 0,
+  total_received: 8,
+  pid: 16,
+  tid: 20,
+  family: 24,
+  role: 25,
+  lport: 26,
+  rport: 28,
+  sflags: 30,
+  tx_at: 31,
+  laddr: 32,
+  raddr: 48,
+  agg: 64,
+  pend: 128,
+} as const;
 
 export interface KspanSock {
   total_sent: bigint;
@@ -736,10 +844,15 @@ export function encodeKspanSock(x: KspanSock, v: DataView, o: number): void {
   encodeKspanSockAgg(x.pend, v, o + 128);
 }
 
-/** Zero-copy view of struct kspan_sock; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_sock; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanSockView implements KspanSock {
   v: DataView;
   o: number;
+  #agg: KspanSockAggView | undefined;
+  #pend: KspanSockAggView | undefined;
   constructor(v: DataView, o: number) {
     this.v = v;
     this.o = o;
@@ -799,16 +912,24 @@ export class KspanSockView implements KspanSock {
   }
   get agg(): KspanSockAggView {
     const v = this.v;
-    return new KspanSockAggView(v, this.o + 64);
+    return (this.#agg ??= new KspanSockAggView(v, 0)).at(v, this.o + 64);
   }
   get pend(): KspanSockAggView {
     const v = this.v;
-    return new KspanSockAggView(v, this.o + 128);
+    return (this.#pend ??= new KspanSockAggView(v, 0)).at(v, this.o + 128);
   }
 }
 
 /** struct kspan_tls_loc: 24 bytes. */
 export const KSPAN_TLS_LOC_SIZE = 24;
+/** Byte offsets of struct kspan_tls_loc's fields, for reading one in place without a view's getter. */
+export const KspanTlsLocOffset = {
+  offset: 0,
+  module: 8,
+  kind: 16,
+  scheme: 17,
+  dtv_layout: 18,
+} as const;
 
 export interface KspanTlsLoc {
   offset: bigint;
@@ -837,7 +958,10 @@ export function encodeKspanTlsLoc(x: KspanTlsLoc, v: DataView, o: number): void 
   v.setUint8(o + 18, x.dtv_layout);
 }
 
-/** Zero-copy view of struct kspan_tls_loc; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_tls_loc; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanTlsLocView implements KspanTlsLoc {
   v: DataView;
   o: number;
@@ -874,6 +998,13 @@ export class KspanTlsLocView implements KspanTlsLoc {
 
 /** struct kspan_target: 32 bytes. */
 export const KSPAN_TARGET_SIZE = 32;
+/** Byte offsets of struct kspan_target's fields, for reading one in place without a view's getter. */
+export const KspanTargetOffset = {
+  loc: 0,
+  orphan_keep: 24,
+  flags: 28,
+  sel: 29,
+} as const;
 
 export interface KspanTarget {
   loc: KspanTlsLoc;
@@ -899,10 +1030,14 @@ export function encodeKspanTarget(x: KspanTarget, v: DataView, o: number): void 
   v.setUint8(o + 29, x.sel);
 }
 
-/** Zero-copy view of struct kspan_target; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_target; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanTargetView implements KspanTarget {
   v: DataView;
   o: number;
+  #loc: KspanTlsLocView | undefined;
   constructor(v: DataView, o: number) {
     this.v = v;
     this.o = o;
@@ -914,7 +1049,7 @@ export class KspanTargetView implements KspanTarget {
   }
   get loc(): KspanTlsLocView {
     const v = this.v;
-    return new KspanTlsLocView(v, this.o + 0);
+    return (this.#loc ??= new KspanTlsLocView(v, 0)).at(v, this.o + 0);
   }
   get orphan_keep(): number {
     const v = this.v;
@@ -932,6 +1067,14 @@ export class KspanTargetView implements KspanTarget {
 
 /** struct kspan_node_layout: 16 bytes. */
 export const KSPAN_NODE_LAYOUT_SIZE = 16;
+/** Byte offsets of struct kspan_node_layout's fields, for reading one in place without a view's getter. */
+export const KspanNodeLayoutOffset = {
+  map_table_offset: 0,
+  hash_map_header_size: 2,
+  record_slot: 4,
+  native_field_offset: 6,
+  generation: 8,
+} as const;
 
 export interface KspanNodeLayout {
   map_table_offset: number;
@@ -960,7 +1103,10 @@ export function encodeKspanNodeLayout(x: KspanNodeLayout, v: DataView, o: number
   v.setUint8(o + 8, x.generation);
 }
 
-/** Zero-copy view of struct kspan_node_layout; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_node_layout; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanNodeLayoutView implements KspanNodeLayout {
   v: DataView;
   o: number;
@@ -997,6 +1143,12 @@ export class KspanNodeLayoutView implements KspanNodeLayout {
 
 /** struct kspan_flush_args: 24 bytes. */
 export const KSPAN_FLUSH_ARGS_SIZE = 24;
+/** Byte offsets of struct kspan_flush_args's fields, for reading one in place without a view's getter. */
+export const KspanFlushArgsOffset = {
+  idle_ns: 0,
+  flushed: 8,
+  more: 16,
+} as const;
 
 export interface KspanFlushArgs {
   idle_ns: bigint;
@@ -1019,7 +1171,10 @@ export function encodeKspanFlushArgs(x: KspanFlushArgs, v: DataView, o: number):
   v.setBigUint64(o + 16, x.more, true);
 }
 
-/** Zero-copy view of struct kspan_flush_args; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_flush_args; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanFlushArgsView implements KspanFlushArgs {
   v: DataView;
   o: number;
@@ -1048,6 +1203,21 @@ export class KspanFlushArgsView implements KspanFlushArgs {
 
 /** struct kspan_call: 192 bytes. */
 export const KSPAN_CALL_SIZE = 192;
+/** Byte offsets of struct kspan_call's fields, for reading one in place without a view's getter. */
+export const KspanCallOffset = {
+  start_ns: 0,
+  end_ns: 8,
+  ret: 16,
+  pid: 24,
+  tid: 28,
+  probe: 32,
+  outer_probe: 36,
+  count: 40,
+  flags: 44,
+  depth: 45,
+  name: 48,
+  ctx: 112,
+} as const;
 
 export interface KspanCall {
   start_ns: bigint;
@@ -1097,10 +1267,14 @@ export function encodeKspanCall(x: KspanCall, v: DataView, o: number): void {
   encodeKspanTraceCtx(x.ctx, v, o + 112);
 }
 
-/** Zero-copy view of struct kspan_call; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_call; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanCallView implements KspanCall {
   v: DataView;
   o: number;
+  #ctx: KspanTraceCtxView | undefined;
   constructor(v: DataView, o: number) {
     this.v = v;
     this.o = o;
@@ -1156,12 +1330,31 @@ export class KspanCallView implements KspanCall {
   }
   get ctx(): KspanTraceCtxView {
     const v = this.v;
-    return new KspanTraceCtxView(v, this.o + 112);
+    return (this.#ctx ??= new KspanTraceCtxView(v, 0)).at(v, this.o + 112);
   }
 }
 
 /** struct kspan_sched_event: 168 bytes. */
 export const KSPAN_SCHED_EVENT_SIZE = 168;
+/** Byte offsets of struct kspan_sched_event's fields, for reading one in place without a view's getter. */
+export const KspanSchedEventOffset = {
+  start_ns: 0,
+  end_ns: 8,
+  on_cpu_ns: 16,
+  blocked_ns: 24,
+  runq_ns: 32,
+  max_off_ns: 40,
+  max_off_start_ns: 48,
+  pid: 56,
+  tid: 60,
+  voluntary: 64,
+  involuntary: 68,
+  migrations: 72,
+  max_off_syscall: 76,
+  flags: 80,
+  off_events: 84,
+  ctx: 88,
+} as const;
 
 export interface KspanSchedEvent {
   start_ns: bigint;
@@ -1223,10 +1416,14 @@ export function encodeKspanSchedEvent(x: KspanSchedEvent, v: DataView, o: number
   encodeKspanTraceCtx(x.ctx, v, o + 88);
 }
 
-/** Zero-copy view of struct kspan_sched_event; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_sched_event; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanSchedEventView implements KspanSchedEvent {
   v: DataView;
   o: number;
+  #ctx: KspanTraceCtxView | undefined;
   constructor(v: DataView, o: number) {
     this.v = v;
     this.o = o;
@@ -1298,12 +1495,25 @@ export class KspanSchedEventView implements KspanSchedEvent {
   }
   get ctx(): KspanTraceCtxView {
     const v = this.v;
-    return new KspanTraceCtxView(v, this.o + 88);
+    return (this.#ctx ??= new KspanTraceCtxView(v, 0)).at(v, this.o + 88);
   }
 }
 
 /** struct kspan_sched_thread: 224 bytes. */
 export const KSPAN_SCHED_THREAD_SIZE = 224;
+/** Byte offsets of struct kspan_sched_thread's fields, for reading one in place without a view's getter. */
+export const KspanSchedThreadOffset = {
+  agg: 0,
+  sum_out: 168,
+  out_ns: 176,
+  wake_ns: 184,
+  in_ns: 192,
+  syscall: 200,
+  cpu: 204,
+  blocked: 208,
+  drop: 209,
+  run_delay: 216,
+} as const;
 
 export interface KspanSchedThread {
   agg: KspanSchedEvent;
@@ -1347,10 +1557,14 @@ export function encodeKspanSchedThread(x: KspanSchedThread, v: DataView, o: numb
   v.setBigUint64(o + 216, x.run_delay, true);
 }
 
-/** Zero-copy view of struct kspan_sched_thread; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_sched_thread; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanSchedThreadView implements KspanSchedThread {
   v: DataView;
   o: number;
+  #agg: KspanSchedEventView | undefined;
   constructor(v: DataView, o: number) {
     this.v = v;
     this.o = o;
@@ -1362,7 +1576,7 @@ export class KspanSchedThreadView implements KspanSchedThread {
   }
   get agg(): KspanSchedEventView {
     const v = this.v;
-    return new KspanSchedEventView(v, this.o + 0);
+    return (this.#agg ??= new KspanSchedEventView(v, 0)).at(v, this.o + 0);
   }
   get sum_out(): bigint {
     const v = this.v;
@@ -1404,6 +1618,19 @@ export class KspanSchedThreadView implements KspanSchedThread {
 
 /** struct kspan_sched_off: 152 bytes. */
 export const KSPAN_SCHED_OFF_SIZE = 152;
+/** Byte offsets of struct kspan_sched_off's fields, for reading one in place without a view's getter. */
+export const KspanSchedOffOffset = {
+  start_ns: 0,
+  duration_ns: 8,
+  stack: 16,
+  trace_id: 112,
+  span_id: 128,
+  pid: 136,
+  tid: 140,
+  syscall: 144,
+  kind: 148,
+  frames: 149,
+} as const;
 
 export interface KspanSchedOff {
   start_ns: bigint;
@@ -1447,7 +1674,10 @@ export function encodeKspanSchedOff(x: KspanSchedOff, v: DataView, o: number): v
   v.setUint8(o + 149, x.frames);
 }
 
-/** Zero-copy view of struct kspan_sched_off; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_sched_off; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanSchedOffView implements KspanSchedOff {
   v: DataView;
   o: number;
@@ -1504,6 +1734,10 @@ export class KspanSchedOffView implements KspanSchedOff {
 
 /** struct kspan_sched_conf: 8 bytes. */
 export const KSPAN_SCHED_CONF_SIZE = 8;
+/** Byte offsets of struct kspan_sched_conf's fields, for reading one in place without a view's getter. */
+export const KspanSchedConfOffset = {
+  off_event_ns: 0,
+} as const;
 
 export interface KspanSchedConf {
   off_event_ns: bigint;
@@ -1520,7 +1754,10 @@ export function encodeKspanSchedConf(x: KspanSchedConf, v: DataView, o: number):
   v.setBigUint64(o + 0, x.off_event_ns, true);
 }
 
-/** Zero-copy view of struct kspan_sched_conf; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_sched_conf; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanSchedConfView implements KspanSchedConf {
   v: DataView;
   o: number;
@@ -1541,6 +1778,14 @@ export class KspanSchedConfView implements KspanSchedConf {
 
 /** struct kspan_proc_event: 24 bytes. */
 export const KSPAN_PROC_EVENT_SIZE = 24;
+/** Byte offsets of struct kspan_proc_event's fields, for reading one in place without a view's getter. */
+export const KspanProcEventOffset = {
+  ts_ns: 0,
+  pid: 8,
+  ppid: 12,
+  map_count: 16,
+  type: 20,
+} as const;
 
 export interface KspanProcEvent {
   ts_ns: bigint;
@@ -1569,7 +1814,10 @@ export function encodeKspanProcEvent(x: KspanProcEvent, v: DataView, o: number):
   v.setUint8(o + 20, x.type);
 }
 
-/** Zero-copy view of struct kspan_proc_event; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_proc_event; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanProcEventView implements KspanProcEvent {
   v: DataView;
   o: number;
@@ -1606,6 +1854,13 @@ export class KspanProcEventView implements KspanProcEvent {
 
 /** struct kspan_discovery: 32 bytes. */
 export const KSPAN_DISCOVERY_SIZE = 32;
+/** Byte offsets of struct kspan_discovery's fields, for reading one in place without a view's getter. */
+export const KspanDiscoveryOffset = {
+  check_interval_ns: 0,
+  pidns_dev: 8,
+  pidns_ino: 16,
+  flags: 24,
+} as const;
 
 export interface KspanDiscovery {
   check_interval_ns: bigint;
@@ -1631,7 +1886,10 @@ export function encodeKspanDiscovery(x: KspanDiscovery, v: DataView, o: number):
   v.setUint32(o + 24, x.flags, true);
 }
 
-/** Zero-copy view of struct kspan_discovery; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_discovery; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanDiscoveryView implements KspanDiscovery {
   v: DataView;
   o: number;
@@ -1664,6 +1922,12 @@ export class KspanDiscoveryView implements KspanDiscovery {
 
 /** struct kspan_proc_seen: 16 bytes. */
 export const KSPAN_PROC_SEEN_SIZE = 16;
+/** Byte offsets of struct kspan_proc_seen's fields, for reading one in place without a view's getter. */
+export const KspanProcSeenOffset = {
+  checked_ns: 0,
+  map_count: 8,
+  ignore: 12,
+} as const;
 
 export interface KspanProcSeen {
   checked_ns: bigint;
@@ -1686,7 +1950,10 @@ export function encodeKspanProcSeen(x: KspanProcSeen, v: DataView, o: number): v
   v.setUint32(o + 12, x.ignore, true);
 }
 
-/** Zero-copy view of struct kspan_proc_seen; move it with `at()`. Byte arrays alias the memory. */
+/**
+ * Zero-copy view of struct kspan_proc_seen; move it with `at()`. Byte arrays alias the memory.
+ * A nested struct's view is made once per view and moved on each read: keep what it says, not it.
+ */
 export class KspanProcSeenView implements KspanProcSeen {
   v: DataView;
   o: number;

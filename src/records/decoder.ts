@@ -3,9 +3,14 @@
  * addresses and ids in the form the rest of kspan uses. Pure.
  */
 import {
+  KspanAggOffset,
+  KspanAggView,
   KspanEventFlag as F,
+  KspanEventOffset,
   KspanEventView,
   KspanEventType as T,
+  KspanTraceCtxOffset,
+  KspanTraceCtxView,
   KSPAN_EVENT_SIZE,
   type KspanAgg,
   type KspanEvent,
@@ -52,13 +57,16 @@ export function fromEvent(e: KspanEvent, agg?: KspanAgg): KernelRecord {
   if (!type) throw new RecordDecodeError(`unknown record type ${typeNum}`);
   const v6 = e.family === AF_INET6;
   const flags = agg ? (e.flags & (F.KSPAN_F_SERVER | F.KSPAN_F_CLIENT | F.KSPAN_F_FLUSHED)) | agg.flags : e.flags;
-  const ends = endpointsOf(e, v6);
-  if (typeNum === T.KSPAN_EV_CLOSE) socketEndpoints.delete(e.cookie);
+  const cookie = e.cookie;
+  const ends = endpointsOf(e, cookie, v6);
+  if (typeNum === T.KSPAN_EV_CLOSE) socketEndpoints.delete(cookie);
+  // Views (the ring's hot path) give their counts without a BigInt each.
+  const ev = e instanceof KspanEventView ? e : null;
   return {
     type,
     tsNs: agg ? agg.last_ns : e.ts_ns,
     startNs: agg ? agg.first_ns : e.start_ns,
-    cookie: e.cookie,
+    cookie,
     pid: e.pid,
     tid: agg ? agg.tid : e.tid,
     family: v6 ? 6 : 4,
@@ -66,7 +74,7 @@ export function fromEvent(e: KspanEvent, agg?: KspanAgg): KernelRecord {
     peer: ends.peer,
     role: flags & F.KSPAN_F_SERVER ? 'server' : flags & F.KSPAN_F_CLIENT ? 'client' : null,
     context: traceContext(agg ? agg.ctx : e.ctx),
-    bytes: Number(agg ? agg.bytes : e.bytes),
+    bytes: agg ? (agg instanceof KspanAggView ? u64(agg.v, agg.o + KspanAggOffset.bytes) : Number(agg.bytes)) : ev ? u64(ev.v, ev.o + EV.bytes) : Number(e.bytes),
     calls: agg ? agg.calls : e.calls,
     flushed: (flags & F.KSPAN_F_FLUSHED) !== 0,
     afterDropped: (flags & F.KSPAN_F_AFTER_DROP) !== 0,
@@ -74,16 +82,23 @@ export function fromEvent(e: KspanEvent, agg?: KspanAgg): KernelRecord {
     errno: agg ? 0 : e.error,
     resetSent: (flags & F.KSPAN_F_RESET_SENT) !== 0,
     tcpState: agg ? 0 : e.tcp_state,
-    bytesSent: agg ? 0 : Number(e.bytes_sent),
-    bytesReceived: agg ? 0 : Number(e.bytes_received),
+    bytesSent: agg ? 0 : ev ? u64(ev.v, ev.o + EV.bytes_sent) : Number(e.bytes_sent),
+    bytesReceived: agg ? 0 : ev ? u64(ev.v, ev.o + EV.bytes_received) : Number(e.bytes_received),
     retransmits: agg ? 0 : e.retransmits,
     srttUs: agg ? 0 : e.srtt_us,
   };
 }
 
+const EV = KspanEventOffset;
+
+/** A u64 count read in place as a number: exact below 2^53, which a byte or call count does not reach. */
+function u64(v: DataView, at: number): number {
+  return v.getUint32(at, true) + v.getUint32(at + 4, true) * 0x1_0000_0000;
+}
+
 export function traceContext(ctx: KspanTraceCtx): TraceContext | null {
   if (ctx.valid !== 1) return null;
-  const ids = idStrings(ctx.trace_id, ctx.span_id);
+  const ids = ctx instanceof KspanTraceCtxView ? idStringsAt(ctx.v, ctx.o) : idStrings(ctx.trace_id, ctx.span_id);
   const c: TraceContext = { traceId: ids.traceId, spanId: ids.spanId, traceFlags: ctx.trace_flags };
   const size = ctx.attrs_size;
   if (size) {
@@ -100,19 +115,48 @@ export function traceContext(ctx: KspanTraceCtx): TraceContext | null {
  * same span (a send, its aggregate's successor, the request's recv), so the
  * strings are made once per span, not once per record.
  */
-const lastIds = { bytes: new Uint8Array(24), traceId: '', spanId: '' };
+const lastIds = { bytes: Buffer.alloc(24), traceId: '', spanId: '' };
+/** lastIds.bytes read as words, for idStringsAt. */
+const lastWords = new DataView(lastIds.bytes.buffer, lastIds.bytes.byteOffset, 24);
+
+/** The ids of a context in place (a view): compared as six words, made into strings only when they changed. */
+function idStringsAt(v: DataView, o: number): { traceId: string; spanId: string } {
+  const w = lastWords;
+  const t = o + KspanTraceCtxOffset.trace_id;
+  const sp = o + KspanTraceCtxOffset.span_id;
+  const w0 = v.getInt32(t, true), w1 = v.getInt32(t + 4, true), w2 = v.getInt32(t + 8, true), w3 = v.getInt32(t + 12, true);
+  const w4 = v.getInt32(sp, true), w5 = v.getInt32(sp + 4, true);
+  if (
+    lastIds.traceId !== '' &&
+    w.getInt32(0, true) === w0 && w.getInt32(4, true) === w1 && w.getInt32(8, true) === w2 && w.getInt32(12, true) === w3 &&
+    w.getInt32(16, true) === w4 && w.getInt32(20, true) === w5
+  ) {
+    return lastIds;
+  }
+  w.setInt32(0, w0, true);
+  w.setInt32(4, w1, true);
+  w.setInt32(8, w2, true);
+  w.setInt32(12, w3, true);
+  w.setInt32(16, w4, true);
+  w.setInt32(20, w5, true);
+  return lastIdsMade();
+}
 
 function idStrings(traceId: Uint8Array, spanId: Uint8Array): { traceId: string; spanId: string } {
   const last = lastIds.bytes;
   let same = lastIds.traceId !== '';
   for (let i = 0; same && i < 16; i++) same = last[i] === traceId[i];
   for (let i = 0; same && i < 8; i++) same = last[16 + i] === spanId[i];
-  if (!same) {
-    last.set(traceId, 0);
-    last.set(spanId, 16);
-    lastIds.traceId = hex(traceId);
-    lastIds.spanId = hex(spanId);
-  }
+  if (same) return lastIds;
+  last.set(traceId.subarray(0, 16), 0);
+  last.set(spanId.subarray(0, 8), 16);
+  return lastIdsMade();
+}
+
+/** New strings for the ids just put in lastIds.bytes (hex from one kept Buffer: no Buffer made per span). */
+function lastIdsMade(): { traceId: string; spanId: string } {
+  lastIds.traceId = lastIds.bytes.toString('hex', 0, 16);
+  lastIds.spanId = lastIds.bytes.toString('hex', 16, 24);
   return lastIds;
 }
 
@@ -144,21 +188,22 @@ const SOCKET_ENDPOINTS_MAX = 16_384;
 
 const v4Key = (a: Uint8Array, port: number) => (a[0] * 0x1000000 + ((a[1] << 16) | (a[2] << 8) | a[3])) * 0x10000 + port;
 
-function endpointsOf(e: KspanEvent, v6: boolean): SocketEndpoints {
+function endpointsOf(e: KspanEvent, cookie: bigint, v6: boolean): SocketEndpoints {
   if (v6) {
     const local = endpoint(e.laddr, e.lport, true);
     const peer = endpoint(e.raddr, e.rport, true);
     return { localKey: -1, peerKey: -1, local, peer };
   }
-  const laddr = e.laddr;
-  const raddr = e.raddr;
-  const localKey = v4Key(laddr, e.lport);
-  const peerKey = v4Key(raddr, e.rport);
-  let s = socketEndpoints.get(e.cookie);
+  const lport = e.lport;
+  const rport = e.rport;
+  // A view's addresses are read in place (network order, as v4Key reads the bytes): no array made per record.
+  const localKey = e instanceof KspanEventView ? e.v.getUint32(e.o + EV.laddr) * 0x10000 + lport : v4Key(e.laddr, lport);
+  const peerKey = e instanceof KspanEventView ? e.v.getUint32(e.o + EV.raddr) * 0x10000 + rport : v4Key(e.raddr, rport);
+  let s = socketEndpoints.get(cookie);
   if (s && s.localKey === localKey && s.peerKey === peerKey) return s;
   if (!s && socketEndpoints.size >= SOCKET_ENDPOINTS_MAX) socketEndpoints.clear();
-  s = { localKey, peerKey, local: endpoint(laddr, e.lport, false), peer: endpoint(raddr, e.rport, false) };
-  socketEndpoints.set(e.cookie, s);
+  s = { localKey, peerKey, local: endpoint(e.laddr, lport, false), peer: endpoint(e.raddr, rport, false) };
+  socketEndpoints.set(cookie, s);
   return s;
 }
 

@@ -108,3 +108,36 @@ test('decodeRecords: the ids and endpoints a record repeats are the same values,
   const d = decode(ev(100n, 8080, [10, 0, 0, 3], 40001, 0xac, 0xce)).context!;
   assert.deepEqual([d.traceId, d.spanId], ['ac'.repeat(16), 'ce'.repeat(8)]);
 });
+
+test('decodeRecords: counts past 2^32 and ids differing in one byte are read exactly in place', () => {
+  const ctxOf = (traceId: Uint8Array, spanId: Uint8Array) => ({ trace_id: traceId, span_id: spanId, trace_flags: 1, valid: 1, attrs_size: 0, attrs: new Uint8Array(52) });
+  const trace = Uint8Array.from({ length: 16 }, (_, i) => 0x10 + i);
+  const span = Uint8Array.from({ length: 8 }, (_, i) => 0xf0 + i);
+  const decode = (traceId: Uint8Array, spanId: Uint8Array): KernelRecord[] => {
+    const e: KspanEvent = {
+      ts_ns: 5n, start_ns: 1n, cookie: 900n, bytes: 2n ** 40n + 5n, bytes_sent: 2n ** 33n + 7n, bytes_received: 2n ** 32n, pid: 7, tid: 8,
+      calls: 1, retransmits: 0, srtt_us: 0, error: 0, type: 3, family: 2, flags: 1, tcp_state: 1, lport: 8080, rport: 40000,
+      laddr: Uint8Array.from([127, 0, 0, 1, ...new Array(12).fill(0)]), raddr: Uint8Array.from([192, 168, 200, 254, ...new Array(12).fill(0)]),
+      ctx: ctxOf(traceId, spanId),
+      prev: { first_ns: 2n, last_ns: 3n, bytes: 2n ** 45n + 3n, tid: 8, calls: 2, dir: 4, flags: 0, ctx: ctxOf(traceId, spanId) },
+    };
+    const buf = new DataView(new ArrayBuffer(KSPAN_EVENT_SIZE + 4));
+    encodeKspanEvent(e, buf, 4);
+    const out: KernelRecord[] = [];
+    decodeRecords(buf, 4, (r) => out.push(r));
+    return out;
+  };
+  const [agg, send] = decode(trace, span);
+  assert.deepEqual([agg.type, agg.bytes], ['recv', 2 ** 45 + 3]);
+  assert.deepEqual([send.type, send.bytes, send.bytesSent, send.bytesReceived], ['send', 2 ** 40 + 5, 2 ** 33 + 7, 2 ** 32]);
+  assert.deepEqual(send.peer, { address: '192.168.200.254', port: 40000 });
+  assert.equal(send.context!.traceId, Buffer.from(trace).toString('hex'));
+  // One byte changed in the trace id's third word, then in the span id's second word: each decoded anew.
+  const t2 = trace.slice();
+  t2[9] ^= 0xff;
+  assert.equal(decode(t2, span)[1].context!.traceId, Buffer.from(t2).toString('hex'));
+  const s2 = span.slice();
+  s2[7] ^= 1;
+  const c = decode(t2, s2)[1].context!;
+  assert.deepEqual([c.traceId, c.spanId], [Buffer.from(t2).toString('hex'), Buffer.from(s2).toString('hex')]);
+});
