@@ -744,6 +744,15 @@ export const TUNING = {
   targetsGoneCheckMs: 250,
   /** Live correlator: how often held spans and idle sockets are checked. */
   correlatorTickMs: 250,
+  /**
+   * The agent's rings (events, sched_events, calls) are drained at least this
+   * often; the kernel wakes the reader sooner when a ring is an eighth full. Each
+   * wait costs the event loop a thread-pool hand-off: at 20 ms an idle agent
+   * spent 15 ms of CPU a second, at 100 ms 8 (BENCHMARKS.md). Discovery's ring
+   * asks for 50 ms (src/discovery/process-discovery.ts), and the shared wait
+   * takes the shortest.
+   */
+  ringIdleMs: 100,
   /** The span export queue (src/export/export-pipeline.ts). */
   export: {
     /** Spans held at most, queued and in flight. */

@@ -6,6 +6,7 @@
  */
 import { decodeKspanSchedThread, KSPAN_SCHED_CONF_SIZE, encodeKspanSchedConf, KspanSchedFlag, KspanSchedLimit } from '../records/abi.generated.ts';
 import { decodeSchedRecord, fromSchedEvent, type SchedRecord, type SchedRingRecord } from '../records/sched-record.ts';
+import { TUNING } from '../core/config.ts';
 import type { BpfObject } from './bpf-object.ts';
 import { RingBufferReader } from './ring-buffer.ts';
 
@@ -38,7 +39,7 @@ export class SchedRing {
   }
 
   start(): void {
-    this.#ring.start();
+    this.#ring.start(TUNING.ringIdleMs);
   }
 
   /** Sets the shortest off-CPU interval that makes an OffCpuRecord (0: none); before the programs attach. */

@@ -5,7 +5,7 @@
  * aggregate left in the kernel so no byte is missing.
  */
 import { fileURLToPath } from 'node:url';
-import { faultRejectedPrograms, testRingBytes } from '../core/config.ts';
+import { faultRejectedPrograms, testRingBytes, TUNING } from '../core/config.ts';
 import { KspanError, VerifierError, verifierLogLastLine } from '../core/errors.ts';
 import { timed } from '../core/startup-timing.ts';
 import {
@@ -241,7 +241,7 @@ export class TcpTracer {
 
   /** Starts delivering records (epoll wake-ups; never blocks the event loop). */
   start(): void {
-    this.#ring.start();
+    this.#ring.start(TUNING.ringIdleMs);
     this.#sched?.start();
   }
 

@@ -11,6 +11,7 @@
  * feature `uprobes`); this class only attaches them.
  */
 import { readlinkSync } from 'node:fs';
+import { TUNING } from '../core/config.ts';
 import { KspanError } from '../core/errors.ts';
 import { openElfFile, SHN_UNDEF, type ElfFile } from '../elf/elf-file.ts';
 import { fileOffsetOf } from '../elf/symbol-offset.ts';
@@ -92,7 +93,7 @@ export class UprobeTracer {
   }
 
   start(): void {
-    this.#ring.start();
+    this.#ring.start(TUNING.ringIdleMs);
   }
 
   /** What the agent knows of probe `id` (the record's cookie). */
