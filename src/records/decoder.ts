@@ -57,11 +57,11 @@ export function fromEvent(e: KspanEvent, agg?: KspanAgg): KernelRecord {
   if (!type) throw new RecordDecodeError(`unknown record type ${typeNum}`);
   const v6 = e.family === AF_INET6;
   const flags = agg ? (e.flags & (F.KSPAN_F_SERVER | F.KSPAN_F_CLIENT | F.KSPAN_F_FLUSHED)) | agg.flags : e.flags;
-  const cookie = e.cookie;
-  const ends = endpointsOf(e, cookie, v6);
-  if (typeNum === T.KSPAN_EV_CLOSE) socketEndpoints.delete(cookie);
-  // Views (the ring's hot path) give their counts without a BigInt each.
+  // Views (the ring's hot path) give their counts, addresses and ids without an object each.
   const ev = e instanceof KspanEventView ? e : null;
+  const cookie = e.cookie;
+  const ends = endpointsOf(e, ev, cookie, v6);
+  if (typeNum === T.KSPAN_EV_CLOSE) socketEndpoints.delete(cookie);
   return {
     type,
     tsNs: agg ? agg.last_ns : e.ts_ns,
@@ -74,7 +74,7 @@ export function fromEvent(e: KspanEvent, agg?: KspanAgg): KernelRecord {
     peer: ends.peer,
     role: flags & F.KSPAN_F_SERVER ? 'server' : flags & F.KSPAN_F_CLIENT ? 'client' : null,
     context: traceContext(agg ? agg.ctx : e.ctx),
-    bytes: agg ? (agg instanceof KspanAggView ? u64(agg.v, agg.o + KspanAggOffset.bytes) : Number(agg.bytes)) : ev ? u64(ev.v, ev.o + EV.bytes) : Number(e.bytes),
+    bytes: agg ? (agg instanceof KspanAggView ? u64(agg.v, agg.o + AG.bytes) : Number(agg.bytes)) : ev ? u64(ev.v, ev.o + EV.bytes) : Number(e.bytes),
     calls: agg ? agg.calls : e.calls,
     flushed: (flags & F.KSPAN_F_FLUSHED) !== 0,
     afterDropped: (flags & F.KSPAN_F_AFTER_DROP) !== 0,
@@ -90,6 +90,7 @@ export function fromEvent(e: KspanEvent, agg?: KspanAgg): KernelRecord {
 }
 
 const EV = KspanEventOffset;
+const AG = KspanAggOffset;
 
 /** A u64 count read in place as a number: exact below 2^53, which a byte or call count does not reach. */
 function u64(v: DataView, at: number): number {
@@ -188,7 +189,8 @@ const SOCKET_ENDPOINTS_MAX = 16_384;
 
 const v4Key = (a: Uint8Array, port: number) => (a[0] * 0x1000000 + ((a[1] << 16) | (a[2] << 8) | a[3])) * 0x10000 + port;
 
-function endpointsOf(e: KspanEvent, cookie: bigint, v6: boolean): SocketEndpoints {
+/** `ev`: `e` when it is a view (its addresses read in place), else null. */
+function endpointsOf(e: KspanEvent, ev: KspanEventView | null, cookie: bigint, v6: boolean): SocketEndpoints {
   if (v6) {
     const local = endpoint(e.laddr, e.lport, true);
     const peer = endpoint(e.raddr, e.rport, true);
@@ -197,8 +199,8 @@ function endpointsOf(e: KspanEvent, cookie: bigint, v6: boolean): SocketEndpoint
   const lport = e.lport;
   const rport = e.rport;
   // A view's addresses are read in place (network order, as v4Key reads the bytes): no array made per record.
-  const localKey = e instanceof KspanEventView ? e.v.getUint32(e.o + EV.laddr) * 0x10000 + lport : v4Key(e.laddr, lport);
-  const peerKey = e instanceof KspanEventView ? e.v.getUint32(e.o + EV.raddr) * 0x10000 + rport : v4Key(e.raddr, rport);
+  const localKey = ev ? ev.v.getUint32(ev.o + EV.laddr) * 0x10000 + lport : v4Key(e.laddr, lport);
+  const peerKey = ev ? ev.v.getUint32(ev.o + EV.raddr) * 0x10000 + rport : v4Key(e.raddr, rport);
   let s = socketEndpoints.get(cookie);
   if (s && s.localKey === localKey && s.peerKey === peerKey) return s;
   if (!s && socketEndpoints.size >= SOCKET_ENDPOINTS_MAX) socketEndpoints.clear();
