@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian 12 x86_64 machine, as root.
 # Installs what is missing and nothing else: Debian packages, Node 24 inside the
-# project when the system node is older, npm ci, the BPF build, tracefs/bpffs mounts.
+# project when the system node is older, npm ci, the BPF build, tracefs/bpffs mounts, src/ compiled to dist/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,3 +46,4 @@ if ! mountpoint -q /sys/fs/bpf; then
 fi
 
 make -s -C bpf
+bash scripts/build-js.sh

@@ -223,6 +223,9 @@ export class BpfObject {
     const lines = log.stop();
     if (rc < 0) throw this.#loadError(rc, lines);
     this.#loaded = true;
+    // libbpf writes a program's log only while loading it: the buffer (4 MiB,
+    // zero-filled, so resident) is not kept for the agent's life.
+    this.#logBuf = undefined;
   }
 
   #loadError(rc: number, libbpfLog: string[]): KspanError {

@@ -246,7 +246,7 @@ choose_accel() {
 }
 
 # The checkout as the guest sees it: tracked and new files, node_modules, .node,
-# the BPF build and the prebuilt fixtures (not the kernels' own outputs).
+# the compiled dist/ (mtimes kept, so bin/kspan runs it as on the host), the BPF build and the prebuilt fixtures (not the kernels' own outputs).
 checkout_files() {
   (
     cd "$REPO"
@@ -259,6 +259,7 @@ checkout_files() {
       [[ -e $f ]] && printf '%s\0' "$f"
     done
     find node_modules .node bpf/.output -print0
+    [[ -d dist ]] && find dist -print0
     [[ -d test/.build ]] && find test/.build -path test/.build/kernels -prune -o -print0
   )
 }

@@ -348,7 +348,11 @@ describe('image build contexts', () => {
     assert.match(df, /^FROM node:24-[a-z]+-slim AS runtime$/m);
     assert.match(df, /apt-get install -y --no-install-recommends libbpf1 \\/);
     const copied = copySources('Dockerfile');
-    for (const need of ['bin/', 'src/', 'package.json', 'package-lock.json']) assert.ok(copied.includes(need), need);
+    for (const need of ['bin/', 'src/', 'package.json', 'package-lock.json', 'scripts/build-js.sh', 'tsconfig.build.json']) assert.ok(copied.includes(need), need);
+    // The runtime takes the compiled agent, which bin/kspan runs when there are no sources beside it.
+    assert.match(df, /^RUN bash scripts\/build-js\.sh$/m);
+    assert.match(df, /^COPY --from=js \/src\/dist\/ dist\/$/m);
+    assert.match(read('bin/kspan'), /\[\[ ! -d \$root\/src \]\]/);
     // The BPF sources, and nothing generated from this machine's kernel, go in.
     assert.ok(ignored('bpf/vmlinux.h') && ignored('bpf/.output/kspan.bpf.o') && ignored('node_modules/koffi/package.json'));
     assert.ok(!ignored('bpf/kspan.bpf.c') && !ignored('bpf/Makefile'));

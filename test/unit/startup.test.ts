@@ -1,11 +1,12 @@
 /**
- * Start-up: the phase timer, and bin/kspan's compile cache (src/cli/kspan.ts).
+ * Start-up: the phase timer, bin/kspan's compile cache (src/cli/kspan.ts), and its
+ * choice of entry (dist/ or the sources).
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { startupTimings, timed } from '../../src/core/startup-timing.ts';
 import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
@@ -38,5 +39,40 @@ test('bin/kspan fills its compile cache on the first start and reuses it; NODE_D
     assert.equal(existsSync(join(dir, 'off')), false);
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('bin/kspan runs dist/ while it is current, else the sources; KSPAN_FROM_SOURCE=1 runs the sources', () => {
+  // A copy of the launcher over a tree whose two entries say which one ran.
+  const root = mkdtempSync(join(tmpdir(), 'kgu-entry-'));
+  try {
+    mkdirSync(join(root, 'bin'));
+    copyFileSync(KSPAN_BIN, join(root, 'bin', 'kspan'));
+    chmodSync(join(root, 'bin', 'kspan'), 0o755);
+    for (const [dir, file, says] of [['src/cli', 'kspan.ts', 'src'], ['dist/cli', 'kspan.js', 'dist']]) {
+      mkdirSync(join(root, dir), { recursive: true });
+      writeFileSync(join(root, dir, file), `console.log(${JSON.stringify(says)});\n`);
+    }
+    // The launcher's own Node is absent from this tree: it runs the `node` on PATH, this one.
+    const env = { ...process.env, PATH: `${dirname(process.execPath)}:${process.env.PATH}` };
+    const ran = (extra: Record<string, string> = {}) => execFileSync(join(root, 'bin', 'kspan'), [], { encoding: 'utf8', env: { ...env, ...extra } }).trim();
+    const setTime = (rel: string, t: number) => utimesSync(join(root, rel), t, t);
+    const now = Math.floor(Date.now() / 1000);
+    assert.equal(ran(), 'src', 'no build: the sources');
+    writeFileSync(join(root, 'dist', '.built'), '');
+    setTime('src/cli/kspan.ts', now - 100);
+    setTime('src/cli', now - 100);
+    setTime('src', now - 100);
+    setTime('dist/.built', now - 50);
+    assert.equal(ran(), 'dist', 'a build newer than every source');
+    assert.equal(ran({ KSPAN_FROM_SOURCE: '1' }), 'src');
+    setTime('src/cli/kspan.ts', now - 10);
+    assert.equal(ran(), 'src', 'a source edited since the build');
+    rmSync(join(root, 'src'), { recursive: true });
+    assert.equal(ran(), 'dist', 'no sources (an image holds dist/ alone)');
+    rmSync(join(root, 'dist', '.built'));
+    assert.throws(() => ran(), 'no complete build and no sources: nothing to run');
+  } finally {
+    rmSync(root, { recursive: true, force: true });
   }
 });
