@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { test } from 'node:test';
 import { startupTimings, timed } from '../../src/core/startup-timing.ts';
+import { REPO_ROOT } from '../helpers/build-fixture.ts';
 import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
 
 test('timed(): returns the result, adds each run to its phase, and counts a throwing run too', () => {
@@ -72,6 +73,33 @@ test('bin/kspan runs dist/ while it is current, else the sources; KSPAN_FROM_SOU
     assert.equal(ran(), 'dist', 'no sources (an image holds dist/ alone)');
     rmSync(join(root, 'dist', '.built'));
     assert.throws(() => ran(), 'no complete build and no sources: nothing to run');
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('kspan/publisher loads its compiled modules while dist/ is current, by the same rule', () => {
+  const root = mkdtempSync(join(tmpdir(), 'kgu-pub-'));
+  try {
+    mkdirSync(join(root, 'src', 'publisher'), { recursive: true });
+    mkdirSync(join(root, 'dist', 'publisher'), { recursive: true });
+    copyFileSync(join(REPO_ROOT, 'src', 'publisher', 'compiled.mjs'), join(root, 'src', 'publisher', 'compiled.mjs'));
+    writeFileSync(join(root, 'src', 'publisher', 'index.ts'), '');
+    const probe = `import { publisherModule } from ${JSON.stringify(join(root, 'src', 'publisher', 'compiled.mjs'))}; console.log(publisherModule('index'));`;
+    const loads = (extra: Record<string, string> = {}) =>
+      execFileSync(process.execPath, ['--input-type=module', '-e', probe], { encoding: 'utf8', env: { ...process.env, ...extra } }).trim();
+    const setTime = (rel: string, t: number) => utimesSync(join(root, rel), t, t);
+    const now = Math.floor(Date.now() / 1000);
+    const source = join(root, 'src', 'publisher', 'index.ts');
+    const compiled = join(root, 'dist', 'publisher', 'index.js');
+    assert.equal(loads(), source, 'no build');
+    writeFileSync(join(root, 'dist', '.built'), '');
+    for (const rel of ['src/publisher/index.ts', 'src/publisher/compiled.mjs', 'src/publisher', 'src']) setTime(rel, now - 100);
+    setTime('dist/.built', now - 50);
+    assert.equal(loads(), compiled, 'a build newer than every source');
+    assert.equal(loads({ KSPAN_FROM_SOURCE: '1' }), source);
+    setTime('src/publisher/index.ts', now - 10);
+    assert.equal(loads(), source, 'a source edited since the build');
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
