@@ -14,10 +14,11 @@ import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-ho
 import { TracerProvider } from '@opentelemetry/sdk-trace';
 import { SpanMirror, hexBytes } from '../../src/publisher/span-mirror.ts';
 import { loadThreadContextWriter, type ThreadContextWriter } from '../../src/publisher/pprof-writer.ts';
-import { encodeProcessContext } from '../../src/publisher/process-context-payload.ts';
+import fc from 'fast-check';
+import { encodeProcessContext, type AttributeMap, type AttributeValue } from '../../src/publisher/process-context-payload.ts';
 import { ProcessContextMapping, mappingSizeFor } from '../../src/publisher/process-context-mapping.ts';
 import { NoSpanWatch, noSpanWarning } from '../../src/publisher/no-span-watch.ts';
-import { ProcessContextType, TO_OBJECT, attributesToObject, type PlainKeyValue } from '../../src/proto/otlp.ts';
+import { ProcessContextType, TO_OBJECT, attributesToObject, type PlainAnyValue, type PlainKeyValue } from '../../src/proto/otlp.ts';
 
 const loaded = loadThreadContextWriter(['http.route']);
 assert.ok(loaded.ok, loaded.ok ? '' : loaded.reason);
@@ -127,6 +128,49 @@ test('process context payload: Resource in field 1, threadlocal keys in field 2'
     'threadlocal.schema_version': 'nodejs_v1_dev',
     'threadlocal.attribute_key_map': ['http.route'],
   });
+});
+
+/** protobufjs's encoding of the same payload, from the values OpenTelemetry JS attributes can hold: the reference for the writer. */
+function protobufjsPayload(resource: AttributeMap, threadlocal: AttributeMap): Uint8Array {
+  const any = (v: AttributeValue): PlainAnyValue | undefined => {
+    if (v === null || v === undefined) return undefined;
+    if (typeof v === 'string') return { stringValue: v };
+    if (typeof v === 'boolean') return { boolValue: v };
+    if (typeof v === 'bigint') return { intValue: v.toString() };
+    if (typeof v === 'number') return Number.isSafeInteger(v) ? { intValue: v } : { doubleValue: v };
+    if (Array.isArray(v)) return { arrayValue: { values: v.map((item) => any(item as AttributeValue) ?? {}) } };
+    return undefined;
+  };
+  const kvs = (attrs: AttributeMap): PlainKeyValue[] =>
+    Object.entries(attrs).flatMap(([key, value]) => {
+      const v = any(value);
+      return v ? [{ key, value: v }] : [];
+    });
+  return ProcessContextType.encode(ProcessContextType.fromObject({ resource: { attributes: kvs(resource) }, attributes: kvs(threadlocal) })).finish();
+}
+
+test('process context payload: the same bytes as protobufjs over generated attributes (seeded)', () => {
+  const scalar = fc.oneof(
+    fc.string({ unit: 'grapheme', maxLength: 40 }),
+    fc.string({ maxLength: 200 }),
+    fc.boolean(),
+    fc.integer(),
+    fc.maxSafeInteger(),
+    fc.double(),
+    fc.bigInt({ min: -(2n ** 63n), max: 2n ** 63n - 1n }),
+    fc.constantFrom(null, undefined, 0, -0, 2 ** 53, -(2 ** 63), 2 ** 64, 0.5, Number.NaN, Infinity),
+  );
+  const value = fc.oneof(scalar, fc.array(fc.oneof(fc.string({ maxLength: 20 }), fc.integer(), fc.double(), fc.boolean(), fc.constantFrom(null, undefined)), { maxLength: 6 }));
+  const attrs = fc.dictionary(fc.string({ maxLength: 30 }), value, { maxKeys: 12 }) as fc.Arbitrary<AttributeMap>;
+  fc.assert(
+    fc.property(attrs, attrs, (resource, threadlocal) => {
+      assert.deepEqual(Buffer.from(encodeProcessContext(resource, threadlocal)), Buffer.from(protobufjsPayload(resource, threadlocal)));
+    }),
+    { seed: 4719, numRuns: 2000 },
+  );
+  // A Resource past the one-byte lengths (nested lengths of two and three bytes).
+  const big = { 'service.name': 'x'.repeat(300), tags: Array.from({ length: 2000 }, (_, i) => `t${i}`) };
+  assert.deepEqual(Buffer.from(encodeProcessContext(big, loaded.threadlocal)), Buffer.from(protobufjsPayload(big, loaded.threadlocal)));
 });
 
 test('OTEL_CTX mapping: memfd, header, payload, update protocol, drop', () => {
