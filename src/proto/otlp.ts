@@ -1,8 +1,9 @@
 /**
  * protobufjs types for the opentelemetry-proto subset in otlp.proto. One place
- * for every encoder/decoder kspan needs: the OTEP 4719 process context payload
- * (read and, in kspan/publisher, written) and OTLP trace export requests (the
- * tests' receiver).
+ * for every decoder kspan needs: the OTEP 4719 process context payload (the
+ * agent reads it; kspan/publisher writes it with src/export/proto-writer.ts, and
+ * the tests hold those bytes equal to this encoder's) and OTLP trace export
+ * requests (the tests' receiver).
  */
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
