@@ -12,8 +12,11 @@ import type * as PolicyFile from './policy-file.ts';
 
 // The YAML parser and the schema library load only when a policy file is given
 // (they are a large part of the agent's code memory otherwise; BENCHMARKS.md).
+// require() names a file, which tsc does not rewrite as it does import
+// specifiers: this module's own extension is the sibling's (.js in dist/).
 const requireHere = createRequire(import.meta.url);
-const readPolicyFile = (path: string) => (requireHere('./policy-file.ts') as typeof PolicyFile).readPolicyFile(path);
+const POLICY_FILE_MODULE = `./policy-file${import.meta.url.endsWith('.js') ? '.js' : '.ts'}`;
+const readPolicyFile = (path: string) => (requireHere(POLICY_FILE_MODULE) as typeof PolicyFile).readPolicyFile(path);
 
 const reloaders = new WeakMap<object, () => CommandConfig<Command>>();
 

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { test } from 'node:test';
@@ -103,4 +103,21 @@ test('kspan/publisher loads its compiled modules while dist/ is current, by the 
   } finally {
     rmSync(root, { recursive: true, force: true });
   }
+});
+
+test('no module names a sibling .ts file where tsc leaves it as written (require, URLs): dist/ would miss it', () => {
+  // tsc rewrites `from './x.ts'` and `import('./x.ts')`; any other string naming a .ts file survives into dist/.
+  const found: string[] = [];
+  const src = join(REPO_ROOT, 'src');
+  for (const e of readdirSync(src, { recursive: true, withFileTypes: true })) {
+    if (!e.isFile() || !e.name.endsWith('.ts')) continue;
+    const file = join(e.parentPath, e.name);
+    readFileSync(file, 'utf8').split('\n').forEach((line, i) => {
+      const code = line.replace(/^\s*(\*|\/\/).*$/, '');
+      for (const m of code.matchAll(/(from\s+|import\(\s*)?['"`](\.{1,2}\/[^'"`]*\.ts)['"`]/g)) {
+        if (!m[1]) found.push(`${file.slice(src.length + 1)}:${i + 1}: ${m[2]}`);
+      }
+    });
+  }
+  assert.deepEqual(found, []);
 });
