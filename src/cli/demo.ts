@@ -35,7 +35,8 @@ import { startAgent, type AgentHandle } from './run.ts';
 
 const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const DEMO_DIR = `${REPO_ROOT}demo/`;
-const PUBLISHER_REGISTER = `${REPO_ROOT}src/publisher/register.ts`;
+// The package entry, as a service loads it: it takes the compiled publisher while dist/ is current.
+const PUBLISHER_REGISTER = `${REPO_ROOT}src/publisher/register.mjs`;
 const START_TIMEOUT_MS = 30_000;
 /** After the driver stops: the last responses land and the kernel closes idle aggregates (500 ms). */
 const SETTLE_MS = 1500;
