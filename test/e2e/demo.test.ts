@@ -25,7 +25,7 @@ interface SpanLine {
   service: string;
   kernel: boolean;
   error: string | null;
-  events: { name: string }[];
+  events: { name: string; attrs?: Record<string, unknown> }[];
   attrs: Record<string, unknown>;
 }
 
@@ -159,7 +159,12 @@ describe('kspan demo', e2eOptions(), () => {
       const [kernelCount, byFrontend, byBackend, seen, put] = retrans.slice(1).map(Number);
       assert.equal(kernelCount, byFrontend + byBackend);
       assert.equal(put, events, 'the summary counts the events on the spans written');
-      assert.ok(events >= 1 && events <= seen && seen <= kernelCount, `retransmit events ${events}, seen ${seen}, kernel count ${kernelCount}`);
+      // Where the tracepoint carries an err (on_retransmit), the kernel also traces a retransmit
+      // that did not go out, with its error (kspan.errno on the event; -EBUSY while the first
+      // copy is still queued on the host), and such an attempt may never reach RetransSegs:
+      // only those that went out are bounded by it.
+      const failed = retransmits.reduce((n, k) => n + k.events.filter((e) => e.name === 'tcp.retransmit' && e.attrs?.['kspan.errno']).length, 0);
+      assert.ok(events >= 1 && events <= seen && seen - failed <= kernelCount, `retransmit events ${events} (${failed} not sent), seen ${seen}, kernel count ${kernelCount}`);
 
       // Why accepts exceed requests: one backend connection per request, plus the driver's keep-alive connections.
       const acc = /accepts +(\d+) = (\d+) by the backend, one per request \(the frontend connects anew each time\)\n +\+ (\d+) by the frontend: the driver's keep-alive connections/.exec(summary);
