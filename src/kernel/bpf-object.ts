@@ -223,8 +223,8 @@ export class BpfObject {
     const lines = log.stop();
     if (rc < 0) throw this.#loadError(rc, lines);
     this.#loaded = true;
-    // libbpf writes a program's log only while loading it: the buffer (4 MiB,
-    // zero-filled, so resident) is not kept for the agent's life.
+    // libbpf writes a program's log only while loading it: the buffer (4 MiB of
+    // address space; resident only where a log was written) is not kept.
     this.#logBuf = undefined;
   }
 

@@ -1,6 +1,7 @@
 // `import { startPublisher, KspanSpanProcessor } from 'kspan/publisher'` starts
 // here (package.json "exports"; the types are ./index.ts's). Node 24 gets
-// ./index.ts, compiled (dist/publisher/index.js) when set-up built it (./compiled.mjs). An older Node gets the same two exports, inert: startPublisher()
+// ./index.ts, compiled (dist/publisher/index.js) when set-up built it
+// (./compiled.mjs). An older Node gets the same two exports, inert: startPublisher()
 // warns once (./old-node.mjs) and returns a publisher that is not active, and
 // KspanSpanProcessor does nothing, so the application runs unchanged.
 // Synchronous (no top-level await), so that CommonJS can require() it too.
