@@ -6,7 +6,8 @@
  * - node: bench/agent.ts (a Node 24 service with kspan/publisher);
  * - pipeline: bench/pipeline.ts --json, in a child process (its own core);
  * - memory: bench/memory.ts (agent RSS at 1×, 4×, 16× the connections, a
- *   sustained 100 % run, 10 000 open connections; the socket table's kernel memory);
+ *   sustained 100 % run paced at 35 k req/s and one saturated, 10 000 open
+ *   connections; the socket table's kernel memory);
  * - sched: bench/sched-cost.ts (the scheduler programs' ns per context switch,
  *   untraced and traced, against a trivial counter on sched_switch).
  *
@@ -60,7 +61,7 @@ const plan = {
   node: { seconds, rounds: q ? 1 : Math.max(1, rounds - 2), pacedConnections: 110, saturatedConnections: 8, warmupSeconds },
   pipeline: q ? ['--requests', '30000', '--rounds', '1'] : ['--requests', '100000', '--rounds', '3'],
   sched: { roundsPerRun: q ? 50_000 : 200_000, runs: q ? 1 : 3 },
-  memory: { seconds: q ? 3 : 15, base: 16, sustainedConnections: 200, sustainedSeconds: q ? 10 : 60, holdConnections: 10_000 },
+  memory: { seconds: q ? 3 : 15, base: 16, sustainedConnections: 200, sustainedSeconds: q ? 10 : 60, pacedRate: 35_000, holdConnections: 10_000 },
 };
 
 function usage(msg: string): never {
@@ -245,15 +246,17 @@ function memoryRows(m: MemoryR) {
     target: '≤ 16 MB',
     met: h.table.socksMemlock <= 16e6,
   });
-  const s = m.sustained;
-  const dropped = s.counters.spansDropped;
-  row({
-    measure: `spans dropped, 100 % sampled, ${s.connections} connections, ${s.seconds} s`,
-    value: `${int(dropped)} of ${int(s.counters.spansMade)} (${fix((100 * dropped) / s.counters.spansMade, 1)} %) at ${int(s.rps)} req/s; records lost ${lostValue({ ...s.counters, ...s.counters.lostBy })}`,
-    target: '0 at 35 k req/s',
-    met: dropped === 0 && s.counters.recordsLost === 0,
-  });
-  row({ measure: `agent RSS steady (peak), sustained run`, value: `${mb(s.rssSteady)} (${mb(s.rssMax)})`, target: '≤ 150 MB', met: s.rssSteady <= 150e6 });
+  for (const s of [m.paced, m.sustained]) {
+    const dropped = s.counters.spansDropped;
+    const how = s.pacedRate ? `paced at ${int(s.pacedRate)} req/s` : 'saturated';
+    row({
+      measure: `spans dropped, 100 % sampled, ${s.connections} connections, ${s.seconds} s, ${how}`,
+      value: `${int(dropped)} of ${int(s.counters.spansMade)} (${fix((100 * dropped) / s.counters.spansMade, 1)} %) at ${int(s.rps)} req/s; records lost ${lostValue({ ...s.counters, ...s.counters.lostBy })}`,
+      // The target is set at 35 k req/s; a saturated run is reported, not judged.
+      ...(s.pacedRate ? { target: `0 at ${int(s.pacedRate)} req/s`, met: dropped === 0 && s.counters.recordsLost === 0 } : {}),
+    });
+    row({ measure: `agent RSS steady (peak), sustained run, ${how}`, value: `${mb(s.rssSteady)} (${mb(s.rssMax)})`, target: '≤ 150 MB', met: s.rssSteady <= 150e6 });
+  }
 }
 
 type SchedR = Awaited<ReturnType<typeof schedCostBench>>;

@@ -3,7 +3,9 @@
  * - a ladder at 1×, 4× and 16× the connections of the native bench
  *   (`base`, 4·base, 16·base): the agent's RSS idle, steady (median of the
  *   second half of the run) and peak, next to the throughput it kept up with;
- * - a sustained run (`sustainedConnections`, `sustainedSeconds`): spans made,
+ * - two sustained runs over `sustainedConnections` for `sustainedSeconds`:
+ *   paced at `pacedRate` requests per second (the load a drop target is set at),
+ *   and saturated (as fast as the service answers); in each, spans made,
  *   exported and dropped, records lost, RSS;
  * - `holdConnections` open traced keep-alive connections (bench/fixtures/
  *   hold_conns.c: one request each, then a request on every one of them again and
@@ -12,7 +14,7 @@
  * the socket table `socks` by name, and its value_size × max_entries.
  *
  *   node bench/memory.ts [--seconds 15] [--base 16] [--sustained-connections 200]
- *                        [--sustained-seconds 60] [--hold 10000]
+ *                        [--sustained-seconds 60] [--paced-rate 35000] [--hold 10000]
  */
 import { parseArgs } from 'node:util';
 import { ProcessGroup } from '../test/helpers/processes.ts';
@@ -38,6 +40,8 @@ export interface MemoryOptions {
   base: number;
   sustainedConnections: number;
   sustainedSeconds: number;
+  /** Requests per second of the paced sustained run. */
+  pacedRate: number;
   holdConnections: number;
   log: (line: string) => void;
 }
@@ -134,8 +138,10 @@ export async function memoryBench(opts: MemoryOptions) {
     const server = await startNativeServer(group);
     await wrkAsync(['-t1', `-c${opts.base}`, '-d1s', '-s', TRACEPARENT_LUA], `http://127.0.0.1:${server.port}/`, ['1']); // warm-up
     const ctx = { group, server, receiver, log: opts.log };
-    const run = async (connections: number, seconds: number, label: string) => {
-      const s = await measure(ctx, { key: label, kind: 'kspan', wrkArgs: ['-t1', `-c${connections}`, '-s', TRACEPARENT_LUA], scriptArgs: ['1'] }, seconds, 0);
+    // `rate`: paced by bench/traceparent.lua (one wrk thread holds it all).
+    const run = async (connections: number, seconds: number, label: string, rate?: number) => {
+      const scriptArgs = rate ? ['1', String(rate), String(connections)] : ['1'];
+      const s = await measure(ctx, { key: label, kind: 'kspan', wrkArgs: ['-t1', `-c${connections}`, '-s', TRACEPARENT_LUA], scriptArgs }, seconds, 0);
       opts.log(`memory ${describe(s)}`);
       return s;
     };
@@ -144,14 +150,19 @@ export async function memoryBench(opts: MemoryOptions) {
       const c = opts.base * multiple;
       ladder.push({ ...loadSummary(await run(c, opts.seconds, `${multiple}× (${c} connections)`), multiple, c), seconds: opts.seconds });
     }
-    const sus = await run(opts.sustainedConnections, opts.sustainedSeconds, `sustained ${opts.sustainedConnections} connections ${opts.sustainedSeconds} s`);
-    const sustained = { ...loadSummary(sus, opts.sustainedConnections / opts.base, opts.sustainedConnections), seconds: opts.sustainedSeconds };
+    const sustainedRun = async (rate?: number) => {
+      const how = rate ? `paced at ${rate} req/s` : 'saturated';
+      const s = await run(opts.sustainedConnections, opts.sustainedSeconds, `sustained ${opts.sustainedConnections} connections ${opts.sustainedSeconds} s, ${how}`, rate);
+      return { ...loadSummary(s, opts.sustainedConnections / opts.base, opts.sustainedConnections), seconds: opts.sustainedSeconds, pacedRate: rate ?? null };
+    };
+    const paced = await sustainedRun(opts.pacedRate);
+    const sustained = await sustainedRun();
     server.proc.child.stdin!.end();
     const hold = await holdTest(group, receiver, opts);
     opts.log(
       `memory ${hold.connections} open connections (opened in ${hold.openSeconds.toFixed(1)} s, ${hold.passes} passes): RSS ${(hold.rssIdle / 2 ** 20).toFixed(0)}→${(hold.rssSteady / 2 ** 20).toFixed(0)} MB (max ${(hold.rssMax / 2 ** 20).toFixed(0)}), spans made ${hold.counters.spansMade} exported ${hold.counters.spansExported} dropped ${hold.counters.spansDropped}, records lost ${hold.counters.recordsLost}`,
     );
-    return { ladder, sustained, hold, rssIdle: median([...ladder.map((l) => l.rssIdle), sustained.rssIdle, hold.rssIdle]) };
+    return { ladder, paced, sustained, hold, rssIdle: median([...ladder.map((l) => l.rssIdle), paced.rssIdle, sustained.rssIdle, hold.rssIdle]) };
   } finally {
     await group.killAll();
   }
@@ -164,6 +175,7 @@ if (import.meta.main) {
       base: { type: 'string', default: '16' },
       'sustained-connections': { type: 'string', default: '200' },
       'sustained-seconds': { type: 'string', default: '60' },
+      'paced-rate': { type: 'string', default: '35000' },
       hold: { type: 'string', default: '10000' },
     },
   });
@@ -172,6 +184,7 @@ if (import.meta.main) {
     base: Number(values.base),
     sustainedConnections: Number(values['sustained-connections']),
     sustainedSeconds: Number(values['sustained-seconds']),
+    pacedRate: Number(values['paced-rate']),
     holdConnections: Number(values.hold),
     log: (l) => process.stderr.write(l + '\n'),
   });

@@ -2,11 +2,47 @@
 -- one request in EVERY (the first script argument; 1 = all, 10 = 10 %), counted
 -- per connection-thread so the share is exact, not drawn.
 --   wrk -s bench/traceparent.lua URL -- 10
+-- Two more arguments pace the load: RATE requests per second per wrk thread,
+-- over CONNS connections per thread (with -t1: the whole run's -c), held by a
+-- delay before each request.
+--   wrk -t1 -c200 -s bench/traceparent.lua URL -- 1 35000 200
 local every = 1
 local n = 0
 
+-- Pacing. wrk delays each connection's next request by delay() ms (whole ms, a
+-- timer per connection), and gives Lua no clock finer than os.time()'s second.
+-- So the delay is a per-connection period, spread over whole ms by carrying
+-- the fraction, and corrected once a second by the rate the last second got.
+local rate = nil
+local period = 0 -- ms, fractional
+local carry = 0
+local second = 0
+local started = 0
+
+local function paced_delay()
+  local now = os.time()
+  if now ~= second then
+    if second ~= 0 and now == second + 1 and started > 0 then
+      period = period * started / rate
+      if period > 1000 then period = 1000 end
+    end
+    second = now
+    started = 0
+  end
+  started = started + 1
+  carry = carry + period
+  local d = math.floor(carry)
+  carry = carry - d
+  return d
+end
+
 function init(args)
   every = tonumber(args[1]) or 1
+  rate = tonumber(args[2])
+  if rate then
+    period = 1000 * (tonumber(args[3]) or 1) / rate
+    delay = paced_delay
+  end
   math.randomseed(os.time() * 1000 + math.floor(os.clock() * 1e6))
 end
 
