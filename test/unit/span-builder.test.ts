@@ -1,8 +1,11 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { hrTimeToNs, monotonicToHrTime, nsToHrTime } from '../../src/spans/hr-time.ts';
-import { SpanBuilder, spanAttributes } from '../../src/spans/span-builder.ts';
+import { KERNEL_ATTRIBUTE_KEYS, SpanBuilder, spanAttributes } from '../../src/spans/span-builder.ts';
+import { REPO_ROOT } from '../helpers/build-fixture.ts';
 import { ctx, KERNEL_SPAN_ATTRIBUTES, kernelSpan } from '../helpers/kernel-records.ts';
 
 describe('hr-time', () => {
@@ -139,5 +142,29 @@ describe('SpanBuilder', () => {
     const ids = new Set<string>();
     for (let i = 0; i < 5000; i++) ids.add(b.build(kernelSpan()).spanContext().spanId);
     assert.equal(ids.size, 5000);
+  });
+});
+
+describe('README: the span model it documents', () => {
+  const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
+
+  test('names every attribute key kspan sets on a kernel span or event', () => {
+    const missing = KERNEL_ATTRIBUTE_KEYS.filter((k) => !readme.includes(`\`${k}\``));
+    assert.deepEqual(missing, []);
+  });
+
+  test('names every kernel span and event', () => {
+    const source = readFileSync(join(REPO_ROOT, 'src/spans/kernel-span.ts'), 'utf8');
+    const union = (type: string) => [...new RegExp(`export type ${type} =([^;]+);`).exec(source)![1].matchAll(/'([a-z_.]+)'/g)].map((m) => m[1]);
+    const names = [...union('KernelSpanName'), ...union('KernelEventName')];
+    assert.ok(names.includes('tcp.accept') && names.includes('thread.off_cpu'), `parsed ${names.join(', ')}`);
+    assert.deepEqual(names.filter((n) => !readme.includes(`\`${n}\``)), []);
+  });
+
+  test('names every incomplete reason', () => {
+    const source = readFileSync(join(REPO_ROOT, 'src/spans/kernel-span.ts'), 'utf8');
+    const reasons = [.../type IncompleteReason = ([^;]+);/.exec(source)![1].matchAll(/'([a-z_]+)'/g)].map((m) => m[1]);
+    assert.ok(reasons.length >= 5, `parsed ${reasons.join(', ')}`);
+    assert.deepEqual(reasons.filter((r) => !readme.includes(`\`${r}\``)), []);
   });
 });
