@@ -71,8 +71,11 @@ export function summaryLines(s: DemoSummaryInput): string[] {
   const d = s.dropped;
   row('dropped', `${plural(d.total, 'packet')}, all from the frontend to the backend (iptables):\n${plural(d.ack, 'pure ACK')}, ${plural(d.syn, 'SYN')}, ${plural(d.data, 'request segment')}, ${plural(d.fin, 'FIN')}`);
   const kernelCount = s.retransSegs.frontend + s.retransSegs.backend;
-  const seen = k
-    ? `;\nkspan saw ${s.records.retransmit} on traced sockets and put ${k.reduce((n, x) => n + x.events.filter((e) => e.name === 'tcp.retransmit').length, 0)} on kernel spans`
+  const put = k?.flatMap((x) => x.events.filter((e) => e.name === 'tcp.retransmit'));
+  // Where the kernel reports a retransmit's error, it traces attempts that did not go out too: not in RetransSegs.
+  const unsent = put?.filter((e) => e.attrs['kspan.errno']).length ?? 0;
+  const seen = put
+    ? `;\nkspan saw ${s.records.retransmit} on traced sockets and put ${put.length} on kernel spans${unsent ? `,\n${unsent} of them attempts the kernel could not send (kspan.errno)` : ''}`
     : `;\nkspan saw ${s.records.retransmit} on traced sockets`;
   row('retransmitted', `${plural(kernelCount, 'segment')} (the kernel's RetransSegs): ${s.retransSegs.frontend} by the frontend, ${s.retransSegs.backend} by the backend${seen}`);
   if (k) {

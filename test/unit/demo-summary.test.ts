@@ -68,4 +68,19 @@ describe('demo summary', () => {
     assert.ok(!lines.some((l) => l.includes('by TCP state')));
     for (const l of lines) assert.ok(columns(l) <= MAX_COLUMNS, `${columns(l)}: ${l}`);
   });
+
+  test('names the retransmits the kernel could not send (kspan.errno), which RetransSegs does not count', () => {
+    const unsent = [{ name: 'tcp.retransmit', timeNs: 2n, attrs: { 'kspan.tcp.state': 'ESTABLISHED', 'kspan.errno': 16 } }];
+    const lines = summaryLines({
+      ...input,
+      kernelSpans: [...input.kernelSpans!, ...spans(1, { name: 'tcp.send', kernel: true, events: unsent })],
+      records: { accept: 563, retransmit: 7 },
+    });
+    const at = lines.findIndex((l) => l.startsWith('  retransmitted'));
+    assert.deepEqual(lines.slice(at + 1, at + 3), [
+      '                     kspan saw 7 on traced sockets and put 7 on kernel spans,',
+      '                     1 of them attempts the kernel could not send (kspan.errno)',
+    ]);
+    assert.equal(lines[at + 3], '    by TCP state     frontend: ESTABLISHED 3, SYN_SENT 1;');
+  });
 });
