@@ -168,6 +168,14 @@ export class ProtoWriter {
     this.pos = p + n;
   }
 
+  /** Raw bytes held as a latin1 string (one char per byte, as Buffer#toString('latin1') makes it), no length. */
+  rawLatin1(s: string): void {
+    const n = s.length;
+    this.ensure(n);
+    this.buf.write(s, this.pos, n, 'latin1');
+    this.pos += n;
+  }
+
   /** Length-delimited bytes. */
   bytes(b: Uint8Array): void {
     this.varint32(b.length);

@@ -180,10 +180,16 @@ export interface KernelSpanEncoderOptions extends SpanBuilderOptions {
   freeChunks?: number;
 }
 
-/** A socket's attribute KeyValues, encoded once (describeSocketAttributes), and what they were made from. */
+/**
+ * A socket's attribute KeyValues, encoded once (describeSocketAttributes), and
+ * what they were made from. The bytes are kept as a latin1 string, one char per
+ * byte: one heap object per socket where a Uint8Array costs three (the view, its
+ * ArrayBuffer and the buffer's native store). The fields hold the socket's own
+ * Endpoint objects, which are never changed once made (src/records/decoder.ts).
+ */
 interface SocketBlock {
   fields: SocketFields;
-  bytes: Uint8Array;
+  bytes: string;
 }
 
 const SCOPE_SPANS_SPAN = tag(2, WIRE_LEN);
@@ -320,7 +326,7 @@ export class KernelSpanEncoder implements AttributeSink {
       if (k.sched) {
         describeSchedAttributes(k, this);
       } else {
-        w.raw(this.#socketBlock(k));
+        w.rawLatin1(this.#socketBlock(k));
         describeOwnAttributes(k, this);
       }
       if (extra) writeKeyValues(w, 9, extra);
@@ -434,16 +440,16 @@ export class KernelSpanEncoder implements AttributeSink {
   }
 
   /** The socket attributes' KeyValues: from the cache when this socket's were encoded already. */
-  #socketBlock(k: KernelSpan): Uint8Array {
+  #socketBlock(k: KernelSpan): string {
     const cached = this.#sockets.get(k.peer);
     if (cached && sameSocketAttributes(cached.fields, k)) return cached.bytes;
     const w = this.#w;
     const from = w.pos - w.base;
     describeSocketAttributes(k, this);
-    const bytes = Uint8Array.prototype.slice.call(w.buf, w.base + from, w.pos);
+    const bytes = w.buf.toString('latin1', w.base + from, w.pos);
     w.pos = w.base + from; // the caller writes them back with the rest
     this.#sockets.set(k.peer, {
-      fields: { cookie: k.cookie, pid: k.pid, role: k.role, family: k.family, peer: { ...k.peer }, local: { ...k.local } },
+      fields: { cookie: k.cookie, pid: k.pid, role: k.role, family: k.family, peer: k.peer, local: k.local },
       bytes,
     });
     return bytes;

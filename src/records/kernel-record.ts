@@ -27,10 +27,11 @@ export interface TraceContext {
   attributesTruncated?: boolean;
 }
 
+/** Never changed once made: sockets, spans and the encoder's cache share them. */
 export interface Endpoint {
   /** IPv4 dotted quad or IPv6 text form (RFC 5952). */
-  address: string;
-  port: number;
+  readonly address: string;
+  readonly port: number;
 }
 
 /** The socket, the thread and the connection a record or a span is about. */

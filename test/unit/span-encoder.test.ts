@@ -20,6 +20,7 @@ import { encodeExportRequest, EncodedSpanSizer, encodedSpanSerializer, RequestBu
 import { ProtoWriter } from '../../src/export/proto-writer.ts';
 import { KernelSpanEncoder, writeStatusField, type EncodedSpan } from '../../src/export/span-encoder.ts';
 import { ExportTraceServiceRequestType } from '../../src/proto/otlp.ts';
+import type { Endpoint } from '../../src/records/kernel-record.ts';
 import { contextAttributes } from '../../src/spans/context-attributes.ts';
 import type { KernelSpan, KernelSpanEvent } from '../../src/spans/kernel-span.ts';
 import { SocketCorrelator } from '../../src/spans/socket-correlator.ts';
@@ -289,17 +290,19 @@ describe('KernelSpanEncoder: the same request as the OTel transformer', () => {
   });
 
   test('socket attributes reused per socket only while every field they read is the same', () => {
-    // One pair of Endpoint objects for all: the encoder's cache is keyed by them, so each change must be seen.
-    const local = { address: '10.0.0.1', port: 8080 };
-    const peer = { address: '10.0.0.2', port: 51234 };
+    // One pair of Endpoint objects while nothing changes: the encoder's cache is keyed by the peer object.
+    let local: Endpoint = { address: '10.0.0.1', port: 8080 };
+    let peer: Endpoint = { address: '10.0.0.2', port: 51234 };
     const base = () => kernelSpan({ local, peer });
     const variants: Partial<KernelSpan>[] = [{ cookie: 1n }, { pid: 7 }, { role: 'client' }, { family: 6 }, { tid: 1 }, { name: 'tcp.recv' }];
-    // Endpoints changed in place between spans (the builder reads them when it builds).
+    // Endpoints are never changed in place (Endpoint is readonly): a socket gets new ones,
+    // the local one under the same peer object too, and the cache must see it.
     const moves: (() => void)[] = [
-      () => (peer.address = '10.0.0.3'),
-      () => (peer.port = 1),
-      () => (local.address = '10.9.9.9'),
-      () => (local.port = 2),
+      () => (peer = { ...peer, address: '10.0.0.3' }),
+      () => (peer = { ...peer, port: 1 }),
+      () => (local = { ...local, address: '10.9.9.9' }),
+      () => (local = { ...local, port: 2 }),
+      () => (local = { ...local }), // equal values in a new object: reused
     ];
     const builder = new SpanBuilder({ clockOffsetNs: OFFSET, resourceFor, ids: seededIds(1) });
     const encoder = new KernelSpanEncoder({ clockOffsetNs: OFFSET, resourceFor, ids: seededIds(1) });
