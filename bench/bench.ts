@@ -122,6 +122,8 @@ type NativeSide = {
   throughputRatio: number;
   bpfNsPerReq?: { median: number; min: number; max: number };
   bpfRatioToFloor?: number;
+  bpfSocketNsPerReq?: { median: number; min: number; max: number };
+  bpfSocketRatioToFloor?: number;
   agentCpuMsPer1000Req?: { median: number; min: number; max: number };
   warmupCpuMsPer1000Req?: number;
   progs?: ProgCost[];
@@ -156,6 +158,8 @@ function nativeRows(n: Native) {
       target: `≤ ${limit} × floor`,
       met: s.bpfRatioToFloor! <= limit,
     });
+    // The same runs without the scheduler's programs: what the floor's socket hooks compare with.
+    row({ measure: `  of which socket programs (all but on_sched_*)`, value: `${range(s.bpfSocketNsPerReq!, int)} ns`, vsFloor: `${fix(s.bpfSocketRatioToFloor!)} ×` });
   }
   const cpuTarget: Record<string, number> = { 'kspan 10 %': 2, 'kspan 100 %': 8 };
   for (const k of kspanModes) {

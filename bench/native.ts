@@ -11,7 +11,7 @@
 import { parseArgs } from 'node:util';
 import { ProcessGroup } from '../test/helpers/processes.ts';
 import { enableBpfStats, Floor, median, startNativeServer, startReceiver, TRACEPARENT_LUA, wrkAsync } from './harness.ts';
-import { type Mode, pairedRatio, progMedians, runRounds, type Sample, spread, sumCounters } from './rounds.ts';
+import { type Mode, pairedRatio, type ProgCost, progMedians, runRounds, type Sample, spread, sumCounters } from './rounds.ts';
 
 export interface NativeOptions {
   seconds: number;
@@ -40,6 +40,15 @@ export function nativeModes(connections: number): Mode[] {
   ];
 }
 
+/**
+ * The BPF time of kspan's socket programs alone: every program but the
+ * scheduler's (`on_sched_*`, which have their own floor in bench/sched-cost.ts).
+ * The floor counts the socket hooks only, so this is the like-for-like part.
+ */
+export function socketProgramsNsPerReq(progs: readonly ProgCost[]): number {
+  return progs.filter((p) => !p.name.startsWith('on_sched_')).reduce((a, p) => a + p.nsPerReq, 0);
+}
+
 export function summarizeNative(samples: Record<string, Sample[]>) {
   const untraced = samples.untraced;
   const floor = samples.floor;
@@ -54,6 +63,10 @@ export function summarizeNative(samples: Record<string, Sample[]>) {
     if (s[0].bpf) {
       out.bpfNsPerReq = spread(s.map((x) => x.bpf!.nsPerReq));
       out.bpfRatioToFloor = pairedRatio(s, floor, (x) => x.bpf!.nsPerReq);
+      if (s[0].agent) {
+        out.bpfSocketNsPerReq = spread(s.map((x) => socketProgramsNsPerReq(x.bpf!.progs)));
+        out.bpfSocketRatioToFloor = median(s.map((x, i) => socketProgramsNsPerReq(x.bpf!.progs) / floor[i].bpf!.nsPerReq));
+      }
     }
     if (s[0].agent) {
       out.agentCpuMsPer1000Req = spread(s.map((x) => x.agent!.cpuMsPer1000Req));

@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { agentCounters, agentNodeRuntime, type AgentExitLog } from '../../bench/harness.ts';
+import { socketProgramsNsPerReq } from '../../bench/native.ts';
 import { parseWrk } from '../../bench/wrk.ts';
 
 const WRK = `Running 3s test @ http://127.0.0.1:36893/
@@ -69,4 +70,16 @@ test("agentNodeRuntime: the pipeline bench runs under bin/kspan's own V8 flags a
     env: { MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '131072', MALLOC_TRIM_THRESHOLD_: '131072' },
   });
   assert.throws(() => agentNodeRuntime('#!/bin/bash\nexec node x.ts\n'), /no exec line or malloc variables/);
+});
+
+test('socketProgramsNsPerReq: every program but the scheduler\'s, per request', () => {
+  const progs = [
+    { name: 'on_recv_length', nsPerRun: 125, runsPerReq: 2, nsPerReq: 250 },
+    { name: 'on_sched_switch', nsPerRun: 134, runsPerReq: 1.4, nsPerReq: 187.6 },
+    { name: 'on_send_length', nsPerRun: 98, runsPerReq: 2, nsPerReq: 196 },
+    { name: 'on_sched_wakeup', nsPerRun: 55, runsPerReq: 1, nsPerReq: 55 },
+    { name: 'flush_idle', nsPerRun: 800, runsPerReq: 0.001, nsPerReq: 0.8 },
+  ];
+  assert.equal(socketProgramsNsPerReq(progs), 250 + 196 + 0.8);
+  assert.equal(socketProgramsNsPerReq([]), 0);
 });
