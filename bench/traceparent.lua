@@ -39,7 +39,7 @@ end
 function init(args)
   every = tonumber(args[1]) or 1
   rate = tonumber(args[2])
-  if rate then
+  if rate and rate > 0 then
     period = 1000 * (tonumber(args[3]) or 1) / rate
     delay = paced_delay
   end
