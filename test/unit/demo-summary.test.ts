@@ -70,7 +70,7 @@ describe('demo summary', () => {
   });
 
   test('names the retransmits the kernel could not send (kspan.errno), which RetransSegs does not count', () => {
-    const unsent = [{ name: 'tcp.retransmit', timeNs: 2n, attrs: { 'kspan.tcp.state': 'ESTABLISHED', 'kspan.errno': 16 } }];
+    const unsent = [{ name: 'tcp.retransmit', timeNs: 2n, attrs: { 'kspan.tcp.state': 'ESTABLISHED', 'kspan.errno': -16 } }];
     const lines = summaryLines({
       ...input,
       kernelSpans: [...input.kernelSpans!, ...spans(1, { name: 'tcp.send', kernel: true, events: unsent })],
