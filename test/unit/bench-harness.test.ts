@@ -66,7 +66,7 @@ test('agentCounters: made, exported, dropped, lost by cause, from the exit log',
 
 test("agentNodeRuntime: the pipeline bench runs under bin/kspan's own V8 flags and malloc variables", () => {
   assert.deepEqual(agentNodeRuntime(), {
-    flags: ['--max-semi-space-size=8', '--heap-growing-percent=50'],
+    flags: ['--max-semi-space-size=8', '--heap-growing-percent=50', '--no-allocation-site-pretenuring'],
     env: { MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '131072', MALLOC_TRIM_THRESHOLD_: '131072' },
   });
   assert.throws(() => agentNodeRuntime('#!/bin/bash\nexec node x.ts\n'), /no exec line or malloc variables/);
