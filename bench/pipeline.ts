@@ -2,13 +2,23 @@
  * Pipeline benchmark: synthetic kernel records → SocketCorrelator → kspan's OTLP
  * encoder (src/export/span-encoder.ts) → ExportPipeline → the OTel exporter's
  * transport (gRPC, and OTLP/HTTP) → a local OTLP receiver in a child process.
- * Reports kernel spans per second on this process's one core, next to baselines
- * measured in the same run: the previous path (SpanBuilder ReadableSpans → the
- * OTel exporter with its ProtobufTraceSerializer), each encoding alone, the
- * transport alone and the correlator alone.
+ * Reports kernel spans per second on one core (per CPU-second of the process that
+ * ran them), next to baselines measured in the same run: the previous path
+ * (SpanBuilder ReadableSpans → the OTel exporter with its
+ * ProtobufTraceSerializer), each encoding alone, the transport alone and the
+ * correlator alone.
  *
  *   node --expose-gc bench/pipeline.ts [--requests N] [--sockets N] [--rounds N] [--json]
  *   node --expose-gc bench/pipeline.ts --full-only [--readable] [--http]   (one full run, for profiling)
+ *
+ * Each full pipeline of a round runs in a process of its own (this script with
+ * --one PATH:PROTOCOL --endpoint URL, under this process's flags and
+ * environment), first on a warm-up run of its own path, then measured: as the
+ * agent is one process running one path. In one shared process the encoded gRPC
+ * run lost 15 % from the first round to the third (407 k, 362 k, 347 k spans per
+ * CPU-second with the other full runs left out), after the stages measured alone
+ * had run the same correlator and export code with other callbacks and span
+ * types (BENCHMARKS.md, "The pipeline's full runs, each in a process of its own").
  *
  * --json: one JSON object instead of the text (what `make bench` reads).
  *
@@ -41,6 +51,8 @@ const { values: args } = parseArgs({
     readable: { type: 'boolean', default: false },
     http: { type: 'boolean', default: false },
     json: { type: 'boolean', default: false },
+    one: { type: 'string' },
+    endpoint: { type: 'string' },
   },
 });
 const REQUESTS = Number(args.requests);
@@ -213,6 +225,52 @@ async function transportAlone(workload: Workload, endpoint: string, protocol: Pr
   return { rate: (times * batch.length) / cpu, sent: (times + 1) * batch.length };
 }
 
+/** What a full run in a process of its own reports (--one). */
+interface AloneRun {
+  wall: number;
+  cpu: number;
+  counters: ExportPipeline['counters'];
+}
+
+/**
+ * The body of --one: a warm-up run on the same path, then, once the parent has
+ * read the receiver's count ('go' on the IPC channel), the measured one, sent back.
+ */
+async function warmThenFull(workload: Workload, endpoint: string, path: SpanPath, protocol: Protocol): Promise<void> {
+  await fullPipeline({ requests: 20_000, sockets: workload.sockets, cookieBase: 1_000_000n }, endpoint, path, protocol);
+  gc();
+  const go = once(process, 'message');
+  process.send!('warm');
+  await go;
+  const run: AloneRun = await fullPipeline(workload, endpoint, path, protocol);
+  process.send!(run);
+  process.disconnect();
+}
+
+/**
+ * One full pipeline in a child process of this script (its own heap and its own
+ * JIT feedback); `between` runs after the child's warm-up and before its measured
+ * run (the receiver's count).
+ */
+async function fullPipelineAlone(workload: Workload, endpoint: string, path: SpanPath, protocol: Protocol, between: () => Promise<void>): Promise<AloneRun> {
+  const argv = [...process.execArgv, fileURLToPath(import.meta.url), '--one', `${path}:${protocol}`, '--endpoint', endpoint];
+  argv.push('--requests', String(workload.requests), '--sockets', String(workload.sockets));
+  const child = spawn(process.execPath, argv, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const exited = once(child, 'exit') as Promise<[number | null]>;
+  try {
+    const [warm] = (await once(child, 'message')) as [unknown];
+    if (warm !== 'warm') throw new Error(`bench/pipeline.ts --one ${path}:${protocol}: ${JSON.stringify(warm)} before its warm-up ended`);
+    await between();
+    child.send('go');
+    const [run] = (await once(child, 'message')) as [AloneRun];
+    const [code] = await exited;
+    if (code !== 0) throw new Error(`bench/pipeline.ts --one ${path}:${protocol} exited ${code}`);
+    return run;
+  } finally {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  }
+}
+
 const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
 
 interface FullRun {
@@ -246,9 +304,10 @@ async function round(workload: Workload, receivers: Record<Protocol, Receiver>, 
   for (const protocol of PROTOCOLS) {
     const r = receivers[protocol];
     for (const path of (flip ? ['readable', 'encoded'] : ['encoded', 'readable']) as SpanPath[]) {
-      gc();
-      const before = (await r.count()).spans;
-      const run = await fullPipeline(workload, r.endpoint, path, protocol);
+      let before = 0;
+      const run = await fullPipelineAlone(workload, r.endpoint, path, protocol, async () => {
+        before = (await r.count()).spans;
+      });
       const arrived = (await r.count()).spans - before;
       missing += run.counters.enqueued - arrived;
       full[`${path} ${protocol}`] = { rate: arrived / run.cpu, wall: arrived / run.wall };
@@ -327,6 +386,14 @@ async function round(workload: Workload, receivers: Record<Protocol, Receiver>, 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 async function main() {
+  if (args.one) {
+    const [path, protocol] = args.one.split(':') as [SpanPath, Protocol];
+    if (!['encoded', 'readable'].includes(path) || !PROTOCOLS.includes(protocol) || !args.endpoint) {
+      throw new Error(`--one takes encoded|readable:grpc|http/protobuf and --endpoint, not ${args.one}`);
+    }
+    await warmThenFull({ requests: REQUESTS, sockets: SOCKETS, cookieBase: 10_000_000n }, args.endpoint, path, protocol);
+    return;
+  }
   const receivers = { grpc: await startReceiver('grpc'), 'http/protobuf': await startReceiver('http/protobuf') };
   const stopAll = () => Promise.all(PROTOCOLS.map((p) => stopReceiver(receivers[p])));
   // Warm up every stage on a small run so the JIT is not measured.
@@ -363,7 +430,7 @@ async function main() {
   const full = rate('encoded grpc');
   const lines = [
     `pipeline benchmark: ${fmt(REQUESTS)} requests on ${SOCKETS} keep-alive sockets → ${fmt(recordCount)} records → ${fmt(spanCount)} kernel spans`,
-    `node ${process.version}; medians of ${ROUNDS} rounds; rates are per CPU-second of this process (all its threads), receivers in child processes`,
+    `node ${process.version}; medians of ${ROUNDS} rounds; rates are per CPU-second of the process that ran them (all its threads; each full pipeline in its own), receivers in child processes`,
     '',
     row('correlator alone', m((r) => r.corr)),
     row('correlator + span builder (ReadableSpans)', m((r) => r.build)),
