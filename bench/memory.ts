@@ -11,7 +11,9 @@
  *   hold_conns.c: one request each, then a request on every one of them again and
  *   again while the RSS is sampled);
  * and in each, the kernel memory of the agent's BPF maps (memlock from fdinfo),
- * the socket table `socks` by name, and its value_size × max_entries.
+ * the socket table `socks` by name, and its value_size × max_entries; in the
+ * hold run also before the connections open, so that a table allocated on use
+ * (6.1+) gives its memory per socket and, from it, its memory when full.
  *
  *   node bench/memory.ts [--seconds 15] [--base 16] [--sustained-connections 200]
  *                        [--sustained-seconds 60] [--paced-rate 35000] [--hold 10000]
@@ -92,6 +94,7 @@ async function holdTest(group: ProcessGroup, receiver: Receiver, opts: MemoryOpt
   try {
     await sleep(300);
     const rssIdle = rssBytes(agent.pid);
+    const idleTable = tableMemory(mapsOf(agent.pid));
     const t0 = performance.now();
     const client = group.start(benchFixture('hold_conns'), ['--port', String(server.port), '--conns', String(opts.holdConnections)]);
     await client.waitLine(/^held \d+$/, 300_000);
@@ -123,6 +126,7 @@ async function holdTest(group: ProcessGroup, receiver: Receiver, opts: MemoryOpt
       rssMax: max,
       counters,
       table: tableMemory(maps),
+      idleTable,
     };
   } finally {
     if (!stopped) agent.proc.child.kill('SIGKILL');

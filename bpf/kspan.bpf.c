@@ -91,12 +91,14 @@ struct {
 	__type(value, struct kspan_target);
 } targets SEC(".maps");
 
-/* The socket table (192 B a socket, preallocated). When full, a new socket gets
- * no state: its records are lost and counted (KSPAN_C_SOCK_TABLE_FULL). Sockets
- * already traced are never evicted for it, so no open aggregate disappears
- * unseen: an LRU would drop one silently (its evictions cannot be counted).
- * Preallocated, not BPF_F_NO_PREALLOC: before 6.1 a run-time allocated hash map
- * in a tracepoint program makes the kernel WARN (the syscall fallback's case). */
+/* The socket table (192 B a socket). When full, a new socket gets no state: its
+ * records are lost and counted (KSPAN_C_SOCK_TABLE_FULL). Sockets already
+ * traced are never evicted for it, so no open aggregate disappears unseen: an
+ * LRU would drop one silently (its evictions cannot be counted). Preallocated
+ * as declared here; the agent adds BPF_F_NO_PREALLOC before load on 6.1+, where
+ * hash map elements come from the BPF memory allocator (src/kernel/tcp-tracer.ts,
+ * --socket-table): before 6.1 a run-time allocated hash map in a tracepoint
+ * program makes the kernel WARN (the syscall fallback's case). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, KSPAN_MAX_SOCKETS);

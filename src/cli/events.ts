@@ -57,7 +57,7 @@ export async function eventsCommand(config: EventsConfig, log: Logger): Promise<
   session.start();
   logStartup(log, session);
   const flushTimer = setInterval(flushOut, 50);
-  log.info({ target_pids: config.pids, ioPath: session.ioPath, sched: session.tracer.sched, featuresOff: session.featuresOff.map((f) => f.feature) }, 'tracing');
+  log.info({ target_pids: config.pids, ioPath: session.ioPath, socketTable: session.tracer.socketTable, sched: session.tracer.sched, featuresOff: session.featuresOff.map((f) => f.feature) }, 'tracing');
 
   const why = await stop;
   log.info({ why }, 'stopping');

@@ -75,7 +75,7 @@ export function waitForStop(seconds: number | undefined): StopSignal {
   return Object.assign(promise, { end: (why: string) => finish(why), cancel: cleanup });
 }
 
-export type TracingConfig = Pick<RunConfig, (typeof SELECTION)[number] | 'config' | 'ioHooks' | 'maxSockets' | 'waitForTargets' | 'orphansRatio'> & {
+export type TracingConfig = Pick<RunConfig, (typeof SELECTION)[number] | 'config' | 'ioHooks' | 'maxSockets' | 'socketTable' | 'waitForTargets' | 'orphansRatio'> & {
   unsampled?: boolean;
   noSched?: boolean;
   offCpuEventMs?: number;
@@ -104,6 +104,7 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
     onDeselect: (pid, why) => log.info({ target_pid: pid, why }, 'target deselected'),
     ioPath: config.ioHooks === 'auto' ? undefined : config.ioHooks,
     maxSockets: config.maxSockets,
+    socketTable: config.socketTable === 'auto' ? undefined : config.socketTable,
     waitForTargets: config.waitForTargets,
     policy: { keepUnsampled: config.unsampled ?? false, orphanRatio: config.orphansRatio },
     onRecord: hooks.onRecord,
@@ -127,7 +128,7 @@ export function openSession(config: TracingConfig, log: Logger, hooks: SessionHo
 }
 
 /** Settings a reload cannot change: they shape what was loaded at start. */
-const AT_START = ['ioHooks', 'maxSockets', 'otlpEndpoint', 'otlpProtocol', 'console', 'orphans', 'idleFlushMs', 'logLevel', 'duration'] as const;
+const AT_START = ['ioHooks', 'maxSockets', 'socketTable', 'otlpEndpoint', 'otlpProtocol', 'console', 'orphans', 'idleFlushMs', 'logLevel', 'duration'] as const;
 
 /** Swaps the policy file's selection and sampling in on SIGHUP or a change of the file. */
 function watchPolicy(path: string, initial: TracingConfig, reload: () => TracingConfig, session: TracingSession, log: Logger): void {

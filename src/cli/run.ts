@@ -123,7 +123,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
   const idleNs = BigInt(config.idleFlushMs) * 1_000_000n;
   const idleTimer = setInterval(() => session!.tracer.flushIdle(idleNs), TUNING.idleFlushTickMs);
   const clockTimer = setInterval(() => clock.refresh(), TUNING.clockRefreshMs);
-  log.info({ target_pids: config.pids, ioPath: session.ioPath, featuresOff: session.featuresOff.map((f) => f.feature), export: opts.exporter ? 'in-process' : target }, 'tracing');
+  log.info({ target_pids: config.pids, ioPath: session.ioPath, socketTable: session.tracer.socketTable, featuresOff: session.featuresOff.map((f) => f.feature), export: opts.exporter ? 'in-process' : target }, 'tracing');
 
   let stopping: Promise<{ lost: number }> | undefined;
   const stop = () =>

@@ -36,6 +36,8 @@ export type LogLevel = 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'fatal' |
 export const LOG_LEVELS: readonly LogLevel[] = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'];
 export type OtlpProtocol = 'grpc' | 'http/protobuf';
 export type IoHooks = 'auto' | 'sock_length' | 'syscalls';
+/** How the kernel holds the socket table (TcpTracerOptions.socketTable); auto: on use where the kernel can (6.1+). */
+export type SocketTableSetting = 'auto' | 'on-use' | 'preallocated';
 
 /** A value that fails its check: what is wrong, and what to give instead. */
 class Invalid extends Error {
@@ -333,7 +335,12 @@ export const SETTINGS = {
   maxSockets: value<number>({
     flag: 'max-sockets', arg: 'N', fileKey: 'kernel.max_sockets', default: KspanLimit.KSPAN_MAX_SOCKETS as number,
     parse: (raw) => wholeNumber(raw, 1, 1 << 24, 'a socket count'),
-    help: `sockets whose state is kept at once, in the kernel (${KSPAN_SOCK_SIZE} B each, preallocated) and in run's correlator; beyond it, records are lost and counted`,
+    help: `sockets whose state is kept at once, in the kernel (${KSPAN_SOCK_SIZE} B each) and in run's correlator; beyond it, records are lost and counted`,
+  }),
+  socketTable: value<SocketTableSetting>({
+    flag: 'socket-table', arg: 'auto|on-use|preallocated', fileKey: 'kernel.socket_table', default: 'auto',
+    parse: oneOf<SocketTableSetting>(['auto', 'on-use', 'preallocated'], 'a socket table allocation'),
+    help: 'how the kernel holds the socket table: on-use allocates a slot per traced socket and frees it at close (kernel memory follows the sockets traced; about 0.8 µs more BPF time per new connection), preallocated takes every slot at start; auto: on-use on 6.1+, where the kernel allows it in tracing programs',
   }),
   idleFlushMs: value<number>({
     flag: 'idle-flush-ms', arg: 'MS', fileKey: 'kernel.idle_flush_ms', default: 500,
@@ -437,7 +444,7 @@ export const SELECTION = [
 const INCLUDES = ['pids', 'all', 'exe', 'comm', 'cmdline', 'container', 'cgroup', 'k8sPodUid', 'port'] as const;
 const NO_TARGET = 'no target: give --pid PID, --all, or a selector (--exe, --comm, --cmdline, --container, --cgroup, --k8s-pod-uid, --port)';
 
-const TRACING = [...SELECTION, 'config', 'duration', 'ioHooks', 'maxSockets', 'waitForTargets', 'orphansRatio', 'noSched', 'offCpuEventMs'] as const;
+const TRACING = [...SELECTION, 'config', 'duration', 'ioHooks', 'maxSockets', 'socketTable', 'waitForTargets', 'orphansRatio', 'noSched', 'offCpuEventMs'] as const;
 const EXPORT = ['otlpEndpoint', 'otlpProtocol', 'console', 'orphans'] as const;
 const METRICS = ['metricsListen', 'metricsOtlpEndpoint', 'metricsOtlpIntervalMs'] as const;
 const EXIT_TRACING = '0 stopped (signal, --duration, or every target exited), 1 error, 2 usage error, 3 stopped but data was lost';

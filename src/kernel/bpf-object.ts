@@ -209,6 +209,19 @@ export class BpfObject {
     }
   }
 
+  /** Adds creation flags to a map before load (e.g. BPF_F_NO_PREALLOC). */
+  addMapFlags(mapName: string, flags: number): void {
+    const lib = libbpf();
+    const m = lib.objectFindMap(this.#obj, mapName);
+    if (!m) throw new KspanError('KSPAN_ERR_BPF_OBJECT', `no map "${mapName}" in ${this.path}`);
+    const rc = lib.mapSetFlags(m, (lib.mapFlags(m) | flags) >>> 0);
+    if (rc < 0) {
+      throw new KspanError('KSPAN_ERR_MAP', `cannot set flags 0x${flags.toString(16)} on map "${mapName}"`, {
+        cause: errnoError('bpf_map__set_map_flags', rc),
+      });
+    }
+  }
+
   /** `verifierLogSize`: bytes for the verifier's log of a rejected program (default 4 MiB). */
   load(opts: { verifierLogSize?: number } = {}): void {
     const lib = libbpf();

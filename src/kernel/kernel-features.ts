@@ -82,6 +82,16 @@ export function hasBtfTracepoint(name: string): boolean {
   return withVmlinuxBtf((btf) => libbpf().btfFindByNameKind(btf, `btf_trace_${name}`, BTF_KIND.TYPEDEF) > 0) ?? false;
 }
 
+/**
+ * Whether BPF hash maps allocate their elements with the BPF memory allocator
+ * (struct bpf_mem_alloc, 6.1+): from then on a hash map that is not preallocated
+ * is safe in tracing programs; before, the verifier lets such a program load but
+ * the kernel WARNs ("trace type BPF program uses run-time allocation").
+ */
+export function hasBpfMemAlloc(): boolean {
+  return withVmlinuxBtf((btf) => libbpf().btfFindByNameKind(btf, 'bpf_mem_alloc', BTF_KIND.STRUCT) > 0) ?? false;
+}
+
 export function hasTracepoint(category: string, name: string): boolean {
   return pathAccess(`${TRACEFS}/events/${category}/${name}`) === 'ok';
 }

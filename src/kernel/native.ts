@@ -89,6 +89,8 @@ function bindLibbpf(lib: ReturnType<typeof koffi.load>) {
     progTestRun: f<[number, unknown], number>('int bpf_prog_test_run_opts(int fd, _Inout_ kspan_bpf_test_run_opts *opts)'),
     mapFd: f<[Ptr], number>('int bpf_map__fd(void *map)'),
     mapSetMaxEntries: f<[Ptr, number], number>('int bpf_map__set_max_entries(void *map, uint32_t n)'),
+    mapFlags: f<[Ptr], number>('uint32_t bpf_map__map_flags(void *map)'),
+    mapSetFlags: f<[Ptr, number], number>('int bpf_map__set_map_flags(void *map, uint32_t flags)'),
     mapKeySize: f<[Ptr], number>('uint32_t bpf_map__key_size(void *map)'),
     mapValueSize: f<[Ptr], number>('uint32_t bpf_map__value_size(void *map)'),
     mapUpdate: f<[Ptr, Buffer, number, Buffer, number, number], number>(

@@ -30,7 +30,7 @@ import {
   decodeKspanSpanAttrs,
 } from '../records/abi.generated.ts';
 import { BpfObject } from './bpf-object.ts';
-import { chooseIoPath, type IoPath, kernelHooks } from './kernel-features.ts';
+import { chooseIoPath, hasBpfMemAlloc, type IoPath, kernelHooks } from './kernel-features.ts';
 import { describeOff, hasOtherVariant, planPrograms, programSpec, PROGRAMS, type Feature, type FeatureOff, type KernelHooks, type ProgramPlan } from './programs.ts';
 import type { CallKind } from '../uprobes/uprobe-spec.ts';
 import { libbpf } from './native.ts';
@@ -80,6 +80,13 @@ export interface TcpTracerOptions {
   ringBytes?: number;
   /** Sockets whose state the kernel keeps at once (default KSPAN_MAX_SOCKETS); beyond, records are lost and counted. */
   maxSockets?: number;
+  /**
+   * How the kernel holds the socket table: 'on-use' (an element allocated per
+   * traced socket, freed when it closes) or 'preallocated' (every slot at load).
+   * Default: 'on-use' where the kernel has the BPF memory allocator (6.1+), else
+   * 'preallocated'.
+   */
+  socketTable?: SocketTableAllocation;
   /** The kernel's hooks (tests: prototypes of another kernel); default: probed. */
   hooks?: KernelHooks;
   /** Sampling and orphan choices for every target. */
@@ -105,6 +112,19 @@ export interface TcpTracerOptions {
   onRingError?: (err: unknown) => void;
 }
 
+export type SocketTableAllocation = 'on-use' | 'preallocated';
+
+/** BPF_F_NO_PREALLOC (uapi/linux/bpf.h). */
+const BPF_F_NO_PREALLOC = 1;
+
+/**
+ * The socket table's allocation: asked for, else on use where hash map elements
+ * come from the BPF memory allocator (safe in tracing programs), else preallocated.
+ */
+export function socketTableAllocation(asked: SocketTableAllocation | undefined, memAlloc: () => boolean): SocketTableAllocation {
+  return asked ?? (memAlloc() ? 'on-use' : 'preallocated');
+}
+
 export type TracerCounters = Record<keyof typeof KspanCounter, number> & {
   decode_errors: number;
   /** Ring reader: records whose handler threw, and failed epoll waits (retried). */
@@ -120,6 +140,8 @@ export type TracerCounters = Record<keyof typeof KspanCounter, number> & {
 
 export class TcpTracer {
   readonly ioPath: IoPath;
+  /** How the kernel holds the socket table. */
+  readonly socketTable: SocketTableAllocation;
   /** Which programs loaded, and why each other one did not; `plan.off` lists the losses. */
   readonly plan: ProgramPlan;
   readonly #obj: BpfObject;
@@ -139,8 +161,9 @@ export class TcpTracer {
   /** When flushIdle() last ran (performance.now()). */
   #flushedAt = -Infinity;
 
-  private constructor(obj: BpfObject, plan: ProgramPlan, opts: TcpTracerOptions) {
+  private constructor(obj: BpfObject, plan: ProgramPlan, opts: TcpTracerOptions, socketTable: SocketTableAllocation) {
     this.#obj = obj;
+    this.socketTable = socketTable;
     this.ioPath = plan.ioPath;
     this.plan = plan;
     this.#policy = opts.policy ?? {};
@@ -222,6 +245,8 @@ export class TcpTracer {
       }
       obj.setMaxEntries('events', opts.ringBytes ?? KspanLimit.KSPAN_RING_BYTES);
       if (opts.maxSockets !== undefined) obj.setMaxEntries('socks', opts.maxSockets);
+      const socketTable = socketTableAllocation(opts.socketTable, hasBpfMemAlloc);
+      if (socketTable === 'on-use') obj.addMapFlags('socks', BPF_F_NO_PREALLOC);
       // The idle flush's queue holds each socket once; only the queued variant reads it.
       obj.setMaxEntries('idle_queue', plan.load('flush_idle') ? (opts.maxSockets ?? KspanLimit.KSPAN_MAX_SOCKETS) : 1);
       if (!plan.load('on_sched_switch')) {
@@ -232,7 +257,7 @@ export class TcpTracer {
       timed('verifier_load', () => obj.load());
       if (plan.load('on_sched_switch')) SchedRing.configure(obj, opts.offCpuEventNs ?? OFF_CPU_EVENT_NS);
       timed('attach', () => obj.attachAll());
-      return new TcpTracer(obj, plan, opts);
+      return new TcpTracer(obj, plan, opts, socketTable);
     } catch (err) {
       obj.close();
       throw err;

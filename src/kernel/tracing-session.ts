@@ -26,7 +26,7 @@ import type { IoPath } from './kernel-features.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import type { SchedRingRecord } from '../records/sched-record.ts';
 import type { FeatureOff } from './programs.ts';
-import { TcpTracer, type TargetPolicy, type TracerCounters } from './tcp-tracer.ts';
+import { TcpTracer, type SocketTableAllocation, type TargetPolicy, type TracerCounters } from './tcp-tracer.ts';
 import { ProcessDiscovery, type DiscoveryStats } from '../discovery/process-discovery.ts';
 import { NO_CRITERIA, needsDiscovery, type Selection } from '../discovery/selectors.ts';
 import { UPROBE_ENTRY, UprobeTracer, type UprobeTracerOptions } from '../uprobes/uprobe-tracer.ts';
@@ -59,6 +59,8 @@ export interface TracingSessionOptions {
   lingerMs?: number;
   /** See TcpTracerOptions.maxSockets. */
   maxSockets?: number;
+  /** See TcpTracerOptions.socketTable. */
+  socketTable?: SocketTableAllocation;
   /** See TcpTracerOptions.policy: sampling and orphans, decided in the kernel. */
   policy?: TargetPolicy;
   /** See TcpTracerOptions.onFeatureOff: an optional feature this kernel cannot give. */
@@ -199,6 +201,7 @@ export class TracingSession {
       onDecodeError: opts.onDecodeError,
       onRingError: opts.onRingError,
       maxSockets: opts.maxSockets,
+      socketTable: opts.socketTable,
       policy: opts.policy,
       onFeatureOff: opts.onFeatureOff,
       uprobeKinds: opts.uprobes?.specs.map((s) => s.kind) ?? [],

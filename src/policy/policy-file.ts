@@ -7,7 +7,7 @@
  *   select:   all, pid, exe, comm, cmdline, container, cgroup, k8s_pod_uid, port
  *   exclude:  the same kinds, but all
  *   spans:    orphans
- *   kernel:   orphans_ratio, unsampled, io_hooks, max_sockets, idle_flush_ms
+ *   kernel:   orphans_ratio, unsampled, io_hooks, max_sockets, socket_table, idle_flush_ms
  *   export:   endpoint, protocol, console
  *   log:      level
  *   duration
@@ -45,6 +45,7 @@ export const POLICY_SCHEMA = z
         unsampled: z.boolean(),
         io_hooks: z.enum(['auto', 'sock_length', 'syscalls']),
         max_sockets: z.number().int().positive(),
+        socket_table: z.enum(['auto', 'on-use', 'preallocated']),
         idle_flush_ms: z.number().int().positive(),
       })
       .partial()

@@ -116,6 +116,9 @@ describe('every check, naming where the value came from', () => {
     usage(() => run(['--pid', '1'], { env: { OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: 'http/json' } }),
       'OTEL_EXPORTER_OTLP_TRACES_PROTOCOL=http/json: not a supported OTLP protocol (use grpc or http/protobuf)');
     assert.equal(run(['--pid', '1', '--io-hooks', 'syscalls']).ioHooks, 'syscalls');
+    usage(() => run(['--pid', '1', '--socket-table', 'lru']), '--socket-table lru: not a socket table allocation (use auto, on-use or preallocated)');
+    assert.equal(run(['--pid', '1']).socketTable, 'auto');
+    assert.equal(run(['--pid', '1', '--socket-table', 'preallocated']).socketTable, 'preallocated');
   });
 
   test('OTLP endpoints: http(s) URLs or host:port, from a flag, the environment or the file', () => {

@@ -12,7 +12,7 @@ import { readElfFile } from '../../src/elf/elf-file.ts';
 const STT_FUNC = 2;
 const STB_GLOBAL = 1;
 import { describeOff, FEATURES, hasOtherVariant, planPrograms, PROGRAMS, type KernelCapability, type KernelHooks } from '../../src/kernel/programs.ts';
-import { unaskedUprobeFeatures } from '../../src/kernel/tcp-tracer.ts';
+import { socketTableAllocation, unaskedUprobeFeatures } from '../../src/kernel/tcp-tracer.ts';
 import type { CallKind } from '../../src/uprobes/uprobe-spec.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
 
@@ -179,4 +179,11 @@ test('a refused essential program has a variant to give way to only where its ho
   assert.equal(hasOtherVariant('on_send_length'), false);
   assert.equal(hasOtherVariant('on_destroy_sock'), false);
   assert.equal(hasOtherVariant('no_such_program'), false);
+});
+
+test('socketTableAllocation: what was asked for, else on use where the kernel has the BPF memory allocator (6.1+)', () => {
+  assert.equal(socketTableAllocation(undefined, () => true), 'on-use');
+  assert.equal(socketTableAllocation(undefined, () => false), 'preallocated');
+  assert.equal(socketTableAllocation('preallocated', () => true), 'preallocated');
+  assert.equal(socketTableAllocation('on-use', () => true), 'on-use');
 });

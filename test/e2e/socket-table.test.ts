@@ -1,0 +1,101 @@
+/**
+ * The socket table's kernel memory. Where the kernel has the BPF memory
+ * allocator (6.1+), `socks` is created with BPF_F_NO_PREALLOC: an element per
+ * traced socket, freed when the socket closes, so the memory the kernel charges
+ * (the map's memlock in fdinfo) is the buckets while nothing is traced, grows by
+ * the same amount for every socket traced, and falls back exactly once they
+ * close. Before 6.1 it stays preallocated (a run-time allocated hash map in a
+ * tracing program makes those kernels WARN), as it does everywhere with
+ * --socket-table preallocated.
+ */
+import assert from 'node:assert/strict';
+import { readdirSync, readFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
+import { after, describe, test } from 'node:test';
+import { hasBpfMemAlloc } from '../../src/kernel/kernel-features.ts';
+import { startEvents, stopEvents } from '../helpers/kspan-cli.ts';
+import { ProcessGroup } from '../helpers/processes.ts';
+import { e2eOptions } from '../helpers/require-bpf.ts';
+import { waitFor } from '../helpers/timeouts.ts';
+
+/** A table size no other map of kspan's has, to find `socks` among the agent's map fds. */
+const MAX_SOCKETS = 3001;
+const SOCK_VALUE = 192;
+const BPF_F_NO_PREALLOC = 1;
+const CONNS = 200;
+
+/** The fdinfo of the agent's `socks` map: its flags and the kernel memory charged to it. */
+function socksInfo(pid: number): { flags: number; memlock: number } {
+  for (const fd of readdirSync(`/proc/${pid}/fdinfo`)) {
+    let t: string;
+    try {
+      t = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+    } catch {
+      continue;
+    }
+    const field = (k: string) => new RegExp(`^${k}:\\s*(\\S+)`, 'm').exec(t)?.[1];
+    if (field('max_entries') === String(MAX_SOCKETS) && field('value_size') === String(SOCK_VALUE)) {
+      return { flags: Number(field('map_flags')), memlock: Number(field('memlock')) };
+    }
+  }
+  throw new Error(`no socks map (max_entries ${MAX_SOCKETS}) among the fds of ${pid}`);
+}
+
+/** A Node echo server in a process of its own (the traced target): each connection answers one line with "ok". */
+const ECHO = `const s = require('node:net').createServer((c) => c.on('data', () => c.write('ok\\n')));
+s.listen(0, '127.0.0.1', () => console.log('port ' + s.address().port));
+process.stdin.on('end', () => process.exit(0)).resume();`;
+
+describe('the socket table: allocated as sockets are traced', e2eOptions(), () => {
+  const group = new ProcessGroup();
+  after(() => group.killAll());
+
+  test(`${CONNS} traced connections: memlock grows by one element each and falls back when they close (6.1+), else preallocated`, async () => {
+    const server = group.start(process.execPath, ['-e', ECHO]);
+    const port = Number((await server.waitLine(/^port (\d+)$/))[1]);
+    const events = await startEvents(group, [server.pid], ['--max-sockets', String(MAX_SOCKETS)]);
+
+    const idle = socksInfo(events.pid);
+    if (!hasBpfMemAlloc()) {
+      assert.equal(idle.flags & BPF_F_NO_PREALLOC, 0, 'preallocated before 6.1');
+      assert.ok(idle.memlock >= MAX_SOCKETS * SOCK_VALUE, `preallocated: ${idle.memlock} B`);
+      await stopEvents(events);
+      return;
+    }
+    assert.equal(idle.flags & BPF_F_NO_PREALLOC, BPF_F_NO_PREALLOC, `map_flags 0x${idle.flags.toString(16)}`);
+    // Nothing traced yet: the buckets and the table's own header, far below one value per slot.
+    assert.ok(idle.memlock < (MAX_SOCKETS * SOCK_VALUE) / 4, `idle memlock ${idle.memlock} B`);
+
+    const socks: Socket[] = [];
+    for (let i = 0; i < CONNS; i++) {
+      const c = connect(port, '127.0.0.1');
+      await new Promise<void>((resolve, reject) => {
+        c.once('error', reject);
+        c.once('data', () => resolve());
+        c.write('hi\n');
+      });
+      socks.push(c);
+    }
+    // Each accepted socket did a recv and a send in the server: one element each.
+    const open = await waitFor(() => socksInfo(events.pid).memlock, (m) => m > idle.memlock, 5000, 'the table to grow');
+    const perSocket = (open - idle.memlock) / CONNS;
+    assert.ok(Number.isInteger(perSocket), `${open - idle.memlock} B over ${CONNS} sockets`);
+    // The value, the 8-byte key and the kernel's per-element header and list node.
+    assert.ok(perSocket > SOCK_VALUE + 8 && perSocket <= SOCK_VALUE + 128, `${perSocket} B per socket`);
+
+    for (const c of socks) c.destroy();
+    await waitFor(() => socksInfo(events.pid).memlock, (m) => m === idle.memlock, 10_000, 'the table to fall back to its idle size');
+    await stopEvents(events);
+  });
+
+  test('--socket-table preallocated: every slot at start, on any kernel', async () => {
+    const server = group.start(process.execPath, ['-e', ECHO]);
+    await server.waitLine(/^port (\d+)$/);
+    const events = await startEvents(group, [server.pid], ['--max-sockets', String(MAX_SOCKETS), '--socket-table', 'preallocated']);
+    const info = socksInfo(events.pid);
+    assert.equal(info.flags & BPF_F_NO_PREALLOC, 0, `map_flags 0x${info.flags.toString(16)}`);
+    // A value and a key per slot at least, before any socket is traced.
+    assert.ok(info.memlock >= MAX_SOCKETS * (SOCK_VALUE + 8), `preallocated memlock ${info.memlock} B`);
+    await stopEvents(events);
+  });
+});
