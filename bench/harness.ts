@@ -12,14 +12,14 @@
  * them when it exits, however it exits.
  */
 import { execFile, execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import koffi from 'koffi';
 import { BpfObject, type UprobeLink } from '../src/kernel/bpf-object.ts';
 import { buildFixture, INCLUDE_FLAG, REPO_ROOT, THREAD_CTX_HEADER } from '../test/helpers/build-fixture.ts';
 import { KSPAN_BIN } from '../test/helpers/kspan-cli.ts';
-import type { Proc, ProcessGroup } from '../test/helpers/processes.ts';
+import { fdinfoTexts, type Proc, type ProcessGroup } from '../test/helpers/processes.ts';
 import { cpuSeconds, parseWrk, type WrkResult } from './wrk.ts';
 
 export { cpuSeconds };
@@ -112,28 +112,10 @@ export interface ProgStat {
   runs: number;
 }
 
-/** The fdinfo text of each open file descriptor of a process (none once it is gone). */
-function* fdinfos(pid: number | 'self'): Generator<string> {
-  const dir = `/proc/${pid}/fdinfo`;
-  let fds: string[] = [];
-  try {
-    fds = readdirSync(dir);
-  } catch {
-    return;
-  }
-  for (const fd of fds) {
-    try {
-      yield readFileSync(join(dir, fd), 'utf8');
-    } catch {
-      // closed meanwhile
-    }
-  }
-}
-
 /** Run time and run count of every BPF program a process holds (its fdinfo). */
 export function progStats(pid: number | 'self'): Map<number, ProgStat> {
   const out = new Map<number, ProgStat>();
-  for (const t of fdinfos(pid)) {
+  for (const t of fdinfoTexts(pid)) {
     const id = /^prog_id:\s*(\d+)/m.exec(t);
     const rt = /^run_time_ns:\s*(\d+)/m.exec(t);
     const rc = /^run_cnt:\s*(\d+)/m.exec(t);
@@ -177,7 +159,7 @@ export interface MapInfo {
 /** The BPF maps a process holds, with the kernel memory of each (fdinfo + bpftool for the names). */
 export function mapsOf(pid: number): MapInfo[] {
   const out = new Map<number, MapInfo>();
-  for (const t of fdinfos(pid)) {
+  for (const t of fdinfoTexts(pid)) {
     const id = /^map_id:\s*(\d+)/m.exec(t);
     if (!id || out.has(Number(id[1]))) continue;
     const field = (k: string) => Number(new RegExp(`^${k}:\\s*(\\d+)`, 'm').exec(t)?.[1] ?? 0);

@@ -9,12 +9,11 @@
  * --socket-table preallocated.
  */
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { hasBpfMemAlloc } from '../../src/kernel/kernel-features.ts';
 import { startEvents, stopEvents } from '../helpers/kspan-cli.ts';
-import { ProcessGroup } from '../helpers/processes.ts';
+import { fdinfoTexts, ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { waitFor } from '../helpers/timeouts.ts';
 
@@ -26,13 +25,7 @@ const CONNS = 200;
 
 /** The fdinfo of the agent's `socks` map: its flags and the kernel memory charged to it. */
 function socksInfo(pid: number): { flags: number; memlock: number } {
-  for (const fd of readdirSync(`/proc/${pid}/fdinfo`)) {
-    let t: string;
-    try {
-      t = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
-    } catch {
-      continue;
-    }
+  for (const t of fdinfoTexts(pid)) {
     const field = (k: string) => new RegExp(`^${k}:\\s*(\\S+)`, 'm').exec(t)?.[1];
     if (field('max_entries') === String(MAX_SOCKETS) && field('value_size') === String(SOCK_VALUE)) {
       return { flags: Number(field('map_flags')), memlock: Number(field('memlock')) };

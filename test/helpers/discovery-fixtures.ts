@@ -5,11 +5,10 @@
  * lists them (from /proc/PID/fdinfo, not from the agent's own word).
  */
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { buildFixture, INCLUDE_FLAG, THREAD_CTX_HEADER } from './build-fixture.ts';
-import type { Proc, ProcessGroup } from './processes.ts';
+import { fdinfoTexts, type Proc, type ProcessGroup } from './processes.ts';
 
 let dir: string | undefined;
 
@@ -91,13 +90,7 @@ export function request(port: number): Promise<Exchange> {
 export function heldBpfObjects(pid: number): { progIds: number[]; mapIds: number[] } {
   const progIds: number[] = [];
   const mapIds: number[] = [];
-  for (const fd of readdirSync(`/proc/${pid}/fdinfo`)) {
-    let info: string;
-    try {
-      info = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
-    } catch {
-      continue;
-    }
+  for (const info of fdinfoTexts(pid)) {
     const p = /^prog_id:\s*(\d+)$/m.exec(info);
     if (p) progIds.push(Number(p[1]));
     const m = /^map_id:\s*(\d+)$/m.exec(info);

@@ -3,6 +3,8 @@
  * and every one killed at the end of the test (track them with a ProcessGroup).
  */
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { scaled } from './timeouts.ts';
 
@@ -108,5 +110,23 @@ export class ProcessGroup {
         }
       }),
     );
+  }
+}
+
+/** The fdinfo text of each open file descriptor of a process (none once it is gone). */
+export function* fdinfoTexts(pid: number | 'self'): Generator<string> {
+  const dir = `/proc/${pid}/fdinfo`;
+  let fds: string[] = [];
+  try {
+    fds = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const fd of fds) {
+    try {
+      yield readFileSync(join(dir, fd), 'utf8');
+    } catch {
+      // closed meanwhile
+    }
   }
 }
