@@ -38,7 +38,7 @@ KERNELS=(
 # a --test-name-pattern after a '::' ('::!pattern': a --test-skip-pattern).
 TESTS=(
   test/e2e/events.test.ts                   # exact bytes and cookies, both I/O paths, a full socket table
-  test/e2e/socket-table.test.ts             # the socket table allocated on use (6.1+): memlock per socket, back at close
+  test/e2e/socket-table.test.ts             # the socket table allocated on use (6.1+; its memlock per socket from 6.4)
   test/e2e/run.test.ts                      # kspan run -> OTLP gRPC receiver, parentage, retransmits vs perf
   test/e2e/run-node.test.ts                 # Node 24 service with kspan/publisher
   test/e2e/tcp-outcomes.test.ts             # retransmits vs the kernel's count, resets, connect outcomes
