@@ -23,4 +23,14 @@ static __always_inline void count(__u32 idx)
 		*v += 1;
 }
 
+/* A failed context read (thread_ctx.bpf.h): counted when `failed` is NULL, else
+ * its counter handed to the caller, which tells a failure from "no span" itself. */
+static __always_inline void ctx_failed(__u32 *failed, __u32 counter)
+{
+	if (failed)
+		*failed = counter;
+	else
+		count(counter);
+}
+
 #endif

@@ -619,7 +619,7 @@ static __always_inline void account_io(const struct kspan_target *t, __u64 pid_t
 
 	/* The header only: the attributes are read when an aggregate opens. */
 	__u16 attrs_size;
-	__u64 rec = read_thread_ctx_head(tgid, &t->loc, &cur, &attrs_size);
+	__u64 rec = read_thread_ctx_head(tgid, &t->loc, &cur, &attrs_size, NULL);
 
 	if (st->agg.dir == dir && dir == KSPAN_EV_SEND && st->agg.ref.valid && !ctx_equal_ref(&cur, &st->agg.ref)) {
 		/* Sockets outlive the moment of context (docs/ARCHITECTURE.md): a

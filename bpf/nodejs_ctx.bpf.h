@@ -83,8 +83,9 @@ static __always_inline __u64 nodejs_read_u64(__u64 addr, int *fault)
 }
 
 /* The record of the span active on this thread, or 0 when there is none (or the
- * walk was refused: counted). `tls` is the address of the thread's struct. */
-static __always_inline __u64 nodejs_record(__u32 tgid, __u64 tls)
+ * walk was refused: counted). `tls` is the address of the thread's struct. A
+ * fault goes to `failed` as in read_thread_ctx_head() (thread_ctx.bpf.h). */
+static __always_inline __u64 nodejs_record(__u32 tgid, __u64 tls, __u32 *failed)
 {
 	struct kspan_node_layout *layout = bpf_map_lookup_elem(&node_layouts, &tgid);
 	if (!layout)
@@ -92,7 +93,7 @@ static __always_inline __u64 nodejs_record(__u32 tgid, __u64 tls)
 
 	struct nodejs_tls_struct st;
 	if (bpf_probe_read_user(&st, sizeof(st), (void *)tls)) {
-		count(KSPAN_C_CTX_FAULT);
+		ctx_failed(failed, KSPAN_C_CTX_FAULT);
 		return 0;
 	}
 	/* Writers store cped_slot before undefined_addr without fences: all must be set. */
@@ -185,7 +186,7 @@ static __always_inline __u64 nodejs_record(__u32 tgid, __u64 tls)
 	return rec; /* 0: the wrapper is being torn down */
 
 fault:
-	count(KSPAN_C_CTX_FAULT);
+	ctx_failed(failed, KSPAN_C_CTX_FAULT);
 	return 0;
 rejected:
 	count(KSPAN_C_CTX_NODE_REJECTED);

@@ -72,6 +72,46 @@ struct {
 	__type(value, struct kspan_sched_thread);
 } sched_threads SEC(".maps");
 
+/*
+ * How many threads have state in `sched_threads`: added to after an insert,
+ * taken from after a delete, so never fewer than there are. While it is 0
+ * (threads that switch out between requests with no span keep none), the
+ * wakeups and switch-ins of every task on the machine skip the table. A thread's
+ * state is inserted at its own switch-out, which is over before anything can
+ * wake it or switch it in again (the kernel orders both after it: p->on_cpu).
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __s64);
+} sched_live SEC(".maps");
+
+static __always_inline void sched_live_add(__s64 delta)
+{
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&sched_live, &zero);
+	if (n)
+		__sync_fetch_and_add(n, delta);
+}
+
+/* The state of thread `tid`, or NULL; without a table lookup while no thread has any. */
+static __always_inline struct kspan_sched_thread *sched_thread_of(__u32 tid)
+{
+	__u32 zero = 0;
+	__s64 *n = bpf_map_lookup_elem(&sched_live, &zero);
+	if (n && *n <= 0)
+		return NULL;
+	return bpf_map_lookup_elem(&sched_threads, &tid);
+}
+
+/* Removes thread `tid`'s state. */
+static __always_inline void sched_thread_delete(__u32 tid)
+{
+	if (!bpf_map_delete_elem(&sched_threads, &tid))
+		sched_live_add(-1);
+}
+
 /* A new thread's zeroed state (too large for the stack next to a context). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -79,54 +119,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct kspan_sched_thread);
 } sched_scratch SEC(".maps");
-
-/*
- * The context reader counts its failures (fault, torn, mid-update) in the
- * counters of the TCP hooks' reads. The scheduler's reads are told from "no
- * span" by those counters moving, and counted in KSPAN_C_SCHED_CTX_FAILED
- * instead: the reader's counts are put back (per CPU, and nothing else runs on
- * this CPU inside sched_switch).
- */
-struct ctx_failure_counts {
-	__u64 *fault, *torn, *invalid;
-	__u64 fault0, torn0, invalid0;
-};
-
-static __always_inline __u64 *counter_slot(__u32 idx)
-{
-	return bpf_map_lookup_elem(&counters, &idx);
-}
-
-static __always_inline void ctx_failures_save(struct ctx_failure_counts *c)
-{
-	c->fault = counter_slot(KSPAN_C_CTX_FAULT);
-	c->torn = counter_slot(KSPAN_C_CTX_TORN);
-	c->invalid = counter_slot(KSPAN_C_CTX_INVALID);
-	c->fault0 = c->fault ? *c->fault : 0;
-	c->torn0 = c->torn ? *c->torn : 0;
-	c->invalid0 = c->invalid ? *c->invalid : 0;
-}
-
-/* Whether the read since the save failed; its counts are moved to KSPAN_C_SCHED_CTX_FAILED. */
-static __always_inline bool ctx_failures_take(struct ctx_failure_counts *c)
-{
-	bool failed = false;
-	if (c->fault && *c->fault != c->fault0) {
-		*c->fault = c->fault0;
-		failed = true;
-	}
-	if (c->torn && *c->torn != c->torn0) {
-		*c->torn = c->torn0;
-		failed = true;
-	}
-	if (c->invalid && *c->invalid != c->invalid0) {
-		*c->invalid = c->invalid0;
-		failed = true;
-	}
-	if (failed)
-		count(KSPAN_C_SCHED_CTX_FAILED);
-	return failed;
-}
 
 /* The same span: trace_id, span_id, trace_flags and valid (not the attributes). */
 static __always_inline bool sched_ctx_equal(const struct kspan_trace_ctx *a, const struct kspan_trace_ctx *b)
@@ -299,37 +291,49 @@ static __always_inline void sched_in_unseen(struct kspan_sched_thread *st, struc
 	sched_in(st, in);
 }
 
-/* prev, a target's thread, leaves its CPU. */
-static __always_inline void sched_out(const struct kspan_target *t, struct task_struct *prev, __u64 seen,
-				      bool preempt, unsigned int prev_state, __u64 now)
+/*
+ * prev, a target's thread, leaves its CPU. Returns the time it read, or 0 when
+ * the thread had no span and no state: then nothing is timed (the path of a
+ * thread that blocks between requests, once per request: the clock read is a
+ * fifth of this program's cost there).
+ */
+static __always_inline __u64 sched_out(const struct kspan_target *t, struct task_struct *prev, __u64 seen,
+				       bool preempt, unsigned int prev_state)
 {
 	/* `sched_threads` is keyed by the kernel's tid (what sched_in and the wakeups have);
 	 * the records carry pid and tid as the agent sees them (`seen`). */
 	__u32 tid = prev->pid, tgid = seen >> 32, seen_tid = (__u32)seen;
-	struct kspan_sched_thread *st = bpf_map_lookup_elem(&sched_threads, &tid);
+	struct kspan_sched_thread *st = sched_thread_of(tid);
+	__u64 now;
 
 	if (prev->flags & KSPAN_PF_EXITING) {
 		/* Its memory may be gone already: no context read; what it had goes out. */
-		if (st) {
-			st->agg.end_ns = now;
-			sched_emit(st, KSPAN_SF_EXITED);
-			bpf_map_delete_elem(&sched_threads, &tid);
-		}
-		return;
+		if (!st)
+			return 0;
+		now = bpf_ktime_get_ns();
+		st->agg.end_ns = now;
+		sched_emit(st, KSPAN_SF_EXITED);
+		sched_thread_delete(tid);
+		return now;
 	}
 
+	/* A read that fails is told from "no span" here, and counted as the
+	 * scheduler's (KSPAN_C_SCHED_CTX_FAILED), not as the TCP hooks' failures. */
 	struct kspan_trace_ctx cur;
 	__u16 attrs_size;
-	struct ctx_failure_counts fc;
-	ctx_failures_save(&fc);
-	__u64 rec = read_thread_ctx_head(tgid, &t->loc, &cur, &attrs_size);
-	if (ctx_failures_take(&fc)) {
+	__u32 failed = 0;
+	__u64 rec = read_thread_ctx_head(tgid, &t->loc, &cur, &attrs_size, &failed);
+	if (failed) {
+		count(KSPAN_C_SCHED_CTX_FAILED);
 		/* Not "no span": the thread keeps the one it had (none: nothing to keep). */
 		if (!st)
-			return;
+			return 0;
 		cur = st->agg.ctx;
 		rec = 0;
 	}
+	if (!st && !cur.valid)
+		return 0; /* no span: no state, no record */
+	now = bpf_ktime_get_ns();
 
 	__u64 sum = prev->se.sum_exec_runtime;
 	/* The run that ends: since the last switch-out we saw, or since this run's switch-in. */
@@ -350,26 +354,25 @@ static __always_inline void sched_out(const struct kspan_target *t, struct task_
 		}
 		sched_emit(st, flags);
 		if (!cur.valid) {
-			bpf_map_delete_elem(&sched_threads, &tid);
-			return;
+			sched_thread_delete(tid);
+			return now;
 		}
 		sched_open(st, t, &cur, rec, attrs_size, tgid, seen_tid, now - run);
 	} else if (!st) {
-		if (!cur.valid)
-			return; /* no span: no state, no record */
 		__u32 zero = 0;
 		struct kspan_sched_thread *init = bpf_map_lookup_elem(&sched_scratch, &zero);
 		if (!init)
-			return;
+			return now;
 		__builtin_memset(init, 0, sizeof(*init));
-		if (bpf_map_update_elem(&sched_threads, &tid, init, BPF_NOEXIST) &&
-		    !bpf_map_lookup_elem(&sched_threads, &tid)) {
+		if (!bpf_map_update_elem(&sched_threads, &tid, init, BPF_NOEXIST)) {
+			sched_live_add(1);
+		} else if (!bpf_map_lookup_elem(&sched_threads, &tid)) {
 			count(KSPAN_C_SCHED_TABLE_FULL);
-			return;
+			return now;
 		}
 		st = bpf_map_lookup_elem(&sched_threads, &tid);
 		if (!st)
-			return;
+			return now;
 		sched_open(st, t, &cur, rec, attrs_size, tgid, seen_tid, now - run);
 	}
 
@@ -389,6 +392,7 @@ static __always_inline void sched_out(const struct kspan_target *t, struct task_
 	st->wake_ns = 0;
 	st->blocked = voluntary;
 	st->cpu = bpf_get_smp_processor_id();
+	return now;
 }
 
 SEC("tp_btf/sched_switch")
@@ -400,12 +404,9 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 	struct kspan_discovery *d = discovery_conf();
 	__u64 seen = !d || !d->pidns_ino ? (__u64)prev->tgid << 32 | (__u32)prev->pid : current_pid_tgid();
 	struct kspan_target *t = seen ? target_of(seen >> 32) : NULL;
-	if (t) {
-		now = bpf_ktime_get_ns();
-		sched_out(t, prev, seen, preempt, prev_state, now);
-	}
-	__u32 ntid = next->pid;
-	struct kspan_sched_thread *st = bpf_map_lookup_elem(&sched_threads, &ntid);
+	if (t)
+		now = sched_out(t, prev, seen, preempt, prev_state);
+	struct kspan_sched_thread *st = sched_thread_of(next->pid);
 	if (st)
 		sched_in(st, now ? now : bpf_ktime_get_ns());
 	return 0;
@@ -414,8 +415,7 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 /* p, blocked, becomes runnable: a long block makes a record, with p's stack when `stack`. */
 static __always_inline void sched_wakeup(struct task_struct *p, bool stack)
 {
-	__u32 tid = p->pid;
-	struct kspan_sched_thread *st = bpf_map_lookup_elem(&sched_threads, &tid);
+	struct kspan_sched_thread *st = sched_thread_of(p->pid);
 	if (!st || !st->out_ns || !st->blocked || st->wake_ns)
 		return;
 	__u64 now = bpf_ktime_get_ns();
@@ -444,11 +444,11 @@ int BPF_PROG(on_sched_wakeup_new, struct task_struct *p)
 {
 	/* A tid is reused: what a dead thread left (its exit unseen) goes out first. */
 	__u32 tid = p->pid;
-	struct kspan_sched_thread *st = bpf_map_lookup_elem(&sched_threads, &tid);
+	struct kspan_sched_thread *st = sched_thread_of(tid);
 	if (st) {
 		st->agg.end_ns = st->in_ns ? st->in_ns : st->out_ns;
 		sched_emit(st, KSPAN_SF_EXITED);
-		bpf_map_delete_elem(&sched_threads, &tid);
+		sched_thread_delete(tid);
 	}
 	return 0;
 }

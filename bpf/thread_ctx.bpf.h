@@ -26,6 +26,9 @@
  * unallocated DTV block → no context, not counted (the thread has no span);
  * a read that faults (bad pointer, page not resident) → KSPAN_C_CTX_FAULT;
  * valid != 1 → KSPAN_C_CTX_INVALID; changed while copied → KSPAN_C_CTX_TORN.
+ * A caller that tells a failed read from "no span" itself (the scheduler's)
+ * passes `failed`: the header read's fault and invalid outcomes are then
+ * written there instead of counted.
  */
 #ifndef KSPAN_THREAD_CTX_BPF_H
 #define KSPAN_THREAD_CTX_BPF_H
@@ -49,7 +52,7 @@ struct otel_thread_ctx_head {
 } __attribute__((packed));
 
 /* The address of the thread's TLS pointer, or 0 when it has none (yet). */
-static __always_inline __u64 thread_ctx_slot(const struct kspan_tls_loc *loc, __u64 tp)
+static __always_inline __u64 thread_ctx_slot(const struct kspan_tls_loc *loc, __u64 tp, __u32 *failed)
 {
 	if (loc->kind == KSPAN_TLS_STATIC)
 		return tp + (__u64)loc->offset;
@@ -63,17 +66,17 @@ static __always_inline __u64 thread_ctx_slot(const struct kspan_tls_loc *loc, __
 	__u64 esz = loc->dtv_layout == KSPAN_DTV_MUSL ? KSPAN_DTV_MUSL_ENTRY : KSPAN_DTV_GLIBC_ENTRY;
 	__u64 len_at = loc->dtv_layout == KSPAN_DTV_MUSL ? 0 : (__u64)-KSPAN_DTV_GLIBC_ENTRY;
 	if (bpf_probe_read_user(&dtv, sizeof(dtv), (void *)(tp + 8)) || !dtv) {
-		count(KSPAN_C_CTX_FAULT);
+		ctx_failed(failed, KSPAN_C_CTX_FAULT);
 		return 0;
 	}
 	if (bpf_probe_read_user(&len, sizeof(len), (void *)(dtv + len_at))) {
-		count(KSPAN_C_CTX_FAULT);
+		ctx_failed(failed, KSPAN_C_CTX_FAULT);
 		return 0;
 	}
 	if (module > len)
 		return 0; /* the thread's dtv predates the module: not touched yet */
 	if (bpf_probe_read_user(&block, sizeof(block), (void *)(dtv + module * esz))) {
-		count(KSPAN_C_CTX_FAULT);
+		ctx_failed(failed, KSPAN_C_CTX_FAULT);
 		return 0;
 	}
 	if (block == 0 || block == (__u64)-1)
@@ -88,9 +91,10 @@ static __always_inline __u64 thread_ctx_slot(const struct kspan_tls_loc *loc, __
  * the caller needs the attributes too (an aggregate opens under this span); 0
  * when the thread has no context. Reading the attributes later in the same hook
  * is as safe as reading them now: the writer is this thread, in the kernel.
+ * `failed`: NULL to count failures, else where their counter goes (see the top).
  */
 static __always_inline __u64 read_thread_ctx_head(__u32 tgid, const struct kspan_tls_loc *loc,
-						  struct kspan_trace_ctx *out, __u16 *attrs_size)
+						  struct kspan_trace_ctx *out, __u16 *attrs_size, __u32 *failed)
 {
 	__builtin_memset(out, 0, sizeof(*out));
 	*attrs_size = 0;
@@ -102,16 +106,16 @@ static __always_inline __u64 read_thread_ctx_head(__u32 tgid, const struct kspan
 	__u64 tp = task->thread.fsbase;
 	if (!tp)
 		return 0;
-	__u64 slot = thread_ctx_slot(loc, tp);
+	__u64 slot = thread_ctx_slot(loc, tp, failed);
 	if (!slot)
 		return 0;
 
 	__u64 rec = 0;
 	if (loc->scheme == KSPAN_SCHEME_NODEJS_V1) {
 		/* The TLS holds the Node discovery struct: walk V8 to the record. */
-		rec = nodejs_record(tgid, slot);
+		rec = nodejs_record(tgid, slot, failed);
 	} else if (bpf_probe_read_user(&rec, sizeof(rec), (void *)slot)) {
-		count(KSPAN_C_CTX_FAULT);
+		ctx_failed(failed, KSPAN_C_CTX_FAULT);
 		return 0;
 	}
 	if (!rec)
@@ -122,11 +126,11 @@ static __always_inline __u64 read_thread_ctx_head(__u32 tgid, const struct kspan
 	 * snapshot; a writer caught mid-update left valid at 0. */
 	struct otel_thread_ctx_head head;
 	if (bpf_probe_read_user(&head, sizeof(head), (void *)rec)) {
-		count(KSPAN_C_CTX_FAULT);
+		ctx_failed(failed, KSPAN_C_CTX_FAULT);
 		return 0;
 	}
 	if (head.valid != 1) {
-		count(KSPAN_C_CTX_INVALID);
+		ctx_failed(failed, KSPAN_C_CTX_INVALID);
 		return 0;
 	}
 	__builtin_memcpy(out->trace_id, head.trace_id, sizeof(out->trace_id));
@@ -170,7 +174,7 @@ static __always_inline void read_thread_ctx(__u32 tgid, const struct kspan_tls_l
 					    struct kspan_trace_ctx *out)
 {
 	__u16 attrs_size;
-	__u64 rec = read_thread_ctx_head(tgid, loc, out, &attrs_size);
+	__u64 rec = read_thread_ctx_head(tgid, loc, out, &attrs_size, NULL);
 	read_thread_ctx_attrs(rec, attrs_size, out);
 }
 
