@@ -283,11 +283,29 @@ export interface AgentCounters {
   exitCode: number;
   /** The exit log's kernel counters as they are (they change as the agent does). */
   kernel: Record<string, number | Record<string, number>>;
+  /** What the agent logged at level error, as `msg: cause` (at most 5 distinct): why a record was lost. */
+  errors: string[];
 }
 
 const num = (v: unknown) => (typeof v === 'number' ? v : 0);
 
-export function agentCounters(log: AgentExitLog, exitCode: number): AgentCounters {
+/** The distinct error-level lines of an agent's JSON log, as `msg: cause`, at most `max`. */
+export function agentErrors(lines: readonly string[], max = 5): string[] {
+  const out = new Set<string>();
+  for (const line of lines) {
+    if (out.size >= max) break;
+    if (!line.startsWith('{') || !/"level":(5|6)\d/.test(line)) continue;
+    try {
+      const o = JSON.parse(line) as { level: number; msg?: string; err?: { message?: string } };
+      if (o.level >= 50) out.add(o.err?.message ? `${o.msg}: ${o.err.message}` : String(o.msg));
+    } catch {
+      // not a log line
+    }
+  }
+  return [...out];
+}
+
+export function agentCounters(log: AgentExitLog, exitCode: number, errors: string[] = []): AgentCounters {
   const c = log.spans.correlator;
   const e = log.spans.export;
   const k = log.kernel;
@@ -302,6 +320,7 @@ export function agentCounters(log: AgentExitLog, exitCode: number): AgentCounter
     lostBy: { ringbufFull: num(k.KSPAN_C_RINGBUF_FULL), sockTableFull: num(k.KSPAN_C_SOCK_TABLE_FULL), decodeErrors: num(k.decode_errors) },
     exitCode,
     kernel: k,
+    errors,
   };
 }
 
@@ -333,7 +352,7 @@ export async function startAgent(group: ProcessGroup, targetPid: number, endpoin
       if (code !== 0 && code !== 3) throw new Error(`kspan run exited ${code}:\n${proc.stderr.slice(-20).join('\n')}`);
       const line = proc.stderr.find((l) => /"msg":"stopped/.test(l));
       if (!line) throw new Error(`kspan run logged no exit counters:\n${proc.stderr.slice(-20).join('\n')}`);
-      return agentCounters(JSON.parse(line) as AgentExitLog, code);
+      return agentCounters(JSON.parse(line) as AgentExitLog, code, agentErrors(proc.stderr));
     },
   };
 }

@@ -35,7 +35,7 @@ import {
   TRACEPARENT_LUA,
   wrkAsync,
 } from './harness.ts';
-import { describe, measure, type Sample } from './rounds.ts';
+import { agentErrorsNote, describe, measure, type Sample } from './rounds.ts';
 
 export interface MemoryOptions {
   seconds: number;
@@ -164,7 +164,7 @@ export async function memoryBench(opts: MemoryOptions) {
     server.proc.child.stdin!.end();
     const hold = await holdTest(group, receiver, opts);
     opts.log(
-      `memory ${hold.connections} open connections (opened in ${hold.openSeconds.toFixed(1)} s, ${hold.passes} passes): RSS ${(hold.rssIdle / 2 ** 20).toFixed(0)}→${(hold.rssSteady / 2 ** 20).toFixed(0)} MB (max ${(hold.rssMax / 2 ** 20).toFixed(0)}), spans made ${hold.counters.spansMade} exported ${hold.counters.spansExported} dropped ${hold.counters.spansDropped}, records lost ${hold.counters.recordsLost}`,
+      `memory ${hold.connections} open connections (opened in ${hold.openSeconds.toFixed(1)} s, ${hold.passes} passes): RSS ${(hold.rssIdle / 2 ** 20).toFixed(0)}→${(hold.rssSteady / 2 ** 20).toFixed(0)} MB (max ${(hold.rssMax / 2 ** 20).toFixed(0)}), spans made ${hold.counters.spansMade} exported ${hold.counters.spansExported} dropped ${hold.counters.spansDropped}, records lost ${hold.counters.recordsLost}${agentErrorsNote(hold.counters)}`,
     );
     return { ladder, paced, sustained, hold, rssIdle: median([...ladder.map((l) => l.rssIdle), paced.rssIdle, sustained.rssIdle, hold.rssIdle]) };
   } finally {

@@ -201,6 +201,11 @@ async function settledCpu(pid: number): Promise<number> {
 
 const mb = (b: number) => (b / 2 ** 20).toFixed(0);
 
+/** "; agent errors: …" when the agent logged any at level error (why a record was lost), else "". */
+export function agentErrorsNote(c: Pick<AgentCounters, 'errors'>): string {
+  return c.errors.length ? `; agent errors: ${c.errors.join(' | ')}` : '';
+}
+
 export function describe(s: Sample): string {
   let out = `${s.mode}: ${Math.round(s.rps)} req/s, p99 ${s.p99ms} ms`;
   if (s.bpf) out += `, BPF ${s.bpf.nsPerReq.toFixed(0)} ns/req`;
@@ -208,6 +213,7 @@ export function describe(s: Sample): string {
     const c = s.agent.counters;
     out += `, agent ${s.agent.cpuMsPer1000Req.toFixed(1)} ms CPU/1000 req, RSS ${mb(s.agent.rssIdle)}→${mb(s.agent.rssSteady)} MB (max ${mb(s.agent.rssMax)})`;
     out += `, spans made ${c.spansMade} exported ${c.spansExported} dropped ${c.spansDropped}, records lost ${c.recordsLost}`;
+    out += agentErrorsNote(c);
   }
   return out;
 }

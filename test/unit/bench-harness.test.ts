@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { agentCounters, agentNodeRuntime, type AgentExitLog } from '../../bench/harness.ts';
+import { agentCounters, agentErrors, agentNodeRuntime, type AgentExitLog } from '../../bench/harness.ts';
 import { socketProgramsNsPerReq } from '../../bench/native.ts';
 import { parseWrk } from '../../bench/wrk.ts';
 
@@ -60,8 +60,24 @@ test('agentCounters: made, exported, dropped, lost by cause, from the exit log',
     lostBy: { ringbufFull: 87, sockTableFull: 5, decodeErrors: 2 },
     exitCode: 3,
     kernel: undefined,
+    errors: [],
   });
   assert.equal(c.kernel, line.kernel);
+});
+
+test('agentErrors: the error-level lines of the log, as msg and cause, each once, at most five', () => {
+  const lines = [
+    'kspan: a plain line',
+    '{"level":30,"msg":"tracing"}',
+    '{"level":50,"msg":"record dropped: decode failed","err":{"type":"Error","message":"unknown record type 9"}}',
+    '{"level":40,"msg":"export queue full: spans dropped"}',
+    '{"level":50,"msg":"record dropped: decode failed","err":{"type":"Error","message":"unknown record type 9"}}',
+    '{"level":60,"msg":"fatal"}',
+    '{"level":50,"msg":"torn',
+  ];
+  assert.deepEqual(agentErrors(lines), ['record dropped: decode failed: unknown record type 9', 'fatal']);
+  const many = Array.from({ length: 8 }, (_, i) => `{"level":50,"msg":"e${i}"}`);
+  assert.deepEqual(agentErrors(many), ['e0', 'e1', 'e2', 'e3', 'e4']);
 });
 
 test("agentNodeRuntime: the pipeline bench runs under bin/kspan's own V8 flags and malloc variables", () => {
