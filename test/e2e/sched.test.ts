@@ -25,6 +25,8 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { execFileSync } from 'node:child_process';
+import { agentMapId, mapPids } from '../helpers/discovery-fixtures.ts';
 import { startEvents, stopEvents, type EventLine, KSPAN_BIN } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
@@ -46,6 +48,17 @@ function near(actual: number, expected: number, what: string, absMs = 10, rel = 
 
 function nearCount(actual: number, expected: number, what: string): void {
   assert.ok(Math.abs(actual - expected) <= 2, `${what}: kspan ${actual}, /proc ${expected}`);
+}
+
+/**
+ * The threads with state in the agent's `sched_threads` and the count `sched_live`
+ * keeps of them (the switch-ins and wakeups skip the table while it is 0: it
+ * must never be lower than the entries).
+ */
+function schedTable(maps: { threads: number; live: number }): { tids: number[]; live: bigint } {
+  const tids = mapPids(maps.threads);
+  const dump = JSON.parse(execFileSync('bpftool', ['map', 'dump', 'id', String(maps.live), '--json'], { encoding: 'utf8' })) as { value: string[] }[];
+  return { tids, live: Buffer.from(dump[0].value.map((b) => parseInt(b, 16))).readBigInt64LE(0) };
 }
 
 const delta = (j: JobReport) => ({
@@ -145,6 +158,40 @@ describe('thread.sched through kspan events', e2eOptions(), () => {
     nearCount(r.involuntary, d.involuntary, 'involuntary switches');
     assert.equal(r.blocked_ns, 0, 'never blocked');
     assert.equal(r.migrations, 0, 'pinned');
+  });
+});
+
+describe('thread.sched: the count of threads with state', e2eOptions(), () => {
+  const group = new ProcessGroup();
+  after(() => group.killAll());
+
+  test('sched_live equals the entries of sched_threads: 1 while the worker sleeps under its span, 0 once it has none', async () => {
+    const fx = await startSchedFixture(group);
+    const events = await startEvents(group, [fx.pid]);
+    await events.waitLine(/"type":"target"/, 20_000);
+    // Found before the job: the search runs bpftool once per map the agent holds.
+    const maps = { threads: agentMapId(events.pid, 'sched_threads'), live: agentMapId(events.pid, 'sched_live') };
+    assert.deepEqual(schedTable(maps), { tids: [], live: 0n });
+    const sleepMs = 1000 * TIMEOUT_SCALE;
+    const t0 = Date.now();
+    const sleeping = fx.run('sleep', sleepMs, { traceId: TRACE, spanId: span(9), sampled: true });
+    // Until the worker has switched out under the span (and while the job lasts).
+    let during = schedTable(maps);
+    while (!during.tids.length && Date.now() - t0 < sleepMs / 2) {
+      await new Promise((r) => setTimeout(r, 20));
+      during = schedTable(maps);
+    }
+    await sleeping;
+    assert.deepEqual(during, { tids: [fx.workerTid], live: 1n }, 'the worker, asleep under its span, and the count');
+    // Its next switch-out, with no span, ends its state (the job's report comes after it).
+    let end = schedTable(maps);
+    for (let i = 0; i < 50 && end.tids.length; i++) {
+      await new Promise((r) => setTimeout(r, 20));
+      end = schedTable(maps);
+    }
+    assert.deepEqual(end, { tids: [], live: 0n });
+    const lines = await stopEvents(events);
+    assert.deepEqual(lines.filter((l) => l.type === 'sched').map((l) => l.span_id), [span(9)]);
   });
 });
 
