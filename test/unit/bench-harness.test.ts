@@ -82,7 +82,13 @@ test('agentErrors: the error-level lines of the log, as msg and cause, each once
 
 test("agentNodeRuntime: the pipeline bench runs under bin/kspan's own V8 flags and malloc variables", () => {
   assert.deepEqual(agentNodeRuntime(), {
-    flags: ['--max-semi-space-size=8', '--heap-growing-percent=50', '--no-allocation-site-pretenuring'],
+    flags: [
+      '--max-semi-space-size=8',
+      '--heap-growing-percent=50',
+      '--no-allocation-site-pretenuring',
+      '--incremental-marking-soft-trigger=70',
+      '--incremental-marking-hard-trigger=90',
+    ],
     env: { MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '131072', MALLOC_TRIM_THRESHOLD_: '131072' },
   });
   assert.throws(() => agentNodeRuntime('#!/bin/bash\nexec node x.ts\n'), /no exec line or malloc variables/);
