@@ -176,6 +176,25 @@ struct {
 	__type(value, __u64);
 } idle_queued SEC(".maps");
 
+/* The highest `agg.last_ns` the idle flush may act on before its next run
+ * publishes another (slot 0; 0 before its first run). See sock_enter(). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} flush_guard SEC(".maps");
+
+/* Sockets the idle flush or one of their hooks is changing: an insert with
+ * BPF_NOEXIST is the claim, the delete lets go. Preallocated (a tracepoint's
+ * run-time allocation makes kernels before 6.1 WARN). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KSPAN_MAX_SOCK_CLAIMS);
+	__type(key, __u64);
+	__type(value, __u8);
+} sock_claims SEC(".maps");
+
 /* Scratch space for a new socket's state (too large for the BPF stack). */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -288,6 +307,52 @@ static __always_inline struct kspan_sock *sock_state_get(const struct kspan_targ
 		return NULL;
 	}
 	return bpf_map_lookup_elem(&socks, &cookie);
+}
+
+/*
+ * The idle flush (the agent's CPU) and a socket's own hooks (any CPU) change the
+ * same state, so they take turns. The flush touches only a socket whose last
+ * call is at or before its cutoff, and claims it first (`sock_claims`). A hook
+ * claims the socket as well when the flush could be at it: when the socket's
+ * last call is at or before `flush_guard`, which each flush run publishes before
+ * it acts, as far past its own cutoff as the next run's may go (guard_ns). A
+ * run's cutoff never passes the guard published by the run before, so a hook
+ * that read either guard sees the socket as the flush does. A socket in use
+ * since (the common case) costs one array load; one quiet for a while, a claim.
+ * This holds while a hook runs for less than the time between two flush runs.
+ * A claim held by the flush past the hook's few attempts is counted
+ * (KSPAN_C_FLUSH_CONTENDED) and the hook goes on without it.
+ */
+static __always_inline bool sock_claim(__u64 cookie)
+{
+	__u8 one = 1;
+	return bpf_map_update_elem(&sock_claims, &cookie, &one, BPF_NOEXIST) == 0;
+}
+
+static __always_inline void sock_unclaim(__u64 cookie, bool claimed)
+{
+	if (claimed)
+		bpf_map_delete_elem(&sock_claims, &cookie);
+}
+
+/* Before a hook changes `st`: whether it claimed it (pass that to sock_leave). */
+static __always_inline bool sock_enter(const struct kspan_sock *st, __u64 cookie)
+{
+	__u32 zero = 0;
+	__u64 *guard = bpf_map_lookup_elem(&flush_guard, &zero);
+	if (guard && *guard && st->agg.last_ns > *guard)
+		return false;
+	/* the flush holds a claim for one socket's records: a microsecond or two */
+	for (int i = 0; i < 64; i++)
+		if (sock_claim(cookie))
+			return true;
+	count(KSPAN_C_FLUSH_CONTENDED);
+	return false;
+}
+
+static __always_inline void sock_leave(__u64 cookie, bool claimed)
+{
+	sock_unclaim(cookie, claimed);
 }
 
 static __always_inline void fill_common(struct kspan_event *e, const struct kspan_sock *st,
@@ -691,8 +756,11 @@ static __always_inline void sock_length(struct sock *sk, int ret, __u8 dir)
 		return;
 	__u64 cookie = sock_cookie_btf(sk);
 	struct kspan_sock *st = sock_state_get(t, cookie, sk, 0);
-	if (st)
-		account_io(t, pid_tgid, st, cookie, dir, ret, 0);
+	if (!st)
+		return;
+	bool claimed = sock_enter(st, cookie);
+	account_io(t, pid_tgid, st, cookie, dir, ret, 0);
+	sock_leave(cookie, claimed);
 }
 
 SEC("tp_btf/sock_send_length")
@@ -712,6 +780,38 @@ int BPF_PROG(on_recv_length, struct sock *sk, int ret, int flags)
 }
 
 /* ---- state changes: handshakes and connect outcomes ---- */
+
+/* A connect's outcome: SYN_SENT -> ESTABLISHED, or -> CLOSE. */
+static __always_inline void connect_done(const struct sock *sk, struct kspan_sock *st, __u64 cookie, int newstate)
+{
+	st->sflags &= ~KSPAN_S_CONNECTING;
+	__u64 *sent = bpf_map_lookup_elem(&connect_pending, &cookie);
+	__u64 syn_sent_ns = sent ? *sent : 0;
+	bpf_map_delete_elem(&connect_pending, &cookie);
+	if (!syn_sent_ns) {
+		count(KSPAN_C_STATE_EVICTED);
+		return;
+	}
+	sock_addr(st, sk);
+	if (record_skip(st, &st->agg.ref, true))
+		return;
+	struct kspan_event *e = reserve();
+	if (!e)
+		return;
+	fill_common(e, st, cookie, KSPAN_EV_CONNECT);
+	e->ts_ns = bpf_ktime_get_ns();
+	e->start_ns = syn_sent_ns;
+	e->tcp_state = newstate;
+	if (newstate != TCP_ESTABLISHED) {
+		int err = BPF_CORE_READ(sk, sk_err);
+		if (!err)
+			err = BPF_CORE_READ(sk, sk_err_soft);
+		e->error = err ? err : 103; /* ECONNABORTED: closed before it connected */
+	}
+	ctx_from_ref(&e->ctx, &st->agg.ref);
+	submit(e);
+	return;
+}
 
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
@@ -742,12 +842,14 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 		struct kspan_sock *st = sock_state_get(t, cookie, sk, KSPAN_F_CLIENT);
 		if (!st)
 			return 0;
+		bool claimed = sock_enter(st, cookie);
 		__u64 now = bpf_ktime_get_ns();
 		bpf_map_update_elem(&connect_pending, &cookie, &now, BPF_ANY);
 		st->sflags |= KSPAN_S_CONNECTING;
 		st->pid = tgid;
 		st->tid = (__u32)pid_tgid;
 		sock_last_read(st, cookie, t, tgid);
+		sock_leave(cookie, claimed);
 		return 0;
 	}
 
@@ -759,32 +861,9 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
 	if (!st || !(st->sflags & KSPAN_S_CONNECTING))
 		return 0;
-	st->sflags &= ~KSPAN_S_CONNECTING;
-	__u64 *sent = bpf_map_lookup_elem(&connect_pending, &cookie);
-	__u64 syn_sent_ns = sent ? *sent : 0;
-	bpf_map_delete_elem(&connect_pending, &cookie);
-	if (!syn_sent_ns) {
-		count(KSPAN_C_STATE_EVICTED);
-		return 0;
-	}
-	sock_addr(st, sk);
-	if (record_skip(st, &st->agg.ref, true))
-		return 0;
-	struct kspan_event *e = reserve();
-	if (!e)
-		return 0;
-	fill_common(e, st, cookie, KSPAN_EV_CONNECT);
-	e->ts_ns = bpf_ktime_get_ns();
-	e->start_ns = syn_sent_ns;
-	e->tcp_state = newstate;
-	if (newstate != TCP_ESTABLISHED) {
-		int err = BPF_CORE_READ(sk, sk_err);
-		if (!err)
-			err = BPF_CORE_READ(sk, sk_err_soft);
-		e->error = err ? err : 103; /* ECONNABORTED: closed before it connected */
-	}
-	ctx_from_ref(&e->ctx, &st->agg.ref);
-	submit(e);
+	bool claimed = sock_enter(st, cookie);
+	connect_done(sk, st, cookie, newstate);
+	sock_leave(cookie, claimed);
 	return 0;
 }
 
@@ -839,6 +918,35 @@ static __always_inline struct sock *tcp_sock_from_fd(__u64 fd, __u64 *cookie)
 	return sk;
 }
 
+/* An accepted socket: its owner, its span, and the accept record. */
+static __always_inline void accepted(const struct kspan_target *t, __u64 pid_tgid, struct kspan_sock *st, __u64 cookie)
+{
+	__u32 tgid = pid_tgid >> 32;
+	st->pid = tgid;
+	st->tid = (__u32)pid_tgid;
+	sock_last_read(st, cookie, t, tgid);
+	/* No context at accept() is the rule, not an orphan: the accept of a
+	 * connection whose exchanges stay in the kernel is dropped by the agent,
+	 * told by the close's KSPAN_F_AFTER_DROP. */
+	if (record_skip(st, &st->agg.ref, false)) {
+		bpf_map_delete_elem(&accept_pending, &cookie);
+		return;
+	}
+
+	struct kspan_event *e = reserve();
+	if (!e)
+		return;
+	fill_common(e, st, cookie, KSPAN_EV_ACCEPT);
+	e->ts_ns = bpf_ktime_get_ns();
+	__u64 *est = bpf_map_lookup_elem(&accept_pending, &cookie);
+	if (est) {
+		e->start_ns = *est;
+		bpf_map_delete_elem(&accept_pending, &cookie);
+	}
+	ctx_from_ref(&e->ctx, &st->agg.ref);
+	submit(e);
+}
+
 static __always_inline int handle_accept_exit(long ret)
 {
 	__u64 pid_tgid = current_pid_tgid();
@@ -857,29 +965,9 @@ static __always_inline int handle_accept_exit(long ret)
 	struct kspan_sock *st = sock_state_get(t, cookie, sk, KSPAN_F_SERVER);
 	if (!st)
 		return 0;
-	st->pid = tgid;
-	st->tid = (__u32)pid_tgid;
-	sock_last_read(st, cookie, t, tgid);
-	/* No context at accept() is the rule, not an orphan: the accept of a
-	 * connection whose exchanges stay in the kernel is dropped by the agent,
-	 * told by the close's KSPAN_F_AFTER_DROP. */
-	if (record_skip(st, &st->agg.ref, false)) {
-		bpf_map_delete_elem(&accept_pending, &cookie);
-		return 0;
-	}
-
-	struct kspan_event *e = reserve();
-	if (!e)
-		return 0;
-	fill_common(e, st, cookie, KSPAN_EV_ACCEPT);
-	e->ts_ns = bpf_ktime_get_ns();
-	__u64 *est = bpf_map_lookup_elem(&accept_pending, &cookie);
-	if (est) {
-		e->start_ns = *est;
-		bpf_map_delete_elem(&accept_pending, &cookie);
-	}
-	ctx_from_ref(&e->ctx, &st->agg.ref);
-	submit(e);
+	bool claimed = sock_enter(st, cookie);
+	accepted(t, pid_tgid, st, cookie);
+	sock_leave(cookie, claimed);
 	return 0;
 }
 
@@ -959,6 +1047,7 @@ int BPF_PROG(on_destroy_sock, struct sock *sk)
 	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
 	if (!st)
 		return 0;
+	bool claimed = sock_enter(st, cookie);
 	agg_flush(st, cookie);
 	struct kspan_event *e = reserve();
 	if (e) {
@@ -984,6 +1073,7 @@ int BPF_PROG(on_destroy_sock, struct sock *sk)
 	if (st->sflags & KSPAN_S_CONNECTING)
 		bpf_map_delete_elem(&connect_pending, &cookie);
 	bpf_map_delete_elem(&socks, &cookie);
+	sock_leave(cookie, claimed);
 	return 0;
 }
 
@@ -1007,13 +1097,46 @@ struct flush_ctx {
 	__u64 *queued;
 };
 
-static __always_inline void flush_if_idle(struct kspan_sock *st, __u64 cookie, struct flush_ctx *fc)
+/*
+ * This run's cutoff: `idle_ns` before now, but never past the guard the run
+ * before published (hooks that read it claim every socket at or before it; 0
+ * before the first run: every hook claims). Then publishes the next guard,
+ * `guard_ns` past what this run wanted, which the next run's cutoff will not
+ * pass either: a run that comes late lags by the difference once.
+ */
+static __always_inline __u64 flush_cutoff(const struct kspan_flush_args *args)
 {
-	if (!st->agg.dir || st->agg.last_ns > fc->cutoff)
-		return;
-	st->agg.flags |= KSPAN_F_IDLE;
-	agg_flush(st, cookie);
-	fc->flushed++;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 want = now > args->idle_ns ? now - args->idle_ns : 0;
+	__u32 zero = 0;
+	__u64 *guard = bpf_map_lookup_elem(&flush_guard, &zero);
+	if (!guard)
+		return 0;
+	__u64 g = *guard;
+	__u64 next = want + args->guard_ns;
+	if (!g || next > g)
+		*guard = next;
+	return g && want > g ? g : want;
+}
+
+/* Flushes a quiet socket's open aggregate, holding the socket's claim (which a
+ * hook may hold: then it is left for the next run). False: not quiet, or claimed. */
+static __always_inline bool flush_if_idle(struct kspan_sock *st, __u64 cookie, struct flush_ctx *fc, bool dequeue)
+{
+	if (st->agg.last_ns > fc->cutoff || !sock_claim(cookie))
+		return false;
+	bool quiet = st->agg.last_ns <= fc->cutoff; /* a hook may have had it in between */
+	if (quiet) {
+		if (dequeue)
+			st->sflags &= ~KSPAN_S_QUEUED;
+		if (st->agg.dir) {
+			st->agg.flags |= KSPAN_F_IDLE;
+			agg_flush(st, cookie);
+			fc->flushed++;
+		}
+	}
+	sock_unclaim(cookie, true);
+	return quiet;
 }
 
 static long flush_queued(__u32 i, struct flush_ctx *fc)
@@ -1025,12 +1148,14 @@ static long flush_queued(__u32 i, struct flush_ctx *fc)
 	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
 	if (!st)
 		return 0; /* closed since */
-	if (st->agg.dir && st->agg.last_ns > fc->cutoff && !bpf_map_push_elem(&idle_queue, &cookie, 0)) {
-		__sync_fetch_and_add(fc->queued, 1); /* still busy: look again next time */
+	/* Quiet: flushed (if open) and out of the queue. Otherwise (in use since
+	 * the cutoff, or claimed by a hook) it goes back, to be looked at again. */
+	if (flush_if_idle(st, cookie, fc, true))
 		return 0;
-	}
-	st->sflags &= ~KSPAN_S_QUEUED;
-	flush_if_idle(st, cookie, fc);
+	if (!bpf_map_push_elem(&idle_queue, &cookie, 0))
+		__sync_fetch_and_add(fc->queued, 1);
+	else
+		count(KSPAN_C_IDLE_QUEUE_FULL); /* cannot happen (each socket is queued once): it waits for its close */
 	return 0;
 }
 
@@ -1038,7 +1163,7 @@ SEC("syscall")
 int flush_idle(struct kspan_flush_args *args)
 {
 	__u32 zero = 0;
-	struct flush_ctx fc = { .cutoff = bpf_ktime_get_ns() - args->idle_ns };
+	struct flush_ctx fc = { .cutoff = flush_cutoff(args) };
 	fc.queued = bpf_map_lookup_elem(&idle_queued, &zero);
 	if (!fc.queued)
 		return 0;
@@ -1053,14 +1178,15 @@ int flush_idle(struct kspan_flush_args *args)
 
 static long flush_one(struct bpf_map *map, __u64 *cookie, struct kspan_sock *st, struct flush_ctx *fc)
 {
-	flush_if_idle(st, *cookie, fc);
+	if (st->agg.dir)
+		flush_if_idle(st, *cookie, fc, false);
 	return 0;
 }
 
 SEC("syscall")
 int flush_idle_walk(struct kspan_flush_args *args)
 {
-	struct flush_ctx fc = { .cutoff = bpf_ktime_get_ns() - args->idle_ns };
+	struct flush_ctx fc = { .cutoff = flush_cutoff(args) };
 	bpf_for_each_map_elem(&socks, flush_one, &fc, 0);
 	args->flushed = fc.flushed;
 	args->more = 0;
@@ -1090,7 +1216,9 @@ static __always_inline void io_done(const struct kspan_target *t, __u64 pid_tgid
 	} else if (!st->lport) {
 		sock_addr(st, sk); /* as sock_state_get() does for a socket it finds */
 	}
+	bool claimed = sock_enter(st, cookie);
 	account_io(t, pid_tgid, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
+	sock_leave(cookie, claimed);
 }
 
 /*

@@ -62,6 +62,7 @@ enum kspan_limit {
 	KSPAN_MAX_IO_INFLIGHT = 16384,      /* fallback path: threads inside a read/write at once */
 	KSPAN_MAX_TLS_MODULE = 4096,        /* highest TLS module id (DTV index) the reader follows */
 	KSPAN_FLUSH_BATCH = 8192,           /* sockets one flush_idle run looks at (the agent runs it again for more) */
+	KSPAN_MAX_SOCK_CLAIMS = 1024,       /* sockets claimed at once by the idle flush or a hook (`sock_claims`): a few per CPU at most */
 	KSPAN_CTX_ATTRS_MAX = 52,           /* see struct kspan_trace_ctx */
 	KSPAN_MAX_PROC_SEEN = 16384,        /* processes not traced whose last CHECK is remembered (`proc_seen`, LRU) */
 	KSPAN_PROC_RING_BYTES = 256 << 10,  /* the `proc_events` ring */
@@ -99,7 +100,8 @@ enum kspan_counter {
 	KSPAN_C_PROC_RING_FULL = 18,/* a process event (exec, fork, exit, check) was lost: the ring was full */
 	KSPAN_C_FORK_TABLE_FULL = 19,/* a target's child could not be made a target: the targets map was full */
 	KSPAN_C_SCHED_IN_UNSEEN = 20,/* scheduler: a target thread switched out again with neither its switch-in nor (blocked) its wakeup seen by the programs (the kernel did not run them): the interval was closed at that switch-out from the thread's own accounting, its blocked record with no stack */
-	KSPAN_C_MAX = 21,
+	KSPAN_C_FLUSH_CONTENDED = 21,/* a hook found a socket claimed by the idle flush for longer than it waits, and changed it anyway (or could not claim it: `sock_claims` full) */
+	KSPAN_C_MAX = 22,
 };
 
 /* Bits of kspan_target.flags: per-target choices the agent makes. */
@@ -167,6 +169,7 @@ struct kspan_event {
 /* Argument of the `flush_idle` syscall program, run by the agent on a timer. */
 struct kspan_flush_args {
 	__u64 idle_ns;              /* close aggregates whose last call is older than this */
+	__u64 guard_ns;             /* the next run's cutoff may be this much past this run's (more than the time between runs) */
 	__u64 flushed;              /* out: how many aggregates were closed */
 	__u64 more;                 /* out: 1 when sockets are left for another run (more than KSPAN_FLUSH_BATCH) */
 };

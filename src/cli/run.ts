@@ -10,6 +10,7 @@ import type { SpanExporter } from '@opentelemetry/sdk-trace';
 import { DEFAULT_SPOOL_DIR, loadConfig, TUNING, type RunConfig } from '../core/config.ts';
 import { SpanSpool } from '../export/spool.ts';
 import { KernelClock } from '../kernel/clock.ts';
+import { idleFlushTiming } from '../kernel/tcp-tracer.ts';
 import type { Logger } from '../core/logger.ts';
 import { contextAttributes } from '../spans/context-attributes.ts';
 import { exportTarget } from '../export/export-pipeline.ts';
@@ -121,7 +122,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
   session.start();
   logStartup(log, session);
   const idleNs = BigInt(config.idleFlushMs) * 1_000_000n;
-  const idleTimer = setInterval(() => session!.tracer.flushIdle(idleNs), TUNING.idleFlushTickMs);
+  const idleTimer = setInterval(() => session!.tracer.flushIdle(idleNs), idleFlushTiming(idleNs).tickMs);
   const clockTimer = setInterval(() => clock.refresh(), TUNING.clockRefreshMs);
   log.info({ target_pids: config.pids, ioPath: session.ioPath, socketTable: session.tracer.socketTable, featuresOff: session.featuresOff.map((f) => f.feature), export: opts.exporter ? 'in-process' : target }, 'tracing');
 

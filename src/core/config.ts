@@ -345,7 +345,7 @@ export const SETTINGS = {
   idleFlushMs: value<number>({
     flag: 'idle-flush-ms', arg: 'MS', fileKey: 'kernel.idle_flush_ms', default: 500,
     parse: (raw) => wholeNumber(raw, 1, 3_600_000, 'a time in milliseconds'),
-    help: 'close the send/recv aggregates of quiet keep-alive sockets after this long',
+    help: 'close the send/recv aggregates of quiet keep-alive sockets after this long (the kernel is asked every half of it, at most every 250 ms and at least every 10 ms)',
   }),
   spool: toggle({
     flag: 'spool', env: ['KSPAN_SPOOL'], fileKey: 'export.spool.enabled',
@@ -736,8 +736,12 @@ export function testRingBytes(env: Readonly<Record<string, string | undefined>> 
 
 /** Internal tunables: fixed today, one place each. */
 export const TUNING = {
-  /** How often the kernel is asked to close idle send/recv aggregates. */
+  /**
+   * How often the kernel is asked to close idle send/recv aggregates: half the
+   * idle time, within these bounds (src/kernel/tcp-tracer.ts, idleFlushTiming()).
+   */
   idleFlushTickMs: 250,
+  idleFlushTickMinMs: 10,
   /** How often REALTIME − MONOTONIC is re-measured. */
   clockRefreshMs: 60_000,
   /** How often targets are re-examined: context location, Resource, still running. */

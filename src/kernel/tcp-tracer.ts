@@ -64,6 +64,20 @@ function targetValue(loc: KspanTlsLoc, policy: TargetPolicy, sel = SEL_BOTH): Bu
   return buf;
 }
 
+/**
+ * When the idle flush runs for a given idle time: every `tickMs` (half the idle
+ * time, within TUNING's bounds), and `guardNs`, how far past one run's cutoff
+ * the next run's may go (bpf/kspan.bpf.c, flush_cutoff()): a fifth more than a
+ * tick, so a run a little late does not lag. A hook claims a socket quiet for
+ * longer than about the idle time less that guard; the guard is kept below the
+ * idle time so that sockets in use need no claim.
+ */
+export function idleFlushTiming(idleNs: bigint): { tickMs: number; guardNs: bigint } {
+  const idleMs = Number(idleNs / 1_000_000n);
+  const tickMs = Math.min(TUNING.idleFlushTickMs, Math.max(TUNING.idleFlushTickMinMs, Math.floor(idleMs / 2)));
+  return { tickMs, guardNs: BigInt(tickMs) * 1_200_000n };
+}
+
 /** pruneIdleQueue() does nothing this soon after a flushIdle(). */
 const PRUNE_AFTER_FLUSH_MS = 1000;
 
@@ -405,7 +419,7 @@ export class TcpTracer {
     let flushed = 0;
     // One run looks at KSPAN_FLUSH_BATCH queued sockets; more runs for the rest.
     for (let run = 0; run <= KspanLimit.KSPAN_MAX_SOCKETS / KspanLimit.KSPAN_FLUSH_BATCH; run++) {
-      encodeKspanFlushArgs({ idle_ns: idleNs, flushed: 0n, more: 0n }, view, 0);
+      encodeKspanFlushArgs({ idle_ns: idleNs, guard_ns: idleFlushTiming(idleNs).guardNs, flushed: 0n, more: 0n }, view, 0);
       this.#obj.run(this.#flushProgram, args);
       const out = decodeKspanFlushArgs(view, 0);
       flushed += Number(out.flushed);

@@ -45,7 +45,8 @@ export const KspanCounter = {
   KSPAN_C_PROC_RING_FULL: 18,
   KSPAN_C_FORK_TABLE_FULL: 19,
   KSPAN_C_SCHED_IN_UNSEEN: 20,
-  KSPAN_C_MAX: 21,
+  KSPAN_C_FLUSH_CONTENDED: 21,
+  KSPAN_C_MAX: 22,
 } as const;
 
 export const KspanTlsKind = {
@@ -73,6 +74,7 @@ export const KspanLimit = {
   KSPAN_MAX_IO_INFLIGHT: 16384,
   KSPAN_MAX_TLS_MODULE: 4096,
   KSPAN_FLUSH_BATCH: 8192,
+  KSPAN_MAX_SOCK_CLAIMS: 1024,
   KSPAN_CTX_ATTRS_MAX: 52,
   KSPAN_MAX_PROC_SEEN: 16384,
   KSPAN_PROC_RING_BYTES: 262144,
@@ -1141,17 +1143,19 @@ export class KspanNodeLayoutView implements KspanNodeLayout {
   }
 }
 
-/** struct kspan_flush_args: 24 bytes. */
-export const KSPAN_FLUSH_ARGS_SIZE = 24;
+/** struct kspan_flush_args: 32 bytes. */
+export const KSPAN_FLUSH_ARGS_SIZE = 32;
 /** Byte offsets of struct kspan_flush_args's fields, for reading one in place without a view's getter. */
 export const KspanFlushArgsOffset = {
   idle_ns: 0,
-  flushed: 8,
-  more: 16,
+  guard_ns: 8,
+  flushed: 16,
+  more: 24,
 } as const;
 
 export interface KspanFlushArgs {
   idle_ns: bigint;
+  guard_ns: bigint;
   flushed: bigint;
   more: bigint;
 }
@@ -1159,16 +1163,18 @@ export interface KspanFlushArgs {
 export function decodeKspanFlushArgs(v: DataView, o: number): KspanFlushArgs {
   return {
     idle_ns: v.getBigUint64(o + 0, true),
-    flushed: v.getBigUint64(o + 8, true),
-    more: v.getBigUint64(o + 16, true),
+    guard_ns: v.getBigUint64(o + 8, true),
+    flushed: v.getBigUint64(o + 16, true),
+    more: v.getBigUint64(o + 24, true),
   };
 }
 
 /** Writes every named field; padding is left as it is in `v` (zero for a new buffer). */
 export function encodeKspanFlushArgs(x: KspanFlushArgs, v: DataView, o: number): void {
   v.setBigUint64(o + 0, x.idle_ns, true);
-  v.setBigUint64(o + 8, x.flushed, true);
-  v.setBigUint64(o + 16, x.more, true);
+  v.setBigUint64(o + 8, x.guard_ns, true);
+  v.setBigUint64(o + 16, x.flushed, true);
+  v.setBigUint64(o + 24, x.more, true);
 }
 
 /**
@@ -1191,13 +1197,17 @@ export class KspanFlushArgsView implements KspanFlushArgs {
     const v = this.v;
     return v.getBigUint64(this.o + 0, true);
   }
-  get flushed(): bigint {
+  get guard_ns(): bigint {
     const v = this.v;
     return v.getBigUint64(this.o + 8, true);
   }
-  get more(): bigint {
+  get flushed(): bigint {
     const v = this.v;
     return v.getBigUint64(this.o + 16, true);
+  }
+  get more(): bigint {
+    const v = this.v;
+    return v.getBigUint64(this.o + 24, true);
   }
 }
 

@@ -63,7 +63,7 @@ function loadAlone(path: string, name: string): Record<string, unknown> {
       if (name === 'flush_idle' || name === 'flush_idle_walk') {
         const args = Buffer.alloc(KSPAN_FLUSH_ARGS_SIZE);
         const view = new DataView(args.buffer, args.byteOffset, args.length);
-        encodeKspanFlushArgs({ idle_ns: 1n, flushed: 0n, more: 0n }, view, 0);
+        encodeKspanFlushArgs({ idle_ns: 1n, guard_ns: 1n, flushed: 0n, more: 0n }, view, 0);
         try {
           out.test_run_retval = obj.run(name, args);
           out.test_run_flushed = Number(decodeKspanFlushArgs(view, 0).flushed);

@@ -12,7 +12,7 @@ import { readElfFile } from '../../src/elf/elf-file.ts';
 const STT_FUNC = 2;
 const STB_GLOBAL = 1;
 import { describeOff, FEATURES, hasOtherVariant, planPrograms, PROGRAMS, type KernelCapability, type KernelHooks } from '../../src/kernel/programs.ts';
-import { socketTableAllocation, unaskedUprobeFeatures } from '../../src/kernel/tcp-tracer.ts';
+import { idleFlushTiming, socketTableAllocation, unaskedUprobeFeatures } from '../../src/kernel/tcp-tracer.ts';
 import type { CallKind } from '../../src/uprobes/uprobe-spec.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
 
@@ -186,4 +186,15 @@ test('socketTableAllocation: what was asked for, else on use where the kernel ha
   assert.equal(socketTableAllocation(undefined, () => false), 'preallocated');
   assert.equal(socketTableAllocation('preallocated', () => true), 'preallocated');
   assert.equal(socketTableAllocation('on-use', () => true), 'on-use');
+});
+
+test('idleFlushTiming: a tick of half the idle time within 10-250 ms, a guard a fifth more than the tick', () => {
+  const ms = 1_000_000n;
+  assert.deepEqual(idleFlushTiming(500n * ms), { tickMs: 250, guardNs: 300n * ms });
+  assert.deepEqual(idleFlushTiming(3_600_000n * ms), { tickMs: 250, guardNs: 300n * ms });
+  assert.deepEqual(idleFlushTiming(100n * ms), { tickMs: 50, guardNs: 60n * ms });
+  assert.deepEqual(idleFlushTiming(30n * ms), { tickMs: 15, guardNs: 18n * ms });
+  assert.deepEqual(idleFlushTiming(1n * ms), { tickMs: 10, guardNs: 12n * ms });
+  // the guard stays below the idle time wherever the tick is half of it: sockets in use need no claim
+  for (const idle of [20n, 100n, 499n, 500n]) assert.ok(idleFlushTiming(idle * ms).guardNs < idle * ms);
 });

@@ -1,0 +1,130 @@
+/**
+ * The idle flush and a socket's own hooks take turns (bpf/kspan.bpf.c,
+ * sock_enter() and flush_if_idle()): many keep-alive connections whose quiet
+ * times straddle the idle time, the flush run on its tick all along, and every
+ * byte the server sent and received is in exactly one record, each
+ * connection's sum equal to the totals its close record carries; and the
+ * claims themselves, held from here: the flush leaves a claimed socket alone,
+ * and a hook on a quiet socket the flush holds waits, then counts it.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { benchFixture, sleep, startNativeServer } from '../../bench/harness.ts';
+import { idleFlushTiming, TcpTracer } from '../../src/kernel/tcp-tracer.ts';
+import type { KernelRecord } from '../../src/records/kernel-record.ts';
+import { ProcessGroup } from '../helpers/processes.ts';
+import { e2eOptions } from '../helpers/require-bpf.ts';
+import { startClient, startServer } from '../helpers/tcp-fixtures.ts';
+
+/** What bench/fixtures/native_server.c answers to every request. */
+const ANSWER_BYTES = 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 512\r\n\r\n'.length + 512;
+const CONNS = 150;
+const IDLE_NS = 30_000_000n;
+
+describe('idle flush', e2eOptions(), () => {
+  test('the idle flush and the sockets\' hooks take turns: every byte in one record, under requests at the idle time', async () => {
+    const group = new ProcessGroup();
+    const records: KernelRecord[] = [];
+    const tracer = TcpTracer.open({ onRecord: (r) => records.push(r) });
+    let flusher: NodeJS.Timeout | undefined;
+    try {
+      tracer.start();
+      const server = await startNativeServer(group);
+      tracer.addPid(server.pid);
+      const client = group.start(benchFixture('hold_conns'), ['--port', String(server.port), '--conns', String(CONNS)]);
+      await client.waitLine(/^held \d+$/, 60_000);
+
+      // The flush on its tick (15 ms for 30 ms of idle), while passes over every
+      // connection come 0-60 ms apart: quiet times on both sides of the idle time.
+      let flushed = 0;
+      flusher = setInterval(() => (flushed += tracer.flushIdle(IDLE_NS)), idleFlushTiming(IDLE_NS).tickMs);
+      let passes = 0;
+      const until = performance.now() + 4000;
+      while (performance.now() < until) {
+        client.send('pass');
+        passes++;
+        while (client.lines.filter((l) => l === 'pass done').length < passes) await sleep(2);
+        await sleep((passes * 23) % 61);
+      }
+      clearInterval(flusher);
+      flusher = undefined;
+      client.child.stdin!.end();
+      assert.equal((await client.exited).code, 0);
+
+      const closes = () => records.filter((r) => r.type === 'close' && r.pid === server.pid);
+      for (let i = 0; i < 200 && closes().length < CONNS; i++) await sleep(50);
+      await tracer.stop();
+      const counters = tracer.counters();
+      assert.equal(counters.decode_errors, 0, 'no record the decoder refused');
+      assert.equal(counters.KSPAN_C_RINGBUF_FULL, 0, 'no record lost to a full ring');
+      assert.equal(counters.KSPAN_C_SOCK_TABLE_FULL, 0);
+      assert.equal(closes().length, CONNS);
+      assert.ok(flushed >= CONNS, `the flush closed aggregates between passes: ${flushed}`);
+
+      const sums = new Map<bigint, { sent: number; received: number }>();
+      for (const r of records) {
+        if (r.pid !== server.pid || (r.type !== 'send' && r.type !== 'recv')) continue;
+        const s = sums.get(r.cookie) ?? { sent: 0, received: 0 };
+        if (r.type === 'send') s.sent += r.bytes;
+        else s.received += r.bytes;
+        sums.set(r.cookie, s);
+      }
+      for (const c of closes()) {
+        const s = sums.get(c.cookie);
+        assert.ok(s, `records for connection ${c.cookie}`);
+        assert.equal(c.bytesSent, (passes + 1) * ANSWER_BYTES, `connection ${c.cookie}: every answer counted by the kernel`);
+        assert.equal(s.sent, c.bytesSent, `connection ${c.cookie}: the answers' bytes, each in one record (${counters.KSPAN_C_FLUSH_CONTENDED} contended)`);
+        assert.equal(s.received, c.bytesReceived, `connection ${c.cookie}: the requests' bytes, each in one record`);
+      }
+    } finally {
+      if (flusher) clearInterval(flusher);
+      await tracer.stop();
+      await group.killAll();
+    }
+  });
+
+  test('a claimed socket: the flush leaves it for its next run; a hook on it, quiet past the guard, counts the contention', async () => {
+    const group = new ProcessGroup();
+    const records: KernelRecord[] = [];
+    const tracer = TcpTracer.open({ onRecord: (r) => records.push(r) });
+    try {
+      tracer.start();
+      // The server answers one request and waits for a second that never comes.
+      const server = await startServer(group, ['--requests', '2', '--req-bytes', '50', '--resp-bytes', '5000']);
+      tracer.addPid(server.proc.pid);
+      const client = startClient(group, ['--port', String(server.port), '--req-bytes', '50', '--resp-bytes', '5000', '--hold']);
+      server.proc.send('go');
+      client.send('go');
+      await client.waitLine(/^held$/);
+      const accept = () => records.find((r) => r.type === 'accept' && r.pid === server.proc.pid);
+      for (let i = 0; i < 100 && !accept(); i++) await sleep(20);
+      const key = Buffer.alloc(8);
+      key.writeBigUInt64LE(accept()!.cookie);
+      const claims = tracer.object.map('sock_claims');
+
+      // Held: the quiet response stays open, and the socket stays queued.
+      assert.equal(claims.insert(key, Buffer.from([1])), true);
+      await sleep(300);
+      assert.equal(tracer.flushIdle(100_000_000n), 0, 'a claimed socket is not flushed');
+      assert.equal(records.filter((r) => r.type === 'send' && r.pid === server.proc.pid).length, 0);
+      assert.equal(claims.delete(key), true);
+      assert.equal(tracer.flushIdle(100_000_000n), 1, 'once let go, the next run flushes it');
+
+      // Held again: the socket is quiet past the guard that run published, so
+      // its close (the client goes) claims it, waits, counts, and goes on.
+      assert.equal(claims.insert(key, Buffer.from([1])), true);
+      client.send('close');
+      const close = () => records.find((r) => r.type === 'close' && r.pid === server.proc.pid);
+      for (let i = 0; i < 200 && !close(); i++) await sleep(20);
+      assert.equal(tracer.counters().KSPAN_C_FLUSH_CONTENDED, 1);
+      assert.equal(close()!.bytesSent, 5000);
+      assert.equal(close()!.bytesReceived, 50);
+      const sends = records.filter((r) => r.type === 'send' && r.pid === server.proc.pid);
+      assert.deepEqual(sends.map((r) => r.bytes), [5000], 'the response once, from the flush');
+      assert.equal(claims.delete(key), true, 'a hook deletes only a claim it made');
+    } finally {
+      await tracer.stop();
+      await group.killAll();
+    }
+  });
+});
