@@ -14,7 +14,7 @@ import type { SchedRingRecord } from '../records/sched-record.ts';
 import { onceKernelSymbols } from '../kernel/kallsyms-file.ts';
 import { OFF_CPU_STACK_FRAMES } from '../spans/sched-spans.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
-import { logStartup, openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { logStartup, openSession, recordsLost, refreshClock, TARGETS_GONE, waitForStop } from './options.ts';
 import { EXIT } from './usage.ts';
 
 export async function eventsCommand(config: EventsConfig, log: Logger): Promise<number> {
@@ -57,12 +57,14 @@ export async function eventsCommand(config: EventsConfig, log: Logger): Promise<
   session.start();
   logStartup(log, session);
   const flushTimer = setInterval(flushOut, 50);
+  const clockTimer = refreshClock(clock, log);
   log.info({ target_pids: config.pids, ioPath: session.ioPath, socketTable: session.tracer.socketTable, sched: session.tracer.sched, featuresOff: session.featuresOff.map((f) => f.feature) }, 'tracing');
 
   const why = await stop;
   log.info({ why }, 'stopping');
   await session.stop(print);
   clearInterval(flushTimer);
+  clearInterval(clockTimer);
   flushOut();
   const counters = session.counters();
   const lost = recordsLost(counters);

@@ -3,12 +3,13 @@
  * with its logging, loss counting, file error wording.
  */
 import { getSystemErrorMessage } from 'node:util';
-import type { RunConfig, SELECTION } from '../core/config.ts';
+import { TUNING, type RunConfig, type SELECTION } from '../core/config.ts';
 import { selectionFromSettings } from '../discovery/selectors.ts';
 import { reloadPolicy } from '../policy/policy-config.ts';
 import { PolicyWatcher } from '../policy/policy-watcher.ts';
 import type { Logger } from '../core/logger.ts';
 import { startupTimings } from '../core/startup-timing.ts';
+import type { KernelClock } from '../kernel/clock.ts';
 import { setLibbpfLogSink } from '../kernel/libbpf-log.ts';
 import type { TracerCounters } from '../kernel/tcp-tracer.ts';
 import { TracingSession, type TracingSessionOptions } from '../kernel/tracing-session.ts';
@@ -89,6 +90,22 @@ export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onSchedReco
  * features the kernel cannot give, refused records, unreadable contexts and
  * exited targets logged.
  */
+/**
+ * Re-measures the kernel clock's offset every TUNING.clockRefreshMs, so that a
+ * step of the realtime clock misplaces kernel times for a second at most; a move
+ * of a millisecond or more is logged. The caller clears the timer.
+ */
+export function refreshClock(clock: KernelClock, log: Logger): NodeJS.Timeout {
+  const timer = setInterval(() => {
+    const moved = clock.refresh();
+    if (moved >= TUNING.clockStepLogNs || -moved >= TUNING.clockStepLogNs) {
+      log.info({ movedNs: Number(moved) }, 'the realtime clock moved against the monotonic one: kernel times follow it');
+    }
+  }, TUNING.clockRefreshMs);
+  timer.unref();
+  return timer;
+}
+
 /** Debug: how long each start-up phase took, and what each loaded program cost the verifier. */
 export function logStartup(log: Logger, session: TracingSession): void {
   if (log.isLevelEnabled('debug')) log.debug({ ms: startupTimings(), verified_insns: session.tracer.verifiedInsns() }, 'start-up');

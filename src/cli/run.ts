@@ -7,7 +7,7 @@
  * 3 when records or spans were lost.
  */
 import type { SpanExporter } from '@opentelemetry/sdk-trace';
-import { DEFAULT_SPOOL_DIR, loadConfig, TUNING, type RunConfig } from '../core/config.ts';
+import { DEFAULT_SPOOL_DIR, loadConfig, type RunConfig } from '../core/config.ts';
 import { SpanSpool } from '../export/spool.ts';
 import { KernelClock } from '../kernel/clock.ts';
 import { idleFlushTiming } from '../kernel/tcp-tracer.ts';
@@ -19,7 +19,7 @@ import { OrphanNotices, type Notice } from '../spans/orphan-notices.ts';
 import { TargetResources } from '../export/target-resources.ts';
 import { containerResource } from '../discovery/process-facts.ts';
 import type { TracingSession } from '../kernel/tracing-session.ts';
-import { logStartup, openSession, recordsLost, TARGETS_GONE, waitForStop } from './options.ts';
+import { logStartup, openSession, recordsLost, refreshClock, TARGETS_GONE, waitForStop } from './options.ts';
 import { CallSpanBuilder } from '../spans/call-spans.ts';
 import { uprobeSpecs } from '../uprobes/uprobe-spec.ts';
 import type { AgentMetrics } from '../metrics/metrics-server.ts';
@@ -123,7 +123,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
   logStartup(log, session);
   const idleNs = BigInt(config.idleFlushMs) * 1_000_000n;
   const idleTimer = setInterval(() => session!.tracer.flushIdle(idleNs), idleFlushTiming(idleNs).tickMs);
-  const clockTimer = setInterval(() => clock.refresh(), TUNING.clockRefreshMs);
+  const clockTimer = refreshClock(clock, log);
   log.info({ target_pids: config.pids, ioPath: session.ioPath, socketTable: session.tracer.socketTable, featuresOff: session.featuresOff.map((f) => f.feature), export: opts.exporter ? 'in-process' : target }, 'tracing');
 
   let stopping: Promise<{ lost: number }> | undefined;

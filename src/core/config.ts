@@ -742,8 +742,14 @@ export const TUNING = {
    */
   idleFlushTickMs: 250,
   idleFlushTickMinMs: 10,
-  /** How often REALTIME − MONOTONIC is re-measured. */
-  clockRefreshMs: 60_000,
+  /**
+   * How often REALTIME − MONOTONIC is re-measured (21 clock reads): a step of
+   * the realtime clock (NTP, a VM restored from a snapshot) misplaces kernel
+   * times against the services' own for at most this long.
+   */
+  clockRefreshMs: 1000,
+  /** A move of the offset at least this large is logged (info). */
+  clockStepLogNs: 1_000_000n,
   /** How often targets are re-examined: context location, Resource, still running. */
   targetRefreshMs: 2000,
   /**

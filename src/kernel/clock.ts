@@ -33,7 +33,10 @@ export class KernelClock {
     return this.#offset;
   }
 
-  refresh(): void {
+  /** Measures the offset again; returns how far it moved (a realtime clock step or slew since the last). */
+  refresh(): bigint {
+    const before = this.#offset;
     this.#offset = measureClockOffset();
+    return this.#offset - before;
   }
 }
