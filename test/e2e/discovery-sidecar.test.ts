@@ -87,7 +87,9 @@ describe('sidecar: a pid namespace shared with the service', e2eOptions(), () =>
     const agent = inPod(KSPAN_BIN, ['run', '--pid', String(fx.nsPid), '--otlp-endpoint', receiver.endpoint]);
     await agent.waitStderr(/"msg":"tracing"/, 20_000);
     const traceId = randomBytes(16).toString('hex');
-    const job = await fx.run('sleeps', 50, { traceId, spanId: 'a1'.repeat(8), sampled: true }, 1);
+    // 200 ms: the fixture's watcher reads /proc's wchan halfway through, which in
+    // an emulated guest came after a 50 ms sleep had ended (wchan not read).
+    const job = await fx.run('sleeps', 200, { traceId, spanId: 'a1'.repeat(8), sampled: true }, 1);
     process.kill(await childOf(agent.pid), 'SIGTERM');
     assert.equal((await agent.exited).code, 0, agent.stderr.join('\n'));
     const sched = receiver.spans.filter((s) => s.name === 'thread.sched' && s.traceId === traceId);
@@ -98,6 +100,7 @@ describe('sidecar: a pid namespace shared with the service', e2eOptions(), () =>
     assert.equal(sched[0].attributes['kspan.sched.voluntary_switches'], 1);
     const off = sched[0].events.filter((e) => e.attributes['kspan.sched.off_cpu.kind'] === 'blocked' && e.attributes['kspan.sched.syscall'] === 'clock_nanosleep');
     assert.equal(off.length, 1);
+    assert.match(job.wchan ?? '', /^\w+$/, `the kernel's /proc wchan: ${job.wchan}`);
     assert.equal(off[0].attributes['kspan.sched.wchan'], job.wchan);
     fx.proc.child.stdin!.end();
     await fx.proc.exited;
