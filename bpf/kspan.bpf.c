@@ -335,7 +335,7 @@ static __always_inline void sock_unclaim(__u64 cookie, bool claimed)
 		bpf_map_delete_elem(&sock_claims, &cookie);
 }
 
-/* Before a hook changes `st`: whether it claimed it (pass that to sock_leave). */
+/* Before a hook changes `st`: whether it claimed it (pass that to sock_unclaim() when done). */
 static __always_inline bool sock_enter(const struct kspan_sock *st, __u64 cookie)
 {
 	__u32 zero = 0;
@@ -348,11 +348,6 @@ static __always_inline bool sock_enter(const struct kspan_sock *st, __u64 cookie
 			return true;
 	count(KSPAN_C_FLUSH_CONTENDED);
 	return false;
-}
-
-static __always_inline void sock_leave(__u64 cookie, bool claimed)
-{
-	sock_unclaim(cookie, claimed);
 }
 
 static __always_inline void fill_common(struct kspan_event *e, const struct kspan_sock *st,
@@ -760,7 +755,7 @@ static __always_inline void sock_length(struct sock *sk, int ret, __u8 dir)
 		return;
 	bool claimed = sock_enter(st, cookie);
 	account_io(t, pid_tgid, st, cookie, dir, ret, 0);
-	sock_leave(cookie, claimed);
+	sock_unclaim(cookie, claimed);
 }
 
 SEC("tp_btf/sock_send_length")
@@ -810,7 +805,6 @@ static __always_inline void connect_done(const struct sock *sk, struct kspan_soc
 	}
 	ctx_from_ref(&e->ctx, &st->agg.ref);
 	submit(e);
-	return;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -849,7 +843,7 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 		st->pid = tgid;
 		st->tid = (__u32)pid_tgid;
 		sock_last_read(st, cookie, t, tgid);
-		sock_leave(cookie, claimed);
+		sock_unclaim(cookie, claimed);
 		return 0;
 	}
 
@@ -863,7 +857,7 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 		return 0;
 	bool claimed = sock_enter(st, cookie);
 	connect_done(sk, st, cookie, newstate);
-	sock_leave(cookie, claimed);
+	sock_unclaim(cookie, claimed);
 	return 0;
 }
 
@@ -967,7 +961,7 @@ static __always_inline int handle_accept_exit(long ret)
 		return 0;
 	bool claimed = sock_enter(st, cookie);
 	accepted(t, pid_tgid, st, cookie);
-	sock_leave(cookie, claimed);
+	sock_unclaim(cookie, claimed);
 	return 0;
 }
 
@@ -1073,7 +1067,7 @@ int BPF_PROG(on_destroy_sock, struct sock *sk)
 	if (st->sflags & KSPAN_S_CONNECTING)
 		bpf_map_delete_elem(&connect_pending, &cookie);
 	bpf_map_delete_elem(&socks, &cookie);
-	sock_leave(cookie, claimed);
+	sock_unclaim(cookie, claimed);
 	return 0;
 }
 
@@ -1218,7 +1212,7 @@ static __always_inline void io_done(const struct kspan_target *t, __u64 pid_tgid
 	}
 	bool claimed = sock_enter(st, cookie);
 	account_io(t, pid_tgid, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
-	sock_leave(cookie, claimed);
+	sock_unclaim(cookie, claimed);
 }
 
 /*

@@ -84,12 +84,11 @@ export type TracingConfig = Pick<RunConfig, (typeof SELECTION)[number] | 'config
 
 export type SessionHooks = Pick<TracingSessionOptions, 'onRecord' | 'onSchedRecord' | 'onTarget' | 'onTargetExit' | 'onTargetsGone' | 'uprobes'>;
 
-/**
- * The tracing session of run, events and record: the targets checked first
- * (KSPAN_ERR_TARGET), then the programs loaded and attached; libbpf's messages,
- * features the kernel cannot give, refused records, unreadable contexts and
- * exited targets logged.
- */
+/** Debug: how long each start-up phase took, and what each loaded program cost the verifier. */
+export function logStartup(log: Logger, session: TracingSession): void {
+  if (log.isLevelEnabled('debug')) log.debug({ ms: startupTimings(), verified_insns: session.tracer.verifiedInsns() }, 'start-up');
+}
+
 /**
  * Re-measures the kernel clock's offset every TUNING.clockRefreshMs, so that a
  * step of the realtime clock misplaces kernel times for a second at most; a move
@@ -106,11 +105,12 @@ export function refreshClock(clock: KernelClock, log: Logger): NodeJS.Timeout {
   return timer;
 }
 
-/** Debug: how long each start-up phase took, and what each loaded program cost the verifier. */
-export function logStartup(log: Logger, session: TracingSession): void {
-  if (log.isLevelEnabled('debug')) log.debug({ ms: startupTimings(), verified_insns: session.tracer.verifiedInsns() }, 'start-up');
-}
-
+/**
+ * The tracing session of run, events and record: the targets checked first
+ * (KSPAN_ERR_TARGET), then the programs loaded and attached; libbpf's messages,
+ * features the kernel cannot give, refused records, unreadable contexts and
+ * exited targets logged.
+ */
 export function openSession(config: TracingConfig, log: Logger, hooks: SessionHooks): TracingSession {
   setLibbpfLogSink((level, line) => log[level === 'warn' ? 'warn' : 'debug']({ libbpf: line }, 'libbpf'), { debug: log.isLevelEnabled('debug') });
   const session = TracingSession.open({

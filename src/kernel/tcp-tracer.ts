@@ -417,9 +417,10 @@ export class TcpTracer {
     const args = Buffer.alloc(KSPAN_FLUSH_ARGS_SIZE);
     const view = new DataView(args.buffer, args.byteOffset, args.length);
     let flushed = 0;
+    const guardNs = idleFlushTiming(idleNs).guardNs;
     // One run looks at KSPAN_FLUSH_BATCH queued sockets; more runs for the rest.
     for (let run = 0; run <= KspanLimit.KSPAN_MAX_SOCKETS / KspanLimit.KSPAN_FLUSH_BATCH; run++) {
-      encodeKspanFlushArgs({ idle_ns: idleNs, guard_ns: idleFlushTiming(idleNs).guardNs, flushed: 0n, more: 0n }, view, 0);
+      encodeKspanFlushArgs({ idle_ns: idleNs, guard_ns: guardNs, flushed: 0n, more: 0n }, view, 0);
       this.#obj.run(this.#flushProgram, args);
       const out = decodeKspanFlushArgs(view, 0);
       flushed += Number(out.flushed);
