@@ -5,11 +5,21 @@
  * (src/proto/otlp.ts). It can be stopped and restarted on the same port (collector
  * outage) and can answer UNAVAILABLE (or any status) on demand.
  *
- * Run as a script (`node test/helpers/otlp-receiver.ts [--http] [--no-decode]`) it
- * serves in a child process: prints `{"port":N}` on stdout, answers `count` IPC
- * messages with `{spans, requests, bytes}`.
+ * Run as a script (`node test/helpers/otlp-receiver.ts [--http] [--no-decode]
+ * [--fixed-window]`) it serves in a child process: prints `{"port":N}` on stdout,
+ * answers `count` IPC messages with `{spans, requests, bytes}`.
+ *
+ * Its HTTP/2 flow-control windows grow as the OpenTelemetry Collector's do. The
+ * Collector serves gRPC with grpc-go, whose BDP estimator sets a connection's
+ * windows to twice what arrived in one ping round trip (at most 16 MiB): with
+ * 1 MiB export requests on loopback, about 1.9 MB within the first few requests.
+ * grpc-js's server keeps HTTP/2's 64 KiB, so a sender would stop for a
+ * WINDOW_UPDATE every 64 KiB, a cost no Collector makes it pay. Here, a request of
+ * N bytes grows the windows of the server's sessions to 2 N (16 MiB at most);
+ * `growWindows: false` (`--fixed-window`) keeps 64 KiB.
  */
 import http from 'node:http';
+import type http2 from 'node:http2';
 import * as grpc from '@grpc/grpc-js';
 import { rawUnaryMethod } from '../../src/export/grpc-transport.ts';
 import {
@@ -52,6 +62,20 @@ export interface OtlpReceiverOptions {
   protocol?: 'grpc' | 'http';
   /** false: count spans without keeping them (benchmarks). Default true. */
   keep?: boolean;
+  /** gRPC: grow the HTTP/2 windows with the requests, as grpc-go does (the module comment). Default true. */
+  growWindows?: boolean;
+}
+
+/** HTTP/2's initial flow-control window (RFC 9113, 6.9.2), what grpc-js's server keeps. */
+const HTTP2_DEFAULT_WINDOW = 65_535;
+/** The largest window grpc-go's BDP estimator sets (bdpLimit). */
+const BDP_LIMIT = 16 << 20;
+
+/** Sets a session's connection window and its streams' initial window (new and open streams) to `bytes`. */
+function setWindow(session: http2.ServerHttp2Session, bytes: number): void {
+  if (session.destroyed || session.closed) return;
+  session.setLocalWindowSize(bytes);
+  session.settings({ initialWindowSize: bytes });
 }
 
 interface PlainSpan {
@@ -176,6 +200,10 @@ export class OtlpReceiver {
   spanCount = 0;
   bytes = 0;
   readonly #keep: boolean;
+  readonly #growWindows: boolean;
+  /** The gRPC sessions' window now (grown by the largest request so far). */
+  #window = HTTP2_DEFAULT_WINDOW;
+  readonly #sessions = new Set<http2.ServerHttp2Session>();
   #port = 0;
   #grpc: grpc.Server | null = null;
   #http: http.Server | null = null;
@@ -185,6 +213,12 @@ export class OtlpReceiver {
   constructor(options: OtlpReceiverOptions = {}) {
     this.protocol = options.protocol ?? 'grpc';
     this.#keep = options.keep ?? true;
+    this.#growWindows = options.growWindows ?? true;
+  }
+
+  /** The gRPC sessions' HTTP/2 flow-control window, in bytes. */
+  get window(): number {
+    return this.#window;
   }
 
   get port(): number {
@@ -212,6 +246,7 @@ export class OtlpReceiver {
     if (this.#grpc) {
       this.#grpc.forceShutdown();
       this.#grpc = null;
+      this.#window = HTTP2_DEFAULT_WINDOW; // a new server starts from the default again
     }
     if (this.#http) {
       const s = this.#http;
@@ -293,6 +328,7 @@ export class OtlpReceiver {
             callback({ code, details: 'injected failure' });
             return;
           }
+          this.#grow(call.request.length);
           try {
             this.#accept(call.request);
           } catch (err) {
@@ -307,9 +343,38 @@ export class OtlpReceiver {
       server.bindAsync(`127.0.0.1:${port}`, grpc.ServerCredentials.createInsecure(), (err, bound) => {
         if (err) return reject(err);
         this.#grpc = server;
+        try {
+          this.#watchSessions(server);
+        } catch (e) {
+          server.forceShutdown();
+          this.#grpc = null;
+          return reject(e);
+        }
         resolve(bound);
       });
     });
+  }
+
+  /** Follows the server's HTTP/2 sessions, to grow their windows (grpc-js does not expose them). */
+  #watchSessions(server: grpc.Server): void {
+    if (!this.#growWindows) return;
+    const servers = (server as unknown as { http2Servers?: unknown }).http2Servers;
+    if (!(servers instanceof Map)) throw new Error('otlp-receiver: grpc-js no longer keeps its HTTP/2 servers in `http2Servers`; the windows cannot grow');
+    for (const h of servers.keys() as Iterable<http2.Http2Server>) {
+      h.on('session', (session: http2.ServerHttp2Session) => {
+        this.#sessions.add(session);
+        session.once('close', () => this.#sessions.delete(session));
+        if (this.#window > HTTP2_DEFAULT_WINDOW) setWindow(session, this.#window);
+      });
+    }
+  }
+
+  /** A request of `bytes` arrived: windows grow to twice that, as grpc-go's BDP estimator sets them. */
+  #grow(bytes: number): void {
+    const want = Math.min(BDP_LIMIT, 2 * bytes);
+    if (!this.#growWindows || want <= this.#window) return;
+    this.#window = want;
+    for (const s of this.#sessions) setWindow(s, want);
   }
 
   #startHttp(port: number): Promise<number> {
@@ -362,6 +427,7 @@ if (import.meta.main) {
   const receiver = new OtlpReceiver({
     protocol: process.argv.includes('--http') ? 'http' : 'grpc',
     keep: !process.argv.includes('--no-decode'),
+    growWindows: !process.argv.includes('--fixed-window'),
   });
   const port = await receiver.start(0);
   process.stdout.write(JSON.stringify({ port }) + '\n');

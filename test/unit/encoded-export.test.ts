@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import http from 'node:http';
+import http2 from 'node:http2';
 import { after, describe, test } from 'node:test';
 import { gunzipSync } from 'node:zlib';
 import * as grpc from '@grpc/grpc-js';
@@ -272,5 +273,60 @@ test('OTEL_EXPORTER_OTLP_HEADERS reach both transports, OTEL_EXPORTER_OTLP_COMPR
   } finally {
     for (const k of Object.keys(process.env)) if (!(k in saved)) delete process.env[k];
     Object.assign(process.env, saved);
+  }
+});
+
+/** One gRPC request of a `bytes`-long message (a single unknown field, which an OTLP decoder skips) over a raw HTTP/2 session. */
+function rawExport(session: http2.ClientHttp2Session, bytes: number): Promise<number> {
+  const body = Buffer.alloc(bytes);
+  // field 15, length-delimited: tag, a 3-byte varint length, the rest zeros
+  const len = bytes - 4;
+  body[0] = (15 << 3) | 2;
+  body[1] = (len & 0x7f) | 0x80;
+  body[2] = ((len >> 7) & 0x7f) | 0x80;
+  body[3] = len >> 14;
+  const frame = Buffer.alloc(5);
+  frame.writeUInt32BE(bytes, 1);
+  return new Promise((resolve, reject) => {
+    const req = session.request({ ':method': 'POST', ':path': TRACE_EXPORT_PATH, 'content-type': 'application/grpc', te: 'trailers' });
+    let status = -1;
+    req.on('trailers', (t) => (status = Number(t['grpc-status'])));
+    req.on('error', reject);
+    req.on('data', () => {});
+    req.on('end', () => resolve(status));
+    req.end(Buffer.concat([frame, body]));
+  });
+}
+
+/** The initial stream window the server's SETTINGS announce, once it is `want` (or what it was after 2 s). */
+async function remoteWindow(session: http2.ClientHttp2Session, want: number): Promise<number | undefined> {
+  const until = Date.now() + 2000;
+  while (session.remoteSettings.initialWindowSize !== want && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+  return session.remoteSettings.initialWindowSize;
+}
+
+test("the test receiver's HTTP/2 windows grow with its requests, as grpc-go's (the Collector's) do", async () => {
+  const grows = await receiver('grpc');
+  const fixed = new OtlpReceiver({ growWindows: false });
+  await fixed.start();
+  cleanups.push(() => fixed.stop());
+  for (const [r, expected] of [
+    [grows, [600_000, 600_000, 1_000_000]],
+    [fixed, [65_535, 65_535, 65_535]],
+  ] as const) {
+    const session = http2.connect(`http://127.0.0.1:${r.port}`);
+    try {
+      // 300 000 B: twice that; 200 000 B: no smaller; 500 000 B: twice that again.
+      for (const [i, bytes] of [300_000, 200_000, 500_000].entries()) {
+        assert.equal(await rawExport(session, bytes), 0);
+        assert.equal(r.window, expected[i]);
+        assert.equal(await remoteWindow(session, expected[i]), expected[i]);
+      }
+      assert.equal(r.requests, 3);
+      assert.equal(r.bytes, 1_000_000);
+      assert.equal(r.spanCount, 0);
+    } finally {
+      session.destroy();
+    }
   }
 });
