@@ -13,8 +13,11 @@
  *
  * Each full pipeline of a round runs in a process of its own (this script with
  * --one PATH:PROTOCOL --endpoint URL, under this process's flags and
- * environment), first on a warm-up run of its own path, then measured: as the
- * agent is one process running one path. In one shared process the encoded gRPC
+ * environment), as the agent is one process running one path. The pipeline is
+ * made once; a warm-up workload as long as the measured one goes through it
+ * first, then the measured one through the same pipeline and connection, as an
+ * agent's spans go for its whole life (a new gRPC channel, its connection and the
+ * compilation of a new pipeline's code are paid once per agent, not per span). In one shared process the encoded gRPC
  * run lost 15 % from the first round to the third (407 k, 362 k, 347 k spans per
  * CPU-second with the other full runs left out), after the stages measured alone
  * had run the same correlator and export code with other callbacks and span
@@ -34,7 +37,7 @@ import { resourceFromAttributes } from '@opentelemetry/resources';
 import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import { pino } from 'pino';
 import type { KernelRecord } from '../src/records/kernel-record.ts';
-import { createEncodedOtlpExporter, createOtlpExporter, ExportPipeline } from '../src/export/export-pipeline.ts';
+import { createEncodedOtlpExporter, createOtlpExporter, ExportPipeline, type ExportCounters } from '../src/export/export-pipeline.ts';
 import { EncodedSpanSizer, encodedSpanSerializer, RequestBuffers } from '../src/export/export-request.ts';
 import { KernelSpanEncoder, type EncodedSpan } from '../src/export/span-encoder.ts';
 import type { KernelSpan } from '../src/spans/kernel-span.ts';
@@ -156,8 +159,20 @@ async function stopReceiver(r: Receiver): Promise<void> {
   await once(r.child, 'exit');
 }
 
-/** The full pipeline: correlator → encoder (or builder) → ExportPipeline → exporter → receiver. */
-async function fullPipeline(workload: Workload, endpoint: string, path: SpanPath, protocol: Protocol) {
+/** What one workload through a full pipeline took, and the export counters it moved. */
+interface FullRun {
+  wall: number;
+  cpu: number;
+  counters: ExportCounters;
+}
+
+/**
+ * The full pipeline: correlator → encoder (or builder) → ExportPipeline → exporter
+ * → receiver. It is made once and fed workload after workload, as the agent feeds
+ * one export pipeline, over one connection, for its whole life; each workload gets
+ * a correlator of its own (its sockets open and close within it).
+ */
+function fullPipeline(endpoint: string, path: SpanPath, protocol: Protocol) {
   const target = { kind: 'otlp', protocol, endpoint } as const;
   // The agent's batch size (TUNING.export); a partial batch goes out after 5 ms, not 500.
   const common = { logger: pino({ level: 'warn' }), scheduledDelayMs: 5 };
@@ -179,30 +194,35 @@ async function fullPipeline(workload: Workload, endpoint: string, path: SpanPath
     emit = (k) => p.enqueue(builder.build(k));
     pipeline = p;
   }
-  const corr = new SocketCorrelator({ emit, clock: 'records' });
-  const source = slices(workload);
-  // Making the records is not the pipeline's work: its CPU (and wall) time is taken out.
-  let makeCpu = 0;
-  let makeWall = 0;
-  const c0 = process.cpuUsage();
-  const t0 = performance.now();
-  for (;;) {
-    const m0 = process.cpuUsage();
-    const w0 = performance.now();
-    const next = source.next();
-    makeCpu += cpuSeconds(m0);
-    makeWall += (performance.now() - w0) / 1000;
-    if (next.done) break;
-    for (const r of next.value) corr.push(r);
-    // Backpressure: let exports run when the queue fills (a live agent would lag the ring buffer).
-    if (pipeline.held > 8192) await pipeline.waitForRoom(4096);
-  }
-  corr.flush();
-  await pipeline.forceFlush();
-  const wall = (performance.now() - t0) / 1000 - makeWall;
-  const cpu = cpuSeconds(c0) - makeCpu;
-  await pipeline.shutdown();
-  return { wall, cpu, counters: pipeline.counters };
+  const run = async (workload: Workload): Promise<FullRun> => {
+    const before = { ...pipeline.counters };
+    const corr = new SocketCorrelator({ emit, clock: 'records' });
+    const source = slices(workload);
+    // Making the records is not the pipeline's work: its CPU (and wall) time is taken out.
+    let makeCpu = 0;
+    let makeWall = 0;
+    const c0 = process.cpuUsage();
+    const t0 = performance.now();
+    for (;;) {
+      const m0 = process.cpuUsage();
+      const w0 = performance.now();
+      const next = source.next();
+      makeCpu += cpuSeconds(m0);
+      makeWall += (performance.now() - w0) / 1000;
+      if (next.done) break;
+      for (const r of next.value) corr.push(r);
+      // Backpressure: let exports run when the queue fills (a live agent would lag the ring buffer).
+      if (pipeline.held > 8192) await pipeline.waitForRoom(4096);
+    }
+    corr.flush();
+    await pipeline.forceFlush();
+    const wall = (performance.now() - t0) / 1000 - makeWall;
+    const cpu = cpuSeconds(c0) - makeCpu;
+    const counters = { ...pipeline.counters };
+    for (const k of Object.keys(counters) as (keyof ExportCounters)[]) counters[k] -= before[k];
+    return { wall, cpu, counters };
+  };
+  return { run, shutdown: () => pipeline.shutdown() };
 }
 
 /**
@@ -225,34 +245,33 @@ async function transportAlone(workload: Workload, endpoint: string, protocol: Pr
   return { rate: (times * batch.length) / cpu, sent: (times + 1) * batch.length };
 }
 
-/** What a full run in a process of its own reports (--one). */
-interface AloneRun {
-  wall: number;
-  cpu: number;
-  counters: ExportPipeline['counters'];
-}
-
 /**
- * The body of --one: a warm-up run on the same path, then, once the parent has
- * read the receiver's count ('go' on the IPC channel), the measured one, sent back.
+ * The body of --one: a warm-up workload through the pipeline, then, once the parent
+ * has read the receiver's count ('go' on the IPC channel), the measured one through
+ * the same pipeline, sent back. No forced collection in between: the agent never
+ * makes one, and after one the next 200 000 spans took 10–20 % more CPU here.
  */
 async function warmThenFull(workload: Workload, endpoint: string, path: SpanPath, protocol: Protocol): Promise<void> {
-  await fullPipeline({ requests: 20_000, sockets: workload.sockets, cookieBase: 1_000_000n }, endpoint, path, protocol);
-  gc();
+  const full = fullPipeline(endpoint, path, protocol);
+  await full.run(warmup(workload));
   const go = once(process, 'message');
   process.send!('warm');
   await go;
-  const run: AloneRun = await fullPipeline(workload, endpoint, path, protocol);
+  const run = await full.run(workload);
+  await full.shutdown();
   process.send!(run);
   process.disconnect();
 }
+
+/** The warm-up workload before a measured one: as long, on sockets of its own. */
+const warmup = (w: Workload): Workload => ({ ...w, cookieBase: 1_000_000n });
 
 /**
  * One full pipeline in a child process of this script (its own heap and its own
  * JIT feedback); `between` runs after the child's warm-up and before its measured
  * run (the receiver's count).
  */
-async function fullPipelineAlone(workload: Workload, endpoint: string, path: SpanPath, protocol: Protocol, between: () => Promise<void>): Promise<AloneRun> {
+async function fullPipelineAlone(workload: Workload, endpoint: string, path: SpanPath, protocol: Protocol, between: () => Promise<void>): Promise<FullRun> {
   const argv = [...process.execArgv, fileURLToPath(import.meta.url), '--one', `${path}:${protocol}`, '--endpoint', endpoint];
   argv.push('--requests', String(workload.requests), '--sockets', String(workload.sockets));
   const child = spawn(process.execPath, argv, { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
@@ -262,7 +281,7 @@ async function fullPipelineAlone(workload: Workload, endpoint: string, path: Spa
     if (warm !== 'warm') throw new Error(`bench/pipeline.ts --one ${path}:${protocol}: ${JSON.stringify(warm)} before its warm-up ended`);
     await between();
     child.send('go');
-    const [run] = (await once(child, 'message')) as [AloneRun];
+    const [run] = (await once(child, 'message')) as [FullRun];
     const [code] = await exited;
     if (code !== 0) throw new Error(`bench/pipeline.ts --one ${path}:${protocol} exited ${code}`);
     return run;
@@ -273,7 +292,7 @@ async function fullPipelineAlone(workload: Workload, endpoint: string, path: Spa
 
 const fmt = (n: number) => Math.round(n).toLocaleString('en-US');
 
-interface FullRun {
+interface FullRate {
   rate: number;
   wall: number;
 }
@@ -285,7 +304,7 @@ interface Round {
   enc: number;
   transport: Record<Protocol, number>;
   /** Full runs by `${path} ${protocol}`. */
-  full: Record<string, FullRun>;
+  full: Record<string, FullRate>;
   bytesPerSpan: number;
   oursBytesPerSpan: number;
   /** Spans that did not arrive (full and transport runs). */
@@ -300,7 +319,7 @@ async function round(workload: Workload, receivers: Record<Protocol, Receiver>, 
   let missing = 0;
   let counters: ExportPipeline['counters'] | undefined;
   // The full pipelines first, each on a clean heap, in alternating order from round to round.
-  const full: Record<string, FullRun> = {};
+  const full: Record<string, FullRate> = {};
   for (const protocol of PROTOCOLS) {
     const r = receivers[protocol];
     for (const path of (flip ? ['readable', 'encoded'] : ['encoded', 'readable']) as SpanPath[]) {
@@ -410,7 +429,10 @@ async function main() {
   counter.flush();
   if (args['full-only']) {
     const protocol: Protocol = args.http ? 'http/protobuf' : 'grpc';
-    const full = await fullPipeline(workload, receivers[protocol].endpoint, args.readable ? 'readable' : 'encoded', protocol);
+    const pipeline = fullPipeline(receivers[protocol].endpoint, args.readable ? 'readable' : 'encoded', protocol);
+    await pipeline.run(warmup(workload));
+    const full = await pipeline.run(workload);
+    await pipeline.shutdown();
     await stopAll();
     console.log(`full: ${fmt(spanCount / full.cpu)} spans per CPU-second (${fmt(spanCount / full.wall)} spans/s wall)`);
     return;
