@@ -17,7 +17,8 @@
  * made once; a warm-up workload as long as the measured one goes through it
  * first, then the measured one through the same pipeline and connection, as an
  * agent's spans go for its whole life (a new gRPC channel, its connection and the
- * compilation of a new pipeline's code are paid once per agent, not per span). In one shared process the encoded gRPC
+ * compilation of a new pipeline's code are paid once per agent, not per span).
+ * In one shared process the encoded gRPC
  * run lost 15 % from the first round to the third (407 k, 362 k, 347 k spans per
  * CPU-second with the other full runs left out), after the stages measured alone
  * had run the same correlator and export code with other callbacks and span
@@ -309,7 +310,7 @@ interface Round {
   oursBytesPerSpan: number;
   /** Spans that did not arrive (full and transport runs). */
   missing: number;
-  counters: ExportPipeline['counters'];
+  counters: ExportCounters;
 }
 
 const gc = (globalThis as { gc?: () => void }).gc ?? (() => {});
@@ -317,7 +318,7 @@ const PROTOCOLS: Protocol[] = ['grpc', 'http/protobuf'];
 
 async function round(workload: Workload, receivers: Record<Protocol, Receiver>, flip: boolean): Promise<Round> {
   let missing = 0;
-  let counters: ExportPipeline['counters'] | undefined;
+  let counters: ExportCounters | undefined;
   // The full pipelines first, each on a clean heap, in alternating order from round to round.
   const full: Record<string, FullRate> = {};
   for (const protocol of PROTOCOLS) {
