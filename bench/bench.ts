@@ -148,6 +148,7 @@ function nativeRows(n: Native) {
     row(r);
   }
   row({ measure: 'BPF ns/request, floor', value: `${range(floor.bpfNsPerReq!, int)} ns`, vsFloor: '1' });
+  row({ measure: '  of which socket programs (floor_send, floor_recv)', value: `${range(floor.bpfSocketNsPerReq!, int)} ns`, vsFloor: '1' });
   for (const k of kspanModes) {
     const s = side(k);
     const limit = k.includes('fallback') ? 3 : 2;
@@ -158,7 +159,7 @@ function nativeRows(n: Native) {
       target: `≤ ${limit} × floor`,
       met: s.bpfRatioToFloor! <= limit,
     });
-    // The same runs without the scheduler's programs: what the floor's socket hooks compare with.
+    // The same runs without the scheduler's programs, against the floor's socket programs.
     row({ measure: `  of which socket programs (all but on_sched_*)`, value: `${range(s.bpfSocketNsPerReq!, int)} ns`, vsFloor: `${fix(s.bpfSocketRatioToFloor!)} ×` });
   }
   const cpuTarget: Record<string, number> = { 'kspan 10 %': 2, 'kspan 100 %': 8 };
@@ -172,6 +173,7 @@ function nativeRows(n: Native) {
     });
   }
   for (const k of kspanModes) row({ measure: `spans made / exported / dropped; records lost, ${k}`, value: spansValue(side(k).counters!) });
+  progRows('BPF per program, floor', floor.progs!);
   for (const k of kspanModes) progRows(`BPF per program, ${k}`, side(k).progs!);
 }
 
@@ -386,8 +388,9 @@ async function main() {
     `kspan bench ${meta.commit}: Linux ${meta.kernel}, ${meta.cpus} CPUs, Node ${meta.node}${q ? ', --quick' : ''}; ${took.toFixed(0)} s;` +
       ` load average ${fix(meta.loadAverageBefore[0])} before, ${fix(meta.loadAverageAfter[0])} after (other work on the machine shows here)`,
     'Rounds alternate untraced / floor / kspan in one run, the order rotating; figures are medians (min–max over rounds),',
-    'ratios are paired by round. Floor: a per-CPU counter on the same send/recv hooks after the same pid lookup',
-    "(bpf/bench.bpf.c). BPF time: the kernel's run-time statistics over the wrk run, all of the agent's programs.",
+    'ratios are paired by round. Floor: a per-CPU counter on the hooks kspan runs per request (send/recv, sched_switch,',
+    'sched_wakeup) after the same first step (bpf/bench.bpf.c). BPF time: the kernel\'s run-time statistics over the wrk',
+    "run, all of the floor's or the agent's programs.",
     'Spans: made / exported / dropped; records lost in the kernel. MB = 10^6 bytes.',
     '',
     table(),

@@ -366,17 +366,22 @@ function pidKey(pid: number): Buffer {
 }
 
 /**
- * bpf/bench.bpf.c's floor_send/floor_recv: a per-CPU counter on kspan's
- * tp_btf send/recv hooks, after the same pid lookup kspan does first. Loaded once
- * in this process, attached only for floor rounds.
+ * bpf/bench.bpf.c's floor: a per-CPU counter on the hooks kspan runs per
+ * request, after the same first step kspan takes there: `floor_send`/`floor_recv`
+ * on the tp_btf send/recv hooks and `floor_switch` on sched_switch after a pid
+ * lookup, `floor_wakeup` on sched_wakeup. Loaded once in this process, attached
+ * only for floor rounds.
  */
 export class Floor {
   readonly #obj: BpfObject;
   readonly ids: number[];
+  /** Program names by id, as the kernel gives them (bpfCost's `names`). */
+  readonly names: Map<number, string>;
 
   private constructor(obj: BpfObject, ids: number[]) {
     this.#obj = obj;
     this.ids = ids;
+    this.names = progNames(ids);
   }
 
   static open(): Floor {

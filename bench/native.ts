@@ -40,13 +40,18 @@ export function nativeModes(connections: number): Mode[] {
   ];
 }
 
+/** A program on the scheduler hooks: kspan's (`on_sched_*`) or the floor's (bpf/bench.bpf.c). */
+export function isSchedProgram(name: string): boolean {
+  return name.startsWith('on_sched_') || name === 'floor_switch' || name === 'floor_wakeup';
+}
+
 /**
- * The BPF time of kspan's socket programs alone: every program but the
- * scheduler's (`on_sched_*`, which have their own floor in bench/sched-cost.ts).
- * The floor counts the socket hooks only, so this is the like-for-like part.
+ * The BPF time of the socket programs alone, kspan's or the floor's: every
+ * program but the scheduler's, whose per-switch costs bench/sched-cost.ts
+ * measures apart.
  */
 export function socketProgramsNsPerReq(progs: readonly ProgCost[]): number {
-  return progs.filter((p) => !p.name.startsWith('on_sched_')).reduce((a, p) => a + p.nsPerReq, 0);
+  return progs.filter((p) => !isSchedProgram(p.name)).reduce((a, p) => a + p.nsPerReq, 0);
 }
 
 export function summarizeNative(samples: Record<string, Sample[]>) {
@@ -63,10 +68,10 @@ export function summarizeNative(samples: Record<string, Sample[]>) {
     if (s[0].bpf) {
       out.bpfNsPerReq = spread(s.map((x) => x.bpf!.nsPerReq));
       out.bpfRatioToFloor = pairedRatio(s, floor, (x) => x.bpf!.nsPerReq);
-      if (s[0].agent) {
-        out.bpfSocketNsPerReq = spread(s.map((x) => socketProgramsNsPerReq(x.bpf!.progs)));
-        out.bpfSocketRatioToFloor = median(s.map((x, i) => socketProgramsNsPerReq(x.bpf!.progs) / floor[i].bpf!.nsPerReq));
-      }
+      // The socket hooks alone, against the floor's socket hooks alone.
+      out.bpfSocketNsPerReq = spread(s.map((x) => socketProgramsNsPerReq(x.bpf!.progs)));
+      out.bpfSocketRatioToFloor = pairedRatio(s, floor, (x) => socketProgramsNsPerReq(x.bpf!.progs));
+      if (!s[0].agent) out.progs = progMedians(s);
     }
     if (s[0].agent) {
       out.agentCpuMsPer1000Req = spread(s.map((x) => x.agent!.cpuMsPer1000Req));

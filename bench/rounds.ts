@@ -124,8 +124,7 @@ export async function measure(ctx: Ctx, mode: Mode, seconds: number, round: numb
       const cpu0 = cpuSeconds(ctx.server.pid);
       const r = await wrk();
       const cpu = cpuSeconds(ctx.server.pid) - cpu0;
-      const names = new Map(floor.ids.map((id) => [id, 'floor']));
-      return { ...r, mode: mode.key, round, serverCpuUsPerReq: (cpu * 1e6) / r.requests, bpf: bpfCost(before, floor.stats(), names, r.requests) };
+      return { ...r, mode: mode.key, round, serverCpuUsPerReq: (cpu * 1e6) / r.requests, bpf: bpfCost(before, floor.stats(), floor.names, r.requests) };
     } finally {
       floor.detach();
     }

@@ -5,6 +5,13 @@
  *    the floor kspan's own cost is compared against: the same first step as
  *    kspan's (is the caller's process in a hash of pids, `floor_pids`), then a
  *    per-CPU counter;
+ *  - floor_switch/floor_wakeup: the same on the scheduler hooks kspan attaches
+ *    (thread.sched spans, on by default), which run about as often per request:
+ *    on sched_switch the outgoing task's process in `floor_pids` (kspan's first
+ *    step there too), then the counter; on sched_wakeup the counter alone (kspan's
+ *    first step there is one array load). kspan's per-connection hooks (accept,
+ *    state changes, retransmits, resets, process events) run per connection, not
+ *    per request, and have no floor;
  *  - fill_ring: on getppid() from `fill_pid`, writes `fill_count` records of
  *    kspan_event size into the ring, for the ring-buffer reader benchmark.
  */
@@ -68,6 +75,23 @@ SEC("tp_btf/sock_recv_length")
 int BPF_PROG(floor_recv, struct sock *sk, int ret, int flags)
 {
 	return floor_hit();
+}
+
+/* prev is the task that calls into the scheduler: floor_hit's pid is prev's. */
+SEC("tp_btf/sched_switch")
+int BPF_PROG(floor_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
+{
+	return floor_hit();
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(floor_wakeup, struct task_struct *p)
+{
+	__u32 k = 0;
+	__u64 *v = bpf_map_lookup_elem(&floor_hits, &k);
+	if (v)
+		*v += 1;
+	return 0;
 }
 
 static long fill_one(__u64 i, void *ctx)

@@ -94,7 +94,7 @@ test("agentNodeRuntime: the pipeline bench runs under bin/kspan's own V8 flags a
   assert.throws(() => agentNodeRuntime('#!/bin/bash\nexec node x.ts\n'), /no exec line or malloc variables/);
 });
 
-test('socketProgramsNsPerReq: every program but the scheduler\'s, per request', () => {
+test('socketProgramsNsPerReq: every program but the scheduler\'s, per request, kspan\'s or the floor\'s', () => {
   const progs = [
     { name: 'on_recv_length', nsPerRun: 125, runsPerReq: 2, nsPerReq: 250 },
     { name: 'on_sched_switch', nsPerRun: 134, runsPerReq: 1.4, nsPerReq: 187.6 },
@@ -104,4 +104,11 @@ test('socketProgramsNsPerReq: every program but the scheduler\'s, per request', 
   ];
   assert.equal(socketProgramsNsPerReq(progs), 250 + 196 + 0.8);
   assert.equal(socketProgramsNsPerReq([]), 0);
+  const floor = [
+    { name: 'floor_recv', nsPerRun: 60, runsPerReq: 2, nsPerReq: 120 },
+    { name: 'floor_switch', nsPerRun: 40, runsPerReq: 1.4, nsPerReq: 56 },
+    { name: 'floor_send', nsPerRun: 55, runsPerReq: 2, nsPerReq: 110 },
+    { name: 'floor_wakeup', nsPerRun: 30, runsPerReq: 1, nsPerReq: 30 },
+  ];
+  assert.equal(socketProgramsNsPerReq(floor), 120 + 110);
 });
