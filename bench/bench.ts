@@ -125,6 +125,7 @@ type NativeSide = {
   bpfSocketNsPerReq?: { median: number; min: number; max: number };
   bpfSocketRatioToFloor?: number;
   agentCpuMsPer1000Req?: { median: number; min: number; max: number };
+  receiverCpuMsPer1000Req?: { median: number; min: number; max: number };
   warmupCpuMsPer1000Req?: number;
   progs?: ProgCost[];
   counters?: Counted;
@@ -171,6 +172,10 @@ function nativeRows(n: Native) {
       value: `${range(s.agentCpuMsPer1000Req!, (x) => fix(x, 1))} ms${warmupNote(s.warmupCpuMsPer1000Req)}`,
       ...(t ? { target: `≤ ${t} ms`, met: s.agentCpuMsPer1000Req!.median <= t } : {}),
     });
+  }
+  // The local receiver stands in for a Collector; on these two cores its CPU is the service's loss as well.
+  for (const k of kspanModes) {
+    row({ measure: `OTLP receiver's CPU per 1000 requests, ${k}`, value: `${range(side(k).receiverCpuMsPer1000Req!, (x) => fix(x, 2))} ms` });
   }
   for (const k of kspanModes) row({ measure: `spans made / exported / dropped; records lost, ${k}`, value: spansValue(side(k).counters!) });
   progRows('BPF per program, floor', floor.progs!);

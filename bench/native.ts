@@ -75,6 +75,7 @@ export function summarizeNative(samples: Record<string, Sample[]>) {
     }
     if (s[0].agent) {
       out.agentCpuMsPer1000Req = spread(s.map((x) => x.agent!.cpuMsPer1000Req));
+      out.receiverCpuMsPer1000Req = spread(s.map((x) => x.agent!.receiverCpuMsPer1000Req));
       out.warmupCpuMsPer1000Req = median(s.map((x) => x.agent!.warmupCpuMsPer1000Req));
       out.progs = progMedians(s);
       out.counters = sumCounters(s);

@@ -54,6 +54,12 @@ export interface Sample extends WrkResult {
   bpf?: { nsPerReq: number; progs: ProgCost[] };
   agent?: {
     cpuMsPer1000Req: number;
+    /**
+     * The OTLP receiver's CPU over the same run (test/helpers/otlp-receiver.ts,
+     * the local stand-in for a Collector): on the same two cores, the service
+     * loses it too.
+     */
+    receiverCpuMsPer1000Req: number;
     /** Bytes: after the agent traces the target, before the load. */
     rssIdle: number;
     rssSteady: number;
@@ -140,12 +146,15 @@ export async function measure(ctx: Ctx, mode: Mode, seconds: number, round: numb
     const rss = new RssSampler(agent.pid);
     const before = progStats(agent.pid);
     const agentCpu0 = cpuSeconds(agent.pid);
+    const receiverCpu0 = cpuSeconds(ctx.receiver.proc.pid);
     const cpu0 = cpuSeconds(ctx.server.pid);
     const r = await wrk();
     const after = progStats(agent.pid);
     const serverCpu = cpuSeconds(ctx.server.pid) - cpu0;
     const { steady, max } = rss.stop();
     const agentCpu = (await settledCpu(agent.pid)) - agentCpu0;
+    // The receiver has taken the run's last export once the agent has settled.
+    const receiverCpu = cpuSeconds(ctx.receiver.proc.pid) - receiverCpu0;
     const maps = mapsOf(agent.pid);
     stopped = true;
     const counters = await agent.stop();
@@ -157,6 +166,7 @@ export async function measure(ctx: Ctx, mode: Mode, seconds: number, round: numb
       bpf: bpfCost(before, after, names, r.requests),
       agent: {
         cpuMsPer1000Req: (agentCpu * 1e6) / r.requests,
+        receiverCpuMsPer1000Req: (receiverCpu * 1e6) / r.requests,
         rssIdle,
         rssSteady: steady,
         rssMax: max,
@@ -210,7 +220,7 @@ export function describe(s: Sample): string {
   if (s.bpf) out += `, BPF ${s.bpf.nsPerReq.toFixed(0)} ns/req`;
   if (s.agent) {
     const c = s.agent.counters;
-    out += `, agent ${s.agent.cpuMsPer1000Req.toFixed(1)} ms CPU/1000 req, RSS ${mb(s.agent.rssIdle)}→${mb(s.agent.rssSteady)} MB (max ${mb(s.agent.rssMax)})`;
+    out += `, agent ${s.agent.cpuMsPer1000Req.toFixed(1)} ms CPU/1000 req (receiver ${s.agent.receiverCpuMsPer1000Req.toFixed(1)}), RSS ${mb(s.agent.rssIdle)}→${mb(s.agent.rssSteady)} MB (max ${mb(s.agent.rssMax)})`;
     out += `, spans made ${c.spansMade} exported ${c.spansExported} dropped ${c.spansDropped}, records lost ${c.recordsLost}`;
     out += agentErrorsNote(c);
   }
