@@ -71,13 +71,12 @@ export function summarizeNative(samples: Record<string, Sample[]>) {
       // The socket hooks alone, against the floor's socket hooks alone.
       out.bpfSocketNsPerReq = spread(s.map((x) => socketProgramsNsPerReq(x.bpf!.progs)));
       out.bpfSocketRatioToFloor = pairedRatio(s, floor, (x) => socketProgramsNsPerReq(x.bpf!.progs));
-      if (!s[0].agent) out.progs = progMedians(s);
+      out.progs = progMedians(s);
     }
     if (s[0].agent) {
       out.agentCpuMsPer1000Req = spread(s.map((x) => x.agent!.cpuMsPer1000Req));
       out.receiverCpuMsPer1000Req = spread(s.map((x) => x.agent!.receiverCpuMsPer1000Req));
       out.warmupCpuMsPer1000Req = median(s.map((x) => x.agent!.warmupCpuMsPer1000Req));
-      out.progs = progMedians(s);
       out.counters = sumCounters(s);
       out.rssIdle = median(s.map((x) => x.agent!.rssIdle));
       out.rssSteady = median(s.map((x) => x.agent!.rssSteady));

@@ -53,15 +53,20 @@ struct {
 	__type(value, __u8);
 } floor_pids SEC(".maps");
 
-static __always_inline int floor_hit(void)
+/* The floor's per-CPU counter. */
+static __always_inline void floor_count(void)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	if (!bpf_map_lookup_elem(&floor_pids, &tgid))
-		return 0;
 	__u32 k = 0;
 	__u64 *v = bpf_map_lookup_elem(&floor_hits, &k);
 	if (v)
 		*v += 1;
+}
+
+static __always_inline int floor_hit(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (bpf_map_lookup_elem(&floor_pids, &tgid))
+		floor_count();
 	return 0;
 }
 
@@ -87,10 +92,7 @@ int BPF_PROG(floor_switch, bool preempt, struct task_struct *prev, struct task_s
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(floor_wakeup, struct task_struct *p)
 {
-	__u32 k = 0;
-	__u64 *v = bpf_map_lookup_elem(&floor_hits, &k);
-	if (v)
-		*v += 1;
+	floor_count();
 	return 0;
 }
 
