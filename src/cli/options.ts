@@ -11,6 +11,7 @@ import type { Logger } from '../core/logger.ts';
 import { startupTimings } from '../core/startup-timing.ts';
 import type { KernelClock } from '../kernel/clock.ts';
 import { setLibbpfLogSink } from '../kernel/libbpf-log.ts';
+import { c } from '../kernel/native.ts';
 import type { TracerCounters } from '../kernel/tcp-tracer.ts';
 import { TracingSession, type TracingSessionOptions } from '../kernel/tracing-session.ts';
 import { warnFeatureOff } from './kernel-warnings.ts';
@@ -101,6 +102,19 @@ export function refreshClock(clock: KernelClock, log: Logger): NodeJS.Timeout {
       log.info({ movedNs: Number(moved) }, 'the realtime clock moved against the monotonic one: kernel times follow it');
     }
   }, TUNING.clockRefreshMs);
+  timer.unref();
+  return timer;
+}
+
+/**
+ * Gives the pages of glibc's free heap chunks back every TUNING.mallocTrimMs
+ * (0: never). free() returns memory only from the top of a heap; what the
+ * export's and gRPC's transient buffers leave free in the middle stays
+ * resident otherwise. The caller clears the timer.
+ */
+export function trimMallocHeap(): NodeJS.Timeout | undefined {
+  if (!TUNING.mallocTrimMs) return undefined;
+  const timer = setInterval(() => c.mallocTrim(0), TUNING.mallocTrimMs);
   timer.unref();
   return timer;
 }

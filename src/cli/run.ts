@@ -19,7 +19,7 @@ import { OrphanNotices, type Notice } from '../spans/orphan-notices.ts';
 import { TargetResources } from '../export/target-resources.ts';
 import { containerResource } from '../discovery/process-facts.ts';
 import type { TracingSession } from '../kernel/tracing-session.ts';
-import { logStartup, openSession, recordsLost, refreshClock, TARGETS_GONE, waitForStop } from './options.ts';
+import { logStartup, openSession, recordsLost, refreshClock, trimMallocHeap, TARGETS_GONE, waitForStop } from './options.ts';
 import { CallSpanBuilder } from '../spans/call-spans.ts';
 import { uprobeSpecs } from '../uprobes/uprobe-spec.ts';
 import type { AgentMetrics } from '../metrics/metrics-server.ts';
@@ -124,6 +124,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
   const idleNs = BigInt(config.idleFlushMs) * 1_000_000n;
   const idleTimer = setInterval(() => session!.tracer.flushIdle(idleNs), idleFlushTiming(idleNs).tickMs);
   const clockTimer = refreshClock(clock, log);
+  const trimTimer = trimMallocHeap();
   log.info({ target_pids: config.pids, ioPath: session.ioPath, socketTable: session.tracer.socketTable, featuresOff: session.featuresOff.map((f) => f.feature), export: opts.exporter ? 'in-process' : target }, 'tracing');
 
   let stopping: Promise<{ lost: number }> | undefined;
@@ -131,6 +132,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
     (stopping ??= (async () => {
       clearInterval(idleTimer);
       clearInterval(clockTimer);
+      clearInterval(trimTimer);
       observer?.beforeStop();
       await session!.stop((r) => pipeline.push(r));
       await pipeline.shutdown();

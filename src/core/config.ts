@@ -753,6 +753,12 @@ export const TUNING = {
   /** How often targets are re-examined: context location, Resource, still running. */
   targetRefreshMs: 2000,
   /**
+   * How often the agent gives glibc's free heap pages back (malloc_trim(0)):
+   * freeing does so only at the heap's top, and under load the chunks freed in
+   * its middle held 10–15 MB (BENCHMARKS.md, "malloc's free pages").
+   */
+  mallocTrimMs: 1000,
+  /**
    * After the last target exited: how long its sockets may take to close (FIN
    * retransmits, the kernel's close records) before the command stops anyway.
    */

@@ -1,6 +1,6 @@
 /**
  * koffi bindings to the system libbpf (libbpf.so.1, 1.1 or later) and the few libc
- * calls the agent needs (mmap, epoll, clock_gettime, vsnprintf). Pointers are bigint
+ * calls the agent needs (mmap, epoll, clock_gettime, vsnprintf, malloc_trim). Pointers are bigint
  * (koffi 3). The agent declares native functions here only; the in-app publisher
  * has its own few (src/publisher/libc.ts) so that it never loads libbpf.
  */
@@ -153,6 +153,7 @@ export const c = {
   vsnprintf: cf<[Buffer, number, Ptr, Ptr], number>('int vsnprintf(void *buf, size_t n, void *fmt, void *ap)'),
   getpid: cf<[], number>('int getpid()'),
   pthreadSigmask: cf<[number, Buffer | null, Buffer | null], number>('int pthread_sigmask(int how, void *set, void *old)'),
+  mallocTrim: cf<[number], number>('int malloc_trim(size_t pad)'),
 };
 
 const SIG_BLOCK = 0;

@@ -9,8 +9,8 @@
  * the process (RingPoller), run on the thread pool (koffi async), so the event
  * loop never blocks and the agent's four rings hold one of libuv's four
  * thread-pool threads, not all of them (which left file, DNS and zlib work
- * waiting for a ring's idle interval); after each wake-up every running reader
- * drains everything available in one batch.
+ * waiting for a ring's idle interval); after each wake-up, and on a timer every
+ * idle interval, every running reader drains everything available in one batch.
  *
  * Record header (kernel/bpf/ringbuf.c): u32 len with BUSY (bit 31) and DISCARD
  * (bit 30), u32 page offset; payload follows, records are 8-byte aligned.
@@ -182,8 +182,8 @@ export class RingBufferReader {
   }
 
   /**
-   * Starts draining on every wake-up and at least every `idleMs` (the shared
-   * wait's interval is the shortest of its running readers'). The BPF side only
+   * Starts draining on every wake-up and at least every `idleMs` (the poller's
+   * timer runs at the shortest interval of its running readers). The BPF side only
    * wakes the reader when the ring fills up (an eighth of it), so `idleMs` bounds
    * the latency at low rates.
    */
@@ -241,6 +241,14 @@ function ringError(call: string, err: number): KspanError {
 /** The epoll data of the poller's eventfd (ring fds are the others' data). */
 const KICK = 0xffff_ffffn;
 
+/**
+ * The shared wait's timeout: it only brings the kernel's wake-ups (a ring an
+ * eighth full); the idle interval's drains come from a timer, so an idle agent
+ * makes no thread-pool hand-off per interval. A wait that returns empty is
+ * re-armed.
+ */
+const WAKE_WAIT_MS = 1000;
+
 /** What the shared wait does for one running reader. */
 interface Running {
   idleMs: number;
@@ -251,14 +259,18 @@ interface Running {
 }
 
 /**
- * One epoll instance for every ring of the process, and at most one epoll_wait
- * in flight on the thread pool. A reader's map fd is registered while the reader
- * exists (so a ring that epoll cannot watch fails its reader's constructor) and
- * drained while it runs. After each wait, ready or timed out, every running
- * reader drains: a drain of an empty ring is two loads. A reader that starts
- * with a shorter idle interval than the wait in flight ends that wait early
- * through an eventfd in the same epoll set. The epoll fd and the eventfd are
- * closed when the last reader is, and made again by the next.
+ * One epoll instance for every ring of the process, at most one epoll_wait in
+ * flight on the thread pool, and one timer. A reader's map fd is registered while
+ * the reader exists (so a ring that epoll cannot watch fails its reader's
+ * constructor) and drained while it runs: after each wait that a ring ended, and
+ * on the timer, every shortest idle interval of the running readers; a drain of
+ * an empty ring is two loads. The timer is what bounds the latency at low rates:
+ * a wait on the thread pool costs a hand-off to a pool thread and back (tens of
+ * microseconds of CPU, and the event loop's JavaScript around it), which an idle
+ * agent paid every interval when the wait's own timeout drained the rings
+ * (BENCHMARKS.md, "The rings' wait"). The last reader to stop ends the wait in
+ * flight through an eventfd in the same epoll set. The epoll fd and the eventfd
+ * are closed when the last reader is, and made again by the next.
  */
 class RingPoller {
   #epfd = -1;
@@ -266,8 +278,9 @@ class RingPoller {
   #registered = 0;
   readonly #running = new Map<number, Running>();
   #waiting = false;
-  /** The timeout of the wait in flight. */
-  #waitMs = 0;
+  #timer: NodeJS.Timeout | undefined;
+  /** The timer's interval. */
+  #timerMs = 0;
   readonly #events = Buffer.alloc(12 * 8);
   readonly #one = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
   readonly #drained = Buffer.alloc(8);
@@ -312,8 +325,8 @@ class RingPoller {
 
   run(fd: number, r: Running): void {
     this.#running.set(fd, r);
+    this.#retime();
     if (!this.#waiting) this.#wait();
-    else if (r.idleMs < this.#waitMs) writeSync(this.#kickFd, this.#one); // the next wait gets the shorter interval
   }
 
   /** Resets the eventfd (non-blocking: nothing to read is fine). */
@@ -326,14 +339,27 @@ class RingPoller {
   }
 
   halt(fd: number): void {
-    // The last reader stopped: end the wait in flight now, not after its interval.
-    if (this.#running.delete(fd) && !this.#running.size && this.#waiting) writeSync(this.#kickFd, this.#one);
+    if (!this.#running.delete(fd)) return;
+    this.#retime();
+    // The last reader stopped: end the wait in flight now, not after its timeout.
+    if (!this.#running.size && this.#waiting) writeSync(this.#kickFd, this.#one);
   }
 
-  #idleMs(): number {
+  #drainAll(): void {
+    for (const r of this.#running.values()) r.drain();
+  }
+
+  /** The drain timer at the shortest idle interval of the running readers; none while none runs. */
+  #retime(): void {
     let ms = Infinity;
     for (const r of this.#running.values()) ms = Math.min(ms, r.idleMs);
-    return ms;
+    if (ms === this.#timerMs) return;
+    clearInterval(this.#timer);
+    this.#timer = undefined;
+    this.#timerMs = ms;
+    if (ms === Infinity) return;
+    // The wait in flight holds the event loop open while a reader runs: the timer need not.
+    this.#timer = setInterval(() => this.#drainAll(), ms).unref();
   }
 
   #wait(): void {
@@ -341,10 +367,8 @@ class RingPoller {
       this.#closeIfUnused();
       return;
     }
-    const idleMs = this.#idleMs();
     this.#waiting = true;
-    this.#waitMs = idleMs;
-    c.epollWait.async(this.#epfd, this.#events, 8, idleMs, (err, rc) => {
+    c.epollWait.async(this.#epfd, this.#events, 8, WAKE_WAIT_MS, (err, rc) => {
       const waitErrno = errno();
       this.#waiting = false;
       let failure: unknown = null;
@@ -360,13 +384,14 @@ class RingPoller {
         else this.#running.get(Number(data))?.woken();
       }
       if (failure) for (const r of this.#running.values()) r.failed(failure);
-      // Wake-ups or not, the rings are drained every idle interval; a wait that
-      // keeps failing is retried after one, not in a loop.
+      // A ring woke the wait: every running reader drains now. A wait that keeps
+      // failing is retried after an idle interval, not in a loop (the timer
+      // drains meanwhile).
       const next = () => {
-        for (const r of this.#running.values()) r.drain();
+        if (rc > 0) this.#drainAll();
         if (!this.#waiting) this.#wait();
       };
-      if (failure) setTimeout(next, idleMs);
+      if (failure) setTimeout(next, Math.min(this.#timerMs, WAKE_WAIT_MS));
       else next();
     });
   }
