@@ -755,7 +755,8 @@ export const TUNING = {
   /**
    * How often the agent gives glibc's free heap pages back (malloc_trim(0)):
    * freeing does so only at the heap's top, and under load the chunks freed in
-   * its middle held 10–15 MB (BENCHMARKS.md, "malloc's free pages").
+   * its middle held 10–15 MB (BENCHMARKS.md, "malloc's free pages, and the
+   * rings' wait on a timer").
    */
   mallocTrimMs: 1000,
   /**

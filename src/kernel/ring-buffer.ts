@@ -268,9 +268,10 @@ interface Running {
  * a wait on the thread pool costs a hand-off to a pool thread and back (tens of
  * microseconds of CPU, and the event loop's JavaScript around it), which an idle
  * agent paid every interval when the wait's own timeout drained the rings
- * (BENCHMARKS.md, "The rings' wait"). The last reader to stop ends the wait in
- * flight through an eventfd in the same epoll set. The epoll fd and the eventfd
- * are closed when the last reader is, and made again by the next.
+ * (BENCHMARKS.md, "malloc's free pages, and the rings' wait on a timer"). The
+ * last reader to stop ends the wait in flight through an eventfd in the same
+ * epoll set. The epoll fd and the eventfd are closed when the last reader is,
+ * and made again by the next.
  */
 class RingPoller {
   #epfd = -1;
