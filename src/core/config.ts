@@ -770,13 +770,14 @@ export const TUNING = {
   correlatorTickMs: 250,
   /**
    * The agent's rings (events, sched_events, calls) are drained at least this
-   * often; the kernel wakes the reader sooner when a ring is an eighth full. Each
-   * wait costs the event loop a thread-pool hand-off: at 20 ms an idle agent
-   * spent 15 ms of CPU a second, at 100 ms 8 (BENCHMARKS.md). 100 ms is not the
-   * default yet: with it the scheduler e2e tests failed in the emulated 6.12
-   * guest in two full runs of two (intervals short of their sleeps), which is
-   * not understood. Discovery's ring asks for 50 ms, and the shared wait takes
-   * the shortest.
+   * often, on a timer; the kernel wakes the reader sooner when a ring is an
+   * eighth full. Each of the timer's wake-ups costs the event loop some hundred
+   * microseconds of CPU here, most of an idle agent's (BENCHMARKS.md, "malloc's
+   * free pages, and the rings' wait on a timer"); under load a longer interval
+   * measured no different. 100 ms is not the default: with it the scheduler e2e
+   * tests failed in the emulated 6.12 guest in two full runs of two (intervals
+   * short of their sleeps), which is not understood. Discovery's ring asks for
+   * 50 ms, and the shared timer takes the shortest.
    */
   ringIdleMs: 20,
   /** The span export queue (src/export/export-pipeline.ts). */
