@@ -16,16 +16,18 @@ import type { Attributes, SpanStatus } from '@opentelemetry/api';
 import type { InstrumentationScope } from '@opentelemetry/core';
 import type { Resource } from '@opentelemetry/resources';
 import type { ReadableSpan } from '@opentelemetry/sdk-trace';
-import type { TraceContext } from '../records/kernel-record.ts';
+import type { Endpoint, TraceContext } from '../records/kernel-record.ts';
 import type { KernelSpan } from '../spans/kernel-span.ts';
 import {
   describeEventAttributes,
   describeOwnAttributes,
   describeSchedAttributes,
-  describeSocketAttributes,
+  describeOwnSocketAttributes,
+  describeSharedSocketAttributes,
   KERNEL_ATTRIBUTE_KEYS,
   KSPAN_SCOPE,
   sameSocketAttributes,
+  sharedSocketKey,
   spanAttributes,
   spanEndNs,
   spanKindOf,
@@ -181,16 +183,39 @@ export interface KernelSpanEncoderOptions extends SpanBuilderOptions {
 }
 
 /**
- * A socket's attribute KeyValues, encoded once (describeSocketAttributes), and
- * what they were made from. The bytes are kept as a latin1 string, one char per
- * byte: one heap object per socket where a Uint8Array costs three (the view, its
- * ArrayBuffer and the buffer's native store). The fields hold the socket's own
- * Endpoint objects, which are never changed once made (src/records/decoder.ts).
+ * A socket's attribute KeyValues (describeSocketAttributes), encoded once, and the
+ * fields they were made from, in two parts: `shared`, the bytes of every socket
+ * of the same process, role, family and local end (a server's listening address
+ * and port), one copy for all of them; and `own`, the socket's, kept as a latin1
+ * string, one char per byte (one heap object a socket, where a Uint8Array costs
+ * three: the view, its ArrayBuffer and the buffer's native store). The fields are
+ * the socket's own Endpoint objects, never changed once made
+ * (src/records/decoder.ts).
  */
-interface SocketBlock {
-  fields: SocketFields;
-  bytes: string;
+class SocketBlock implements SocketFields {
+  readonly cookie: bigint;
+  readonly pid: number;
+  readonly role: KernelSpan['role'];
+  readonly family: KernelSpan['family'];
+  readonly peer: Endpoint;
+  readonly local: Endpoint;
+  readonly shared: Uint8Array;
+  readonly own: string;
+
+  constructor(k: SocketFields, shared: Uint8Array, own: string) {
+    this.cookie = k.cookie;
+    this.pid = k.pid;
+    this.role = k.role;
+    this.family = k.family;
+    this.peer = k.peer;
+    this.local = k.local;
+    this.shared = shared;
+    this.own = own;
+  }
 }
+
+/** Shared parts kept at most (sharedSocketKey → bytes); emptied when full, as only new sockets look them up. */
+const SHARED_SOCKET_BLOCKS = 1024;
 
 const SCOPE_SPANS_SPAN = tag(2, WIRE_LEN);
 
@@ -211,6 +236,8 @@ export class KernelSpanEncoder implements AttributeSink {
   #chunk!: ArenaChunk;
   /** Per socket (keyed by its peer Endpoint object), the encoded socket attributes. */
   readonly #sockets = new WeakMap<object, SocketBlock>();
+  /** Their shared parts, by sharedSocketKey. */
+  readonly #shared = new Map<string, Uint8Array>();
   /** The KeyValue tag the sink writes: span attributes (9) or event attributes (3). */
   #attrTag = SPAN_ATTRIBUTES;
   /** The last parent, its ids as hex and as bytes (trace id, then span id). */
@@ -326,7 +353,9 @@ export class KernelSpanEncoder implements AttributeSink {
       if (k.sched) {
         describeSchedAttributes(k, this);
       } else {
-        w.rawLatin1(this.#socketBlock(k));
+        const b = this.#socketBlock(k);
+        w.raw(b.shared);
+        w.rawLatin1(b.own);
         describeOwnAttributes(k, this);
       }
       if (extra) writeKeyValues(w, 9, extra);
@@ -440,18 +469,28 @@ export class KernelSpanEncoder implements AttributeSink {
   }
 
   /** The socket attributes' KeyValues: from the cache when this socket's were encoded already. */
-  #socketBlock(k: KernelSpan): string {
+  #socketBlock(k: KernelSpan): SocketBlock {
     const cached = this.#sockets.get(k.peer);
-    if (cached && sameSocketAttributes(cached.fields, k)) return cached.bytes;
+    if (cached && sameSocketAttributes(cached, k)) return cached;
+    const key = sharedSocketKey(k);
+    let shared = this.#shared.get(key);
+    if (shared === undefined) {
+      shared = Buffer.from(this.#latin1(k, describeSharedSocketAttributes), 'latin1');
+      if (this.#shared.size >= SHARED_SOCKET_BLOCKS) this.#shared.clear();
+      this.#shared.set(key, shared);
+    }
+    const block = new SocketBlock(k, shared, this.#latin1(k, describeOwnSocketAttributes));
+    this.#sockets.set(k.peer, block);
+    return block;
+  }
+
+  /** What `describe` writes for `k`, as a latin1 string; the writer is left where it was. */
+  #latin1(k: KernelSpan, describe: (k: KernelSpan, out: AttributeSink) => void): string {
     const w = this.#w;
     const from = w.pos - w.base;
-    describeSocketAttributes(k, this);
+    describe(k, this);
     const bytes = w.buf.toString('latin1', w.base + from, w.pos);
     w.pos = w.base + from; // the caller writes them back with the rest
-    this.#sockets.set(k.peer, {
-      fields: { cookie: k.cookie, pid: k.pid, role: k.role, family: k.family, peer: k.peer, local: k.local },
-      bytes,
-    });
     return bytes;
   }
 

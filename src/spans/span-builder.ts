@@ -239,31 +239,54 @@ export function describeSchedAttributes(k: KernelSpan, out: AttributeSink): void
 }
 
 /**
- * The attributes every span of a socket shares, in front of the span's own. They
- * read only what sameSocketAttributes compares, so an encoder may reuse their
- * bytes from one span of a socket to the next.
+ * The attributes every span of a socket shares, in front of the span's own: first
+ * those the process's sockets of the same role, family and local end all have
+ * (describeSharedSocketAttributes), then the socket's own. They read only what
+ * sameSocketAttributes compares, so an encoder may reuse their bytes from one
+ * span of a socket to the next, and the first part's across sockets
+ * (sharedSocketKey).
  */
-export function describeSocketAttributes(k: KernelSpan, out: AttributeSink): void {
+export function describeSocketAttributes(k: SocketFields, out: AttributeSink): void {
+  describeSharedSocketAttributes(k, out);
+  describeOwnSocketAttributes(k, out);
+}
+
+/**
+ * Both ends are named by their roles too: on an accepted socket the peer is the
+ * client and this end the server (its listening address and port, which every
+ * connection it accepted shares); on a connected one the peer is the server.
+ */
+export function describeSharedSocketAttributes(k: SocketFields, out: AttributeSink): void {
   out.string(K['network.transport'], 'tcp');
   out.string(K['network.type'], k.family === 6 ? 'ipv6' : 'ipv4');
+  out.string(K['network.local.address'], k.local.address);
+  if (k.role === 'server') out.number(K['network.local.port'], k.local.port);
+  out.number(K['process.pid'], k.pid);
+  out.string(K['kspan.role'], k.role);
+  if (k.role === 'server') {
+    out.string(K['server.address'], k.local.address);
+    out.number(K['server.port'], k.local.port);
+  }
+}
+
+/** The socket's own: its peer, its cookie, and a connected socket's local (ephemeral) port. */
+export function describeOwnSocketAttributes(k: SocketFields, out: AttributeSink): void {
+  if (k.role !== 'server') out.number(K['network.local.port'], k.local.port);
   out.string(K['network.peer.address'], k.peer.address);
   out.number(K['network.peer.port'], k.peer.port);
-  out.string(K['network.local.address'], k.local.address);
-  out.number(K['network.local.port'], k.local.port);
-  out.number(K['process.pid'], k.pid);
   out.string(K['kspan.socket.cookie'], k.cookie.toString());
-  out.string(K['kspan.role'], k.role);
-  // Both ends named by their roles: on an accepted socket the peer is the client and
-  // this end the server; on a connected one the peer is the server.
   if (k.role === 'server') {
     out.string(K['client.address'], k.peer.address);
     out.number(K['client.port'], k.peer.port);
-    out.string(K['server.address'], k.local.address);
-    out.number(K['server.port'], k.local.port);
   } else {
     out.string(K['server.address'], k.peer.address);
     out.number(K['server.port'], k.peer.port);
   }
+}
+
+/** Sockets whose describeSharedSocketAttributes are the same have the same key: every field it reads. */
+export function sharedSocketKey(k: SocketFields): string {
+  return `${k.pid} ${k.role} ${k.family} ${k.local.address} ${k.role === 'server' ? k.local.port : ''}`;
 }
 
 /** The fields describeSocketAttributes reads. */

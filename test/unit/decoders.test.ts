@@ -107,6 +107,13 @@ test('decodeRecords: the ids and endpoints a record repeats are the same values,
   assert.deepEqual([c.traceId, c.spanId], ['ab'.repeat(16), 'ce'.repeat(8)]);
   const d = decode(ev(100n, 8080, [10, 0, 0, 3], 40001, 0xac, 0xce)).context!;
   assert.deepEqual([d.traceId, d.spanId], ['ac'.repeat(16), 'ce'.repeat(8)]);
+  // IPv4 text is kept per address, a bounded table: more addresses than it holds, twice over, each exact.
+  for (let round = 0; round < 2; round++) {
+    for (let i = 0; i < 5000; i++) {
+      const raddr = [10, (i >> 16) & 255, (i >> 8) & 255, i & 255];
+      assert.equal(decode(ev(1000n + BigInt(i), 8080, raddr, 40000, 0xab, 0xcd)).peer.address, raddr.join('.'));
+    }
+  }
 });
 
 test('decodeRecords: counts past 2^32 and ids differing in one byte are read exactly in place', () => {

@@ -24,7 +24,14 @@ import type { Endpoint } from '../../src/records/kernel-record.ts';
 import { contextAttributes } from '../../src/spans/context-attributes.ts';
 import type { KernelSpan, KernelSpanEvent } from '../../src/spans/kernel-span.ts';
 import { SocketCorrelator } from '../../src/spans/socket-correlator.ts';
-import { describeSocketAttributes, KERNEL_ATTRIBUTE_KEYS, SpanBuilder, type SpanBuilderOptions } from '../../src/spans/span-builder.ts';
+import {
+  describeSharedSocketAttributes,
+  describeSocketAttributes,
+  KERNEL_ATTRIBUTE_KEYS,
+  sharedSocketKey,
+  SpanBuilder,
+  type SpanBuilderOptions,
+} from '../../src/spans/span-builder.ts';
 import { IdSource } from '../../src/spans/span-ids.ts';
 import { ctx, FakeSocket, kernelSpan } from '../helpers/kernel-records.ts';
 
@@ -324,6 +331,42 @@ describe('KernelSpanEncoder: the same request as the OTel transformer', () => {
     }
     const ours = encodeExportRequest(encoded);
     assert.ok(ours.equals(Buffer.from(ProtobufTraceSerializer.serializeRequest(built)!)));
+  });
+
+  test('the shared part of the socket attributes reads nothing its key (sharedSocketKey) does not', () => {
+    const spied = (read: Set<string>) => {
+      const spy = <T extends object>(o: T, path: string): T =>
+        new Proxy(o, {
+          get(target, key, receiver) {
+            const name = `${path}${String(key)}`;
+            read.add(name);
+            const v = Reflect.get(target, key, receiver);
+            return v && typeof v === 'object' ? spy(v, `${name}.`) : v;
+          },
+        });
+      return spy;
+    };
+    const sink = { string() {}, number() {}, bool() {}, strings() {} };
+    for (const k of [kernelSpan(), kernelSpan({ role: 'client', family: 6 })]) {
+      const described = new Set<string>();
+      const keyed = new Set<string>();
+      describeSharedSocketAttributes(spied(described)(k, ''), sink);
+      sharedSocketKey(spied(keyed)(k, ''));
+      assert.deepEqual([...described].filter((f) => !keyed.has(f)), [], `role ${k.role}`);
+    }
+  });
+
+  test('sockets of one server, and connections to one server, share a part and keep their own, as the builder makes them', () => {
+    const listen: Endpoint = { address: '10.0.0.1', port: 8080 };
+    const spans: KernelSpan[] = [];
+    for (let i = 0; i < 40; i++) {
+      // Accepted sockets of one listener, two processes; connected ones to one server, from ephemeral ports.
+      spans.push(kernelSpan({ cookie: BigInt(100 + i), pid: i % 2 ? 4242 : 7, local: listen, peer: { address: `10.0.1.${i % 3}`, port: 40_000 + i } }));
+      spans.push(kernelSpan({ cookie: BigInt(200 + i), role: 'client', local: { address: '10.0.0.1', port: 50_000 + i }, peer: { address: '10.0.0.9', port: 5432 } }));
+      spans.push(kernelSpan({ cookie: BigInt(300 + i), role: 'client', family: 6, local: { address: 'fd00::1', port: 50_000 + i }, peer: { address: 'fd00::9', port: 5432 } }));
+    }
+    // Each socket twice, the second time from the encoder's cache.
+    assertSameEncoding([...spans, ...spans], { clockOffsetNs: OFFSET, resourceFor });
   });
 
   test('describeSocketAttributes reads nothing sameSocketAttributes does not compare', () => {
