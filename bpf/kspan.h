@@ -96,7 +96,7 @@ enum kspan_counter {
 	                             * attributes, a socket's last sender, a connect's start): the record went without it */
 	KSPAN_C_SCHED_CTX_FAILED = 15,/* scheduler: the span could not be read at a switch-out (a page not resident: no fault can be served there; or caught mid-update): the thread keeps the span it had (not in KSPAN_C_CTX_*, which count the TCP hooks' reads) */
 	KSPAN_C_SCHED_TABLE_FULL = 16,/* scheduler: no room for a thread's state (`sched_threads`): its time under the span is lost */
-	KSPAN_C_SCHED_UNSAMPLED = 17,/* scheduler: a (thread, span) aggregate not made: the span is not sampled */
+	KSPAN_C_SCHED_UNSAMPLED = 17,/* scheduler: a switch-out under an unsampled span (no state kept, no record) */
 	KSPAN_C_PROC_RING_FULL = 18,/* a process event (exec, fork, exit, check) was lost: the ring was full */
 	KSPAN_C_FORK_TABLE_FULL = 19,/* a target's child could not be made a target: the targets map was full */
 	KSPAN_C_SCHED_IN_UNSEEN = 20,/* scheduler: a target thread switched out again with neither its switch-in nor (blocked) its wakeup seen by the programs (the kernel did not run them): the interval was closed at that switch-out from the thread's own accounting, its blocked record with no stack */

@@ -22,8 +22,11 @@
  * emitted as one `sched_events` record when the thread next switches out under
  * another span or none, or exits; when it switches out under none, the run that
  * ended goes to the closing span (the span ended during it). Threads that switch
- * out with no span keep no state and make no record; unsampled spans keep state
- * but aggregate nothing and make no record (KSPAN_C_SCHED_UNSAMPLED, once each).
+ * out with no span keep no state and make no record; nor do threads that switch
+ * out under an unsampled span (each such switch-out counted:
+ * KSPAN_C_SCHED_UNSAMPLED): to the table such a span is no span, so its
+ * preemptions cost no insert and delete, and the switch-ins and wakeups of the
+ * machine skip the table while only unsampled spans are active (`sched_live`).
  *
  * Off-CPU intervals of at least `sched_conf.off_event_ns` are counted in the
  * aggregate and, the first KSPAN_SCHED_MAX_OFF_EVENTS of it, each made into a
@@ -128,13 +131,9 @@ static __always_inline bool sched_ctx_equal(const struct kspan_trace_ctx *a, con
 	       *(const __u16 *)&a->trace_flags == *(const __u16 *)&b->trace_flags;
 }
 
-/* Emits the thread's aggregate (or counts it, unsampled). */
+/* Emits the thread's aggregate. */
 static __always_inline void sched_emit(struct kspan_sched_thread *st, __u8 flags)
 {
-	if (st->drop) {
-		count(KSPAN_C_SCHED_UNSAMPLED);
-		return;
-	}
 	struct kspan_sched_event *e = bpf_ringbuf_reserve(&sched_events, sizeof(*e), 0);
 	if (!e) {
 		count(KSPAN_C_RINGBUF_FULL);
@@ -197,10 +196,9 @@ static __always_inline void sched_off_emit(struct kspan_sched_thread *st, __u8 k
 	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
 }
 
-/* Starts a new aggregate for span `cur` (read from record `rec`), whose first run began at `start`. */
-static __always_inline void sched_open(struct kspan_sched_thread *st, const struct kspan_target *t,
-				       const struct kspan_trace_ctx *cur, __u64 rec, __u16 attrs_size,
-				       __u32 tgid, __u32 tid, __u64 start)
+/* Starts a new aggregate for sampled span `cur` (read from record `rec`), whose first run began at `start`. */
+static __always_inline void sched_open(struct kspan_sched_thread *st, const struct kspan_trace_ctx *cur, __u64 rec,
+				       __u16 attrs_size, __u32 tgid, __u32 tid, __u64 start)
 {
 	__builtin_memset(&st->agg, 0, sizeof(st->agg));
 	st->agg.ctx = *cur;
@@ -208,9 +206,7 @@ static __always_inline void sched_open(struct kspan_sched_thread *st, const stru
 	st->agg.tid = tid;
 	st->agg.start_ns = start;
 	st->agg.max_off_syscall = -1;
-	st->drop = !(cur->trace_flags & 1) && !(t->flags & KSPAN_T_KEEP_UNSAMPLED);
-	if (!st->drop)
-		read_thread_ctx_attrs(rec, attrs_size, &st->agg.ctx);
+	read_thread_ctx_attrs(rec, attrs_size, &st->agg.ctx);
 }
 
 /* The syscall a task is in (-1: none, e.g. preempted in user space). */
@@ -226,7 +222,7 @@ static __always_inline __s32 task_syscall(struct task_struct *task)
 static __always_inline void sched_in(struct kspan_sched_thread *st, __u64 now)
 {
 	__u64 out = st->out_ns;
-	if (!out || st->drop) {
+	if (!out) {
 		st->out_ns = 0;
 		return;
 	}
@@ -281,7 +277,7 @@ static __always_inline void sched_in_unseen(struct kspan_sched_thread *st, struc
 	__u64 in = now > run ? now - run : now;
 	if (in < out)
 		in = out;
-	if (st->blocked && !st->drop && !st->wake_ns) {
+	if (st->blocked && !st->wake_ns) {
 		__u64 delay = task_run_delay(prev) - st->run_delay;
 		__u64 wake = delay < in - out ? in - delay : out;
 		st->wake_ns = wake;
@@ -331,7 +327,12 @@ static __always_inline __u64 sched_out(const struct kspan_target *t, struct task
 		cur = st->agg.ctx;
 		rec = 0;
 	}
-	if (!st && !cur.valid)
+	/* An unsampled span keeps no state: the switch-out is counted, and a
+	 * (sampled) span the thread had ends where it would for any other span. */
+	bool unsampled = cur.valid && !(cur.trace_flags & 1) && !(t->flags & KSPAN_T_KEEP_UNSAMPLED);
+	if (unsampled)
+		count(KSPAN_C_SCHED_UNSAMPLED);
+	if (!st && (!cur.valid || unsampled))
 		return 0; /* no span: no state, no record */
 	now = bpf_ktime_get_ns();
 
@@ -345,19 +346,18 @@ static __always_inline __u64 sched_out(const struct kspan_target *t, struct task
 		__u8 flags = 0;
 		if (!cur.valid) {
 			/* The span ended during this run: the run is its last. */
-			if (!st->drop)
-				st->agg.on_cpu_ns += run;
+			st->agg.on_cpu_ns += run;
 			st->agg.end_ns = now;
 			flags = KSPAN_SF_TAIL;
 		} else {
 			st->agg.end_ns = st->in_ns ? st->in_ns : now;
 		}
 		sched_emit(st, flags);
-		if (!cur.valid) {
+		if (!cur.valid || unsampled) {
 			sched_thread_delete(tid);
 			return now;
 		}
-		sched_open(st, t, &cur, rec, attrs_size, tgid, seen_tid, now - run);
+		sched_open(st, &cur, rec, attrs_size, tgid, seen_tid, now - run);
 	} else if (!st) {
 		__u32 zero = 0;
 		struct kspan_sched_thread *init = bpf_map_lookup_elem(&sched_scratch, &zero);
@@ -373,19 +373,17 @@ static __always_inline __u64 sched_out(const struct kspan_target *t, struct task
 		st = bpf_map_lookup_elem(&sched_threads, &tid);
 		if (!st)
 			return now;
-		sched_open(st, t, &cur, rec, attrs_size, tgid, seen_tid, now - run);
+		sched_open(st, &cur, rec, attrs_size, tgid, seen_tid, now - run);
 	}
 
 	/* Voluntary as the kernel counts nvcsw: not a preemption, and a sleeping state. */
 	bool voluntary = !preempt && prev_state != 0;
-	if (!st->drop) {
-		st->agg.on_cpu_ns += run;
-		if (voluntary)
-			st->agg.voluntary++;
-		else
-			st->agg.involuntary++;
-		st->syscall = task_syscall(prev);
-	}
+	st->agg.on_cpu_ns += run;
+	if (voluntary)
+		st->agg.voluntary++;
+	else
+		st->agg.involuntary++;
+	st->syscall = task_syscall(prev);
 	st->sum_out = sum;
 	st->run_delay = task_run_delay(prev);
 	st->out_ns = now;
@@ -420,7 +418,7 @@ static __always_inline void sched_wakeup(struct task_struct *p, bool stack)
 		return;
 	__u64 now = bpf_ktime_get_ns();
 	st->wake_ns = now;
-	if (!st->drop && now > st->out_ns)
+	if (now > st->out_ns)
 		sched_off_emit(st, KSPAN_OFF_BLOCKED, st->out_ns, now - st->out_ns, stack ? p : NULL);
 }
 

@@ -93,8 +93,7 @@ struct kspan_sched_thread {
 	__s32 syscall;              /* syscall at the last switch-out, -1 none */
 	__u32 cpu;                  /* CPU of the last switch-out */
 	__u8 blocked;               /* the last switch-out blocked */
-	__u8 drop;                  /* the span is not sampled: nothing is aggregated, no record */
-	__u8 _pad[6];
+	__u8 _pad[7];
 	__u64 run_delay;            /* sched_info.run_delay (the kernel's run-queue wait so far) at the last switch-out */
 };
 

@@ -75,7 +75,6 @@ export class SchedRing {
       const v = threads.lookup(key);
       if (!v) continue;
       const st = decodeKspanSchedThread(new DataView(v.buffer, v.byteOffset, v.length), 0);
-      if (st.drop) continue;
       // Still off its CPU: the aggregate ends where the thread left it.
       if (!st.agg.end_ns) st.agg.end_ns = st.out_ns || st.in_ns || st.agg.start_ns;
       const r = fromSchedEvent(st.agg, KspanSchedFlag.KSPAN_SF_FLUSHED);

@@ -1521,7 +1521,6 @@ export const KspanSchedThreadOffset = {
   syscall: 200,
   cpu: 204,
   blocked: 208,
-  drop: 209,
   run_delay: 216,
 } as const;
 
@@ -1534,7 +1533,6 @@ export interface KspanSchedThread {
   syscall: number;
   cpu: number;
   blocked: number;
-  drop: number;
   run_delay: bigint;
 }
 
@@ -1548,7 +1546,6 @@ export function decodeKspanSchedThread(v: DataView, o: number): KspanSchedThread
     syscall: v.getInt32(o + 200, true),
     cpu: v.getUint32(o + 204, true),
     blocked: v.getUint8(o + 208),
-    drop: v.getUint8(o + 209),
     run_delay: v.getBigUint64(o + 216, true),
   };
 }
@@ -1563,7 +1560,6 @@ export function encodeKspanSchedThread(x: KspanSchedThread, v: DataView, o: numb
   v.setInt32(o + 200, x.syscall, true);
   v.setUint32(o + 204, x.cpu, true);
   v.setUint8(o + 208, x.blocked);
-  v.setUint8(o + 209, x.drop);
   v.setBigUint64(o + 216, x.run_delay, true);
 }
 
@@ -1615,10 +1611,6 @@ export class KspanSchedThreadView implements KspanSchedThread {
   get blocked(): number {
     const v = this.v;
     return v.getUint8(this.o + 208);
-  }
-  get drop(): number {
-    const v = this.v;
-    return v.getUint8(this.o + 209);
   }
   get run_delay(): bigint {
     const v = this.v;

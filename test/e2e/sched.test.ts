@@ -7,8 +7,9 @@
  *  - sleep Y ms: blocked ≈ Y;
  *  - spin pinned to one CPU that a busy sibling thread (no span) shares:
  *    run-queue wait > 0, involuntary switches > 0, no migration;
- *  - an unsampled span, and the same work with no span: nothing (the unsampled
- *    one counted once in KSPAN_C_SCHED_UNSAMPLED);
+ *  - an unsampled span, and the same work with no span: nothing, no state in
+ *    the table (each switch-out under the unsampled one counted in
+ *    KSPAN_C_SCHED_UNSAMPLED);
  *  - a switch-out whose context read faults (the record's page not resident):
  *    counted, and the thread keeps its span (one record, every sleep in it).
  * Each figure is compared with the thread's schedstat deltas over the span.
@@ -109,7 +110,11 @@ describe('thread.sched through kspan events', e2eOptions(), () => {
       sched.map((l) => [l.pid, l.tid, l.trace_id, l.span_id, l.trace_flags]),
       [1, 2, 3, 5].map((n) => [pid, workerTid, TRACE, span(n), 1]),
     );
-    assert.equal(stopLog.counters.KSPAN_C_SCHED_UNSAMPLED, 1, 'the unsampled span counted once');
+    // Every switch-out under the unsampled span is counted, and nothing else: its
+    // thread keeps no state (the 2 ms sleep at least, and any preemption).
+    const u = delta(jobs.unsampled);
+    assert.ok(u.voluntary >= 1, 'the unsampled job slept');
+    nearCount(stopLog.counters.KSPAN_C_SCHED_UNSAMPLED, u.voluntary + u.involuntary, 'switch-outs under the unsampled span');
     assert.equal(stopLog.counters.KSPAN_C_SCHED_TABLE_FULL, 0);
     assert.equal(stopLog.counters.KSPAN_C_RINGBUF_FULL, 0);
     assert.ok(!sched.some((l) => l.tid === jobs.contend.siblingTid), 'the busy sibling (no span) made no record');
@@ -164,7 +169,7 @@ describe('thread.sched through kspan events', e2eOptions(), () => {
   });
 });
 
-describe('thread.sched: the count of threads with state', e2eOptions(), () => {
+describe('thread.sched: the threads with state, and their count', e2eOptions(), () => {
   const group = new ProcessGroup();
   after(() => group.killAll());
 
@@ -195,6 +200,26 @@ describe('thread.sched: the count of threads with state', e2eOptions(), () => {
     assert.deepEqual(end, { tids: [], live: 0n });
     const lines = await stopEvents(events);
     assert.deepEqual(lines.filter((l) => l.type === 'sched').map((l) => l.span_id), [span(9)]);
+  });
+
+  test('a thread asleep under an unsampled span keeps no state; its switch-outs are counted', async () => {
+    const fx = await startSchedFixture(group);
+    const events = await startEvents(group, [fx.pid]);
+    await events.waitLine(/"type":"target"/, 20_000);
+    const maps = { threads: agentMapId(events.pid, 'sched_threads'), live: agentMapId(events.pid, 'sched_live') };
+    const sleepMs = 600 * TIMEOUT_SCALE;
+    const sleeping = fx.run('sleep', sleepMs, { traceId: TRACE, spanId: span(11), sampled: false });
+    await new Promise((r) => setTimeout(r, sleepMs / 2));
+    const during = schedTable(maps);
+    const job = await sleeping;
+    assert.ok(job.end.t - job.start.t >= sleepMs * MS, 'the table was read while the worker slept');
+    assert.deepEqual(during, { tids: [], live: 0n }, 'no state for the worker asleep under its unsampled span');
+    const lines = await stopEvents(events);
+    assert.deepEqual(lines.filter((l) => l.type === 'sched'), []);
+    const stopped = JSON.parse(events.stderr.find((l) => /"msg":"stopped"/.test(l))!);
+    const d = delta(job);
+    assert.ok(d.voluntary >= 1);
+    nearCount(stopped.counters.KSPAN_C_SCHED_UNSAMPLED, d.voluntary + d.involuntary, 'switch-outs under the unsampled span');
   });
 });
 
