@@ -100,19 +100,27 @@ static __always_inline struct kspan_discovery *discovery_conf(void)
 }
 
 /*
- * pid and tgid of the current task as the agent sees them: the kernel's own
+ * pid and tgid of the current task (`current_task`, which must be current) as
+ * the agent sees them: the kernel's own
  * when the agent runs in the initial pid namespace, else those of the agent's
  * namespace (0 for a task outside it: never a target).
  */
-static __always_inline __u64 current_pid_tgid(void)
+static __always_inline __u64 current_pid_tgid_of(struct task_struct *current_task)
 {
 	struct kspan_discovery *d = discovery_conf();
+	/* In the initial namespace, loads from the task (which the caller may
+	 * need anyway): no bpf_get_current_pid_tgid() call. */
 	if (!d || !d->pidns_ino)
-		return bpf_get_current_pid_tgid();
+		return (__u64)current_task->tgid << 32 | (__u32)current_task->pid;
 	struct bpf_pidns_info ns = {};
 	if (bpf_get_ns_current_pid_tgid(d->pidns_dev, d->pidns_ino, &ns, sizeof(ns)))
 		return 0;
 	return (__u64)ns.tgid << 32 | ns.pid;
+}
+
+static __always_inline __u64 current_pid_tgid(void)
+{
+	return current_pid_tgid_of(bpf_get_current_task_btf());
 }
 
 /* The tgid of another task (a forked child) in the agent's pid namespace, 0 when it is not in it:

@@ -671,15 +671,15 @@ static __always_inline void sock_last_read(struct kspan_sock *st, __u64 cookie,
 /* One send or recv by a target thread, in syscall context. The caller checked
  * that the thread belongs to a target (first, before any other work: these hooks
  * fire for every socket call on the machine). */
-static __always_inline void account_io(const struct kspan_target *t, __u64 pid_tgid, struct kspan_sock *st,
-				       __u64 cookie, __u8 dir, __u64 bytes, __u8 path_flag)
+static __always_inline void account_io(const struct kspan_target *t, struct task_struct *task, __u64 pid_tgid,
+				       struct kspan_sock *st, __u64 cookie, __u8 dir, __u64 bytes, __u8 path_flag)
 {
 	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
 	struct kspan_trace_ctx cur;
 
 	/* The header only: the attributes are read when an aggregate opens. */
 	__u16 attrs_size;
-	__u64 rec = read_thread_ctx_head(tgid, &t->loc, &cur, &attrs_size, NULL);
+	__u64 rec = read_thread_ctx_head(task, tgid, &t->loc, &cur, &attrs_size, NULL);
 
 	if (st->agg.dir == dir && dir == KSPAN_EV_SEND && st->agg.ref.valid && !ctx_equal_ref(&cur, &st->agg.ref)) {
 		/* Sockets outlive the moment of context (docs/ARCHITECTURE.md): a
@@ -745,7 +745,8 @@ static __always_inline void account_io(const struct kspan_target *t, __u64 pid_t
  * process not traced leaves here), then the TCP check and the socket's state. */
 static __always_inline void sock_length(struct sock *sk, int ret, __u8 dir)
 {
-	__u64 pid_tgid = current_pid_tgid();
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 pid_tgid = current_pid_tgid_of(task);
 	struct kspan_target *t = target_of(pid_tgid >> 32);
 	if (!t || !is_tcp_sock_btf(sk))
 		return;
@@ -754,7 +755,7 @@ static __always_inline void sock_length(struct sock *sk, int ret, __u8 dir)
 	if (!st)
 		return;
 	bool claimed = sock_enter(st, cookie);
-	account_io(t, pid_tgid, st, cookie, dir, ret, 0);
+	account_io(t, task, pid_tgid, st, cookie, dir, ret, 0);
 	sock_unclaim(cookie, claimed);
 }
 
@@ -1211,7 +1212,7 @@ static __always_inline void io_done(const struct kspan_target *t, __u64 pid_tgid
 		sock_addr(st, sk); /* as sock_state_get() does for a socket it finds */
 	}
 	bool claimed = sock_enter(st, cookie);
-	account_io(t, pid_tgid, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
+	account_io(t, bpf_get_current_task_btf(), pid_tgid, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
 	sock_unclaim(cookie, claimed);
 }
 

@@ -318,7 +318,7 @@ static __always_inline __u64 sched_out(const struct kspan_target *t, struct task
 	struct kspan_trace_ctx cur;
 	__u16 attrs_size;
 	__u32 failed = 0;
-	__u64 rec = read_thread_ctx_head(tgid, &t->loc, &cur, &attrs_size, &failed);
+	__u64 rec = read_thread_ctx_head(prev, tgid, &t->loc, &cur, &attrs_size, &failed);
 	if (failed) {
 		count(KSPAN_C_SCHED_CTX_FAILED);
 		/* Not "no span": the thread keeps the one it had (none: nothing to keep). */

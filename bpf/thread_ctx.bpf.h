@@ -85,7 +85,7 @@ static __always_inline __u64 thread_ctx_slot(const struct kspan_tls_loc *loc, __
 }
 
 /*
- * The header of the thread's active record into `out`: ids, flags, valid (no
+ * The header of the active record of `task` (current) into `out`: ids, flags, valid (no
  * attribute bytes, attrs_size 0). Returns the record's address and, in
  * `*attrs_size`, the record's own attrs_size, for read_thread_ctx_attrs() when
  * the caller needs the attributes too (an aggregate opens under this span); 0
@@ -93,8 +93,9 @@ static __always_inline __u64 thread_ctx_slot(const struct kspan_tls_loc *loc, __
  * is as safe as reading them now: the writer is this thread, in the kernel.
  * `failed`: NULL to count failures, else where their counter goes (see the top).
  */
-static __always_inline __u64 read_thread_ctx_head(__u32 tgid, const struct kspan_tls_loc *loc,
-						  struct kspan_trace_ctx *out, __u16 *attrs_size, __u32 *failed)
+static __always_inline __u64 read_thread_ctx_head(struct task_struct *task, __u32 tgid,
+						  const struct kspan_tls_loc *loc, struct kspan_trace_ctx *out,
+						  __u16 *attrs_size, __u32 *failed)
 {
 	__builtin_memset(out, 0, sizeof(*out));
 	*attrs_size = 0;
@@ -102,7 +103,6 @@ static __always_inline __u64 read_thread_ctx_head(__u32 tgid, const struct kspan
 	if (loc->kind == KSPAN_TLS_NONE || (loc->scheme != KSPAN_SCHEME_OTEL_V1 && loc->scheme != KSPAN_SCHEME_NODEJS_V1))
 		return 0;
 
-	struct task_struct *task = bpf_get_current_task_btf();
 	__u64 tp = task->thread.fsbase;
 	if (!tp)
 		return 0;
@@ -174,7 +174,7 @@ static __always_inline void read_thread_ctx(__u32 tgid, const struct kspan_tls_l
 					    struct kspan_trace_ctx *out)
 {
 	__u16 attrs_size;
-	__u64 rec = read_thread_ctx_head(tgid, loc, out, &attrs_size, NULL);
+	__u64 rec = read_thread_ctx_head(bpf_get_current_task_btf(), tgid, loc, out, &attrs_size, NULL);
 	read_thread_ctx_attrs(rec, attrs_size, out);
 }
 
