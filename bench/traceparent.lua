@@ -12,20 +12,27 @@ local n = 0
 -- Pacing. wrk delays each connection's next request by delay() ms (whole ms, a
 -- timer per connection), and gives Lua no clock finer than os.time()'s second.
 -- So the delay is a per-connection period, spread over whole ms by carrying
--- the fraction, and corrected once a second by the rate the last second got.
+-- the fraction, and corrected once a second by the rate the last second got:
+-- a whole second's, never the run's first (it began mid-second: its count,
+-- short, would shrink the period and overshoot the rate for seconds after),
+-- and by at most a factor of 2 either way.
 local rate = nil
 local period = 0 -- ms, fractional
 local carry = 0
 local second = 0
 local started = 0
+local whole = false -- the current second was seen from its start
 
 local function paced_delay()
   local now = os.time()
   if now ~= second then
-    if second ~= 0 and now == second + 1 and started > 0 then
-      period = period * started / rate
+    if whole and now == second + 1 and started > 0 then
+      local f = started / rate
+      if f < 0.5 then f = 0.5 elseif f > 2 then f = 2 end
+      period = period * f
       if period > 1000 then period = 1000 end
     end
+    whole = second ~= 0
     second = now
     started = 0
   end
