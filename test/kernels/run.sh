@@ -46,7 +46,7 @@ TESTS=(
   test/e2e/sampling.test.ts                 # sampling decided in the kernel: exact counts
   'test/e2e/loader.test.ts::doctor as root|flushIdle' # kspan doctor passes; both idle-flush variants
   test/e2e/idle-flush.test.ts               # the idle flush and the hooks take turns: exact bytes, claims
-  'test/e2e/sched.test.ts::thread.sched.through.kspan.events|the.count.of.threads.with.state' # on-CPU, blocked, run-queue, switches vs schedstat; no span: no record; sched_live
+  'test/e2e/sched.test.ts::thread.sched.through.kspan.events|the.threads.with.state' # on-CPU, blocked, run-queue, switches vs schedstat; no span, unsampled: no record, no state; sched_live
   test/e2e/uprobe.test.ts                   # --uprobe: exact spans from 4 threads, nesting, open at exit; detach per binary
   test/e2e/dns.test.ts                      # dns preset: getaddrinfo spans, names, results, address counts
   'test/e2e/discovery.test.ts::publisher.started.after|forked.workers' # --all: exec and fork found in the kernel
