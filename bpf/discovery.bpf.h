@@ -101,9 +101,9 @@ static __always_inline struct kspan_discovery *discovery_conf(void)
 
 /*
  * pid and tgid of the current task (`current_task`, which must be current) as
- * the agent sees them: the kernel's own
- * when the agent runs in the initial pid namespace, else those of the agent's
- * namespace (0 for a task outside it: never a target).
+ * the agent sees them: the kernel's own when the agent runs in the initial pid
+ * namespace, else those of the agent's namespace (0 for a task outside it:
+ * never a target).
  */
 static __always_inline __u64 current_pid_tgid_of(struct task_struct *current_task)
 {

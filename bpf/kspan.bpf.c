@@ -1191,7 +1191,8 @@ int flush_idle_walk(struct kspan_flush_args *args)
 /* ---- fallback: syscall tracepoints for kernels without sock_{send,recv}_length ---- */
 
 /* One read or write of a target's fd that returned `ret` bytes: find the socket, then account it. */
-static __always_inline void io_done(const struct kspan_target *t, __u64 pid_tgid, __u64 fd, __u8 dir, long ret)
+static __always_inline void io_done(const struct kspan_target *t, struct task_struct *task, __u64 pid_tgid,
+				    __u64 fd, __u8 dir, long ret)
 {
 	struct sock *sk = sock_from_fd(fd);
 	if (!sk)
@@ -1212,7 +1213,7 @@ static __always_inline void io_done(const struct kspan_target *t, __u64 pid_tgid
 		sock_addr(st, sk); /* as sock_state_get() does for a socket it finds */
 	}
 	bool claimed = sock_enter(st, cookie);
-	account_io(t, bpf_get_current_task_btf(), pid_tgid, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
+	account_io(t, task, pid_tgid, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
 	sock_unclaim(cookie, claimed);
 }
 
@@ -1227,14 +1228,15 @@ static __always_inline int io_exit_regs(long ret, __u8 dir)
 {
 	if (ret <= 0)
 		return 0;
-	__u64 pid_tgid = current_pid_tgid();
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 pid_tgid = current_pid_tgid_of(task);
 	struct kspan_target *t = target_of(pid_tgid >> 32);
 	if (!t)
 		return 0;
-	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
 	if (!regs)
 		return 0;
-	io_done(t, pid_tgid, regs->di, dir, ret);
+	io_done(t, task, pid_tgid, regs->di, dir, ret);
 	return 0;
 }
 
@@ -1252,7 +1254,8 @@ static __always_inline int io_enter(__u64 fd, __u8 dir)
 
 static __always_inline int io_exit_paired(long ret)
 {
-	__u64 pid_tgid = current_pid_tgid();
+	struct task_struct *task = bpf_get_current_task_btf();
+	__u64 pid_tgid = current_pid_tgid_of(task);
 	__u32 tid = (__u32)pid_tgid;
 	struct io_args *a = bpf_map_lookup_elem(&io_inflight, &tid);
 	if (!a)
@@ -1263,7 +1266,7 @@ static __always_inline int io_exit_paired(long ret)
 	struct kspan_target *t;
 	if (ret <= 0 || !(t = target_of(pid_tgid >> 32)))
 		return 0;
-	io_done(t, pid_tgid, fd, dir, ret);
+	io_done(t, task, pid_tgid, fd, dir, ret);
 	return 0;
 }
 

@@ -399,8 +399,7 @@ int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct tas
 {
 	__u64 now = 0;
 	/* prev is current: its pid and tgid as the agent sees them (a sidecar's own pid namespace). */
-	struct kspan_discovery *d = discovery_conf();
-	__u64 seen = !d || !d->pidns_ino ? (__u64)prev->tgid << 32 | (__u32)prev->pid : current_pid_tgid();
+	__u64 seen = current_pid_tgid_of(prev);
 	struct kspan_target *t = seen ? target_of(seen >> 32) : NULL;
 	if (t)
 		now = sched_out(t, prev, seen, preempt, prev_state);

@@ -70,6 +70,13 @@ const delta = (j: JobReport) => ({
   wall: j.end.t - j.start.t,
 });
 
+/** KSPAN_C_SCHED_UNSAMPLED counts every switch-out of a job under an unsampled span (its sleep at least), and nothing else. */
+function unsampledSwitchOuts(counted: number, job: JobReport): void {
+  const d = delta(job);
+  assert.ok(d.voluntary >= 1, 'the unsampled job slept');
+  nearCount(counted, d.voluntary + d.involuntary, 'switch-outs under the unsampled span');
+}
+
 describe('thread.sched through kspan events', e2eOptions(), () => {
   const group = new ProcessGroup();
   let sched: EventLine[] = [];
@@ -110,11 +117,8 @@ describe('thread.sched through kspan events', e2eOptions(), () => {
       sched.map((l) => [l.pid, l.tid, l.trace_id, l.span_id, l.trace_flags]),
       [1, 2, 3, 5].map((n) => [pid, workerTid, TRACE, span(n), 1]),
     );
-    // Every switch-out under the unsampled span is counted, and nothing else: its
-    // thread keeps no state (the 2 ms sleep at least, and any preemption).
-    const u = delta(jobs.unsampled);
-    assert.ok(u.voluntary >= 1, 'the unsampled job slept');
-    nearCount(stopLog.counters.KSPAN_C_SCHED_UNSAMPLED, u.voluntary + u.involuntary, 'switch-outs under the unsampled span');
+    // The thread keeps no state under the unsampled span; its switch-outs are counted.
+    unsampledSwitchOuts(stopLog.counters.KSPAN_C_SCHED_UNSAMPLED, jobs.unsampled);
     assert.equal(stopLog.counters.KSPAN_C_SCHED_TABLE_FULL, 0);
     assert.equal(stopLog.counters.KSPAN_C_RINGBUF_FULL, 0);
     assert.ok(!sched.some((l) => l.tid === jobs.contend.siblingTid), 'the busy sibling (no span) made no record');
@@ -217,9 +221,7 @@ describe('thread.sched: the threads with state, and their count', e2eOptions(), 
     const lines = await stopEvents(events);
     assert.deepEqual(lines.filter((l) => l.type === 'sched'), []);
     const stopped = JSON.parse(events.stderr.find((l) => /"msg":"stopped"/.test(l))!);
-    const d = delta(job);
-    assert.ok(d.voluntary >= 1);
-    nearCount(stopped.counters.KSPAN_C_SCHED_UNSAMPLED, d.voluntary + d.involuntary, 'switch-outs under the unsampled span');
+    unsampledSwitchOuts(stopped.counters.KSPAN_C_SCHED_UNSAMPLED, job);
   });
 });
 
