@@ -168,6 +168,8 @@ export class TcpTracer {
   #stopped = false;
   /** The idle-flush variant that loaded, if any. */
   readonly #flushProgram: string | undefined;
+  /** The socket table's size: one flush takes as many runs as it needs to look at every slot. */
+  readonly #maxSockets: number;
   #finalCounters: TracerCounters | undefined;
   /** The scheduler programs' ring, when they loaded. */
   readonly #sched: SchedRing | undefined;
@@ -182,6 +184,7 @@ export class TcpTracer {
     this.plan = plan;
     this.#policy = opts.policy ?? {};
     this.#flushProgram = ['flush_idle', 'flush_idle_walk'].find((n) => plan.load(n));
+    this.#maxSockets = opts.maxSockets ?? KspanLimit.KSPAN_MAX_SOCKETS;
     const ring = obj.map('events');
     const onRecord = opts.onRecord;
     this.#ring = new RingBufferReader(ring.fd, opts.ringBytes ?? KspanLimit.KSPAN_RING_BYTES, (view, off, len) => {
@@ -419,7 +422,7 @@ export class TcpTracer {
     let flushed = 0;
     const guardNs = idleFlushTiming(idleNs).guardNs;
     // One run looks at KSPAN_FLUSH_BATCH queued sockets; more runs for the rest.
-    for (let run = 0; run <= KspanLimit.KSPAN_MAX_SOCKETS / KspanLimit.KSPAN_FLUSH_BATCH; run++) {
+    for (let run = 0; run <= this.#maxSockets / KspanLimit.KSPAN_FLUSH_BATCH; run++) {
       encodeKspanFlushArgs({ idle_ns: idleNs, guard_ns: guardNs, flushed: 0n, more: 0n }, view, 0);
       this.#obj.run(this.#flushProgram, args);
       const out = decodeKspanFlushArgs(view, 0);

@@ -13,6 +13,7 @@ import assert from 'node:assert/strict';
 import { connect, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { hasBpfMemAlloc, kernelVersion } from '../../src/kernel/kernel-features.ts';
+import { KspanLimit } from '../../src/records/abi.generated.ts';
 import { startEvents, stopEvents } from '../helpers/kspan-cli.ts';
 import { fdinfoTexts, ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
@@ -23,6 +24,8 @@ const MAX_SOCKETS = 3001;
 const SOCK_VALUE = 192;
 const BPF_F_NO_PREALLOC = 1;
 const CONNS = 200;
+/** The table's target at the default size, with every slot in use (BENCHMARKS.md, memory). */
+const DEFAULT_TABLE_BUDGET = 16e6;
 
 /**
  * Whether fdinfo's memlock is what the map holds now (the maps' own memory
@@ -34,15 +37,15 @@ function memlockFollowsUse(): boolean {
   return major > 6 || (major === 6 && minor >= 4);
 }
 
-/** The fdinfo of the agent's `socks` map: its flags and the kernel memory charged to it. */
-function socksInfo(pid: number): { flags: number; memlock: number } {
+/** The fdinfo of the agent's `socks` map (of `maxEntries` slots): its flags and the kernel memory charged to it. */
+function socksInfo(pid: number, maxEntries = MAX_SOCKETS): { flags: number; memlock: number } {
   for (const t of fdinfoTexts(pid)) {
     const field = (k: string) => new RegExp(`^${k}:\\s*(\\S+)`, 'm').exec(t)?.[1];
-    if (field('max_entries') === String(MAX_SOCKETS) && field('value_size') === String(SOCK_VALUE)) {
+    if (field('max_entries') === String(maxEntries) && field('value_size') === String(SOCK_VALUE)) {
       return { flags: Number(field('map_flags')), memlock: Number(field('memlock')) };
     }
   }
-  throw new Error(`no socks map (max_entries ${MAX_SOCKETS}) among the fds of ${pid}`);
+  throw new Error(`no socks map (max_entries ${maxEntries}) among the fds of ${pid}`);
 }
 
 /** A Node echo server in a process of its own (the traced target): each connection answers one line with "ok". */
@@ -53,6 +56,8 @@ process.stdin.on('end', () => process.exit(0)).resume();`;
 describe('the socket table: allocated as sockets are traced', e2eOptions(), () => {
   const group = new ProcessGroup();
   after(() => group.killAll());
+  /** The kernel's memory per traced socket, allocated on use, as the first test measured it. */
+  let perSocketOnUse: number | undefined;
 
   test(`${CONNS} traced connections: memlock grows by one element each and falls back when they close (6.1+), else preallocated`, async () => {
     const server = group.start(process.execPath, ['-e', ECHO]);
@@ -90,6 +95,7 @@ describe('the socket table: allocated as sockets are traced', e2eOptions(), () =
     assert.ok(Number.isInteger(perSocket), `${open - idle.memlock} B over ${CONNS} sockets`);
     // The value, the 8-byte key and the kernel's per-element header and list node.
     assert.ok(perSocket > SOCK_VALUE + 8 && perSocket <= SOCK_VALUE + 128, `${perSocket} B per socket`);
+    perSocketOnUse = perSocket;
 
     for (const c of socks) c.destroy();
     await waitFor(() => socksInfo(events.pid).memlock, (m) => m === idle.memlock, 10_000, 'the table to fall back to its idle size');
@@ -105,5 +111,23 @@ describe('the socket table: allocated as sockets are traced', e2eOptions(), () =
     // A value and a key per slot at least, before any socket is traced (every kernel's memlock says so).
     assert.ok(info.memlock >= MAX_SOCKETS * (SOCK_VALUE + 8), `preallocated memlock ${info.memlock} B`);
     await stopEvents(events);
+  });
+
+  test(`the default size (${KspanLimit.KSPAN_MAX_SOCKETS} slots): with every slot in use, within 16 MB either way`, async () => {
+    const server = group.start(process.execPath, ['-e', ECHO]);
+    await server.waitLine(/^port (\d+)$/);
+    const max = KspanLimit.KSPAN_MAX_SOCKETS;
+    // Preallocated, the memlock is the full table's from the start.
+    const pre = await startEvents(group, [server.pid], ['--socket-table', 'preallocated']);
+    const full = socksInfo(pre.pid, max).memlock;
+    await stopEvents(pre);
+    assert.ok(full >= max * (SOCK_VALUE + 8) && full <= DEFAULT_TABLE_BUDGET, `preallocated: ${full} B`);
+    if (!hasBpfMemAlloc() || !memlockFollowsUse() || perSocketOnUse === undefined) return;
+    // On use: the buckets now, and what the first test measured per socket for every slot.
+    const onUse = await startEvents(group, [server.pid]);
+    const idle = socksInfo(onUse.pid, max).memlock;
+    await stopEvents(onUse);
+    const whole = idle + perSocketOnUse * max;
+    assert.ok(whole <= DEFAULT_TABLE_BUDGET, `on use, every slot: ${idle} + ${perSocketOnUse} × ${max} = ${whole} B`);
   });
 });

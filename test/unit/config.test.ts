@@ -32,7 +32,7 @@ describe('layers: default < environment < policy file < command line', () => {
       { pids: c.pids, duration: c.duration, otlpEndpoint: c.otlpEndpoint, otlpProtocol: c.otlpProtocol, console: c.console, orphans: c.orphans,
         ioHooks: c.ioHooks, maxSockets: c.maxSockets, idleFlushMs: c.idleFlushMs, logLevel: c.logLevel, waitForTargets: c.waitForTargets },
       { pids: [7], duration: undefined, otlpEndpoint: undefined, otlpProtocol: 'grpc', console: false, orphans: false,
-        ioHooks: 'auto', maxSockets: 65536, idleFlushMs: 500, logLevel: 'info', waitForTargets: false },
+        ioHooks: 'auto', maxSockets: 57344, idleFlushMs: 500, logLevel: 'info', waitForTargets: false },
     );
     assert.deepEqual(c.origins.pids, { source: 'flag', name: '--pid' });
     assert.deepEqual(c.origins.idleFlushMs, { source: 'default', name: 'default' });
