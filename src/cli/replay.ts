@@ -60,7 +60,7 @@ export async function replayCommand(config: ReplayConfig, log: Logger): Promise<
   // Everything the records before a cut made is flushed and exported too.
   await pipeline.shutdown();
   const stats = pipeline.stats();
-  const exportLost = stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown;
+  const exportLost = stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown + stats.export.rejected;
   const summary = { records: reader.count, kernel: reader.header.kernelRelease, spans: stats };
   if (cut) {
     log.warn(

@@ -143,7 +143,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
       const spooled = spool && { ...spool.counters, pendingSpans: spool.pendingSpans, dir: spool.dir };
       const lost =
         recordsLost(counters) + (session!.uprobes?.stats.decodeErrors ?? 0) + stats.export.droppedQueueFull + stats.export.droppedFailed +
-        stats.export.droppedShutdown + stats.export.droppedSpool + (spool?.counters.tornSegments ?? 0);
+        stats.export.droppedShutdown + stats.export.droppedSpool + stats.export.rejected + (spool?.counters.tornSegments ?? 0);
       const featuresOff = session!.featuresOff.map((f) => f.feature);
       const uprobes = session!.uprobes ? { ...session!.uprobes.stats, calls: calls.counters } : undefined;
       log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, spool: spooled ?? undefined, uprobes, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');

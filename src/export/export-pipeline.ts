@@ -24,17 +24,15 @@
  *   batches so that new spans keep flowing. A shutdown that cannot drain leaves
  *   the rest in the spool for the next start instead of dropping it.
  */
-import { OTLPTraceExporter as OtlpGrpcTraceExporter } from '@opentelemetry/exporter-trace-otlp-grpc';
-import { OTLPTraceExporter as OtlpProtoTraceExporter } from '@opentelemetry/exporter-trace-otlp-proto';
 import type { ExportResult } from '@opentelemetry/core';
 import { createOtlpNetworkExportDelegate, OTLPExporterBase } from '@opentelemetry/otlp-exporter-base';
 import { convertLegacyHttpOptions, createOtlpHttpExportDelegate } from '@opentelemetry/otlp-exporter-base/node-http';
 import { convertLegacyOtlpGrpcOptions, createOtlpGrpcExporterMetrics } from '@opentelemetry/otlp-grpc-exporter-base';
-import { ProtobufTraceSerializer, type IExporterMetricsHelper, type ISerializer, type IExportTraceServiceResponse } from '@opentelemetry/otlp-transformer';
+import type { IExporterMetricsHelper, ISerializer, IExportTraceServiceResponse } from '@opentelemetry/otlp-transformer';
 import type { ReadableSpan, SpanExporter } from '@opentelemetry/sdk-trace';
 import { pino, type Logger } from 'pino';
 import { loadSettings, TUNING, type Origin, type OtlpProtocol, type RawValues } from '../core/config.ts';
-import { EncodedSpanMetricsHelper, encodedSpanSerializer, RequestBuffers } from './export-request.ts';
+import { deserializeTraceResponse, EncodedSpanMetricsHelper, encodedSpanSerializer, RequestBuffers, type PartialSuccessHandler } from './export-request.ts';
 import { GrpcExportTransport } from './grpc-transport.ts';
 import type { EncodedSpan } from './span-encoder.ts';
 
@@ -92,6 +90,8 @@ export function resolveExportTarget(options: ExportTargetOptions = {}, env?: Rea
 export interface OtlpExporterOptions {
   /** Per-export deadline; default: OTEL_EXPORTER_OTLP_TIMEOUT or 10 s. */
   timeoutMs?: number;
+  /** Called for each response that reports a partial success (ExportPipeline.countRejected). */
+  onPartialSuccess?: PartialSuccessHandler;
 }
 
 /** What the export pipeline sends batches through: an OpenTelemetry SpanExporter, or one of encoded spans. */
@@ -101,7 +101,7 @@ export interface BatchExporter<T> {
 }
 
 /** The exporter's URL for a target: a bare host:port is plaintext; OTLP/HTTP gets /v1/traces when no path is given. */
-function exporterUrl(target: Extract<ExportTarget, { kind: 'otlp' }>): string | undefined {
+export function exporterUrl(target: Extract<ExportTarget, { kind: 'otlp' }>): string | undefined {
   let url = target.endpoint;
   if (!url) return undefined;
   // A bare host:port is taken as plaintext; give https:// for TLS.
@@ -109,12 +109,6 @@ function exporterUrl(target: Extract<ExportTarget, { kind: 'otlp' }>): string | 
   if (target.protocol === 'grpc') return url;
   const u = new URL(url);
   return u.pathname === '' || u.pathname === '/' ? new URL('/v1/traces', u).toString() : url;
-}
-
-/** The OpenTelemetry OTLP exporter for a target (the exporter honours the env for headers, TLS, compression). */
-export function createOtlpExporter(target: Extract<ExportTarget, { kind: 'otlp' }>, options: OtlpExporterOptions = {}): SpanExporter {
-  const config = { url: exporterUrl(target), timeoutMillis: options.timeoutMs };
-  return target.protocol === 'grpc' ? new OtlpGrpcTraceExporter(config) : new OtlpProtoTraceExporter(config);
 }
 
 const GRPC_TRACE_SERVICE = 'TraceExportService';
@@ -128,10 +122,12 @@ export interface EncodedOtlpExporters {
 }
 
 /** Spooled requests are already ExportTraceServiceRequests: sent as they are. */
-const SPOOLED_SERIALIZER: ISerializer<SpooledBatch[], IExportTraceServiceResponse> = {
-  serializeRequest: (batches) => (batches.length === 1 ? batches[0].request : Buffer.concat(batches.map((b) => b.request))),
-  deserializeResponse: (data) => ProtobufTraceSerializer.deserializeResponse(data),
-};
+function spooledSerializer(onPartialSuccess?: PartialSuccessHandler): ISerializer<SpooledBatch[], IExportTraceServiceResponse> {
+  return {
+    serializeRequest: (batches) => (batches.length === 1 ? batches[0].request : Buffer.concat(batches.map((b) => b.request))),
+    deserializeResponse: (data) => deserializeTraceResponse(data, onPartialSuccess),
+  };
+}
 const SpooledMetricsHelper: IExporterMetricsHelper<SpooledBatch[]> = { name: 'span', countItems: (b: SpooledBatch[]) => b.reduce((n, x) => n + x.spans, 0) };
 
 /**
@@ -153,14 +149,14 @@ export function createEncodedOtlpExporters(
     const transport = new GrpcExportTransport(grpc, GRPC_TRACE_SERVICE, GRPC_TRACE_EXPORT_PATH, buffers);
     const metrics = <I>(helper: IExporterMetricsHelper<I>) => createOtlpGrpcExporterMetrics('otlp_grpc_span_exporter', helper, grpc.url, undefined);
     return {
-      encoded: new OTLPExporterBase(createOtlpNetworkExportDelegate(grpc, encodedSpanSerializer(buffers), metrics(EncodedSpanMetricsHelper), transport)),
-      spooled: new OTLPExporterBase(createOtlpNetworkExportDelegate(grpc, SPOOLED_SERIALIZER, metrics(SpooledMetricsHelper), transport)),
+      encoded: new OTLPExporterBase(createOtlpNetworkExportDelegate(grpc, encodedSpanSerializer(buffers, options.onPartialSuccess), metrics(EncodedSpanMetricsHelper), transport)),
+      spooled: new OTLPExporterBase(createOtlpNetworkExportDelegate(grpc, spooledSerializer(options.onPartialSuccess), metrics(SpooledMetricsHelper), transport)),
     };
   }
   const http = () => convertLegacyHttpOptions(config, 'TRACES', 'v1/traces', { 'Content-Type': 'application/x-protobuf' });
   return {
-    encoded: new OTLPExporterBase(createOtlpHttpExportDelegate(http(), encodedSpanSerializer(), 'otlp_http_span_exporter', EncodedSpanMetricsHelper, undefined)),
-    spooled: new OTLPExporterBase(createOtlpHttpExportDelegate(http(), SPOOLED_SERIALIZER, 'otlp_http_span_exporter', SpooledMetricsHelper, undefined)),
+    encoded: new OTLPExporterBase(createOtlpHttpExportDelegate(http(), encodedSpanSerializer(undefined, options.onPartialSuccess), 'otlp_http_span_exporter', EncodedSpanMetricsHelper, undefined)),
+    spooled: new OTLPExporterBase(createOtlpHttpExportDelegate(http(), spooledSerializer(options.onPartialSuccess), 'otlp_http_span_exporter', SpooledMetricsHelper, undefined)),
   };
 }
 
@@ -254,6 +250,8 @@ export interface ExportCounters {
   replayed: number;
   /** Spans the spool could not keep: dropped oldest first at its size bound, or not written (I/O error). */
   droppedSpool: number;
+  /** Spans the receiver took but rejected (an OTLP partial success: its rejected_spans). Counted in `exported` too. */
+  rejected: number;
 }
 
 const RETRYABLE_GRPC = new Set([1, 4, 8, 10, 11, 14, 15]); // CANCELLED … UNAVAILABLE, DATA_LOSS
@@ -306,6 +304,7 @@ export class ExportPipeline<T = ReadableSpan> {
     spooled: 0,
     replayed: 0,
     droppedSpool: 0,
+    rejected: 0,
   };
 
   readonly #exporter: BatchExporter<T>;
@@ -332,6 +331,7 @@ export class ExportPipeline<T = ReadableSpan> {
   #roomWaiters: { limit: number; resolve: () => void }[] = [];
   #closed = false;
   #dropLog = { lastAt: 0, sinceLast: 0 };
+  #rejectLog = { lastAt: 0, sinceLast: 0 };
   readonly #spool: SpoolBinding<T> | null;
   /** The spooled request being sent. */
   #inFlightSpool: SpooledBatch | null = null;
@@ -762,6 +762,22 @@ export class ExportPipeline<T = ReadableSpan> {
       }, this.#delayMs);
       if (!this.#waiters.length) this.#timer.unref();
     }
+  }
+
+  /**
+   * A response's partial success (OtlpExporterOptions.onPartialSuccess): the
+   * Collector rejected `spans` of the batch. Counted, and logged with its
+   * reason at most every 10 s.
+   */
+  countRejected(spans: number, message: string): void {
+    this.counters.rejected += spans;
+    const r = this.#rejectLog;
+    r.sinceLast += spans;
+    const now = Date.now();
+    if (now - r.lastAt < 10_000) return;
+    this.#log.warn({ rejected: r.sinceLast, rejectedTotal: this.counters.rejected, reason: message }, 'export: the Collector rejected spans (partial success)');
+    r.lastAt = now;
+    r.sinceLast = 0;
   }
 
   #logDrop(): void {

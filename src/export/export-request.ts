@@ -12,12 +12,8 @@
  * own transports, and the batch sizer that keeps batches under a byte bound
  * exactly. Pure.
  */
-import {
-  ProtobufTraceSerializer,
-  type IExporterMetricsHelper,
-  type IExportTraceServiceResponse,
-  type ISerializer,
-} from '@opentelemetry/otlp-transformer';
+import { createRequire } from 'node:module';
+import type { IExporterMetricsHelper, IExportTraceServiceResponse, ISerializer } from '@opentelemetry/otlp-transformer';
 import type { BatchSizer } from './export-pipeline.ts';
 import { varintSize } from './proto-writer.ts';
 import type { EncodedSpan, EncodedTarget } from './span-encoder.ts';
@@ -211,12 +207,45 @@ export class RequestBuffers {
  * gRPC transport does); without, into a new buffer each time (OTLP/HTTP keeps the
  * request for its own retries).
  */
-export function encodedSpanSerializer(buffers?: RequestBuffers): ISerializer<EncodedSpan[], IExportTraceServiceResponse> {
+export function encodedSpanSerializer(
+  buffers?: RequestBuffers,
+  onPartialSuccess?: PartialSuccessHandler,
+): ISerializer<EncodedSpan[], IExportTraceServiceResponse> {
   const alloc = buffers ? (size: number): Buffer => buffers.take(size) : Buffer.allocUnsafe;
   return {
     serializeRequest: (spans) => encodeExportRequest(spans, alloc),
-    deserializeResponse: (data) => ProtobufTraceSerializer.deserializeResponse(data),
+    deserializeResponse: (data) => deserializeTraceResponse(data, onPartialSuccess),
   };
+}
+
+/**
+ * A Collector's partial success: it took the request but rejected
+ * `rejectedSpans` of its spans (0: a warning only), with its reason.
+ */
+export type PartialSuccessHandler = (rejectedSpans: number, errorMessage: string) => void;
+
+const requireCjs = createRequire(import.meta.url);
+
+/**
+ * An ExportTraceServiceResponse as the OpenTelemetry transformer decodes it.
+ * A Collector that took every span answers with an empty message, `{}`; only a
+ * partial success has a body, and the transformer (its protobuf runtime and
+ * generated code: about 3 MB of the agent's RSS) is loaded the first time one
+ * comes (BENCHMARKS.md, "The export path's modules").
+ */
+export function deserializeTraceResponse(data: Uint8Array, onPartialSuccess?: PartialSuccessHandler): IExportTraceServiceResponse {
+  if (data.length === 0) return {};
+  const transformer = requireCjs('@opentelemetry/otlp-transformer') as typeof import('@opentelemetry/otlp-transformer');
+  const response = transformer.ProtobufTraceSerializer.deserializeResponse(data);
+  // The exporters' own handler only logs it through the OpenTelemetry diag
+  // logger, which kspan does not install: the spans it rejected are counted here.
+  const partial = response.partialSuccess;
+  if (partial && onPartialSuccess) {
+    const rejected = Number(partial.rejectedSpans ?? 0);
+    const message = partial.errorMessage ?? '';
+    if (rejected > 0 || message) onPartialSuccess(rejected, message);
+  }
+  return response;
 }
 
 /** For the exporters' self-observability metrics: a batch counts its spans. */

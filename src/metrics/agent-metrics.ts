@@ -88,6 +88,7 @@ const SPAN_DROPS: [reason: string, read: (s: AgentSnapshot) => number][] = [
   ['export_failed', (s) => s.spans.export.droppedFailed],
   ['shutdown', (s) => s.spans.export.droppedShutdown],
   ['spool_full', (s) => s.spans.export.droppedSpool],
+  ['collector_rejected', (s) => s.spans.export.rejected],
 ];
 
 const RECORD_TYPES = ['accept', 'connect', 'send', 'recv', 'retransmit', 'reset', 'close'] as const;
@@ -150,7 +151,7 @@ export const METRICS: readonly MetricSpec[] = [
   },
   {
     name: 'kspan.spans.exported', instrument: 'counter', unit: '{span}',
-    description: 'Kernel spans the OTLP receiver (or the console) acknowledged.',
+    description: 'Kernel spans the OTLP receiver (or the console) acknowledged, those it reported rejected included (kspan.spans.dropped, collector_rejected).',
     read: (s) => [[s.spans.export.exported]],
   },
   {
@@ -159,7 +160,8 @@ export const METRICS: readonly MetricSpec[] = [
     description:
       'Kernel spans not exported, by cause: unsampled (parent not sampled), no_context (no parent, without --orphans), queue_full ' +
       '(export queue full), export_failed (non-retryable export error), shutdown (still queued when the stop deadline passed), ' +
-      'spool_full (--spool: dropped oldest first at --spool-max-mb, or not written).',
+      'spool_full (--spool: dropped oldest first at --spool-max-mb, or not written), collector_rejected (the Collector took the request ' +
+      'but rejected them: an OTLP partial success).',
     read: (s) => SPAN_DROPS.map(([reason, f]) => [f(s), { [DROP_REASON]: reason }]),
   },
   {

@@ -100,15 +100,21 @@ export class SpanPipeline {
       const encoder = new KernelSpanEncoder(spanModel);
       this.encoder = encoder;
       this.#make = (k) => encoder.encode(k);
-      const exporters = createEncodedOtlpExporters(target, { timeoutMs: options.exportTimeoutMs });
-      this.exports = new ExportPipeline<EncodedSpan>({
+      // A Collector's partial success is counted by the pipeline the exporters serve.
+      let exports: ExportPipeline<EncodedSpan> | undefined;
+      const exporters = createEncodedOtlpExporters(target, {
+        timeoutMs: options.exportTimeoutMs,
+        onPartialSuccess: (rejected, message) => exports?.countRejected(rejected, message),
+      });
+      exports = new ExportPipeline<EncodedSpan>({
         ...options.export,
         exporter: exporters.encoded,
         spool: options.spool && { store: options.spool, encode: (batch) => encodeExportRequest(batch), exporter: exporters.spooled },
         sizer: new EncodedSpanSizer(),
         release: (s) => encoder.release(s),
         logger: options.logger,
-      }) as ExportPipeline<ExportItem>;
+      });
+      this.exports = exports as ExportPipeline<ExportItem>;
     } else {
       this.encoder = null;
       const builder = new SpanBuilder(spanModel);

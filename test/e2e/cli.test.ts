@@ -168,6 +168,28 @@ describe('kspan CLI on the kernel', e2eOptions(), () => {
     assert.equal(code, 3);
   });
 
+  test('the Collector rejects the spans (an OTLP partial success): run counts them, logs its reason, exits 3', async () => {
+    const rejecting = new OtlpReceiver({ protocol: 'grpc' });
+    await rejecting.start();
+    try {
+      rejecting.rejectNext(Infinity, 'over quota');
+      const { agent } = await tracedExchange(3, ['run', '--no-sched', '--otlp-endpoint', rejecting.endpoint]);
+      const { code } = await exitsWithin(agent, 15_000);
+      const lines = logLines(agent);
+      const last = lines.at(-1)!;
+      assert.equal(last.msg, 'stopped; data was lost', agent.stderr.join('\n'));
+      // 3 × (recv + send) + the accept: taken, and every one rejected
+      assert.equal(rejecting.spanCount, 7);
+      assert.equal(rejecting.rejectedReported, 7);
+      assert.equal(last.spans.export.exported, 7);
+      assert.equal(last.spans.export.rejected, 7);
+      assert.equal(lines.find((l) => l.msg === 'export: the Collector rejected spans (partial success)')?.reason, 'over quota');
+      assert.equal(code, 3);
+    } finally {
+      await rejecting.stop();
+    }
+  });
+
   test('record -o on a read-only file system: KSPAN_ERR_RECORD_FILE before the kernel, no stack trace', () => {
     const ro = tmpfs('ro', 'ro,size=64k');
     const out = join(ro, 'x.records');

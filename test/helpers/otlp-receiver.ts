@@ -208,6 +208,9 @@ export class OtlpReceiver {
   #grpc: grpc.Server | null = null;
   #http: http.Server | null = null;
   #fail: { code: number; remaining: number } | null = null;
+  #reject: { remaining: number; message: string } | null = null;
+  /** Spans reported rejected in partial successes (rejectNext). */
+  rejectedReported = 0;
   #waiters: { n: number; resolve: () => void }[] = [];
 
   constructor(options: OtlpReceiverOptions = {}) {
@@ -302,19 +305,41 @@ export class OtlpReceiver {
     return f.code;
   }
 
-  #accept(body: Uint8Array): void {
+  /**
+   * The next `requests` requests taken are answered with a partial success
+   * that rejects all their spans (rejected_spans, error_message), as a
+   * Collector over its quota does.
+   */
+  rejectNext(requests: number, message = 'rejected by the test receiver'): void {
+    this.#reject = { remaining: requests, message };
+  }
+
+  /** The response to a request of `spans` spans that was taken. */
+  #response(spans: number): Buffer {
+    const r = this.#reject;
+    if (!r) return Buffer.from(ExportTraceServiceResponseType.encode({}).finish());
+    if (--r.remaining <= 0) this.#reject = null;
+    this.rejectedReported += spans;
+    return Buffer.from(ExportTraceServiceResponseType.encode({ partialSuccess: { rejectedSpans: spans, errorMessage: r.message } }).finish());
+  }
+
+  /** Takes a request; its span count. */
+  #accept(body: Uint8Array): number {
     this.requests++;
     this.bytes += body.length;
+    let n: number;
     if (this.#keep) {
       const spans = decodeExportRequest(body);
       for (const s of spans) this.spans.push(s);
-      this.spanCount += spans.length;
+      n = spans.length;
     } else {
-      this.spanCount += countSpans(body);
+      n = countSpans(body);
     }
+    this.spanCount += n;
     const ready = this.#waiters.filter((w) => this.spanCount >= w.n);
     this.#waiters = this.#waiters.filter((w) => this.spanCount < w.n);
     for (const w of ready) w.resolve();
+    return n;
   }
 
   #startGrpc(port: number): Promise<number> {
@@ -329,13 +354,14 @@ export class OtlpReceiver {
             return;
           }
           this.#grow(call.request.length);
+          let spans: number;
           try {
-            this.#accept(call.request);
+            spans = this.#accept(call.request);
           } catch (err) {
             callback({ code: grpc.status.INVALID_ARGUMENT, details: String(err) });
             return;
           }
-          callback(null, Buffer.from(ExportTraceServiceResponseType.encode({}).finish()));
+          callback(null, this.#response(spans));
         },
       },
     );
@@ -391,14 +417,15 @@ export class OtlpReceiver {
           res.writeHead(GRPC_TO_HTTP[code] ?? 400).end();
           return;
         }
+        let spans: number;
         try {
-          this.#accept(Buffer.concat(chunks));
+          spans = this.#accept(Buffer.concat(chunks));
         } catch {
           res.writeHead(400).end();
           return;
         }
         res.writeHead(200, { 'content-type': 'application/x-protobuf' });
-        res.end(Buffer.from(ExportTraceServiceResponseType.encode({}).finish()));
+        res.end(this.#response(spans));
       });
     });
     return new Promise((resolve, reject) => {

@@ -119,6 +119,41 @@ for (const protocol of ['grpc', 'http'] as const) {
       assert.equal(new Set(r.spans.map((s) => s.spanId)).size, r.spans.length);
     });
 
+    test('a partial success: the spans the Collector rejected are counted and logged with its reason', async () => {
+      const r = await receiver(protocol);
+      r.rejectNext(Infinity, 'over quota');
+      const { logger, lines } = capturingLogger();
+      const pipeline = new SpanPipeline({
+        mode: 'replay',
+        resourceFor: () => resource,
+        clockOffsetNs: OFFSET,
+        target: { kind: 'otlp', protocol: otlpProtocol, endpoint: r.endpoint },
+        logger,
+        export: { maxQueueSize: 16, maxBatchSize: 4, scheduledDelayMs: 5 },
+      });
+      const server = new FakeSocket({ cookie: 7n, role: 'server', pid: 4242, tid: 4243 });
+      const records = [server.accept(1_000, 2_000)];
+      for (let i = 0; i < 5; i++) {
+        const t = 10_000 + i * 10_000;
+        records.push(server.recv(null, 10, 1, t, t + 50), server.send(ctx(0x300 + i), 20, 1, t + 500, t + 700));
+      }
+      records.push(server.close(200_000));
+      await pipeline.replay(records);
+      await pipeline.shutdown();
+      const st = pipeline.stats();
+      // accept + 5 × (recv, send), in batches of at most 4: every one answered with all its spans rejected.
+      assert.equal(r.spanCount, 11);
+      assert.ok(r.requests >= 3, `${r.requests} requests`);
+      assert.equal(r.rejectedReported, 11);
+      assert.equal(st.export.exported, 11);
+      assert.equal(st.export.rejected, 11);
+      const warned = lines.filter((l) => l.msg === 'export: the Collector rejected spans (partial success)');
+      // Logged at most every 10 s: the first response's spans, with the Collector's reason.
+      assert.equal(warned.length, 1);
+      assert.equal(warned[0].reason, 'over quota');
+      assert.equal(warned[0].rejectedTotal, warned[0].rejected);
+    });
+
     test('collector outage: nothing within the queue bound is lost, the excess is counted, every arena chunk comes back', async () => {
       const r = await receiver(protocol);
       const { encoder, pipeline, lines } = encodedPipeline(otlpProtocol, r.endpoint, { maxQueueSize: 40, maxBatchSize: 8 });

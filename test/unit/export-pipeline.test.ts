@@ -8,8 +8,8 @@ import { after, describe, test } from 'node:test';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { pino } from 'pino';
 import type { KernelSpan } from '../../src/spans/kernel-span.ts';
+import { createOtlpExporter } from '../../src/export/otlp-exporter.ts';
 import {
-  createOtlpExporter,
   ExportPipeline,
   isRetryableExportError,
   resolveExportTarget,

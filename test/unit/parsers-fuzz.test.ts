@@ -24,6 +24,9 @@ import { decodeRecords } from '../../src/records/decoder.ts';
 import { KSPAN_EVENT_SIZE } from '../../src/records/abi.generated.ts';
 import { RecordFileReader } from '../../src/records/record-file.ts';
 import { SpanSpool } from '../../src/export/spool.ts';
+import { deserializeTraceResponse } from '../../src/export/export-request.ts';
+import { ProtobufTraceSerializer } from '@opentelemetry/otlp-transformer';
+import { ExportTraceServiceResponseType } from '../../src/proto/otlp.ts';
 import { encodeProcessContext } from '../../src/publisher/process-context-payload.ts';
 
 const RUNS = Number(process.env.KSPAN_FUZZ_RUNS) > 0 ? Number(process.env.KSPAN_FUZZ_RUNS) : 10_000;
@@ -250,4 +253,33 @@ test('spool segments: a mutated segment is read up to its first damaged record, 
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('export responses: decoded as the OpenTelemetry transformer decodes them; a partial success reaches the handler exactly', () => {
+  const response = fc.record(
+    { partialSuccess: fc.record({ rejectedSpans: fc.nat({ max: Number.MAX_SAFE_INTEGER }), errorMessage: fc.string() }, { requiredKeys: [] }) },
+    { requiredKeys: [] },
+  );
+  const body = fc.oneof(
+    response.map((r) => ExportTraceServiceResponseType.encode(r).finish()),
+    fc.uint8Array({ maxLength: 64 }),
+  );
+  fc.assert(
+    fc.property(body, (bytes) => {
+      let official: unknown;
+      try {
+        official = ProtobufTraceSerializer.deserializeResponse(bytes);
+      } catch {
+        assert.throws(() => deserializeTraceResponse(bytes, () => assert.fail('no handler call for an undecodable body')));
+        return;
+      }
+      const seen: [number, string][] = [];
+      assert.deepEqual(deserializeTraceResponse(bytes, (n, m) => void seen.push([n, m])), official);
+      const p = (official as { partialSuccess?: { rejectedSpans?: number; errorMessage?: string } }).partialSuccess;
+      const rejected = Number(p?.rejectedSpans ?? 0);
+      const message = p?.errorMessage ?? '';
+      assert.deepEqual(seen, p && (rejected > 0 || message) ? [[rejected, message]] : []);
+    }),
+    { seed: SEED, numRuns: RUNS },
+  );
 });

@@ -5,7 +5,7 @@ import { resourceFromAttributes } from '@opentelemetry/resources';
 import { pino } from 'pino';
 import type { KernelRecord } from '../../src/records/kernel-record.ts';
 import { ConsoleTreeExporter } from '../../src/export/console-tree.ts';
-import { createOtlpExporter } from '../../src/export/export-pipeline.ts';
+import { createOtlpExporter } from '../../src/export/otlp-exporter.ts';
 import { RecordFileReader, RecordFileWriter } from '../../src/records/record-file.ts';
 import { SpanPipeline } from '../../src/spans/span-pipeline.ts';
 import { ctx, FakeSocket } from '../helpers/kernel-records.ts';
