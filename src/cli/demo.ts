@@ -23,7 +23,7 @@ import { fileURLToPath } from 'node:url';
 import type { CommandConfig } from '../core/config.ts';
 import { KspanError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
-import { exportTarget, type ExportTarget } from '../export/export-pipeline.ts';
+import { exportSpansLost, exportTarget, type ExportTarget } from '../export/export-pipeline.ts';
 import { createOtlpExporter } from '../export/otlp-exporter.ts';
 import { buildFrontend } from '../demo/frontend-build.ts';
 import { createLossyLink, removeStaleNamespaces, type LossyLink } from '../demo/lossy-link.ts';
@@ -238,7 +238,7 @@ class Demo {
         ringBufferFull: kernelCounters.KSPAN_C_RINGBUF_FULL,
         socketTableFull: kernelCounters.KSPAN_C_SOCK_TABLE_FULL,
         decodeErrors: kernelCounters.decode_errors,
-        exportDropped: stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown + stats.export.rejected,
+        exportDropped: exportSpansLost(stats.export),
         badSpanLines: this.#badLines.count,
       },
     });

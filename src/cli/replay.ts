@@ -8,7 +8,7 @@ import { createReadStream, openSync, fstatSync, closeSync } from 'node:fs';
 import type { ReplayConfig } from '../core/config.ts';
 import { KspanError } from '../core/errors.ts';
 import type { Logger } from '../core/logger.ts';
-import { exportTarget } from '../export/export-pipeline.ts';
+import { exportSpansLost, exportTarget } from '../export/export-pipeline.ts';
 import { TargetResources } from '../export/target-resources.ts';
 import { unknownTargetResource } from '../context/process-context-format.ts';
 import { RecordFileCutError, RecordFileReader } from '../records/record-file.ts';
@@ -60,7 +60,7 @@ export async function replayCommand(config: ReplayConfig, log: Logger): Promise<
   // Everything the records before a cut made is flushed and exported too.
   await pipeline.shutdown();
   const stats = pipeline.stats();
-  const exportLost = stats.export.droppedQueueFull + stats.export.droppedFailed + stats.export.droppedShutdown + stats.export.rejected;
+  const exportLost = exportSpansLost(stats.export);
   const summary = { records: reader.count, kernel: reader.header.kernelRelease, spans: stats };
   if (cut) {
     log.warn(

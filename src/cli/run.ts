@@ -13,7 +13,7 @@ import { KernelClock } from '../kernel/clock.ts';
 import { idleFlushTiming } from '../kernel/tcp-tracer.ts';
 import type { Logger } from '../core/logger.ts';
 import { contextAttributes } from '../spans/context-attributes.ts';
-import { exportTarget } from '../export/export-pipeline.ts';
+import { exportSpansLost, exportTarget } from '../export/export-pipeline.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
 import { OrphanNotices, type Notice } from '../spans/orphan-notices.ts';
 import { TargetResources } from '../export/target-resources.ts';
@@ -142,8 +142,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
       for (const n of notices.atStop(pipeline.correlator.orphanSpansByPid)) tell(n);
       const spooled = spool && { ...spool.counters, pendingSpans: spool.pendingSpans, dir: spool.dir };
       const lost =
-        recordsLost(counters) + (session!.uprobes?.stats.decodeErrors ?? 0) + stats.export.droppedQueueFull + stats.export.droppedFailed +
-        stats.export.droppedShutdown + stats.export.droppedSpool + stats.export.rejected + (spool?.counters.tornSegments ?? 0);
+        recordsLost(counters) + (session!.uprobes?.stats.decodeErrors ?? 0) + exportSpansLost(stats.export) + (spool?.counters.tornSegments ?? 0);
       const featuresOff = session!.featuresOff.map((f) => f.feature);
       const uprobes = session!.uprobes ? { ...session!.uprobes.stats, calls: calls.counters } : undefined;
       log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, spool: spooled ?? undefined, uprobes, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');

@@ -330,8 +330,8 @@ export class ExportPipeline<T = ReadableSpan> {
   #waiters: { target: number; resolve: () => void }[] = [];
   #roomWaiters: { limit: number; resolve: () => void }[] = [];
   #closed = false;
-  #dropLog = { lastAt: 0, sinceLast: 0 };
-  #rejectLog = { lastAt: 0, sinceLast: 0 };
+  readonly #dropLog = new LogEvery(10_000);
+  readonly #rejectLog = new LogEvery(10_000);
   readonly #spool: SpoolBinding<T> | null;
   /** The spooled request being sent. */
   #inFlightSpool: SpooledBatch | null = null;
@@ -771,27 +771,41 @@ export class ExportPipeline<T = ReadableSpan> {
    */
   countRejected(spans: number, message: string): void {
     this.counters.rejected += spans;
-    const r = this.#rejectLog;
-    r.sinceLast += spans;
-    const now = Date.now();
-    if (now - r.lastAt < 10_000) return;
-    this.#log.warn({ rejected: r.sinceLast, rejectedTotal: this.counters.rejected, reason: message }, 'export: the Collector rejected spans (partial success)');
-    r.lastAt = now;
-    r.sinceLast = 0;
+    const rejected = this.#rejectLog.add(spans);
+    if (rejected === null) return;
+    this.#log.warn({ rejected, rejectedTotal: this.counters.rejected, reason: message }, 'export: the Collector rejected spans (partial success)');
   }
 
   #logDrop(): void {
-    const d = this.#dropLog;
-    d.sinceLast++;
-    const now = Date.now();
-    if (now - d.lastAt < 10_000) return;
-    this.#log.warn(
-      { dropped: d.sinceLast, droppedTotal: this.counters.droppedQueueFull, maxQueueSize: this.#maxQueue },
-      'export queue full: spans dropped',
-    );
-    d.lastAt = now;
-    d.sinceLast = 0;
+    const dropped = this.#dropLog.add(1);
+    if (dropped === null) return;
+    this.#log.warn({ dropped, droppedTotal: this.counters.droppedQueueFull, maxQueueSize: this.#maxQueue }, 'export queue full: spans dropped');
   }
+}
+
+/** A count logged at most once per period: add() gives what built up since the last line when one is due, else null. */
+class LogEvery {
+  readonly #periodMs: number;
+  #lastAt = 0;
+  #since = 0;
+
+  constructor(periodMs: number) {
+    this.#periodMs = periodMs;
+  }
+
+  add(n: number, now = Date.now()): number | null {
+    this.#since += n;
+    if (now - this.#lastAt < this.#periodMs) return null;
+    const since = this.#since;
+    this.#lastAt = now;
+    this.#since = 0;
+    return since;
+  }
+}
+
+/** Spans the export path lost (the `data was lost` of exit status 3); `rejected` ones were acknowledged, then refused. */
+export function exportSpansLost(c: ExportCounters): number {
+  return c.droppedQueueFull + c.droppedFailed + c.droppedShutdown + c.droppedSpool + c.rejected;
 }
 
 function errSummary(err: unknown): unknown {
