@@ -479,11 +479,25 @@ static __always_inline void submit(void *e)
 	bpf_ringbuf_submit(e, crossed ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
-/* Emits the aggregates waiting in the state: `pend` (as prev) and `main`. */
 /* Counts an aggregate that leaves no record: unsampled, or an orphan left out. */
 static __always_inline void agg_count_dropped(bool unsampled)
 {
 	count(unsampled ? KSPAN_C_UNSAMPLED : KSPAN_C_ORPHAN_SKIPPED);
+}
+
+/*
+ * Whether every byte the owner wrote to the socket before the current call was
+ * acknowledged: snd_una has caught up with write_seq less `call_bytes`, what the
+ * call in progress queued (a send's; 0 for a recv). Then no retransmit of data
+ * sent before the call can follow, and the agent ends the record's send spans at
+ * once instead of holding them for late retransmits. Read only when a record is
+ * made; `sk` may be untrusted (the fallback's), so the reads are helper reads.
+ */
+static __always_inline bool sent_acked(const struct sock *sk, __u32 call_bytes)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u32 unacked = BPF_CORE_READ(tp, write_seq) - BPF_CORE_READ(tp, snd_una);
+	return unacked <= call_bytes;
 }
 
 /*
@@ -492,9 +506,12 @@ static __always_inline void agg_count_dropped(bool unsampled)
  * not sampled, or no context on a connection --orphans-ratio leaves out) makes no
  * record, and neither does a pending aggregate with no context before a dropped
  * one: that is the request its unsampled response answers (the correlator would
- * give it to the same span).
+ * give it to the same span). `sk`: the socket when a send or recv call makes the
+ * record (KSPAN_F_SENT_ACKED is then known; NULL elsewhere), `call_bytes` what
+ * that call queued to send.
  */
-static __always_inline void agg_submit(struct kspan_sock *st, __u64 cookie, struct kspan_sock_agg *main)
+static __always_inline void agg_submit(struct kspan_sock *st, __u64 cookie, struct kspan_sock_agg *main,
+				       const struct sock *sk, __u32 call_bytes)
 {
 	bool has_prev = st->pend.dir && &st->pend != main;
 	bool drop_main = main->flags & KSPAN_F_DROP;
@@ -534,6 +551,8 @@ static __always_inline void agg_submit(struct kspan_sock *st, __u64 cookie, stru
 		} else {
 			e->flags |= after_drop;
 		}
+		if (sk && sent_acked(sk, call_bytes))
+			e->flags |= KSPAN_F_SENT_ACKED;
 		submit(e);
 		if (!drop_main)
 			st->sflags &= ~KSPAN_S_DROPPED;
@@ -584,7 +603,8 @@ static __always_inline void tx_leave_agg(struct kspan_sock *st, bool copied)
 /* Closes the open send/recv aggregate. The first of a pair waits in `pend`; the
  * second goes out with it in one record. `sending`: a send follows at once (it
  * becomes the last sender, so the one before need not be kept). */
-static __always_inline void agg_close(struct kspan_sock *st, __u64 cookie, bool sending)
+static __always_inline void agg_close(struct kspan_sock *st, __u64 cookie, bool sending, const struct sock *sk,
+				      __u32 call_bytes)
 {
 	if (!st->agg.dir)
 		return;
@@ -611,7 +631,7 @@ static __always_inline void agg_close(struct kspan_sock *st, __u64 cookie, bool 
 	if (!tmp)
 		return;
 	agg_take(&tmp->pend, st);
-	agg_submit(st, cookie, &tmp->pend);
+	agg_submit(st, cookie, &tmp->pend, sk, call_bytes);
 	tx_leave_agg(st, false);
 }
 
@@ -620,14 +640,14 @@ static __always_inline void agg_close(struct kspan_sock *st, __u64 cookie, bool 
 static __always_inline void agg_flush(struct kspan_sock *st, __u64 cookie)
 {
 	if (st->agg.dir && !st->pend.dir) {
-		agg_submit(st, cookie, &st->agg);
+		agg_submit(st, cookie, &st->agg, NULL, 0);
 		agg_clear(st);
 		tx_leave_agg(st, false);
 		return;
 	}
-	agg_close(st, cookie, false);
+	agg_close(st, cookie, false, NULL, 0);
 	if (st->pend.dir)
-		agg_submit(st, cookie, &st->pend);
+		agg_submit(st, cookie, &st->pend, NULL, 0);
 }
 
 /* Whether a context read now is the kept span (identity only: the attributes
@@ -672,7 +692,8 @@ static __always_inline void sock_last_read(struct kspan_sock *st, __u64 cookie,
  * that the thread belongs to a target (first, before any other work: these hooks
  * fire for every socket call on the machine). */
 static __always_inline void account_io(const struct kspan_target *t, struct task_struct *task, __u64 pid_tgid,
-				       struct kspan_sock *st, __u64 cookie, __u8 dir, __u64 bytes, __u8 path_flag)
+				       const struct sock *sk, struct kspan_sock *st, __u64 cookie, __u8 dir, __u64 bytes,
+				       __u8 path_flag)
 {
 	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
 	struct kspan_trace_ctx cur;
@@ -700,7 +721,7 @@ static __always_inline void account_io(const struct kspan_target *t, struct task
 	}
 	bool closed = false;
 	if (st->agg.dir && (st->agg.dir != dir || !ctx_equal_ref(&cur, &st->agg.ref))) {
-		agg_close(st, cookie, dir == KSPAN_EV_SEND);
+		agg_close(st, cookie, dir == KSPAN_EV_SEND, sk, dir == KSPAN_EV_SEND ? bytes : 0);
 		closed = true;
 	}
 	if (!st->agg.dir) {
@@ -755,7 +776,7 @@ static __always_inline void sock_length(struct sock *sk, int ret, __u8 dir)
 	if (!st)
 		return;
 	bool claimed = sock_enter(st, cookie);
-	account_io(t, task, pid_tgid, st, cookie, dir, ret, 0);
+	account_io(t, task, pid_tgid, sk, st, cookie, dir, ret, 0);
 	sock_unclaim(cookie, claimed);
 }
 
@@ -1213,7 +1234,7 @@ static __always_inline void io_done(const struct kspan_target *t, struct task_st
 		sock_addr(st, sk); /* as sock_state_get() does for a socket it finds */
 	}
 	bool claimed = sock_enter(st, cookie);
-	account_io(t, task, pid_tgid, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
+	account_io(t, task, pid_tgid, sk, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
 	sock_unclaim(cookie, claimed);
 }
 

@@ -20,6 +20,7 @@ export const KspanEventFlag = {
   KSPAN_F_FLUSHED: 16,
   KSPAN_F_IDLE: 32,
   KSPAN_F_DROP: 64,
+  KSPAN_F_SENT_ACKED: 64,
   KSPAN_F_AFTER_DROP: 128,
 } as const;
 

@@ -56,7 +56,7 @@ export function fromEvent(e: KspanEvent, agg?: KspanAgg): KernelRecord {
   const type = TYPES[typeNum];
   if (!type) throw new RecordDecodeError(`unknown record type ${typeNum}`);
   const v6 = e.family === AF_INET6;
-  const flags = agg ? (e.flags & (F.KSPAN_F_SERVER | F.KSPAN_F_CLIENT | F.KSPAN_F_FLUSHED)) | agg.flags : e.flags;
+  const flags = agg ? (e.flags & (F.KSPAN_F_SERVER | F.KSPAN_F_CLIENT | F.KSPAN_F_FLUSHED | F.KSPAN_F_SENT_ACKED)) | agg.flags : e.flags;
   // Views (the ring's hot path) give their counts, addresses and ids without an object each.
   const ev = e instanceof KspanEventView ? e : null;
   const cookie = e.cookie;
@@ -79,6 +79,7 @@ export function fromEvent(e: KspanEvent, agg?: KspanAgg): KernelRecord {
     flushed: (flags & F.KSPAN_F_FLUSHED) !== 0,
     afterDropped: (flags & F.KSPAN_F_AFTER_DROP) !== 0,
     fallback: (flags & F.KSPAN_F_FALLBACK_IO) !== 0,
+    sentAcked: (type === 'send' || type === 'recv') && (flags & F.KSPAN_F_SENT_ACKED) !== 0,
     errno: agg ? 0 : e.error,
     resetSent: (flags & F.KSPAN_F_RESET_SENT) !== 0,
     tcpState: agg ? 0 : e.tcp_state,

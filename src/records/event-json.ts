@@ -38,6 +38,7 @@ export function eventObject(r: KernelRecord, clockOffsetNs: bigint, keyMap?: rea
       o.calls = r.calls;
       o.first_ts_ns = EXACT + (r.startNs + clockOffsetNs).toString();
       if (r.flushed) o.flushed = true;
+      if (r.sentAcked) o.sent_acked = true;
       o.io_path = r.fallback ? 'syscalls' : 'sock_length';
       break;
     case 'accept':

@@ -69,6 +69,9 @@ export interface KernelRecord extends SocketIdentity {
   afterDropped: boolean;
   /** send/recv: produced by the syscall-tracepoint fallback. */
   fallback: boolean;
+  /** send/recv: every byte the socket's owner had written before the call that made
+   * the record was acknowledged then, so no retransmit of its sent data can follow. */
+  sentAcked: boolean;
   /** connect: errno of the failure (0 = connected); retransmit: the kernel's err. */
   errno: number;
   /** reset: true when this side sent the RST. */

@@ -51,7 +51,9 @@
  *      held back ("lingers") to collect later retransmits until the socket reads
  *      again (the kernel emits the next recv record only once the socket writes
  *      again, so the data is acknowledged), sends again, closes, or `lingerNs`
- *      passes.
+ *      passes; not at all when its record says every byte sent before it was
+ *      acknowledged (`sentAcked`: the kernel saw snd_una at write_seq when it made
+ *      the record, the common case of a keep-alive request after a response).
  *  R2. A reset goes to the span of its context that is held or built next on that
  *      cookie, as a `tcp.reset` event, and makes it an error.
  *  R3. Events whose span never comes (socket closed, evicted) become a standalone
@@ -428,7 +430,7 @@ export class SocketCorrelator {
     if (r.flushed) span.incomplete = 'flushed';
     this.#attachPending(st, r.context, span, true);
     if (st.role === 'client') st.lastSend = { ctx: r.context, endNs: r.tsNs, used: false };
-    if (this.#lingerNs <= 0n || r.flushed) {
+    if (this.#lingerNs <= 0n || r.flushed || r.sentAcked) {
       this.#finish(span);
       return;
     }

@@ -79,6 +79,12 @@ function checkConnection(r: Awaited<ReturnType<typeof exchange>>, o: { requests:
   // Aggregates close on direction changes: one recv and one send per request.
   assert.equal(sRecv.length, o.requests);
   assert.equal(sSend.length, o.requests);
+  // A response's record is made by the next request's read, which the client sent
+  // once it had the whole response: every byte sent was acknowledged by then (the
+  // request's segment carries the ACK). The last response goes out at close, unflagged.
+  const acked = (evs: EventLine[]) => evs.map((e) => e.sent_acked === true);
+  const lastOnly = (n: number) => Array.from({ length: n }, (_, i) => i < n - 1);
+  assert.deepEqual(acked(sSend), lastOnly(o.requests), 'server send records: sent_acked but the last');
   const sClose = srv.filter((e) => e.type === 'close' && e.cookie === cookie);
   assert.equal(sClose.length, 1, 'server close');
   assert.equal(sClose[0].bytes_received, o.requests * o.req);
@@ -93,6 +99,9 @@ function checkConnection(r: Awaited<ReturnType<typeof exchange>>, o: { requests:
   assert.notEqual(cCookie, cookie, 'the two ends are different sockets');
   assert.equal(sum(cli.filter((e) => e.type === 'send' && e.cookie === cCookie), 'bytes'), o.requests * o.req);
   assert.equal(sum(cli.filter((e) => e.type === 'recv' && e.cookie === cCookie), 'bytes'), o.requests * o.resp);
+  // The client's request goes out in the record its next request's send makes: the
+  // request before was answered, so acknowledged (the new request's own bytes aside).
+  assert.deepEqual(acked(cli.filter((e) => e.type === 'send' && e.cookie === cCookie)), lastOnly(o.requests), 'client send records: sent_acked but the last');
   const cClose = cli.filter((e) => e.type === 'close' && e.cookie === cCookie);
   assert.equal(cClose.length, 1, 'client close');
   assert.equal(cClose[0].bytes_sent, o.requests * o.req);

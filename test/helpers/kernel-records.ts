@@ -39,6 +39,7 @@ export function record(type: RecordType, fields: Partial<KernelRecord> = {}): Ke
     calls: 0,
     flushed: false,
     afterDropped: false,
+    sentAcked: false,
     fallback: false,
     errno: 0,
     resetSent: false,

@@ -561,6 +561,24 @@ describe('bounded memory and ends', () => {
     assert.deepEqual(spans.map((x) => x.name), ['tcp.recv', 'tcp.send', 'tcp.retransmit']);
   });
 
+  test('a send whose record says its bytes were acknowledged is emitted at once; a later retransmit in its context waits for the next send', () => {
+    let now = 0n;
+    const s = new FakeSocket({ cookie: 65n, role: 'server' });
+    const spans: KernelSpan[] = [];
+    const c = new SocketCorrelator({ emit: (x) => spans.push(x), clock: () => now, lingerNs: 500n });
+    c.push(s.recv(null, 1, 1, 1, 1));
+    c.push({ ...s.send(A, 2, 1, 2, 2), sentAcked: true });
+    assert.deepEqual(spans.map((x) => [x.name, x.bytes, x.incomplete]), [['tcp.recv', 1, null], ['tcp.send', 2, null]]);
+    // Acknowledged data is never sent again: a retransmit in A is of a later send's bytes.
+    c.push(s.retransmit(A, 3));
+    c.push(s.send(A, 7, 1, 4, 4));
+    now = 500n;
+    c.tick();
+    assert.deepEqual(spans.slice(2).map((x) => [x.name, x.bytes, x.retransmits]), [['tcp.send', 7, 1]]);
+    assert.equal(spans[1].retransmits, 0);
+    assert.equal(c.counters.lateEvents, 0);
+  });
+
   test('target exit ends the open spans of its sockets, marked; other processes keep theirs', () => {
     const mine = new FakeSocket({ cookie: 70n, role: 'server', pid: 500 });
     const other = new FakeSocket({ cookie: 71n, role: 'server', pid: 600 });

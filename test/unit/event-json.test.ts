@@ -9,7 +9,7 @@ const base: KernelRecord = {
   type: 'send', tsNs: 5_000_000_123n, startNs: 5_000_000_000n, cookie: 18446744073709551615n, pid: 10, tid: 11,
   family: 4, local: { address: '127.0.0.1', port: 8080 }, peer: { address: '10.0.0.2', port: 40000 },
   role: 'server', context: { traceId: 'a'.repeat(32), spanId: 'b'.repeat(16), traceFlags: 1 },
-  bytes: 1234, calls: 2, flushed: false, afterDropped: false, fallback: false, errno: 0, resetSent: false, tcpState: 0,
+  bytes: 1234, calls: 2, flushed: false, afterDropped: false, sentAcked: false, fallback: false, errno: 0, resetSent: false, tcpState: 0,
   bytesSent: 0, bytesReceived: 0, retransmits: 0, srttUs: 0,
 };
 const OFFSET = 1_790_000_000_000_000_000n;
