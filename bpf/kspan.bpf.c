@@ -161,12 +161,20 @@ struct {
 	__type(value, struct io_args);
 } io_inflight SEC(".maps");
 
+/* A socket in the idle flush's queue: its cookie, and its kernel address, which the
+ * flush reads acknowledgements through (sent_acked()) while the socket's state is
+ * in `socks`, i.e. before tcp_destroy_sock, so before the socket is freed. */
+struct idle_entry {
+	__u64 cookie;
+	__u64 sk;
+};
+
 /* Sockets with an open aggregate, for the idle flush (each at most once: KSPAN_S_QUEUED),
  * and how many are queued. */
 struct {
 	__uint(type, BPF_MAP_TYPE_QUEUE);
 	__uint(max_entries, KSPAN_MAX_SOCKETS);
-	__type(value, __u64);
+	__type(value, struct idle_entry);
 } idle_queue SEC(".maps");
 
 struct {
@@ -636,18 +644,19 @@ static __always_inline void agg_close(struct kspan_sock *st, __u64 cookie, bool 
 }
 
 /* Socket closing or idle: emits whatever is open or pending. An open aggregate
- * with nothing pending goes out alone, from its slot. */
-static __always_inline void agg_flush(struct kspan_sock *st, __u64 cookie)
+ * with nothing pending goes out alone, from its slot. `sk`: the socket, when
+ * the flush knows it (KSPAN_F_SENT_ACKED), else NULL. */
+static __always_inline void agg_flush(struct kspan_sock *st, __u64 cookie, const struct sock *sk)
 {
 	if (st->agg.dir && !st->pend.dir) {
-		agg_submit(st, cookie, &st->agg, NULL, 0);
+		agg_submit(st, cookie, &st->agg, sk, 0);
 		agg_clear(st);
 		tx_leave_agg(st, false);
 		return;
 	}
-	agg_close(st, cookie, false, NULL, 0);
+	agg_close(st, cookie, false, sk, 0);
 	if (st->pend.dir)
-		agg_submit(st, cookie, &st->pend, NULL, 0);
+		agg_submit(st, cookie, &st->pend, sk, 0);
 }
 
 /* Whether a context read now is the kept span (identity only: the attributes
@@ -658,11 +667,12 @@ static __always_inline bool ctx_equal_ref(const struct kspan_trace_ctx *a, const
 }
 
 /* Puts a socket whose aggregate just opened in the idle flush's queue, once. */
-static __always_inline void idle_watch(struct kspan_sock *st, __u64 cookie)
+static __always_inline void idle_watch(struct kspan_sock *st, __u64 cookie, const struct sock *sk)
 {
 	if (st->sflags & KSPAN_S_QUEUED)
 		return;
-	if (bpf_map_push_elem(&idle_queue, &cookie, 0)) {
+	struct idle_entry q = { .cookie = cookie, .sk = (__u64)sk };
+	if (bpf_map_push_elem(&idle_queue, &q, 0)) {
 		count(KSPAN_C_IDLE_QUEUE_FULL);
 		return;
 	}
@@ -745,7 +755,7 @@ static __always_inline void account_io(const struct kspan_target *t, struct task
 		if (!drop)
 			read_thread_ctx_attrs(rec, attrs_size, &cur);
 		ref_keep(&st->agg.ref, &cur);
-		idle_watch(st, cookie);
+		idle_watch(st, cookie, sk);
 	} else {
 		st->agg.last_ns = bpf_ktime_get_ns();
 	}
@@ -1064,7 +1074,7 @@ int BPF_PROG(on_destroy_sock, struct sock *sk)
 	if (!st)
 		return 0;
 	bool claimed = sock_enter(st, cookie);
-	agg_flush(st, cookie);
+	agg_flush(st, cookie, NULL);
 	struct kspan_event *e = reserve();
 	if (e) {
 		const struct tcp_sock *tp = (const struct tcp_sock *)sk;
@@ -1137,7 +1147,8 @@ static __always_inline __u64 flush_cutoff(const struct kspan_flush_args *args)
 
 /* Flushes a quiet socket's open aggregate, holding the socket's claim (which a
  * hook may hold: then it is left for the next run). False: not quiet, or claimed. */
-static __always_inline bool flush_if_idle(struct kspan_sock *st, __u64 cookie, struct flush_ctx *fc, bool dequeue)
+static __always_inline bool flush_if_idle(struct kspan_sock *st, __u64 cookie, struct flush_ctx *fc, bool dequeue,
+					 const struct sock *sk)
 {
 	if (st->agg.last_ns > fc->cutoff || !sock_claim(cookie))
 		return false;
@@ -1147,7 +1158,7 @@ static __always_inline bool flush_if_idle(struct kspan_sock *st, __u64 cookie, s
 			st->sflags &= ~KSPAN_S_QUEUED;
 		if (st->agg.dir) {
 			st->agg.flags |= KSPAN_F_IDLE;
-			agg_flush(st, cookie);
+			agg_flush(st, cookie, sk);
 			fc->flushed++;
 		}
 	}
@@ -1157,18 +1168,19 @@ static __always_inline bool flush_if_idle(struct kspan_sock *st, __u64 cookie, s
 
 static long flush_queued(__u32 i, struct flush_ctx *fc)
 {
-	__u64 cookie;
-	if (bpf_map_pop_elem(&idle_queue, &cookie))
+	struct idle_entry q;
+	if (bpf_map_pop_elem(&idle_queue, &q))
 		return 1; /* empty: stop */
 	__sync_fetch_and_add(fc->queued, -1);
+	__u64 cookie = q.cookie;
 	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
 	if (!st)
 		return 0; /* closed since */
 	/* Quiet: flushed (if open) and out of the queue. Otherwise (in use since
 	 * the cutoff, or claimed by a hook) it goes back, to be looked at again. */
-	if (flush_if_idle(st, cookie, fc, true))
+	if (flush_if_idle(st, cookie, fc, true, (const struct sock *)q.sk))
 		return 0;
-	if (!bpf_map_push_elem(&idle_queue, &cookie, 0))
+	if (!bpf_map_push_elem(&idle_queue, &q, 0))
 		__sync_fetch_and_add(fc->queued, 1);
 	else
 		count(KSPAN_C_IDLE_QUEUE_FULL); /* cannot happen (each socket is queued once): it waits for its close */
@@ -1195,7 +1207,7 @@ int flush_idle(struct kspan_flush_args *args)
 static long flush_one(struct bpf_map *map, __u64 *cookie, struct kspan_sock *st, struct flush_ctx *fc)
 {
 	if (st->agg.dir)
-		flush_if_idle(st, *cookie, fc, false);
+		flush_if_idle(st, *cookie, fc, false, NULL);
 	return 0;
 }
 

@@ -230,6 +230,9 @@ describe('loader', e2eOptions(), () => {
       const sends = records.filter((r) => r.type === 'send' && r.pid === server.proc.pid);
       assert.equal(sends.length, 1);
       assert.equal(sends[0].bytes, 5000);
+      // Both ends' bytes were acknowledged by then; the queued flush knows each socket and says so, the walk knows cookies only.
+      const clientSends = records.filter((r) => r.type === 'send' && r.pid === client.pid);
+      assert.deepEqual([...sends, ...clientSends].map((r) => [r.bytes, r.sentAcked]), [[5000, variant === 'flush_idle'], [50, variant === 'flush_idle']]);
       const recvs = records.filter((r) => r.type === 'recv' && r.pid === server.proc.pid);
       assert.equal(recvs.reduce((a, r) => a + r.bytes, 0), 50);
       assert.equal(tracer.flushIdle(100_000_000n), 0, 'nothing left open');
