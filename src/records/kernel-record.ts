@@ -69,8 +69,9 @@ export interface KernelRecord extends SocketIdentity {
   afterDropped: boolean;
   /** send/recv: produced by the syscall-tracepoint fallback. */
   fallback: boolean;
-  /** send/recv: every byte the socket's owner had written before the call that made
-   * the record was acknowledged then, so no retransmit of its sent data can follow. */
+  /** send/recv: as the record was made (by a send, a recv or the idle flush), every byte
+   * the socket's owner had written before was acknowledged, so no retransmit of its sent
+   * data can follow. */
   sentAcked: boolean;
   /** connect: errno of the failure (0 = connected); retransmit: the kernel's err. */
   errno: number;
