@@ -559,7 +559,9 @@ static __always_inline void agg_submit(struct kspan_sock *st, __u64 cookie, stru
 		} else {
 			e->flags |= after_drop;
 		}
-		if (sk && sent_acked(sk, call_bytes))
+		/* Only a record with a send in it has a send span to end early. */
+		if (sk && (out->dir == KSPAN_EV_SEND || (has_prev && !drop_prev && st->pend.dir == KSPAN_EV_SEND)) &&
+		    sent_acked(sk, call_bytes))
 			e->flags |= KSPAN_F_SENT_ACKED;
 		submit(e);
 		if (!drop_main)
@@ -609,11 +611,13 @@ static __always_inline void tx_leave_agg(struct kspan_sock *st, bool copied)
 }
 
 /* Closes the open send/recv aggregate. The first of a pair waits in `pend`; the
- * second goes out with it in one record. `sending`: a send follows at once (it
- * becomes the last sender, so the one before need not be kept). */
-static __always_inline void agg_close(struct kspan_sock *st, __u64 cookie, bool sending, const struct sock *sk,
-				      __u32 call_bytes)
+ * second goes out with it in one record. `call_bytes`: what the send that closes
+ * it queued (0: no send follows). A send that follows becomes the last sender, so
+ * the one before need not be kept. */
+static __always_inline void agg_close(struct kspan_sock *st, __u64 cookie, const struct sock *sk, __u32 call_bytes)
 {
+	bool sending = call_bytes != 0;
+
 	if (!st->agg.dir)
 		return;
 	if (!st->pend.dir) {
@@ -654,7 +658,7 @@ static __always_inline void agg_flush(struct kspan_sock *st, __u64 cookie, const
 		tx_leave_agg(st, false);
 		return;
 	}
-	agg_close(st, cookie, false, sk, 0);
+	agg_close(st, cookie, sk, 0);
 	if (st->pend.dir)
 		agg_submit(st, cookie, &st->pend, sk, 0);
 }
@@ -731,7 +735,7 @@ static __always_inline void account_io(const struct kspan_target *t, struct task
 	}
 	bool closed = false;
 	if (st->agg.dir && (st->agg.dir != dir || !ctx_equal_ref(&cur, &st->agg.ref))) {
-		agg_close(st, cookie, dir == KSPAN_EV_SEND, sk, dir == KSPAN_EV_SEND ? bytes : 0);
+		agg_close(st, cookie, sk, dir == KSPAN_EV_SEND ? bytes : 0);
 		closed = true;
 	}
 	if (!st->agg.dir) {

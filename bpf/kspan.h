@@ -29,9 +29,9 @@ enum kspan_event_flag {
 	KSPAN_F_FLUSHED = 16,       /* send/recv: closed by the agent at shutdown, not by the kernel */
 	KSPAN_F_IDLE = 32,          /* send/recv: closed because the socket went idle (flush_idle) */
 	KSPAN_F_DROP = 64,          /* aggregate in the socket table: not to leave the kernel (unsampled) */
-	KSPAN_F_SENT_ACKED = 64,    /* send/recv record (which never holds a DROP aggregate): as a send, a recv or
-	                             * the idle flush made it, every byte the owner had written before was
-	                             * acknowledged, so no retransmit of this record's sent data can follow */
+	KSPAN_F_SENT_ACKED = 64,    /* send/recv record holding a send (and never a DROP aggregate): as a send,
+	                             * a recv or the idle flush made it, every byte the owner had written before
+	                             * was acknowledged, so no retransmit of this record's sent data can follow */
 	KSPAN_F_AFTER_DROP = 128,   /* send/recv/close: an aggregate of this socket before it stayed in the kernel */
 };
 
