@@ -11,6 +11,7 @@ import { DEFAULT_SPOOL_DIR, loadConfig, type RunConfig } from '../core/config.ts
 import { SpanSpool } from '../export/spool.ts';
 import { KernelClock } from '../kernel/clock.ts';
 import { idleFlushTiming } from '../kernel/tcp-tracer.ts';
+import { drainRings } from '../kernel/ring-buffer.ts';
 import type { Logger } from '../core/logger.ts';
 import { contextAttributes } from '../spans/context-attributes.ts';
 import { exportSpansLost, exportTarget } from '../export/export-pipeline.ts';
@@ -79,6 +80,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
     logger: log,
     spool,
     kernelSymbols: onceKernelSymbols(log),
+    beforeTick: drainRings,
   });
   const calls = new CallSpanBuilder({
     resourceFor: (pid) => resources.resourceFor(pid),

@@ -770,11 +770,13 @@ export const TUNING = {
   correlatorTickMs: 250,
   /**
    * The agent's rings (events, sched_events, calls) are drained at least this
-   * often, on a timer; the kernel wakes the reader sooner when a ring is an
-   * eighth full. Each of the timer's wake-ups costs the event loop some hundred
-   * microseconds of CPU here, most of an idle agent's (BENCHMARKS.md, "malloc's
-   * free pages, and the rings' wait on a timer"); under load a longer interval
-   * measured no different. 100 ms is not the default: with it the scheduler e2e
+   * often, on a timer, while they deliver records; the kernel wakes the reader
+   * sooner when a ring is an eighth full. Each of the timer's wake-ups costs the
+   * event loop some hundred microseconds of CPU here, most of an idle agent's
+   * (BENCHMARKS.md, "malloc's free pages, and the rings' wait on a timer"), so
+   * the interval backs off to 8 × this while the drains find nothing
+   * (src/kernel/drain-backoff.ts; BENCHMARKS.md, "The agent's wake-ups while
+   * idle"); under load a longer interval measured no different. 100 ms is not the default: with it the scheduler e2e
    * tests failed in the emulated 6.12 guest in two full runs of two (intervals
    * short of their sleeps), which is not understood. Discovery's ring asks for
    * 50 ms, and the shared timer takes the shortest.

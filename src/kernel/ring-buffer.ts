@@ -10,7 +10,8 @@
  * loop never blocks and the agent's four rings hold one of libuv's four
  * thread-pool threads, not all of them (which left file, DNS and zlib work
  * waiting for a ring's idle interval); after each wake-up, and on a timer every
- * idle interval, every running reader drains everything available in one batch.
+ * idle interval (longer while the rings stay empty), every running reader drains
+ * everything available in one batch.
  *
  * Record header (kernel/bpf/ringbuf.c): u32 len with BUSY (bit 31) and DISCARD
  * (bit 30), u32 page offset; payload follows, records are 8-byte aligned.
@@ -22,6 +23,7 @@
 import { readSync, writeSync } from 'node:fs';
 import { constants } from 'node:os';
 import { KspanError, errnoError } from '../core/errors.ts';
+import { DrainBackoff } from './drain-backoff.ts';
 import {
   c,
   EFD_CLOEXEC,
@@ -254,7 +256,8 @@ interface Running {
   idleMs: number;
   /** Its ring's fd was among the ready ones. */
   woken: () => void;
-  drain: () => void;
+  /** Drains the reader's ring; returns the records delivered. */
+  drain: () => number;
   failed: (err: unknown) => void;
 }
 
@@ -263,8 +266,9 @@ interface Running {
  * flight on the thread pool, and one timer. A reader's map fd is registered while
  * the reader exists (so a ring that epoll cannot watch fails its reader's
  * constructor) and drained while it runs: after each wait that a ring ended, and
- * on the timer, every shortest idle interval of the running readers; a drain of
- * an empty ring is two loads. The timer is what bounds the latency at low rates:
+ * on the timer, every shortest idle interval of the running readers, backed off
+ * up to 8 times that while its drains find nothing (src/kernel/drain-backoff.ts);
+ * a drain of an empty ring is two loads. The timer is what bounds the latency at low rates:
  * a wait on the thread pool costs a hand-off to a pool thread and back (tens of
  * microseconds of CPU, and the event loop's JavaScript around it), which an idle
  * agent paid every interval when the wait's own timeout drained the rings
@@ -280,8 +284,11 @@ class RingPoller {
   readonly #running = new Map<number, Running>();
   #waiting = false;
   #timer: NodeJS.Timeout | undefined;
-  /** The timer's interval. */
+  /** The running readers' shortest idle interval: the timer's base (DrainBackoff). */
   #timerMs = 0;
+  #backoff: DrainBackoff | undefined;
+  /** The interval the timer in flight was armed with. */
+  #armedMs = 0;
   readonly #events = Buffer.alloc(12 * 8);
   readonly #one = Buffer.from([1, 0, 0, 0, 0, 0, 0, 0]);
   readonly #drained = Buffer.alloc(8);
@@ -346,8 +353,31 @@ class RingPoller {
     if (!this.#running.size && this.#waiting) writeSync(this.#kickFd, this.#one);
   }
 
-  #drainAll(): void {
-    for (const r of this.#running.values()) r.drain();
+  /** Drains every running reader; returns the records delivered. */
+  #drainAll(): number {
+    let n = 0;
+    for (const r of this.#running.values()) n += r.drain();
+    return n;
+  }
+
+  /** The drain timer's interval now (ms); 0 while no reader runs. */
+  get intervalMs(): number {
+    return this.#timer === undefined ? 0 : this.#armedMs;
+  }
+
+  /** Drains every running reader now, as a wake-up does (drainRings()). */
+  drainNow(): number {
+    const n = this.#drainAll();
+    this.#delivered(n);
+    return n;
+  }
+
+  /** A drain off the timer delivered `n`: records bring a backed-off timer back to its base interval. */
+  #delivered(n: number): void {
+    const b = this.#backoff;
+    if (!n || !b) return;
+    b.delivered(n);
+    if (this.#timer !== undefined && this.#armedMs > b.baseMs) this.#arm(b.baseMs);
   }
 
   /** The drain timer at the shortest idle interval of the running readers; none while none runs. */
@@ -355,12 +385,29 @@ class RingPoller {
     let ms = Infinity;
     for (const r of this.#running.values()) ms = Math.min(ms, r.idleMs);
     if (ms === this.#timerMs) return;
-    clearInterval(this.#timer);
+    clearTimeout(this.#timer);
     this.#timer = undefined;
     this.#timerMs = ms;
+    this.#backoff = undefined;
     if (ms === Infinity) return;
+    this.#backoff = new DrainBackoff({ baseMs: ms });
+    this.#arm(ms);
+  }
+
+  #arm(ms: number): void {
+    clearTimeout(this.#timer);
+    this.#armedMs = ms;
     // The wait in flight holds the event loop open while a reader runs: the timer need not.
-    this.#timer = setInterval(() => this.#drainAll(), ms).unref();
+    this.#timer = setTimeout(() => this.#onTimer(), ms).unref();
+  }
+
+  /** The timer's drain; then the timer again, at the interval the backoff gives for what it found. */
+  #onTimer(): void {
+    this.#timer = undefined;
+    const n = this.#drainAll();
+    // A reader stopped or started meanwhile (a handler's doing): #retime() armed the timer already, or none.
+    const b = this.#backoff;
+    if (b && this.#timer === undefined) this.#arm(b.timerDrained(n));
   }
 
   #wait(): void {
@@ -389,7 +436,7 @@ class RingPoller {
       // failing is retried after an idle interval, not in a loop (the timer
       // drains meanwhile).
       const next = () => {
-        if (rc > 0) this.#drainAll();
+        if (rc > 0) this.#delivered(this.#drainAll());
         if (!this.#waiting) this.#wait();
       };
       if (failure) setTimeout(next, Math.min(this.#timerMs, WAKE_WAIT_MS));
@@ -399,6 +446,20 @@ class RingPoller {
 }
 
 const poller = new RingPoller();
+
+/**
+ * Drains every running reader of the process now. The live correlator's tick
+ * calls it before it ends held spans, so that what it decides sees every record
+ * the kernel committed until then, however long the rings' timer has backed off.
+ */
+export function drainRings(): number {
+  return poller.drainNow();
+}
+
+/** The rings' drain timer's interval now, in ms (0 while no reader runs): tests, metrics. */
+export function ringDrainIntervalMs(): number {
+  return poller.intervalMs;
+}
 
 /** The default error report: one process warning per reader, then only the counts in `stats`. */
 function warnOnce(): (err: unknown) => void {

@@ -53,6 +53,12 @@ export interface SpanPipelineOptions {
   mode?: 'live' | 'replay';
   /** Live: how often held spans and idle sockets are checked. Default TUNING.correlatorTickMs. */
   tickMs?: number;
+  /**
+   * Live: called at each tick before held spans are checked, to deliver the
+   * records committed so far (the agent drains its rings: src/kernel/ring-buffer.ts,
+   * drainRings()), so that a span's hold ends with every record of its time seen.
+   */
+  beforeTick?: () => void;
   correlator?: Partial<Omit<SocketCorrelatorOptions, 'emit' | 'orphans' | 'clock'>>;
   export?: Partial<Omit<ExportPipelineOptions, 'exporter' | 'sizer' | 'logger' | 'spool'>>;
   /** OTLP only: where spans wait while they cannot be sent (src/export/spool.ts). */
@@ -130,7 +136,11 @@ export class SpanPipeline {
     });
     this.sched = new SchedSpans((k) => this.#emit(k), { symbols: options.kernelSymbols });
     if (this.#mode === 'live') {
-      this.#timer = setInterval(() => this.correlator.tick(), options.tickMs ?? TUNING.correlatorTickMs);
+      const beforeTick = options.beforeTick;
+      this.#timer = setInterval(() => {
+        beforeTick?.();
+        this.correlator.tick();
+      }, options.tickMs ?? TUNING.correlatorTickMs);
       this.#timer.unref();
     }
   }

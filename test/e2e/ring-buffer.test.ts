@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { KspanError } from '../../src/core/errors.ts';
 import { koffi } from '../../src/kernel/native.ts';
-import { RingBufferReader } from '../../src/kernel/ring-buffer.ts';
+import { RingBufferReader, ringDrainIntervalMs } from '../../src/kernel/ring-buffer.ts';
 import { decodeRecords } from '../../src/records/decoder.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { openRingFiller } from '../helpers/ring-filler.ts';
@@ -135,6 +135,28 @@ describe('ring buffer reader', e2eOptions(), () => {
       for (const r of readers) r.close();
       a.obj.close();
       b.obj.close();
+    }
+  });
+
+  test('the drain timer backs off to 8 × the idle interval while the ring stays empty, and a record brings it back', async () => {
+    const { obj, ringFd, fill } = openRingFiller(3, RING);
+    const cookies: bigint[] = [];
+    let reader: RingBufferReader | undefined;
+    try {
+      reader = new RingBufferReader(ringFd, RING, (view, off) => decodeRecords(view, off, (r) => cookies.push(r.cookie)));
+      reader.start(10);
+      assert.equal(ringDrainIntervalMs(), 10);
+      // 5 quiet drains at 10 ms, 5 at 20, 5 at 40: 350 ms to the cap, however slow the timers.
+      await until(() => ringDrainIntervalMs() === 80);
+      fill();
+      await until(() => cookies.length === 3);
+      assert.deepEqual(cookies, [1n, 2n, 3n]);
+      assert.equal(ringDrainIntervalMs(), 10, 'the drain that delivered them set the timer back to 10 ms');
+      await reader.stop();
+      assert.equal(ringDrainIntervalMs(), 0, 'no timer once no reader runs');
+    } finally {
+      reader?.close();
+      obj.close();
     }
   });
 

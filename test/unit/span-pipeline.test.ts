@@ -3,6 +3,7 @@ import { PassThrough } from 'node:stream';
 import { after, test } from 'node:test';
 import { resourceFromAttributes } from '@opentelemetry/resources';
 import { pino } from 'pino';
+import type { ReadableSpan } from '@opentelemetry/sdk-trace';
 import type { KernelRecord } from '../../src/records/kernel-record.ts';
 import { ConsoleTreeExporter } from '../../src/export/console-tree.ts';
 import { createOtlpExporter } from '../../src/export/otlp-exporter.ts';
@@ -120,4 +121,42 @@ test('live, the export queue full: a span the queue would refuse is counted as d
     receiver.spans.map((x) => `${x.name} ${x.parentSpanId} ${x.attributes['kspan.bytes']}`).sort(),
     [`tcp.recv ${ctx(0x200).spanId} 10`, `tcp.recv ${ctx(0x201).spanId} 11`, `tcp.send ${ctx(0x200).spanId} 20`, `tcp.send ${ctx(0x201).spanId} 21`],
   );
+});
+
+test('live: each tick first takes the records beforeTick delivers, so a retransmit committed before a held send ends lands on it', async () => {
+  const spans: ReadableSpan[] = [];
+  const lingerNs = 30_000_000n;
+  let deadline = 0n;
+  let late: KernelRecord | undefined;
+  const pipeline = new SpanPipeline({
+    resourceFor: () => resourceFromAttributes({ 'service.name': 'held' }),
+    clockOffsetNs: 0n,
+    exporter: { export: (items: ReadableSpan[], done) => (spans.push(...items), done({ code: 0 })), shutdown: async () => {} },
+    logger: pino({ level: 'silent' }),
+    tickMs: 5,
+    correlator: { lingerNs },
+    // The rings' timer backed off: the retransmit, committed within the hold, is read only by the tick past its end.
+    beforeTick: () => {
+      if (late && process.hrtime.bigint() > deadline) {
+        pipeline.push(late);
+        late = undefined;
+      }
+    },
+  });
+  // Warm: the pushes below take microseconds, so `deadline` is the correlator's own within them.
+  const warm = new FakeSocket({ cookie: 9n, role: 'server', pid: 79 });
+  for (let i = 0; i < 200; i++) pipeline.push(warm.recv(null, 1, 1, i, i));
+  const s = new FakeSocket({ cookie: 8n, role: 'server', pid: 79 });
+  const t0 = process.hrtime.bigint();
+  pipeline.push(s.recv(null, 40, 1, t0 - 2_000_000n, t0 - 2_000_000n));
+  // The response's record: its span is held for late retransmits until lingerNs after the push.
+  deadline = process.hrtime.bigint() + lingerNs;
+  pipeline.push(s.send(ctx(0xc), 512, 1, t0 - 1_000_000n, t0 - 1_000_000n));
+  late = s.retransmit(ctx(0xc), t0 + 1_000_000n);
+  while (late || process.hrtime.bigint() < deadline + 20_000_000n) await new Promise((r) => setTimeout(r, 5));
+  await pipeline.shutdown();
+  const send = spans.find((x) => x.name === 'tcp.send')!;
+  assert.equal(send.parentSpanContext?.spanId, ctx(0xc).spanId);
+  assert.equal(send.attributes['kspan.retransmits'], 1, 'the retransmit is on the held send, not left standing alone');
+  assert.equal(spans.filter((x) => x.name === 'tcp.retransmit').length, 0);
 });
