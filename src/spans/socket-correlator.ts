@@ -51,7 +51,8 @@
  *      held back ("lingers") to collect later retransmits until the socket reads
  *      again (the kernel emits the next recv record only once the socket writes
  *      again, so the data is acknowledged), sends again, closes, or `lingerNs`
- *      passes; not at all when its record says every byte sent before it was
+ *      passes (by the time of the records that follow, or the clock's at a tick);
+ *      not at all when its record says every byte sent before it was
  *      acknowledged (`sentAcked`: the kernel saw snd_una at write_seq when it made
  *      the record, the common case of a keep-alive request after a response).
  *  R2. A reset goes to the span of its context that is held or built next on that
@@ -348,7 +349,11 @@ export class SocketCorrelator {
         case 'reset': this.#onEvent(st, r, resetEvent(r)); break;
       }
     }
-    this.#expire(now);
+    // Holds end at the record stream's own time: a late retransmit read behind
+    // other records of the same drain, stamped before its hold's end, still finds
+    // the held span. tick() ends holds at the clock's time (live: after the rings
+    // were drained).
+    this.#expire(now, r.tsNs < now ? r.tsNs : now);
   }
 
   /** Ends lingering spans and idle sockets; call it on a timer when records are sparse. */
@@ -753,8 +758,9 @@ export class SocketCorrelator {
     this.#finish(span);
   }
 
-  #expire(now: bigint): void {
-    this.#drainLinger(now);
+  /** Ends the holds due by `lingerNow` (default `now`) and, once a second, the sockets idle at `now`. */
+  #expire(now: bigint, lingerNow = now): void {
+    this.#drainLinger(lingerNow);
     if (now < this.#nextIdleCheckNs) return;
     // Idle sockets sit at the front of the recency order. Within one period the
     // order is that of first touch, so a socket idle for long enough can sit

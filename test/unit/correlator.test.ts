@@ -579,6 +579,30 @@ describe('bounded memory and ends', () => {
     assert.equal(c.counters.lateEvents, 0);
   });
 
+  test('a hold ends by the time of the records pushed, not the clock: a retransmit stamped within it, read late behind another socket\'s record, lands on the held send', () => {
+    let now = 10n;
+    const a = new FakeSocket({ cookie: 66n, role: 'server' });
+    const b = new FakeSocket({ cookie: 67n, role: 'server' });
+    const spans: KernelSpan[] = [];
+    const c = new SocketCorrelator({ emit: (x) => spans.push(x), clock: () => now, lingerNs: 500n });
+    c.push(a.recv(null, 1, 1, 1, 1));
+    c.push(a.send(A, 2, 1, 2, 2)); // held until 510
+    now = 700n; // the ring was read late: the clock is past the hold's end
+    c.push(b.recv(B, 5, 1, 400, 400)); // another socket's record, stamped before it
+    c.push(a.retransmit(A, 450)); // stamped within the hold
+    assert.deepEqual(spans.map((x) => x.name), ['tcp.recv'], 'the send is still held');
+    c.tick(); // the clock's time: the hold ends
+    assert.deepEqual(spans.map((x) => [x.name, x.retransmits]), [['tcp.recv', 0], ['tcp.send', 1]]);
+    assert.equal(c.counters.lateEvents, 0);
+    // A record stamped past the end ends a hold at once.
+    c.push(a.recv(null, 1, 1, 710, 710));
+    c.push(a.send(A, 3, 1, 720, 720)); // held until 1200
+    assert.deepEqual(spans.slice(2).map((x) => x.name), ['tcp.recv']);
+    now = 1400n;
+    c.push(b.recv(B, 6, 1, 1300, 1300));
+    assert.deepEqual(spans.slice(2).map((x) => x.name), ['tcp.recv', 'tcp.send']);
+  });
+
   test('target exit ends the open spans of its sockets, marked; other processes keep theirs', () => {
     const mine = new FakeSocket({ cookie: 70n, role: 'server', pid: 500 });
     const other = new FakeSocket({ cookie: 71n, role: 'server', pid: 600 });
