@@ -35,7 +35,7 @@ export interface NodeOptions {
   rounds: number;
   pacedConnections: number;
   saturatedConnections: number;
-  /** Ctx.warmupSeconds (bench/rounds.ts): default 2. */
+  /** Ctx.warmupSeconds (bench/rounds.ts): default DEFAULT_WARMUP_SECONDS. */
   warmupSeconds?: number;
   log: (line: string) => void;
 }

@@ -32,7 +32,7 @@ import { agentNodeRuntime, enableBpfStats } from './harness.ts';
 import { memoryBench } from './memory.ts';
 import { nativeBench } from './native.ts';
 import { schedCostBench } from './sched-cost.ts';
-import type { ProgCost, sumCounters } from './rounds.ts';
+import { DEFAULT_WARMUP_SECONDS, type ProgCost, type sumCounters } from './rounds.ts';
 
 const SECTIONS = ['native', 'node', 'pipeline', 'memory', 'sched'] as const;
 type Section = (typeof SECTIONS)[number];
@@ -54,7 +54,7 @@ const q = args.quick;
 const seconds = Number(args.seconds ?? (q ? 2 : 4));
 const rounds = Number(args.rounds ?? (q ? 2 : 5));
 // Seconds of load each kspan run gets before it is measured (bench/rounds.ts, Ctx.warmupSeconds).
-const warmupSeconds = Number(args.warmup ?? (q ? 1 : 2));
+const warmupSeconds = Number(args.warmup ?? (q ? 2 : DEFAULT_WARMUP_SECONDS));
 if (!(warmupSeconds >= 0)) usage(`--warmup: not a number of seconds: ${args.warmup}`);
 const plan = {
   native: { seconds, rounds, connections: 16, warmupSeconds },

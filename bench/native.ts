@@ -17,7 +17,7 @@ export interface NativeOptions {
   seconds: number;
   rounds: number;
   connections: number;
-  /** Ctx.warmupSeconds (bench/rounds.ts): default 2. */
+  /** Ctx.warmupSeconds (bench/rounds.ts): default DEFAULT_WARMUP_SECONDS. */
   warmupSeconds?: number;
   log: (line: string) => void;
 }

@@ -28,6 +28,16 @@ import {
   wrkAsync,
 } from './harness.ts';
 
+/**
+ * The warm-up run's default length. The agent's CPU per request falls for about
+ * its first 6 s under the native load at 10 % sampled, while V8 compiles (3 s
+ * runs back to back: 2.4, 1.7, 1.25, 1.1, 1.1 ms per 1000 requests; 352, 99,
+ * 22, 14 functions optimized; BENCHMARKS.md, "The agent's first seconds under
+ * load"), so a measured run after 6 s of it prices the agent as it runs for
+ * hours.
+ */
+export const DEFAULT_WARMUP_SECONDS = 6;
+
 export interface Mode {
   key: string;
   kind: 'untraced' | 'floor' | 'kspan';
@@ -83,10 +93,11 @@ export interface Ctx {
   /** The wrk URL path (default /). */
   path?: string;
   /**
-   * Seconds of the same load the agent runs before its measured run (default 2; 0
-   * for none): V8 optimizes the agent's hot functions in its first seconds under
-   * load, a cost a deployed agent pays once, which the measured run would
-   * otherwise charge to its requests. Reported apart (`warmupCpuMsPer1000Req`).
+   * Seconds of the same load the agent runs before its measured run (default
+   * DEFAULT_WARMUP_SECONDS; 0 for none): V8 compiles the agent's functions in its
+   * first seconds under load, a cost a deployed agent pays once, which the
+   * measured run would otherwise charge to its requests. Reported apart
+   * (`warmupCpuMsPer1000Req`).
    */
   warmupSeconds?: number;
   log: (line: string) => void;
@@ -184,7 +195,7 @@ export async function measure(ctx: Ctx, mode: Mode, seconds: number, round: numb
 
 /** The warm-up run of a kspan round (Ctx.warmupSeconds), until the agent has caught up with it. */
 async function warmUp(ctx: Ctx, mode: Mode, url: string, agentPid: number): Promise<{ cpuMsPer1000Req: number; requests: number }> {
-  const seconds = ctx.warmupSeconds ?? 2;
+  const seconds = ctx.warmupSeconds ?? DEFAULT_WARMUP_SECONDS;
   if (seconds <= 0) return { cpuMsPer1000Req: 0, requests: 0 };
   const cpu0 = cpuSeconds(agentPid);
   const r = await wrkAsync([...mode.wrkArgs, `-d${seconds}s`], url, mode.scriptArgs);
