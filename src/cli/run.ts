@@ -7,7 +7,7 @@
  * 3 when records or spans were lost.
  */
 import type { SpanExporter } from '@opentelemetry/sdk-trace';
-import { DEFAULT_SPOOL_DIR, loadConfig, type RunConfig } from '../core/config.ts';
+import { DEFAULT_SPOOL_DIR, loadConfig, type RunConfig, TUNING } from '../core/config.ts';
 import { SpanSpool } from '../export/spool.ts';
 import { KernelClock } from '../kernel/clock.ts';
 import { idleFlushTiming } from '../kernel/tcp-tracer.ts';
@@ -67,6 +67,14 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
   const notices = new OrphanNotices(config.orphans);
   const spool = openSpool(config, target.kind === 'otlp' && !opts.exporter, log);
   const tell = (n: Notice | null) => n && log[n.level](n.msg);
+  // The idle flush runs on the correlator's tick when their periods agree (the
+  // default, 250 ms): one wake-up of the agent for both, each costing it some
+  // hundred microseconds of CPU on a VM (BENCHMARKS.md, "The agent's wake-ups
+  // while idle"). It goes first, then the rings are drained, so the tick sees
+  // the records the flush made.
+  const idleNs = BigInt(config.idleFlushMs) * 1_000_000n;
+  const flushTickMs = idleFlushTiming(idleNs).tickMs;
+  let flushOnTick = false;
   const pipeline = new SpanPipeline({
     resourceFor: (pid) => resources.resourceFor(pid),
     extraAttributes: (k) => contextAttributes(k.parent, keyMapFor(k.pid)),
@@ -80,7 +88,11 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
     logger: log,
     spool,
     kernelSymbols: onceKernelSymbols(log),
-    beforeTick: drainRings,
+    beforeTick: () => {
+      if (flushOnTick) session!.tracer.flushIdle(idleNs);
+      drainRings();
+    },
+    tickMs: TUNING.correlatorTickMs,
   });
   const calls = new CallSpanBuilder({
     resourceFor: (pid) => resources.resourceFor(pid),
@@ -123,8 +135,8 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
   const observer: AgentObserver | undefined = opts.metrics && observeAgent(opts.metrics, { session, pipeline, orphans: config.orphans }, log);
   session.start();
   logStartup(log, session);
-  const idleNs = BigInt(config.idleFlushMs) * 1_000_000n;
-  const idleTimer = setInterval(() => session!.tracer.flushIdle(idleNs), idleFlushTiming(idleNs).tickMs);
+  flushOnTick = flushTickMs === TUNING.correlatorTickMs;
+  const idleTimer = flushOnTick ? undefined : setInterval(() => session!.tracer.flushIdle(idleNs), flushTickMs);
   const clockTimer = refreshClock(clock, log);
   const trimTimer = trimMallocHeap();
   log.info({ target_pids: config.pids, ioPath: session.ioPath, socketTable: session.tracer.socketTable, featuresOff: session.featuresOff.map((f) => f.feature), export: opts.exporter ? 'in-process' : target }, 'tracing');
@@ -133,6 +145,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
   const stop = () =>
     (stopping ??= (async () => {
       clearInterval(idleTimer);
+      flushOnTick = false;
       clearInterval(clockTimer);
       clearInterval(trimTimer);
       observer?.beforeStop();
