@@ -74,6 +74,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
   // the records the flush made.
   const idleNs = BigInt(config.idleFlushMs) * 1_000_000n;
   const flushTickMs = idleFlushTiming(idleNs).tickMs;
+  const tickMs = TUNING.correlatorTickMs;
   let flushOnTick = false;
   const pipeline = new SpanPipeline({
     resourceFor: (pid) => resources.resourceFor(pid),
@@ -92,7 +93,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
       if (flushOnTick) session!.tracer.flushIdle(idleNs);
       drainRings();
     },
-    tickMs: TUNING.correlatorTickMs,
+    tickMs,
   });
   const calls = new CallSpanBuilder({
     resourceFor: (pid) => resources.resourceFor(pid),
@@ -135,7 +136,7 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
   const observer: AgentObserver | undefined = opts.metrics && observeAgent(opts.metrics, { session, pipeline, orphans: config.orphans }, log);
   session.start();
   logStartup(log, session);
-  flushOnTick = flushTickMs === TUNING.correlatorTickMs;
+  flushOnTick = flushTickMs === tickMs;
   const idleTimer = flushOnTick ? undefined : setInterval(() => session!.tracer.flushIdle(idleNs), flushTickMs);
   const clockTimer = refreshClock(clock, log);
   const trimTimer = trimMallocHeap();

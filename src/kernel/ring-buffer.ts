@@ -268,8 +268,8 @@ interface Running {
  * constructor) and drained while it runs: after each wait that a ring ended, and
  * on the timer, every shortest idle interval of the running readers, backed off
  * up to 8 times that while its drains find nothing (src/kernel/drain-backoff.ts);
- * a drain of an empty ring is two loads. The timer is what bounds the latency at low rates:
- * a wait on the thread pool costs a hand-off to a pool thread and back (tens of
+ * a drain of an empty ring is two loads. The timer is what bounds the latency at
+ * low rates: a wait on the thread pool costs a hand-off to a pool thread and back (tens of
  * microseconds of CPU, and the event loop's JavaScript around it), which an idle
  * agent paid every interval when the wait's own timeout drained the rings
  * (BENCHMARKS.md, "malloc's free pages, and the rings' wait on a timer"). The
