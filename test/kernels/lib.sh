@@ -284,6 +284,7 @@ make_root_image() {
     printf 'DIAG=%q\n' "$DIAG"
     printf 'TEST_TIMEOUT=%q\n' "$TEST_TIMEOUT"
     printf 'TIMEOUT_SCALE=%q\n' "$TIMEOUT_SCALE"
+    printf 'CPU_STALL_MS=%q\n' "$CPU_STALL_MS"
   } >"$stage/kspan-kernels/config"
   local t
   for t in "${TESTS[@]}"; do
@@ -362,6 +363,23 @@ diag_summary() {
   ' "$f"
 }
 
+# Each failed test of a node --test TAP file: its name, its error's first lines
+# and the expected/actual values node writes in the YAML block under it (what
+# the summary, and so CI's log, shows of a failure).
+tap_failures() {
+  awk '
+    /^ *not ok [0-9]+ - / { sub(/^ *not ok [0-9]+ - /, ""); print "      not ok: " $0; blk = 1; err = 0; n = 0; next }
+    /^ *(ok|not ok) [0-9]+ / { blk = 0; next }
+    !blk { next }
+    /^ *\.\.\.$/ { blk = 0; next }
+    /^ *error: \|-$/ { err = 1; n = 0; next }
+    /^ *error: / { sub(/^ *error: /, ""); print "        " $0; next }
+    /^ *(expected|actual): / { err = 0; sub(/^ */, ""); print "        " $0; next }
+    /^ *[a-zA-Z_]+: / { err = 0; next }
+    err && n < 4 && $0 !~ /^ *$/ { sub(/^ */, ""); print "        " $0; n++ }
+  ' "$1" 2>/dev/null
+}
+
 # Judges one kernel's results against its expectation; prints "PASS ..." or "FAIL ...".
 judge() {
   local kname=$1 expect=$2 out=$3 vm_rc=$4 vm_secs=$5
@@ -408,7 +426,7 @@ judge() {
           bad+=("$(basename "$want")")
           local tap=$r/$(basename "$want" .ts).tap
           ((attempt > 1)) && tap=$r/$(basename "$want" .ts).rerun.tap
-          grep -E '^ *not ok ' "$tap" 2>/dev/null | sed -E 's/^ *not ok [0-9]+ - /      not ok: /' | head -n 12 >&2 || true
+          tap_failures "$tap" | head -n 40 >&2 || true
         fi
       done
       local note=""
