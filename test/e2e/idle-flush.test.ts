@@ -15,11 +15,19 @@ import type { KernelRecord } from '../../src/records/kernel-record.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { startClient, startServer } from '../helpers/tcp-fixtures.ts';
+import { CPU_STALL_MS } from '../helpers/timeouts.ts';
 
 /** What bench/fixtures/native_server.c answers to every request. */
 const ANSWER_BYTES = 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 512\r\n\r\n'.length + 512;
 const CONNS = 150;
-const IDLE_NS = 30_000_000n;
+/*
+ * The turn-taking holds while a hook runs for less than one flush tick (half the
+ * idle time): 15 ms here, unless a CPU may stand still longer in the middle of a
+ * program (CPU_STALL_MS: 100 ms under TCG), when every time below grows with it.
+ */
+const IDLE_MS = Math.max(30, 3 * CPU_STALL_MS);
+const IDLE_NS = BigInt(IDLE_MS) * 1_000_000n;
+const TIME_SCALE = IDLE_MS / 30;
 
 describe('idle flush', e2eOptions(), () => {
   test('the idle flush and the sockets\' hooks take turns: every byte in one record, under requests at the idle time', async () => {
@@ -35,16 +43,17 @@ describe('idle flush', e2eOptions(), () => {
       await client.waitLine(/^held \d+$/, 60_000);
 
       // The flush on its tick (15 ms for 30 ms of idle), while passes over every
-      // connection come 0-60 ms apart: quiet times on both sides of the idle time.
+      // connection come 0-60 ms apart: quiet times on both sides of the idle time
+      // (scaled as one, for slow CPUs).
       let flushed = 0;
       flusher = setInterval(() => (flushed += tracer.flushIdle(IDLE_NS)), idleFlushTiming(IDLE_NS).tickMs);
       let passes = 0;
-      const until = performance.now() + 4000;
+      const until = performance.now() + 4000 * Math.min(3, TIME_SCALE);
       while (performance.now() < until) {
         client.send('pass');
         passes++;
         while (client.lines.filter((l) => l === 'pass done').length < passes) await sleep(2);
-        await sleep((passes * 23) % 61);
+        await sleep(((passes * 23) % 61) * TIME_SCALE);
       }
       clearInterval(flusher);
       flusher = undefined;

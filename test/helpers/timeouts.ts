@@ -7,6 +7,17 @@
 const raw = Number(process.env.KSPAN_TEST_TIMEOUT_SCALE);
 export const TIMEOUT_SCALE = Number.isFinite(raw) && raw > 0 ? raw : 1;
 
+/**
+ * How long one CPU may stand still, in the middle of a BPF program, while
+ * another runs: KSPAN_TEST_CPU_STALL_MS (default 0). `make test-kernels` sets it
+ * to 100 under TCG, whose one thread runs the two vCPUs in turn, switching every
+ * 100 ms. The idle flush's turn-taking with the sockets' hooks holds while a hook
+ * runs for less than one flush tick (bpf/kspan.bpf.c, sock_enter()), so the test
+ * of it keeps its ticks longer than this.
+ */
+const rawStall = Number(process.env.KSPAN_TEST_CPU_STALL_MS);
+export const CPU_STALL_MS = Number.isFinite(rawStall) && rawStall > 0 ? rawStall : 0;
+
 export function scaled(ms: number): number {
   return Math.round(ms * TIMEOUT_SCALE);
 }

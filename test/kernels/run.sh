@@ -104,7 +104,12 @@ if [[ $ACCEL == kvm ]]; then VM_TIMEOUT=${KSPAN_KERNELS_VM_TIMEOUT:-900}; else V
 TEST_TIMEOUT=$((VM_TIMEOUT / 3))
 # the tests' own waits (test/helpers/timeouts.ts), longer under emulation
 if [[ $ACCEL == kvm ]]; then TIMEOUT_SCALE=${KSPAN_TEST_TIMEOUT_SCALE:-1}; else TIMEOUT_SCALE=${KSPAN_TEST_TIMEOUT_SCALE:-3}; fi
-log "accelerator: $ACCEL; hard limit per VM ${VM_TIMEOUT} s, per test file ${TEST_TIMEOUT} s; test waits x$TIMEOUT_SCALE"
+# How long one vCPU can stand still, mid-instruction, while the other runs: TCG
+# with one thread runs the vCPUs in turn and switches every 100 ms (qemu's
+# TCG_KICK_PERIOD). Tests whose kernel code relies on a bound on that read it
+# (test/helpers/timeouts.ts, CPU_STALL_MS).
+if [[ $ACCEL == kvm ]]; then CPU_STALL_MS=${KSPAN_TEST_CPU_STALL_MS:-0}; else CPU_STALL_MS=${KSPAN_TEST_CPU_STALL_MS:-100}; fi
+log "accelerator: $ACCEL; hard limit per VM ${VM_TIMEOUT} s, per test file ${TEST_TIMEOUT} s; test waits x$TIMEOUT_SCALE; a vCPU may stand still ${CPU_STALL_MS} ms"
 
 ROOTFS=$(build_rootfs)
 
