@@ -328,8 +328,11 @@ static __always_inline struct kspan_sock *sock_state_get(const struct kspan_targ
  * that read either guard sees the socket as the flush does. A socket in use
  * since (the common case) costs one array load; one quiet for a while, a claim.
  * This holds while a hook runs for less than the time between two flush runs.
- * A claim held by the flush past the hook's few attempts is counted
- * (KSPAN_C_FLUSH_CONTENDED) and the hook goes on without it.
+ * A claim held by the flush past the hook's few attempts (its CPU stood still
+ * while it held one: a hypervisor's or an emulator's pause) is counted
+ * (KSPAN_C_FLUSH_CONTENDED); a send or recv then leaves the socket's aggregates
+ * alone and goes out as a record of its own (account_io_alone()), so its bytes
+ * are still in exactly one record, and the other hooks go on without it.
  */
 static __always_inline bool sock_claim(__u64 cookie)
 {
@@ -337,25 +340,32 @@ static __always_inline bool sock_claim(__u64 cookie)
 	return bpf_map_update_elem(&sock_claims, &cookie, &one, BPF_NOEXIST) == 0;
 }
 
-static __always_inline void sock_unclaim(__u64 cookie, bool claimed)
+/* A hook's turn at a socket's state (sock_enter()). */
+enum sock_turn {
+	TURN_FREE = 0,    /* the flush cannot be at it */
+	TURN_CLAIMED = 1, /* claimed: sock_leave() lets it go */
+	TURN_HELD = 2,    /* the flush held it past the hook's tries (counted) */
+};
+
+static __always_inline void sock_leave(__u64 cookie, enum sock_turn turn)
 {
-	if (claimed)
+	if (turn == TURN_CLAIMED)
 		bpf_map_delete_elem(&sock_claims, &cookie);
 }
 
-/* Before a hook changes `st`: whether it claimed it (pass that to sock_unclaim() when done). */
-static __always_inline bool sock_enter(const struct kspan_sock *st, __u64 cookie)
+/* Before a hook changes `st`: its turn (pass it to sock_leave() when done). */
+static __always_inline enum sock_turn sock_enter(const struct kspan_sock *st, __u64 cookie)
 {
 	__u32 zero = 0;
 	__u64 *guard = bpf_map_lookup_elem(&flush_guard, &zero);
 	if (guard && *guard && st->agg.last_ns > *guard)
-		return false;
+		return TURN_FREE;
 	/* the flush holds a claim for one socket's records: a microsecond or two */
 	for (int i = 0; i < 64; i++)
 		if (sock_claim(cookie))
-			return true;
+			return TURN_CLAIMED;
 	count(KSPAN_C_FLUSH_CONTENDED);
-	return false;
+	return TURN_HELD;
 }
 
 static __always_inline void fill_common(struct kspan_event *e, const struct kspan_sock *st,
@@ -776,6 +786,38 @@ static __always_inline void account_io(const struct kspan_target *t, struct task
 	}
 }
 
+/* A send or recv on a socket the idle flush held past the hook's tries (its CPU
+ * stood still: see sock_enter()): the call goes out as a record of its own, under
+ * the thread's context, and the socket's aggregates are left to the flush. Only
+ * the totals the close reports change, which the flush never writes. */
+static __always_inline void account_io_alone(const struct kspan_target *t, struct task_struct *task, __u64 pid_tgid,
+					     struct kspan_sock *st, __u64 cookie, __u8 dir, __u64 bytes, __u8 path_flag)
+{
+	if (dir == KSPAN_EV_SEND)
+		st->total_sent += bytes;
+	else
+		st->total_received += bytes;
+	struct kspan_event *e = reserve();
+	if (!e)
+		return;
+	__u16 attrs_size;
+	__u64 rec = read_thread_ctx_head(task, pid_tgid >> 32, &t->loc, &e->ctx, &attrs_size, NULL);
+	if (agg_drop_flag(t, st, &e->ctx)) {
+		agg_count_dropped(e->ctx.valid);
+		bpf_ringbuf_discard(e, 0);
+		return;
+	}
+	read_thread_ctx_attrs(rec, attrs_size, &e->ctx);
+	fill_common(e, st, cookie, dir);
+	e->tid = (__u32)pid_tgid;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->start_ns = e->ts_ns;
+	e->bytes = bytes;
+	e->calls = 1;
+	e->flags |= path_flag;
+	submit(e);
+}
+
 /* A send or recv of `ret` bytes on a trusted tp_btf socket: the pid first (a
  * process not traced leaves here), then the TCP check and the socket's state. */
 static __always_inline void sock_length(struct sock *sk, int ret, __u8 dir)
@@ -789,9 +831,12 @@ static __always_inline void sock_length(struct sock *sk, int ret, __u8 dir)
 	struct kspan_sock *st = sock_state_get(t, cookie, sk, 0);
 	if (!st)
 		return;
-	bool claimed = sock_enter(st, cookie);
-	account_io(t, task, pid_tgid, sk, st, cookie, dir, ret, 0);
-	sock_unclaim(cookie, claimed);
+	enum sock_turn turn = sock_enter(st, cookie);
+	if (turn == TURN_HELD)
+		account_io_alone(t, task, pid_tgid, st, cookie, dir, ret, 0);
+	else
+		account_io(t, task, pid_tgid, sk, st, cookie, dir, ret, 0);
+	sock_leave(cookie, turn);
 }
 
 SEC("tp_btf/sock_send_length")
@@ -872,14 +917,14 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 		struct kspan_sock *st = sock_state_get(t, cookie, sk, KSPAN_F_CLIENT);
 		if (!st)
 			return 0;
-		bool claimed = sock_enter(st, cookie);
+		enum sock_turn turn = sock_enter(st, cookie);
 		__u64 now = bpf_ktime_get_ns();
 		bpf_map_update_elem(&connect_pending, &cookie, &now, BPF_ANY);
 		st->sflags |= KSPAN_S_CONNECTING;
 		st->pid = tgid;
 		st->tid = (__u32)pid_tgid;
 		sock_last_read(st, cookie, t, tgid);
-		sock_unclaim(cookie, claimed);
+		sock_leave(cookie, turn);
 		return 0;
 	}
 
@@ -891,9 +936,9 @@ int BPF_PROG(on_set_state, const struct sock *sk, int oldstate, int newstate)
 	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
 	if (!st || !(st->sflags & KSPAN_S_CONNECTING))
 		return 0;
-	bool claimed = sock_enter(st, cookie);
+	enum sock_turn turn = sock_enter(st, cookie);
 	connect_done(sk, st, cookie, newstate);
-	sock_unclaim(cookie, claimed);
+	sock_leave(cookie, turn);
 	return 0;
 }
 
@@ -995,9 +1040,9 @@ static __always_inline int handle_accept_exit(long ret)
 	struct kspan_sock *st = sock_state_get(t, cookie, sk, KSPAN_F_SERVER);
 	if (!st)
 		return 0;
-	bool claimed = sock_enter(st, cookie);
+	enum sock_turn turn = sock_enter(st, cookie);
 	accepted(t, pid_tgid, st, cookie);
-	sock_unclaim(cookie, claimed);
+	sock_leave(cookie, turn);
 	return 0;
 }
 
@@ -1077,7 +1122,7 @@ int BPF_PROG(on_destroy_sock, struct sock *sk)
 	struct kspan_sock *st = bpf_map_lookup_elem(&socks, &cookie);
 	if (!st)
 		return 0;
-	bool claimed = sock_enter(st, cookie);
+	enum sock_turn turn = sock_enter(st, cookie);
 	agg_flush(st, cookie, NULL);
 	struct kspan_event *e = reserve();
 	if (e) {
@@ -1103,7 +1148,7 @@ int BPF_PROG(on_destroy_sock, struct sock *sk)
 	if (st->sflags & KSPAN_S_CONNECTING)
 		bpf_map_delete_elem(&connect_pending, &cookie);
 	bpf_map_delete_elem(&socks, &cookie);
-	sock_unclaim(cookie, claimed);
+	sock_leave(cookie, turn);
 	return 0;
 }
 
@@ -1166,7 +1211,7 @@ static __always_inline bool flush_if_idle(struct kspan_sock *st, __u64 cookie, s
 			fc->flushed++;
 		}
 	}
-	sock_unclaim(cookie, true);
+	sock_leave(cookie, TURN_CLAIMED);
 	return quiet;
 }
 
@@ -1249,9 +1294,12 @@ static __always_inline void io_done(const struct kspan_target *t, struct task_st
 	} else if (!st->lport) {
 		sock_addr(st, sk); /* as sock_state_get() does for a socket it finds */
 	}
-	bool claimed = sock_enter(st, cookie);
-	account_io(t, task, pid_tgid, sk, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
-	sock_unclaim(cookie, claimed);
+	enum sock_turn turn = sock_enter(st, cookie);
+	if (turn == TURN_HELD)
+		account_io_alone(t, task, pid_tgid, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
+	else
+		account_io(t, task, pid_tgid, sk, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
+	sock_leave(cookie, turn);
 }
 
 /*

@@ -103,7 +103,7 @@ enum kspan_counter {
 	KSPAN_C_PROC_RING_FULL = 18,/* a process event (exec, fork, exit, check) was lost: the ring was full */
 	KSPAN_C_FORK_TABLE_FULL = 19,/* a target's child could not be made a target: the targets map was full */
 	KSPAN_C_SCHED_IN_UNSEEN = 20,/* scheduler: a target thread switched out again with neither its switch-in nor (blocked) its wakeup seen by the programs (the kernel did not run them): the interval was closed at that switch-out from the thread's own accounting, its blocked record with no stack */
-	KSPAN_C_FLUSH_CONTENDED = 21,/* a hook found a socket claimed by the idle flush for longer than it waits, and changed it anyway (or could not claim it: `sock_claims` full) */
+	KSPAN_C_FLUSH_CONTENDED = 21,/* a hook found a socket claimed by the idle flush for longer than it waits (or could not claim it: `sock_claims` full): a send or recv went out as a record of its own, another hook changed the socket anyway */
 	KSPAN_C_MAX = 22,
 };
 

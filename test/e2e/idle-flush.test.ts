@@ -4,12 +4,15 @@
  * times straddle the idle time, the flush run on its tick all along, and every
  * byte the server sent and received is in exactly one record, each
  * connection's sum equal to the totals its close record carries; and the
- * claims themselves, held from here: the flush leaves a claimed socket alone,
- * and a hook on a quiet socket the flush holds waits, then counts it.
+ * claims themselves, held from here: the flush leaves a claimed socket alone;
+ * a send and a recv on a socket the flush holds past their tries go out as
+ * records of their own, counted; a close waits, then counts it.
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { benchFixture, sleep, startNativeServer } from '../../bench/harness.ts';
+import { ThreadContextReader } from '../../src/context/thread-context-reader.ts';
+import { hasBtfTracepoint } from '../../src/kernel/kernel-features.ts';
 import { idleFlushTiming, TcpTracer } from '../../src/kernel/tcp-tracer.ts';
 import type { KernelRecord } from '../../src/records/kernel-record.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
@@ -87,6 +90,87 @@ describe('idle flush', e2eOptions(), () => {
       }
     } finally {
       if (flusher) clearInterval(flusher);
+      await tracer.stop();
+      await group.killAll();
+    }
+  });
+
+  for (const ioPath of ['sock_length', 'syscalls'] as const) test(`a send and a recv on a socket the flush holds past their tries go out alone, counted: every byte still in one record (${ioPath})`, {
+    skip: ioPath === 'sock_length' && !hasBtfTracepoint('sock_send_length') && 'this kernel has no sock_send_length tracepoint',
+  }, async () => {
+    const group = new ProcessGroup();
+    const records: KernelRecord[] = [];
+    const tracer = TcpTracer.open({ ioPath, onRecord: (r) => records.push(r) });
+    try {
+      tracer.start();
+      const server = await startNativeServer(group);
+      tracer.addPid(server.pid);
+      const reader = new ThreadContextReader({
+        setLocation: (pid, loc) => tracer.setContextLocation(pid, loc),
+        deleteLocation: (pid) => tracer.clearContextLocation(pid),
+      });
+      assert.ok(reader.track(server.pid), 'the server\'s thread context, found');
+      const client = group.start(benchFixture('hold_conns'), ['--port', String(server.port), '--conns', '1']);
+      await client.waitLine(/^held 1$/, 60_000);
+      let passes = 0;
+      const pass = async () => {
+        client.send('pass');
+        passes++;
+        while (client.lines.filter((l) => l === 'pass done').length < passes) await sleep(2);
+      };
+      const ofServer = () => records.filter((r) => r.pid === server.pid && (r.type === 'send' || r.type === 'recv'));
+      const waitIo = async (n: number) => {
+        for (let i = 0; i < 200 && ofServer().length < n; i++) await sleep(20);
+        return ofServer();
+      };
+      const accept = () => records.find((r) => r.type === 'accept' && r.pid === server.pid);
+      for (let i = 0; i < 200 && !accept(); i++) await sleep(20);
+      const cookie = accept()!.cookie;
+      const key = Buffer.alloc(8);
+      key.writeBigUInt64LE(cookie);
+      const claims = tracer.object.map('sock_claims');
+      const IDLE = 100_000_000n;
+
+      // The first exchange, flushed once quiet: the flush's guard now lies past it.
+      await sleep(300);
+      assert.equal(tracer.flushIdle(IDLE), 1);
+      assert.equal((await waitIo(2)).length, 2, 'the request and its answer');
+      // The second, on a socket quiet past the guard (its hooks claim it), left open.
+      await pass();
+      await sleep(300);
+      // Held as a flush holds it, and the third exchange comes: each call, unable
+      // to claim the socket, goes out at once as a record of one call.
+      assert.equal(claims.insert(key, Buffer.from([1])), true);
+      assert.equal(tracer.flushIdle(IDLE), 0, 'a claimed socket is not flushed');
+      await pass();
+      const alone = (await waitIo(4)).slice(2);
+      assert.equal(tracer.counters().KSPAN_C_FLUSH_CONTENDED, 2, 'the recv and the send, each counted');
+      assert.deepEqual(alone.map((r) => [r.type, r.bytes, r.calls, r.cookie]), [
+        ['recv', alone[0]!.bytes, 1, cookie],
+        ['send', ANSWER_BYTES, 1, cookie],
+      ]);
+      assert.equal(alone[1]!.context?.traceFlags, 1, 'the answer under the sampled span its thread published');
+      // Let go: the next run flushes the second exchange, its bytes as they were.
+      assert.equal(claims.delete(key), true);
+      assert.equal(tracer.flushIdle(IDLE), 1);
+      const second = (await waitIo(6)).slice(4);
+      assert.deepEqual(second.map((r) => [r.type, r.bytes]).sort(), [['recv', alone[0]!.bytes], ['send', ANSWER_BYTES]]);
+      const secondSend = second.find((r) => r.type === 'send')!;
+      assert.equal(secondSend.context?.traceFlags, 1);
+      assert.notEqual(secondSend.context!.traceId, alone[1]!.context!.traceId, 'each answer under its own request\'s trace');
+
+      client.child.stdin!.end();
+      assert.equal((await client.exited).code, 0);
+      const close = () => records.find((r) => r.type === 'close' && r.pid === server.pid);
+      for (let i = 0; i < 200 && !close(); i++) await sleep(20);
+      const io = ofServer();
+      const sum = (type: string) => io.filter((r) => r.type === type).reduce((n, r) => n + r.bytes, 0);
+      assert.equal(close()!.bytesSent, 3 * ANSWER_BYTES, 'three answers, counted by the kernel');
+      assert.equal(close()!.bytesReceived, 3 * alone[0]!.bytes, 'three requests of one size');
+      assert.equal(sum('send'), close()!.bytesSent, 'every answer in one record');
+      assert.equal(sum('recv'), close()!.bytesReceived, 'every request in one record');
+      assert.equal(tracer.counters().KSPAN_C_FLUSH_CONTENDED, 2);
+    } finally {
       await tracer.stop();
       await group.killAll();
     }
