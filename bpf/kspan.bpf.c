@@ -563,15 +563,16 @@ static __always_inline void agg_submit(struct kspan_sock *st, __u64 cookie, stru
 		e->calls = out->calls;
 		e->flags |= out->flags;
 		ctx_from_ref(&e->ctx, &out->ref);
+		bool holds_send = out->dir == KSPAN_EV_SEND;
 		if (has_prev && !drop_prev) {
 			agg_out(&e->prev, &st->pend);
 			e->prev.flags |= after_drop;
+			holds_send |= st->pend.dir == KSPAN_EV_SEND;
 		} else {
 			e->flags |= after_drop;
 		}
 		/* Only a record with a send in it has a send span to end early. */
-		if (sk && (out->dir == KSPAN_EV_SEND || (has_prev && !drop_prev && st->pend.dir == KSPAN_EV_SEND)) &&
-		    sent_acked(sk, call_bytes))
+		if (sk && holds_send && sent_acked(sk, call_bytes))
 			e->flags |= KSPAN_F_SENT_ACKED;
 		submit(e);
 		if (!drop_main)
