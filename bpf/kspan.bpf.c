@@ -713,12 +713,44 @@ static __always_inline void sock_last_read(struct kspan_sock *st, __u64 cookie,
 	ref_keep(&st->agg.ref, &cur);
 }
 
+/* A send or recv on a socket the idle flush held past the hook's tries (its CPU
+ * stood still: see sock_enter()), under the context `cur` just read: the call
+ * goes out as a record of its own, and the socket's aggregates are left to the
+ * flush. Only the totals the close reports change, which the flush never writes. */
+static __always_inline void account_io_alone(const struct kspan_target *t, struct kspan_sock *st, __u64 cookie,
+					     __u32 tid, __u8 dir, __u64 bytes, __u8 path_flag,
+					     const struct kspan_trace_ctx *cur, __u64 rec, __u16 attrs_size)
+{
+	if (dir == KSPAN_EV_SEND)
+		st->total_sent += bytes;
+	else
+		st->total_received += bytes;
+	if (agg_drop_flag(t, st, cur)) {
+		agg_count_dropped(cur->valid);
+		return;
+	}
+	struct kspan_event *e = reserve();
+	if (!e)
+		return;
+	fill_common(e, st, cookie, dir);
+	e->tid = tid;
+	e->ts_ns = bpf_ktime_get_ns();
+	e->start_ns = e->ts_ns;
+	e->bytes = bytes;
+	e->calls = 1;
+	e->flags |= path_flag;
+	__builtin_memcpy(&e->ctx, cur, sizeof(*cur));
+	read_thread_ctx_attrs(rec, attrs_size, &e->ctx);
+	submit(e);
+}
+
 /* One send or recv by a target thread, in syscall context. The caller checked
  * that the thread belongs to a target (first, before any other work: these hooks
- * fire for every socket call on the machine). */
+ * fire for every socket call on the machine). `turn`: sock_enter()'s (held: the
+ * call goes out alone, after the one context read both ways share). */
 static __always_inline void account_io(const struct kspan_target *t, struct task_struct *task, __u64 pid_tgid,
 				       const struct sock *sk, struct kspan_sock *st, __u64 cookie, __u8 dir, __u64 bytes,
-				       __u8 path_flag)
+				       __u8 path_flag, enum sock_turn turn)
 {
 	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
 	struct kspan_trace_ctx cur;
@@ -726,6 +758,10 @@ static __always_inline void account_io(const struct kspan_target *t, struct task
 	/* The header only: the attributes are read when an aggregate opens. */
 	__u16 attrs_size;
 	__u64 rec = read_thread_ctx_head(task, tgid, &t->loc, &cur, &attrs_size, NULL);
+	if (turn == TURN_HELD) {
+		account_io_alone(t, st, cookie, tid, dir, bytes, path_flag, &cur, rec, attrs_size);
+		return;
+	}
 
 	if (st->agg.dir == dir && dir == KSPAN_EV_SEND && st->agg.ref.valid && !ctx_equal_ref(&cur, &st->agg.ref)) {
 		/* Sockets outlive the moment of context (docs/ARCHITECTURE.md): a
@@ -787,38 +823,6 @@ static __always_inline void account_io(const struct kspan_target *t, struct task
 	}
 }
 
-/* A send or recv on a socket the idle flush held past the hook's tries (its CPU
- * stood still: see sock_enter()): the call goes out as a record of its own, under
- * the thread's context, and the socket's aggregates are left to the flush. Only
- * the totals the close reports change, which the flush never writes. */
-static __always_inline void account_io_alone(const struct kspan_target *t, struct task_struct *task, __u64 pid_tgid,
-					     struct kspan_sock *st, __u64 cookie, __u8 dir, __u64 bytes, __u8 path_flag)
-{
-	if (dir == KSPAN_EV_SEND)
-		st->total_sent += bytes;
-	else
-		st->total_received += bytes;
-	struct kspan_event *e = reserve();
-	if (!e)
-		return;
-	__u16 attrs_size;
-	__u64 rec = read_thread_ctx_head(task, pid_tgid >> 32, &t->loc, &e->ctx, &attrs_size, NULL);
-	if (agg_drop_flag(t, st, &e->ctx)) {
-		agg_count_dropped(e->ctx.valid);
-		bpf_ringbuf_discard(e, 0);
-		return;
-	}
-	read_thread_ctx_attrs(rec, attrs_size, &e->ctx);
-	fill_common(e, st, cookie, dir);
-	e->tid = (__u32)pid_tgid;
-	e->ts_ns = bpf_ktime_get_ns();
-	e->start_ns = e->ts_ns;
-	e->bytes = bytes;
-	e->calls = 1;
-	e->flags |= path_flag;
-	submit(e);
-}
-
 /* A send or recv of `ret` bytes on a trusted tp_btf socket: the pid first (a
  * process not traced leaves here), then the TCP check and the socket's state. */
 static __always_inline void sock_length(struct sock *sk, int ret, __u8 dir)
@@ -833,10 +837,7 @@ static __always_inline void sock_length(struct sock *sk, int ret, __u8 dir)
 	if (!st)
 		return;
 	enum sock_turn turn = sock_enter(st, cookie);
-	if (turn == TURN_HELD)
-		account_io_alone(t, task, pid_tgid, st, cookie, dir, ret, 0);
-	else
-		account_io(t, task, pid_tgid, sk, st, cookie, dir, ret, 0);
+	account_io(t, task, pid_tgid, sk, st, cookie, dir, ret, 0, turn);
 	sock_leave(cookie, turn);
 }
 
@@ -1296,10 +1297,7 @@ static __always_inline void io_done(const struct kspan_target *t, struct task_st
 		sock_addr(st, sk); /* as sock_state_get() does for a socket it finds */
 	}
 	enum sock_turn turn = sock_enter(st, cookie);
-	if (turn == TURN_HELD)
-		account_io_alone(t, task, pid_tgid, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
-	else
-		account_io(t, task, pid_tgid, sk, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO);
+	account_io(t, task, pid_tgid, sk, st, cookie, dir, ret, KSPAN_F_FALLBACK_IO, turn);
 	sock_leave(cookie, turn);
 }
 
