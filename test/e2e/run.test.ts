@@ -151,7 +151,10 @@ describe('kspan run', e2eOptions(), () => {
       for (const inNs of [ns.inServer, ns.inClient]) {
         inNs(['iptables', '-A', 'INPUT', '-m', 'statistic', '--mode', 'random', '--probability', '0.1', '-j', 'DROP']);
       }
-      const requests = 40;
+      // 4 MB through 10 % loss each way: hundreds of retransmits. More bytes meet
+      // more of TCP's rare long stalls (a segment lost again and again, its
+      // retransmit timeout doubling each time): 8 MB once took over 60 s.
+      const requests = 20;
       const resp = 200_000;
       const server = group.start('ip', ['netns', 'exec', ns.server, tracedServerPath(), '--addr', ns.serverAddr,
         '--requests', String(requests), '--req-bytes', String(REQ), '--resp-bytes', String(resp)]);
@@ -164,8 +167,8 @@ describe('kspan run', e2eOptions(), () => {
       await agent.waitStderr(/"msg":"tracing"/, 20_000);
       server.send('go');
       client.send('go');
-      await client.waitLine(/^done$/, 60_000);
-      await server.waitLine(/^done$/, 60_000);
+      await client.waitLine(/^done$/, 120_000);
+      await server.waitLine(/^done$/, 120_000);
       await waitSocketsGone(ns, port); // FIN retransmits, socket teardown
       // Both targets have exited: the agent stops on its own (a SIGTERM could land
       // in its last moments, as it exits); SIGTERM only if it does not.

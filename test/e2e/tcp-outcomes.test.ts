@@ -104,8 +104,9 @@ describe('connect outcomes, resets, retransmits', e2eOptions(), () => {
     const events = await startEvents(group, [server.proc.pid, client.pid]);
     server.proc.send('go');
     client.send('go');
-    await client.waitLine(/^done$/, 60_000);
-    await server.proc.waitLine(/^done$/, 60_000);
+    // 120 s: now and then a segment is lost again and again, its retransmit timeout doubling each time.
+    await client.waitLine(/^done$/, 120_000);
+    await server.proc.waitLine(/^done$/, 120_000);
     await waitSocketsGone(ns, server.port); // FIN retransmits, socket teardown
     const evs = await stopEvents(events);
     const kernelCount = await oracle.stop();
