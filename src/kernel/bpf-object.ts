@@ -222,7 +222,7 @@ export class BpfObject {
     }
   }
 
-  /** `verifierLogSize`: bytes for the verifier's log of a rejected program (default 4 MiB). */
+  /** `verifierLogSize`: bytes for the verifier's log of a rejected program (default 4 MiB; at least 128: a kernel before 6.4 refuses a smaller log with EINVAL, writing none). */
   load(opts: { verifierLogSize?: number } = {}): void {
     const lib = libbpf();
     // One log buffer serves every program: programs load in order and libbpf only
