@@ -15,10 +15,10 @@ import { ThreadContextReader } from '../../src/context/thread-context-reader.ts'
 import { hasBtfTracepoint } from '../../src/kernel/kernel-features.ts';
 import { idleFlushTiming, TcpTracer } from '../../src/kernel/tcp-tracer.ts';
 import type { KernelRecord } from '../../src/records/kernel-record.ts';
-import { ProcessGroup } from '../helpers/processes.ts';
+import { type Proc, ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { startClient, startServer } from '../helpers/tcp-fixtures.ts';
-import { CPU_STALL_MS } from '../helpers/timeouts.ts';
+import { CPU_STALL_MS, waitFor } from '../helpers/timeouts.ts';
 
 /** What bench/fixtures/native_server.c answers to every request. */
 const ANSWER_BYTES = 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 512\r\n\r\n'.length + 512;
@@ -31,6 +31,12 @@ const CONNS = 150;
 const IDLE_MS = Math.max(30, 3 * CPU_STALL_MS);
 const IDLE_NS = BigInt(IDLE_MS) * 1_000_000n;
 const TIME_SCALE = IDLE_MS / 30;
+
+/** hold_conns' `passes`-th pass: a request on every connection, every answer read. */
+async function pass(client: Proc, passes: number): Promise<void> {
+  client.send('pass');
+  while (client.lines.filter((l) => l === 'pass done').length < passes) await sleep(2);
+}
 
 describe('idle flush', e2eOptions(), () => {
   test('the idle flush and the sockets\' hooks take turns: every byte in one record, under requests at the idle time', async () => {
@@ -53,9 +59,7 @@ describe('idle flush', e2eOptions(), () => {
       let passes = 0;
       const until = performance.now() + 4000 * Math.min(3, TIME_SCALE);
       while (performance.now() < until) {
-        client.send('pass');
-        passes++;
-        while (client.lines.filter((l) => l === 'pass done').length < passes) await sleep(2);
+        await pass(client, ++passes);
         await sleep(((passes * 23) % 61) * TIME_SCALE);
       }
       clearInterval(flusher);
@@ -112,20 +116,10 @@ describe('idle flush', e2eOptions(), () => {
       assert.ok(reader.track(server.pid), 'the server\'s thread context, found');
       const client = group.start(benchFixture('hold_conns'), ['--port', String(server.port), '--conns', '1']);
       await client.waitLine(/^held 1$/, 60_000);
-      let passes = 0;
-      const pass = async () => {
-        client.send('pass');
-        passes++;
-        while (client.lines.filter((l) => l === 'pass done').length < passes) await sleep(2);
-      };
       const ofServer = () => records.filter((r) => r.pid === server.pid && (r.type === 'send' || r.type === 'recv'));
-      const waitIo = async (n: number) => {
-        for (let i = 0; i < 200 && ofServer().length < n; i++) await sleep(20);
-        return ofServer();
-      };
-      const accept = () => records.find((r) => r.type === 'accept' && r.pid === server.pid);
-      for (let i = 0; i < 200 && !accept(); i++) await sleep(20);
-      const cookie = accept()!.cookie;
+      const waitIo = (n: number) => waitFor(ofServer, (io) => io.length >= n, 4000, `${n} send/recv records of the server`);
+      const accept = await waitFor(() => records.find((r) => r.type === 'accept' && r.pid === server.pid), Boolean, 4000, 'the accept');
+      const cookie = accept!.cookie;
       const key = Buffer.alloc(8);
       key.writeBigUInt64LE(cookie);
       const claims = tracer.object.map('sock_claims');
@@ -136,13 +130,13 @@ describe('idle flush', e2eOptions(), () => {
       assert.equal(tracer.flushIdle(IDLE), 1);
       assert.equal((await waitIo(2)).length, 2, 'the request and its answer');
       // The second, on a socket quiet past the guard (its hooks claim it), left open.
-      await pass();
+      await pass(client, 1);
       await sleep(300);
       // Held as a flush holds it, and the third exchange comes: each call, unable
       // to claim the socket, goes out at once as a record of one call.
       assert.equal(claims.insert(key, Buffer.from([1])), true);
       assert.equal(tracer.flushIdle(IDLE), 0, 'a claimed socket is not flushed');
-      await pass();
+      await pass(client, 2);
       const alone = (await waitIo(4)).slice(2);
       assert.equal(tracer.counters().KSPAN_C_FLUSH_CONTENDED, 2, 'the recv and the send, each counted');
       assert.deepEqual(alone.map((r) => [r.type, r.bytes, r.calls, r.cookie]), [
@@ -161,14 +155,13 @@ describe('idle flush', e2eOptions(), () => {
 
       client.child.stdin!.end();
       assert.equal((await client.exited).code, 0);
-      const close = () => records.find((r) => r.type === 'close' && r.pid === server.pid);
-      for (let i = 0; i < 200 && !close(); i++) await sleep(20);
+      const close = (await waitFor(() => records.find((r) => r.type === 'close' && r.pid === server.pid), Boolean, 4000, 'the close'))!;
       const io = ofServer();
       const sum = (type: string) => io.filter((r) => r.type === type).reduce((n, r) => n + r.bytes, 0);
-      assert.equal(close()!.bytesSent, 3 * ANSWER_BYTES, 'three answers, counted by the kernel');
-      assert.equal(close()!.bytesReceived, 3 * alone[0]!.bytes, 'three requests of one size');
-      assert.equal(sum('send'), close()!.bytesSent, 'every answer in one record');
-      assert.equal(sum('recv'), close()!.bytesReceived, 'every request in one record');
+      assert.equal(close.bytesSent, 3 * ANSWER_BYTES, 'three answers, counted by the kernel');
+      assert.equal(close.bytesReceived, 3 * alone[0]!.bytes, 'three requests of one size');
+      assert.equal(sum('send'), close.bytesSent, 'every answer in one record');
+      assert.equal(sum('recv'), close.bytesReceived, 'every request in one record');
       assert.equal(tracer.counters().KSPAN_C_FLUSH_CONTENDED, 2);
     } finally {
       await tracer.stop();
