@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { readElfFile } from '../elf/elf-file.ts';
 import { entryFileOffset } from '../elf/symbol-offset.ts';
 import { HINT_BPFFS, HINT_BTF, HINT_LIBBPF, HINT_TRACEFS, KspanError } from '../core/errors.ts';
-import { Capabilities, loadRefusedHint, tracefsState } from '../kernel/privileges.ts';
+import { Capabilities, HINT_PERF_PARANOID, loadRefusedHint, perfEventParanoid, perfEventsRestricted, tracefsState } from '../kernel/privileges.ts';
 import { BpfObject } from '../kernel/bpf-object.ts';
 import {
   bpffsMounted,
@@ -83,6 +83,10 @@ export function runDoctor(): Check[] {
 
   const tfs = tracefsState(caps);
   add('tracefs', tfs.state === 'ok' ? 'ok' : 'fail', tfs.detail, tfs.fix);
+  // Debian's perf_event_paranoid 3: classic tracepoints need CAP_SYS_ADMIN (send/recv before 6.3: kspan cannot run; accept: lost).
+  const restricted = perfEventsRestricted(caps);
+  if (!restricted) add('perf-events', 'ok', `kernel.perf_event_paranoid ${perfEventParanoid() ?? '?'}: perf events may be opened`);
+  else add('perf-events', chooseIoPath() === 'syscalls' ? 'fail' : 'warn', restricted, HINT_PERF_PARANOID);
   const bfs = bpffsMounted();
   add('bpffs', bfs ? 'ok' : 'warn', bfs ? 'mounted at /sys/fs/bpf' : 'not mounted (only needed for pinning)', HINT_BPFFS);
 

@@ -36,14 +36,17 @@ export interface ReadProcessContextOptions {
   attempts?: number;
 }
 
-/** Reads the target's Resource and thread-local config. Throws only when the process is unreadable. */
+/** Reads the target's Resource and thread-local config. Throws only when the process is gone (or /proc fails otherwise). */
 export function readProcessContext(pid: number, opts: ReadProcessContextOptions = {}): ProcessContextInfo {
   let maps: Mapping[];
   let exePath: string | undefined;
   try {
     maps = readProcMaps(pid);
   } catch (err) {
-    throw processError(pid, err);
+    // Another user's process without CAP_SYS_PTRACE: no mapping to read a publication from, and
+    // the rest from what is readable (comm); the TLS resolver then says what to grant.
+    if (procFailure(err) !== 'permission') throw processError(pid, err);
+    maps = [];
   }
   try {
     exePath = readlinkSync(`/proc/${pid}/exe`).replace(/ \(deleted\)$/, '');

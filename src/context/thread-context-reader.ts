@@ -241,7 +241,10 @@ function mapsFingerprint(pid: number): string | undefined {
   try {
     maps = readProcMaps(pid);
   } catch (err) {
-    if (procFailure(err) === 'gone') return undefined;
+    const failure = procFailure(err);
+    if (failure === 'gone') return undefined;
+    // Another user's process without CAP_SYS_PTRACE: no fingerprint; the description says why (scheme none, a permission reason).
+    if (failure === 'permission') return '';
     throw err;
   }
   const files = new Set<string>();

@@ -175,9 +175,36 @@ export function attachRefusedHint(section: string, caps = new Capabilities()): s
   if (section.startsWith('tracepoint/')) {
     const t = tracefsState(caps);
     if (t.state !== 'ok') return t.fix!;
+    const restricted = perfEventsRestricted(caps);
+    if (restricted) return restricted;
   }
   if (section.startsWith('uprobe') && caps.canLoadBpf() && !caps.has('CAP_SYS_ADMIN')) {
     return 'this kernel attaches uprobes for CAP_SYS_ADMIN only (CAP_BPF and CAP_PERFMON are not enough); kspan\'s agent uses none';
   }
   return loadRefusedHint(caps);
 }
+
+/** kernel.perf_event_paranoid, or undefined when it cannot be read. */
+export function perfEventParanoid(): number | undefined {
+  try {
+    const v = Number(readFileSync('/proc/sys/kernel/perf_event_paranoid', 'latin1').trim());
+    return Number.isInteger(v) ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Debian's kernels (and Ubuntu's, Android's) take kernel.perf_event_paranoid 3,
+ * their default, to refuse perf_event_open(2) with EACCES to any process without
+ * CAP_SYS_ADMIN: CAP_PERFMON is not enough there. Classic tracepoints (accept(),
+ * and before Linux 6.3 send/recv) attach through a perf event. Says so, and the
+ * fix, when this process is refused so; undefined otherwise.
+ */
+export function perfEventsRestricted(caps = new Capabilities(), paranoid = perfEventParanoid()): string | undefined {
+  if (paranoid === undefined || paranoid <= 2 || caps.has('CAP_SYS_ADMIN')) return undefined;
+  return `kernel.perf_event_paranoid is ${paranoid}, which on this kernel lets only CAP_SYS_ADMIN open the perf events classic tracepoints attach through: ${HINT_PERF_PARANOID}`;
+}
+
+/** What to do when perfEventsRestricted() says so. */
+export const HINT_PERF_PARANOID = 'set sysctl kernel.perf_event_paranoid=2, or grant CAP_SYS_ADMIN';

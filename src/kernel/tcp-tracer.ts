@@ -40,6 +40,7 @@ import { decodeRecords, fromEvent } from '../records/decoder.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import { OFF_CPU_EVENT_NS, type SchedRingRecord } from '../records/sched-record.ts';
 import { SchedRing } from './sched-ring.ts';
+import { perfEventsRestricted } from './privileges.ts';
 
 const NO_LOCATION: KspanTlsLoc = { offset: 0n, module: 0n, kind: KspanTlsKind.KSPAN_TLS_NONE, scheme: 0, dtv_layout: 0 };
 
@@ -523,7 +524,9 @@ function programRefusal(err: unknown): { program: string; reason: string } | und
   if (!(err instanceof KspanError) || typeof err.details?.program !== 'string') return undefined;
   const cause = err.cause instanceof Error ? err.cause.message : 'no reason given';
   const attaching = typeof err.details.section === 'string';
-  return { program: err.details.program, reason: `${attaching ? 'could not attach' : 'refused by the kernel'} (${cause})` };
+  // A privilege refusal keeps what to grant (bpf-object.ts attachRefusedHint).
+  const hint = err.code === 'KSPAN_ERR_PRIVILEGE' && err.hint ? `: ${err.hint}` : '';
+  return { program: err.details.program, reason: `${attaching ? 'could not attach' : 'refused by the kernel'} (${cause}${hint})` };
 }
 
 /** An essential feature the kernel cannot give: kspan cannot run. */
@@ -531,6 +534,14 @@ function missingEssential(off: FeatureOff, ioPath: IoPath, forced: boolean): Ksp
   if (off.feature === 'send-recv' && forced) {
     return new KspanError('KSPAN_ERR_KERNEL', `the forced send/recv path ${ioPath} is not available: ${describeOff(off)}`, {
       hint: 'leave --io-hooks at auto: kspan picks the path this kernel has',
+    });
+  }
+  // Refused for want of a privilege, not for want of a hook: say what to grant.
+  const restricted = off.programs.length && off.programs.every((p) => / EACCES \(13\)|EPERM \(1\)/.test(p.reason)) ? perfEventsRestricted() : undefined;
+  if (restricted) {
+    return new KspanError('KSPAN_ERR_PRIVILEGE', `not allowed to attach the programs kspan needs: ${describeOff(off)}`, {
+      hint: restricted,
+      details: { feature: off.feature, programs: off.programs },
     });
   }
   return new KspanError('KSPAN_ERR_KERNEL', `this kernel lacks a hook kspan needs: ${describeOff(off)}`, {

@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createServer, type Server, type Socket } from 'node:net';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
@@ -196,7 +196,7 @@ describe('kspan run --metrics-listen', e2eOptions(), () => {
         assert.ok(ns(first) <= bpftoolNs && bpftoolNs <= ns(second), `${p.name}: run_time_ns ${bpftoolNs} between ${ns(first)} and ${ns(second)}`);
       }
       // The workload ran through the send/recv hooks: at least one run per request and direction.
-      const sendHook = runs.find((s) => /^on_send_length$|^on_sys_exit_(write|sendto)$/.test(s.labels.kspan_bpf_program_name));
+      const sendHook = runs.find((s) => /^on_send_length$|^(on|paired)_(write|sendto)_exit$/.test(s.labels.kspan_bpf_program_name));
       assert.ok(sendHook && sendHook.value >= REQUESTS, `send hook ran for every response (${sendHook?.value})`);
 
       agent.child.kill('SIGTERM');
@@ -284,8 +284,12 @@ describe('kspan run --metrics-listen', e2eOptions(), () => {
     }
   });
 
-  test('without CAP_SYS_ADMIN: BPF statistics cannot be turned on, said once; kspan runs on without run counts', async () => {
+  test('without CAP_SYS_ADMIN: BPF statistics cannot be turned on, said once; kspan runs on without run counts', async (t) => {
     const sysctlOn = readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'latin1').trim() === '1';
+    // Debian's perf_event_paranoid 3 refuses perf events (classic tracepoints: send/recv before 6.3) without CAP_SYS_ADMIN (README, "Least privilege").
+    const paranoid = readFileSync('/proc/sys/kernel/perf_event_paranoid', 'latin1').trim();
+    if (Number(paranoid) > 2) writeFileSync('/proc/sys/kernel/perf_event_paranoid', '2');
+    t.after(() => writeFileSync('/proc/sys/kernel/perf_event_paranoid', paranoid));
     const idle = group.start('sleep', ['600']);
     const agent = group.start('setpriv', ['--bounding-set', '-sys_admin', '--', KSPAN_BIN, 'run', '--pid', String(idle.pid), '--metrics-listen', '127.0.0.1:0']);
     const url = (await agent.waitStderr(/"metrics":"(http:\/\/127\.0\.0\.1:\d+\/metrics)"/, 20_000))[1];
