@@ -31,18 +31,24 @@ function readmeBlock(readme: string, name: string): string {
   return m[1];
 }
 
-/** Resolves once something listens on the port. */
+/**
+ * Resolves once something listens on the port, from /proc/net/tcp{,6} (state 0A):
+ * no connection is made, which the publisher would count as traffic and warn of
+ * (KSPAN_PUBLISHER_NO_SPANS) when no span follows it within 10 s, as happens
+ * while the agent starts under emulation.
+ */
 async function listening(port: number, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
+  const hex = port.toString(16).toUpperCase().padStart(4, '0');
+  const listens = () =>
+    ['/proc/net/tcp', '/proc/net/tcp6'].some((f) =>
+      readFileSync(f, 'latin1').split('\n').some((l) => {
+        const c = l.trim().split(/\s+/);
+        return c[1]?.endsWith(`:${hex}`) && c[3] === '0A';
+      }),
+    );
   for (;;) {
-    const ok = await new Promise<boolean>((resolve) => {
-      const s = net.connect({ host: '127.0.0.1', port }, () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-    if (ok) return;
+    if (listens()) return;
     if (Date.now() > deadline) throw new Error(`nothing listens on ${port}`);
     await new Promise((r) => setTimeout(r, 100));
   }

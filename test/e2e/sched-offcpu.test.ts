@@ -23,10 +23,13 @@ import { OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { startSchedFixture, type JobReport } from '../helpers/sched-fixture.ts';
-import { TIMEOUT_SCALE } from '../helpers/timeouts.ts';
+import { CPU_STALL_MS, TIMEOUT_SCALE } from '../helpers/timeouts.ts';
 
 const MS = 1_000_000;
-const LATE = MS * TIMEOUT_SCALE;
+// What the thread may run between arming its timer and leaving its CPU: 1 ms (scaled on slow
+// machines), plus, under emulation, how long its vCPU may stand still there while the other runs
+// (the guest's clock goes on meanwhile: the 6.1 guest measured 96.58 ms blocked for a 100 ms sleep).
+const LATE = MS * TIMEOUT_SCALE + MS * CPU_STALL_MS;
 const TRACE = `5d${process.pid.toString(16).padStart(8, '0')}${'0'.repeat(22)}`;
 const span = (n: number) => `${n.toString(16).padStart(2, '0')}${'cd'.repeat(7)}`;
 const show = (x: unknown) => JSON.stringify(x, (_, v) => (typeof v === 'bigint' ? String(v) : v));
@@ -142,8 +145,11 @@ describe('thread.off_cpu events through kspan run', e2eOptions(), () => {
   test('10 sleeps of 1 ms, below the 5 ms threshold: no event', () => {
     const s = sched(5);
     assert.ok(Number(s.attributes['kspan.sched.voluntary_switches']) >= 10);
-    assert.deepEqual(sleeps(s), []);
-    assert.deepEqual(s.events.filter((e) => e.attributes['kspan.sched.syscall'] === 'clock_nanosleep'), []);
+    // Under emulation a 1 ms sleep can stay blocked past the threshold while the CPU that wakes it
+    // stands still (the 6.12 guest saw one of 5.01 ms): none longer than that, none at all elsewhere.
+    const late = (e: ReceivedSpan['events'][number]) => Number(e.attributes['kspan.sched.off_cpu.duration_ns']) > MS + CPU_STALL_MS * MS;
+    assert.deepEqual(sleeps(s).filter(late), []);
+    assert.deepEqual(s.events.filter((e) => e.attributes['kspan.sched.syscall'] === 'clock_nanosleep' && (!CPU_STALL_MS || late(e))), []);
     assert.equal(s.attributes['kspan.sched.off_cpu.events_dropped'], undefined);
     assert.equal(s.attributes['process.pid'], fxPid);
   });

@@ -42,14 +42,27 @@ export function arrayU64(id: number): bigint {
   throw new Error(`unexpected bpftool value ${JSON.stringify(v)}`);
 }
 
-/** Entry counts of the agent's hash maps, and how many sockets wait in the idle queue. */
+/**
+ * Whether the agent's idle flush is the walking variant (kernels whose verifier
+ * refuses the queued one, as 6.1): it has no queue, only a one-slot stand-in
+ * that the hooks fill with the first aggregate and nothing empties
+ * (src/kernel/tcp-tracer.ts, counters()).
+ */
+function idleQueueStandIn(maps: Map<string, number>): boolean {
+  const id = maps.get('idle_queue');
+  if (id === undefined) return false;
+  const show = JSON.parse(execFileSync('bpftool', ['map', 'show', 'id', String(id), '-j'], { encoding: 'utf8' })) as { max_entries: number };
+  return show.max_entries === 1;
+}
+
+/** Entry counts of the agent's hash maps, and how many sockets wait in the idle queue (0 where there is none: the walking flush). */
 export function agentMapCounts(pid: number, names: readonly string[]): Record<string, number> {
   const maps = agentMaps(pid);
   const out: Record<string, number> = {};
   for (const n of names) {
     const id = maps.get(n);
     if (id === undefined) throw new Error(`the agent (pid ${pid}) holds no map ${n}: ${[...maps.keys()].join(', ')}`);
-    out[n] = n === 'idle_queued' ? Number(arrayU64(id)) : mapEntryCount(id);
+    out[n] = n === 'idle_queued' ? (idleQueueStandIn(maps) ? 0 : Number(arrayU64(id))) : mapEntryCount(id);
   }
   return out;
 }

@@ -51,6 +51,8 @@ TESTS=(
   test/e2e/dns.test.ts                      # dns preset: getaddrinfo spans, names, results, address counts
   'test/e2e/discovery.test.ts::publisher.started.after|forked.workers' # --all: exec and fork found in the kernel
   test/e2e/discovery-sidecar.test.ts        # a shared pid namespace: --exe/--container, namespace pids
+  test/e2e/privilege.test.ts                # least privilege; Debian's kernel.perf_event_paranoid 3; unreadable targets
+  test/e2e/sockets-outlive-context.test.ts  # a runtime's late flush: exact bytes under the right span (6.1: the syscall path)
 )
 # ---------------------------------------------------------------------------
 
