@@ -84,8 +84,9 @@ export function runDoctor(): Check[] {
   const tfs = tracefsState(caps);
   add('tracefs', tfs.state === 'ok' ? 'ok' : 'fail', tfs.detail, tfs.fix);
   // Debian's perf_event_paranoid 3: classic tracepoints need CAP_SYS_ADMIN (send/recv before 6.3: kspan cannot run; accept: lost).
-  const restricted = perfEventsRestricted(caps);
-  if (!restricted) add('perf-events', 'ok', `kernel.perf_event_paranoid ${perfEventParanoid() ?? '?'}: perf events may be opened`);
+  const paranoid = perfEventParanoid();
+  const restricted = perfEventsRestricted(caps, paranoid);
+  if (!restricted) add('perf-events', 'ok', `kernel.perf_event_paranoid ${paranoid ?? '?'}: perf events may be opened`);
   else add('perf-events', chooseIoPath() === 'syscalls' ? 'fail' : 'warn', restricted, HINT_PERF_PARANOID);
   const bfs = bpffsMounted();
   add('bpffs', bfs ? 'ok' : 'warn', bfs ? 'mounted at /sys/fs/bpf' : 'not mounted (only needed for pinning)', HINT_BPFFS);

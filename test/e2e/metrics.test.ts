@@ -11,10 +11,11 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { createServer, type Server, type Socket } from 'node:net';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { afterEach, beforeEach, describe, test } from 'node:test';
 import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
+import { allowPerfEvents } from '../helpers/perf-paranoid.ts';
 import { ProcessGroup, type Proc } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { tracedServerPath } from '../helpers/tcp-fixtures.ts';
@@ -286,10 +287,8 @@ describe('kspan run --metrics-listen', e2eOptions(), () => {
 
   test('without CAP_SYS_ADMIN: BPF statistics cannot be turned on, said once; kspan runs on without run counts', async (t) => {
     const sysctlOn = readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'latin1').trim() === '1';
-    // Debian's perf_event_paranoid 3 refuses perf events (classic tracepoints: send/recv before 6.3) without CAP_SYS_ADMIN (README, "Least privilege").
-    const paranoid = readFileSync('/proc/sys/kernel/perf_event_paranoid', 'latin1').trim();
-    if (Number(paranoid) > 2) writeFileSync('/proc/sys/kernel/perf_event_paranoid', '2');
-    t.after(() => writeFileSync('/proc/sys/kernel/perf_event_paranoid', paranoid));
+    // Debian's perf_event_paranoid 3 refuses perf events (classic tracepoints: send/recv before 6.3) without CAP_SYS_ADMIN.
+    t.after(allowPerfEvents());
     const idle = group.start('sleep', ['600']);
     const agent = group.start('setpriv', ['--bounding-set', '-sys_admin', '--', KSPAN_BIN, 'run', '--pid', String(idle.pid), '--metrics-listen', '127.0.0.1:0']);
     const url = (await agent.waitStderr(/"metrics":"(http:\/\/127\.0\.0\.1:\d+\/metrics)"/, 20_000))[1];

@@ -10,7 +10,7 @@
  * scheme "none", as for root.
  */
 import assert from 'node:assert/strict';
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -18,6 +18,7 @@ import { execFile } from 'node:child_process';
 import { KSPAN_BIN, parseEventLine, type EventLine } from '../helpers/kspan-cli.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
+import { allowPerfEvents, PERF_PARANOID, perfParanoid } from '../helpers/perf-paranoid.ts';
 import { parseAppSpan, startClient, startServer, tracedServerPath, type AppSpan } from '../helpers/tcp-fixtures.ts';
 import { TRACING_CAPABILITIES } from '../../src/kernel/privileges.ts';
 import { chooseIoPath } from '../../src/kernel/kernel-features.ts';
@@ -108,13 +109,8 @@ function doctorJson(prefix: string[]): Promise<{ code: number; checks: { name: s
 /** tracefs is mounted 0700 by default: only then is there something to diagnose. */
 const tracefsClosed = (statSync('/sys/kernel/tracing').mode & 0o005) === 0;
 
-/**
- * Debian's kernels default to kernel.perf_event_paranoid 3: no perf event (what a
- * classic tracepoint attaches through) without CAP_SYS_ADMIN. The documented set
- * needs 2 there (README, "Least privilege"); the suite sets it and puts it back.
- */
-const PARANOID = '/proc/sys/kernel/perf_event_paranoid';
-const paranoid = readFileSync(PARANOID, 'latin1').trim();
+/** kernel.perf_event_paranoid as the suite found it (test/helpers/perf-paranoid.ts): the suite sets 2 where it is more, and puts it back. */
+const paranoid = perfParanoid();
 const restricted = Number(paranoid) > 2;
 
 /** Before Linux 6.3 send/recv come from classic tracepoints too: without tracefs kspan cannot start at all. */
@@ -123,13 +119,14 @@ const acceptOnlyNeedsTracefs = chooseIoPath() === 'sock_length' ? undefined : 'b
 describe('least privilege', e2eOptions(), () => {
   const group = new ProcessGroup();
   const dirs: string[] = [];
+  let restorePerfEvents = (): void => {};
   before(() => {
-    if (restricted) writeFileSync(PARANOID, '2');
+    restorePerfEvents = allowPerfEvents();
   });
   after(async () => {
     await group.killAll();
     for (const d of dirs) rmSync(d, { recursive: true, force: true });
-    writeFileSync(PARANOID, paranoid);
+    restorePerfEvents();
   });
 
   test('kernel.perf_event_paranoid: at 3 (Debian\'s default) the documented set is refused perf events, and told the sysctl or CAP_SYS_ADMIN; at 2 or less doctor says they may be opened', async () => {
@@ -139,7 +136,7 @@ describe('least privilege', e2eOptions(), () => {
       assert.deepEqual(checks.find((c) => c.name === 'perf-events'), { name: 'perf-events', status: 'ok', detail: `kernel.perf_event_paranoid ${paranoid}: perf events may be opened` });
       return;
     }
-    writeFileSync(PARANOID, paranoid);
+    writeFileSync(PERF_PARANOID, paranoid);
     try {
       const argv = [...asNobody(DOCUMENTED), KSPAN_BIN, 'events', '--no-sched', '--pid', '1', '--duration', '1'];
       const r = await new Promise<{ code: number; stderr: string }>((resolve) => {
@@ -153,7 +150,7 @@ describe('least privilege', e2eOptions(), () => {
         assert.match(r.stderr, /"msg":"accept is off \(on_accept4_exit: could not attach \(bpf_program__attach failed: EACCES \(13\): kernel\.perf_event_paranoid is \d+/);
       }
     } finally {
-      writeFileSync(PARANOID, '2');
+      writeFileSync(PERF_PARANOID, '2');
     }
   });
 
