@@ -81,13 +81,17 @@ export function runDoctor(): Check[] {
   add('file-read', dacRead ? 'ok' : 'warn', dacRead ? 'can read any file (tracefs, the targets\' ELF files)' : 'no CAP_DAC_READ_SEARCH: files not readable by this uid (tracefs, a target\'s ELF files) are out of reach',
     'grant CAP_DAC_READ_SEARCH');
 
+  // Classic tracepoints serve send/recv before Linux 6.3 (kspan cannot run
+  // without them there), and accept() everywhere (optional: lost, kspan runs on).
+  const ioPath = chooseIoPath();
+  const classicStatus: CheckStatus = ioPath === 'syscalls' ? 'fail' : 'warn';
   const tfs = tracefsState(caps);
-  add('tracefs', tfs.state === 'ok' ? 'ok' : 'fail', tfs.detail, tfs.fix);
-  // Debian's perf_event_paranoid 3: classic tracepoints need CAP_SYS_ADMIN (send/recv before 6.3: kspan cannot run; accept: lost).
+  add('tracefs', tfs.state === 'ok' ? 'ok' : classicStatus, tfs.detail, tfs.fix);
+  // Debian's perf_event_paranoid 3: classic tracepoints need CAP_SYS_ADMIN.
   const paranoid = perfEventParanoid();
   const restricted = perfEventsRestricted(caps, paranoid);
   if (!restricted) add('perf-events', 'ok', `kernel.perf_event_paranoid ${paranoid ?? '?'}: perf events may be opened`);
-  else add('perf-events', chooseIoPath() === 'syscalls' ? 'fail' : 'warn', restricted, HINT_PERF_PARANOID);
+  else add('perf-events', classicStatus, restricted, HINT_PERF_PARANOID);
   const bfs = bpffsMounted();
   add('bpffs', bfs ? 'ok' : 'warn', bfs ? 'mounted at /sys/fs/bpf' : 'not mounted (only needed for pinning)', HINT_BPFFS);
 
@@ -111,7 +115,12 @@ export function runDoctor(): Check[] {
     const r = probeProgram(program, attach);
     add(name, r === 'ok' ? 'ok' : 'fail', r === 'ok' ? `loaded and attached ${program}` : errorText(r), fix);
   };
-  hook('hook:tracepoint', 'probe_tracepoint', tfs.fix ?? HINT_TRACEFS);
+  hook('hook:tracepoint', 'probe_tracepoint', tfs.fix ?? (restricted ? HINT_PERF_PARANOID : HINT_TRACEFS));
+  const tracepoint = checks.at(-1)!;
+  if (tracepoint.status === 'fail' && classicStatus === 'warn') {
+    tracepoint.status = 'warn';
+    tracepoint.fix = `${tracepoint.fix}; without it kspan runs on; lost: ${FEATURES.accept.lost}`;
+  }
   hook('hook:tp_btf+socket_cookie', 'probe_tp_btf_cookie', HINT_FLOOR);
   const belowFloor = checks.at(-1)?.status === 'fail';
   hook('hook:ringbuf', 'probe_ringbuf', 'kspan needs the BPF ring buffer (Linux 5.8+)');
@@ -125,7 +134,6 @@ export function runDoctor(): Check[] {
     uprobe.fix = 'nothing to do: kspan\'s agent attaches no uprobe';
   }
 
-  const ioPath = chooseIoPath();
   add('io-path', 'ok', ioPath === 'sock_length'
     ? 'send/recv from tp_btf sock_send_length/sock_recv_length'
     : 'send/recv from syscall tracepoints (sock_send_length/sock_recv_length absent: kernel < 6.3)');

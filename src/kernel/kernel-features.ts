@@ -108,7 +108,7 @@ export function kernelHooks(tracepoints: readonly string[] = PROGRAM_TRACEPOINTS
     tracepointArgs: (name) => prototypes.get(name)?.length,
     hasTracepoint,
     can: kernelCapabilities(),
-    ...(tracefs.state === 'denied' ? { tracepointsUnreadable: `tracefs is not readable here: ${tracefs.fix}` } : {}),
+    ...(tracefs.state === 'denied' ? { tracepointsUnreadable: { reason: 'tracefs is not readable here', privilege: tracefs.fix! } } : {}),
   };
 }
 

@@ -3,12 +3,18 @@
  * serves, whether kspan can run without it, and what a user loses when it is
  * off. And the plan: which programs to load on a given kernel, chosen by what
  * the kernel has (tracepoints present, the argument count of each BTF
- * tracepoint's prototype), never by its version number.
+ * tracepoint's prototype), never by its version number. A program the kernel
+ * has but refuses this process (a capability, tracefs's mode,
+ * kernel.perf_event_paranoid) carries what to grant, so that an essential loss
+ * of that kind says so (essentialLossError: KSPAN_ERR_PRIVILEGE, not "this
+ * kernel lacks a hook").
  *
  * Pure: the kernel's facts come in as a KernelHooks value (live, from
  * src/kernel/kernel-features.ts; in tests, from prototypes captured on other
  * kernels). test/unit/programs.test.ts checks the table against the object.
  */
+import { KspanError } from '../core/errors.ts';
+
 export type IoPath = 'sock_length' | 'syscalls';
 export type Grade = 'essential' | 'optional';
 
@@ -122,10 +128,20 @@ export interface KernelHooks {
   tracepointArgs(name: string): number | undefined;
   /** Whether classic tracepoint `category/name` exists. */
   hasTracepoint(category: string, name: string): boolean;
-  /** Set when classic tracepoints cannot be looked up at all (tracefs not readable): why, and the fix. */
-  tracepointsUnreadable?: string;
+  /** Set when classic tracepoints cannot be looked up at all (tracefs not readable): why, and what to grant. */
+  tracepointsUnreadable?: { reason: string; privilege: string };
   /** Whether the verifier allows `cap`; asked only for programs the plan would otherwise load. */
   can(cap: KernelCapability): boolean;
+}
+
+/**
+ * Why a program cannot load or attach here. `privilege`, when the kernel has the
+ * hook but refused this process for want of a privilege (a capability, tracefs's
+ * mode, kernel.perf_event_paranoid): what to grant.
+ */
+export interface Refusal {
+  reason: string;
+  privilege?: string;
 }
 
 export type ProgramDecision =
@@ -133,14 +149,14 @@ export type ProgramDecision =
   /** Not wanted here: the other I/O path, a variant for another prototype, or a feature switched off by the user. No loss. */
   | { load: false; why: 'other-path' | 'other-variant' | 'disabled'; reason: string }
   /** Wanted, but the kernel lacks the hook or refused the program: a loss. */
-  | { load: false; why: 'missing' | 'rejected'; reason: string };
+  | ({ load: false; why: 'missing' | 'rejected' } & Refusal);
 
 export interface FeatureOff {
   feature: Feature;
   grade: Grade;
   lost: string;
-  /** The programs that could not load, each with the reason. */
-  programs: { name: string; reason: string }[];
+  /** The programs that could not load, each with the reason (and what to grant, when a privilege was lacking). */
+  programs: ({ name: string } & Refusal)[];
 }
 
 export interface ProgramPlan {
@@ -152,16 +168,18 @@ export interface ProgramPlan {
 }
 
 /** Why the kernel cannot give this program its hook, or undefined when it can. */
-function hookMissing(p: ProgramSpec, hooks: KernelHooks): string | undefined {
+function hookMissing(p: ProgramSpec, hooks: KernelHooks): Refusal | undefined {
   const [kind, a, b] = p.section.split('/');
   if (kind === 'tp_btf') {
     const n = hooks.tracepointArgs(a);
-    if (n === undefined) return `the kernel has no BTF tracepoint ${a}`;
-    if (p.args !== undefined && n < p.args) return `the kernel's ${a} has ${n} argument(s); the program reads ${p.args}`;
-  } else if (kind === 'tracepoint' && hooks.tracepointsUnreadable) return hooks.tracepointsUnreadable;
-  else if (kind === 'tracepoint' && !hooks.hasTracepoint(a, b)) return `the kernel has no tracepoint ${a}:${b}`;
+    if (n === undefined) return { reason: `the kernel has no BTF tracepoint ${a}` };
+    if (p.args !== undefined && n < p.args) return { reason: `the kernel's ${a} has ${n} argument(s); the program reads ${p.args}` };
+  } else if (kind === 'tracepoint' && hooks.tracepointsUnreadable) {
+    const { reason, privilege } = hooks.tracepointsUnreadable;
+    return { reason: `${reason}: ${privilege}`, privilege };
+  } else if (kind === 'tracepoint' && !hooks.hasTracepoint(a, b)) return { reason: `the kernel has no tracepoint ${a}:${b}` };
   const lacking = p.needs?.find((cap) => !hooks.can(cap));
-  if (lacking) return `the kernel's verifier does not allow ${CAPABILITY_TEXT[lacking]}`;
+  if (lacking) return { reason: `the kernel's verifier does not allow ${CAPABILITY_TEXT[lacking]}` };
   return undefined;
 }
 
@@ -173,13 +191,13 @@ const CAPABILITY_TEXT: Record<KernelCapability, string> = {
 
 /**
  * Plans the load: for each program, load it or say why not. `rejected` holds
- * programs the kernel already refused (name → reason): they stay off, and the
+ * programs the kernel already refused (name → why): they stay off, and the
  * next variant of their hook, if any, is tried instead.
  */
 export function planPrograms(
   hooks: KernelHooks,
   ioPath: IoPath,
-  rejected: ReadonlyMap<string, string> = new Map(),
+  rejected: ReadonlyMap<string, Refusal> = new Map(),
   programs: readonly ProgramSpec[] = PROGRAMS,
   disabled: ReadonlySet<string> = new Set(),
 ): ProgramPlan {
@@ -207,9 +225,9 @@ export function planPrograms(
       if (chosen) {
         decisions.set(p.name, { load: false, why: 'other-variant', reason: `${chosen.name} serves ${p.section} here` });
       } else if (refused !== undefined) {
-        decisions.set(p.name, { load: false, why: 'rejected', reason: refused });
+        decisions.set(p.name, { load: false, why: 'rejected', ...refused });
       } else if (missing !== undefined) {
-        decisions.set(p.name, { load: false, why: 'missing', reason: missing });
+        decisions.set(p.name, { load: false, why: 'missing', ...missing });
       } else {
         chosen = p;
         decisions.set(p.name, { load: true });
@@ -253,7 +271,8 @@ export function planPrograms(
       off = { feature, grade: FEATURES[feature].grade, lost: FEATURES[feature].lost, programs: [] };
       offByFeature.set(feature, off);
     }
-    off.programs.push({ name: p.name, reason: d.reason });
+    const privilege = d.why === 'missing' || d.why === 'rejected' ? d.privilege : undefined;
+    off.programs.push({ name: p.name, reason: d.reason, ...(privilege !== undefined ? { privilege } : {}) });
   }
   return {
     ioPath,
@@ -263,8 +282,40 @@ export function planPrograms(
   };
 }
 
-/** One sentence per feature that is off, for warnings and doctor. */
+/**
+ * One sentence per feature that is off, for warnings and doctor. Programs kept
+ * off for the same reason share it (a closed tracefs keeps the fallback's 24
+ * send/recv programs off for one reason).
+ */
 export function describeOff(off: FeatureOff): string {
-  const why = off.programs.map((p) => `${p.name}: ${p.reason}`).join('; ');
+  const byReason = new Map<string, string[]>();
+  for (const p of off.programs) byReason.set(p.reason, [...(byReason.get(p.reason) ?? []), p.name]);
+  const why = [...byReason].map(([reason, names]) => `${names.join(', ')}: ${reason}`).join('; ');
   return `${off.feature} is off (${why}); lost: ${off.lost}`;
+}
+
+/**
+ * An essential feature the plan cannot give: kspan cannot run. KSPAN_ERR_PRIVILEGE
+ * with what to grant when every one of its programs was refused for want of a
+ * privilege, else KSPAN_ERR_KERNEL.
+ */
+export function essentialLossError(off: FeatureOff, ioPath: IoPath, forced: boolean): KspanError {
+  // Refused for want of a privilege, not for want of a hook (also on a forced
+  // path: it exists, this process may not use it): say what to grant.
+  const grants = off.programs.map((p) => p.privilege);
+  if (grants.length && grants.every((g) => g !== undefined)) {
+    return new KspanError('KSPAN_ERR_PRIVILEGE', `not allowed to attach the programs kspan needs: ${describeOff(off)}`, {
+      hint: [...new Set(grants)].join('; '),
+      details: { feature: off.feature, programs: off.programs },
+    });
+  }
+  if (off.feature === 'send-recv' && forced) {
+    return new KspanError('KSPAN_ERR_KERNEL', `the forced send/recv path ${ioPath} is not available: ${describeOff(off)}`, {
+      hint: 'leave --io-hooks at auto: kspan picks the path this kernel has',
+    });
+  }
+  return new KspanError('KSPAN_ERR_KERNEL', `this kernel lacks a hook kspan needs: ${describeOff(off)}`, {
+    hint: 'kspan needs Linux 5.12 or later with BTF; run `kspan doctor` for the details',
+    details: { feature: off.feature, programs: off.programs },
+  });
 }

@@ -31,7 +31,7 @@ import {
 } from '../records/abi.generated.ts';
 import { BpfObject } from './bpf-object.ts';
 import { chooseIoPath, hasBpfMemAlloc, type IoPath, kernelHooks } from './kernel-features.ts';
-import { describeOff, hasOtherVariant, planPrograms, programSpec, PROGRAMS, type Feature, type FeatureOff, type KernelHooks, type ProgramPlan } from './programs.ts';
+import { essentialLossError, hasOtherVariant, planPrograms, programSpec, PROGRAMS, type Feature, type FeatureOff, type KernelHooks, type ProgramPlan, type Refusal } from './programs.ts';
 import type { CallKind } from '../uprobes/uprobe-spec.ts';
 import { libbpf } from './native.ts';
 import { RingBufferReader } from './ring-buffer.ts';
@@ -40,7 +40,6 @@ import { decodeRecords, fromEvent } from '../records/decoder.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import { OFF_CPU_EVENT_NS, type SchedRingRecord } from '../records/sched-record.ts';
 import { SchedRing } from './sched-ring.ts';
-import { perfEventsRestricted } from './privileges.ts';
 
 const NO_LOCATION: KspanTlsLoc = { offset: 0n, module: 0n, kind: KspanTlsKind.KSPAN_TLS_NONE, scheme: 0, dtv_layout: 0 };
 
@@ -228,14 +227,14 @@ export class TcpTracer {
     if (ringBytes !== undefined) opts = { ...opts, ringBytes };
     const hooks = opts.hooks ?? timed('kernel_hooks', () => kernelHooks());
     const ioPath = chooseIoPath(opts.ioPath, hooks);
-    const rejected = new Map<string, string>();
+    const rejected = new Map<string, Refusal>();
     const faulty = faultRejectedPrograms();
     const disabled = new Set<string>(opts.noSched || !opts.onSchedRecord ? ['sched'] : []);
     for (const f of unaskedUprobeFeatures(opts.uprobeKinds)) disabled.add(f);
     for (let interrupted = 0; ;) {
       const plan = timed('plan', () => planPrograms(hooks, ioPath, rejected, PROGRAMS, disabled));
       const essential = plan.off.find((f) => f.grade === 'essential');
-      if (essential) throw missingEssential(essential, ioPath, opts.ioPath !== undefined);
+      if (essential) throw essentialLossError(essential, ioPath, opts.ioPath !== undefined);
       try {
         const tracer = TcpTracer.#openOnce(opts, plan, faulty);
         for (const off of plan.off) opts.onFeatureOff?.(off);
@@ -248,7 +247,8 @@ export class TcpTracer {
         if (!retry) {
           throw floorError(err) ?? err;
         }
-        rejected.set(refusal.program, refusal.reason);
+        const { program, ...why } = refusal;
+        rejected.set(program, why);
       }
     }
   }
@@ -518,36 +518,19 @@ export function unaskedUprobeFeatures(kinds: readonly CallKind[] | undefined): F
   return (['dns', 'tls'] as const).filter((k) => !kinds.includes(k)).map((k): Feature => `uprobe-${k}`);
 }
 
-/** The program a load or attach failure names, and why, in one line. */
-function programRefusal(err: unknown): { program: string; reason: string } | undefined {
+/** The program a load or attach failure names, and why (with what to grant, when a privilege was lacking). */
+function programRefusal(err: unknown): ({ program: string } & Refusal) | undefined {
   if (err instanceof VerifierError) return { program: err.program, reason: `rejected by the verifier: ${verifierLogLastLine(err.log)}` };
   if (!(err instanceof KspanError) || typeof err.details?.program !== 'string') return undefined;
   const cause = err.cause instanceof Error ? err.cause.message : 'no reason given';
   const attaching = typeof err.details.section === 'string';
   // A privilege refusal keeps what to grant (bpf-object.ts attachRefusedHint).
-  const hint = err.code === 'KSPAN_ERR_PRIVILEGE' && err.hint ? `: ${err.hint}` : '';
-  return { program: err.details.program, reason: `${attaching ? 'could not attach' : 'refused by the kernel'} (${cause}${hint})` };
-}
-
-/** An essential feature the kernel cannot give: kspan cannot run. */
-function missingEssential(off: FeatureOff, ioPath: IoPath, forced: boolean): KspanError {
-  if (off.feature === 'send-recv' && forced) {
-    return new KspanError('KSPAN_ERR_KERNEL', `the forced send/recv path ${ioPath} is not available: ${describeOff(off)}`, {
-      hint: 'leave --io-hooks at auto: kspan picks the path this kernel has',
-    });
-  }
-  // Refused for want of a privilege, not for want of a hook: say what to grant.
-  const restricted = off.programs.length && off.programs.every((p) => / EACCES \(13\)|EPERM \(1\)/.test(p.reason)) ? perfEventsRestricted() : undefined;
-  if (restricted) {
-    return new KspanError('KSPAN_ERR_PRIVILEGE', `not allowed to attach the programs kspan needs: ${describeOff(off)}`, {
-      hint: restricted,
-      details: { feature: off.feature, programs: off.programs },
-    });
-  }
-  return new KspanError('KSPAN_ERR_KERNEL', `this kernel lacks a hook kspan needs: ${describeOff(off)}`, {
-    hint: 'kspan needs Linux 5.12 or later with BTF; run `kspan doctor` for the details',
-    details: { feature: off.feature, programs: off.programs },
-  });
+  const privilege = err.code === 'KSPAN_ERR_PRIVILEGE' && err.hint ? err.hint : undefined;
+  return {
+    program: err.details.program,
+    reason: `${attaching ? 'could not attach' : 'refused by the kernel'} (${cause}${privilege ? `: ${privilege}` : ''})`,
+    ...(privilege ? { privilege } : {}),
+  };
 }
 
 /**

@@ -11,7 +11,7 @@ import { readElfFile } from '../../src/elf/elf-file.ts';
 
 const STT_FUNC = 2;
 const STB_GLOBAL = 1;
-import { describeOff, FEATURES, hasOtherVariant, planPrograms, PROGRAMS, type KernelCapability, type KernelHooks } from '../../src/kernel/programs.ts';
+import { describeOff, essentialLossError, FEATURES, hasOtherVariant, planPrograms, PROGRAMS, type KernelCapability, type KernelHooks } from '../../src/kernel/programs.ts';
 import { idleFlushTiming, socketTableAllocation, unaskedUprobeFeatures } from '../../src/kernel/tcp-tracer.ts';
 import type { CallKind } from '../../src/uprobes/uprobe-spec.ts';
 import { REPO_ROOT } from '../helpers/build-fixture.ts';
@@ -82,10 +82,10 @@ test('captured kernels: each gets the variants its prototypes allow, and loses n
 
 test('a variant the verifier refuses gives way to the next; the last one refused switches the feature off', () => {
   const hooks = hooksOf(fixture('6.18.json'));
-  const one = planPrograms(hooks, 'sock_length', new Map([['on_retransmit', 'rejected by the verifier: x']]));
+  const one = planPrograms(hooks, 'sock_length', new Map([['on_retransmit', { reason: 'rejected by the verifier: x' }]]));
   assert.equal(one.load('on_retransmit_noerr'), true);
   assert.deepEqual(one.off, []);
-  const both = planPrograms(hooks, 'sock_length', new Map([['on_retransmit', 'r1'], ['on_retransmit_noerr', 'r2']]));
+  const both = planPrograms(hooks, 'sock_length', new Map([['on_retransmit', { reason: 'r1' }], ['on_retransmit_noerr', { reason: 'r2' }]]));
   assert.deepEqual(both.off, [{
     feature: 'retransmit', grade: 'optional', lost: FEATURES.retransmit.lost,
     programs: [{ name: 'on_retransmit', reason: 'r1' }, { name: 'on_retransmit_noerr', reason: 'r2' }],
@@ -94,7 +94,7 @@ test('a variant the verifier refuses gives way to the next; the last one refused
 });
 
 test('one refused accept program switches only it off; the rest of the feature loads', () => {
-  const plan = planPrograms(hooksOf(fixture('6.18.json')), 'sock_length', new Map([['on_accept_exit', 'denied']]));
+  const plan = planPrograms(hooksOf(fixture('6.18.json')), 'sock_length', new Map([['on_accept_exit', { reason: 'denied' }]]));
   assert.equal(plan.load('on_accept4_exit'), true);
   assert.equal(plan.load('on_accept_exit'), false);
   assert.deepEqual(plan.off.map((f) => [f.feature, f.grade, f.programs.map((p) => p.name)]), [['accept', 'optional', ['on_accept_exit']]]);
@@ -126,7 +126,7 @@ test('capabilities are asked only for the variant the plan would load', () => {
   const d = plan.decisions.get('flush_idle');
   assert.deepEqual(d, { load: false, why: 'other-variant', reason: 'flush_idle_walk serves syscall here (the kernel\'s verifier does not allow a queue map in a sleepable program)' });
   const none: KernelCapability[] = [];
-  planPrograms(hooksOf(fixture('6.18.json'), [], none), 'sock_length', new Map([['flush_idle', 'refused']]));
+  planPrograms(hooksOf(fixture('6.18.json'), [], none), 'sock_length', new Map([['flush_idle', { reason: 'refused' }]]));
   assert.deepEqual(none, []);
 });
 
@@ -165,11 +165,44 @@ test('the fallback reads the fd at the exit alone where bpf_task_pt_regs is allo
   });
 
   // The exit-only program refused at load: the next plan pairs that syscall's programs.
-  const refused = planPrograms(hooksOf(k), 'syscalls', new Map([['on_write_exit', 'verifier said no']]));
+  const refused = planPrograms(hooksOf(k), 'syscalls', new Map([['on_write_exit', { reason: 'verifier said no' }]]));
   assert.deepEqual(refused.off, []);
   assert.equal(refused.load('paired_write_exit'), true);
   assert.equal(refused.load('on_write_enter'), true);
   assert.equal(refused.load('on_read_enter'), false);
+});
+
+test('send/recv lost for want of a privilege is KSPAN_ERR_PRIVILEGE with what to grant, never "this kernel lacks a hook"', () => {
+  const grant = 'grant CAP_DAC_READ_SEARCH (libbpf reads the ids of classic tracepoints there), or run as root';
+  // 6.1 (send/recv from classic tracepoints) with tracefs closed to this process.
+  const closed: KernelHooks = { ...hooksOf(fixture('6.1.json')), tracepointsUnreadable: { reason: 'tracefs is not readable here', privilege: grant } };
+  const plan = planPrograms(closed, 'syscalls');
+  const sendRecv = plan.off.find((f) => f.feature === 'send-recv')!;
+  assert.equal(sendRecv.grade, 'essential');
+  assert.ok(sendRecv.programs.length >= 8, JSON.stringify(sendRecv.programs));
+  for (const p of sendRecv.programs) assert.deepEqual(p, { name: p.name, reason: `tracefs is not readable here: ${grant}`, privilege: grant });
+  for (const forced of [false, true]) {
+    const err = essentialLossError(sendRecv, 'syscalls', forced);
+    assert.equal(err.code, 'KSPAN_ERR_PRIVILEGE', `forced ${forced}`);
+    assert.equal(err.hint, grant, 'one hint, however many programs it kept off');
+    const names = sendRecv.programs.map((p) => p.name).join(', ');
+    assert.equal(err.message, `not allowed to attach the programs kspan needs: send-recv is off (${names}: tracefs is not readable here: ${grant}); lost: ${FEATURES['send-recv'].lost} (${grant})`);
+  }
+
+  // An attach refused for a privilege (bpf-object.ts attachRefusedHint) keeps it through the plan.
+  const paranoid = 'kernel.perf_event_paranoid is 3, which on this kernel lets only CAP_SYS_ADMIN open the perf events classic tracepoints attach through: set sysctl kernel.perf_event_paranoid=2, or grant CAP_SYS_ADMIN';
+  const refused = planPrograms(hooksOf(fixture('6.18.json')), 'sock_length', new Map([['on_send_length', { reason: `could not attach (EACCES (13): ${paranoid})`, privilege: paranoid }]]));
+  const off = refused.off.find((f) => f.feature === 'send-recv')!;
+  assert.deepEqual(off.programs, [{ name: 'on_send_length', reason: `could not attach (EACCES (13): ${paranoid})`, privilege: paranoid }]);
+  assert.deepEqual([essentialLossError(off, 'sock_length', false).code, essentialLossError(off, 'sock_length', false).hint], ['KSPAN_ERR_PRIVILEGE', paranoid]);
+
+  // One program missing for want of a hook: the kernel's fault, as before.
+  const mixed = planPrograms(hooksOf(fixture('6.18.json'), ['sock_recv_length']), 'sock_length', new Map([['on_send_length', { reason: 'x', privilege: paranoid }]]));
+  const lost = mixed.off.find((f) => f.feature === 'send-recv')!;
+  assert.equal(essentialLossError(lost, 'sock_length', false).code, 'KSPAN_ERR_KERNEL');
+  assert.match(essentialLossError(lost, 'sock_length', false).message, /^this kernel lacks a hook kspan needs: /);
+  const forcedErr = essentialLossError(lost, 'sock_length', true);
+  assert.deepEqual([forcedErr.code, forcedErr.hint], ['KSPAN_ERR_KERNEL', 'leave --io-hooks at auto: kspan picks the path this kernel has']);
 });
 
 test('a refused essential program has a variant to give way to only where its hook has another program', () => {

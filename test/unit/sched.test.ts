@@ -37,7 +37,7 @@ describe('the sched feature in the load plan', () => {
   });
 
   test('one program refused switches the whole feature off, as optional, naming the refusal', () => {
-    const plan = planPrograms(hooks('6.18'), 'sock_length', new Map([['on_sched_switch', 'rejected by the verifier: x']]));
+    const plan = planPrograms(hooks('6.18'), 'sock_length', new Map([['on_sched_switch', { reason: 'rejected by the verifier: x' }]]));
     assert.deepEqual(SCHED.map((n) => plan.load(n)), [false, false, false, false]);
     assert.deepEqual(plan.off.map((f) => [f.feature, f.grade, f.programs]), [
       ['sched', 'optional', [
@@ -49,7 +49,7 @@ describe('the sched feature in the load plan', () => {
   });
 
   test('the stack-taking wakeup refused (no bpf_get_task_stack): the variant without a stack loads, nothing is off', () => {
-    const plan = planPrograms(hooks('6.1'), 'syscalls', new Map([['on_sched_wakeup', 'unknown func bpf_get_task_stack']]));
+    const plan = planPrograms(hooks('6.1'), 'syscalls', new Map([['on_sched_wakeup', { reason: 'unknown func bpf_get_task_stack' }]]));
     assert.deepEqual(SCHED.map((n) => plan.load(n)), [true, false, true, true]);
     assert.deepEqual(plan.off, []);
   });
