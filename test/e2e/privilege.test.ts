@@ -147,7 +147,7 @@ describe('least privilege', e2eOptions(), () => {
         assert.match(r.stderr, /^kspan: KSPAN_ERR_PRIVILEGE: not allowed to attach the programs kspan needs: .*set sysctl kernel\.perf_event_paranoid=2, or grant CAP_SYS_ADMIN/m);
       } else {
         assert.equal(r.code, 0, r.stderr);
-        assert.match(r.stderr, /"msg":"accept is off \(on_accept4_exit: could not attach \(bpf_program__attach failed: EACCES \(13\): kernel\.perf_event_paranoid is \d+/);
+        assert.match(r.stderr, /"msg":"accept is off \(on_accept4_exit, on_accept_exit: could not attach \(bpf_program__attach failed: EACCES \(13\): kernel\.perf_event_paranoid is \d+/);
       }
     } finally {
       writeFileSync(PERF_PARANOID, '2');
