@@ -17,7 +17,7 @@ import { loadThreadContextWriter, type ThreadContextWriter } from '../../src/pub
 import fc from 'fast-check';
 import { encodeProcessContext, type AttributeMap, type AttributeValue } from '../../src/publisher/process-context-payload.ts';
 import { ProcessContextMapping, mappingSizeFor } from '../../src/publisher/process-context-mapping.ts';
-import { NoSpanWatch, noSpanWarning } from '../../src/publisher/no-span-watch.ts';
+import { NoSpanWatch, noSpanWarning, type Traffic } from '../../src/publisher/no-span-watch.ts';
 import { ProcessContextType, TO_OBJECT, attributesToObject, type PlainAnyValue, type PlainKeyValue } from '../../src/proto/otlp.ts';
 
 const loaded = loadThreadContextWriter(['http.route']);
@@ -230,14 +230,14 @@ test('no span became active: the warning names the likely cause', () => {
     `${head}: the SDK runs, but its instrumentation made no span. An ES module app needs OpenTelemetry's loader hook: ` +
     "register('@opentelemetry/instrumentation/hook.mjs', import.meta.url) (from node:module) in a file loaded with --import " +
     'before the app, which starts the SDK there; see the kspan README. Spans started without context.with() or startActiveSpan() never become active either.');
-  assert.match(noSpanWarning({ ...base, requests: 0, connections: 1 }) ?? '', /^kspan\/publisher: this process accepted 1 connection but/);
+  assert.match(noSpanWarning({ ...base, requests: 0, connections: 1 }) ?? '', /^kspan\/publisher: this process accepted 1 connection that carried data but/);
   assert.equal(noSpanWarning({ ...base, contexts: 1 }), null, 'a span was active');
   assert.equal(noSpanWarning({ ...base, requests: 0, connections: 0 }), null, 'no traffic yet: nothing to say');
 });
 
 test('no span became active: said once, only after traffic, then the watch stops', () => {
   let tick = () => {};
-  let traffic: (kind: 'request' | 'connection') => void = () => {};
+  let traffic: (t: Traffic) => void = () => {};
   let stopped = { timer: false, traffic: false };
   const warnings: string[] = [];
   const state = { managers: 0, contexts: 0, managerRegistered: false };
@@ -258,11 +258,11 @@ test('no span became active: said once, only after traffic, then the watch stops
   watch();
   tick();
   assert.deepEqual(warnings, [], 'no traffic yet');
-  traffic('connection');
-  traffic('request');
+  traffic({ kind: 'connection', socket: { bytesRead: 0, destroyed: false } });
+  traffic({ kind: 'request' });
   tick();
   tick();
-  traffic('request');
+  traffic({ kind: 'request' });
   tick();
   assert.equal(warnings.length, 1);
   assert.match(warnings[0], /served 1 HTTP request but no OpenTelemetry span became active.*no OpenTelemetry SDK is running/);
@@ -273,10 +273,74 @@ test('no span became active: said once, only after traffic, then the watch stops
   stopped = { timer: false, traffic: false };
   const seen = { managers: 1, contexts: 2, managerRegistered: true };
   watch(seen);
-  traffic('request');
+  traffic({ kind: 'request' });
   tick();
   assert.deepEqual(warnings, []);
   assert.deepEqual(stopped, { timer: true, traffic: true });
+});
+
+test('no span became active: a connection counts once it carries data, so health checks that connect and close say nothing', () => {
+  let tick = () => {};
+  let traffic: (t: Traffic) => void = () => {};
+  const warnings: string[] = [];
+  new NoSpanWatch({
+    state: () => ({ managers: 1, contexts: 0, managerRegistered: true }),
+    warn: (m) => warnings.push(m),
+    every: (fn) => {
+      tick = fn;
+      return () => {};
+    },
+    watchTraffic: (on) => {
+      traffic = on;
+      return () => {};
+    },
+  });
+  const probe = { bytesRead: 0, destroyed: false };
+  const later = { bytesRead: 0, destroyed: false };
+  traffic({ kind: 'connection', socket: probe });
+  traffic({ kind: 'connection', socket: later });
+  tick();
+  probe.destroyed = true; // a TCP health check: connected, closed, no byte
+  tick();
+  assert.deepEqual(warnings, [], 'connections that carried nothing are no evidence');
+  later.bytesRead = 42; // open still, and a request arrived on it
+  tick();
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0], /^kspan\/publisher: this process accepted 1 connection that carried data but no OpenTelemetry span became active/);
+});
+
+test('no span became active: through the diagnostics channels, a connect-and-close is not counted and a connection that sent a byte is', async () => {
+  const net = await import('node:net');
+  const warnings: string[] = [];
+  const watch = new NoSpanWatch({
+    state: () => ({ managers: 0, contexts: 0, managerRegistered: false }),
+    warn: (m) => warnings.push(m),
+    afterMs: 50,
+  });
+  const server = net.createServer((c) => {
+    c.on('data', () => {});
+    c.on('end', () => c.end());
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as { port: number }).port;
+  const connect = (data?: string) =>
+    new Promise<void>((resolve) => {
+      const c = net.connect(port, '127.0.0.1', () => (data === undefined ? c.end() : c.end(data)));
+      c.on('data', () => {});
+      c.on('close', () => resolve());
+    });
+  try {
+    await connect();
+    await sleep(300); // several looks
+    assert.deepEqual(warnings, [], 'a health check alone');
+    await connect('x');
+    for (let i = 0; i < 200 && warnings.length === 0; i++) await sleep(50);
+  } finally {
+    server.close();
+    watch.stop();
+  }
+  assert.equal(warnings.length, 1);
+  assert.match(warnings[0], /^kspan\/publisher: this process accepted 1 connection that carried data but/);
 });
 
 test('no span became active: Node\'s diagnostics channels count a real request', async () => {
