@@ -681,10 +681,18 @@ static __always_inline bool ctx_equal_ref(const struct kspan_trace_ctx *a, const
 	return ref_equal((const struct kspan_span_ref *)a, b);
 }
 
-/* Puts a socket whose aggregate just opened in the idle flush's queue, once. */
+/* Puts a socket whose aggregate just opened in the idle flush's queue, once.
+ * Without the queued flush (flush_idle_walk, or no idle flush) the agent sets
+ * the queued count to KSPAN_IDLE_NO_QUEUE before it attaches: nothing is pushed
+ * (the queue is a one-slot stand-in there; a push would fail on every
+ * aggregate that opens, and be counted). */
 static __always_inline void idle_watch(struct kspan_sock *st, __u64 cookie, const struct sock *sk)
 {
 	if (st->sflags & KSPAN_S_QUEUED)
+		return;
+	__u32 zero = 0;
+	__u64 *queued = bpf_map_lookup_elem(&idle_queued, &zero);
+	if (!queued || *queued == KSPAN_IDLE_NO_QUEUE)
 		return;
 	struct idle_entry q = { .cookie = cookie, .sk = (__u64)sk };
 	if (bpf_map_push_elem(&idle_queue, &q, 0)) {
@@ -692,10 +700,7 @@ static __always_inline void idle_watch(struct kspan_sock *st, __u64 cookie, cons
 		return;
 	}
 	st->sflags |= KSPAN_S_QUEUED;
-	__u32 zero = 0;
-	__u64 *queued = bpf_map_lookup_elem(&idle_queued, &zero);
-	if (queued)
-		__sync_fetch_and_add(queued, 1);
+	__sync_fetch_and_add(queued, 1);
 }
 
 /* accept() and connect(): the calling thread's span (with its attributes)

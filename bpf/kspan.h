@@ -65,6 +65,7 @@ enum kspan_limit {
 	KSPAN_MAX_IO_INFLIGHT = 16384,      /* fallback path: threads inside a read/write at once */
 	KSPAN_MAX_TLS_MODULE = 4096,        /* highest TLS module id (DTV index) the reader follows */
 	KSPAN_FLUSH_BATCH = 8192,           /* sockets one flush_idle run looks at (the agent runs it again for more) */
+	KSPAN_IDLE_NO_QUEUE = 0x7fffffff,   /* `idle_queued`'s count where the idle flush has no queue (flush_idle_walk, or none): nothing is queued */
 	KSPAN_MAX_SOCK_CLAIMS = 1024,       /* sockets claimed at once by the idle flush or a hook (`sock_claims`): a few per CPU at most */
 	KSPAN_CTX_ATTRS_MAX = 52,           /* see struct kspan_trace_ctx */
 	KSPAN_MAX_PROC_SEEN = 16384,        /* processes not traced whose last CHECK is remembered (`proc_seen`, LRU) */

@@ -35,7 +35,7 @@ import { essentialLossError, hasOtherVariant, planPrograms, programSpec, PROGRAM
 import type { CallKind } from '../uprobes/uprobe-spec.ts';
 import { libbpf } from './native.ts';
 import { RingBufferReader } from './ring-buffer.ts';
-import { pidKey, u32Key } from './map-keys.ts';
+import { pidKey, u32Key, u64Value } from './map-keys.ts';
 import { decodeRecords, fromEvent } from '../records/decoder.ts';
 import type { KernelRecord } from '../records/kernel-record.ts';
 import { OFF_CPU_EVENT_NS, type SchedRingRecord } from '../records/sched-record.ts';
@@ -273,6 +273,8 @@ export class TcpTracer {
         obj.setMaxEntries('sched_events', 4096);
       }
       timed('verifier_load', () => obj.load());
+      // Without the queued flush, the hooks queue nothing (bpf/kspan.bpf.c, idle_watch()).
+      if (!plan.load('flush_idle')) obj.map('idle_queued').update(u32Key(0), u64Value(BigInt(KspanLimit.KSPAN_IDLE_NO_QUEUE)));
       if (plan.load('on_sched_switch')) SchedRing.configure(obj, opts.offCpuEventNs ?? OFF_CPU_EVENT_NS);
       timed('attach', () => obj.attachAll());
       return new TcpTracer(obj, plan, opts, socketTable);
@@ -374,10 +376,6 @@ export class TcpTracer {
     const out = { ...ring, skipped_runs: this.skippedRuns() } as TracerCounters;
     for (const [name, idx] of Object.entries(KspanCounter)) {
       if (name === 'KSPAN_C_MAX') continue;
-      if (name === 'KSPAN_C_IDLE_QUEUE_FULL' && this.#flushProgram !== 'flush_idle') {
-        out[name] = 0; // the walking variant has no queue (its one-slot stand-in is always full)
-        continue;
-      }
       const v = map.lookup(u32Key(idx), 8 * ncpu);
       let sum = 0n;
       for (let i = 0; v && i < ncpu; i++) sum += v.readBigUInt64LE(8 * i);

@@ -5,6 +5,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import { KspanLimit } from '../../src/records/abi.generated.ts';
 
 /** The BPF maps the process holds, by name → map id. */
 export function agentMaps(pid: number): Map<string, number> {
@@ -43,16 +44,12 @@ export function arrayU64(id: number): bigint {
 }
 
 /**
- * Whether the agent's idle flush is the walking variant (kernels whose verifier
- * refuses the queued one, as 6.1): it has no queue, only a one-slot stand-in
- * that the hooks fill with the first aggregate and nothing empties
- * (src/kernel/tcp-tracer.ts, counters()).
+ * Sockets in the idle flush's queue, from its count: 0 where the flush has no
+ * queue (the walking variant, on kernels whose verifier refuses the queued one,
+ * as 6.1), whose count holds KSPAN_IDLE_NO_QUEUE (bpf/kspan.bpf.c, idle_watch()).
  */
-function idleQueueStandIn(maps: Map<string, number>): boolean {
-  const id = maps.get('idle_queue');
-  if (id === undefined) return false;
-  const show = JSON.parse(execFileSync('bpftool', ['map', 'show', 'id', String(id), '-j'], { encoding: 'utf8' })) as { max_entries: number };
-  return show.max_entries === 1;
+function idleQueued(count: number): number {
+  return count === KspanLimit.KSPAN_IDLE_NO_QUEUE ? 0 : count;
 }
 
 /** Entry counts of the agent's hash maps, and how many sockets wait in the idle queue (0 where there is none: the walking flush). */
@@ -62,7 +59,7 @@ export function agentMapCounts(pid: number, names: readonly string[]): Record<st
   for (const n of names) {
     const id = maps.get(n);
     if (id === undefined) throw new Error(`the agent (pid ${pid}) holds no map ${n}: ${[...maps.keys()].join(', ')}`);
-    out[n] = n === 'idle_queued' ? (idleQueueStandIn(maps) ? 0 : Number(arrayU64(id))) : mapEntryCount(id);
+    out[n] = n === 'idle_queued' ? idleQueued(Number(arrayU64(id))) : mapEntryCount(id);
   }
   return out;
 }
