@@ -15,6 +15,7 @@ import { describe, test } from 'node:test';
 import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
 import { ProcessGroup, type Proc } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
+import { scaled } from '../helpers/timeouts.ts';
 
 interface SpanLine {
   trace_id: string;
@@ -82,7 +83,7 @@ async function assertNothingLeft(p: Proc, progIds: number[], pids: number[]): Pr
 }
 
 describe('kspan demo', e2eOptions(), () => {
-  test('runs to completion with kernel spans under the services\' spans, retransmits, and leaves nothing behind', { timeout: 180_000 }, async () => {
+  test('runs to completion with kernel spans under the services\' spans, retransmits, and leaves nothing behind', { timeout: scaled(180_000) }, async () => {
     const group = new ProcessGroup();
     const spansOut = join(tmpdir(), `kspan-demo-test-${process.pid}.jsonl`);
     try {
@@ -191,7 +192,7 @@ describe('kspan demo', e2eOptions(), () => {
     }
   });
 
-  test('two demos at once, each with its own namespaces', { timeout: 120_000 }, async () => {
+  test('two demos at once, each with its own namespaces', { timeout: scaled(120_000) }, async () => {
     const group = new ProcessGroup();
     try {
       const demos = await Promise.all([1, 2].map(() => startDemo(group, ['--duration', '3', '--traces', '1'])));

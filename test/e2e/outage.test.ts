@@ -17,6 +17,7 @@ import { pacedTraffic } from '../helpers/paced-traffic.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { parseAppSpan, tracedServerPath, type AppSpan } from '../helpers/tcp-fixtures.ts';
+import { scaled } from '../helpers/timeouts.ts';
 import { until } from '../helpers/traced-server.ts';
 
 const OUTAGE_S = Number(process.env.KSPAN_E2E_OUTAGE_S) > 0 ? Number(process.env.KSPAN_E2E_OUTAGE_S) : 60;
@@ -37,7 +38,7 @@ describe('Collector outage under steady load', e2eOptions(), () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  test(`a ${OUTAGE_S} s outage: every span arrives once, export resumes within 5 s of the return`, { timeout: (OUTAGE_S + 120) * 1000 }, async () => {
+  test(`a ${OUTAGE_S} s outage: every span arrives once, export resumes within 5 s of the return`, { timeout: (OUTAGE_S + scaled(120)) * 1000 }, async () => {
     await receiver.start();
     const server = group.start(tracedServerPath(), ['--requests', String(REQUESTS), '--req-bytes', String(REQ), '--resp-bytes', String(RESP)], {
       env: { ...process.env, OTEL_SERVICE_NAME: `outage-${process.pid}` },
