@@ -142,12 +142,23 @@ describe('least privilege', e2eOptions(), () => {
       const r = await new Promise<{ code: number; stderr: string }>((resolve) => {
         execFile(argv[0], argv.slice(1), { timeout: 120_000 }, (err, _stdout, stderr) => resolve({ code: typeof err?.code === 'number' ? err.code : 0, stderr }));
       });
+      // doctor agrees: a failure where send/recv need classic tracepoints, a warning where only accept does.
+      const { code, checks } = await doctorJson(asNobody(DOCUMENTED));
+      const by = (n: string) => checks.find((c) => c.name === n)!;
+      const fix = 'set sysctl kernel.perf_event_paranoid=2, or grant CAP_SYS_ADMIN';
       if (chooseIoPath() === 'syscalls') {
         assert.equal(r.code, 1, r.stderr);
         assert.match(r.stderr, /^kspan: KSPAN_ERR_PRIVILEGE: not allowed to attach the programs kspan needs: .*set sysctl kernel\.perf_event_paranoid=2, or grant CAP_SYS_ADMIN/m);
+        assert.equal(code, 1);
+        assert.deepEqual([by('perf-events').status, by('perf-events').fix], ['fail', fix]);
+        assert.deepEqual([by('hook:tracepoint').status, by('hook:tracepoint').fix], ['fail', fix]);
       } else {
         assert.equal(r.code, 0, r.stderr);
         assert.match(r.stderr, /"msg":"accept is off \(on_accept4_exit, on_accept_exit: could not attach \(bpf_program__attach failed: EACCES \(13\): kernel\.perf_event_paranoid is \d+/);
+        assert.equal(code, 0, JSON.stringify(checks.filter((c) => c.status === 'fail')));
+        assert.deepEqual([by('perf-events').status, by('perf-events').fix], ['warn', fix]);
+        assert.deepEqual([by('hook:tracepoint').status, by('hook:tracepoint').fix],
+          ['warn', `${fix}; without it kspan runs on; lost: accept records: the accept-queue wait, and the server role of accepted sockets`]);
       }
     } finally {
       writeFileSync(PERF_PARANOID, '2');
