@@ -53,6 +53,8 @@ TESTS=(
   test/e2e/discovery-sidecar.test.ts        # a shared pid namespace: --exe/--container, namespace pids
   test/e2e/privilege.test.ts                # least privilege; Debian's kernel.perf_event_paranoid 3; unreadable targets
   test/e2e/sockets-outlive-context.test.ts  # a runtime's late flush: exact bytes under the right span (6.1: the syscall path)
+  test/e2e/outage.test.ts                   # a Collector outage: every span made meanwhile arrives once, export resumes within 5 s
+  test/e2e/demo.test.ts                     # kspan demo: its namespaces, iptables loss, kernel spans under the services' spans
 )
 # ---------------------------------------------------------------------------
 
