@@ -1,7 +1,7 @@
 /**
  * Keys (and plain values) of the BPF maps, encoded as bpf/kspan.h declares
- * them: a `__u32` or `__u64` in host order (x86_64: little-endian). Pure, so the readers that fill the maps need
- * not import the loader.
+ * them: a `__u32` or `__u64` in host order (x86_64: little-endian). Pure, so
+ * the readers that fill the maps need not import the loader.
  */
 
 /** A u32 map key: a pid (`targets`, `node_layouts`), a counter index (`counters`). */
