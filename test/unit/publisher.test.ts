@@ -235,88 +235,90 @@ test('no span became active: the warning names the likely cause', () => {
   assert.equal(noSpanWarning({ ...base, requests: 0, connections: 0 }), null, 'no traffic yet: nothing to say');
 });
 
+/** A NoSpanWatch whose timer and traffic the test drives: `tick()` is one look, `traffic()` one report. */
+function drivenWatch(state: { managers: number; contexts: number; managerRegistered: boolean }) {
+  const w = {
+    tick: () => {},
+    traffic: (_t: Traffic) => {},
+    everyMs: 0,
+    warnings: [] as string[],
+    stopped: { timer: false, traffic: false },
+  };
+  new NoSpanWatch({
+    state: () => state,
+    warn: (m) => w.warnings.push(m),
+    every: (fn, ms) => {
+      w.everyMs = ms;
+      w.tick = fn;
+      return () => (w.stopped.timer = true);
+    },
+    watchTraffic: (on) => {
+      w.traffic = on;
+      return () => (w.stopped.traffic = true);
+    },
+  });
+  return w;
+}
+
 test('no span became active: said once, only after traffic, then the watch stops', () => {
-  let tick = () => {};
-  let traffic: (t: Traffic) => void = () => {};
-  let stopped = { timer: false, traffic: false };
-  const warnings: string[] = [];
-  const state = { managers: 0, contexts: 0, managerRegistered: false };
-  const watch = (s = state) =>
-    new NoSpanWatch({
-      state: () => s,
-      warn: (m) => warnings.push(m),
-      every: (fn, ms) => {
-        assert.equal(ms, 10_000, 'first look 10 s after the start');
-        tick = fn;
-        return () => (stopped.timer = true);
-      },
-      watchTraffic: (on) => {
-        traffic = on;
-        return () => (stopped.traffic = true);
-      },
-    });
-  watch();
-  tick();
-  assert.deepEqual(warnings, [], 'no traffic yet');
-  traffic({ kind: 'connection', socket: { bytesRead: 0, destroyed: false } });
-  traffic({ kind: 'request' });
-  tick();
-  tick();
-  traffic({ kind: 'request' });
-  tick();
-  assert.equal(warnings.length, 1);
-  assert.match(warnings[0], /served 1 HTTP request but no OpenTelemetry span became active.*no OpenTelemetry SDK is running/);
-  assert.deepEqual(stopped, { timer: true, traffic: true });
+  const w = drivenWatch({ managers: 0, contexts: 0, managerRegistered: false });
+  assert.equal(w.everyMs, 10_000, 'first look 10 s after the start');
+  w.tick();
+  assert.deepEqual(w.warnings, [], 'no traffic yet');
+  w.traffic({ kind: 'connection', socket: { bytesRead: 0, destroyed: false } });
+  w.traffic({ kind: 'request' });
+  w.tick();
+  w.tick();
+  w.traffic({ kind: 'request' });
+  w.tick();
+  assert.equal(w.warnings.length, 1);
+  assert.match(w.warnings[0], /served 1 HTTP request but no OpenTelemetry span became active.*no OpenTelemetry SDK is running/);
+  assert.deepEqual(w.stopped, { timer: true, traffic: true });
 
   // A span was seen: the watch ends quietly.
-  warnings.length = 0;
-  stopped = { timer: false, traffic: false };
-  const seen = { managers: 1, contexts: 2, managerRegistered: true };
-  watch(seen);
-  traffic({ kind: 'request' });
-  tick();
-  assert.deepEqual(warnings, []);
-  assert.deepEqual(stopped, { timer: true, traffic: true });
+  const seen = drivenWatch({ managers: 1, contexts: 2, managerRegistered: true });
+  assert.equal(seen.everyMs, 10_000, 'first look 10 s after the start');
+  seen.traffic({ kind: 'request' });
+  seen.tick();
+  assert.deepEqual(seen.warnings, []);
+  assert.deepEqual(seen.stopped, { timer: true, traffic: true });
 });
 
 test('no span became active: a connection counts once it carries data, so health checks that connect and close say nothing', () => {
-  let tick = () => {};
-  let traffic: (t: Traffic) => void = () => {};
-  const warnings: string[] = [];
-  new NoSpanWatch({
-    state: () => ({ managers: 1, contexts: 0, managerRegistered: true }),
-    warn: (m) => warnings.push(m),
-    every: (fn) => {
-      tick = fn;
-      return () => {};
-    },
-    watchTraffic: (on) => {
-      traffic = on;
-      return () => {};
-    },
-  });
+  const w = drivenWatch({ managers: 1, contexts: 0, managerRegistered: true });
   const probe = { bytesRead: 0, destroyed: false };
   const later = { bytesRead: 0, destroyed: false };
-  traffic({ kind: 'connection', socket: probe });
-  traffic({ kind: 'connection', socket: later });
-  tick();
+  w.traffic({ kind: 'connection', socket: probe });
+  w.traffic({ kind: 'connection', socket: later });
+  w.tick();
   probe.destroyed = true; // a TCP health check: connected, closed, no byte
-  tick();
-  assert.deepEqual(warnings, [], 'connections that carried nothing are no evidence');
+  w.tick();
+  assert.deepEqual(w.warnings, [], 'connections that carried nothing are no evidence');
   later.bytesRead = 42; // open still, and a request arrived on it
-  tick();
-  assert.equal(warnings.length, 1);
-  assert.match(warnings[0], /^kspan\/publisher: this process accepted 1 connection that carried data but no OpenTelemetry span became active/);
+  w.tick();
+  assert.equal(w.warnings.length, 1);
+  assert.match(w.warnings[0], /^kspan\/publisher: this process accepted 1 connection that carried data but no OpenTelemetry span became active/);
 });
 
-test('no span became active: through the diagnostics channels, a connect-and-close is not counted and a connection that sent a byte is', async () => {
-  const net = await import('node:net');
+/** A NoSpanWatch on Node's own diagnostics channels, looking every 50 ms; no SDK. */
+function channelWatch() {
   const warnings: string[] = [];
   const watch = new NoSpanWatch({
     state: () => ({ managers: 0, contexts: 0, managerRegistered: false }),
     warn: (m) => warnings.push(m),
     afterMs: 50,
   });
+  return { watch, warnings };
+}
+
+/** Waits for the first warning (the watch looks every afterMs; a busy machine may run its timer late). */
+async function firstWarning(warnings: string[]): Promise<void> {
+  for (let i = 0; i < 200 && warnings.length === 0; i++) await sleep(50);
+}
+
+test('no span became active: through the diagnostics channels, a connect-and-close is not counted and a connection that sent a byte is', async () => {
+  const net = await import('node:net');
+  const { watch, warnings } = channelWatch();
   const server = net.createServer((c) => {
     c.on('data', () => {});
     c.on('end', () => c.end());
@@ -334,7 +336,7 @@ test('no span became active: through the diagnostics channels, a connect-and-clo
     await sleep(300); // several looks
     assert.deepEqual(warnings, [], 'a health check alone');
     await connect('x');
-    for (let i = 0; i < 200 && warnings.length === 0; i++) await sleep(50);
+    await firstWarning(warnings);
   } finally {
     server.close();
     watch.stop();
@@ -345,19 +347,13 @@ test('no span became active: through the diagnostics channels, a connect-and-clo
 
 test('no span became active: Node\'s diagnostics channels count a real request', async () => {
   const http = await import('node:http');
-  const warnings: string[] = [];
-  const watch = new NoSpanWatch({
-    state: () => ({ managers: 0, contexts: 0, managerRegistered: false }),
-    warn: (m) => warnings.push(m),
-    afterMs: 50,
-  });
+  const { watch, warnings } = channelWatch();
   const server = http.createServer((_req, res) => res.end('ok'));
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   try {
     const port = (server.address() as { port: number }).port;
     await fetch(`http://127.0.0.1:${port}/`).then((r) => r.text());
-    // The watch looks every afterMs; a busy machine may run its timer late.
-    for (let i = 0; i < 200 && warnings.length === 0; i++) await sleep(50);
+    await firstWarning(warnings);
     await sleep(200); // and nothing more comes
   } finally {
     server.close();
