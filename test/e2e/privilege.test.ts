@@ -106,6 +106,17 @@ function doctorJson(prefix: string[]): Promise<{ code: number; checks: { name: s
   });
 }
 
+/** `kspan events` on pid 1 for 1 s under `prefix`: its exit status and stderr. */
+function eventsRun(prefix: string[], args: string[] = []): Promise<{ code: number; stderr: string }> {
+  const argv = [...prefix, KSPAN_BIN, 'events', '--no-sched', ...args, '--pid', '1', '--duration', '1'];
+  return new Promise((resolve) => {
+    execFile(argv[0], argv.slice(1), { timeout: 120_000 }, (err, _stdout, stderr) => resolve({ code: typeof err?.code === 'number' ? err.code : 0, stderr }));
+  });
+}
+
+/** What kspan asks for when tracefs is closed to it (src/kernel/privileges.ts, tracefsState()). */
+const TRACEFS_GRANT = 'grant CAP_DAC_READ_SEARCH (libbpf reads the ids of classic tracepoints there), or run as root';
+
 /** tracefs is mounted 0700 by default: only then is there something to diagnose. */
 const tracefsClosed = (statSync('/sys/kernel/tracing').mode & 0o005) === 0;
 
@@ -138,10 +149,7 @@ describe('least privilege', e2eOptions(), () => {
     }
     writeFileSync(PERF_PARANOID, paranoid);
     try {
-      const argv = [...asNobody(DOCUMENTED), KSPAN_BIN, 'events', '--no-sched', '--pid', '1', '--duration', '1'];
-      const r = await new Promise<{ code: number; stderr: string }>((resolve) => {
-        execFile(argv[0], argv.slice(1), { timeout: 120_000 }, (err, _stdout, stderr) => resolve({ code: typeof err?.code === 'number' ? err.code : 0, stderr }));
-      });
+      const r = await eventsRun(asNobody(DOCUMENTED));
       // doctor agrees: a failure where send/recv need classic tracepoints, a warning where only accept does.
       const { code, checks } = await doctorJson(asNobody(DOCUMENTED));
       const by = (n: string) => checks.find((c) => c.name === n)!;
@@ -206,13 +214,12 @@ describe('least privilege', e2eOptions(), () => {
     const by = (n: string) => checks.find((c) => c.name === n)!;
     assert.equal(code, 0, JSON.stringify(checks.filter((c) => c.status === 'fail')));
     const mode = (statSync('/sys/kernel/tracing').mode & 0o7777).toString(8).padStart(4, '0');
-    const grant = 'grant CAP_DAC_READ_SEARCH (libbpf reads the ids of classic tracepoints there), or run as root';
     assert.deepEqual(by('tracefs'), {
       name: 'tracefs', status: 'warn',
       detail: `mounted at /sys/kernel/tracing with mode ${mode}, not readable by uid 65534, CAP_PERFMON CAP_BPF`,
-      fix: grant,
+      fix: TRACEFS_GRANT,
     });
-    assert.deepEqual([by('hook:tracepoint').status, by('hook:tracepoint').fix], ['warn', `${grant}; without it kspan runs on; lost: accept records: the accept-queue wait, and the server role of accepted sockets`]);
+    assert.deepEqual([by('hook:tracepoint').status, by('hook:tracepoint').fix], ['warn', `${TRACEFS_GRANT}; without it kspan runs on; lost: accept records: the accept-queue wait, and the server role of accepted sockets`]);
     const accept = by('feature:accept');
     assert.equal(accept.status, 'warn');
     assert.doesNotMatch(accept.detail, /has no tracepoint/);
@@ -226,23 +233,19 @@ describe('least privilege', e2eOptions(), () => {
 
   test('CAP_BPF and CAP_PERFMON only where send/recv come from classic tracepoints (before 6.3; --io-hooks syscalls here): KSPAN_ERR_PRIVILEGE naming CAP_DAC_READ_SEARCH, and doctor fails tracefs', { skip: !tracefsClosed ? 'tracefs is readable by everyone here' : undefined }, async () => {
     const forced = chooseIoPath() === 'sock_length' ? ['--io-hooks', 'syscalls'] : [];
-    const argv = [...asNobody(['bpf', 'perfmon']), KSPAN_BIN, 'events', '--no-sched', ...forced, '--pid', '1', '--duration', '1'];
-    const r = await new Promise<{ code: number; stderr: string }>((resolve) => {
-      execFile(argv[0], argv.slice(1), { timeout: 120_000 }, (err, _stdout, stderr) => resolve({ code: typeof err?.code === 'number' ? err.code : 0, stderr }));
-    });
-    const grant = 'grant CAP_DAC_READ_SEARCH (libbpf reads the ids of classic tracepoints there), or run as root';
+    const r = await eventsRun(asNobody(['bpf', 'perfmon']), forced);
     assert.equal(r.code, 1, r.stderr);
     const line = r.stderr.split('\n').find((l) => l.startsWith('kspan: '));
     assert.ok(line, r.stderr);
     assert.match(line, /^kspan: KSPAN_ERR_PRIVILEGE: not allowed to attach the programs kspan needs: send-recv is off \((\w+, )+\w+: tracefs is not readable here: /);
-    assert.ok(line.endsWith(`; lost: send/recv bytes and times (${grant})`), line);
+    assert.ok(line.endsWith(`; lost: send/recv bytes and times (${TRACEFS_GRANT})`), line);
     assert.doesNotMatch(r.stderr, /lacks a hook|KSPAN_ERR_KERNEL/);
     if (!forced.length) {
       const { code, checks } = await doctorJson(asNobody(['bpf', 'perfmon']));
       assert.equal(code, 1);
       const fails = checks.filter((c) => c.status === 'fail').map((c) => [c.name, c.fix]);
       assert.deepEqual(fails.map(([n]) => n), ['tracefs', 'hook:tracepoint', 'kspan-programs']);
-      for (const [, fix] of fails) assert.equal(fix, grant);
+      for (const [, fix] of fails) assert.equal(fix, TRACEFS_GRANT);
     }
   });
 
