@@ -17,7 +17,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { connect, createServer, type Socket } from 'node:net';
 import type { KernelRecord, TraceContext } from '../../src/records/kernel-record.ts';
-import { chooseIoPath, hasBtfTracepoint } from '../../src/kernel/kernel-features.ts';
+import { chooseIoPath } from '../../src/kernel/kernel-features.ts';
 import { TracingSession } from '../../src/kernel/tracing-session.ts';
 import { ProcessGroup, type Proc } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
@@ -115,7 +115,7 @@ describe('sockets outlive the moment of context', e2eOptions(), () => {
 
   for (const ioPath of ['sock_length', 'syscalls'] as const) {
     // Linux before 6.3 has no sock_send_length/sock_recv_length: only the syscall path there.
-    const opts = ioPath === 'sock_length' && !hasBtfTracepoint('sock_send_length') ? { skip: 'this kernel has no sock_send_length tracepoint' } : {};
+    const opts = ioPath === 'sock_length' && chooseIoPath() !== 'sock_length' ? { skip: 'this kernel has no sock_send_length tracepoint' } : {};
     test(`server: context cleared before the flush, every byte of the response stays under A (${ioPath})`, opts, async () => {
       const fx = group.start(exe, ['server', '--then', 'clear', '--resp-bytes', String(RESP)]);
       const { A } = await contexts(fx);
