@@ -776,11 +776,12 @@ export const TUNING = {
    * (BENCHMARKS.md, "malloc's free pages, and the rings' wait on a timer"), so
    * the interval backs off to 8 × this while the drains find nothing
    * (src/kernel/drain-backoff.ts; BENCHMARKS.md, "The agent's wake-ups while
-   * idle"); under load a longer interval measured no different. 100 ms is not
-   * the default: with it the scheduler e2e tests failed in the emulated 6.12
-   * guest in two full runs of two (intervals short of their sleeps), which is
-   * not understood. Discovery's ring asks for
-   * 50 ms, and the shared timer takes the shortest.
+   * idle"); under load a longer interval saves a tenth of the agent's CPU at
+   * most. 100 ms is not the default: with it the scheduler e2e tests failed in
+   * the emulated 6.12 guest in two full runs of two (intervals short of their
+   * sleeps), though they pass with it on the host (BENCHMARKS.md, "The same code
+   * on a slower machine"): the emulator's timing, not understood further.
+   * Discovery's ring asks for 50 ms, and the shared timer takes the shortest.
    */
   ringIdleMs: 20,
   /** The span export queue (src/export/export-pipeline.ts). */
