@@ -111,6 +111,8 @@ export interface ElfFile {
   symbols(sectionName?: '.symtab' | '.dynsym'): ElfSymbol[];
   /** The first defined symbol with that name in the table, or undefined. */
   findSymbol(name: string, sectionName?: '.symtab' | '.dynsym'): ElfSymbol | undefined;
+  /** Every defined symbol with that name in the table, in table order (a versioned name can be defined more than once). */
+  findSymbols(name: string, sectionName?: '.symtab' | '.dynsym'): ElfSymbol[];
   /** The PT_TLS program header, when the file has a TLS segment. */
   tls(): ElfProgramHeader | undefined;
   /** RELA relocations of one section (default '.rela.dyn'), symbols resolved. */
@@ -137,6 +139,14 @@ function s64(view: DataView, off: number): number {
     throw new ElfFormatError(`64-bit value ${v} at ${off} is beyond 2^53`);
   }
   return Number(v);
+}
+
+/** Whether the NUL-terminated string at `off` (or the bytes to the end, as cstring() reads them) is `want`. */
+function nameAt(bytes: Uint8Array, off: number, want: Uint8Array): boolean {
+  const end = off + want.length;
+  if (end > bytes.length || (end < bytes.length && bytes[end] !== 0)) return false;
+  for (let k = 0; k < want.length; k++) if (bytes[off + k] !== want[k]) return false;
+  return true;
 }
 
 function cstring(bytes: Uint8Array, off: number): string {
@@ -261,36 +271,75 @@ export function parseElfSource(src: ElfByteSource): ElfFile {
     return b;
   };
 
+  /** A symbol table's bytes, its string table and its entry count (undefined: SHT_NOBITS). */
+  const tableOf = (tab: ElfSection) => {
+    const data = sectionBytes(tab);
+    if (!data) return undefined;
+    const strSec = sections[tab.link];
+    const strs = strSec ? (sectionBytes(strSec) ?? new Uint8Array(0)) : new Uint8Array(0);
+    const entsize = tab.entsize || SYM_SIZE;
+    if (entsize < SYM_SIZE) throw new ElfFormatError(`symbol table ${tab.name} has entsize ${entsize}`);
+    const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    return { dv, strs, entsize, count: Math.floor(data.length / entsize) };
+  };
+  type Table = NonNullable<ReturnType<typeof tableOf>>;
+  const symbolAt = (t: Table, i: number): ElfSymbol => {
+    const o = i * t.entsize;
+    const info = t.dv.getUint8(o + 4);
+    return {
+      index: i,
+      name: cstring(t.strs, t.dv.getUint32(o, true)),
+      type: info & 0xf,
+      bind: info >> 4,
+      other: t.dv.getUint8(o + 5),
+      shndx: t.dv.getUint16(o + 6, true),
+      value: u64(t.dv, o + 8),
+      size: u64(t.dv, o + 16),
+    };
+  };
+
   const symbolCache = new Map<number, ElfSymbol[]>();
   const symbolsOf = (tab: ElfSection): ElfSymbol[] => {
     const cached = symbolCache.get(tab.index);
     if (cached) return cached;
-    const data = sectionBytes(tab);
-    const strSec = sections[tab.link];
-    const strs = strSec ? (sectionBytes(strSec) ?? new Uint8Array(0)) : new Uint8Array(0);
+    const t = tableOf(tab);
     const out: ElfSymbol[] = [];
-    if (data) {
-      const entsize = tab.entsize || SYM_SIZE;
-      if (entsize < SYM_SIZE) throw new ElfFormatError(`symbol table ${tab.name} has entsize ${entsize}`);
-      const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
-      const n = Math.floor(data.length / entsize);
-      for (let i = 0; i < n; i++) {
-        const o = i * entsize;
-        const info = dv.getUint8(o + 4);
-        out.push({
-          index: i,
-          name: cstring(strs, dv.getUint32(o, true)),
-          type: info & 0xf,
-          bind: info >> 4,
-          other: dv.getUint8(o + 5),
-          shndx: dv.getUint16(o + 6, true),
-          value: u64(dv, o + 8),
-          size: u64(dv, o + 16),
-        });
-      }
-    }
+    if (t) for (let i = 0; i < t.count; i++) out.push(symbolAt(t, i));
     symbolCache.set(tab.index, out);
     return out;
+  };
+
+  /**
+   * The defined symbols named `name`, in table order. A table not parsed whole
+   * yet is searched in its bytes: only the matches become objects (an
+   * executable's .symtab can hold 145 000 symbols and 12 MB of names, which
+   * parsed whole would be tens of MB of short-lived heap for one lookup).
+   */
+  const symbolsNamed = (tab: ElfSection, name: string): ElfSymbol[] => {
+    const cached = symbolCache.get(tab.index);
+    if (cached) return cached.filter((sym) => sym.name === name && sym.shndx !== SHN_UNDEF);
+    // cstring() decodes names as latin1 and stops at a NUL: a name with a
+    // character outside latin1, or a NUL, equals none of them.
+    if (/[^\u0001-\u00ff]/.test(name)) return [];
+    const t = tableOf(tab);
+    if (!t) return [];
+    const want = Buffer.from(name, 'latin1');
+    const out: ElfSymbol[] = [];
+    for (let i = 0; i < t.count; i++) {
+      const o = i * t.entsize;
+      if (t.dv.getUint16(o + 6, true) === SHN_UNDEF) continue;
+      if (!nameAt(t.strs, t.dv.getUint32(o, true), want)) continue;
+      out.push(symbolAt(t, i));
+    }
+    return out;
+  };
+
+  /** Symbol `i` of a table, decoded alone unless the table was parsed whole (undefined past its end). */
+  const symbolIndexer = (tab: ElfSection): ((i: number) => ElfSymbol | undefined) => {
+    const cached = symbolCache.get(tab.index);
+    if (cached) return (i) => cached[i];
+    const t = tableOf(tab);
+    return (i) => (t && i < t.count ? symbolAt(t, i) : undefined);
   };
 
   const relocationsOf = (sec: ElfSection): ElfRelocation[] => {
@@ -299,7 +348,7 @@ export function parseElfSource(src: ElfByteSource): ElfFile {
     const entsize = sec.entsize || RELA_SIZE;
     if (entsize < RELA_SIZE) throw new ElfFormatError(`relocation section ${sec.name} has entsize ${entsize}`);
     const symtab = sec.link !== 0 ? sections[sec.link] : undefined;
-    const syms = symtab && (symtab.type === SHT_DYNSYM || symtab.type === SHT_SYMTAB) ? symbolsOf(symtab) : [];
+    const symbolOf = symtab && (symtab.type === SHT_DYNSYM || symtab.type === SHT_SYMTAB) ? symbolIndexer(symtab) : () => undefined;
     const dv = new DataView(data.buffer, data.byteOffset, data.byteLength);
     const out: ElfRelocation[] = [];
     const n = Math.floor(data.length / entsize);
@@ -313,7 +362,8 @@ export function parseElfSource(src: ElfByteSource): ElfFile {
         symIndex,
         addend: s64(dv, o + 16),
       };
-      if (symIndex !== 0 && syms[symIndex]) rel.symbol = syms[symIndex];
+      const symbol = symIndex !== 0 ? symbolOf(symIndex) : undefined;
+      if (symbol) rel.symbol = symbol;
       out.push(rel);
     }
     return out;
@@ -338,8 +388,11 @@ export function parseElfSource(src: ElfByteSource): ElfFile {
     },
     findSymbol(name, sectionName = '.dynsym') {
       const s = byName.get(sectionName);
-      if (!s) return undefined;
-      return symbolsOf(s).find((sym) => sym.name === name && sym.shndx !== SHN_UNDEF);
+      return s ? symbolsNamed(s, name)[0] : undefined;
+    },
+    findSymbols(name, sectionName = '.dynsym') {
+      const s = byName.get(sectionName);
+      return s ? symbolsNamed(s, name) : [];
     },
     tls() {
       return programHeaders.find((p) => p.type === PT_TLS);

@@ -13,7 +13,7 @@
 import { readlinkSync } from 'node:fs';
 import { TUNING } from '../core/config.ts';
 import { KspanError } from '../core/errors.ts';
-import { openElfFile, SHN_UNDEF, type ElfFile } from '../elf/elf-file.ts';
+import { openElfFile, type ElfFile } from '../elf/elf-file.ts';
 import { fileOffsetOf } from '../elf/symbol-offset.ts';
 
 /** ELF symbol type of a function (STT_FUNC). */
@@ -70,8 +70,21 @@ export class UprobeTracer {
   readonly #attachments = new Map<string, Attachment>();
   readonly #byPid = new Map<number, Set<Attachment>>();
   readonly #probes = new Map<number, ProbeInfo>();
-  /** Binaries whose symbols were looked up, `${dev}:${inode}` → the file (null: unreadable) and its function symbols by table. */
-  readonly #binaries = new Map<string, { elf: ElfFile | null; tables: Map<string, Map<string, number>> }>();
+  /**
+   * What each binary (`${dev}:${inode}`) said of the symbols asked of it:
+   * `symbolKey()` → file offset, or null where it does not define it; the binary
+   * null when it could not be read (reported once). Only the answers are kept,
+   * at most BINARY_ANSWERS binaries (the oldest let go first): an opened file
+   * and the table bytes it read live for one track() pass (#pass).
+   */
+  readonly #binaries = new Map<string, Map<string, number | null> | null>();
+  /**
+   * The binaries opened during the track() pass under way, so that the specs of
+   * one pass read each symbol table once; let go when the pass ends. (Kept for
+   * the agent's life, with every symbol parsed, they were tens of MB of heap for
+   * one Node target: its executable's 39 000 dynamic symbols, as objects and names.)
+   */
+  #pass: Map<string, ElfFile> | null = null;
   /** Spec × binary pairs that failed to attach (not retried every refresh). */
   readonly #failed = new Set<string>();
   readonly #notFound = new Set<string>();
@@ -107,6 +120,15 @@ export class UprobeTracer {
    */
   track(pid: number): void {
     if (this.#stopped) return;
+    this.#pass = new Map();
+    try {
+      this.#track(pid);
+    } finally {
+      this.#pass = null;
+    }
+  }
+
+  #track(pid: number): void {
     const files = mappedFiles(readProcMaps(pid));
     let exe = '';
     try {
@@ -189,47 +211,58 @@ export class UprobeTracer {
 
   /**
    * The file offset of `symbol` in the binary, or null when it does not define
-   * it (or the file cannot be read: reported once). Each symbol table is read
-   * once per binary: a large executable (Node's is 120 MB, 145 000 symbols) costs
-   * one pass, not one per function. `.symtab` is read for user-defined functions,
-   * and for presets only when the file has no `.dynsym` (a static executable):
-   * what a preset probes is exported where it is linked dynamically.
+   * it (or the file cannot be read: reported once). A symbol table's bytes are
+   * read once per binary and pass, and searched for each function without being
+   * parsed whole (Node's executable is 120 MB, 145 000 symbols); each answer is
+   * kept, so a later pass (the refresh timer, another process mapping the
+   * binary) asks the file nothing again. `.symtab` is read for user-defined functions, and
+   * for presets only when the file has no `.dynsym` (a static executable): what
+   * a preset probes is exported where it is linked dynamically.
    */
   #offset(binKey: string, path: string, spec: UprobeSpec): number | null {
-    let bin = this.#binaries.get(binKey);
-    if (!bin) {
-      try {
-        bin = { elf: openElfFile(path), tables: new Map() };
-      } catch (err) {
-        bin = { elf: null, tables: new Map() };
-        this.stats.probeErrors++;
-        this.#o.onProbeError?.(new KspanError('KSPAN_ERR_UPROBE', `cannot read ${path} to find ${spec.symbol}`, {
-          hint: 'the functions kspan probes in this file make no spans; is it an ELF file kspan may read?',
-          cause: err,
-        }));
-      }
-      this.#binaries.set(binKey, bin);
+    const known = this.#binaries.get(binKey);
+    if (known === null) return null;
+    const key = symbolKey(spec);
+    const answer = known?.get(key);
+    if (answer !== undefined) return answer;
+    const bin = this.#open(binKey, path, spec);
+    const offset = bin ? functionOffset(bin, spec) : null;
+    if (bin) this.#answer(binKey, known).set(key, offset);
+    return offset;
+  }
+
+  /** The binary, opened in this pass (now if not yet), or null when it cannot be read (reported, remembered). */
+  #open(binKey: string, path: string, spec: UprobeSpec): ElfFile | null {
+    const open = this.#pass?.get(binKey);
+    if (open) return open;
+    let elf: ElfFile;
+    try {
+      elf = openElfFile(path);
+    } catch (err) {
+      this.#remember(binKey, null);
+      this.stats.probeErrors++;
+      this.#o.onProbeError?.(new KspanError('KSPAN_ERR_UPROBE', `cannot read ${path} to find ${spec.symbol}`, {
+        hint: 'the functions kspan probes in this file make no spans; is it an ELF file kspan may read?',
+        cause: err,
+      }));
+      return null;
     }
-    const elf = bin.elf;
-    if (!elf) return null;
-    const dynamic = elf.sections.some((x) => x.name === '.dynsym');
-    const tables: ('.dynsym' | '.symtab')[] = spec.kind === 'call' || !dynamic ? ['.dynsym', '.symtab'] : ['.dynsym'];
-    for (const t of tables) {
-      let names = bin.tables.get(t);
-      if (!names) {
-        names = new Map();
-        for (const sym of elf.symbols(t)) if (sym.shndx !== SHN_UNDEF && sym.type === STT_FUNC && sym.value) names.set(sym.name, sym.value);
-        bin.tables.set(t, names);
-      }
-      const vaddr = names.get(spec.symbol);
-      if (vaddr === undefined) continue;
-      try {
-        return fileOffsetOf(elf, vaddr, `symbol ${spec.symbol}`);
-      } catch {
-        return null;
-      }
-    }
-    return null;
+    this.#pass?.set(binKey, elf);
+    return elf;
+  }
+
+  /** The answers kept for a binary, made on its first. */
+  #answer(binKey: string, known: Map<string, number | null> | undefined): Map<string, number | null> {
+    if (known) return known;
+    const made = new Map<string, number | null>();
+    this.#remember(binKey, made);
+    return made;
+  }
+
+  /** Keeps what a binary said (null: unreadable), the oldest binary's let go past BINARY_ANSWERS. */
+  #remember(binKey: string, answers: Map<string, number | null> | null): void {
+    if (this.#binaries.size >= BINARY_ANSWERS) this.#binaries.delete(this.#binaries.keys().next().value!);
+    this.#binaries.set(binKey, answers);
   }
 
   /** Processes tracked now. */
@@ -250,4 +283,33 @@ export class UprobeTracer {
     this.#ring.drain();
     this.#ring.close();
   }
+}
+
+
+/** Binaries whose answers are kept (a few symbols each). */
+const BINARY_ANSWERS = 4096;
+
+/** What an answer is kept under: the symbol, and whether the spec may find it in `.symtab` (a user's function). */
+function symbolKey(spec: UprobeSpec): string {
+  return `${spec.kind === 'call' ? 'call' : 'preset'} ${spec.symbol}`;
+}
+
+/**
+ * The file offset of the spec's function in the binary, or null where it does
+ * not define it. Where a table defines the name more than once (symbol
+ * versions), the last definition is taken.
+ */
+function functionOffset(elf: ElfFile, spec: UprobeSpec): number | null {
+  const dynamic = elf.sections.some((x) => x.name === '.dynsym');
+  const tables: ('.dynsym' | '.symtab')[] = spec.kind === 'call' || !dynamic ? ['.dynsym', '.symtab'] : ['.dynsym'];
+  for (const t of tables) {
+    const fn = elf.findSymbols(spec.symbol, t).findLast((sym) => sym.type === STT_FUNC && sym.value !== 0);
+    if (!fn) continue;
+    try {
+      return fileOffsetOf(elf, fn.value, `symbol ${spec.symbol}`);
+    } catch {
+      return null;
+    }
+  }
+  return null;
 }

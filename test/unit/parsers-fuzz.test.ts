@@ -98,13 +98,16 @@ async function fuzz<T>(arb: fc.Arbitrary<T>, codes: readonly ErrorCode[], target
 test('ELF reader: a mutated BPF object, or random bytes, parses or fails with KSPAN_ERR_ELF', async () => {
   await fuzz(badBytes(probeObject), ['KSPAN_ERR_ELF'], (bytes) => {
     const elf = parseElf(bytes);
-    // Lazy parts too: every section, the symbols, the relocations, the TLS segment.
+    // Lazy parts too: every section, the symbols (looked up in the tables' bytes
+    // first, then parsed whole), the relocations, the TLS segment.
     for (const s of elf.sections) elf.section(s.name);
+    elf.findSymbol('otel_thread_ctx_v1');
+    elf.findSymbols('otel_thread_ctx_v1', '.symtab');
+    elf.allDynamicRelocations();
     elf.symbols('.symtab');
     elf.symbols('.dynsym');
     elf.findSymbol('otel_thread_ctx_v1');
     elf.tls();
-    elf.allDynamicRelocations();
     for (const s of elf.sections) if (s.name.startsWith('.rel')) elf.relocations(s.name);
   });
 });
