@@ -143,6 +143,7 @@ function s64(view: DataView, off: number): number {
 
 /** Whether the NUL-terminated string at `off` (or the bytes to the end, as cstring() reads them) is `want`. */
 function nameAt(bytes: Uint8Array, off: number, want: Uint8Array): boolean {
+  if (off >= bytes.length) return want.length === 0; // cstring() reads ''
   const end = off + want.length;
   if (end > bytes.length || (end < bytes.length && bytes[end] !== 0)) return false;
   for (let k = 0; k < want.length; k++) if (bytes[off + k] !== want[k]) return false;

@@ -215,9 +215,9 @@ export class UprobeTracer {
    * read once per binary and pass, and searched for each function without being
    * parsed whole (Node's executable is 120 MB, 145 000 symbols); each answer is
    * kept, so a later pass (the refresh timer, another process mapping the
-   * binary) asks the file nothing again. `.symtab` is read for user-defined functions, and
-   * for presets only when the file has no `.dynsym` (a static executable): what
-   * a preset probes is exported where it is linked dynamically.
+   * binary) asks the file nothing again. `.symtab` is read for user-defined
+   * functions, and for presets only when the file has no `.dynsym` (a static
+   * executable): what a preset probes is exported where it is linked dynamically.
    */
   #offset(binKey: string, path: string, spec: UprobeSpec): number | null {
     const known = this.#binaries.get(binKey);
