@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { buildFixture, INCLUDE_FLAG, THREAD_CTX_HEADER } from '../helpers/build-fixture.ts';
-import { cleanEventsExit, KSPAN_BIN, parseEventLine, type EventLine } from '../helpers/kspan-cli.ts';
+import { cleanExit, KSPAN_BIN, parseEventLine, type EventLine } from '../helpers/kspan-cli.ts';
 import { ProcessGroup, type Proc } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { connLoopPath, startServer } from '../helpers/tcp-fixtures.ts';
@@ -94,7 +94,7 @@ describe('churn without leaks', e2eOptions(), () => {
 
     server.proc.child.kill('SIGTERM');
     const { code } = await kspan.exited;
-    assert.equal(code, cleanEventsExit(kspan.stderr), kspan.stderr.slice(-2).join('\n'));
+    assert.equal(code, cleanExit(kspan.stderr), kspan.stderr.slice(-2).join('\n'));
     const evs = events(kspan);
     const by = (t: string) => evs.filter((e) => e.type === t);
     assert.deepEqual([by('accept').length, by('recv').length, by('send').length, by('close').length], [total, total, total, total]);
@@ -163,6 +163,6 @@ describe('churn without leaks', e2eOptions(), () => {
     }
     for (const p of pubs) p.proc.child.stdin!.end();
     const { code } = await kspan.exited;
-    assert.equal(code, cleanEventsExit(kspan.stderr), kspan.stderr.slice(-2).join('\n'));
+    assert.equal(code, cleanExit(kspan.stderr), kspan.stderr.slice(-2).join('\n'));
   });
 });

@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { KSPAN_BIN } from '../helpers/kspan-cli.ts';
+import { cleanExit, KSPAN_BIN } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
@@ -57,7 +57,7 @@ describe('kspan run', e2eOptions(), () => {
     assert.equal(app.length, requests);
     agent.child.kill('SIGTERM');
     const { code } = await agent.exited;
-    assert.equal(code, 0, agent.stderr.join('\n'));
+    assert.equal(code, cleanExit(agent.stderr), agent.stderr.join('\n'));
     return { app, sent, service, agent };
   }
 

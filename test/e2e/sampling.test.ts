@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { KSPAN_BIN, parseEventLine, startEvents, stopEvents, type EventLine } from '../helpers/kspan-cli.ts';
+import { cleanExit, KSPAN_BIN, parseEventLine, startEvents, stopEvents, type EventLine } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
@@ -48,7 +48,7 @@ describe('sampling in the kernel', e2eOptions(), () => {
     await new Promise((r) => setTimeout(r, 300)); // the close comes from tcp_destroy_sock
     agent.child.kill('SIGTERM');
     const { code } = await agent.exited;
-    assert.equal(code, 0, agent.stderr.join('\n'));
+    assert.equal(code, cleanExit(agent.stderr), agent.stderr.join('\n'));
     const app = server.lines.map(parseAppSpan).filter((s): s is AppSpan => !!s);
     assert.equal(app.length, REQUESTS);
     const stop = agent.stderr.filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as StopLog).find((l) => l.counters ?? l.kernel);
