@@ -11,7 +11,7 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { cleanExit, KSPAN_BIN } from '../helpers/kspan-cli.ts';
+import { cleanExit, KSPAN_BIN, stopLine } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
 import { pacedTraffic } from '../helpers/paced-traffic.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
@@ -88,7 +88,7 @@ describe('Collector outage under steady load', e2eOptions(), () => {
     const recvBytes = spans.filter((s) => s.name === 'tcp.recv').map((s) => s.attributes['kspan.bytes']);
     assert.deepEqual(new Set(recvBytes), new Set([REQ]));
 
-    const stopped = JSON.parse(agent.stderr.find((l) => l.includes('"msg":"stopped'))!);
+    const stopped = stopLine(agent.stderr)!;
     const exp = stopped.spans.export;
     assert.ok(exp.spooled > 0, 'spans went through the spool');
     assert.equal(exp.replayed, exp.spooled);

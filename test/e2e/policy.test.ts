@@ -13,7 +13,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { startEvents, stopEvents } from '../helpers/kspan-cli.ts';
+import { startEvents, stopEvents, stopLine } from '../helpers/kspan-cli.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
 import { heldBpfObjects, request, startPrefork, type Exchange } from '../helpers/discovery-fixtures.ts';
@@ -73,7 +73,7 @@ describe('policy file', e2eOptions(), () => {
 
     assert.deepEqual(heldBpfObjects(agent).progIds, programsBefore, 'no program was reloaded');
     const all = await stopEvents(events); // exit 0: no record lost
-    const stopped = JSON.parse(events.stderr.find((l) => l.includes('"msg":"stopped"'))!) as { counters: { policy: unknown; discovery: { swaps: number } } };
+    const stopped = stopLine<{ counters: { policy: unknown; discovery: { swaps: number } } }>(events.stderr)!;
     assert.deepEqual(stopped.counters.policy, { applied: 1, invalid: 2 });
     assert.equal(stopped.counters.discovery.swaps, 1);
     const accepts = new Map<string, number>();

@@ -18,7 +18,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import { KSPAN_BIN, startEvents, stopEvents } from '../helpers/kspan-cli.ts';
+import { cleanExit, KSPAN_BIN, startEvents, stopEvents, stopLine } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
@@ -56,9 +56,9 @@ describe('thread.off_cpu events through kspan run', e2eOptions(), () => {
     jobs.short = await fx.run('sleeps', 1, { traceId: TRACE, spanId: span(5), sampled: true }, 10);
     await receiver.waitForSpans(5, 30_000);
     agent.child.kill('SIGTERM');
-    assert.equal((await agent.exited).code, 0, agent.stderr.join('\n'));
+    assert.equal((await agent.exited).code, cleanExit(agent.stderr), agent.stderr.join('\n'));
     spans = receiver.spans.filter((s) => s.name === 'thread.sched');
-    stopped = JSON.parse(agent.stderr.find((l) => /"msg":"stopped"/.test(l))!);
+    stopped = stopLine(agent.stderr)!;
     stoppedKernel = (stopped as unknown as { kernel: Record<string, unknown> }).kernel;
   });
   after(async () => {

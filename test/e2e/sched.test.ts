@@ -28,7 +28,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { execFileSync } from 'node:child_process';
 import { agentMapId, mapPids } from '../helpers/discovery-fixtures.ts';
-import { startEvents, stopEvents, type EventLine, KSPAN_BIN } from '../helpers/kspan-cli.ts';
+import { cleanExit, KSPAN_BIN, startEvents, stopEvents, stopLine, type EventLine } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver } from '../helpers/otlp-receiver.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
@@ -100,9 +100,9 @@ describe('thread.sched through kspan events', e2eOptions(), () => {
     jobs.fault = await fx.run('fault', 20, { traceId: TRACE, spanId: span(5), sampled: true });
     const lines = await stopEvents(events);
     sched = lines.filter((l) => l.type === 'sched');
-    const stopped = events.stderr.find((l) => /"msg":"stopped"/.test(l));
+    const stopped = stopLine<typeof stopLog>(events.stderr);
     assert.ok(stopped, events.stderr.join('\n'));
-    stopLog = JSON.parse(stopped);
+    stopLog = stopped;
   });
   after(() => group.killAll());
 
@@ -220,7 +220,7 @@ describe('thread.sched: the threads with state, and their count', e2eOptions(), 
     assert.deepEqual(during, { tids: [], live: 0n }, 'no state for the worker asleep under its unsampled span');
     const lines = await stopEvents(events);
     assert.deepEqual(lines.filter((l) => l.type === 'sched'), []);
-    const stopped = JSON.parse(events.stderr.find((l) => /"msg":"stopped"/.test(l))!);
+    const stopped = stopLine(events.stderr)!;
     unsampledSwitchOuts(stopped.counters.KSPAN_C_SCHED_UNSAMPLED, job);
   });
 });
@@ -241,7 +241,7 @@ describe('thread.sched through kspan run', e2eOptions(), () => {
     const job = await fx.run('sleep', 80, { traceId: TRACE, spanId: span(9), sampled: true });
     const spans = await receiver.waitForSpans(1, 20_000);
     agent.child.kill('SIGTERM');
-    assert.equal((await agent.exited).code, 0, agent.stderr.join('\n'));
+    assert.equal((await agent.exited).code, cleanExit(agent.stderr), agent.stderr.join('\n'));
     const s = spans.filter((x) => x.name === 'thread.sched');
     const show = (xs: typeof spans) => JSON.stringify(xs.map((x) => ({ name: x.name, parent: x.parentSpanId, start: String(x.startTimeUnixNano), end: String(x.endTimeUnixNano), attributes: x.attributes })));
     assert.equal(s.length, 1, `${show(spans)}\n${agent.stderr.join('\n')}`);
@@ -269,9 +269,9 @@ describe('thread.sched through kspan run', e2eOptions(), () => {
     await quiet.waitStderr(/"msg":"target"/, 60_000);
     await fx.run('sleep', 30, { traceId: TRACE, spanId: span(10), sampled: true });
     quiet.child.kill('SIGTERM');
-    assert.equal((await quiet.exited).code, 0, quiet.stderr.join('\n'));
+    assert.equal((await quiet.exited).code, cleanExit(quiet.stderr), quiet.stderr.join('\n'));
     assert.equal(receiver.spans.length, before);
-    const stopped = JSON.parse(quiet.stderr.find((l) => /"msg":"stopped"/.test(l))!);
+    const stopped = stopLine(quiet.stderr)!;
     assert.equal(stopped.spans.sched.records, 0);
   });
 });

@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { connect } from 'node:net';
 import { join } from 'node:path';
 import { buildFixture, INCLUDE_FLAG, THREAD_CTX_HEADER } from './build-fixture.ts';
+import { stopLine } from './kspan-cli.ts';
 import { fdinfoTexts, type Proc, type ProcessGroup } from './processes.ts';
 
 let dir: string | undefined;
@@ -119,9 +120,9 @@ export function selectedLine(pid: number): RegExp {
   return new RegExp(`"target_pid":${pid},"why":"([^"]*)","msg":"target selected"`);
 }
 
-/** The discovery counters of the agent's last line ("stopped"). */
+/** The discovery counters of the agent's stop line. */
 export function discoveryCounters(stderr: readonly string[]): Record<string, number> {
-  const line = stderr.find((l) => l.includes('"msg":"stopped"'));
-  if (!line) throw new Error(`no "stopped" line:\n${stderr.slice(-5).join('\n')}`);
-  return (JSON.parse(line) as { counters: { discovery: Record<string, number> } }).counters.discovery;
+  const line = stopLine<{ counters: { discovery: Record<string, number> } }>(stderr);
+  if (!line) throw new Error(`no stop line:\n${stderr.slice(-5).join('\n')}`);
+  return line.counters.discovery;
 }

@@ -37,6 +37,17 @@ export async function startEvents(group: ProcessGroup, pids: number[], extra: st
   return p;
 }
 
+/**
+ * The agent's stop line (`events`, `record` or `run`): its last log line with counters, whatever its
+ * message says (`stopped`, or `records were lost` / `stopped; data was lost` when something was).
+ */
+export function stopLine<T = Record<string, any>>(stderr: readonly string[]): T | undefined {
+  return stderr
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as { counters?: unknown; kernel?: unknown })
+    .findLast((l) => l.counters ?? l.kernel) as T | undefined;
+}
+
 /** The fields of a stop line that count losses: `kspan events`' and `kspan run`'s. */
 interface StopLine {
   counters?: TracerCounters;
@@ -53,11 +64,8 @@ interface StopLine {
  * counted; kspan counts each as lost and exits 3. Under many connections on two CPUs that happens now
  * and then, so a test that expects exit 0 takes 3 when, and only when, this is not 0.
  */
-export function onlySkippedRuns(stderr: string[]): number {
-  const stop = stderr
-    .filter((l) => l.startsWith('{'))
-    .map((l) => JSON.parse(l) as StopLine)
-    .findLast((l) => l.counters ?? l.kernel);
+export function onlySkippedRuns(stderr: readonly string[]): number {
+  const stop = stopLine<StopLine>(stderr);
   const c = stop?.counters ?? stop?.kernel;
   if (!c) return 0;
   const skipped = Object.values(c.skipped_runs ?? {}).reduce((a, n) => a + n, 0);
@@ -67,7 +75,7 @@ export function onlySkippedRuns(stderr: string[]): number {
 }
 
 /** The exit status of an agent run that lost nothing it could keep: 0, or 3 when the kernel's skipped runs were its only loss. */
-export const cleanExit = (stderr: string[]): number => (onlySkippedRuns(stderr) ? 3 : 0);
+export const cleanExit = (stderr: readonly string[]): number => (onlySkippedRuns(stderr) ? 3 : 0);
 
 /** Stops it with SIGINT and returns every record it printed; it must exit `expectedCode` (3: records were lost). */
 export async function stopEvents(p: Proc, expectedCode = 0): Promise<EventLine[]> {
