@@ -10,11 +10,11 @@ import type { SpanExporter } from '@opentelemetry/sdk-trace';
 import { DEFAULT_SPOOL_DIR, loadConfig, type RunConfig, TUNING } from '../core/config.ts';
 import { SpanSpool } from '../export/spool.ts';
 import { KernelClock } from '../kernel/clock.ts';
-import { idleFlushTiming } from '../kernel/tcp-tracer.ts';
+import { idleFlushTiming, type TracerCounters } from '../kernel/tcp-tracer.ts';
 import { drainRings } from '../kernel/ring-buffer.ts';
 import type { Logger } from '../core/logger.ts';
 import { contextAttributes } from '../spans/context-attributes.ts';
-import { exportSpansLost, exportTarget } from '../export/export-pipeline.ts';
+import { exportSpansLost, exportTarget, type ExportCounters } from '../export/export-pipeline.ts';
 import { SpanPipeline } from '../spans/span-pipeline.ts';
 import { OrphanNotices, type Notice } from '../spans/orphan-notices.ts';
 import { TargetResources } from '../export/target-resources.ts';
@@ -157,11 +157,11 @@ export function startAgent(opts: AgentOptions | (RunConfig & AgentExtras), log: 
       const stats = pipeline.stats();
       for (const n of notices.atStop(pipeline.correlator.orphanSpansByPid)) tell(n);
       const spooled = spool && { ...spool.counters, pendingSpans: spool.pendingSpans, dir: spool.dir };
-      const lost =
-        recordsLost(counters) + (session!.uprobes?.stats.decodeErrors ?? 0) + exportSpansLost(stats.export) + (spool?.counters.tornSegments ?? 0);
       const featuresOff = session!.featuresOff.map((f) => f.feature);
       const uprobes = session!.uprobes ? { ...session!.uprobes.stats, calls: calls.counters } : undefined;
-      log[lost ? 'warn' : 'info']({ kernel: counters, spans: stats, spool: spooled ?? undefined, uprobes, featuresOff }, lost ? 'stopped; data was lost' : 'stopped');
+      const stopped = { kernel: counters, spans: stats, spool: spooled ?? undefined, uprobes, featuresOff };
+      const lost = runDataLost(stopped);
+      log[lost ? 'warn' : 'info'](stopped, lost ? 'stopped; data was lost' : 'stopped');
       return { lost };
     })());
   return { session, pipeline, stop };
@@ -180,6 +180,22 @@ function openSpool(config: RunConfig, otlp: boolean, log: Logger): SpanSpool | u
     log.info({ spans: c.recoveredSpans, requests: c.recoveredRecords, tornSegments: c.tornSegments, tornBytes: c.tornBytes, dir: spool.dir }, 'spool: spans left by an earlier run are sent first');
   }
   return spool;
+}
+
+/**
+ * What `kspan run`'s stop line counts as lost, from the line's own fields: the kernel's records,
+ * function-call records it could not decode, spans not exported, and torn spool segments.
+ */
+export function runDataLost(stop: RunStopCounts): number {
+  return recordsLost(stop.kernel) + (stop.uprobes?.decodeErrors ?? 0) + exportSpansLost(stop.spans.export) + (stop.spool?.tornSegments ?? 0);
+}
+
+/** The fields of `kspan run`'s stop line that count losses. */
+export interface RunStopCounts {
+  kernel: TracerCounters;
+  spans: { export: ExportCounters };
+  uprobes?: { decodeErrors: number };
+  spool?: { tornSegments: number };
 }
 
 export async function runCommand(config: RunConfig, log: Logger): Promise<number> {

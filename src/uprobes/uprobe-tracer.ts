@@ -285,7 +285,6 @@ export class UprobeTracer {
   }
 }
 
-
 /** Binaries whose answers are kept (a few symbols each). */
 const BINARY_ANSWERS = 4096;
 

@@ -13,7 +13,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { cleanExit, KSPAN_BIN } from '../helpers/kspan-cli.ts';
+import { cleanExit, KSPAN_BIN, stopLine } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
 import { ProcessGroup, type Proc } from '../helpers/processes.ts';
 import { RawHttpConnection, type RawExchange } from '../helpers/raw-http-client.ts';
@@ -99,7 +99,7 @@ describe('kspan run on a Node 24 service with kspan/publisher', e2eOptions(), ()
     agent.child.kill('SIGTERM');
     const { code } = await agent.exited;
     assert.equal(code, cleanExit(agent.stderr), agent.stderr.join('\n'));
-    const stopped = agent.stderr.map((l) => JSON.parse(l) as { msg?: string }).find((l) => l.msg?.startsWith('stopped'));
+    const stopped = stopLine<{ msg: string }>(agent.stderr);
     assert.equal(stopped?.msg, code ? 'stopped; data was lost' : 'stopped', `nothing lost but skipped runs: ${JSON.stringify(stopped)}`);
     const target = agent.stderr.map((l) => JSON.parse(l) as Record<string, unknown>).find((l) => l.msg === 'target' && l.target_pid === server.pid);
     assert.equal(target?.scheme, 'nodejs_v1_dev', 'the agent read the context through the Node walk');

@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, test } from 'node:test';
-import { cleanExit, KSPAN_BIN } from '../helpers/kspan-cli.ts';
+import { cleanExit, KSPAN_BIN, stopLine } from '../helpers/kspan-cli.ts';
 import { OtlpReceiver, type ReceivedSpan } from '../helpers/otlp-receiver.ts';
 import { ProcessGroup } from '../helpers/processes.ts';
 import { e2eOptions } from '../helpers/require-bpf.ts';
@@ -180,8 +180,7 @@ describe('kspan run', e2eOptions(), () => {
       // Now and then the hook fires while on_retransmit already runs on that CPU
       // (a softirq interrupting it): the kernel skips that run and counts it; kspan
       // reports it as lost and exits 3.
-      const stopLine = agent.stderr.map((l) => (l.startsWith('{') ? JSON.parse(l) : {})).find((l) => l.kernel);
-      const skipped = (stopLine?.kernel?.skipped_runs?.on_retransmit ?? 0) as number;
+      const skipped = (stopLine(agent.stderr)?.kernel?.skipped_runs?.on_retransmit ?? 0) as number;
       assert.equal(code, skipped ? 3 : 0, agent.stderr.join('\n'));
 
       const spans = receiver.spans;

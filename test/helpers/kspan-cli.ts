@@ -6,8 +6,8 @@ import { join } from 'node:path';
 import { REPO_ROOT } from './build-fixture.ts';
 import type { Proc, ProcessGroup } from './processes.ts';
 import { recordsLost } from '../../src/cli/options.ts';
+import { runDataLost, type RunStopCounts } from '../../src/cli/run.ts';
 import type { TracerCounters } from '../../src/kernel/tcp-tracer.ts';
-import { exportSpansLost, type ExportCounters } from '../../src/export/export-pipeline.ts';
 
 export const KSPAN_BIN = join(REPO_ROOT, 'bin', 'kspan');
 
@@ -48,14 +48,8 @@ export function stopLine<T = Record<string, any>>(stderr: readonly string[]): T 
     .findLast((l) => l.counters ?? l.kernel) as T | undefined;
 }
 
-/** The fields of a stop line that count losses: `kspan events`' and `kspan run`'s. */
-interface StopLine {
-  counters?: TracerCounters;
-  kernel?: TracerCounters;
-  spans?: { export?: ExportCounters };
-  uprobes?: { decodeErrors?: number };
-  spool?: { tornSegments?: number };
-}
+/** The fields of a stop line that count losses: `kspan events`' and `kspan record`'s, or `kspan run`'s. */
+type StopCounts = { counters: TracerCounters; kernel?: undefined } | RunStopCounts;
 
 /**
  * The runs the kernel skipped, by the agent's stop line (`kspan events` or `kspan run`), when they are
@@ -65,13 +59,12 @@ interface StopLine {
  * and then, so a test that expects exit 0 takes 3 when, and only when, this is not 0.
  */
 export function onlySkippedRuns(stderr: readonly string[]): number {
-  const stop = stopLine<StopLine>(stderr);
-  const c = stop?.counters ?? stop?.kernel;
-  if (!c) return 0;
+  const stop = stopLine<StopCounts>(stderr);
+  if (!stop) return 0;
+  const c = stop.kernel ?? stop.counters;
   const skipped = Object.values(c.skipped_runs ?? {}).reduce((a, n) => a + n, 0);
-  const other =
-    recordsLost(c) - skipped + (stop!.spans?.export ? exportSpansLost(stop!.spans.export) : 0) + (stop!.uprobes?.decodeErrors ?? 0) + (stop!.spool?.tornSegments ?? 0);
-  return skipped && other === 0 ? skipped : 0;
+  const lost = stop.kernel ? runDataLost(stop) : recordsLost(c);
+  return skipped && lost === skipped ? skipped : 0;
 }
 
 /** The exit status of an agent run that lost nothing it could keep: 0, or 3 when the kernel's skipped runs were its only loss. */
